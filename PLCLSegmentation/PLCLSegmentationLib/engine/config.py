@@ -1,0 +1,130 @@
+"""Every setting of the engine in one typed configuration, with the budget presets."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+#: Budget presets: overrides of TrainConfig. Times are measured on a 2-core CPU (see README).
+BUDGETS: dict[str, dict[str, Any]] = {
+    # A first look in a few minutes on a laptop CPU.
+    "quick": dict(patch_size=96, batch_size=12, contrastive_images=6, warmup_iterations=300,
+                  rounds=2, joint_iterations=150),
+    # The CPU default: a useful model in about 15 minutes on 2 cores.
+    "standard": dict(patch_size=128, batch_size=12, contrastive_images=6, warmup_iterations=900,
+                     rounds=3, joint_iterations=350),
+    # The paper's schedule and patch size: for a GPU.
+    "full": dict(patch_size=192, batch_size=20, contrastive_images=10, warmup_iterations=5000,
+                 rounds=3, joint_iterations=5000),
+}
+DEFAULT_BUDGET = "standard"
+
+
+@dataclass
+class TrainConfig:
+    """Settings of one training run. Defaults are the 'standard' budget on a CPU."""
+
+    # --- geometry and intensities -----------------------------------------------------------------
+    #: In-plane pixel size (mm) every slice is resampled to; None: median of the annotated volumes.
+    target_spacing_mm: float | None = None
+    #: Square training patch (pixels), a multiple of 2**(levels-1).
+    patch_size: int = 128
+    #: Per-volume min-max normalisation between these intensity percentiles, then clipped to [0, 1].
+    intensity_percentiles: tuple[float, float] = (1.0, 99.0)
+    #: Share of training patches centred on a (pseudo-)labelled foreground pixel; the rest are uniform.
+    foreground_patch_fraction: float = 0.7
+
+    # --- network ----------------------------------------------------------------------------------
+    base_channels: int = 16
+    levels: int = 6
+    embedding_dim: int = 16
+
+    # --- optimisation -----------------------------------------------------------------------------
+    learning_rate: float = 1e-3
+    #: Annotated slices per segmentation batch.
+    batch_size: int = 12
+    #: Slices per contrastive batch; each is seen under two intensity augmentations.
+    contrastive_images: int = 6
+    warmup_iterations: int = 900
+    #: Pseudo-label rounds; before each, the current model re-labels the unannotated volumes.
+    rounds: int = 3
+    joint_iterations: int = 350
+    #: "dice" (the paper) or "dice_ce" (Dice plus cross-entropy).
+    segmentation_loss: str = "dice_ce"
+
+    # --- the local contrastive loss -------------------------------------------------------------
+    contrastive_weight: float = 0.1  # lambda
+    temperature: float = 0.1  # tau
+    anchors_per_class: int = 3  # P
+    #: Pixels whose pseudo-label probability is below this are left out of the contrastive loss.
+    pseudo_label_confidence: float = 0.0
+    #: Keep only the largest 3D connected component of each class in pseudo-labels and predictions.
+    largest_component: bool = False
+
+    # --- augmentation ---------------------------------------------------------------------------
+    rotation_degrees: float = 15.0
+    scale_range: tuple[float, float] = (0.95, 1.05)
+    elastic_sigma_px: float = 5.0
+    elastic_probability: float = 0.5
+    brightness: float = 0.3
+    contrast_range: tuple[float, float] = (0.7, 1.3)
+
+    # --- prediction -----------------------------------------------------------------------------
+    #: Sliding-window tile for prediction (pixels); tiles overlap by a quarter.
+    inference_tile: int = 256
+    inference_overlap: float = 0.25
+
+    # --- run --------------------------------------------------------------------------------------
+    seed: int = 0
+    device: str = "auto"
+    #: Save a checkpoint every this many iterations (and on cancel).
+    checkpoint_every: int = 200
+    channels_last: bool = True
+    #: Build batches in a background thread while the model trains.
+    background_batches: bool = True
+    budget: str = DEFAULT_BUDGET
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def total_iterations(self) -> int:
+        return self.warmup_iterations + self.rounds * self.joint_iterations
+
+    @classmethod
+    def from_budget(cls, budget: str = DEFAULT_BUDGET, **overrides: Any) -> TrainConfig:
+        if budget not in BUDGETS:
+            raise ValueError(f"unknown budget {budget!r}; choose one of {', '.join(BUDGETS)}")
+        values = {**BUDGETS[budget], "budget": budget}
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values).validated()
+
+    def with_iterations(self, iterations: int) -> TrainConfig:
+        """Spread a total number of iterations over warm-up and rounds in the preset's proportions."""
+        if iterations < 1:
+            raise ValueError("--iterations must be at least 1")
+        scale = iterations / max(1, self.total_iterations)
+        joint = int(round(self.joint_iterations * scale)) if self.rounds else 0
+        warmup = max(1, iterations - self.rounds * joint)
+        return dataclasses.replace(self, warmup_iterations=warmup, joint_iterations=joint)
+
+    def validated(self) -> TrainConfig:
+        multiple = 2 ** (self.levels - 1)
+        if self.patch_size % multiple:
+            raise ValueError(f"patch_size {self.patch_size} must be a multiple of {multiple}")
+        if self.segmentation_loss not in ("dice", "dice_ce"):
+            raise ValueError(f"segmentation_loss must be 'dice' or 'dice_ce', not {self.segmentation_loss!r}")
+        if self.device not in ("auto", "cpu", "cuda", "mps") and not self.device.startswith("cuda:"):
+            raise ValueError(f"device must be auto, cpu, cuda or mps, not {self.device!r}")
+        low, high = self.intensity_percentiles
+        if not 0 <= low < high <= 100:
+            raise ValueError(f"intensity_percentiles {self.intensity_percentiles} must satisfy 0 <= low < high <= 100")
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        values = {k: (tuple(v) if isinstance(v, list) else v) for k, v in values.items() if k in known}
+        return cls(**values).validated()

@@ -1,0 +1,121 @@
+"""Progress reporting: a progress bar for a person, or JSON lines for a program.
+
+With ``--events jsonl`` every event is one JSON object on its own line on stdout
+(human-readable logs go to stderr). The schema, which the Slicer module relies on:
+
+=============  ===============================================================
+``event``      other keys
+=============  ===============================================================
+``start``      ``command`` (train|predict|evaluate|bench), ``version``, ``device``, ``out``
+``stage``      ``stage`` (prepare|warmup|pseudo_labels|joint|predict), ``round``, ``total``
+``progress``   ``stage``, ``iteration``, ``total`` (all stages together), ``losses``
+               {name: float}, ``elapsed_s``, ``eta_s``, ``slices_per_s``
+``output``     ``kind`` (model|checkpoint|prediction|uncertainty|summary|metrics), ``path``,
+               ``name`` (the volume's name, for prediction and uncertainty)
+``warning``    ``message``
+``done``       ``out``, ``elapsed_s``
+``cancelled``  ``checkpoint`` (path to resume from, or null), ``message``
+``error``      ``message`` (one line naming the file and the problem), ``file`` (or null)
+=============  ===============================================================
+
+Every event also has ``time`` (seconds since the epoch). Exit codes: 0 done, 1 error,
+2 command-line usage error, 130 cancelled (SIGINT or SIGTERM).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from typing import Any, TextIO
+
+EXIT_OK = 0
+EXIT_ERROR = 1
+EXIT_USAGE = 2
+EXIT_CANCELLED = 130
+
+
+class EventSink:
+    """Receives engine events. The base class writes log lines to stderr and draws a progress bar."""
+
+    def __init__(self, stream: TextIO | None = None, quiet: bool = False) -> None:
+        self.stream = stream or sys.stderr
+        self.quiet = quiet
+        self._bar: Any = None
+        self._bar_stage: str | None = None
+
+    def emit(self, event: str, **fields: Any) -> None:
+        if event == "progress":
+            self._progress(fields)
+            return
+        self._close_bar()
+        if self.quiet and event not in ("error", "warning"):
+            return
+        if event == "stage":
+            suffix = f" (round {fields['round']})" if fields.get("round") else ""
+            self._log(f"stage: {fields['stage']}{suffix}")
+        elif event == "output":
+            self._log(f"wrote {fields['kind']}: {fields['path']}")
+        elif event == "warning":
+            self._log(f"warning: {fields['message']}")
+        elif event == "error":
+            self._log(f"error: {fields['message']}")
+        elif event == "cancelled":
+            self._log(f"cancelled: {fields.get('message', '')}")
+        elif event == "done":
+            self._log(f"done in {fields['elapsed_s']:.1f} s: {fields['out']}")
+        elif event == "start":
+            self._log(f"plcl {fields['command']} {fields['version']} on {fields['device']}")
+
+    def _log(self, line: str) -> None:
+        print(line, file=self.stream, flush=True)
+
+    def _progress(self, fields: dict[str, Any]) -> None:
+        if self.quiet:
+            return
+        from tqdm import tqdm
+
+        if self._bar is None or self._bar_stage != fields["stage"]:
+            self._close_bar()
+            self._bar = tqdm(total=fields["total"], desc=fields["stage"], file=self.stream, leave=False)
+            self._bar_stage = fields["stage"]
+        self._bar.n = fields["iteration"]
+        self._bar.set_postfix({k: f"{v:.3f}" for k, v in fields.get("losses", {}).items()}, refresh=False)
+        self._bar.refresh()
+
+    def _close_bar(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+
+    def close(self) -> None:
+        self._close_bar()
+
+
+class JsonLinesSink(EventSink):
+    """One JSON object per line on stdout, for programs (the Slicer module reads these)."""
+
+    def __init__(self, stream: TextIO | None = None) -> None:
+        super().__init__(stream=stream or sys.stdout)
+
+    def emit(self, event: str, **fields: Any) -> None:
+        record = {"event": event, "time": round(time.time(), 3), **fields}
+        self.stream.write(json.dumps(record, default=_jsonable) + "\n")
+        self.stream.flush()
+
+
+class RecordingSink(EventSink):
+    """Keeps events in memory (for tests and the benchmark)."""
+
+    def __init__(self) -> None:
+        super().__init__(quiet=True)
+        self.events: list[dict[str, Any]] = []
+
+    def emit(self, event: str, **fields: Any) -> None:
+        self.events.append({"event": event, **fields})
+
+
+def _jsonable(value: Any) -> Any:
+    if hasattr(value, "item"):
+        return value.item()
+    return str(value)
