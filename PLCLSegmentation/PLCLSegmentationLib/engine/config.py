@@ -21,6 +21,10 @@ BUDGETS: dict[str, dict[str, Any]] = {
 DEFAULT_BUDGET = "standard"
 
 
+class ConfigError(ValueError):
+    """An impossible setting or combination of command-line options."""
+
+
 @dataclass
 class TrainConfig:
     """Settings of one training run. Defaults are the 'standard' budget on a CPU."""
@@ -57,6 +61,9 @@ class TrainConfig:
     contrastive_weight: float = 0.1  # lambda
     temperature: float = 0.1  # tau
     anchors_per_class: int = 3  # P
+    #: Weight of a segmentation loss on pseudo-labelled slices (0 in the method: the segmentation
+    #: loss uses annotated slices only; 1 with contrastive_weight 0 is plain self-training).
+    pseudo_segmentation_weight: float = 0.0
     #: Pixels whose pseudo-label probability is below this are left out of the contrastive loss.
     pseudo_label_confidence: float = 0.0
     #: Keep only the largest 3D connected component of each class in pseudo-labels and predictions.
@@ -93,7 +100,7 @@ class TrainConfig:
     @classmethod
     def from_budget(cls, budget: str = DEFAULT_BUDGET, **overrides: Any) -> TrainConfig:
         if budget not in BUDGETS:
-            raise ValueError(f"unknown budget {budget!r}; choose one of {', '.join(BUDGETS)}")
+            raise ConfigError(f"unknown budget {budget!r}; choose one of {', '.join(BUDGETS)}")
         values = {**BUDGETS[budget], "budget": budget}
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values).validated()
@@ -101,7 +108,7 @@ class TrainConfig:
     def with_iterations(self, iterations: int) -> TrainConfig:
         """Spread a total number of iterations over warm-up and rounds in the preset's proportions."""
         if iterations < 1:
-            raise ValueError("--iterations must be at least 1")
+            raise ConfigError("--iterations must be at least 1")
         scale = iterations / max(1, self.total_iterations)
         joint = int(round(self.joint_iterations * scale)) if self.rounds else 0
         warmup = max(1, iterations - self.rounds * joint)
@@ -110,14 +117,14 @@ class TrainConfig:
     def validated(self) -> TrainConfig:
         multiple = 2 ** (self.levels - 1)
         if self.patch_size % multiple:
-            raise ValueError(f"patch_size {self.patch_size} must be a multiple of {multiple}")
+            raise ConfigError(f"patch_size {self.patch_size} must be a multiple of {multiple}")
         if self.segmentation_loss not in ("dice", "dice_ce"):
-            raise ValueError(f"segmentation_loss must be 'dice' or 'dice_ce', not {self.segmentation_loss!r}")
+            raise ConfigError(f"segmentation_loss must be 'dice' or 'dice_ce', not {self.segmentation_loss!r}")
         if self.device not in ("auto", "cpu", "cuda", "mps") and not self.device.startswith("cuda:"):
-            raise ValueError(f"device must be auto, cpu, cuda or mps, not {self.device!r}")
+            raise ConfigError(f"device must be auto, cpu, cuda or mps, not {self.device!r}")
         low, high = self.intensity_percentiles
         if not 0 <= low < high <= 100:
-            raise ValueError(f"intensity_percentiles {self.intensity_percentiles} must satisfy 0 <= low < high <= 100")
+            raise ConfigError(f"intensity_percentiles {self.intensity_percentiles} must satisfy 0 <= low < high <= 100")
         return self
 
     def to_dict(self) -> dict[str, Any]:

@@ -48,7 +48,8 @@ class EventSink:
         if event == "progress":
             self._progress(fields)
             return
-        self._close_bar()
+        if event in ("done", "error", "cancelled"):
+            self._close_bar()
         if self.quiet and event not in ("error", "warning"):
             return
         if event == "stage":
@@ -68,18 +69,23 @@ class EventSink:
             self._log(f"plcl {fields['command']} {fields['version']} on {fields['device']}")
 
     def _log(self, line: str) -> None:
-        print(line, file=self.stream, flush=True)
+        if self._bar is not None:
+            self._bar.write(line, file=self.stream)
+        else:
+            print(line, file=self.stream, flush=True)
 
     def _progress(self, fields: dict[str, Any]) -> None:
         if self.quiet:
             return
         from tqdm import tqdm
 
-        if self._bar is None or self._bar_stage != fields["stage"]:
+        if self._bar is None or self._bar.total != fields["total"]:
             self._close_bar()
-            self._bar = tqdm(total=fields["total"], desc=fields["stage"], file=self.stream, leave=False)
+            self._bar = tqdm(total=fields["total"], file=self.stream, leave=False, unit="it")
+        if self._bar_stage != fields["stage"]:
+            self._bar.set_description(fields["stage"], refresh=False)
             self._bar_stage = fields["stage"]
-        self._bar.n = fields["iteration"]
+        self._bar.update(fields["iteration"] - self._bar.n)
         self._bar.set_postfix({k: f"{v:.3f}" for k, v in fields.get("losses", {}).items()}, refresh=False)
         self._bar.refresh()
 
@@ -87,6 +93,7 @@ class EventSink:
         if self._bar is not None:
             self._bar.close()
             self._bar = None
+            self._bar_stage = None
 
     def close(self) -> None:
         self._close_bar()

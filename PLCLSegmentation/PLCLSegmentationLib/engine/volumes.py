@@ -97,7 +97,8 @@ class Grid:
         def fmt(values: Sequence[float]) -> str:
             return "x".join(f"{v:g}" for v in values)
 
-        return f"size {fmt(self.size)}, spacing {fmt(self.spacing)} mm, origin ({', '.join(f'{v:.4g}' for v in self.origin)})"
+        origin = ", ".join(f"{v:.4g}" for v in self.origin)
+        return f"size {fmt(self.size)}, spacing {fmt(self.spacing)} mm, origin ({origin})"
 
     def to_dict(self) -> dict[str, Any]:
         return {"size": list(self.size), "spacing": list(self.spacing), "origin": list(self.origin),
@@ -192,9 +193,8 @@ def read_annotation(path: str | os.PathLike[str], volume: Volume) -> tuple[np.nd
     image = _read_sitk(path)
     _check_dimension(path, image)
     values = sitk.GetArrayFromImage(image)
-    if not np.issubdtype(values.dtype, np.integer):
-        if not np.all(np.equal(np.mod(values, 1), 0)):
-            raise InputError(path, "has non-integer voxel values; a label map of whole numbers is needed")
+    if not np.issubdtype(values.dtype, np.integer) and not np.all(np.equal(np.mod(values, 1), 0)):
+        raise InputError(path, "has non-integer voxel values; a label map of whole numbers is needed")
     if values.min() < 0 or values.max() > 255:
         raise InputError(path, f"has label values from {values.min():g} to {values.max():g}; 0 to 255 are supported")
     labels = _on_grid(path, values.astype(np.uint8), Grid.of(image), volume, allow_subgrid=False)
@@ -253,13 +253,6 @@ def _on_grid(path: str, labels: np.ndarray, grid: Grid, volume: Volume, allow_su
     return placed
 
 
-def name_classes(values: Sequence[int], names: dict[int, str] | None = None) -> list[ClassInfo]:
-    """Classes for plain label values, named from ``names`` (e.g. a dataset.json) where given."""
-    names = names or {}
-    return [ClassInfo(int(v), names.get(int(v), f"label {int(v)}"), DEFAULT_COLORS[(int(v) - 1) % len(DEFAULT_COLORS)])
-            for v in sorted(set(int(v) for v in values)) if int(v) > 0]
-
-
 def check_annotation(path: str, labels: np.ndarray, classes: Sequence[ClassInfo]) -> None:
     allowed = {0} | {c.value for c in classes}
     present = set(np.unique(labels).tolist())
@@ -283,6 +276,9 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[str]:
     os.close(fd)
     try:
         yield tmp
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes the file private; outputs get usual permissions
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):

@@ -1,0 +1,203 @@
+"""The ``plcl`` command: train, predict, evaluate, demo, bench."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import signal
+import sys
+import threading
+import traceback
+from pathlib import Path
+from typing import Any
+
+from .. import __version__
+from .config import BUDGETS, DEFAULT_BUDGET, ConfigError, TrainConfig
+from .events import EXIT_CANCELLED, EXIT_ERROR, EXIT_OK, EXIT_USAGE, EventSink, JsonLinesSink
+from .volumes import InputError
+
+
+def _add_common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--device", default=None, choices=["auto", "cpu", "cuda", "mps"],
+                        help="where to run (default: auto = CUDA, else Apple MPS, else CPU)")
+    parser.add_argument("--events", choices=["jsonl"], default=None,
+                        help="print one JSON object per line on stdout for programs (schema: README)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="plcl", description="Semi-supervised segmentation from a few annotated "
+                                     "volumes: pseudo-label self-training with a local contrastive loss.")
+    parser.add_argument("--version", action="version", version=f"plcl {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    train = commands.add_parser("train", help="train on annotated + unannotated volumes and segment the latter")
+    train.add_argument("--labeled", nargs=2, action="append", default=[], metavar=("IMAGE", "LABEL"),
+                       help="an annotated volume and its label map or Slicer .seg.nrrd (repeatable)")
+    train.add_argument("--unlabeled", nargs="+", action="extend", default=[], metavar="IMAGE",
+                       help="unannotated volumes: used for training and segmented at the end")
+    train.add_argument("--data", metavar="DIR", help="a dataset folder (dataset.json, images/, labels/)")
+    train.add_argument("--labeled-cases", metavar="A,B", help="with --data: the annotated cases")
+    train.add_argument("--unlabeled-split", metavar="SPLIT", help="with --data: unannotated cases from this split "
+                       "(the annotated cases are left out)")
+    train.add_argument("--unlabeled-cases", metavar="C,D", help="with --data: unannotated cases by name")
+    train.add_argument("--n-unlabeled", type=int, metavar="K",
+                       help="with --data: use only the first K unannotated cases")
+    train.add_argument("--out", metavar="DIR", help="output folder (model, predictions, uncertainty, summary)")
+    train.add_argument("--budget", choices=list(BUDGETS), default=None,
+                       help=f"training budget preset (default {DEFAULT_BUDGET}; see README)")
+    train.add_argument("--iterations", type=int, help="total training iterations, spread as in the budget")
+    train.add_argument("--seed", type=int, default=None)
+    train.add_argument("--resume", metavar="DIR", help="continue the cancelled run in DIR")
+    train.add_argument("--init-model", metavar="MODEL", help="start from this model's weights (fine-tuning; "
+                       "a shorter schedule; same classes)")
+    train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                       help="override a configuration field (see config.py), e.g. --set contrastive_weight=0")
+    _add_common(train)
+
+    predict = commands.add_parser("predict", help="segment volumes with a saved model")
+    predict.add_argument("--model", required=True, metavar="MODEL")
+    predict.add_argument("--out", required=True, metavar="DIR")
+    predict.add_argument("images", nargs="+", metavar="IMAGE")
+    _add_common(predict)
+
+    evaluate = commands.add_parser("evaluate", help="Dice and HD95 of predictions against reference labels")
+    evaluate.add_argument("--pred", required=True, metavar="DIR",
+                          help="predictions: an output folder of train/predict, or a folder of .seg.nrrd / label maps")
+    evaluate.add_argument("--labels", metavar="DIR", help="reference label maps named like the predictions")
+    evaluate.add_argument("--data", metavar="DIR", help="a dataset folder, with --split")
+    evaluate.add_argument("--split", metavar="SPLIT", help="with --data: evaluate the cases of this split")
+    evaluate.add_argument("--json", metavar="FILE", help="where to write the report (default PRED/metrics.json)")
+    evaluate.add_argument("--events", choices=["jsonl"], default=None)
+
+    demo = commands.add_parser("demo", help="generate a small synthetic dataset, train, segment and evaluate")
+    demo.add_argument("--out", default="demo_output", metavar="DIR")
+    demo.add_argument("--iterations", type=int, default=None)
+    _add_common(demo)
+    return parser
+
+
+def _config_overrides(items: list[str]) -> dict[str, Any]:
+    fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
+    overrides: dict[str, Any] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or key not in fields:
+            raise ConfigError(f"--set {item}: expected KEY=VALUE with KEY one of {', '.join(sorted(fields))}")
+        try:
+            value = json.loads(raw)
+        except json.JSONDecodeError:
+            value = raw
+        overrides[key] = tuple(value) if isinstance(value, list) else value
+    return overrides
+
+
+def make_train_job(args: argparse.Namespace):
+    from .dataset import read_dataset
+    from .pipeline import TrainJob
+
+    if args.resume:
+        job_file = Path(args.resume) / "job.json"
+        if not job_file.is_file():
+            raise InputError(str(job_file), "not found; --resume needs the output folder of an earlier run")
+        job = TrainJob.from_dict(json.loads(job_file.read_text()))
+        if args.device:
+            job.config = dataclasses.replace(job.config, device=args.device)
+        return job
+    labeled = [tuple(p) for p in args.labeled]
+    unlabeled = list(args.unlabeled)
+    names = None
+    if args.data:
+        dataset = read_dataset(args.data)
+        names = dataset.label_names
+        if args.labeled_cases:
+            labeled += [dataset.labeled_pair(c) for c in args.labeled_cases.split(",") if c]
+        chosen = {Path(p[0]).resolve() for p in labeled}
+        if args.unlabeled_cases:
+            unlabeled += [dataset.image(c) for c in args.unlabeled_cases.split(",") if c]
+        if args.unlabeled_split:
+            unlabeled += [p for p in dataset.split_images(args.unlabeled_split) if Path(p).resolve() not in chosen]
+        if args.n_unlabeled is not None:
+            unlabeled = unlabeled[: args.n_unlabeled]
+    elif args.labeled_cases or args.unlabeled_split or args.unlabeled_cases:
+        raise ConfigError("--labeled-cases, --unlabeled-split and --unlabeled-cases need --data DIR")
+    if not labeled:
+        raise ConfigError("give at least one annotated volume: --labeled IMAGE LABEL, or --data DIR --labeled-cases A")
+    if not args.out:
+        raise ConfigError("--out DIR is required")
+    config = TrainConfig.from_budget(args.budget or DEFAULT_BUDGET, seed=args.seed, device=args.device,
+                                     **_config_overrides(args.set))
+    if args.init_model and not args.iterations:
+        config = fine_tuning_schedule(config)
+    if args.iterations:
+        config = config.with_iterations(args.iterations)
+    if not unlabeled:  # supervised only: the joint iterations go to the warm-up
+        config = dataclasses.replace(config, warmup_iterations=config.total_iterations, rounds=0)
+    return TrainJob(labeled, unlabeled, args.out, config, names, args.init_model)
+
+
+def fine_tuning_schedule(config: TrainConfig) -> TrainConfig:
+    """Warm start: the model already segments, so a short warm-up and one pseudo-label round."""
+    return dataclasses.replace(config, warmup_iterations=max(1, config.warmup_iterations // 4), rounds=1)
+
+
+def _run(args: argparse.Namespace, sink: EventSink, cancel: threading.Event) -> int:
+    from .pipeline import run_prediction, run_training
+
+    if args.command == "train":
+        job = make_train_job(args)
+        run_training(job, sink, cancel, resume=bool(args.resume))
+    elif args.command == "predict":
+        run_prediction(args.model, args.images, args.out, args.device or "auto", sink, cancel)
+    elif args.command == "evaluate":
+        from .evaluation import run_evaluation
+
+        run_evaluation(args, sink)
+    elif args.command == "demo":
+        from .demo import run_demo
+
+        run_demo(args.out, sink, cancel, device=args.device or "auto", iterations=args.iterations)
+    return EXIT_OK
+
+
+def _install_signal_handlers(cancel: threading.Event) -> None:
+    def handle(signum: int, frame: Any) -> None:
+        if cancel.is_set():  # a second signal: stop now
+            raise KeyboardInterrupt
+        cancel.set()
+
+    for name in ("SIGINT", "SIGTERM", "SIGBREAK"):
+        if hasattr(signal, name):
+            signal.signal(getattr(signal, name), handle)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    sink: EventSink = JsonLinesSink() if getattr(args, "events", None) == "jsonl" else EventSink()
+    cancel = threading.Event()
+    _install_signal_handlers(cancel)
+    from .train import Cancelled
+
+    try:
+        return _run(args, sink, cancel)
+    except Cancelled as stop:
+        sink.emit("cancelled", checkpoint=stop.checkpoint,
+                  message="stopped on request" + (f"; resume with --resume {Path(stop.checkpoint).parent}"
+                                                  if stop.checkpoint else ""))
+        return EXIT_CANCELLED
+    except KeyboardInterrupt:
+        sink.emit("cancelled", checkpoint=None, message="stopped immediately (second interrupt)")
+        return EXIT_CANCELLED
+    except InputError as error:
+        sink.emit("error", message=str(error), file=error.path)
+        return EXIT_ERROR
+    except ConfigError as error:
+        sink.emit("error", message=str(error), file=None)
+        return EXIT_USAGE
+    except Exception as error:  # an unexpected failure: one line for the user, the trace on stderr
+        traceback.print_exc(file=sys.stderr)
+        sink.emit("error", message=f"{type(error).__name__}: {error}", file=None)
+        return EXIT_ERROR
+    finally:
+        sink.close()

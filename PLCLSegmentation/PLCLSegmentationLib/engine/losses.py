@@ -1,0 +1,90 @@
+"""Segmentation losses and the local contrastive loss of Chaitanya et al. (2023).
+
+The contrastive loss is written here rather than taken from a library because it is the method
+itself: class means per image, anchors per class, and a plain mean over all valid terms (the
+released code's normalisation lets the last pair dominate; see method.md).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+IGNORE = 255  #: label of pixels left out of every loss (e.g. low-confidence pseudo-labels)
+
+
+def soft_dice_loss(logits: torch.Tensor, target: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
+    """1 - mean soft Dice over all classes, background included, pooled over the batch."""
+    num_classes = logits.shape[1]
+    probs = logits.float().softmax(dim=1)
+    valid = (target != IGNORE).unsqueeze(1)
+    one_hot = F.one_hot(target.long().clamp(max=num_classes - 1), num_classes).permute(0, 3, 1, 2)
+    one_hot = one_hot * valid
+    probs = probs * valid
+    dims = (0, 2, 3)
+    intersection = (probs * one_hot).sum(dims)
+    denominator = probs.sum(dims) + one_hot.sum(dims)
+    return 1.0 - ((2 * intersection + eps) / (denominator + eps)).mean()
+
+
+def segmentation_loss(logits: torch.Tensor, target: torch.Tensor, kind: str = "dice_ce") -> torch.Tensor:
+    loss = soft_dice_loss(logits, target)
+    if kind == "dice_ce":
+        loss = loss + F.cross_entropy(logits.float(), target.long(), ignore_index=IGNORE)
+    return loss
+
+
+def local_contrastive_loss(embeddings: torch.Tensor, labels: torch.Tensor, pairs: torch.Tensor,
+                           num_classes: int, temperature: float = 0.1, anchors_per_class: int = 3,
+                           generator: torch.Generator | None = None) -> torch.Tensor:
+    """Local contrastive loss over pairs of images.
+
+    embeddings: [N, D, H, W] projections; labels: [N, H, W] class per pixel (ground truth or
+    pseudo-label; IGNORE is left out); pairs: [M, 2] indices into N.
+
+    For an anchor u of foreground class c in image a of a pair (a, b), with
+    D(u) = sum over foreground classes k present and both images j of exp(sim(u, mu_k^j)):
+    terms -log(exp(sim(u, mu_c^a)) / D(u)) and -log(exp(sim(u, mu_c^b)) / D(u)), likewise for
+    anchors in b. Background is neither anchor nor negative. Terms whose class is absent from an
+    image are dropped; the loss is the mean of the remaining terms (0 when there are none).
+    """
+    n, dim = embeddings.shape[:2]
+    z = F.normalize(embeddings.float().flatten(2), dim=1)  # [N, D, HW]
+    flat_labels = labels.flatten(1).long()  # [N, HW]
+    fg_classes = torch.arange(1, num_classes, device=labels.device)
+    member = flat_labels.unsqueeze(1) == fg_classes.view(1, -1, 1)  # [N, K, HW] foreground classes only
+    counts = member.sum(-1)  # [N, K]
+    sums = torch.bmm(member.to(z.dtype), z.transpose(1, 2))  # [N, K, D]
+    means = F.normalize(sums / counts.clamp(min=1).unsqueeze(-1), dim=-1)
+    present = counts > 0
+
+    # P random anchors per class and image: the top-P of random scores among the class's pixels.
+    scores = torch.rand(flat_labels.shape, generator=generator, device="cpu").to(labels.device)
+    masked = torch.where(member, scores.unsqueeze(1), torch.full_like(scores.unsqueeze(1), -1.0))
+    top_values, top_index = masked.topk(min(anchors_per_class, masked.shape[-1]), dim=-1)  # [N, K, P]
+    anchor_valid = top_values >= 0
+    anchors = torch.gather(z.unsqueeze(1).expand(-1, member.shape[1], -1, -1), 3,
+                           top_index.unsqueeze(2).expand(-1, -1, dim, -1))  # [N, K, D, P]
+    anchors = anchors.permute(0, 1, 3, 2)  # [N, K, P, D]
+
+    first, second = pairs[:, 0], pairs[:, 1]
+    total = embeddings.new_zeros(())
+    count = embeddings.new_zeros(())
+    for own, other in ((first, second), (second, first)):
+        a = anchors[own]  # [M, K, P, D]
+        candidates = torch.stack([means[own], means[other]], dim=1)  # [M, 2, K, D]
+        candidate_ok = torch.stack([present[own], present[other]], dim=1)  # [M, 2, K]
+        sim = torch.einsum("mkpd,mjld->mkpjl", a, candidates) / temperature  # [M, K, P, 2, K]
+        # A large finite negative, not -inf: rows with no valid candidate must keep finite gradients.
+        sim = sim.masked_fill(~candidate_ok[:, None, None], -1e4)
+        log_denominator = torch.logsumexp(sim.flatten(-2), dim=-1)  # [M, K, P]
+        k = sim.shape[1]
+        positive = sim[:, torch.arange(k), :, :, torch.arange(k)]  # [K, M, P, 2]: class c against mu_c^j
+        positive = positive.permute(1, 0, 2, 3)  # [M, K, P, 2]
+        term_ok = anchor_valid[own].unsqueeze(-1) & candidate_ok.permute(0, 2, 1).unsqueeze(2)  # [M, K, P, 2]
+        terms = log_denominator.unsqueeze(-1) - positive
+        total = total + torch.where(term_ok, terms, torch.zeros_like(terms)).sum()
+        count = count + term_ok.sum()
+    if count.item() == 0:
+        return embeddings.sum() * 0.0  # keeps the graph; no class to contrast in this batch
+    return total / count

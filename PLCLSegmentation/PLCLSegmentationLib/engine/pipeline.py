@@ -1,0 +1,348 @@
+"""Jobs from files to files: check every input first, train or load a model, write the outputs.
+
+Output folder layout::
+
+    OUT/job.json                    the job, for --resume
+    OUT/checkpoint.pt               training state (also written on cancel)
+    OUT/model.pt                    the model file (see modelfile.py)
+    OUT/training.json               loss history and timings
+    OUT/predictions/<name>.seg.nrrd segmentation of each unannotated volume, on its grid
+    OUT/uncertainty/<name>.nrrd     normalised predictive entropy per voxel, on its grid
+    OUT/summary.json                classes, outputs and uncertainty scores (least certain first)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import statistics
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .. import __version__
+from .config import TrainConfig
+from .events import EventSink
+from .modelfile import ModelInfo, load_model, read_model, save_model
+from .predict import keep_largest_components, map_to_volume, predict_slices
+from .preprocess import PreparedVolume, prepare_volume
+from .train import Checkpoint, Trainer, resolve_device
+from .volumes import (
+    ClassInfo,
+    InputError,
+    Volume,
+    atomic_path,
+    check_annotation,
+    check_writable_folder,
+    read_annotation,
+    read_volume,
+    write_image,
+    write_segmentation,
+)
+
+UNCERTAINTY_MEASURE = ("normalised predictive entropy of the softmax, -sum(p log p) / log(C), per voxel in "
+                       "[0, 1]; a volume's score is its mean over the voxels predicted as foreground "
+                       "(1.0 when none is)")
+
+
+@dataclass
+class TrainJob:
+    """A training request, as given on the command line (saved as job.json for --resume)."""
+
+    labeled: list[tuple[str, str]]
+    unlabeled: list[str]
+    out: str
+    config: TrainConfig
+    class_names: dict[int, str] | None = None  # from a dataset.json
+    init_model: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"labeled": [list(p) for p in self.labeled], "unlabeled": self.unlabeled, "out": self.out,
+                "config": self.config.to_dict(), "init_model": self.init_model,
+                "class_names": None if self.class_names is None else {str(k): v for k, v in self.class_names.items()}}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TrainJob:
+        names = d.get("class_names")
+        return cls([tuple(p) for p in d["labeled"]], list(d["unlabeled"]), d["out"],
+                   TrainConfig.from_dict(d["config"]), None if names is None else {int(k): v for k, v in names.items()},
+                   d.get("init_model"))
+
+
+@dataclass
+class TrainingInputs:
+    classes: list[ClassInfo]  # in network order
+    annotated: list[tuple[Volume, np.ndarray]]  # labels as network indices
+    unannotated: list[Volume]
+    warnings: list[str] = field(default_factory=list)
+
+
+# --- reading and checking ---------------------------------------------------------------------
+
+
+def _check_unique_names(volumes: list[Volume]) -> None:
+    seen: dict[str, str] = {}
+    for v in volumes:
+        if v.name in seen:
+            raise InputError(v.path, f"has the same name '{v.name}' as {seen[v.name]}; input file names must differ")
+        seen[v.name] = v.path
+
+
+def resolve_classes(annotations: list[tuple[str, np.ndarray, list[ClassInfo] | None]],
+                    fixed: list[ClassInfo] | None) -> tuple[list[ClassInfo], list[np.ndarray]]:
+    """One class list for all annotations, and each annotation in network indices (1..n).
+
+    Segments of ``.seg.nrrd`` files are matched by name, plain label maps by value. With ``fixed``
+    classes (a dataset.json, or the model being fine-tuned) anything else is an error; otherwise
+    new names and values become new classes.
+    """
+    classes: list[ClassInfo] = list(fixed or [])
+    value_maps: list[dict[int, int]] = []
+    for path, raw, segments in annotations:
+        mapping: dict[int, int] = {}
+        if segments is not None:
+            for seg in segments:
+                match = next((c for c in classes if c.name.casefold() == seg.name.casefold()), None)
+                if match is None:
+                    if fixed is not None:
+                        raise InputError(path, f"segment '{seg.name}' is not one of the classes "
+                                               f"({', '.join(c.name for c in classes)})")
+                    match = dataclasses.replace(seg, value=max([c.value for c in classes], default=0) + 1)
+                    classes.append(match)
+                mapping[seg.value] = match.value
+        else:
+            for value in np.unique(raw).tolist():
+                if value == 0 or any(c.value == value for c in classes):
+                    mapping[value] = value
+                elif fixed is not None:
+                    allowed = ", ".join(str(v) for v in [0] + sorted(c.value for c in classes))
+                    raise InputError(path, f"has label value {value} outside the classes ({allowed})")
+                else:
+                    classes.append(ClassInfo(value, f"label {value}", _default_color(value)))
+                    mapping[value] = value
+        value_maps.append(mapping)
+    classes.sort(key=lambda c: c.value)
+    to_index = {0: 0, **{c.value: i + 1 for i, c in enumerate(classes)}}
+    indexed = []
+    for (path, raw, _), mapping in zip(annotations, value_maps):
+        lut = np.zeros(256, dtype=np.uint8)
+        for source, value in mapping.items():
+            lut[source] = to_index[value]
+        labels = lut[raw]
+        check_annotation(path, labels, [dataclasses.replace(c, value=to_index[c.value]) for c in classes])
+        indexed.append(labels)
+    return classes, indexed
+
+
+def _default_color(value: int) -> tuple[float, float, float]:
+    from .volumes import DEFAULT_COLORS
+
+    return DEFAULT_COLORS[(value - 1) % len(DEFAULT_COLORS)]
+
+
+def read_training_inputs(job: TrainJob) -> TrainingInputs:
+    """Read and check every input before anything is written."""
+    if not job.labeled:
+        raise InputError(None, "no annotated volume given (--labeled IMAGE LABEL)")
+    fixed: list[ClassInfo] | None = None
+    if job.init_model:
+        fixed = read_model(job.init_model)[0].classes
+    elif job.class_names:
+        fixed = [ClassInfo(v, n, _default_color(v)) for v, n in sorted(job.class_names.items()) if v > 0]
+    volumes, raw = [], []
+    for image_path, label_path in job.labeled:
+        volume = read_volume(image_path)
+        labels, segments = read_annotation(label_path, volume)
+        volumes.append(volume)
+        raw.append((label_path, labels, segments))
+    classes, indexed = resolve_classes(raw, fixed)
+    unannotated = [read_volume(p) for p in job.unlabeled]
+    _check_unique_names(volumes + unannotated)
+    inputs = TrainingInputs(classes, list(zip(volumes, indexed)), unannotated)
+    present = set().union(*(set(np.unique(lbl).tolist()) for _, lbl in inputs.annotated))
+    for index, c in enumerate(classes, start=1):
+        if index not in present:
+            inputs.warnings.append(f"class '{c.name}' appears in no annotated volume; it will not be learnt")
+    if not unannotated:
+        inputs.warnings.append("no unannotated volume: training supervised only (no pseudo-labels, no "
+                               "contrastive loss)")
+    return inputs
+
+
+def _check_outputs_do_not_touch_inputs(out: Path, inputs: list[str]) -> None:
+    """Outputs are only ever written under OUT/predictions, OUT/uncertainty and OUT/*.json|pt;
+    refuse a folder where that would replace a user's own file."""
+    own = {(out / n).resolve() for n in ("model.pt", "checkpoint.pt", "summary.json", "job.json", "training.json")}
+    for path in inputs:
+        resolved = Path(path).resolve()
+        if resolved in own or resolved.parent in {(out / "predictions").resolve(), (out / "uncertainty").resolve()}:
+            raise InputError(path, f"lies where outputs of {out} are written; choose another --out folder")
+
+
+# --- training ---------------------------------------------------------------------------------
+
+
+def target_spacing(config: TrainConfig, volumes: list[Volume]) -> float:
+    if config.target_spacing_mm:
+        return float(config.target_spacing_mm)
+    from .preprocess import slice_layout
+
+    return float(statistics.median(float(np.mean(slice_layout(v.grid).in_plane_spacing)) for v in volumes))
+
+
+def run_training(job: TrainJob, sink: EventSink, cancel: threading.Event | None = None,
+                 resume: bool = False) -> dict[str, Any]:
+    cancel = cancel or threading.Event()
+    started = time.monotonic()
+    config = job.config
+    device = resolve_device(config.device)
+    inputs = read_training_inputs(job)
+    out = Path(job.out)
+    _check_outputs_do_not_touch_inputs(out, [p for pair in job.labeled for p in pair] + job.unlabeled)
+    check_writable_folder(out)
+    sink.emit("start", command="train", version=__version__, device=str(device), out=str(out))
+    for message in inputs.warnings:
+        sink.emit("warning", message=message)
+    out.mkdir(parents=True, exist_ok=True)
+    _write_json(out / "job.json", job.to_dict())
+
+    sink.emit("stage", stage="prepare", round=0, total=len(inputs.annotated) + len(inputs.unannotated))
+    spacing = target_spacing(config, [v for v, _ in inputs.annotated])
+    num_classes = len(inputs.classes) + 1
+    annotated = [_prepare(v, spacing, config, sink, labels, num_classes) for v, labels in inputs.annotated]
+    unannotated = [_prepare(v, spacing, config, sink) for v in inputs.unannotated]
+
+    initial = read_model(job.init_model)[1] if job.init_model else None
+    trainer = Trainer(config, num_classes, annotated, unannotated, sink, device,
+                      checkpoint_path=out / "checkpoint.pt", cancel=cancel, initial_weights=initial)
+    if resume and (out / "checkpoint.pt").exists():
+        trainer.restore(Checkpoint.load(out / "checkpoint.pt"))
+    train_started = time.monotonic()
+    start_iteration = trainer.iteration
+    model = trainer.run()
+    train_seconds = time.monotonic() - train_started
+
+    info = ModelInfo(
+        classes=inputs.classes, target_spacing_mm=spacing, patch_size=config.patch_size,
+        base_channels=config.base_channels, levels=config.levels, embedding_dim=config.embedding_dim,
+        intensity_percentiles=tuple(config.intensity_percentiles), inference_tile=config.inference_tile,
+        inference_overlap=config.inference_overlap, largest_component=config.largest_component,
+        training={"annotated": [v.path for v, _ in inputs.annotated],
+                  "unannotated": [v.path for v in inputs.unannotated],
+                  "iterations": trainer.iteration, "budget": config.budget, "seed": config.seed,
+                  "config": config.to_dict(), "date": time.strftime("%Y-%m-%dT%H:%M:%S")})
+    save_model(out / "model.pt", model, info)
+    sink.emit("output", kind="model", path=str(out / "model.pt"), name=None)
+    iterations_run = trainer.iteration - start_iteration
+    _write_json(out / "training.json", {
+        "device": str(device), "train_seconds": train_seconds, "iterations": iterations_run,
+        "seconds_per_iteration": train_seconds / max(1, iterations_run), "losses": trainer.loss_history})
+
+    model.to(memory_format=torch.contiguous_format)
+    entries = write_predictions(model, info, unannotated, out, sink, cancel, device)
+    summary = _summary("train", out, info, entries, extra={"train_seconds": round(train_seconds, 2),
+                                                           "iterations": trainer.iteration})
+    sink.emit("done", out=str(out), elapsed_s=round(time.monotonic() - started, 2))
+    return summary
+
+
+def _prepare(volume: Volume, spacing: float, config: TrainConfig, sink: EventSink,
+             labels: np.ndarray | None = None, num_classes: int = 0) -> PreparedVolume:
+    prepared, has_contrast = prepare_volume(volume, spacing, tuple(config.intensity_percentiles), labels, num_classes)
+    if not has_contrast:
+        sink.emit("warning", message=f"{volume.path}: all voxels have the same intensity")
+    return prepared
+
+
+# --- prediction -------------------------------------------------------------------------------
+
+
+def write_predictions(model: torch.nn.Module, info: ModelInfo, volumes: list[PreparedVolume], out: Path,
+                      sink: EventSink, cancel: threading.Event, device: torch.device) -> list[dict[str, Any]]:
+    """Predict each volume and write its segmentation and uncertainty map; returns summary entries."""
+    from .train import Cancelled
+
+    if not volumes:
+        return []
+    (out / "predictions").mkdir(parents=True, exist_ok=True)
+    (out / "uncertainty").mkdir(parents=True, exist_ok=True)
+    sink.emit("stage", stage="predict", round=0, total=len(volumes))
+    entries = []
+    values = np.array([0] + [c.value for c in info.classes], dtype=np.uint8)
+    for index, prepared in enumerate(volumes):
+        if cancel.is_set():
+            raise Cancelled(None)
+        started = time.monotonic()
+        probs = predict_slices(model, prepared.images, info.num_classes, info.inference_tile,
+                               info.inference_overlap, 2 ** (info.levels - 1), device)
+        result = map_to_volume(prepared, probs)
+        labels = result.labels
+        if info.largest_component:
+            labels = keep_largest_components(labels, info.num_classes)
+        volume = prepared.volume
+        seg_path = out / "predictions" / f"{volume.name}.seg.nrrd"
+        unc_path = out / "uncertainty" / f"{volume.name}.nrrd"
+        write_segmentation(seg_path, values[labels], volume.grid, info.classes)
+        sink.emit("output", kind="prediction", path=str(seg_path), name=volume.name)
+        # Two decimals are plenty for review and make the map compress several times smaller.
+        write_image(unc_path, np.round(result.uncertainty, 2), volume.grid)
+        sink.emit("output", kind="uncertainty", path=str(unc_path), name=volume.name)
+        entries.append({"name": volume.name, "image": volume.path, "segmentation": str(seg_path),
+                        "uncertainty": str(unc_path), "uncertainty_score": round(result.score, 5),
+                        "voxels": {c.name: int((labels == i).sum()) for i, c in enumerate(info.classes, 1)},
+                        "seconds": round(time.monotonic() - started, 3)})
+        sink.emit("progress", stage="predict", iteration=index + 1, total=len(volumes), losses={},
+                  elapsed_s=0.0, eta_s=0.0, slices_per_s=0.0)
+    return entries
+
+
+def run_prediction(model_path: str, images: list[str], out: str, device_name: str, sink: EventSink,
+                   cancel: threading.Event | None = None) -> dict[str, Any]:
+    cancel = cancel or threading.Event()
+    started = time.monotonic()
+    device = resolve_device(device_name)
+    info, _ = read_model(model_path)
+    volumes = [read_volume(p) for p in images]
+    _check_unique_names(volumes)
+    out_path = Path(out)
+    _check_outputs_do_not_touch_inputs(out_path, images + [model_path])
+    check_writable_folder(out_path)
+    sink.emit("start", command="predict", version=__version__, device=str(device), out=str(out_path))
+    model, info = load_model(model_path, device)
+    out_path.mkdir(parents=True, exist_ok=True)
+    percentiles = tuple(info.intensity_percentiles)
+    prepared = []
+    for v in volumes:
+        p, has_contrast = prepare_volume(v, info.target_spacing_mm, percentiles)
+        if not has_contrast:
+            sink.emit("warning", message=f"{v.path}: all voxels have the same intensity")
+        prepared.append(p)
+    entries = write_predictions(model, info, prepared, out_path, sink, cancel, device)
+    summary = _summary("predict", out_path, info, entries, extra={"model": str(Path(model_path).resolve())})
+    sink.emit("done", out=str(out_path), elapsed_s=round(time.monotonic() - started, 2))
+    return summary
+
+
+def _summary(command: str, out: Path, info: ModelInfo, entries: list[dict[str, Any]],
+             extra: dict[str, Any]) -> dict[str, Any]:
+    summary = {
+        "version": __version__, "command": command,
+        "model": str(out / "model.pt") if command == "train" else extra.pop("model", None),
+        "classes": [c.to_dict() for c in info.classes],
+        "uncertainty_measure": UNCERTAINTY_MEASURE,
+        "volumes": sorted(entries, key=lambda e: -e["uncertainty_score"]),
+        **extra,
+    }
+    _write_json(out / "summary.json", summary)
+    return summary
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    with atomic_path(path) as tmp, open(tmp, "w") as f:
+        json.dump(data, f, indent=2)
+        f.write("\n")

@@ -1,0 +1,223 @@
+"""The training schedule: supervised warm-up, then rounds of pseudo-labelling and joint training."""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .batches import BackgroundBatches, Batch, BatchMaker, SliceSet
+from .config import ConfigError, TrainConfig
+from .events import EventSink
+from .losses import IGNORE, local_contrastive_loss, segmentation_loss
+from .network import UNet2D
+from .predict import keep_largest_components, predict_slices
+from .preprocess import PreparedVolume
+from .volumes import atomic_path
+
+
+class Cancelled(Exception):
+    """Training stopped on request; a checkpoint was saved."""
+
+    def __init__(self, checkpoint: str | None) -> None:
+        super().__init__("cancelled on request")
+        self.checkpoint = checkpoint
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError("--device cuda: no CUDA GPU is available to this torch build "
+                         f"(torch {torch.__version__}); use --device cpu or auto")
+    if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise ConfigError("--device mps: Apple MPS is not available on this machine; use --device cpu or auto")
+    return torch.device(name)
+
+
+@dataclass
+class Checkpoint:
+    iteration: int
+    model: dict[str, torch.Tensor]
+    optimizer: dict[str, Any]
+    pseudo_round: int
+    pseudo_labels: list[torch.Tensor]
+
+    def save(self, path: Path) -> None:
+        payload = {"iteration": self.iteration, "model": self.model, "optimizer": self.optimizer,
+                   "pseudo_round": self.pseudo_round, "pseudo_labels": self.pseudo_labels}
+        with atomic_path(path) as tmp:
+            torch.save(payload, tmp)
+
+    @classmethod
+    def load(cls, path: Path) -> Checkpoint:
+        p = torch.load(path, map_location="cpu", weights_only=True)
+        return cls(int(p["iteration"]), p["model"], p["optimizer"], int(p["pseudo_round"]), list(p["pseudo_labels"]))
+
+
+class Trainer:
+    """Runs one training job on prepared volumes; ``run`` returns the trained network."""
+
+    def __init__(self, config: TrainConfig, num_classes: int, annotated: list[PreparedVolume],
+                 unannotated: list[PreparedVolume], sink: EventSink, device: torch.device,
+                 checkpoint_path: Path | None = None, cancel: threading.Event | None = None,
+                 initial_weights: dict[str, torch.Tensor] | None = None) -> None:
+        self.config = config
+        self.num_classes = num_classes
+        self.annotated = SliceSet.from_stacks([v.images for v in annotated], [v.labels for v in annotated])
+        self.unannotated = unannotated
+        self.sink = sink
+        self.device = device
+        self.checkpoint_path = checkpoint_path
+        self.cancel = cancel or threading.Event()
+        torch.manual_seed(config.seed)
+        self.model = UNet2D(num_classes, config.base_channels, config.levels, config.embedding_dim)
+        if initial_weights is not None:
+            self.model.load_state_dict(initial_weights)
+        self.model.to(device)
+        if config.channels_last:
+            self.model.to(memory_format=torch.channels_last)
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.learning_rate)
+        self.iteration = 0
+        self.pseudo_round = 0
+        self.pseudo_labels: list[torch.Tensor] = []
+        self.loss_history: list[dict[str, float]] = []
+        self.contrastive_generator = torch.Generator().manual_seed(config.seed + 1)
+        self._last_report = 0.0
+        self._running: dict[str, float] = {}
+
+    # --- state -----------------------------------------------------------------------------------
+    def restore(self, checkpoint: Checkpoint) -> None:
+        self.model.load_state_dict(checkpoint.model)
+        self.optimizer.load_state_dict(checkpoint.optimizer)
+        self.iteration = checkpoint.iteration
+        self.pseudo_round = checkpoint.pseudo_round
+        self.pseudo_labels = checkpoint.pseudo_labels
+
+    def save_checkpoint(self) -> str | None:
+        if self.checkpoint_path is None:
+            return None
+        Checkpoint(self.iteration, self.model.state_dict(), self.optimizer.state_dict(), self.pseudo_round,
+                   self.pseudo_labels).save(self.checkpoint_path)
+        return str(self.checkpoint_path)
+
+    # --- schedule -------------------------------------------------------------------------------
+    def run(self) -> UNet2D:
+        cfg = self.config
+        rounds = cfg.rounds if self.unannotated else 0
+        self._start_time = time.monotonic()
+        self._start_iteration = self.iteration
+        self._total = cfg.warmup_iterations + rounds * cfg.joint_iterations
+        if self.iteration < cfg.warmup_iterations:
+            self.sink.emit("stage", stage="warmup", round=0, total=self._total)
+            self._train_until(cfg.warmup_iterations, stage="warmup", pseudo=None)
+        for round_index in range(1, rounds + 1):
+            end = cfg.warmup_iterations + round_index * cfg.joint_iterations
+            if self.iteration >= end:
+                continue
+            if self.pseudo_round != round_index:
+                self.sink.emit("stage", stage="pseudo_labels", round=round_index, total=self._total)
+                self.pseudo_labels = self.make_pseudo_labels()
+                self.pseudo_round = round_index
+                self.save_checkpoint()
+            self.sink.emit("stage", stage="joint", round=round_index, total=self._total)
+            pseudo = SliceSet.from_stacks([v.images for v in self.unannotated], self.pseudo_labels)
+            self._train_until(end, stage="joint", pseudo=pseudo)
+        self.save_checkpoint()
+        return self.model
+
+    def _train_until(self, end: int, stage: str, pseudo: SliceSet | None) -> None:
+        maker = BatchMaker(self.config, self.annotated, pseudo, seed=self.config.seed * 100_003 + self.iteration)
+        make = maker.joint_batch if pseudo is not None else maker.segmentation_batch
+        batches = BackgroundBatches(make, enabled=self.config.background_batches)
+        try:
+            while self.iteration < end:
+                if self.cancel.is_set():
+                    raise Cancelled(self.save_checkpoint())
+                losses = self.step(next(batches))
+                self.iteration += 1
+                self._report(stage, losses, end)
+                if self.iteration % self.config.checkpoint_every == 0:
+                    self.save_checkpoint()
+        finally:
+            batches.close()
+
+    # --- one step -----------------------------------------------------------------------------
+    def step(self, batch: Batch) -> dict[str, float]:
+        cfg = self.config
+        self.model.train()
+        n_seg = batch.images.shape[0]
+        x = batch.images
+        if batch.contrastive_images is not None:
+            x = torch.cat([x, batch.contrastive_images])
+        x = x.to(self.device, non_blocking=True)
+        if cfg.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        y = batch.labels.to(self.device)
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
+            logits, embeddings = self.model(x, with_embedding=True)
+        loss = segmentation_loss(logits[:n_seg], y, cfg.segmentation_loss)
+        losses = {"segmentation": float(loss.detach())}
+        if batch.contrastive_images is not None:
+            labels = batch.contrastive_labels.to(self.device)
+            if cfg.contrastive_weight > 0:
+                contrastive = local_contrastive_loss(
+                    embeddings[n_seg:], labels, batch.pairs.to(self.device), self.num_classes,
+                    cfg.temperature, cfg.anchors_per_class, self.contrastive_generator)
+                loss = loss + cfg.contrastive_weight * contrastive
+                losses["contrastive"] = float(contrastive.detach())
+            if cfg.pseudo_segmentation_weight > 0:
+                # Self-training: the segmentation loss on the first view of every contrastive slice.
+                n = labels.shape[0] // 2
+                pseudo_loss = segmentation_loss(logits[n_seg:n_seg + n], labels[:n], cfg.segmentation_loss)
+                loss = loss + cfg.pseudo_segmentation_weight * pseudo_loss
+                losses["pseudo_segmentation"] = float(pseudo_loss.detach())
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        losses["total"] = float(loss.detach())
+        return losses
+
+    def _report(self, stage: str, losses: dict[str, float], stage_end: int) -> None:
+        for key, value in losses.items():  # smoothed for display
+            self._running[key] = value if key not in self._running else 0.9 * self._running[key] + 0.1 * value
+        self.loss_history.append({"iteration": self.iteration, **losses})
+        now = time.monotonic()
+        if now - self._last_report < 0.5 and self.iteration not in (stage_end, self._total):
+            return
+        self._last_report = now
+        done = self.iteration - self._start_iteration
+        elapsed = now - self._start_time
+        per_iteration = elapsed / max(1, done)
+        slices = self.config.batch_size + (2 * self.config.contrastive_images if stage == "joint" else 0)
+        self.sink.emit("progress", stage=stage, iteration=self.iteration, total=self._total,
+                       losses={k: round(v, 5) for k, v in self._running.items()},
+                       elapsed_s=round(elapsed, 2), eta_s=round(per_iteration * (self._total - self.iteration), 1),
+                       slices_per_s=round(slices / per_iteration, 2))
+
+    # --- pseudo-labels ---------------------------------------------------------------------------
+    def make_pseudo_labels(self) -> list[torch.Tensor]:
+        cfg = self.config
+        labels = []
+        for volume in self.unannotated:
+            if self.cancel.is_set():
+                raise Cancelled(self.save_checkpoint())
+            probs = predict_slices(self.model, volume.images, self.num_classes, cfg.inference_tile,
+                                   cfg.inference_overlap, self.model.divisor, self.device,
+                                   channels_last=cfg.channels_last)
+            confidence, label = probs.max(dim=1)
+            label = label.to(torch.uint8)
+            if cfg.largest_component:
+                label = torch.from_numpy(keep_largest_components(label.numpy(), self.num_classes))
+            if cfg.pseudo_label_confidence > 0:
+                label[confidence < cfg.pseudo_label_confidence] = IGNORE
+            labels.append(label)
+        return labels
