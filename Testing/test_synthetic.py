@@ -37,6 +37,7 @@ def test_dataset_json_says_synthetic_and_lists_every_case(dataset: Path) -> None
     assert sorted(p.name[: -len(".nii.gz")] for p in (dataset / "images").iterdir()) == names
     assert sorted(p.name[: -len(".nii.gz")] for p in (dataset / "labels").iterdir()) == names
     assert not [p for p in dataset.rglob(".*")], "temporary files left behind"
+    assert all((p.stat().st_mode & 0o777) != 0o600 for p in dataset.rglob("*.nii.gz")), "files left private"
 
 
 def test_small_enough_to_embed(dataset: Path) -> None:

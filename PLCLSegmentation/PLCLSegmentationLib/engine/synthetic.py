@@ -200,6 +200,9 @@ def _write_nifti(path: Path, array: np.ndarray, grid: Grid) -> None:
     os.close(fd)
     try:
         sitk.WriteImage(image, tmp, useCompression=True)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes the file private; the dataset gets usual permissions
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
