@@ -9,9 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import SimpleITK as sitk
+from scipy import ndimage
+
 from PLCLSegmentationLib.engine import metrics
 from PLCLSegmentationLib.engine.volumes import ClassInfo, Grid, InputError, write_image, write_segmentation
-from scipy import ndimage
 
 ACDC_SPACING_KJI = (10.0, 1.5625, 1.5625)
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"

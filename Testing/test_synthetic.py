@@ -8,9 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import SimpleITK as sitk
+from scipy import ndimage
+
 from PLCLSegmentationLib.engine import synthetic
 from PLCLSegmentationLib.engine.volumes import Grid, read_annotation, read_volume
-from scipy import ndimage
 
 
 @pytest.fixture(scope="module")

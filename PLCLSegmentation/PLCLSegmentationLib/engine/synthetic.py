@@ -13,20 +13,17 @@ exercised. Everything follows from ``seed``; case ``n`` is the same whatever ``n
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import SimpleITK as sitk
 from scipy import ndimage
 
-from .volumes import Grid, atomic_path
+from .volumes import Grid, atomic_path, write_image
 
 LABELS: dict[int, str] = {0: "background", 1: "right ventricle", 2: "myocardium", 3: "left ventricle"}
 RV, MYO, LV = 1, 2, 3
@@ -189,27 +186,6 @@ def _case(seed: int, index: int, oblique: bool) -> tuple[np.ndarray, np.ndarray,
     return voxels, labels, grid
 
 
-def _write_nifti(path: Path, array: np.ndarray, grid: Grid) -> None:
-    """Write a compressed ``.nii.gz`` atomically.
-
-    Not ``volumes.write_image``: its temporary name ends in ``.partial.gz``, which ITK cannot map
-    to a NIfTI writer (``atomic_path`` keeps only the last suffix except for ``.seg.nrrd``).
-    """
-    image = grid.apply_to(sitk.GetImageFromArray(array))
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial.nii.gz", dir=path.parent)
-    os.close(fd)
-    try:
-        sitk.WriteImage(image, tmp, useCompression=True)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes the file private; the dataset gets usual permissions
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-
-
 def case_names(n_cases: int) -> list[str]:
     return [f"synthetic_{index + 1:03d}" for index in range(n_cases)]
 
@@ -231,8 +207,8 @@ def make_synthetic_dataset(out_dir: str | os.PathLike[str], n_cases: int = 8, se
     names = case_names(n_cases)
     for index, name in enumerate(names):
         voxels, labels, grid = _case(int(seed), index, oblique)
-        _write_nifti(out / "images" / f"{name}.nii.gz", voxels, grid)
-        _write_nifti(out / "labels" / f"{name}.nii.gz", labels, grid)
+        write_image(out / "images" / f"{name}.nii.gz", voxels, grid)
+        write_image(out / "labels" / f"{name}.nii.gz", labels, grid)
     n_val = 0 if n_cases < 2 else max(1, round(n_cases / 4))
     geometry = (
         "synthetic geometry: in-plane spacing 1.2-1.8 mm, slice spacing 8-10 mm, 8-12 slices of "

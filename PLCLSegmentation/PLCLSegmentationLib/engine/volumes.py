@@ -271,7 +271,8 @@ def check_annotation(path: str, labels: np.ndarray, classes: Sequence[ClassInfo]
 def atomic_path(path: str | os.PathLike[str]) -> Iterator[str]:
     """Yield a temporary path beside ``path`` (same extension); move it into place only on success."""
     path = Path(path)
-    suffix = "".join(path.suffixes[-2:]) if path.name.endswith(".seg.nrrd") else path.suffix
+    double = path.name.lower().endswith((".seg.nrrd", ".nii.gz"))
+    suffix = "".join(path.suffixes[-2:]) if double else path.suffix
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".partial{suffix}", dir=path.parent)
     os.close(fd)
     try:
