@@ -1,0 +1,506 @@
+"""The module's behaviour, without Qt: roles, training, propagation, review, models.
+
+A run: export the training volumes with their chosen segments and the volumes to segment into a
+private temporary folder (each on its own grid), start the engine as a child process
+(:mod:`.process`), take in its events on each :meth:`PLCLSegmentationLogic.poll` (the loss plot
+grows, the job's progress moves), and only when the child has finished successfully import the
+predictions as new nodes. Cancel or failure leave the scene as it was. The user's own segmentation
+nodes are only ever read.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from . import dependencies, scene_io
+from .jobs import PREDICT, TRAIN, Job, JobState
+from .parameters import (
+    ANNOTATED,
+    EXCLUDED,
+    PREDICTED,
+    REVIEWED,
+    TARGET_ROLES,
+    UNANNOTATED,
+    ModuleState,
+    VolumeRecord,
+)
+from .plots import LOSS_CHART, LOSS_SERIES, LOSS_TABLE, LossPlot
+from .process import EngineProcess, Message, RunState
+from .scene_io import SceneTransaction, SegmentClass
+from .services import OWNER_ATTRIBUTE, PLCLError, SlicerServices, is_owned
+
+#: Retraining with a warm start and a user-set number of iterations uses this share of them.
+RETRAIN_FRACTION = 0.3
+
+
+@dataclass
+class ReviewRow:
+    record: VolumeRecord
+    name: str
+    role: str
+    score: float | None
+
+
+class PLCLSegmentationLogic:
+    """Qt-free logic. In Slicer, the module's logic class derives from it (see PLCLSegmentation.py)."""
+
+    def __init__(self, services: SlicerServices | None = None, *, models_dir: str | os.PathLike[str] | None = None,
+                 engine_command: Sequence[str] | None = None, environment: dict[str, str] | None = None,
+                 process_factory: Callable[..., EngineProcess] = EngineProcess, grace_s: float = 20.0) -> None:
+        self.services = services or SlicerServices.from_slicer()
+        self.models_dir = Path(models_dir) if models_dir else dependencies.default_models_dir()
+        #: Command that starts the engine (tests put a fake here); default: the chosen Python -m engine.
+        self.engine_command = list(engine_command) if engine_command else None
+        self.environment = environment
+        self.process_factory = process_factory
+        self.grace_s = grace_s
+        self.job: Job | None = None
+
+    @property
+    def scene(self) -> Any:
+        return self.services.scene
+
+    @property
+    def state(self) -> ModuleState:
+        return ModuleState(self.scene)
+
+    @property
+    def busy(self) -> bool:
+        return self.job is not None and not self.job.state.finished
+
+    # --- volumes and roles ----------------------------------------------------------------------
+    def refresh(self) -> list[VolumeRecord]:
+        """Bring the records up to date with the scene: forget deleted volumes, add new ones as unannotated."""
+        state = self.state
+        state.prune()
+        records = state.records()
+        known = {r.volume.GetID() for r in records}
+        changed = []
+        for record in records:  # a prediction the user deleted: the volume waits for the next run
+            if record.role in (PREDICTED, REVIEWED) and record.segmentation is None:
+                record.role, record.uncertainty, record.score, record.fingerprint = UNANNOTATED, None, None, ""
+                changed.append(record)
+            elif record.role == ANNOTATED and record.segmentation is None:
+                record.role, record.segment_ids = UNANNOTATED, []
+                changed.append(record)
+        if changed:
+            state.save(*changed)
+        for volume in scene_io.scalar_volumes(self.scene):
+            if volume.GetID() not in known:
+                state.new_record(volume, UNANNOTATED)
+        return state.records()
+
+    def record(self, volume: Any) -> VolumeRecord:
+        record = self.state.record_for(volume)
+        if record is None:
+            self.refresh()
+            record = self.state.record_for(volume)
+        if record is None:
+            raise PLCLError(f"'{volume.GetName() if volume else None}' is not a grayscale volume of this scene.")
+        return record
+
+    def set_annotation(self, volume: Any, segmentation: Any, segment_ids: Sequence[str] | None = None) -> VolumeRecord:
+        """Mark ``volume`` as annotated by ``segmentation`` (only ``segment_ids`` are learnt; default: all)."""
+        self._check_idle()
+        if volume is None or segmentation is None:
+            raise PLCLError("Choose an annotated volume and its segmentation.")
+        ids = list(segment_ids) if segment_ids else scene_io.segment_ids(segmentation)
+        if not ids:
+            raise PLCLError(f"Segmentation '{segmentation.GetName()}' has no segment.")
+        scene_io.classes_from_segments(segmentation, ids)  # checks the IDs and names
+        record = self.record(volume)
+        record.role, record.segmentation, record.segment_ids = ANNOTATED, segmentation, ids
+        record.uncertainty, record.score, record.fingerprint = None, None, ""
+        self.state.save(record)
+        return record
+
+    def set_role(self, volume: Any, role: str) -> VolumeRecord:
+        """Make ``volume`` unannotated (segmented by the next run) or excluded (ignored)."""
+        self._check_idle()
+        if role not in (UNANNOTATED, EXCLUDED):
+            raise PLCLError(f"Use set_annotation or accept to make a volume {role}.")
+        record = self.record(volume)
+        if record.role == PREDICTED and role == UNANNOTATED:
+            return record  # already a target
+        if record.segmentation is not None and not is_owned(record.segmentation):
+            record.segmentation, record.segment_ids = None, []  # forget the user's annotation, never touch it
+        record.role = role
+        self.state.save(record)
+        return record
+
+    def annotated(self) -> list[VolumeRecord]:
+        return [r for r in self.state.records() if r.is_training]
+
+    # --- runs -----------------------------------------------------------------------------------
+    def train(self, warm_start: bool = False) -> Job:
+        """Start training on the annotated and reviewed volumes; the others are segmented at the end."""
+        self._check_idle()
+        records = self.refresh()
+        training = sorted((r for r in records if r.is_training), key=lambda r: r.role != ANNOTATED)
+        if not training:
+            raise PLCLError("Choose at least one annotated volume with its segmentation first.")
+        targets = [r for r in records if r.role in TARGET_ROLES]
+        state = self.state
+        init_model = ""
+        if warm_start:
+            init_model = state.model_path
+            if not init_model or not Path(init_model).is_file():
+                raise PLCLError("Retrain needs a trained model: train first, or load a model.")
+        classes = self._training_classes(training, warm_start)
+        argv = self._command() + ["train"]
+        inputs = Path(tempfile.mkdtemp(prefix="plcl-inputs-"))
+        try:
+            for record in training:
+                image = self._export_image(record, inputs)
+                label = inputs / "labels" / f"{record.key}.seg.nrrd"
+                label.parent.mkdir(exist_ok=True)
+                ids = scene_io.match_segments(record.segmentation, classes, record.segment_ids)
+                scene_io.write_annotation(self.services, record.segmentation, ids, record.volume, classes, str(label))
+                argv += ["--labeled", str(image), str(label)]
+            if targets:
+                argv += ["--unlabeled", *[str(self._export_image(r, inputs)) for r in targets]]
+            out = self._run_folder(TRAIN)
+            argv += ["--out", str(out), "--budget", state.budget, "--device", state.device, "--events", "jsonl"]
+            if state.iterations:
+                iterations = state.iterations
+                if warm_start:
+                    iterations = max(1, round(iterations * RETRAIN_FRACTION))
+                argv += ["--iterations", str(iterations)]
+            if init_model:
+                argv += ["--init-model", init_model]
+        except BaseException:
+            shutil.rmtree(inputs, ignore_errors=True)
+            raise
+        job = Job(TRAIN, argv, inputs, out, {r.key: r.key for r in targets}, classes, warm_start=warm_start,
+                  model_path=init_model)
+        job.plot = LossPlot(self.scene)
+        return self._start(job)
+
+    def retrain(self) -> Job:
+        """Train again from the current model (warm start: a shorter schedule) with the reviewed volumes."""
+        return self.train(warm_start=True)
+
+    def predict(self, volumes: Sequence[Any] | None = None, model_path: str | None = None) -> Job:
+        """Segment ``volumes`` (default: the unannotated volumes without a prediction) with a saved model."""
+        self._check_idle()
+        records = self.refresh()
+        model = model_path or self.state.model_path
+        if not model or not Path(model).is_file():
+            raise PLCLError(f"Model file not found: {model}" if model else "Load or train a model first.")
+        if volumes:
+            targets = [self.record(v) for v in volumes]
+            if any(r.is_training for r in targets):
+                raise PLCLError("Annotated and reviewed volumes are not segmented again; choose other volumes.")
+        else:
+            targets = [r for r in records if r.role == UNANNOTATED]
+        if not targets:
+            raise PLCLError("No volume to segment: load volumes first (annotated ones are left as they are).")
+        inputs = Path(tempfile.mkdtemp(prefix="plcl-inputs-"))
+        try:
+            images = [str(self._export_image(r, inputs)) for r in targets]
+        except BaseException:
+            shutil.rmtree(inputs, ignore_errors=True)
+            raise
+        out = self._run_folder(PREDICT)
+        argv = self._command() + ["predict", "--model", str(model), "--out", str(out), "--device", self.state.device,
+                                  "--events", "jsonl", *images]
+        same_model = Path(model) == Path(self.state.model_path) if self.state.model_path else False
+        classes = [SegmentClass.from_dict(c) for c in self.state.classes] if same_model else []
+        job = Job(PREDICT, argv, inputs, out, {r.key: r.key for r in targets}, classes, model_path=str(model))
+        return self._start(job)
+
+    def cancel(self) -> None:
+        """Stop the run: the child finishes its step and exits, the whole tree is ended; nothing is imported."""
+        if self.busy and self.job is not None and self.job.state == JobState.RUNNING:
+            self.job.state = JobState.CANCELLING
+            self.job.process.cancel()
+
+    def poll(self) -> list[Message]:
+        """Take in what the child said since the last call; on its exit, import or clean up. Never blocks."""
+        job = self.job
+        if job is None or job.state.finished:
+            return []
+        messages = job.process.poll()
+        points = []
+        for message in messages:
+            if message.kind == "event":
+                point = job.handle(message.data)
+                if point is not None:
+                    points.append(point)
+            elif message.kind == "log":
+                job.log.append(message.data)
+        if points and job.plot is not None:
+            job.plot.append(points)
+        if job.process.state.finished:
+            self._finish(job)
+        return messages
+
+    def wait(self, timeout_s: float = 600.0, interval_s: float = 0.05,
+             on_messages: Callable[[list[Message]], None] | None = None) -> Job:
+        """Poll until the run finishes (tests and scripts; the widget polls from a timer)."""
+        if self.job is None:
+            raise PLCLError("Nothing is running.")
+        deadline = time.monotonic() + timeout_s
+        while not self.job.state.finished:
+            messages = self.poll()
+            if on_messages is not None and messages:
+                on_messages(messages)
+            if self.job.state.finished:
+                break
+            if time.monotonic() > deadline:
+                self.job.process.kill()
+                self.job.process.wait(30)
+                self.poll()
+                raise TimeoutError(f"the run did not finish within {timeout_s:.0f} s and was stopped")
+            time.sleep(interval_s)
+        return self.job
+
+    def shutdown(self) -> None:
+        """End a running child at once (Slicer closes, the scene is closed)."""
+        if self.busy and self.job is not None:
+            self.job.process.kill()
+            self.job.process.wait(10)
+            self.poll()
+
+    # --- review ---------------------------------------------------------------------------------
+    def review_rows(self) -> list[ReviewRow]:
+        """Every volume with its role and uncertainty score, the least certain first."""
+        rows = [ReviewRow(r, r.name, r.role, r.score) for r in self.refresh()]
+        order = {PREDICTED: 0, UNANNOTATED: 1, REVIEWED: 2, ANNOTATED: 3, EXCLUDED: 4}
+        rows.sort(key=lambda row: (row.score is None, -(row.score or 0.0), order.get(row.role, 5), row.name))
+        return rows
+
+    def show(self, volume: Any) -> VolumeRecord:
+        """Show ``volume`` in the slice views with its segmentation (and the uncertainty overlay if chosen)."""
+        record = self.record(volume)
+        state = self.state
+        others = [r.segmentation for r in state.records() if r.key != record.key]
+        uncertainty = record.uncertainty if state.show_uncertainty and record.role == PREDICTED else None
+        scene_io.show_in_views(self.scene, record.volume, record.segmentation, uncertainty,
+                               state.uncertainty_opacity, hide=others)
+        return record
+
+    def accept(self, volume: Any) -> VolumeRecord:
+        """The user reviewed (and corrected) the prediction of ``volume``: it becomes training data."""
+        self._check_idle()
+        record = self.record(volume)
+        if record.role != PREDICTED or record.segmentation is None:
+            raise PLCLError(f"'{record.name}' has no prediction to accept.")
+        record.role = REVIEWED
+        record.segment_ids = scene_io.segment_ids(record.segmentation)
+        self.state.save(record)
+        return record
+
+    # --- models ---------------------------------------------------------------------------------
+    def save_model(self, path: str | os.PathLike[str]) -> str:
+        """Copy the current model to ``path`` (and make it the model the scene refers to)."""
+        source = self.state.model_path
+        if not source or not Path(source).is_file():
+            raise PLCLError("There is no trained model to save yet.")
+        target = Path(path)
+        if target.suffix != ".pt":
+            target = target.with_name(target.name + ".pt")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if target.resolve() != Path(source).resolve():
+            shutil.copyfile(source, target)
+            summary = Path(source).with_name("summary.json")
+            if summary.is_file():
+                shutil.copyfile(summary, target.with_suffix(".json"))
+        self.state.set("modelPath", str(target))
+        return str(target)
+
+    def load_model(self, path: str | os.PathLike[str]) -> str:
+        """Use the model file ``path`` for predictions and retraining."""
+        self._check_idle()
+        model = Path(path)
+        if not model.is_file():
+            raise PLCLError(f"Model file not found: {model}")
+        classes: list[dict[str, Any]] = []
+        summary = model.with_suffix(".json") if model.name != "model.pt" else model.with_name("summary.json")
+        with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+            classes = [SegmentClass.from_dict(c).to_dict() for c in json.loads(summary.read_text())["classes"]]
+        self.state.set("modelPath", str(model.resolve()))
+        self.state.set("classes", classes)
+        return str(model)
+
+    # --- internals ------------------------------------------------------------------------------
+    def _check_idle(self) -> None:
+        if self.busy:
+            raise PLCLError("A run is in progress: wait for it to finish or cancel it.")
+
+    def _command(self) -> list[str]:
+        return list(self.engine_command) if self.engine_command else dependencies.engine_command(self.state.python)
+
+    def _training_classes(self, training: list[VolumeRecord], warm_start: bool) -> list[SegmentClass]:
+        if warm_start and self.state.classes:
+            return [SegmentClass.from_dict(c) for c in self.state.classes]
+        first = next((r for r in training if r.role == ANNOTATED), training[0])
+        ids = first.segment_ids or scene_io.segment_ids(first.segmentation)
+        return scene_io.classes_from_segments(first.segmentation, ids)
+
+    def _export_image(self, record: VolumeRecord, inputs: Path) -> Path:
+        path = inputs / "images" / f"{record.key}.nrrd"
+        path.parent.mkdir(exist_ok=True)
+        if not path.exists():
+            scene_io.write_volume(record.volume, str(path))
+        return path
+
+    def _run_folder(self, kind: str) -> Path:
+        folder = self.models_dir / "runs" / f"{time.strftime('%Y%m%d-%H%M%S')}-{kind}-{uuid.uuid4().hex[:6]}"
+        folder.mkdir(parents=True)
+        return folder
+
+    def _start(self, job: Job) -> Job:
+        environment = self.environment
+        if environment is None:
+            environment = dependencies.child_environment(external_python=bool(self.state.python))
+        job.process = self.process_factory(job.argv, env=environment, log_path=job.log_path, grace_s=self.grace_s)
+        try:
+            job.process.start()
+        except OSError as error:
+            self._discard(job, keep_out=False)
+            raise PLCLError(f"Could not start the engine ({job.argv[0]}): {error.strerror or error}") from None
+        job.state = JobState.RUNNING
+        self.job = job
+        return job
+
+    def _finish(self, job: Job) -> None:
+        outcome = job.process.state
+        try:
+            if outcome == RunState.DONE:
+                job.state = JobState.IMPORTING
+                try:
+                    self._import(job)
+                except Exception as error:  # nothing was added: the transaction rolled back
+                    job.error = f"the results could not be imported: {error}"
+                    job.state = JobState.FAILED
+                    self._discard(job, keep_out=True)
+                else:
+                    job.state = JobState.DONE
+                    self._tidy_after_success(job)
+            elif outcome == RunState.CANCELLED:
+                job.state = JobState.CANCELLED
+                self._discard(job, keep_out=False)
+            else:
+                job.error = job.process.error or job.error or "the engine failed"
+                job.tail = list(job.process.tail)
+                job.state = JobState.FAILED
+                self._discard(job, keep_out=True)
+        finally:
+            job.finished = time.monotonic()
+            shutil.rmtree(job.inputs_dir, ignore_errors=True)
+
+    def _discard(self, job: Job, keep_out: bool) -> None:
+        """Undo everything the run added to the scene; keep its folder (with the log) only if asked."""
+        if job.plot is not None:
+            for node in job.plot.nodes:
+                scene_io.remove_node(self.scene, node)
+            job.plot = None
+        if not keep_out:
+            shutil.rmtree(job.out_dir, ignore_errors=True)
+
+    def _import(self, job: Job) -> None:
+        summary: dict[str, Any] = {}
+        summary_path = job.out_dir / "summary.json"
+        if summary_path.is_file():
+            summary = json.loads(summary_path.read_text(encoding="utf-8"))
+        by_name = {str(v.get("name")): v for v in summary.get("volumes", []) if isinstance(v, dict)}
+        records = {r.key: r for r in self.state.records()}
+        transaction = SceneTransaction(self.scene)
+        updates = []
+        try:
+            for stem, key in job.targets.items():
+                record = records.get(key)
+                if record is None:  # the volume was deleted during the run
+                    job.warnings.append(f"a volume was deleted during the run; its result is skipped ({stem})")
+                    continue
+                info = by_name.get(stem, {})
+                segmentation_path = self._output(job, info.get("segmentation"), "predictions", f"{stem}.seg.nrrd")
+                if segmentation_path is None:
+                    raise PLCLError(f"the engine wrote no segmentation for '{record.name}'")
+                node = scene_io.add_prediction(self.services, transaction, record.volume, str(segmentation_path),
+                                               job.classes)
+                uncertainty = None
+                uncertainty_path = self._output(job, info.get("uncertainty"), "uncertainty", f"{stem}.nrrd")
+                if uncertainty_path is not None:
+                    uncertainty = scene_io.add_uncertainty(self.services, transaction, record.volume,
+                                                           str(uncertainty_path))
+                score = info.get("uncertainty_score")
+                updates.append((record, node, uncertainty, float(score) if score is not None else None))
+        except BaseException:
+            transaction.rollback()
+            raise
+        for record, node, uncertainty, score in updates:
+            self._replace_prediction(job, record)
+            record.role, record.segmentation, record.uncertainty, record.score = PREDICTED, node, uncertainty, score
+            record.segment_ids = scene_io.segment_ids(node)
+            record.fingerprint = scene_io.fingerprint(node)
+            job.imported.append(record.name)
+        state = self.state
+        if updates:
+            state.save(*(u[0] for u in updates))
+        if job.kind == TRAIN:
+            model = job.out_dir / "model.pt"
+            if not model.is_file():
+                raise PLCLError(f"the engine wrote no model file in {job.out_dir}")
+            state.set("modelPath", str(model))
+            state.set("classes", [c.to_dict() for c in job.classes])
+            self._remove_old_plots(keep=job.plot.nodes if job.plot is not None else [])
+        state.set("lastRun", {"kind": job.kind, "elapsed_s": round(job.elapsed_s, 1), "out": str(job.out_dir),
+                              "finished": time.strftime("%Y-%m-%d %H:%M:%S"), "warm_start": job.warm_start})
+
+    def _replace_prediction(self, job: Job, record: VolumeRecord) -> None:
+        """Remove the volume's previous prediction (ours), unless the user edited it without accepting."""
+        old = record.segmentation
+        if old is not None and is_owned(old) and record.role == PREDICTED:
+            if record.fingerprint and scene_io.fingerprint(old) != record.fingerprint:
+                job.warnings.append(f"'{old.GetName()}' was edited but not accepted; it is kept beside the new one")
+            else:
+                scene_io.remove_node(self.scene, old)
+        if record.uncertainty is not None and is_owned(record.uncertainty):
+            scene_io.remove_node(self.scene, record.uncertainty)
+
+    def _remove_old_plots(self, keep: Sequence[Any]) -> None:
+        keep_ids = {n.GetID() for n in keep}
+        stale = []
+        for node_class in ("vtkMRMLTableNode", "vtkMRMLPlotChartNode", "vtkMRMLPlotSeriesNode"):
+            for index in range(self.scene.GetNumberOfNodesByClass(node_class)):
+                node = self.scene.GetNthNodeByClass(index, node_class)
+                if node.GetAttribute(OWNER_ATTRIBUTE) in (LOSS_TABLE, LOSS_CHART, LOSS_SERIES) \
+                        and node.GetID() not in keep_ids:
+                    stale.append(node)
+        for node in stale:
+            scene_io.remove_node(self.scene, node)
+
+    def _output(self, job: Job, reported: Any, folder: str, name: str) -> Path | None:
+        for candidate in (Path(str(reported)) if reported else None, job.out_dir / folder / name):
+            if candidate is None:
+                continue
+            path = candidate if candidate.is_absolute() else job.out_dir / candidate
+            if path.is_file():
+                return path
+        return None
+
+    def _tidy_after_success(self, job: Job) -> None:
+        if job.kind == PREDICT:
+            shutil.rmtree(job.out_dir, ignore_errors=True)
+            return
+        for folder in ("predictions", "uncertainty"):  # now in the scene
+            shutil.rmtree(job.out_dir / folder, ignore_errors=True)
+        for output in job.outputs:
+            if output.get("kind") == "checkpoint" and output.get("path"):
+                path = Path(str(output["path"]))
+                if path.is_file() and job.out_dir in path.parents:
+                    with contextlib.suppress(OSError):
+                        path.unlink()
+

@@ -1,0 +1,245 @@
+"""Everything the module remembers, kept in the scene so a saved scene reopens where the user left off.
+
+The state lives in the module's parameter node, the singleton ``vtkMRMLScriptedModuleNode`` that
+``ScriptedLoadableModuleLogic.getParameterNode()`` also finds (same singleton tag and ``ModuleName``
+attribute), so it is saved and loaded with the scene:
+
+* settings are string parameters (budget, device, Python interpreter, model path, ...);
+* each volume the module knows is a *record*: its role and scores in the JSON parameter ``volumes``,
+  keyed by a short random key, and its nodes as node references ``plclVolume_<key>``,
+  ``plclSegmentation_<key>`` and ``plclUncertainty_<key>``. Node references follow node ID changes
+  when a scene is imported and disappear when a node is deleted, which strings would not.
+
+Qt-free: works with slicer-core in tests and in the Slicer application.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+from .services import MODULE_NAME
+
+# Roles of a volume.
+ANNOTATED = "annotated"  # the user segmented it: training data
+REVIEWED = "reviewed"  # a prediction the user corrected and accepted: training data
+PREDICTED = "predicted"  # segmented by the model, waiting for review
+UNANNOTATED = "unannotated"  # to be segmented by the next run
+EXCLUDED = "excluded"  # ignored
+
+ROLES = (ANNOTATED, REVIEWED, PREDICTED, UNANNOTATED, EXCLUDED)
+TRAINING_ROLES = (ANNOTATED, REVIEWED)
+TARGET_ROLES = (UNANNOTATED, PREDICTED)
+
+BUDGETS = ("quick", "standard", "full")
+DEVICES = ("auto", "cpu", "cuda", "mps")
+
+#: Settings and their defaults (all stored as strings).
+SETTINGS: dict[str, str] = {
+    "budget": "standard",
+    "device": "auto",
+    "iterations": "0",  # 0: the budget's own schedule
+    "python": "",  # empty: Slicer's own Python
+    "modelPath": "",  # the current model (model.pt)
+    "showUncertainty": "true",
+    "uncertaintyOpacity": "0.4",
+    "classes": "[]",  # the current model's classes: [{value, name, color, terminology}]
+    "lastRun": "{}",  # {kind, elapsed_s, out, finished}
+}
+
+_VOLUME = "plclVolume_"
+_SEGMENTATION = "plclSegmentation_"
+_UNCERTAINTY = "plclUncertainty_"
+
+
+@dataclass
+class VolumeRecord:
+    """One volume the module knows, with its role and nodes."""
+
+    key: str
+    role: str
+    volume: Any = None  # vtkMRMLScalarVolumeNode
+    segmentation: Any = None  # the annotation (annotated, reviewed) or the prediction (predicted)
+    uncertainty: Any = None  # vtkMRMLScalarVolumeNode or None
+    segment_ids: list[str] = field(default_factory=list)  # annotated: the segments to learn
+    score: float | None = None  # uncertainty score of the prediction (higher: less certain)
+    fingerprint: str = ""  # of the prediction when imported: tells whether the user edited it
+
+    @property
+    def name(self) -> str:
+        return self.volume.GetName() if self.volume is not None else "?"
+
+    @property
+    def is_training(self) -> bool:
+        return self.role in TRAINING_ROLES
+
+    @property
+    def is_target(self) -> bool:
+        return self.role in TARGET_ROLES
+
+
+class ModuleState:
+    """Typed access to the module's parameter node in ``scene`` (created when missing)."""
+
+    def __init__(self, scene: Any) -> None:
+        self.scene = scene
+
+    # --- the node -------------------------------------------------------------------------------
+    @property
+    def node(self) -> Any:
+        node = self.scene.GetSingletonNode(MODULE_NAME, "vtkMRMLScriptedModuleNode")
+        if node is None:
+            node = self.scene.CreateNodeByClass("vtkMRMLScriptedModuleNode")
+            node.UnRegister(None)
+            node.SetSingletonTag(MODULE_NAME)
+            node.SetAttribute("ModuleName", MODULE_NAME)
+            node.SetName(self.scene.GenerateUniqueName(MODULE_NAME))
+            node = self.scene.AddNode(node)
+        elif node.GetAttribute("ModuleName") != MODULE_NAME:  # removed by a scene close
+            node.SetAttribute("ModuleName", MODULE_NAME)
+        return node
+
+    # --- settings -------------------------------------------------------------------------------
+    def get(self, name: str) -> str:
+        if name not in SETTINGS:
+            raise KeyError(name)
+        node = self.node
+        return node.GetParameter(name) if node.HasParameter(name) else SETTINGS[name]
+
+    def set(self, name: str, value: Any) -> None:
+        if name not in SETTINGS:
+            raise KeyError(name)
+        text = value if isinstance(value, str) else json.dumps(value) if isinstance(value, (list, dict)) else str(value)
+        if isinstance(value, bool):
+            text = "true" if value else "false"
+        if self.get(name) != text or not self.node.HasParameter(name):
+            self.node.SetParameter(name, text)
+
+    @property
+    def budget(self) -> str:
+        value = self.get("budget")
+        return value if value in BUDGETS else SETTINGS["budget"]
+
+    @property
+    def device(self) -> str:
+        value = self.get("device")
+        return value if value in DEVICES else SETTINGS["device"]
+
+    @property
+    def iterations(self) -> int:
+        try:
+            return max(0, int(self.get("iterations")))
+        except ValueError:
+            return 0
+
+    @property
+    def python(self) -> str:
+        return self.get("python").strip()
+
+    @property
+    def model_path(self) -> str:
+        return self.get("modelPath")
+
+    @property
+    def show_uncertainty(self) -> bool:
+        return self.get("showUncertainty").lower() == "true"
+
+    @property
+    def uncertainty_opacity(self) -> float:
+        try:
+            return min(1.0, max(0.0, float(self.get("uncertaintyOpacity"))))
+        except ValueError:
+            return float(SETTINGS["uncertaintyOpacity"])
+
+    @property
+    def classes(self) -> list[dict[str, Any]]:
+        return _json(self.get("classes"), [])
+
+    @property
+    def last_run(self) -> dict[str, Any]:
+        return _json(self.get("lastRun"), {})
+
+    # --- records --------------------------------------------------------------------------------
+    def _table(self) -> dict[str, dict[str, Any]]:
+        node = self.node
+        return _json(node.GetParameter("volumes"), {}) if node.HasParameter("volumes") else {}
+
+    def records(self) -> list[VolumeRecord]:
+        """Every record whose volume is still in the scene, in the order they were added."""
+        node = self.node
+        result = []
+        for key, values in self._table().items():
+            volume = node.GetNodeReference(_VOLUME + key)
+            if volume is None:
+                continue
+            result.append(VolumeRecord(
+                key=key, role=values.get("role", UNANNOTATED) if values.get("role") in ROLES else UNANNOTATED,
+                volume=volume, segmentation=node.GetNodeReference(_SEGMENTATION + key),
+                uncertainty=node.GetNodeReference(_UNCERTAINTY + key),
+                segment_ids=list(values.get("segments", [])), score=values.get("score"),
+                fingerprint=values.get("fingerprint", "")))
+        return result
+
+    def record_for(self, volume: Any) -> VolumeRecord | None:
+        if volume is None:
+            return None
+        for record in self.records():
+            if record.volume.GetID() == volume.GetID():
+                return record
+        return None
+
+    def new_record(self, volume: Any, role: str = UNANNOTATED) -> VolumeRecord:
+        record = VolumeRecord(key=uuid.uuid4().hex[:10], role=role, volume=volume)
+        self.save(record)
+        return record
+
+    def save(self, *records: VolumeRecord) -> None:
+        """Write records (in one modification of the node)."""
+        node = self.node
+        table = self._table()
+        was_modifying = node.StartModify()
+        try:
+            for record in records:
+                if record.role not in ROLES:
+                    raise ValueError(f"unknown role {record.role!r}")
+                table[record.key] = {"role": record.role, "segments": list(record.segment_ids),
+                                     "score": record.score, "fingerprint": record.fingerprint}
+                node.SetNodeReferenceID(_VOLUME + record.key, _id(record.volume))
+                node.SetNodeReferenceID(_SEGMENTATION + record.key, _id(record.segmentation))
+                node.SetNodeReferenceID(_UNCERTAINTY + record.key, _id(record.uncertainty))
+            node.SetParameter("volumes", json.dumps(table))
+        finally:
+            node.EndModify(was_modifying)
+
+    def remove(self, key: str) -> None:
+        node = self.node
+        table = self._table()
+        was_modifying = node.StartModify()
+        try:
+            table.pop(key, None)
+            for prefix in (_VOLUME, _SEGMENTATION, _UNCERTAINTY):
+                node.RemoveNodeReferenceIDs(prefix + key)
+            node.SetParameter("volumes", json.dumps(table))
+        finally:
+            node.EndModify(was_modifying)
+
+    def prune(self) -> None:
+        """Forget records whose volume was deleted from the scene."""
+        node = self.node
+        for key in list(self._table()):
+            if node.GetNodeReference(_VOLUME + key) is None:
+                self.remove(key)
+
+
+def _id(node: Any) -> str | None:
+    return node.GetID() if node is not None else None
+
+
+def _json(text: str, default: Any) -> Any:
+    try:
+        value = json.loads(text) if text else default
+    except json.JSONDecodeError:
+        return default
+    return value if isinstance(value, type(default)) else default

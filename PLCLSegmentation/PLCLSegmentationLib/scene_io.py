@@ -1,0 +1,372 @@
+"""Moving data between the MRML scene and the engine's files, without touching the user's nodes.
+
+* Export: a volume is written as NRRD on its own voxel grid; the chosen segments of a segmentation
+  are exported to a label map on that volume's grid (``ExportSegmentsToLabelmapNode``) and written
+  as a Slicer ``.seg.nrrd`` with their names, colours and terminology. Temporary nodes live in a
+  private scratch scene, so the user's scene sees nothing.
+* Import: a ``.seg.nrrd`` prediction becomes a new segmentation node named after its volume, its
+  segments carrying the training segments' names, colours and terminology, its reference geometry
+  set from the volume, placed next to the volume in the subject hierarchy; the uncertainty map
+  becomes a scalar volume with a colour table, shown as a foreground overlay on request.
+
+Qt-free; ``slicer`` is imported inside functions so that this module imports without Slicer.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from .services import OWNER_ATTRIBUTE, PLCLError, SlicerServices, is_owned, mark_owned
+
+#: Node attribute value (see services.OWNER_ATTRIBUTE) of each kind of node this module creates.
+PREDICTION = "prediction"
+UNCERTAINTY = "uncertainty"
+COLOR_TABLE = "uncertaintyColors"
+UNCERTAINTY_COLORS_NAME = "PLCLSegmentation uncertainty"
+
+
+@dataclass
+class SegmentClass:
+    """A structure to learn: label value (1, 2, ...) and the segment's look and meaning."""
+
+    value: int
+    name: str
+    color: tuple[float, float, float]
+    terminology: str = ""  # Slicer's terminology entry string; empty if none
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"value": self.value, "name": self.name, "color": list(self.color), "terminology": self.terminology}
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> SegmentClass:
+        terminology = values.get("terminology") or ""
+        return cls(int(values["value"]), str(values["name"]), tuple(float(c) for c in values["color"]),
+                   terminology if isinstance(terminology, str) else "")
+
+
+# --- finding nodes ------------------------------------------------------------------------------
+
+
+def scalar_volumes(scene: Any) -> list[Any]:
+    """The scene's grayscale volumes that can be segmented (not label maps, not our uncertainty maps)."""
+    volumes = []
+    for index in range(scene.GetNumberOfNodesByClass("vtkMRMLScalarVolumeNode")):
+        node = scene.GetNthNodeByClass(index, "vtkMRMLScalarVolumeNode")
+        if node.IsA("vtkMRMLLabelMapVolumeNode") or is_owned(node) or node.GetHideFromEditors():
+            continue
+        if node.GetImageData() is None:
+            continue
+        volumes.append(node)
+    return volumes
+
+
+def segment_ids(segmentation_node: Any) -> list[str]:
+    segmentation = segmentation_node.GetSegmentation()
+    return [segmentation.GetNthSegmentID(i) for i in range(segmentation.GetNumberOfSegments())]
+
+
+def classes_from_segments(segmentation_node: Any, ids: Sequence[str]) -> list[SegmentClass]:
+    """The classes to learn, numbered 1, 2, ... in the order of ``ids``."""
+    segmentation = segmentation_node.GetSegmentation()
+    classes = []
+    for value, segment_id in enumerate(ids, start=1):
+        segment = segmentation.GetSegment(segment_id)
+        if segment is None:
+            raise PLCLError(f"Segmentation '{segmentation_node.GetName()}' has no segment '{segment_id}'.")
+        terminology = segment.GetTerminology() if segment.HasTerminology() else ""
+        classes.append(SegmentClass(value, segment.GetName(), tuple(segment.GetColor()), terminology))
+    names = [c.name.strip().lower() for c in classes]
+    if len(set(names)) != len(names):
+        raise PLCLError(f"Segmentation '{segmentation_node.GetName()}': the segments to learn must have "
+                        "different names.")
+    return classes
+
+
+def match_segments(segmentation_node: Any, classes: Sequence[SegmentClass],
+                   candidates: Sequence[str] = ()) -> list[str]:
+    """The IDs of ``segmentation_node``'s segments named like ``classes`` (in class order), chosen among
+    ``candidates`` (default: all its segments)."""
+    by_name = {}
+    segmentation = segmentation_node.GetSegmentation()
+    chosen = [i for i in candidates if segmentation.GetSegment(i) is not None] or segment_ids(segmentation_node)
+    for segment_id in chosen:
+        by_name.setdefault(segmentation.GetSegment(segment_id).GetName().strip().lower(), segment_id)
+    missing = [c.name for c in classes if c.name.strip().lower() not in by_name]
+    if missing:
+        raise PLCLError(f"Segmentation '{segmentation_node.GetName()}' has no segment named "
+                        f"{', '.join(repr(m) for m in missing)}; every annotated volume needs the same segments.")
+    return [by_name[c.name.strip().lower()] for c in classes]
+
+
+# --- export -------------------------------------------------------------------------------------
+
+
+def write_volume(volume_node: Any, path: str) -> None:
+    """Write a volume on its own grid (no parent transform applied). The node is not modified."""
+    import slicer
+
+    storage = slicer.vtkMRMLVolumeArchetypeStorageNode()
+    storage.SetFileName(str(path))
+    storage.SetUseCompression(False)  # temporary file: speed over size
+    if not storage.WriteData(volume_node):
+        raise PLCLError(f"Could not write volume '{volume_node.GetName()}' to {path}.")
+
+
+def write_annotation(services: SlicerServices, segmentation_node: Any, ids: Sequence[str], reference_volume: Any,
+                     classes: Sequence[SegmentClass], path: str) -> None:
+    """Write the segments ``ids`` of ``segmentation_node`` as a ``.seg.nrrd`` exactly on ``reference_volume``'s
+    grid, segment ``ids[i]`` as label value ``i + 1`` with the name, colour and terminology of ``classes[i]``.
+
+    The user's segmentation node is only read: the label map is exported into a private scratch scene.
+    """
+    import slicer
+    import vtk
+
+    # Private scratch scene: a colour table naming the label values (so that the label map imports back
+    # with the classes' names) and a display node for the label map (so that no default one is sought).
+    scratch = slicer.vtkMRMLScene()
+    colors = scratch.AddNewNodeByClass("vtkMRMLColorTableNode")
+    colors.SetTypeToUser()
+    if len(ids) != len(classes) or not ids:
+        raise PLCLError(f"Segmentation '{segmentation_node.GetName()}': {len(ids)} segments for "
+                        f"{len(classes)} classes.")
+    colors.SetNumberOfColors(len(classes) + 1)
+    colors.SetColor(0, "background", 0.0, 0.0, 0.0, 0.0)
+    for value, info in enumerate(classes, start=1):
+        colors.SetColor(value, info.name, *info.color, 1.0)
+    labelmap = scratch.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode")
+    display = scratch.AddNewNodeByClass("vtkMRMLLabelMapVolumeDisplayNode")
+    display.SetAndObserveColorNodeID(colors.GetID())
+    labelmap.SetAndObserveDisplayNodeID(display.GetID())
+    id_array = vtk.vtkStringArray()
+    for segment_id in ids:
+        id_array.InsertNextValue(segment_id)
+    # Label value i + 1 for ids[i], on exactly the reference volume's grid.
+    if not services.segmentations.ExportSegmentsToLabelmapNode(
+            segmentation_node, id_array, labelmap, reference_volume, slicer.vtkSegmentation.EXTENT_REFERENCE_GEOMETRY):
+        raise PLCLError(f"Could not export the segments of '{segmentation_node.GetName()}' "
+                        f"on the grid of '{reference_volume.GetName()}'.")
+    image = labelmap.GetImageData()
+    if image is None or image.GetScalarRange()[1] <= 0:
+        raise PLCLError(f"Segmentation '{segmentation_node.GetName()}' has nothing painted on "
+                        f"'{reference_volume.GetName()}' in the segments to learn.")
+    target = scratch.AddNewNodeByClass("vtkMRMLSegmentationNode")
+    if not services.segmentations.ImportLabelmapToSegmentationNode(labelmap, target):
+        raise PLCLError(f"Could not convert the segments of '{segmentation_node.GetName()}'.")
+    segmentation = target.GetSegmentation()
+    by_value = {}
+    for segment_id in segment_ids(target):
+        segment = segmentation.GetSegment(segment_id)
+        by_value[segment.GetLabelValue()] = segment
+    for value, info in enumerate(classes, start=1):
+        segment = by_value.get(value)
+        if segment is None:  # the segment is empty on this grid: keep the class, with no voxels
+            segment = slicer.vtkSegment()
+            segment.SetName(info.name)
+            segment.SetLabelValue(value)
+            segmentation.AddSegment(segment)
+        segment.SetName(info.name)
+        segment.SetColor(*info.color)
+        if info.terminology:
+            segment.SetTerminology(info.terminology)
+    target.SetReferenceImageGeometryParameterFromVolumeNode(reference_volume)
+    storage = slicer.vtkMRMLSegmentationStorageNode()
+    storage.SetFileName(str(path))
+    storage.SetCropToMinimumExtent(False)  # exactly the volume's grid
+    storage.SetUseCompression(True)
+    if not storage.WriteData(target):
+        raise PLCLError(f"Could not write the annotation of '{reference_volume.GetName()}' to {path}.")
+
+
+# --- import -------------------------------------------------------------------------------------
+
+
+class SceneTransaction:
+    """Adds nodes to the scene; :meth:`rollback` removes all of them again (with their display nodes)."""
+
+    def __init__(self, scene: Any) -> None:
+        self.scene = scene
+        self.added: list[Any] = []
+
+    def add(self, node: Any) -> Any:
+        node = self.scene.AddNode(node)
+        self.added.append(node)
+        return node
+
+    def rollback(self) -> None:
+        for node in reversed(self.added):
+            remove_node(self.scene, node)
+        self.added.clear()
+
+
+def remove_node(scene: Any, node: Any) -> None:
+    """Remove a node this module created, with its display and storage nodes."""
+    if node is None or node.GetScene() is None:
+        return
+    dependents = []
+    if node.IsA("vtkMRMLDisplayableNode"):
+        dependents += [node.GetNthDisplayNode(i) for i in range(node.GetNumberOfDisplayNodes())]
+    if node.IsA("vtkMRMLStorableNode"):
+        dependents += [node.GetNthStorageNode(i) for i in range(node.GetNumberOfStorageNodes())]
+    scene.RemoveNode(node)
+    for dependent in dependents:
+        if dependent is not None and dependent.GetScene() is not None:
+            scene.RemoveNode(dependent)
+
+
+def read_segmentation(path: str) -> Any:
+    """Read a ``.seg.nrrd`` into a new ``vtkSegmentation`` (no scene involved)."""
+    import slicer
+
+    scratch = slicer.vtkMRMLScene()
+    node = scratch.AddNewNodeByClass("vtkMRMLSegmentationNode")
+    storage = slicer.vtkMRMLSegmentationStorageNode()
+    storage.SetFileName(str(path))
+    if not storage.ReadData(node):
+        raise PLCLError(f"Could not read the segmentation {path}.")
+    segmentation = slicer.vtkSegmentation()
+    segmentation.DeepCopy(node.GetSegmentation())
+    return segmentation
+
+
+def read_volume(path: str) -> Any:
+    """Read a scalar volume file into a new node that is not in any scene."""
+    import slicer
+
+    node = slicer.vtkMRMLScalarVolumeNode()
+    storage = slicer.vtkMRMLVolumeArchetypeStorageNode()
+    storage.SetFileName(str(path))
+    if not storage.ReadData(node):
+        raise PLCLError(f"Could not read the volume {path}.")
+    return node
+
+
+def apply_classes(segmentation: Any, classes: Sequence[SegmentClass]) -> None:
+    """Give each segment the name, colour and terminology of the class with its label value."""
+    by_value = {c.value: c for c in classes}
+    by_name = {c.name.strip().lower(): c for c in classes}
+    for index in range(segmentation.GetNumberOfSegments()):
+        segment = segmentation.GetNthSegment(index)
+        info = by_value.get(segment.GetLabelValue()) or by_name.get(segment.GetName().strip().lower())
+        if info is None:
+            continue
+        segment.SetName(info.name)
+        segment.SetColor(*info.color)
+        if info.terminology:
+            segment.SetTerminology(info.terminology)
+
+
+def add_prediction(services: SlicerServices, transaction: SceneTransaction, volume: Any, segmentation_path: str,
+                   classes: Sequence[SegmentClass]) -> Any:
+    """Add the prediction of ``volume`` as a new segmentation node next to it."""
+    import slicer
+
+    segmentation = read_segmentation(segmentation_path)
+    if classes:
+        apply_classes(segmentation, classes)
+    node = slicer.vtkMRMLSegmentationNode()
+    node.SetName(services.scene.GenerateUniqueName(f"{volume.GetName()} segmentation"))
+    node.GetSegmentation().DeepCopy(segmentation)
+    mark_owned(node, PREDICTION)
+    node = transaction.add(node)
+    node.CreateDefaultDisplayNodes()
+    node.SetReferenceImageGeometryParameterFromVolumeNode(volume)
+    node.SetAndObserveTransformNodeID(volume.GetTransformNodeID())
+    place_next_to(services, node, volume)
+    return node
+
+
+def add_uncertainty(services: SlicerServices, transaction: SceneTransaction, volume: Any, path: str) -> Any:
+    """Add the uncertainty map of ``volume`` (values in [0, 1]) with the module's colour table."""
+    import slicer
+
+    node = read_volume(path)
+    node.SetName(services.scene.GenerateUniqueName(f"{volume.GetName()} uncertainty"))
+    mark_owned(node, UNCERTAINTY)
+    node = transaction.add(node)
+    colors = uncertainty_color_table(services.scene, transaction)
+    display = slicer.vtkMRMLScalarVolumeDisplayNode()
+    display = transaction.add(display)
+    display.SetAndObserveColorNodeID(colors.GetID())
+    display.AutoWindowLevelOff()
+    display.SetWindowLevelMinMax(0.0, 1.0)
+    node.SetAndObserveDisplayNodeID(display.GetID())
+    node.SetAndObserveTransformNodeID(volume.GetTransformNodeID())
+    place_next_to(services, node, volume)
+    return node
+
+
+def uncertainty_color_table(scene: Any, transaction: SceneTransaction | None = None) -> Any:
+    """The module's colour table for uncertainty: transparent where certain, then yellow to red."""
+    import slicer
+
+    for index in range(scene.GetNumberOfNodesByClass("vtkMRMLColorTableNode")):
+        node = scene.GetNthNodeByClass(index, "vtkMRMLColorTableNode")
+        if node.GetAttribute(OWNER_ATTRIBUTE) == COLOR_TABLE:
+            return node
+    table = slicer.vtkMRMLColorTableNode()
+    table.SetName(UNCERTAINTY_COLORS_NAME)
+    table.SetTypeToUser()
+    table.SetNumberOfColors(256)
+    for i in range(256):
+        t = i / 255.0
+        alpha = 0.0 if t < 0.05 else min(1.0, 0.25 + t)
+        table.SetColor(i, f"{t:.2f}", 1.0, 1.0 - 0.85 * t, 0.2 * (1.0 - t), alpha)
+    mark_owned(table, COLOR_TABLE)
+    return transaction.add(table) if transaction is not None else scene.AddNode(table)
+
+
+def place_next_to(services: SlicerServices, node: Any, volume: Any) -> None:
+    """Put ``node`` under the same subject hierarchy parent as ``volume`` (its study or folder)."""
+    hierarchy = services.subject_hierarchy()
+    if hierarchy is None:
+        return
+    volume_item = hierarchy.GetItemByDataNode(volume)
+    parent = hierarchy.GetItemParent(volume_item) if volume_item else hierarchy.GetSceneItemID()
+    node_item = hierarchy.GetItemByDataNode(node)
+    if node_item:
+        hierarchy.SetItemParent(node_item, parent)
+    else:  # the Slicer application adds items for new nodes; a bare scene does not
+        hierarchy.CreateItem(parent, node)
+
+
+# --- review -------------------------------------------------------------------------------------
+
+
+def fingerprint(segmentation_node: Any) -> str:
+    """A digest of every segment's voxels, name and colour: changes when the user edits the node."""
+    from vtk.util.numpy_support import vtk_to_numpy
+
+    digest = hashlib.sha1()
+    segmentation = segmentation_node.GetSegmentation()
+    for segment_id in segment_ids(segmentation_node):
+        segment = segmentation.GetSegment(segment_id)
+        digest.update(f"{segment_id}|{segment.GetName()}|{segment.GetColor()}|{segment.GetLabelValue()}".encode())
+        labelmap = segment.GetRepresentation(segmentation.GetSourceRepresentationName())
+        if labelmap is None or not labelmap.IsA("vtkImageData"):
+            continue
+        digest.update(str(labelmap.GetExtent()).encode())
+        scalars = labelmap.GetPointData().GetScalars()
+        if scalars is not None:
+            digest.update(vtk_to_numpy(scalars).tobytes())
+    return digest.hexdigest()
+
+
+def show_in_views(scene: Any, volume: Any, segmentation: Any = None, uncertainty: Any = None,
+                  opacity: float = 0.4, hide: Sequence[Any] = ()) -> None:
+    """Show ``volume`` in every slice view, ``uncertainty`` as the foreground overlay (or none), and
+    ``segmentation`` visible; the nodes in ``hide`` (other predictions of this module) are hidden."""
+    for index in range(scene.GetNumberOfNodesByClass("vtkMRMLSliceCompositeNode")):
+        composite = scene.GetNthNodeByClass(index, "vtkMRMLSliceCompositeNode")
+        composite.SetBackgroundVolumeID(volume.GetID() if volume is not None else None)
+        composite.SetForegroundVolumeID(uncertainty.GetID() if uncertainty is not None else None)
+        composite.SetForegroundOpacity(opacity if uncertainty is not None else 0.0)
+        composite.SetLabelVolumeID(None)
+    for node in hide:
+        if node is not None and node is not segmentation and is_owned(node) and node.GetDisplayNode() is not None:
+            node.GetDisplayNode().SetVisibility(False)
+    if segmentation is not None and is_owned(segmentation) and segmentation.GetDisplayNode() is not None:
+        segmentation.GetDisplayNode().SetVisibility(True)

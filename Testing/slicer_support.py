@@ -1,0 +1,178 @@
+"""A headless Slicer for the module's tests: slicer-core's real MRML scene and module logics, no Qt.
+
+``SlicerApp`` builds what the Slicer application would: a scene, the application logic with its
+colour logic, and the Volumes, Segmentations and Subject hierarchy logics, plus the three slice
+views' composite nodes. It also sets ``slicer.mrmlScene`` and ``slicer.modules.<name>.logic()`` so
+that ``slicer.util`` helpers work.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import sys
+import tempfile
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "PLCLSegmentation"))
+
+DATA = ROOT.parent / "shared" / "data"
+ACDC = DATA / "acdc"
+FAKE_ENGINE = Path(__file__).resolve().with_name("fake_engine.py")
+
+HEART_TERMINOLOGY = ("Segmentation category and type - 3D Slicer General Anatomy list~SCT^123037004^Anatomical "
+                     "Structure~SCT^80891009^Heart~^^~Anatomic codes - DICOM master list~^^~^^")
+MYOCARDIUM_TERMINOLOGY = ("Segmentation category and type - 3D Slicer General Anatomy list~SCT^123037004^Anatomical "
+                          "Structure~SCT^74281007^Myocardium~^^~Anatomic codes - DICOM master list~^^~^^")
+
+
+class SlicerApp:
+    def __init__(self) -> None:
+        import slicer
+        from vtkmodules.vtkCommonCore import vtkCollection
+
+        from PLCLSegmentationLib.services import SlicerServices
+
+        self.scene = slicer.vtkMRMLScene()
+        self.app_logic = slicer.vtkSlicerApplicationLogic()
+        self.app_logic.SetMRMLScene(self.scene)
+        colors = self.app_logic.GetColorLogic()
+        colors.SetMRMLScene(self.scene)
+        colors.AddDefaultColorNodes()
+        self.app_logic.SetSliceLogics(vtkCollection())
+        self.app_logic.SetViewLogics(vtkCollection())
+        self.app_logic.SetModuleLogic("Colors", colors)
+        self.subject_hierarchy = self._logic(slicer.vtkSlicerSubjectHierarchyModuleLogic, "SubjectHierarchy")
+        self.volumes = self._logic(slicer.vtkSlicerVolumesLogic, "Volumes")
+        self.segmentations = self._logic(slicer.vtkSlicerSegmentationsModuleLogic, "Segmentations")
+        for layout in ("Red", "Yellow", "Green"):
+            composite = slicer.vtkMRMLSliceCompositeNode()
+            composite.SetLayoutName(layout)
+            composite.SetSingletonTag(layout)
+            self.scene.AddNode(composite)
+        slicer.mrmlScene = self.scene
+        slicer.modules = SimpleNamespace(
+            volumes=SimpleNamespace(logic=lambda: self.volumes),
+            segmentations=SimpleNamespace(logic=lambda: self.segmentations),
+            subjecthierarchy=SimpleNamespace(logic=lambda: self.subject_hierarchy))
+        self.services = SlicerServices(self.scene, self.segmentations)
+
+    def _logic(self, cls: Any, name: str) -> Any:
+        logic = cls()
+        logic.SetMRMLApplicationLogic(self.app_logic)
+        logic.SetMRMLScene(self.scene)
+        self.app_logic.SetModuleLogic(name, logic)
+        return logic
+
+    # --- data -----------------------------------------------------------------------------------
+    def load_volume(self, path: str | os.PathLike[str], name: str | None = None) -> Any:
+        name = name or Path(path).name.split(".")[0]
+        node = self.volumes.AddArchetypeVolume(str(path), name, 0)
+        assert node is not None, f"could not load {path}"
+        return self._in_hierarchy(node)
+
+    def _in_hierarchy(self, node: Any) -> Any:
+        """Give a new node its subject hierarchy item, as the Slicer application does."""
+        hierarchy = self.services.subject_hierarchy()
+        if not hierarchy.GetItemByDataNode(node):
+            hierarchy.CreateItem(hierarchy.GetSceneItemID(), node)
+        return node
+
+    def add_volume(self, array: np.ndarray, name: str, ijk_to_ras: np.ndarray | None = None) -> Any:
+        import slicer
+
+        node = self.scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", name)
+        slicer.util.updateVolumeFromArray(node, array)
+        if ijk_to_ras is not None:
+            node.SetIJKToRASMatrix(slicer.util.vtkMatrixFromArray(ijk_to_ras))
+        node.CreateDefaultDisplayNodes()
+        return self._in_hierarchy(node)
+
+    def add_segmentation(self, volume: Any, labels: np.ndarray, segments: list[tuple[str, tuple, str]],
+                         name: str = "Segmentation") -> Any:
+        """A segmentation drawn on ``volume``: ``labels`` [k, j, i], segment n = label value n."""
+        import slicer
+
+        node = self.scene.AddNewNodeByClass("vtkMRMLSegmentationNode", name)
+        node.CreateDefaultDisplayNodes()
+        node.SetReferenceImageGeometryParameterFromVolumeNode(volume)
+        for value, (segment_name, color, terminology) in enumerate(segments, start=1):
+            segment_id = node.GetSegmentation().AddEmptySegment(segment_name.replace(" ", "_"), segment_name, color)
+            if terminology:
+                node.GetSegmentation().GetSegment(segment_id).SetTerminology(terminology)
+            slicer.util.updateSegmentBinaryLabelmapFromArray((labels == value).astype(np.uint8), node, segment_id,
+                                                             volume)
+        return self._in_hierarchy(node)
+
+    def nodes(self) -> set[str]:
+        return {self.scene.GetNthNode(i).GetID() for i in range(self.scene.GetNumberOfNodes())}
+
+    def nodes_by_class(self, class_name: str) -> list[Any]:
+        count = self.scene.GetNumberOfNodesByClass(class_name)
+        return [self.scene.GetNthNodeByClass(i, class_name) for i in range(count)]
+
+    # --- scenes ---------------------------------------------------------------------------------
+    def save(self, folder: str | os.PathLike[str]) -> Path:
+        """Save the scene with all its data in ``folder`` (as Slicer does for a data bundle)."""
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        assert self.app_logic.SaveSceneToSlicerDataBundleDirectory(str(folder), None)
+        return Path(folder) / f"{Path(folder).name}.mrml"
+
+    @classmethod
+    def open(cls, mrml: str | os.PathLike[str]) -> SlicerApp:
+        app = cls()
+        app.scene.SetURL(str(mrml))
+        assert app.scene.Import(), f"could not load {mrml}"
+        return app
+
+
+def acdc_case(name: str) -> tuple[Path, Path]:
+    return ACDC / "images" / f"{name}.nii.gz", ACDC / "labels" / f"{name}.nii.gz"
+
+
+def read_labels(path: Path) -> np.ndarray:
+    import SimpleITK as sitk
+
+    return sitk.GetArrayFromImage(sitk.ReadImage(str(path))).astype(np.uint8)
+
+
+ACDC_SEGMENTS = [("Right ventricle", (0.85, 0.4, 0.3), ""), ("Myocardium", (0.95, 0.84, 0.57), MYOCARDIUM_TERMINOLOGY),
+                 ("Left ventricle", (0.5, 0.68, 0.5), HEART_TERMINOLOGY)]
+
+
+def snapshot(node: Any) -> dict[str, Any]:
+    """Everything about a segmentation node that an action must not change: modification times, the
+    segments' names, colours, tags and voxels, and the bytes of the node written as ``.seg.nrrd``."""
+    import slicer
+    from vtk.util.numpy_support import vtk_to_numpy
+
+    segmentation = node.GetSegmentation()
+    segments = []
+    for index in range(segmentation.GetNumberOfSegments()):
+        segment_id = segmentation.GetNthSegmentID(index)
+        segment = segmentation.GetSegment(segment_id)
+        labelmap = segment.GetRepresentation("Binary labelmap")
+        voxels = vtk_to_numpy(labelmap.GetPointData().GetScalars()).tobytes() if labelmap else b""
+        segments.append((segment_id, segment.GetName(), tuple(segment.GetColor()), segment.GetTerminology(),
+                         segment.GetLabelValue(),
+                         labelmap.GetExtent() if labelmap else None, hashlib.sha1(voxels).hexdigest()))
+    # Writing a segmentation may merge its layers in memory: write a copy, never the node itself.
+    scratch = slicer.vtkMRMLScene()
+    copy = scratch.AddNewNodeByClass("vtkMRMLSegmentationNode")
+    copy.GetSegmentation().DeepCopy(segmentation)
+    storage = slicer.vtkMRMLSegmentationStorageNode()
+    with tempfile.TemporaryDirectory() as folder:
+        path = os.path.join(folder, "snapshot.seg.nrrd")
+        storage.SetFileName(path)
+        assert storage.WriteData(copy)
+        file_digest = hashlib.sha1(Path(path).read_bytes()).hexdigest()
+    display = node.GetDisplayNode()
+    return {"mtime": node.GetMTime(), "segmentation_mtime": segmentation.GetMTime(),
+            "display_mtime": display.GetMTime() if display else None, "segments": segments, "file": file_digest,
+            "name": node.GetName(), "reference": node.GetNodeReferenceID("referenceImageGeometryRef"),
+            "geometry": node.GetSegmentation().GetConversionParameter("Reference image geometry")}

@@ -1,0 +1,135 @@
+"""The child-process runner: events without blocking, crash reports, cancel of the whole tree."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from slicer_support import FAKE_ENGINE, ROOT
+
+from PLCLSegmentationLib.process import EngineProcess, RunState
+
+
+def drain(process: EngineProcess, timeout: float = 60.0, until=None) -> list:
+    messages = []
+    deadline = time.monotonic() + timeout
+    while not process.state.finished:
+        messages += process.poll()
+        if until is not None and until(messages):
+            return messages
+        assert time.monotonic() < deadline, "the child did not finish in time"
+        time.sleep(0.02)
+    return messages
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    stat = Path(f"/proc/{pid}/stat")
+    return not (stat.exists() and stat.read_text().split(")")[-1].split()[0] == "Z")  # a zombie is dead
+
+
+def python(code: str) -> list[str]:
+    return [sys.executable, "-c", code]
+
+
+def test_events_logs_and_exit_come_through_the_queue(tmp_path):
+    code = ("import json, sys\n"
+            "print(json.dumps({'event': 'start', 'device': 'cpu'}), flush=True)\n"
+            "print('not an event', flush=True)\n"
+            "print('to the log', file=sys.stderr, flush=True)\n"
+            "print(json.dumps({'event': 'done', 'out': 'x', 'elapsed_s': 0.1}), flush=True)\n")
+    process = EngineProcess(python(code), log_path=tmp_path / "engine.log")
+    assert process.state == RunState.IDLE
+    process.start()
+    assert process.state == RunState.RUNNING
+    messages = drain(process)
+    assert process.state == RunState.DONE and process.returncode == 0
+    events = [m.data["event"] for m in messages if m.kind == "event"]
+    logs = [m.data for m in messages if m.kind == "log"]
+    assert events == ["start", "done"]
+    assert set(logs) == {"not an event", "to the log"}
+    assert messages[-1].kind == "exit"
+    assert "to the log" in (tmp_path / "engine.log").read_text()
+
+
+def test_poll_never_blocks():
+    process = EngineProcess(python("import time; time.sleep(3)"))
+    process.start()
+    start = time.monotonic()
+    assert process.poll() == []
+    assert time.monotonic() - start < 0.1
+    process.kill()
+    drain(process)
+    assert process.state == RunState.CANCELLED
+
+
+def test_a_crash_reports_its_error_and_the_last_lines_of_its_log():
+    code = "import sys\nprint('loading volumes', file=sys.stderr)\nraise MemoryError('CUDA out of memory')\n"
+    process = EngineProcess(python(code))
+    process.start()
+    drain(process)
+    assert process.state == RunState.FAILED and process.returncode == 1
+    assert process.error == "MemoryError: CUDA out of memory"
+    assert "loading volumes" in process.tail and any(line.startswith("Traceback") for line in process.tail)
+
+
+def test_an_error_event_is_the_message():
+    code = ("import json, sys\nprint(json.dumps({'event': 'error', 'message': 'a.nrrd: file not found', "
+            "'file': 'a.nrrd'}))\nsys.exit(1)\n")
+    process = EngineProcess(python(code))
+    process.start()
+    drain(process)
+    assert process.state == RunState.FAILED and process.error == "a.nrrd: file not found"
+
+
+def test_a_missing_interpreter_fails_to_start():
+    process = EngineProcess(["/nonexistent/python", "-m", "x"])
+    with pytest.raises(OSError):
+        process.start()
+    assert process.state == RunState.FAILED and "Could not start" in process.error
+
+
+def test_cancel_ends_the_whole_process_tree(tmp_path):
+    # A training run that spawns a grandchild (as a data loader might); cancel mid-run.
+    grandchild = tmp_path / "grandchild.pid"
+    images = sorted((ROOT.parent / "shared" / "data" / "acdc" / "images").glob("patient041_frame0*.nii.gz"))
+    labels = ROOT.parent / "shared" / "data" / "acdc" / "labels" / "patient041_frame01.nii.gz"
+    if not images or not labels.exists():
+        pytest.skip("../shared/data/acdc is not available")
+    environment = {**os.environ, "FAKE_ENGINE_STEP_S": "0.05", "FAKE_ENGINE_GRANDCHILD": str(grandchild)}
+    process = EngineProcess([sys.executable, str(FAKE_ENGINE), "train", "--labeled", str(images[0]), str(labels),
+                             "--unlabeled", str(images[1]), "--out", str(tmp_path / "out"), "--iterations", "1000",
+                             "--events", "jsonl"], env=environment)
+    process.start()
+    drain(process, until=lambda ms: any(m.kind == "event" and m.data["event"] == "progress" for m in ms))
+    pid = int(grandchild.read_text())
+    assert alive(pid)
+    process.cancel()
+    assert process.state == RunState.CANCELLING
+    messages = drain(process, timeout=30)
+    assert process.state == RunState.CANCELLED and process.returncode == 130
+    assert any(m.kind == "event" and m.data["event"] == "cancelled" for m in messages)
+    time.sleep(0.2)
+    assert not alive(pid), "a grandchild of the engine survived the cancel"
+    assert not alive(process.pid)
+
+
+def test_cancel_kills_a_child_that_ignores_it():
+    code = ("import json, signal, time\n"
+            "signal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
+            "print(json.dumps({'event': 'start'}), flush=True)\n"
+            "time.sleep(60)\n")
+    process = EngineProcess(python(code), grace_s=1.0)
+    process.start()
+    drain(process, until=lambda ms: any(m.kind == "event" for m in ms))
+    started = time.monotonic()
+    process.cancel()
+    drain(process, timeout=20)
+    assert process.state == RunState.CANCELLED and process.returncode == -9
+    assert time.monotonic() - started < 10

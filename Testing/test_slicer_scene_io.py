@@ -1,0 +1,185 @@
+"""Export and import between a real MRML scene (slicer-core) and the engine's files."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+pytest.importorskip("slicer", reason="slicer-core is not installed")
+
+from slicer_support import HEART_TERMINOLOGY, MYOCARDIUM_TERMINOLOGY, SlicerApp, snapshot  # noqa: E402
+
+from PLCLSegmentationLib import scene_io  # noqa: E402
+from PLCLSegmentationLib.engine import volumes  # noqa: E402
+from PLCLSegmentationLib.services import OWNER_ATTRIBUTE  # noqa: E402
+
+pytestmark = pytest.mark.mrml
+
+SEGMENTS = [("Left ventricle", (0.9, 0.1, 0.2), HEART_TERMINOLOGY),
+            ("Myocardium", (0.2, 0.7, 0.3), MYOCARDIUM_TERMINOLOGY),
+            ("Scar", (0.1, 0.2, 0.9), "")]
+
+
+def oblique_ijk_to_ras() -> np.ndarray:
+    """A rotated, anisotropic grid with an offset origin: what real scanners write."""
+    a, b = math.radians(25), math.radians(-10)
+    rz = np.array([[math.cos(a), -math.sin(a), 0], [math.sin(a), math.cos(a), 0], [0, 0, 1]])
+    rx = np.array([[1, 0, 0], [0, math.cos(b), -math.sin(b)], [0, math.sin(b), math.cos(b)]])
+    matrix = np.eye(4)
+    matrix[:3, :3] = rz @ rx @ np.diag([0.7, 0.8, 3.5])
+    matrix[:3, 3] = [-40.5, 12.25, 7.0]
+    return matrix
+
+
+@pytest.fixture
+def oblique():
+    app = SlicerApp()
+    rng = np.random.default_rng(0)
+    image = rng.normal(100, 20, (7, 40, 50)).astype(np.int16)
+    volume = app.add_volume(image, "oblique case", oblique_ijk_to_ras())
+    labels = np.zeros(image.shape, np.uint8)
+    labels[2:5, 10:20, 10:30] = 1
+    labels[1:6, 22:30, 15:40] = 2
+    labels[3, 32:36, 5:9] = 3
+    segmentation = app.add_segmentation(volume, labels, SEGMENTS, "My annotation")
+    return app, volume, segmentation, labels
+
+
+def test_export_annotation_on_the_volume_grid_with_names_colours_and_terminology(oblique, tmp_path):
+    app, volume, segmentation, labels = oblique
+    before = snapshot(segmentation)
+    ids = scene_io.segment_ids(segmentation)
+    classes = scene_io.classes_from_segments(segmentation, ids)
+    scene_io.write_volume(volume, str(tmp_path / "image.nrrd"))
+    scene_io.write_annotation(app.services, segmentation, ids, volume, classes, str(tmp_path / "label.seg.nrrd"))
+
+    # Read back with the engine's own reader (slicerio): exactly the grid, the voxels and the metadata.
+    image = volumes.read_volume(tmp_path / "image.nrrd")
+    ras_to_lps = np.diag([-1, -1, 1, 1])
+    np.testing.assert_allclose(image.grid.ijk_to_lps(), ras_to_lps @ oblique_ijk_to_ras(), atol=1e-4)
+    read, read_classes = volumes.read_annotation(tmp_path / "label.seg.nrrd", image)
+    np.testing.assert_array_equal(read, labels)
+    assert [c.name for c in read_classes] == [s[0] for s in SEGMENTS]
+    for info, (_, color, _) in zip(read_classes, SEGMENTS):
+        np.testing.assert_allclose(info.color, color, atol=1e-3)
+    assert read_classes[0].terminology["type"][1] == "80891009"  # SCT code of Heart
+    assert read_classes[1].terminology["type"][1] == "74281007"  # Myocardium
+    assert snapshot(segmentation) == before
+
+
+def test_export_a_subset_in_class_order_and_an_empty_class(oblique, tmp_path):
+    app, volume, segmentation, labels = oblique
+    ids = scene_io.segment_ids(segmentation)
+    classes = scene_io.classes_from_segments(segmentation, [ids[1], ids[0]])
+    scene_io.write_annotation(app.services, segmentation, [ids[1], ids[0]], volume, classes,
+                              str(tmp_path / "subset.seg.nrrd"))
+    scene_io.write_volume(volume, str(tmp_path / "image.nrrd"))
+    image = volumes.read_volume(tmp_path / "image.nrrd")
+    read, read_classes = volumes.read_annotation(tmp_path / "subset.seg.nrrd", image)
+    assert [c.name for c in read_classes] == ["Myocardium", "Left ventricle"]
+    np.testing.assert_array_equal(read == 1, labels == 2)
+    np.testing.assert_array_equal(read == 2, labels == 1)
+
+    # An annotation where one of the classes is empty still carries every class.
+    partial = app.add_segmentation(volume, (labels == 1).astype(np.uint8), SEGMENTS[:2], "Partial")
+    two = scene_io.classes_from_segments(partial, scene_io.segment_ids(partial))
+    scene_io.write_annotation(app.services, partial, scene_io.segment_ids(partial), volume, two,
+                              str(tmp_path / "partial.seg.nrrd"))
+    read, read_classes = volumes.read_annotation(tmp_path / "partial.seg.nrrd", image)
+    assert [c.name for c in read_classes] == ["Left ventricle", "Myocardium"]
+    np.testing.assert_array_equal(read, (labels == 1).astype(np.uint8))
+
+    # Nothing painted at all: one clear line.
+    empty = app.add_segmentation(volume, np.zeros_like(labels), SEGMENTS[:1], "Empty")
+    with pytest.raises(scene_io.PLCLError, match="'Empty' has nothing painted on 'oblique case'"):
+        scene_io.write_annotation(app.services, empty, scene_io.segment_ids(empty), volume, two[:1],
+                                  str(tmp_path / "empty.seg.nrrd"))
+
+
+def test_match_segments_by_name_and_clear_error(oblique):
+    app, volume, segmentation, _ = oblique
+    classes = scene_io.classes_from_segments(segmentation, scene_io.segment_ids(segmentation))
+    other = app.add_segmentation(volume, np.zeros((7, 40, 50), np.uint8),
+                                 [("myocardium ", (1, 1, 1), ""), ("Left Ventricle", (1, 0, 0), "")], "Second")
+    ids = scene_io.segment_ids(other)
+    assert scene_io.match_segments(other, classes[:2]) == [ids[1], ids[0]]
+    with pytest.raises(scene_io.PLCLError, match="no segment named 'Scar'"):
+        scene_io.match_segments(other, classes)
+
+
+def test_import_prediction_next_to_its_volume(oblique, tmp_path):
+    app, volume, segmentation, labels = oblique
+    hierarchy = app.services.subject_hierarchy()
+    study = hierarchy.CreateFolderItem(hierarchy.GetSceneItemID(), "Study")
+    hierarchy.SetItemParent(hierarchy.GetItemByDataNode(volume), study)
+    ids = scene_io.segment_ids(segmentation)
+    classes = scene_io.classes_from_segments(segmentation, ids)
+    # The engine writes its prediction with slicerio, on the image grid, classes with dict terminology.
+    scene_io.write_volume(volume, str(tmp_path / "image.nrrd"))
+    image = volumes.read_volume(tmp_path / "image.nrrd")
+    engine_classes = [volumes.ClassInfo(c.value, f"class {c.value}", (0.5, 0.5, 0.5)) for c in classes]
+    volumes.write_segmentation(tmp_path / "pred.seg.nrrd", labels, image.grid, engine_classes)
+    volumes.write_image(tmp_path / "unc.nrrd", np.linspace(0, 1, labels.size, dtype=np.float32).reshape(labels.shape),
+                        image.grid)
+    transaction = scene_io.SceneTransaction(app.scene)
+    node = scene_io.add_prediction(app.services, transaction, volume, str(tmp_path / "pred.seg.nrrd"), classes)
+    uncertainty = scene_io.add_uncertainty(app.services, transaction, volume, str(tmp_path / "unc.nrrd"))
+
+    assert node.GetName() == "oblique case segmentation"
+    assert node.GetAttribute(OWNER_ATTRIBUTE) == scene_io.PREDICTION
+    assert node.GetNodeReferenceID("referenceImageGeometryRef") == volume.GetID()
+    assert hierarchy.GetItemParent(hierarchy.GetItemByDataNode(node)) == study
+    assert hierarchy.GetItemParent(hierarchy.GetItemByDataNode(uncertainty)) == study
+    segments = node.GetSegmentation()
+    for index, (name, color, terminology) in enumerate(SEGMENTS):
+        segment = segments.GetNthSegment(index)
+        assert segment.GetName() == name
+        np.testing.assert_allclose(segment.GetColor(), color, atol=1e-6)
+        if terminology:
+            assert segment.GetTerminology() == terminology
+        import slicer
+
+        mask = slicer.util.arrayFromSegmentBinaryLabelmap(node, segments.GetNthSegmentID(index), volume)
+        np.testing.assert_array_equal(mask.astype(bool), labels == index + 1)
+    import slicer
+
+    np.testing.assert_allclose(slicer.util.arrayFromVolume(uncertainty).ravel()[[0, -1]], [0, 1], atol=1e-6)
+    display = uncertainty.GetDisplayNode()
+    assert display.GetColorNode().GetAttribute(OWNER_ATTRIBUTE) == scene_io.COLOR_TABLE
+    assert (display.GetWindowLevelMin(), display.GetWindowLevelMax()) == (0.0, 1.0)
+    assert node.GetStorageNode() is None  # nothing points to the temporary files
+
+    # Show as overlay, then roll everything back: the scene is as before.
+    scene_io.show_in_views(app.scene, volume, node, uncertainty, 0.5)
+    composite = app.nodes_by_class("vtkMRMLSliceCompositeNode")[0]
+    assert composite.GetBackgroundVolumeID() == volume.GetID()
+    assert composite.GetForegroundVolumeID() == uncertainty.GetID()
+    assert composite.GetForegroundOpacity() == pytest.approx(0.5)
+    count = app.scene.GetNumberOfNodes()
+    transaction.rollback()
+    assert app.scene.GetNumberOfNodes() < count
+    assert node.GetScene() is None and uncertainty.GetScene() is None
+
+
+def test_fingerprint_tells_an_edit(oblique):
+    app, volume, segmentation, labels = oblique
+    import slicer
+
+    before = scene_io.fingerprint(segmentation)
+    assert scene_io.fingerprint(segmentation) == before
+    ids = scene_io.segment_ids(segmentation)
+    edited = (labels == 1).astype(np.uint8)
+    edited[0, 0, 0] = 1
+    slicer.util.updateSegmentBinaryLabelmapFromArray(edited, segmentation, ids[0], volume)
+    assert scene_io.fingerprint(segmentation) != before
+
+
+def test_scalar_volumes_leave_out_label_maps_and_our_maps(oblique):
+    app, volume, _, _ = oblique
+    labelmap = app.scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "labels")
+    assert labelmap is not None
+    ours = app.add_volume(np.zeros((2, 3, 4), np.float32), "map")
+    ours.SetAttribute(OWNER_ATTRIBUTE, scene_io.UNCERTAINTY)
+    assert [v.GetID() for v in scene_io.scalar_volumes(app.scene)] == [volume.GetID()]
