@@ -81,7 +81,8 @@ class EventSink:
 
         if self._bar is None or self._bar.total != fields["total"]:
             self._close_bar()
-            self._bar = tqdm(total=fields["total"], file=self.stream, leave=False, unit="it")
+            # disable=None: no bar when stderr is not a terminal (a log file, the Slicer module)
+            self._bar = tqdm(total=fields["total"], file=self.stream, leave=False, unit="it", disable=None)
         if self._bar_stage != fields["stage"]:
             self._bar.set_description(fields["stage"], refresh=False)
             self._bar_stage = fields["stage"]

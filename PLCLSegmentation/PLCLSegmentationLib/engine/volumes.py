@@ -318,14 +318,16 @@ def write_image(path: str | os.PathLike[str], array: np.ndarray, grid: Grid) -> 
 
 
 def check_writable_folder(path: str | os.PathLike[str]) -> None:
-    """Fail early, before any work, if ``path`` cannot be created or written."""
+    """Fail early, before any work, if ``path`` cannot be created or written (tried, not guessed:
+    permission bits say nothing for root or on read-only file systems)."""
     path = Path(path)
     existing = path
-    while not existing.exists():
-        if existing.parent == existing:
-            break
+    while not existing.exists() and existing.parent != existing:
         existing = existing.parent
-    if existing.exists() and not existing.is_dir():
+    if not existing.is_dir():
         raise InputError(str(existing), "is a file, not a folder; cannot write outputs there")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise InputError(str(path), "output folder is not writable")
+    try:
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as error:
+        raise InputError(str(path), f"output folder is not writable ({error.strerror or error})") from None

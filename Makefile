@@ -1,0 +1,30 @@
+# Set-up and the main jobs. Each target creates .venv and installs what it needs.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+# The CPU build of torch; on a GPU machine install the CUDA build into .venv first.
+TORCH ?= torch==2.13.0
+
+.PHONY: demo test bench lint clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install --quiet "$(TORCH)"
+	$(PY) -m pip install --quiet -e ".[test]"
+	touch $@
+
+demo: $(VENV)/.installed
+	$(VENV)/bin/plcl demo --out demo_output
+
+test: $(VENV)/.installed
+	$(PY) -m pytest Testing -q -ra
+
+bench: $(VENV)/.installed
+	$(VENV)/bin/plcl bench --data ../shared/data/acdc --out bench_output $(BENCH_ARGS)
+
+lint: $(VENV)/.installed
+	$(VENV)/bin/ruff check PLCLSegmentation Testing
+
+clean:
+	rm -rf $(VENV) demo_output bench_output

@@ -1,0 +1,81 @@
+"""``plcl evaluate``: find predictions and references, run the metrics, print and save the report."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from .config import ConfigError
+from .dataset import read_dataset
+from .events import EventSink
+from .metrics import evaluate_folder, format_table
+from .volumes import ClassInfo, InputError, atomic_path, volume_name
+
+_VOLUME_SUFFIXES = (".seg.nrrd", ".nii.gz", ".nii", ".nrrd", ".mha", ".mhd")
+
+
+def _files_by_name(folder: Path) -> dict[str, str]:
+    files: dict[str, str] = {}
+    for path in sorted(folder.iterdir()):
+        if path.is_file() and path.name.lower().endswith(_VOLUME_SUFFIXES) and not path.name.startswith("."):
+            files.setdefault(volume_name(path), str(path))
+    return files
+
+
+def _prediction_folder(pred: Path) -> Path:
+    """An output folder of train/predict holds its segmentations in predictions/."""
+    return pred / "predictions" if (pred / "predictions").is_dir() else pred
+
+
+def _classes(pred: Path, label_names: dict[int, str] | None) -> list[ClassInfo]:
+    if label_names:
+        return [ClassInfo(v, n, (1.0, 1.0, 1.0)) for v, n in sorted(label_names.items()) if v > 0]
+    summary = pred / "summary.json"
+    if summary.is_file():
+        return [ClassInfo.from_dict(c) for c in json.loads(summary.read_text())["classes"]]
+    raise ConfigError(f"cannot tell the classes of {pred}: it has no summary.json; give --data DIR --split SPLIT")
+
+
+def evaluate(pred: str, labels: str | None = None, data: str | None = None,
+             split: str | None = None) -> dict[str, Any]:
+    pred_root = Path(pred)
+    if not pred_root.is_dir():
+        raise InputError(pred, "prediction folder not found")
+    predictions = _files_by_name(_prediction_folder(pred_root))
+    if data:
+        if not split:
+            raise ConfigError("--data needs --split SPLIT (the cases to evaluate)")
+        dataset = read_dataset(data)
+        references = {c: dataset.label(c) for c in dataset.split(split)}
+        missing = sorted(c for c, path in references.items() if path is None)
+        if missing:
+            raise InputError(str(dataset.root / "labels"), f"no label file for cases {', '.join(missing[:5])}")
+        names = dataset.label_names
+    elif labels:
+        if not Path(labels).is_dir():
+            raise InputError(labels, "reference label folder not found")
+        references = _files_by_name(Path(labels))
+        names = None
+    else:
+        raise ConfigError("give the references: --labels DIR, or --data DIR --split SPLIT")
+    predictions = {k: v for k, v in predictions.items() if k in references} if data else predictions
+    return evaluate_folder(predictions, references, _classes(pred_root, names))
+
+
+def run_evaluation(args: argparse.Namespace, sink: EventSink) -> dict[str, Any]:
+    report = evaluate(args.pred, args.labels, args.data, args.split)
+    table = format_table(report)
+    if getattr(args, "events", None) == "jsonl":
+        print(table, file=sys.stderr)
+    else:
+        print(table)
+    for message in report.get("warnings", []):
+        sink.emit("warning", message=message)
+    out = Path(args.json) if args.json else Path(args.pred) / "metrics.json"
+    with atomic_path(out) as tmp, open(tmp, "w") as f:
+        json.dump(report, f, indent=2)
+    sink.emit("output", kind="metrics", path=str(out), name=None)
+    return report

@@ -1,0 +1,106 @@
+"""Properties of the local contrastive loss and the segmentation loss."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from PLCLSegmentationLib.engine.batches import contrastive_pairs
+from PLCLSegmentationLib.engine.losses import IGNORE, local_contrastive_loss, soft_dice_loss
+from PLCLSegmentationLib.engine.network import UNet2D
+
+
+def _labels(n: int = 4, size: int = 16, classes: int = 4) -> torch.Tensor:
+    """Vertical bands of classes 0..classes-1."""
+    labels = torch.zeros((n, size, size), dtype=torch.long)
+    width = size // classes
+    for c in range(classes):
+        labels[:, :, c * width:(c + 1) * width] = c
+    return labels
+
+
+def _clustered_embeddings(labels: torch.Tensor, dim: int = 16, noise: float = 0.05) -> torch.Tensor:
+    g = torch.Generator().manual_seed(0)
+    centres = torch.randn((int(labels.max()) + 1, dim), generator=g)
+    z = centres[labels].permute(0, 3, 1, 2)
+    return z + noise * torch.randn(z.shape, generator=g)
+
+
+def _loss(z: torch.Tensor, labels: torch.Tensor, seed: int = 0) -> torch.Tensor:
+    n = labels.shape[0]
+    pairs = torch.tensor([(i, (i + 1) % n) for i in range(n)])
+    return local_contrastive_loss(z, labels, pairs, num_classes=4, temperature=0.1, anchors_per_class=3,
+                                  generator=torch.Generator().manual_seed(seed))
+
+
+def test_lower_when_embeddings_cluster_by_class():
+    labels = _labels()
+    clustered = _loss(_clustered_embeddings(labels), labels)
+    random = _loss(torch.randn((4, 16, 16, 16), generator=torch.Generator().manual_seed(1)), labels)
+    assert clustered < random
+    # Perfect clusters reach the bound: each anchor shares its class with the two means of its
+    # class (one per image) among 2 x 3 candidates, so the loss tends to log(2).
+    assert clustered == pytest.approx(math.log(2), abs=0.05)
+
+
+def test_finite_when_a_class_is_absent_from_an_image():
+    labels = _labels()
+    labels[0][labels[0] == 2] = 0  # class 2 missing from image 0
+    labels[1][labels[1] == 3] = IGNORE  # class 3 ignored in image 1
+    z = torch.randn((4, 16, 16, 16), requires_grad=True)
+    loss = _loss(z, labels)
+    assert torch.isfinite(loss)
+    loss.backward()
+    assert torch.isfinite(z.grad).all()
+
+
+def test_zero_and_finite_gradients_when_no_foreground():
+    labels = torch.zeros((2, 8, 8), dtype=torch.long)
+    z = torch.randn((2, 16, 8, 8), requires_grad=True)
+    loss = local_contrastive_loss(z, labels, torch.tensor([[0, 1]]), num_classes=4)
+    assert loss.item() == 0.0
+    loss.backward()
+    assert torch.isfinite(z.grad).all()
+
+
+def test_only_foreground_anchors_and_negatives():
+    """Changing background embeddings must not change the loss."""
+    labels = _labels()
+    z = _clustered_embeddings(labels, noise=0.3)
+    z2 = z.clone()
+    background = (labels == 0).unsqueeze(1).expand_as(z2)
+    z2[background] = torch.randn(int(background.sum()))
+    assert _loss(z, labels, seed=3) == pytest.approx(_loss(z2, labels, seed=3).item(), rel=1e-5)
+
+
+def test_gradients_reach_the_encoder():
+    torch.manual_seed(0)
+    model = UNet2D(num_classes=4, base_channels=4, levels=3, embedding_dim=8)
+    x = torch.randn((4, 1, 32, 32))
+    labels = _labels(4, 32)
+    _, embeddings = model(x, with_embedding=True)
+    loss = local_contrastive_loss(embeddings, labels, contrastive_pairs(1, 2), num_classes=4)
+    loss.backward()
+    first_conv = model.encoder[0][0].weight
+    assert first_conv.grad is not None and first_conv.grad.abs().sum() > 0
+    assert model.segmentation_head[-1].weight.grad is None  # the contrastive loss does not train the seg head
+
+
+def test_pairs_follow_the_method():
+    pairs = [tuple(p) for p in contrastive_pairs(n_annotated=2, n=6).tolist()]
+    assert [(i, i + 6) for i in range(6)] == pairs[:6]  # each slice with its second view
+    assert (0, 8) in pairs and (1, 9) in pairs  # annotated with unannotated
+    assert (2, 9) in pairs  # unannotated with unannotated
+    assert all(a < 6 <= b for a, b in pairs)
+
+
+def test_dice_loss_is_zero_for_a_perfect_prediction_and_ignores_ignored_pixels():
+    labels = _labels(2, 8)
+    logits = torch.nn.functional.one_hot(labels, 4).permute(0, 3, 1, 2).float() * 50
+    assert soft_dice_loss(logits, labels).item() == pytest.approx(0.0, abs=1e-4)
+    wrong = labels.clone()
+    wrong[:, :2] = IGNORE
+    logits[:, :, :2] = torch.randn_like(logits[:, :, :2])
+    assert soft_dice_loss(logits, wrong).item() == pytest.approx(0.0, abs=1e-4)

@@ -1,0 +1,62 @@
+"""The model file: a round trip keeps the predictions; loading never runs code."""
+
+from __future__ import annotations
+
+import pickle
+
+import pytest
+import torch
+
+from PLCLSegmentationLib.engine.modelfile import ModelInfo, load_model, read_model, save_model
+from PLCLSegmentationLib.engine.volumes import ClassInfo, InputError
+
+
+def _info() -> ModelInfo:
+    return ModelInfo(classes=[ClassInfo(1, "ring", (1.0, 0.0, 0.0), {"category": ["SCT", "1", "x"]}),
+                              ClassInfo(4, "disc", (0.0, 0.0, 1.0))],
+                     target_spacing_mm=1.37, patch_size=64, base_channels=4, levels=3, embedding_dim=8,
+                     intensity_percentiles=(0.5, 99.5), training={"iterations": 7})
+
+
+def test_round_trip_keeps_everything_needed_to_apply_the_model(tmp_path):
+    info = _info()
+    model = info.build_network().eval()
+    with torch.no_grad():  # make BatchNorm statistics non-trivial
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-1, 1)
+    save_model(tmp_path / "model.pt", model, info)
+    loaded, loaded_info = load_model(tmp_path / "model.pt", torch.device("cpu"))
+    assert loaded_info.to_dict() == info.to_dict()
+    assert [c.value for c in loaded_info.classes] == [1, 4]
+    assert loaded_info.classes[0].terminology == {"category": ["SCT", "1", "x"]}
+    x = torch.randn((2, 1, 32, 32))
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), model(x))
+
+
+class _Payload:
+    def __reduce__(self):
+        return (print, ("this must never run",))
+
+
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")
+def test_a_file_with_pickled_code_is_refused(tmp_path):
+    path = tmp_path / "evil.pt"
+    with open(path, "wb") as f:
+        pickle.dump({"format": "plcl-segmentation-model", "x": _Payload()}, f)
+    with pytest.raises(InputError) as error:
+        read_model(path)
+    assert "evil.pt" in str(error.value)
+
+
+@pytest.mark.parametrize("content", [b"not a model", None])
+def test_other_files_are_refused_with_one_line(tmp_path, content):
+    path = tmp_path / "model.pt"
+    if content is None:
+        torch.save({"weights": torch.zeros(2)}, path)
+    else:
+        path.write_bytes(content)
+    with pytest.raises(InputError) as error:
+        read_model(path)
+    assert str(path) in str(error.value) and "\n" not in str(error.value)
