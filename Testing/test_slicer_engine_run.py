@@ -1,0 +1,108 @@
+"""The full path through the real engine as a child process, on a real MRML scene and real ACDC volumes.
+
+Skipped (with the reason) where ``python -m PLCLSegmentationLib.engine train --help`` does not run,
+or where ../shared/data/acdc is missing. Small on purpose: three volumes, the quick budget and a few
+dozen iterations, so that it runs in about a minute on two CPU cores.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+pytest.importorskip("slicer", reason="slicer-core is not installed")
+
+from slicer_support import ACDC, ACDC_SEGMENTS, ROOT, SlicerApp, acdc_case, read_labels, snapshot  # noqa: E402
+
+from PLCLSegmentationLib.jobs import JobState  # noqa: E402
+from PLCLSegmentationLib.logic import PLCLSegmentationLogic  # noqa: E402
+from PLCLSegmentationLib.parameters import PREDICTED, REVIEWED  # noqa: E402
+
+pytestmark = [pytest.mark.mrml, pytest.mark.slow]
+
+if not (ACDC / "images").is_dir():
+    pytest.skip(f"ACDC data not found at {ACDC} (../shared/data/acdc)", allow_module_level=True)
+
+ENVIRONMENT = {**os.environ, "PYTHONPATH": str(ROOT / "PLCLSegmentation")}
+_help = subprocess.run([sys.executable, "-m", "PLCLSegmentationLib.engine", "train", "--help"], capture_output=True,
+                       text=True, env=ENVIRONMENT, timeout=120, check=False)
+if _help.returncode != 0:
+    pytest.skip("the engine does not run yet: `python -m PLCLSegmentationLib.engine train --help` failed: "
+                + (_help.stderr.strip().splitlines() or ["no output"])[-1], allow_module_level=True)
+
+CASES = ["patient041_frame01", "patient041_frame02", "patient090_frame01"]
+ITERATIONS = 40
+
+
+@pytest.fixture
+def scene(tmp_path):
+    app = SlicerApp()
+    volumes = [app.load_volume(acdc_case(c)[0], c) for c in CASES]
+    annotation = app.add_segmentation(volumes[0], read_labels(acdc_case(CASES[0])[1]), ACDC_SEGMENTS, "Annotation")
+    before = snapshot(annotation)
+    logic = PLCLSegmentationLogic(app.services, models_dir=tmp_path / "models", environment=ENVIRONMENT,
+                                  engine_command=[sys.executable, "-m", "PLCLSegmentationLib.engine"])
+    logic.refresh()
+    logic.set_annotation(volumes[0], annotation)
+    for name, value in (("budget", "quick"), ("device", "cpu"), ("iterations", ITERATIONS)):
+        logic.state.set(name, value)
+    yield app, volumes, annotation, logic
+    logic.shutdown()
+    assert snapshot(annotation) == before, "the user's segmentation changed"
+
+
+def test_train_then_accept_and_retrain_faster(scene, record_property):
+    app, volumes, annotation, logic = scene
+    started = time.monotonic()
+    job = logic.train()
+    logic.wait(300)
+    train_s = time.monotonic() - started
+    assert job.state == JobState.DONE, f"{job.error}\n" + "\n".join(job.tail)
+    assert sorted(job.imported) == sorted(CASES[1:])
+    assert job.plot.rows > 0 and "total" in job.plot.series
+    for volume in volumes[1:]:
+        record = logic.state.record_for(volume)
+        assert record.role == PREDICTED and 0.0 <= record.score <= 1.0
+        segments = record.segmentation.GetSegmentation()
+        assert [segments.GetNthSegment(i).GetName() for i in range(segments.GetNumberOfSegments())] == \
+            [s[0] for s in ACDC_SEGMENTS]
+        assert segments.GetNthSegment(2).GetTerminology() == ACDC_SEGMENTS[2][2]
+        assert record.uncertainty is not None
+
+    logic.accept(volumes[1])
+    assert logic.state.record_for(volumes[1]).role == REVIEWED
+    started = time.monotonic()
+    job = logic.retrain()
+    logic.wait(300)
+    retrain_s = time.monotonic() - started
+    assert job.state == JobState.DONE, f"{job.error}\n" + "\n".join(job.tail)
+    assert job.imported == [CASES[2]]
+    record_property("train_s", round(train_s, 1))
+    record_property("retrain_s", round(retrain_s, 1))
+    print(f"\ntrain from scratch ({ITERATIONS} iterations): {train_s:.1f} s; "
+          f"warm-start retrain ({job.argv[job.argv.index('--iterations') + 1]} iterations): {retrain_s:.1f} s")
+    assert retrain_s < train_s
+
+
+def test_cancel_the_real_engine_mid_run(scene):
+    app, volumes, annotation, logic = scene
+    logic.state.set("iterations", 5000)
+    nodes_before = app.nodes()
+    job = logic.train()
+    deadline = time.monotonic() + 120
+    while job.iteration < 1:
+        logic.poll()
+        assert not job.state.finished, job.error
+        assert time.monotonic() < deadline, "no progress from the engine within two minutes"
+        time.sleep(0.05)
+    logic.cancel()
+    logic.wait(120)
+    assert job.state == JobState.CANCELLED
+    assert app.nodes() == nodes_before
+    assert not job.out_dir.exists()
+    with pytest.raises(ProcessLookupError):
+        os.kill(job.process.pid, 0)
