@@ -64,6 +64,7 @@ class Job:
     warnings: list[str] = field(default_factory=list)
     outputs: list[dict[str, Any]] = field(default_factory=list)
     log: collections.deque[str] = field(default_factory=lambda: collections.deque(maxlen=2000))
+    pending: list[str] = field(default_factory=list)  # log lines not yet shown (see take_log)
     tail: list[str] = field(default_factory=list)  # last lines of the engine's log (on failure)
     imported: list[str] = field(default_factory=list)  # names of the volumes that got a segmentation
     process: Any = None  # EngineProcess
@@ -105,6 +106,15 @@ class Job:
             parts.append(f"about {format_duration(self.eta_s)} left")
         return ", ".join(parts)
 
+    def add_log(self, line: str) -> None:
+        self.log.append(line)
+        self.pending.append(line)
+
+    def take_log(self) -> list[str]:
+        """The log lines added since the last call (for a log view)."""
+        lines, self.pending = self.pending, []
+        return lines
+
     def handle(self, event: dict[str, Any]) -> tuple[int, dict[str, float]] | None:
         """Take in one engine event; returns (iteration, losses) for the loss plot, if any."""
         kind = event.get("event")
@@ -119,22 +129,22 @@ class Job:
         if kind == "stage":
             self.stage = str(event.get("stage", ""))
             self.round = event.get("round")
-            self.log.append(f"stage: {self.stage}" + (f" (round {self.round})" if self.round else ""))
+            self.add_log(f"stage: {self.stage}" + (f" (round {self.round})" if self.round else ""))
         elif kind == "start":
             self.device = str(event.get("device", ""))
-            self.log.append(f"engine {event.get('version', '')} started on {self.device}")
+            self.add_log(f"engine {event.get('version', '')} started on {self.device}")
         elif kind == "output":
             self.outputs.append(event)
         elif kind == "warning":
             self.warnings.append(str(event.get("message", "")))
-            self.log.append(f"warning: {event.get('message', '')}")
+            self.add_log(f"warning: {event.get('message', '')}")
         elif kind == "error":
             self.error = str(event.get("message", "")) or self.error
-            self.log.append(f"error: {self.error}")
+            self.add_log(f"error: {self.error}")
         elif kind == "cancelled":
-            self.log.append(f"cancelled: {event.get('message', '')}")
+            self.add_log(f"cancelled: {event.get('message', '')}")
         elif kind == "done":
-            self.log.append(f"engine done in {format_duration(_float(event.get('elapsed_s')) or 0.0)}")
+            self.add_log(f"engine done in {format_duration(_float(event.get('elapsed_s')) or 0.0)}")
         return None
 
 

@@ -238,7 +238,7 @@ class PLCLSegmentationLogic:
                 if point is not None:
                     points.append(point)
             elif message.kind == "log":
-                job.log.append(message.data)
+                job.add_log(message.data)
         if points and job.plot is not None:
             job.plot.append(points)
         if job.process.state.finished:

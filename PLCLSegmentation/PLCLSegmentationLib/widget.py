@@ -1,0 +1,411 @@
+"""The module panel: binds the .ui to the Qt-free logic. The only module of the package that uses Qt.
+
+Everything it shows comes from the logic and its parameter node; everything it does is one call of
+the logic. A ``qt.QTimer`` drains the running child's events (``logic.poll()``) five times a second,
+so Slicer stays responsive while the engine trains in its own process.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import qt
+import slicer
+import vtk
+from slicer.i18n import tr as _
+
+from . import dependencies
+from .jobs import JobState
+from .parameters import ANNOTATED, EXCLUDED, PREDICTED, REVIEWED, TRAINING_ROLES, UNANNOTATED
+from .services import PLCLError, is_owned
+
+POLL_INTERVAL_MS = 200
+DEFAULT_MODEL_FILE = "PLCLSegmentation-model.pt"
+ROLE_LABELS = {ANNOTATED: "annotated", REVIEWED: "reviewed", PREDICTED: "predicted", UNANNOTATED: "to segment",
+               EXCLUDED: "excluded"}
+DEVICES = (("auto", "automatic"), ("cpu", "CPU"), ("cuda", "GPU (CUDA)"), ("mps", "GPU (Apple MPS)"))
+BUDGETS = (("quick", "quick"), ("standard", "standard"), ("full", "full (GPU)"))
+
+
+class PLCLSegmentationPanel:
+    """Connects the widgets of ``ui`` (from ``slicer.util.childWidgetVariables``) to ``logic``."""
+
+    def __init__(self, ui: Any, logic: Any) -> None:
+        self.ui = ui
+        self.logic = logic
+        self._updating = False
+        self._update_scheduled = False
+        self._observed: Any = None
+        self._observer_tag: int | None = None
+        self.timer = qt.QTimer()
+        self.timer.setInterval(POLL_INTERVAL_MS)
+        self.timer.timeout.connect(self.onTimer)
+
+        for value, text in BUDGETS:
+            ui.budgetComboBox.addItem(_(text), value)
+        for value, text in DEVICES:
+            ui.deviceComboBox.addItem(_(text), value)
+        ui.segmentsTableView.setSelectionMode(qt.QAbstractItemView.ExtendedSelection)
+
+        ui.annotatedVolumeSelector.connect("currentNodeChanged(vtkMRMLNode*)", self.onAnnotatedVolumeChanged)
+        ui.annotatedSegmentationSelector.connect("currentNodeChanged(vtkMRMLNode*)", self.onSegmentationChanged)
+        ui.unannotatedVolumesSelector.connect("checkedNodesChanged()", self.onTargetsChanged)
+        ui.addAnnotatedButton.clicked.connect(self.onAddAnnotated)
+        ui.removeAnnotatedButton.clicked.connect(self.onRemoveAnnotated)
+        ui.annotatedTable.itemSelectionChanged.connect(self.updateButtons)
+        ui.budgetComboBox.currentIndexChanged.connect(self.onSettingsChanged)
+        ui.deviceComboBox.currentIndexChanged.connect(self.onSettingsChanged)
+        ui.iterationsSpinBox.valueChanged.connect(self.onSettingsChanged)
+        ui.pythonPathLineEdit.connect("currentPathChanged(QString)", self.onSettingsChanged)
+        ui.showUncertaintyCheckBox.toggled.connect(self.onShowUncertainty)
+        ui.trainButton.clicked.connect(self.onTrainOrCancel)
+        ui.showPlotButton.clicked.connect(self.onShowPlot)
+        ui.reviewTable.itemSelectionChanged.connect(self.onReviewSelection)
+        ui.editButton.clicked.connect(self.onEdit)
+        ui.acceptButton.clicked.connect(self.onAccept)
+        ui.retrainButton.clicked.connect(self.onRetrain)
+        ui.saveModelButton.clicked.connect(self.onSaveModel)
+        ui.loadModelButton.clicked.connect(self.onLoadModel)
+        ui.applyModelButton.clicked.connect(self.onApplyModel)
+        self.observeParameterNode()
+        self.updateFromState()
+
+    # --- parameter node <-> GUI -----------------------------------------------------------------
+    def observeParameterNode(self) -> None:
+        node = self.logic.state.node
+        if node is self._observed:
+            return
+        if self._observed is not None and self._observer_tag is not None:
+            self._observed.RemoveObserver(self._observer_tag)
+        self._observed = node
+        self._observer_tag = node.AddObserver(vtk.vtkCommand.ModifiedEvent, self._onParameterNodeModified)
+
+    def _onParameterNodeModified(self, caller: Any, event: Any) -> None:
+        self.scheduleUpdate()
+
+    def updateFromState(self) -> None:
+        if self._updating:
+            return
+        self._updating = True
+        try:
+            state = self.logic.state
+            records = self.logic.refresh()
+            self._setCombo(self.ui.budgetComboBox, state.budget)
+            self._setCombo(self.ui.deviceComboBox, state.device)
+            self.ui.iterationsSpinBox.value = state.iterations
+            if self.ui.pythonPathLineEdit.currentPath != state.python:
+                self.ui.pythonPathLineEdit.currentPath = state.python
+            self.ui.showUncertaintyCheckBox.checked = state.show_uncertainty
+            self.ui.modelPathLineEdit.text = state.model_path
+            self._fillAnnotatedTable([r for r in records if r.role in TRAINING_ROLES])
+            self._fillTargets(records)
+            self._fillReviewTable()
+        finally:
+            self._updating = False
+        self.updateButtons()
+
+    def scheduleUpdate(self) -> None:
+        """Update once the scene has settled (many nodes may be added at once, e.g. by a DICOM load)."""
+        if not self._update_scheduled:
+            self._update_scheduled = True
+            qt.QTimer.singleShot(100, self._scheduledUpdate)
+
+    def _scheduledUpdate(self) -> None:
+        self._update_scheduled = False
+        self.updateFromState()
+
+    def onSettingsChanged(self, *_args: Any) -> None:
+        if self._updating:
+            return
+        state = self.logic.state
+        node = state.node
+        was_modifying = node.StartModify()
+        try:
+            state.set("budget", self.ui.budgetComboBox.currentData or "standard")
+            state.set("device", self.ui.deviceComboBox.currentData or "auto")
+            state.set("iterations", int(self.ui.iterationsSpinBox.value))
+            state.set("python", self.ui.pythonPathLineEdit.currentPath.strip())
+        finally:
+            node.EndModify(was_modifying)
+
+    @staticmethod
+    def _setCombo(combo: Any, value: str) -> None:
+        index = combo.findData(value)
+        if index >= 0 and combo.currentIndex != index:
+            combo.currentIndex = index
+
+    # --- volumes --------------------------------------------------------------------------------
+    def onAnnotatedVolumeChanged(self, volume: Any) -> None:
+        """Propose the segmentation drawn on this volume."""
+        if volume is None:
+            return
+        record = self.logic.state.record_for(volume)
+        if record is not None and record.segmentation is not None and record.role in TRAINING_ROLES:
+            self.ui.annotatedSegmentationSelector.setCurrentNode(record.segmentation)
+            return
+        scene = slicer.mrmlScene
+        for index in range(scene.GetNumberOfNodesByClass("vtkMRMLSegmentationNode")):
+            node = scene.GetNthNodeByClass(index, "vtkMRMLSegmentationNode")
+            if node.GetNodeReferenceID(node.GetReferenceImageGeometryReferenceRole()) == volume.GetID():
+                self.ui.annotatedSegmentationSelector.setCurrentNode(node)
+                return
+        self.updateButtons()
+
+    def onSegmentationChanged(self, node: Any) -> None:
+        self.ui.segmentsTableView.setSegmentationNode(node)
+        self.updateButtons()
+
+    def onAddAnnotated(self) -> None:
+        volume = self.ui.annotatedVolumeSelector.currentNode()
+        segmentation = self.ui.annotatedSegmentationSelector.currentNode()
+        ids = list(self.ui.segmentsTableView.selectedSegmentIDs())
+        with slicer.util.tryWithErrorDisplay(_("Could not use this annotation."), waitCursor=True):
+            self.logic.set_annotation(volume, segmentation, ids or None)
+        self.updateFromState()
+
+    def onRemoveAnnotated(self) -> None:
+        row = self.ui.annotatedTable.currentRow()
+        item = self.ui.annotatedTable.item(row, 0) if row >= 0 else None
+        volume = slicer.mrmlScene.GetNodeByID(item.data(qt.Qt.UserRole)) if item is not None else None
+        if volume is None:
+            return
+        with slicer.util.tryWithErrorDisplay(_("Could not remove the volume from the training set.")):
+            self.logic.set_role(volume, UNANNOTATED)
+        self.updateFromState()
+
+    def onTargetsChanged(self) -> None:
+        if self._updating:
+            return
+        checked = {node.GetID() for node in self.ui.unannotatedVolumesSelector.checkedNodes()}
+        with slicer.util.tryWithErrorDisplay(_("Could not change the volumes to segment.")):
+            for record in self.logic.state.records():
+                if record.role in TRAINING_ROLES:
+                    continue
+                wanted = UNANNOTATED if record.volume.GetID() in checked else EXCLUDED
+                if (wanted == EXCLUDED) != (record.role == EXCLUDED):
+                    self.logic.set_role(record.volume, wanted)
+        self.updateFromState()
+
+    def _fillAnnotatedTable(self, records: list[Any]) -> None:
+        table = self.ui.annotatedTable
+        table.setRowCount(len(records))
+        for row, record in enumerate(records):
+            segmentation = record.segmentation
+            names = [segmentation.GetSegmentation().GetSegment(i).GetName() for i in record.segment_ids
+                     if segmentation.GetSegmentation().GetSegment(i) is not None]
+            cells = [record.name, segmentation.GetName(), ", ".join(names)]
+            for column, text in enumerate(cells):
+                item = qt.QTableWidgetItem(text)
+                item.setData(qt.Qt.UserRole, record.volume.GetID())
+                table.setItem(row, column, item)
+
+    def _fillTargets(self, records: list[Any]) -> None:
+        selector = self.ui.unannotatedVolumesSelector
+        hidden = [r.volume.GetID() for r in records if r.role in TRAINING_ROLES]
+        scene = slicer.mrmlScene
+        for index in range(scene.GetNumberOfNodesByClass("vtkMRMLScalarVolumeNode")):
+            node = scene.GetNthNodeByClass(index, "vtkMRMLScalarVolumeNode")
+            if is_owned(node):
+                hidden.append(node.GetID())
+        selector.sortFilterProxyModel().setHiddenNodeIDs(hidden)
+        for record in records:
+            if record.role not in TRAINING_ROLES:
+                state = qt.Qt.Unchecked if record.role == EXCLUDED else qt.Qt.Checked
+                selector.setCheckState(record.volume, state)
+
+    # --- training -------------------------------------------------------------------------------
+    def onTrainOrCancel(self) -> None:
+        if self.logic.busy:
+            self.logic.cancel()
+            self.ui.statusLabel.text = self.logic.job.status_line()
+            return
+        self._run(lambda: self.logic.train(), _("Could not start training."))
+
+    def onRetrain(self) -> None:
+        self._run(lambda: self.logic.retrain(), _("Could not start retraining."))
+
+    def onApplyModel(self) -> None:
+        self._run(lambda: self.logic.predict(), _("Could not segment the new volumes."))
+
+    def _run(self, start: Any, error_message: str) -> None:
+        if not self._dependenciesReady():
+            return
+        job = None
+        with slicer.util.tryWithErrorDisplay(error_message, waitCursor=True):
+            job = start()
+        if job is None:
+            return
+        self.ui.logTextEdit.clear()
+        self.ui.progressBar.value = 0
+        self._appendLog(" ".join(job.argv))
+        if job.plot is not None:
+            self.onShowPlot()
+        self.onTimer()
+        self.timer.start()
+
+    def _dependenciesReady(self) -> bool:
+        python = self.logic.state.python
+        try:
+            if python:
+                info = dependencies.probe_interpreter(python, env=dependencies.child_environment(True))
+                if info.get("missing"):
+                    raise PLCLError(_("The chosen Python lacks these packages: {packages}").format(
+                        packages=", ".join(info["missing"])))
+                return True
+            return dependencies.ensure_slicer_packages(
+                confirm=lambda question: slicer.util.confirmOkCancelDisplay(question), log=self._appendLog)
+        except Exception as error:
+            slicer.util.errorDisplay(str(error), windowTitle=_("PLCLSegmentation"))
+            return False
+
+    def onTimer(self) -> None:
+        job = self.logic.job
+        if job is None:
+            self.timer.stop()
+            return
+        try:
+            self.logic.poll()  # the job takes in the events: progress, log lines, the loss plot
+        except Exception as error:  # never let an exception escape a timer slot
+            logging.exception("PLCLSegmentation: polling the engine failed")
+            self.timer.stop()
+            slicer.util.errorDisplay(str(error))
+            return
+        for line in job.take_log():
+            self._appendLog(line)
+        self.ui.progressBar.value = int(round(100 * job.fraction))
+        self.ui.statusLabel.text = job.status_line()
+        if job.state.finished:
+            self.timer.stop()
+            self._finished(job)
+        self.updateButtons()
+
+    def _finished(self, job: Any) -> None:
+        for warning in job.warnings:
+            self._appendLog(_("warning: ") + warning)
+        if job.state == JobState.DONE:
+            self.ui.progressBar.value = 100
+            self.updateFromState()
+            if self.ui.reviewTable.rowCount:
+                self.ui.reviewTable.selectRow(0)
+        elif job.state == JobState.FAILED:
+            self.ui.progressBar.value = 0
+            slicer.util.errorDisplay(_("The engine failed: {error}").format(error=job.error),
+                                     windowTitle=_("PLCLSegmentation"),
+                                     detailedText="\n".join(job.tail) + _("\n\nLog: {path}").format(path=job.log_path))
+        else:
+            self.ui.progressBar.value = 0
+
+    def onShowPlot(self) -> None:
+        job = self.logic.job
+        if job is not None and job.plot is not None:
+            slicer.modules.plots.logic().ShowChartInLayout(job.plot.chart)
+
+    def _appendLog(self, line: str) -> None:
+        self.ui.logTextEdit.appendPlainText(line)
+
+    # --- review ---------------------------------------------------------------------------------
+    def _fillReviewTable(self) -> None:
+        table = self.ui.reviewTable
+        selected = self._selectedVolume()
+        rows = self.logic.review_rows()
+        table.setRowCount(len(rows))
+        for row, entry in enumerate(rows):
+            score = "" if entry.score is None else f"{entry.score:.3f}"
+            for column, text in enumerate([entry.name, _(ROLE_LABELS.get(entry.role, entry.role)), score]):
+                item = qt.QTableWidgetItem(text)
+                item.setData(qt.Qt.UserRole, entry.record.volume.GetID())
+                table.setItem(row, column, item)
+            if selected is not None and entry.record.volume.GetID() == selected.GetID():
+                table.selectRow(row)
+
+    def _selectedVolume(self) -> Any:
+        table = self.ui.reviewTable
+        row = table.currentRow()
+        item = table.item(row, 0) if row >= 0 else None
+        return slicer.mrmlScene.GetNodeByID(item.data(qt.Qt.UserRole)) if item is not None else None
+
+    def onReviewSelection(self) -> None:
+        volume = self._selectedVolume()
+        if volume is not None and not self._updating:
+            with slicer.util.tryWithErrorDisplay(_("Could not show this volume.")):
+                self.logic.show(volume)
+                slicer.util.resetSliceViews()
+        self.updateButtons()
+
+    def onShowUncertainty(self, checked: bool) -> None:
+        if self._updating:
+            return
+        self.logic.state.set("showUncertainty", bool(checked))
+        self.onReviewSelection()
+
+    def onEdit(self) -> None:
+        volume = self._selectedVolume()
+        record = self.logic.state.record_for(volume) if volume is not None else None
+        if record is None or record.segmentation is None:
+            return
+        slicer.util.selectModule("SegmentEditor")
+        editor = slicer.modules.segmenteditor.widgetRepresentation().self().editor
+        editor.setSegmentationNode(record.segmentation)
+        editor.setSourceVolumeNode(record.volume)
+
+    def onAccept(self) -> None:
+        volume = self._selectedVolume()
+        with slicer.util.tryWithErrorDisplay(_("Could not accept this segmentation.")):
+            self.logic.accept(volume)
+        self.updateFromState()
+
+    # --- models ---------------------------------------------------------------------------------
+    def onSaveModel(self) -> None:
+        path = qt.QFileDialog.getSaveFileName(None, _("Save model"), DEFAULT_MODEL_FILE,
+                                              _("PyTorch model (*.pt)"))
+        if path:
+            with slicer.util.tryWithErrorDisplay(_("Could not save the model.")):
+                self.logic.save_model(path)
+            self.updateFromState()
+
+    def onLoadModel(self) -> None:
+        path = qt.QFileDialog.getOpenFileName(None, _("Load model"), "", _("PyTorch model (*.pt)"))
+        if path:
+            with slicer.util.tryWithErrorDisplay(_("Could not load the model.")):
+                self.logic.load_model(path)
+            self.updateFromState()
+
+    # --- buttons and lifetime -------------------------------------------------------------------
+    def updateButtons(self) -> None:
+        busy = self.logic.busy
+        state = self.logic.state
+        has_model = bool(state.model_path)
+        volume = self._selectedVolume()
+        record = state.record_for(volume) if volume is not None else None
+        ui = self.ui
+        ui.trainButton.text = _("Cancel") if busy else _("Train")
+        ui.trainButton.enabled = busy or bool(self.logic.annotated())
+        ui.addAnnotatedButton.enabled = not busy and ui.annotatedVolumeSelector.currentNode() is not None \
+            and ui.annotatedSegmentationSelector.currentNode() is not None
+        ui.removeAnnotatedButton.enabled = not busy and ui.annotatedTable.currentRow() >= 0
+        ui.retrainButton.enabled = not busy and has_model
+        ui.acceptButton.enabled = not busy and record is not None and record.role == PREDICTED
+        ui.editButton.enabled = record is not None and record.segmentation is not None and is_owned(record.segmentation)
+        ui.saveModelButton.enabled = not busy and has_model
+        ui.loadModelButton.enabled = not busy
+        ui.applyModelButton.enabled = not busy and has_model
+        ui.showPlotButton.enabled = self.logic.job is not None and self.logic.job.plot is not None
+        for widget in (ui.inputsCollapsibleButton, ui.trainingCollapsibleButton):
+            widget.enabled = not busy
+
+    def onSceneStartClose(self) -> None:
+        self.timer.stop()
+        self.logic.shutdown()
+
+    def onSceneEndClose(self) -> None:
+        self.logic.job = None
+        self.observeParameterNode()
+        self.updateFromState()
+
+    def cleanup(self) -> None:
+        self.timer.stop()
+        self.logic.shutdown()
+        if self._observed is not None and self._observer_tag is not None:
+            self._observed.RemoveObserver(self._observer_tag)
+        self._observed = None

@@ -1,0 +1,272 @@
+"""The panel's code paths (PLCLSegmentationLib/widget.py) against the real logic and a real scene.
+
+Qt cannot be installed here, so ``qt`` and ``slicer.i18n`` are replaced by small fakes that behave
+like the few widgets the panel uses. This catches mistakes in the panel's own code (wrong names,
+wrong flow between the logic and the widgets); what Qt itself does is left to PLCLSegmentationTest
+in real Slicer.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+import time
+import types
+from unittest import mock
+
+import numpy as np
+import pytest
+
+pytest.importorskip("slicer", reason="slicer-core is not installed")
+
+from slicer_support import ACDC, ACDC_SEGMENTS, FAKE_ENGINE, SlicerApp, acdc_case, read_labels, snapshot  # noqa: E402
+
+pytestmark = pytest.mark.mrml
+
+if not (ACDC / "images").is_dir():
+    pytest.skip(f"ACDC data not found at {ACDC} (../shared/data/acdc)", allow_module_level=True)
+
+
+class Signal:
+    def __init__(self) -> None:
+        self.slots = []
+
+    def connect(self, slot) -> None:
+        self.slots.append(slot)
+
+    def emit(self, *args) -> None:
+        for slot in self.slots:
+            slot(*args)
+
+
+class FakeTimer:
+    def __init__(self) -> None:
+        self.timeout = Signal()
+        self.active = False
+
+    def setInterval(self, ms: int) -> None:  # noqa: N802 (Qt names)
+        self.interval = ms
+
+    def start(self) -> None:
+        self.active = True
+
+    def stop(self) -> None:
+        self.active = False
+
+    @staticmethod
+    def singleShot(ms: int, function) -> None:  # noqa: N802
+        function()
+
+
+class FakeItem:
+    def __init__(self, text: str) -> None:
+        self.text, self.values = text, {}
+
+    def setData(self, role, value) -> None:  # noqa: N802
+        self.values[role] = value
+
+    def data(self, role):
+        return self.values.get(role)
+
+
+class FakeTable:
+    def __init__(self) -> None:
+        self.rowCount, self.cells, self.row = 0, {}, -1
+        self.itemSelectionChanged = Signal()
+
+    def setRowCount(self, count: int) -> None:  # noqa: N802
+        self.rowCount = count
+        self.cells = {k: v for k, v in self.cells.items() if k[0] < count}
+
+    def setItem(self, row: int, column: int, item: FakeItem) -> None:  # noqa: N802
+        self.cells[(row, column)] = item
+
+    def item(self, row: int, column: int):
+        return self.cells.get((row, column))
+
+    def currentRow(self) -> int:  # noqa: N802
+        return self.row if self.row < self.rowCount else -1
+
+    def selectRow(self, row: int) -> None:  # noqa: N802
+        self.row = row
+        self.itemSelectionChanged.emit()
+
+
+class FakeCombo:
+    def __init__(self) -> None:
+        self.items, self.currentIndex = [], -1
+        self.currentIndexChanged = Signal()
+
+    def addItem(self, text: str, data) -> None:  # noqa: N802
+        self.items.append((text, data))
+        if self.currentIndex < 0:
+            self.currentIndex = 0
+
+    def findData(self, data) -> int:  # noqa: N802
+        return next((i for i, item in enumerate(self.items) if item[1] == data), -1)
+
+    @property
+    def currentData(self):  # noqa: N802
+        return self.items[self.currentIndex][1] if self.currentIndex >= 0 else None
+
+
+class FakeNodeCombo(mock.MagicMock):
+    def currentNode(self):  # noqa: N802
+        return getattr(self, "_node", None)
+
+
+def fake_qt() -> types.ModuleType:
+    qt = types.ModuleType("qt")
+    qt.QTimer = FakeTimer
+    qt.QTableWidgetItem = FakeItem
+    qt.QAbstractItemView = types.SimpleNamespace(ExtendedSelection=3)
+    qt.Qt = types.SimpleNamespace(UserRole=32, Checked=2, Unchecked=0)
+    qt.QFileDialog = mock.MagicMock()
+    return qt
+
+
+def fake_ui() -> types.SimpleNamespace:
+    ui = types.SimpleNamespace()
+    for name in ("annotatedTable", "reviewTable"):
+        setattr(ui, name, FakeTable())
+    for name in ("budgetComboBox", "deviceComboBox"):
+        setattr(ui, name, FakeCombo())
+    for name in ("annotatedVolumeSelector", "annotatedSegmentationSelector"):
+        setattr(ui, name, FakeNodeCombo())
+    for name in ("segmentsTableView", "unannotatedVolumesSelector", "addAnnotatedButton", "removeAnnotatedButton",
+                 "iterationsSpinBox", "pythonPathLineEdit", "showUncertaintyCheckBox", "trainButton", "showPlotButton",
+                 "editButton", "acceptButton", "retrainButton", "saveModelButton", "loadModelButton",
+                 "applyModelButton", "progressBar", "statusLabel", "logTextEdit", "modelPathLineEdit",
+                 "inputsCollapsibleButton", "trainingCollapsibleButton"):
+        setattr(ui, name, mock.MagicMock(name=name))
+    ui.pythonPathLineEdit.currentPath = ""
+    ui.segmentsTableView.selectedSegmentIDs.return_value = []
+    ui.unannotatedVolumesSelector.checkedNodes.return_value = []
+    return ui
+
+
+@pytest.fixture
+def panel(tmp_path, monkeypatch):
+    import slicer
+
+    errors: list[str] = []
+
+    @contextlib.contextmanager
+    def try_with_error_display(message, waitCursor=False):  # noqa: N803 (Slicer's keyword)
+        try:
+            yield
+        except Exception as error:
+            errors.append(f"{message} {error}")
+
+    monkeypatch.setitem(sys.modules, "qt", fake_qt())
+    monkeypatch.setitem(sys.modules, "slicer.i18n", types.SimpleNamespace(tr=lambda text: text))
+    for name, value in (("tryWithErrorDisplay", try_with_error_display), ("errorDisplay",
+                        lambda text, **kwargs: errors.append(text)), ("resetSliceViews", lambda: None),
+                        ("confirmOkCancelDisplay", lambda text: True)):
+        monkeypatch.setattr(slicer.util, name, value, raising=False)
+    monkeypatch.delitem(sys.modules, "PLCLSegmentationLib.widget", raising=False)
+    from PLCLSegmentationLib.logic import PLCLSegmentationLogic
+    from PLCLSegmentationLib.widget import PLCLSegmentationPanel
+
+    app = SlicerApp()
+    chart_shown = []
+    slicer.modules.plots = types.SimpleNamespace(logic=lambda: types.SimpleNamespace(
+        ShowChartInLayout=chart_shown.append))
+    volumes = [app.load_volume(acdc_case(c)[0], c) for c in ("patient041_frame01", "patient041_frame02",
+                                                               "patient090_frame01")]
+    annotation = app.add_segmentation(volumes[0], read_labels(acdc_case("patient041_frame01")[1]), ACDC_SEGMENTS,
+                                      "Annotation")
+    logic = PLCLSegmentationLogic(app.services, models_dir=tmp_path / "models",
+                                  engine_command=[sys.executable, str(FAKE_ENGINE)],
+                                  environment={**os.environ, "FAKE_ENGINE_STEP_S": "0.01"})
+    ui = fake_ui()
+    panel = PLCLSegmentationPanel(ui, logic)
+    before = snapshot(annotation)
+    yield types.SimpleNamespace(panel=panel, ui=ui, logic=logic, app=app, volumes=volumes, annotation=annotation,
+                                errors=errors, charts=chart_shown)
+    panel.cleanup()
+    assert snapshot(annotation) == before
+
+
+def run_timer(panel, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while panel.timer.active:
+        panel.timer.timeout.emit()
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+
+
+def test_the_panel_drives_a_whole_session(panel):
+    p, ui, logic = panel.panel, panel.ui, panel.logic
+    # Every volume is a record; the annotated volume proposes its segmentation.
+    assert len(logic.state.records()) == 3
+    assert ui.trainButton.enabled is False
+    ui.annotatedVolumeSelector._node = panel.volumes[0]
+    p.onAnnotatedVolumeChanged(panel.volumes[0])
+    ui.annotatedSegmentationSelector.setCurrentNode.assert_called_with(panel.annotation)
+    ui.annotatedSegmentationSelector._node = panel.annotation
+    p.onAddAnnotated()
+    assert not panel.errors, panel.errors
+    assert ui.annotatedTable.rowCount == 1 and ui.annotatedTable.item(0, 0).text == "patient041_frame01"
+    assert ui.annotatedTable.item(0, 2).text == "Right ventricle, Myocardium, Left ventricle"
+    assert ui.trainButton.enabled is True
+
+    # Settings go to the parameter node.
+    ui.budgetComboBox.currentIndex = ui.budgetComboBox.findData("quick")
+    ui.iterationsSpinBox.value = 12
+    p.onSettingsChanged()
+    assert (logic.state.budget, logic.state.iterations) == ("quick", 12)
+
+    # Train: the button becomes Cancel, the plot is shown, progress and status follow the engine.
+    p.onTrainOrCancel()
+    assert logic.busy and ui.trainButton.text == "Cancel" and p.timer.active
+    assert panel.charts == [logic.job.plot.chart]
+    run_timer(p)
+    assert not panel.errors, panel.errors
+    assert ui.trainButton.text == "Train" and ui.progressBar.value == 100
+    assert ui.statusLabel.text.startswith("Training finished")
+    assert ui.reviewTable.rowCount == 3 and ui.reviewTable.item(0, 1).text == "predicted"
+    logged = [c.args[0] for c in ui.logTextEdit.appendPlainText.call_args_list]
+    assert any("stage: warmup" in line for line in logged)
+
+    # Review: the first row (least certain) is shown; accept it; retrain.
+    assert ui.reviewTable.currentRow() == 0
+    first = p._selectedVolume()
+    assert ui.acceptButton.enabled is True
+    p.onAccept()
+    assert logic.state.record_for(first).role == "reviewed"
+    p.onRetrain()
+    run_timer(p)
+    assert logic.job.warm_start and logic.job.state.value == "done", logic.job.error
+
+    # Cancel a run from the Train button.
+    logic.environment["FAKE_ENGINE_STEP_S"] = "0.2"
+    ui.iterationsSpinBox.value = 1000
+    p.onSettingsChanged()
+    p.onTrainOrCancel()
+    p.onTrainOrCancel()  # now it reads Cancel
+    run_timer(p)
+    assert logic.job.state.value == "cancelled" and ui.progressBar.value == 0
+
+    # Save and load the model through the file dialogs.
+    import qt
+
+    target = str(logic.models_dir / "saved.pt")
+    qt.QFileDialog.getSaveFileName.return_value = target
+    p.onSaveModel()
+    assert logic.state.model_path == target and ui.modelPathLineEdit.text == target
+    qt.QFileDialog.getOpenFileName.return_value = target
+    p.onLoadModel()
+    assert not panel.errors, panel.errors
+
+
+def test_errors_are_shown_not_raised(panel):
+    p, ui = panel.panel, panel.ui
+    ui.annotatedVolumeSelector._node = panel.volumes[1]
+    ui.annotatedSegmentationSelector._node = None
+    p.onAddAnnotated()
+    assert panel.errors and "Choose an annotated volume" in panel.errors[-1]
+    p.onRetrain()
+    assert "Could not start retraining. Choose at least one annotated volume" in panel.errors[-1]
+    np.testing.assert_equal(p.timer.active, False)
