@@ -183,3 +183,25 @@ def test_scalar_volumes_leave_out_label_maps_and_our_maps(oblique):
     ours = app.add_volume(np.zeros((2, 3, 4), np.float32), "map")
     ours.SetAttribute(OWNER_ATTRIBUTE, scene_io.UNCERTAINTY)
     assert [v.GetID() for v in scene_io.scalar_volumes(app.scene)] == [volume.GetID()]
+
+
+def test_round_trip_through_files_keeps_voxels_geometry_and_metadata(oblique, tmp_path):
+    """Export an annotation of an oblique volume, import the file back as a prediction: same segments."""
+    import slicer
+
+    app, volume, segmentation, labels = oblique
+    transform = app.scene.AddNewNodeByClass("vtkMRMLLinearTransformNode", "Registration")
+    volume.SetAndObserveTransformNodeID(transform.GetID())
+    ids = scene_io.segment_ids(segmentation)
+    classes = scene_io.classes_from_segments(segmentation, ids)
+    path = str(tmp_path / "round.seg.nrrd")
+    scene_io.write_annotation(app.services, segmentation, ids, volume, classes, path)
+    node = scene_io.add_prediction(app.services, scene_io.SceneTransaction(app.scene), volume, path, classes)
+    assert node.GetTransformNodeID() == transform.GetID()  # in the volume's frame, like the volume
+    for index, segment_id in enumerate(ids):
+        original = segmentation.GetSegmentation().GetSegment(segment_id)
+        copy = node.GetSegmentation().GetNthSegment(index)
+        assert (copy.GetName(), copy.GetColor(), copy.GetTerminology()) == \
+            (original.GetName(), original.GetColor(), original.GetTerminology())
+        back = slicer.util.arrayFromSegmentBinaryLabelmap(node, node.GetSegmentation().GetNthSegmentID(index), volume)
+        np.testing.assert_array_equal(back.astype(bool), labels == index + 1)

@@ -224,7 +224,7 @@ def test_the_panel_drives_a_whole_session(panel):
     assert panel.charts == [logic.job.plot.chart]
     run_timer(p)
     assert not panel.errors, panel.errors
-    assert ui.trainButton.text == "Train" and ui.progressBar.value == 100
+    assert ui.trainButton.text == "Train" and ui.progressBar.value == ui.progressBar.maximum == 12
     assert ui.statusLabel.text.startswith("Training finished")
     assert ui.reviewTable.rowCount == 3 and ui.reviewTable.item(0, 1).text == "predicted"
     logged = [c.args[0] for c in ui.logTextEdit.appendPlainText.call_args_list]

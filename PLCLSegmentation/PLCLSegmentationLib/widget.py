@@ -16,7 +16,7 @@ import vtk
 from slicer.i18n import tr as _
 
 from . import dependencies
-from .jobs import JobState
+from .jobs import JobState, format_duration
 from .parameters import ANNOTATED, EXCLUDED, PREDICTED, REVIEWED, TRAINING_ROLES, UNANNOTATED
 from .services import PLCLError, is_owned
 
@@ -273,18 +273,30 @@ class PLCLSegmentationPanel:
             return
         for line in job.take_log():
             self._appendLog(line)
-        self.ui.progressBar.value = int(round(100 * job.fraction))
+        self._showProgress(job)
         self.ui.statusLabel.text = job.status_line()
         if job.state.finished:
             self.timer.stop()
             self._finished(job)
         self.updateButtons()
 
+    def _showProgress(self, job: Any) -> None:
+        """Stage, iteration and time left on the bar itself (the status line repeats them in words)."""
+        bar = self.ui.progressBar
+        bar.maximum = max(1, job.total)
+        bar.value = min(job.iteration, bar.maximum)
+        text = _("{stage}: %v / %m").format(stage=job.stage.replace("_", " ") or _("starting"))
+        if job.eta_s:
+            text += _(" (about {duration} left)").format(duration=format_duration(job.eta_s))
+        bar.format = text
+
     def _finished(self, job: Any) -> None:
         for warning in job.warnings:
             self._appendLog(_("warning: ") + warning)
+        self.ui.progressBar.format = "%p%"
         if job.state == JobState.DONE:
-            self.ui.progressBar.value = 100
+            self.ui.progressBar.value = self.ui.progressBar.maximum
+            self.ui.progressBar.format = _("done")
             self.updateFromState()
             if self.ui.reviewTable.rowCount:
                 self.ui.reviewTable.selectRow(0)
