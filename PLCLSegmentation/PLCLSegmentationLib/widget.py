@@ -208,7 +208,7 @@ class PLCLSegmentationPanel:
             node = scene.GetNthNodeByClass(index, "vtkMRMLScalarVolumeNode")
             if is_owned(node):
                 hidden.append(node.GetID())
-        selector.sortFilterProxyModel().setHiddenNodeIDs(hidden)
+        selector.sortFilterProxyModel().hiddenNodeIDs = hidden
         for record in records:
             if record.role not in TRAINING_ROLES:
                 state = qt.Qt.Unchecked if record.role == EXCLUDED else qt.Qt.Checked
