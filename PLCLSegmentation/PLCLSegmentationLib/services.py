@@ -2,39 +2,20 @@
 
 In Slicer, :meth:`SlicerServices.from_slicer` takes them from the running application. In tests,
 they are made from ``slicer-core`` (a real MRML scene and real module logics, no Qt).
-Nothing here imports ``slicer`` or ``qt`` at import time.
+Nothing here imports ``slicer`` or ``qt`` at import time. Messages of the Qt-free modules are plain
+English; the widget translates what it shows with ``slicer.i18n.tr``.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 MODULE_NAME = "PLCLSegmentation"
 
 #: Node attribute marking a node this module created (a prediction, an uncertainty map, a plot...).
 #: Nodes without it belong to the user and are never modified or removed.
 OWNER_ATTRIBUTE = "PLCLSegmentation.Output"
-
-
-def _identity(text: str) -> str:
-    return text
-
-
-_translate: Callable[[str], str] | None = None
-
-
-def tr(text: str) -> str:
-    """Translate a user-facing string with Slicer's i18n when it is available (identity otherwise)."""
-    global _translate
-    if _translate is None:
-        try:
-            from slicer.i18n import tr as slicer_tr  # only in the Slicer application
-
-            _translate = slicer_tr
-        except Exception:  # slicer-core has no i18n module; plain strings then
-            _translate = _identity
-    return _translate(text)
 
 
 class PLCLError(RuntimeError):
