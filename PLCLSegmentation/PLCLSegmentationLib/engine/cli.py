@@ -47,6 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--budget", choices=list(BUDGETS), default=None,
                        help=f"training budget preset (default {DEFAULT_BUDGET}; see README)")
     train.add_argument("--iterations", type=int, help="total training iterations, spread as in the budget")
+    train.add_argument("--minutes", type=float, help="train for this long instead (wall clock, pseudo-labelling "
+                       "included), spread as in the budget")
     train.add_argument("--seed", type=int, default=None)
     train.add_argument("--resume", metavar="DIR", help="continue the cancelled run in DIR")
     train.add_argument("--init-model", metavar="MODEL", help="start from this model's weights (fine-tuning; "
@@ -74,6 +76,10 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", default="demo_output", metavar="DIR")
     demo.add_argument("--iterations", type=int, default=None)
     _add_common(demo)
+    from .bench import add_bench_arguments
+
+    add_bench_arguments(commands.add_parser("bench", help="compare the method with its baselines on a dataset "
+                                            "(accuracy, time, memory)"))
     return parser
 
 
@@ -131,6 +137,8 @@ def make_train_job(args: argparse.Namespace):
         config = fine_tuning_schedule(config)
     if args.iterations:
         config = config.with_iterations(args.iterations)
+    if args.minutes:
+        config = dataclasses.replace(config, time_budget_s=60.0 * args.minutes)
     if not unlabeled:  # supervised only: the joint iterations go to the warm-up
         config = dataclasses.replace(config, warmup_iterations=config.total_iterations, rounds=0)
     return TrainJob(labeled, unlabeled, args.out, config, names, args.init_model)
@@ -157,6 +165,10 @@ def _run(args: argparse.Namespace, sink: EventSink, cancel: threading.Event) -> 
         from .demo import run_demo
 
         run_demo(args.out, sink, cancel, device=args.device or "auto", iterations=args.iterations)
+    elif args.command == "bench":
+        from .bench import run_bench
+
+        run_bench(args, sink, cancel)
     return EXIT_OK
 
 

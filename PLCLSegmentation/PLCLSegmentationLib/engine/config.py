@@ -82,12 +82,21 @@ class TrainConfig:
     inference_tile: int = 256
     inference_overlap: float = 0.25
 
+    #: Train for this many seconds instead of a number of iterations (warm-up and rounds keep their
+    #: shares of the schedule); pseudo-labelling counts towards the budget.
+    time_budget_s: float | None = None
+    #: Save this many intermediate models, evenly spaced over the schedule (for Dice-over-time curves).
+    snapshots: int = 0
+
     # --- run --------------------------------------------------------------------------------------
     seed: int = 0
     device: str = "auto"
     #: Save a checkpoint every this many iterations (and on cancel).
     checkpoint_every: int = 200
     channels_last: bool = True
+    #: "auto": bfloat16 autocast where the hardware computes it natively (CUDA, CPUs with AVX512-BF16
+    #: or AMX), else float32; "fp32" or "bf16" to force. Weights and optimiser stay float32.
+    precision: str = "auto"
     #: Build batches in a background thread while the model trains.
     background_batches: bool = True
     budget: str = DEFAULT_BUDGET
@@ -120,6 +129,8 @@ class TrainConfig:
             raise ConfigError(f"patch_size {self.patch_size} must be a multiple of {multiple}")
         if self.segmentation_loss not in ("dice", "dice_ce"):
             raise ConfigError(f"segmentation_loss must be 'dice' or 'dice_ce', not {self.segmentation_loss!r}")
+        if self.precision not in ("auto", "fp32", "bf16"):
+            raise ConfigError(f"precision must be auto, fp32 or bf16, not {self.precision!r}")
         if self.device not in ("auto", "cpu", "cuda", "mps") and not self.device.startswith("cuda:"):
             raise ConfigError(f"device must be auto, cpu, cuda or mps, not {self.device!r}")
         low, high = self.intensity_percentiles

@@ -10,7 +10,7 @@ With ``--events jsonl`` every event is one JSON object on its own line on stdout
 ``stage``      ``stage`` (prepare|warmup|pseudo_labels|joint|predict), ``round``, ``total``
 ``progress``   ``stage``, ``iteration``, ``total`` (all stages together), ``losses``
                {name: float}, ``elapsed_s``, ``eta_s``, ``slices_per_s``
-``output``     ``kind`` (model|checkpoint|prediction|uncertainty|summary|metrics), ``path``,
+``output``     ``kind`` (model|snapshot|prediction|uncertainty|summary|metrics), ``path``,
                ``name`` (the volume's name, for prediction and uncertainty)
 ``warning``    ``message``
 ``done``       ``out``, ``elapsed_s``

@@ -31,7 +31,7 @@ from .events import EventSink
 from .modelfile import ModelInfo, load_model, read_model, save_model
 from .predict import keep_largest_components, map_to_volume, predict_slices
 from .preprocess import PreparedVolume, prepare_volume
-from .train import Checkpoint, Trainer, resolve_device
+from .train import Checkpoint, Trainer, autocast_dtype, resolve_device
 from .volumes import (
     ClassInfo,
     InputError,
@@ -224,28 +224,39 @@ def run_training(job: TrainJob, sink: EventSink, cancel: threading.Event | None 
         trainer.restore(Checkpoint.load(out / "checkpoint.pt"))
     train_started = time.monotonic()
     start_iteration = trainer.iteration
+
+    def model_info() -> ModelInfo:
+        return ModelInfo(
+            classes=inputs.classes, target_spacing_mm=spacing, patch_size=config.patch_size,
+            base_channels=config.base_channels, levels=config.levels, embedding_dim=config.embedding_dim,
+            intensity_percentiles=tuple(config.intensity_percentiles), inference_tile=config.inference_tile,
+            inference_overlap=config.inference_overlap, largest_component=config.largest_component,
+            training={"annotated": [v.path for v, _ in inputs.annotated],
+                      "unannotated": [v.path for v in inputs.unannotated],
+                      "iterations": trainer.iteration, "train_seconds": round(time.monotonic() - train_started, 2),
+                      "budget": config.budget, "seed": config.seed, "config": config.to_dict(),
+                      "date": time.strftime("%Y-%m-%dT%H:%M:%S")})
+
+    def snapshot(index: int, iteration: int) -> None:
+        path = out / "snapshots" / f"model_{index:02d}.pt"
+        path.parent.mkdir(exist_ok=True)
+        save_model(path, trainer.model, model_info())
+        sink.emit("output", kind="snapshot", path=str(path), name=None)
+
+    trainer.on_snapshot = snapshot
     model = trainer.run()
     train_seconds = time.monotonic() - train_started
-
-    info = ModelInfo(
-        classes=inputs.classes, target_spacing_mm=spacing, patch_size=config.patch_size,
-        base_channels=config.base_channels, levels=config.levels, embedding_dim=config.embedding_dim,
-        intensity_percentiles=tuple(config.intensity_percentiles), inference_tile=config.inference_tile,
-        inference_overlap=config.inference_overlap, largest_component=config.largest_component,
-        training={"annotated": [v.path for v, _ in inputs.annotated],
-                  "unannotated": [v.path for v in inputs.unannotated],
-                  "iterations": trainer.iteration, "budget": config.budget, "seed": config.seed,
-                  "config": config.to_dict(), "date": time.strftime("%Y-%m-%dT%H:%M:%S")})
+    info = model_info()
     save_model(out / "model.pt", model, info)
     sink.emit("output", kind="model", path=str(out / "model.pt"), name=None)
     iterations_run = trainer.iteration - start_iteration
     _write_json(out / "training.json", {
         "device": str(device), "train_seconds": train_seconds, "iterations": iterations_run,
+        "slices": trainer.slices_seen, "slices_per_s": trainer.slices_seen / max(train_seconds, 1e-9),
         "seconds_per_iteration": train_seconds / max(1, iterations_run), "losses": trainer.loss_history})
 
-    model.to(memory_format=torch.contiguous_format)
     entries = write_predictions(model, info, unannotated, out, sink, cancel, device)
-    summary = _summary("train", out, info, entries, extra={"train_seconds": round(train_seconds, 2),
+    summary = _summary("train", out, info, entries, sink, extra={"train_seconds": round(train_seconds, 2),
                                                            "iterations": trainer.iteration})
     sink.emit("done", out=str(out), elapsed_s=round(time.monotonic() - started, 2))
     return summary
@@ -272,6 +283,7 @@ def write_predictions(model: torch.nn.Module, info: ModelInfo, volumes: list[Pre
     (out / "predictions").mkdir(parents=True, exist_ok=True)
     (out / "uncertainty").mkdir(parents=True, exist_ok=True)
     sink.emit("stage", stage="predict", round=0, total=len(volumes))
+    model.to(memory_format=torch.channels_last)  # faster convolutions on CPUs and tensor cores
     entries = []
     values = np.array([0] + [c.value for c in info.classes], dtype=np.uint8)
     for index, prepared in enumerate(volumes):
@@ -279,7 +291,8 @@ def write_predictions(model: torch.nn.Module, info: ModelInfo, volumes: list[Pre
             raise Cancelled(None)
         started = time.monotonic()
         probs = predict_slices(model, prepared.images, info.num_classes, info.inference_tile,
-                               info.inference_overlap, 2 ** (info.levels - 1), device)
+                               info.inference_overlap, 2 ** (info.levels - 1), device, channels_last=True,
+                               autocast=autocast_dtype("auto", device))
         result = map_to_volume(prepared, probs)
         labels = result.labels
         if info.largest_component:
@@ -323,12 +336,12 @@ def run_prediction(model_path: str, images: list[str], out: str, device_name: st
             sink.emit("warning", message=f"{v.path}: all voxels have the same intensity")
         prepared.append(p)
     entries = write_predictions(model, info, prepared, out_path, sink, cancel, device)
-    summary = _summary("predict", out_path, info, entries, extra={"model": str(Path(model_path).resolve())})
+    summary = _summary("predict", out_path, info, entries, sink, extra={"model": str(Path(model_path).resolve())})
     sink.emit("done", out=str(out_path), elapsed_s=round(time.monotonic() - started, 2))
     return summary
 
 
-def _summary(command: str, out: Path, info: ModelInfo, entries: list[dict[str, Any]],
+def _summary(command: str, out: Path, info: ModelInfo, entries: list[dict[str, Any]], sink: EventSink,
              extra: dict[str, Any]) -> dict[str, Any]:
     summary = {
         "version": __version__, "command": command,
@@ -339,6 +352,7 @@ def _summary(command: str, out: Path, info: ModelInfo, entries: list[dict[str, A
         **extra,
     }
     _write_json(out / "summary.json", summary)
+    sink.emit("output", kind="summary", path=str(out / "summary.json"), name=None)
     return summary
 
 

@@ -30,7 +30,7 @@ def _gaussian_weight(tile: int) -> torch.Tensor:
 @torch.no_grad()
 def predict_slices(model: torch.nn.Module, images: torch.Tensor, num_classes: int, tile: int,
                    overlap: float, divisor: int, device: torch.device, batch_size: int = 8,
-                   channels_last: bool = False) -> torch.Tensor:
+                   channels_last: bool = False, autocast: torch.dtype | None = None) -> torch.Tensor:
     """Softmax probabilities [S, C, H, W] (on the CPU) for a stack of slices [S, H, W].
 
     Slices smaller than the tile are predicted whole (padded to the network's divisor); larger ones
@@ -52,13 +52,12 @@ def predict_slices(model: torch.nn.Module, images: torch.Tensor, num_classes: in
     weight = torch.ones(tile_h, tile_w) if single else _gaussian_weight(max(tile_h, tile_w))[:tile_h, :tile_w]
     acc = torch.zeros((n_slices, num_classes, full_h, full_w))
     norm = torch.zeros((n_slices, 1, full_h, full_w))
-    use_autocast = device.type == "cuda"
     for start in range(0, len(windows), batch_size):
         chunk = windows[start:start + batch_size]
         x = torch.stack([padded[s, r:r + tile_h, c:c + tile_w] for s, r, c in chunk])[:, None].to(device)
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_autocast):
+        with torch.autocast(device.type, dtype=autocast or torch.bfloat16, enabled=autocast is not None):
             logits = model(x)
         probs = logits.float().softmax(dim=1).cpu()
         for (s, r, c), p in zip(chunk, probs):

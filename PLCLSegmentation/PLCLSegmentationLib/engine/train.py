@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -43,6 +44,22 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """bfloat16 where it is fast and safe (no loss scaling needed), else None for float32."""
+    if precision == "fp32" or device.type == "mps":
+        return None
+    if precision == "bf16":
+        return torch.bfloat16
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
+    if device.type == "cpu":
+        try:  # native bf16 kernels (AVX512-BF16 or AMX); emulated bf16 would be slower than fp32
+            return torch.bfloat16 if torch.ops.mkldnn._is_mkldnn_bf16_supported() else None
+        except (AttributeError, RuntimeError):
+            return None
+    return None
+
+
 @dataclass
 class Checkpoint:
     iteration: int
@@ -50,17 +67,20 @@ class Checkpoint:
     optimizer: dict[str, Any]
     pseudo_round: int
     pseudo_labels: list[torch.Tensor]
+    train_seconds: float = 0.0
 
     def save(self, path: Path) -> None:
         payload = {"iteration": self.iteration, "model": self.model, "optimizer": self.optimizer,
-                   "pseudo_round": self.pseudo_round, "pseudo_labels": self.pseudo_labels}
+                   "pseudo_round": self.pseudo_round, "pseudo_labels": self.pseudo_labels,
+                   "train_seconds": self.train_seconds}
         with atomic_path(path) as tmp:
             torch.save(payload, tmp)
 
     @classmethod
     def load(cls, path: Path) -> Checkpoint:
         p = torch.load(path, map_location="cpu", weights_only=True)
-        return cls(int(p["iteration"]), p["model"], p["optimizer"], int(p["pseudo_round"]), list(p["pseudo_labels"]))
+        return cls(int(p["iteration"]), p["model"], p["optimizer"], int(p["pseudo_round"]), list(p["pseudo_labels"]),
+                   float(p.get("train_seconds", 0.0)))
 
 
 class Trainer:
@@ -86,69 +106,115 @@ class Trainer:
         if config.channels_last:
             self.model.to(memory_format=torch.channels_last)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.learning_rate)
+        self.autocast = autocast_dtype(config.precision, device)
         self.iteration = 0
+        self.train_seconds = 0.0  # training time of earlier sessions (resume)
+        self._session_start = time.monotonic()
         self.pseudo_round = 0
         self.pseudo_labels: list[torch.Tensor] = []
         self.loss_history: list[dict[str, float]] = []
         self.contrastive_generator = torch.Generator().manual_seed(config.seed + 1)
         self._last_report = 0.0
         self._running: dict[str, float] = {}
+        self.slices_seen = 0
+        #: Called as on_snapshot(index, iteration) at config.snapshots evenly spaced points of the schedule.
+        self.on_snapshot: Callable[[int, int], None] | None = None
+        self._next_snapshot = 1
 
     # --- state -----------------------------------------------------------------------------------
     def restore(self, checkpoint: Checkpoint) -> None:
         self.model.load_state_dict(checkpoint.model)
         self.optimizer.load_state_dict(checkpoint.optimizer)
         self.iteration = checkpoint.iteration
+        self.train_seconds = checkpoint.train_seconds
         self.pseudo_round = checkpoint.pseudo_round
         self.pseudo_labels = checkpoint.pseudo_labels
 
     def save_checkpoint(self) -> str | None:
         if self.checkpoint_path is None:
             return None
+        seconds = self.train_seconds + (time.monotonic() - self._session_start)
         Checkpoint(self.iteration, self.model.state_dict(), self.optimizer.state_dict(), self.pseudo_round,
-                   self.pseudo_labels).save(self.checkpoint_path)
+                   self.pseudo_labels, seconds).save(self.checkpoint_path)
         return str(self.checkpoint_path)
 
     # --- schedule -------------------------------------------------------------------------------
+    # The schedule is measured in iterations or, with a time budget, in seconds of training: the
+    # warm-up and each round then take the same share of the budget as of the iterations.
+    def _clock(self) -> float:
+        if self.config.time_budget_s:
+            return self.train_seconds + (time.monotonic() - self._session_start)
+        return float(self.iteration)
+
+    def _stage_end(self, round_index: int, rounds: int) -> float:
+        cfg = self.config
+        iterations = cfg.warmup_iterations + round_index * cfg.joint_iterations
+        if not cfg.time_budget_s:
+            return float(iterations)
+        total = cfg.warmup_iterations + rounds * cfg.joint_iterations
+        return cfg.time_budget_s * iterations / max(1, total)
+
     def run(self) -> UNet2D:
         cfg = self.config
         rounds = cfg.rounds if self.unannotated else 0
-        self._start_time = time.monotonic()
+        self._session_start = time.monotonic()
         self._start_iteration = self.iteration
-        self._total = cfg.warmup_iterations + rounds * cfg.joint_iterations
-        if self.iteration < cfg.warmup_iterations:
-            self.sink.emit("stage", stage="warmup", round=0, total=self._total)
-            self._train_until(cfg.warmup_iterations, stage="warmup", pseudo=None)
+        self._total_iterations = cfg.warmup_iterations + rounds * cfg.joint_iterations
+        self._end = self._stage_end(rounds, rounds)
+        if self._clock() < self._stage_end(0, rounds):
+            self.sink.emit("stage", stage="warmup", round=0, total=self._estimated_total())
+            self._train_until(self._stage_end(0, rounds), stage="warmup", pseudo=None)
         for round_index in range(1, rounds + 1):
-            end = cfg.warmup_iterations + round_index * cfg.joint_iterations
-            if self.iteration >= end:
+            end = self._stage_end(round_index, rounds)
+            if self._clock() >= end:
                 continue
             if self.pseudo_round != round_index:
-                self.sink.emit("stage", stage="pseudo_labels", round=round_index, total=self._total)
+                self.sink.emit("stage", stage="pseudo_labels", round=round_index, total=self._estimated_total())
                 self.pseudo_labels = self.make_pseudo_labels()
                 self.pseudo_round = round_index
                 self.save_checkpoint()
-            self.sink.emit("stage", stage="joint", round=round_index, total=self._total)
+            self.sink.emit("stage", stage="joint", round=round_index, total=self._estimated_total())
             pseudo = SliceSet.from_stacks([v.images for v in self.unannotated], self.pseudo_labels)
             self._train_until(end, stage="joint", pseudo=pseudo)
         self.save_checkpoint()
         return self.model
 
-    def _train_until(self, end: int, stage: str, pseudo: SliceSet | None) -> None:
+    def _train_until(self, end: float, stage: str, pseudo: SliceSet | None) -> None:
         maker = BatchMaker(self.config, self.annotated, pseudo, seed=self.config.seed * 100_003 + self.iteration)
         make = maker.joint_batch if pseudo is not None else maker.segmentation_batch
         batches = BackgroundBatches(make, enabled=self.config.background_batches)
         try:
-            while self.iteration < end:
+            while self._clock() < end:
                 if self.cancel.is_set():
                     raise Cancelled(self.save_checkpoint())
-                losses = self.step(next(batches))
+                batch = next(batches)
+                losses = self.step(batch)
                 self.iteration += 1
-                self._report(stage, losses, end)
+                self.slices_seen += batch.images.shape[0] + (
+                    0 if batch.contrastive_images is None else batch.contrastive_images.shape[0])
+                self._report(stage, losses, final=self._clock() >= end)
+                self._maybe_snapshot()
                 if self.iteration % self.config.checkpoint_every == 0:
                     self.save_checkpoint()
         finally:
             batches.close()
+
+    def _maybe_snapshot(self) -> None:
+        count = self.config.snapshots
+        if not count or self.on_snapshot is None or self._next_snapshot > count:
+            return
+        if self._clock() >= self._end * self._next_snapshot / (count + 1):
+            self.on_snapshot(self._next_snapshot, self.iteration)
+            self._next_snapshot += 1
+
+    def _estimated_total(self) -> int:
+        if not self.config.time_budget_s:
+            return self._total_iterations
+        done = self.iteration - self._start_iteration
+        elapsed = time.monotonic() - self._session_start
+        if done == 0:
+            return max(self.iteration, self._total_iterations)
+        return self.iteration + int(max(0.0, self._end - self._clock()) * done / max(elapsed, 1e-6))
 
     # --- one step -----------------------------------------------------------------------------
     def step(self, batch: Batch) -> dict[str, float]:
@@ -162,7 +228,7 @@ class Trainer:
         if cfg.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         y = batch.labels.to(self.device)
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
+        with torch.autocast(self.device.type, dtype=self.autocast or torch.bfloat16, enabled=self.autocast is not None):
             logits, embeddings = self.model(x, with_embedding=True)
         loss = segmentation_loss(logits[:n_seg], y, cfg.segmentation_loss)
         losses = {"segmentation": float(loss.detach())}
@@ -186,22 +252,26 @@ class Trainer:
         losses["total"] = float(loss.detach())
         return losses
 
-    def _report(self, stage: str, losses: dict[str, float], stage_end: int) -> None:
+    def _report(self, stage: str, losses: dict[str, float], final: bool) -> None:
         for key, value in losses.items():  # smoothed for display
             self._running[key] = value if key not in self._running else 0.9 * self._running[key] + 0.1 * value
         self.loss_history.append({"iteration": self.iteration, **losses})
         now = time.monotonic()
-        if now - self._last_report < 0.5 and self.iteration not in (stage_end, self._total):
+        if now - self._last_report < 0.5 and not final:
             return
         self._last_report = now
         done = self.iteration - self._start_iteration
-        elapsed = now - self._start_time
+        elapsed = now - self._session_start
         per_iteration = elapsed / max(1, done)
+        total = self._estimated_total()
+        if self.config.time_budget_s:
+            eta = max(0.0, self._end - self._clock())
+        else:
+            eta = per_iteration * (total - self.iteration)
         slices = self.config.batch_size + (2 * self.config.contrastive_images if stage == "joint" else 0)
-        self.sink.emit("progress", stage=stage, iteration=self.iteration, total=self._total,
+        self.sink.emit("progress", stage=stage, iteration=self.iteration, total=max(total, self.iteration),
                        losses={k: round(v, 5) for k, v in self._running.items()},
-                       elapsed_s=round(elapsed, 2), eta_s=round(per_iteration * (self._total - self.iteration), 1),
-                       slices_per_s=round(slices / per_iteration, 2))
+                       elapsed_s=round(elapsed, 2), eta_s=round(eta, 1), slices_per_s=round(slices / per_iteration, 2))
 
     # --- pseudo-labels ---------------------------------------------------------------------------
     def make_pseudo_labels(self) -> list[torch.Tensor]:
@@ -212,7 +282,7 @@ class Trainer:
                 raise Cancelled(self.save_checkpoint())
             probs = predict_slices(self.model, volume.images, self.num_classes, cfg.inference_tile,
                                    cfg.inference_overlap, self.model.divisor, self.device,
-                                   channels_last=cfg.channels_last)
+                                   channels_last=cfg.channels_last, autocast=self.autocast)
             confidence, label = probs.max(dim=1)
             label = label.to(torch.uint8)
             if cfg.largest_component:

@@ -1,0 +1,265 @@
+"""``plcl bench``: the method against its baselines on a dataset folder, at the same budget.
+
+Each method trains in its own child process (``plcl train``), so its wall time and peak resident
+memory are its own; the evaluation split is then segmented with ``plcl predict`` (timed per volume)
+and scored with ``plcl evaluate``'s metrics. Intermediate models give Dice against training time.
+Outputs in OUT: ``results.json``, ``results.md``, ``dice_vs_time.png``, ``examples.png``, ``runs/``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import random
+import re
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .. import __version__
+from .config import BUDGETS, ConfigError
+from .dataset import Dataset, read_dataset
+from .evaluation import evaluate
+from .events import EventSink
+from .volumes import atomic_path
+
+METHODS: dict[str, dict[str, Any]] = {
+    "supervised": {"label": "supervised only", "unlabeled": False, "set": {}},
+    "self_training": {"label": "self-training (pseudo-labels, no contrastive loss)", "unlabeled": True,
+                      "set": {"contrastive_weight": 0, "pseudo_segmentation_weight": 1}},
+    "plcl": {"label": "pseudo-labels + local contrastive loss (this method)", "unlabeled": True, "set": {}},
+}
+
+
+def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data", required=True, metavar="DIR", help="a dataset folder: dataset.json, images/, labels/")
+    parser.add_argument("--out", default="bench_output", metavar="DIR")
+    parser.add_argument("--labeled-cases", metavar="A,B", help="annotated cases (default: whole patients, see below)")
+    parser.add_argument("--n-labeled-patients", type=int, default=1, metavar="N",
+                        help="annotate all cases of N patients drawn from the unlabeled split (per seed)")
+    parser.add_argument("--seeds", default="0,1", metavar="S,T", help="seeds: training, and patient choice")
+    parser.add_argument("--unlabeled-split", default="train", metavar="SPLIT")
+    parser.add_argument("--n-unlabeled", type=int, default=40, metavar="K")
+    parser.add_argument("--eval-split", default="val", metavar="SPLIT")
+    parser.add_argument("--minutes", type=float, default=20.0, help="training budget per method (wall clock)")
+    parser.add_argument("--iterations", type=int, help="a budget in iterations instead of minutes")
+    parser.add_argument("--budget", choices=list(BUDGETS), default="standard", help="preset for patch and batch sizes")
+    parser.add_argument("--methods", default=",".join(METHODS), metavar="M,N", help=f"of {', '.join(METHODS)}")
+    parser.add_argument("--snapshots", type=int, default=3, help="intermediate models for the Dice-time curve")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="configuration for all methods")
+    parser.add_argument("--throughput-iterations", type=int, default=12,
+                        help="iterations per variant of the throughput comparison (0: skip)")
+    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
+    parser.add_argument("--events", choices=["jsonl"], default=None)
+
+
+# --- cases ----------------------------------------------------------------------------------------
+
+
+def patient_of(case: str) -> str:
+    """Cases of one patient (e.g. the ED and ES frames ``patient003_frame01``, ``..._frame02``)."""
+    return re.sub(r"_(frame|phase|time|t)\d+$|_(ed|es)$", "", case, flags=re.IGNORECASE)
+
+
+@dataclass
+class Protocol:
+    labeled: list[str]
+    unlabeled: list[str]
+    evaluation: list[str]
+
+
+def choose_cases(dataset: Dataset, args: argparse.Namespace, seed: int) -> Protocol:
+    pool = dataset.split(args.unlabeled_split)
+    if args.labeled_cases:
+        labeled = [c for c in args.labeled_cases.split(",") if c]
+    else:
+        patients = sorted({patient_of(c) for c in pool if dataset.label(c)})
+        if len(patients) < args.n_labeled_patients:
+            raise ConfigError(f"only {len(patients)} labelled patients in split '{args.unlabeled_split}'")
+        chosen = set(random.Random(seed).sample(patients, args.n_labeled_patients))
+        labeled = [c for c in pool if patient_of(c) in chosen]
+    labeled_patients = {patient_of(c) for c in labeled}
+    rest = [c for c in pool if patient_of(c) not in labeled_patients]
+    unlabeled = random.Random(seed + 1000).sample(rest, min(args.n_unlabeled, len(rest)))
+    return Protocol(labeled, sorted(unlabeled), dataset.split(args.eval_split))
+
+
+# --- child processes ------------------------------------------------------------------------------
+
+
+def run_child(arguments: list[str], log: Path) -> dict[str, Any]:
+    """Run ``plcl`` in a child process; its wall time and peak resident memory (from wait4)."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[2]),
+                                                       os.environ.get("PYTHONPATH", "")])}
+    started = time.monotonic()
+    with open(log, "w") as log_file:
+        child = subprocess.Popen([sys.executable, "-m", "PLCLSegmentationLib.engine", *arguments],
+                                 stdout=log_file, stderr=subprocess.STDOUT, env=env)
+        _, status, usage = os.wait4(child.pid, 0)
+    child.returncode = os.waitstatus_to_exitcode(status)
+    if child.returncode != 0:
+        tail = log.read_text().strip().splitlines()[-3:]
+        raise RuntimeError(f"plcl {arguments[0]} failed ({child.returncode}): {' | '.join(tail)}")
+    return {"seconds": time.monotonic() - started, "peak_rss_mb": usage.ru_maxrss / 1024.0}
+
+
+# --- one method -------------------------------------------------------------------------------
+
+
+def _set_args(items: dict[str, Any]) -> list[str]:
+    return [arg for key, value in items.items() for arg in ("--set", f"{key}={json.dumps(value)}")]
+
+
+def run_method(method: str, protocol: Protocol, dataset: Dataset, args: argparse.Namespace, seed: int,
+               folder: Path, sink: EventSink) -> dict[str, Any]:
+    spec = METHODS[method]
+    folder.mkdir(parents=True, exist_ok=True)
+    train = ["train", "--data", str(dataset.root), "--labeled-cases", ",".join(protocol.labeled),
+             "--out", str(folder / "train"), "--budget", args.budget, "--seed", str(seed), "--device", args.device,
+             "--set", f"snapshots={args.snapshots}", *[a for item in args.set for a in ("--set", item)],
+             *_set_args(spec["set"])]
+    if spec["unlabeled"]:
+        train += ["--unlabeled-cases", ",".join(protocol.unlabeled)]
+    train += ["--iterations", str(args.iterations)] if args.iterations else ["--minutes", str(args.minutes)]
+    sink.emit("stage", stage=f"bench:{method}:train", round=seed, total=0)
+    trained = run_child(train, folder / "train.log")
+    training = json.loads((folder / "train" / "training.json").read_text())
+
+    images = [dataset.image(c) for c in protocol.evaluation]
+    curve = []
+    snapshots = sorted((folder / "train" / "snapshots").glob("model_*.pt"))
+    for model in [*snapshots, folder / "train" / "model.pt"]:
+        final = model.name == "model.pt"
+        out = folder / ("predict" if final else f"predict_{model.stem}")
+        sink.emit("stage", stage=f"bench:{method}:predict", round=seed, total=len(images))
+        predicted = run_child(["predict", "--model", str(model), "--out", str(out), "--device", args.device, *images],
+                              folder / f"{out.name}.log")
+        report = evaluate(str(out), data=str(dataset.root), split=args.eval_split)
+        info_seconds = _model_train_seconds(model) if not final else training["train_seconds"]
+        curve.append({"train_seconds": info_seconds, "mean_dice": report["mean"]["mean_dice"]})
+        if final:
+            summary = json.loads((out / "summary.json").read_text())
+            seconds = [v["seconds"] for v in summary["volumes"]]
+            result = {
+                "method": method, "seed": seed,
+                "dice": report["mean"]["dice"], "mean_dice": report["mean"]["mean_dice"],
+                "hd95_mm": report["mean"]["hd95_mm"], "mean_hd95_mm": report["mean"]["mean_hd95_mm"],
+                "per_case_dice": {c: v["mean_dice"] for c, v in report["cases"].items()},
+                "train_seconds": training["train_seconds"], "train_wall_seconds": trained["seconds"],
+                "iterations": training["iterations"], "slices_per_s": training["slices_per_s"],
+                "predict_seconds_per_volume": statistics.mean(seconds) if seconds else None,
+                "peak_rss_mb_train": trained["peak_rss_mb"], "peak_rss_mb_predict": predicted["peak_rss_mb"],
+                "predictions": str(out / "predictions"),
+            }
+        else:
+            for path in (out / "predictions").glob("*"):  # keep only the scores of intermediate models
+                path.unlink()
+    result["curve"] = curve
+    return result
+
+
+def _model_train_seconds(path: Path) -> float:
+    from .modelfile import read_model
+
+    return float(read_model(path)[0].training.get("train_seconds", 0.0))
+
+
+# --- the whole benchmark ------------------------------------------------------------------------
+
+
+def run_bench(args: argparse.Namespace, sink: EventSink, cancel: threading.Event) -> dict[str, Any]:
+    dataset = read_dataset(args.data)
+    methods = [m for m in args.methods.split(",") if m]
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        raise ConfigError(f"unknown methods {unknown}; choose from {', '.join(METHODS)}")
+    seeds = [int(s) for s in args.seeds.split(",") if s]
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    sink.emit("start", command="bench", version=__version__, device=args.device, out=str(out))
+    runs, protocols = [], {}
+    for seed in seeds:
+        protocol = choose_cases(dataset, args, seed)
+        protocols[seed] = protocol.__dict__
+        for method in methods:
+            if cancel.is_set():
+                break
+            runs.append(run_method(method, protocol, dataset, args, seed, out / "runs" / f"seed{seed}" / method, sink))
+            _write_results(out, args, dataset, methods, seeds, protocols, runs, throughput=None)
+    throughput = None
+    if args.throughput_iterations > 0 and not cancel.is_set():
+        from .throughput import measure_throughput
+
+        sink.emit("stage", stage="bench:throughput", round=0, total=0)
+        throughput = measure_throughput(dataset, protocols[seeds[0]], args)
+    results = _write_results(out, args, dataset, methods, seeds, protocols, runs, throughput)
+    from .bench_report import write_figures
+
+    write_figures(out, results, dataset)
+    sink.emit("done", out=str(out), elapsed_s=0.0)
+    return results
+
+
+def _aggregate(runs: list[dict[str, Any]], methods: list[str]) -> dict[str, Any]:
+    table = {}
+    for method in methods:
+        mine = [r for r in runs if r["method"] == method]
+        if not mine:
+            continue
+
+        def stats(key: str, rows: list[dict[str, Any]] = mine) -> dict[str, float | None]:
+            values = [r[key] for r in rows if r.get(key) is not None]
+            if not values:
+                return {"mean": None, "std": None}
+            return {"mean": statistics.mean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0}
+
+        structures = list(mine[0]["dice"])
+        table[method] = {
+            "label": METHODS[method]["label"], "n_seeds": len(mine),
+            "mean_dice": stats("mean_dice"), "mean_hd95_mm": stats("mean_hd95_mm"),
+            "dice": {s: stats("d", [{"d": r["dice"][s]} for r in mine]) for s in structures},
+            "train_seconds": stats("train_seconds"), "iterations": stats("iterations"),
+            "slices_per_s": stats("slices_per_s"), "predict_seconds_per_volume": stats("predict_seconds_per_volume"),
+            "peak_rss_mb_train": stats("peak_rss_mb_train"), "peak_rss_mb_predict": stats("peak_rss_mb_predict"),
+        }
+    return table
+
+
+def machine_description() -> str:
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}, {platform.system()}"
+
+
+def _write_results(out: Path, args: argparse.Namespace, dataset: Dataset, methods: list[str], seeds: list[int],
+                   protocols: dict[int, Any], runs: list[dict[str, Any]], throughput: dict[str, Any] | None
+                   ) -> dict[str, Any]:
+    results = {
+        "version": __version__, "date": time.strftime("%Y-%m-%d %H:%M"), "machine": machine_description(),
+        "command": "plcl bench " + " ".join(sys.argv[2:]) if sys.argv[1:2] == ["bench"] else None,
+        "dataset": dataset.name, "data": str(dataset.root),
+        "protocol": {"eval_split": args.eval_split, "budget_minutes": None if args.iterations else args.minutes,
+                     "budget_iterations": args.iterations, "preset": args.budget, "seeds": seeds,
+                     "checkpoint": "the last model (no validation-based selection)", "cases": protocols},
+        "methods": _aggregate(runs, methods), "runs": runs, "throughput": throughput,
+    }
+    with atomic_path(out / "results.json") as tmp, open(tmp, "w") as f:
+        json.dump(results, f, indent=2)
+    from .bench_report import markdown
+
+    with atomic_path(out / "results.md") as tmp, open(tmp, "w") as f:
+        f.write(markdown(results))
+    return results

@@ -1,0 +1,132 @@
+"""The benchmark's table (markdown) and figures (PNG)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from .dataset import Dataset
+
+
+def _pm(stat: dict[str, Any], digits: int = 3, scale: float = 1.0) -> str:
+    if stat is None or stat.get("mean") is None:
+        return "n/a"
+    mean = stat["mean"] * scale
+    std = (stat.get("std") or 0.0) * scale
+    return f"{mean:.{digits}f} ± {std:.{digits}f}"
+
+
+def markdown(results: dict[str, Any]) -> str:
+    protocol = results["protocol"]
+    budget = (f"{protocol['budget_minutes']:g} min" if protocol["budget_minutes"] is not None
+              else f"{protocol['budget_iterations']} iterations")
+    cases = next(iter(protocol["cases"].values()), {"labeled": [], "unlabeled": [], "evaluation": []})
+    lines = [
+        f"# Benchmark: {results['dataset']}",
+        "",
+        f"- Machine: {results['machine']}",
+        f"- Date: {results['date']}, plcl {results['version']}",
+        f"- Command: `{results['command']}`" if results.get("command") else "- Command: (library call)",
+        f"- Protocol: {len(cases['labeled'])} annotated cases ({', '.join(cases['labeled'])} for seed "
+        f"{protocol['seeds'][0]}), {len(cases['unlabeled'])} unannotated, evaluation on split "
+        f"'{protocol['eval_split']}' ({len(cases['evaluation'])} cases); training budget {budget} per method "
+        f"(preset '{protocol['preset']}'); {protocol['checkpoint']}; mean ± std over seeds "
+        f"{', '.join(map(str, protocol['seeds']))}.",
+        "",
+    ]
+    methods = results["methods"]
+    if methods:
+        structures = list(next(iter(methods.values()))["dice"])
+        header = (["method", "mean Dice"] + [f"Dice {s}" for s in structures]
+                  + ["HD95 mm", "train s", "iterations", "slices/s", "predict s/volume", "peak MB train",
+                     "peak MB predict"])
+        lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        for m in methods.values():
+            row = [m["label"], _pm(m["mean_dice"])] + [_pm(m["dice"][s]) for s in structures] + [
+                _pm(m["mean_hd95_mm"], 1), _pm(m["train_seconds"], 0), _pm(m["iterations"], 0),
+                _pm(m["slices_per_s"], 1), _pm(m["predict_seconds_per_volume"], 2),
+                _pm(m["peak_rss_mb_train"], 0), _pm(m["peak_rss_mb_predict"], 0)]
+            lines.append("| " + " | ".join(row) + " |")
+        lines.append("")
+    throughput = results.get("throughput")
+    if throughput:
+        lines += [f"## Training throughput ({throughput['device']}, patch {throughput['patch_size']}, "
+                  f"{throughput['slices_per_iteration']} slices per iteration)", "",
+                  "| loop | slices/s | speed-up |", "|---|---|---|"]
+        lines += [f"| {r['variant']} | {r['slices_per_s']:.1f} | {r['speedup']:.2f}x |" for r in throughput["variants"]]
+        lines += ["", "Slowest operations of a training step (torch profiler, self CPU time):", "",
+                  "| operation | ms per step | share |", "|---|---|---|"]
+        lines += [f"| {p['op']} | {p['self_cpu_ms_per_step']:.1f} | {100 * p['share']:.0f} % |"
+                  for p in throughput["profile"]]
+        lines.append("")
+    lines += ["Figures: `dice_vs_time.png` (mean Dice of intermediate and final models against training time), "
+              "`examples.png` (one evaluation slice per method beside the ground truth).", ""]
+    return "\n".join(lines)
+
+
+def write_figures(out: Path, results: dict[str, Any], dataset: Dataset) -> list[Path]:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return []
+    written = []
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name in results["methods"]:
+        for i, run in enumerate(r for r in results["runs"] if r["method"] == name):
+            points = sorted((p["train_seconds"] / 60, p["mean_dice"]) for p in run["curve"]
+                            if p["mean_dice"] is not None)
+            if points:
+                ax.plot(*zip(*points), marker="o", color=f"C{list(results['methods']).index(name)}",
+                        alpha=0.9 if i == 0 else 0.5, label=results["methods"][name]["label"] if i == 0 else None)
+    ax.set_xlabel("training time (minutes)")
+    ax.set_ylabel(f"mean Dice ({results['protocol']['eval_split']} split)")
+    ax.set_ylim(0, 1)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.set_title(f"{results['dataset']}\n{results['machine']}", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out / "dice_vs_time.png", dpi=110)
+    plt.close(fig)
+    written.append(out / "dice_vs_time.png")
+    examples = _examples(out, results, dataset)
+    if examples:
+        written.append(examples)
+    return written
+
+
+def _examples(out: Path, results: dict[str, Any], dataset: Dataset) -> Path | None:
+    import numpy as np
+
+    from .figures import Panel, best_slice, overlay_grid
+    from .volumes import ClassInfo, read_annotation, read_volume
+
+    seed = results["protocol"]["seeds"][0]
+    runs = {r["method"]: r for r in results["runs"] if r["seed"] == seed}
+    if not runs:
+        return None
+    first = next(iter(runs.values()))
+    # The case where the methods differ most shows what the unannotated data changes.
+    cases = list(first["per_case_dice"])
+    spread = {c: np.ptp([r["per_case_dice"][c] or 0 for r in runs.values()]) for c in cases}
+    case = max(cases, key=lambda c: spread[c])
+    classes = [ClassInfo(v, n, _color(i)) for i, (v, n) in enumerate(sorted(dataset.label_names.items())) if v > 0]
+    volume = read_volume(dataset.image(case))
+    truth, _ = read_annotation(dataset.label(case), volume)
+    row = [Panel(f"{case}", volume, None), Panel("ground truth", volume, truth)]
+    for name, run in runs.items():
+        labels, segments = read_annotation(Path(run["predictions"]) / f"{case}.seg.nrrd", volume)
+        by_name = {c.name.casefold(): c.value for c in classes}
+        lut = np.zeros(256, dtype=np.uint8)
+        for s in segments:
+            lut[s.value] = by_name.get(s.name.casefold(), 0)
+        row.append(Panel(f"{name}: Dice {run['per_case_dice'][case]:.2f}", volume, lut[labels]))
+    return overlay_grid([row], classes, out / "examples.png", [best_slice(volume, truth)],
+                        title=f"{results['dataset']}: {case}")
+
+
+def _color(index: int) -> tuple[float, float, float]:
+    palette = [(0.9, 0.25, 0.2), (0.2, 0.7, 0.3), (0.25, 0.45, 0.95), (0.95, 0.8, 0.2), (0.7, 0.3, 0.8)]
+    return palette[(index - 1) % len(palette)]
