@@ -112,3 +112,18 @@ def test_seg_nrrd_annotation_names_colours_and_terminology_reach_the_outputs(acd
     assert [s["name"] for s in seg["segments"]] == ["RV cavity", "LV wall", "LV cavity"]
     assert seg["segments"][0]["color"] == [0.1, 0.8, 0.2]
     assert seg["segments"][0]["terminology"]["type"] == terminology["type"]
+
+
+def test_wall_clock_budget_and_snapshots(acdc, tmp_path):
+    """--minutes trains for that long (pseudo-labelling included) and snapshots land in between."""
+    out = tmp_path / "run"
+    image, label = acdc_case("patient003_frame01")
+    result = run_plcl("train", "--labeled", image, label, "--unlabeled", acdc_case("patient004_frame01")[0],
+                      "--out", str(out), "--minutes", "0.15", "--set", "snapshots=2", "--events", "jsonl", *FAST)
+    assert result.returncode == 0, result.stderr
+    training = json.loads((out / "training.json").read_text())
+    assert 9 <= training["train_seconds"] < 60 and training["iterations"] > 0
+    log = events(result.stdout)
+    assert [e["kind"] for e in log if e["event"] == "output"].count("snapshot") == 2
+    assert sorted(p.name for p in (out / "snapshots").iterdir()) == ["model_01.pt", "model_02.pt"]
+    assert "joint" in [e["stage"] for e in log if e["event"] == "stage"]

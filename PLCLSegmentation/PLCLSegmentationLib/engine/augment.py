@@ -25,22 +25,31 @@ class SpatialParams:
 
 
 def random_spatial(config: TrainConfig, patch: int, generator: torch.Generator) -> SpatialParams:
-    """One of: small rotation, scaling, flip, rotation by a multiple of 45 degrees, or none (the
-    paper's scheme); plus, with some probability, a smooth elastic deformation."""
+    """A random spatial transform, by ``config.augmentation``:
+
+    - "paper": one of a small rotation, a scaling, a flip, a rotation by a multiple of 45 degrees,
+      or none; plus, with some probability, a smooth elastic deformation (Chaitanya et al.);
+    - "strong": rotation and scaling always, no flips (the canonical orientation keeps left and
+      right apart), elastic deformation with some probability: more variety from one patient.
+    """
 
     def uniform(low: float, high: float) -> float:
         return low + (high - low) * float(torch.rand((), generator=generator))
 
     params = SpatialParams()
-    choice = int(torch.randint(5, (), generator=generator))
-    if choice == 0:
+    if config.augmentation == "strong":
         params.angle = math.radians(uniform(-config.rotation_degrees, config.rotation_degrees))
-    elif choice == 1:
         params.scale = uniform(*config.scale_range)
-    elif choice == 2:
-        params.flip = True
-    elif choice == 3:
-        params.angle = math.radians(45.0 * int(torch.randint(1, 8, (), generator=generator)))
+    else:
+        choice = int(torch.randint(5, (), generator=generator))
+        if choice == 0:
+            params.angle = math.radians(uniform(-config.rotation_degrees, config.rotation_degrees))
+        elif choice == 1:
+            params.scale = uniform(*config.scale_range)
+        elif choice == 2:
+            params.flip = True
+        elif choice == 3:
+            params.angle = math.radians(45.0 * int(torch.randint(1, 8, (), generator=generator)))
     if config.elastic_sigma_px > 0 and float(torch.rand((), generator=generator)) < config.elastic_probability:
         coarse = torch.randn((1, 2, 3, 3), generator=generator) * config.elastic_sigma_px
         params.elastic = F.interpolate(coarse, size=(patch, patch), mode="bicubic", align_corners=True)[0]
@@ -77,6 +86,17 @@ def cut_patches(images: list[torch.Tensor], labels: list[torch.Tensor | None], g
     label_patches = [F.grid_sample(lbl[None, None].float(), grid[None], mode="nearest", padding_mode="zeros",
                                    align_corners=False)[0, 0] for lbl, grid in zip(labels, grids)]
     return x, torch.stack(label_patches).to(torch.uint8)
+
+
+def random_appearance(x: torch.Tensor, config: TrainConfig, generator: torch.Generator) -> torch.Tensor:
+    """For "strong" augmentation of segmentation batches: per-sample gamma, then contrast and
+    brightness, then Gaussian noise, so one patient's appearance stands for many scanners."""
+    n = x.shape[0]
+    log_gamma = (torch.rand((n, 1, 1, 1), generator=generator) * 2 - 1) * math.log(config.gamma_max)
+    x = x.clamp(min=0) ** log_gamma.exp()
+    x = random_intensity(x, config, generator)
+    sigma = torch.rand((n, 1, 1, 1), generator=generator) * config.noise_sigma
+    return x + sigma * torch.randn(x.shape, generator=generator)
 
 
 def random_intensity(x: torch.Tensor, config: TrainConfig, generator: torch.Generator) -> torch.Tensor:

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .augment import SpatialParams, cut_patches, random_intensity, random_spatial, sampling_grid
+from .augment import SpatialParams, cut_patches, random_appearance, random_intensity, random_spatial, sampling_grid
 from .config import TrainConfig
 from .losses import IGNORE
 
@@ -77,6 +77,8 @@ class BatchMaker:
 
     def segmentation_batch(self) -> Batch:
         x, y = self._draw(self.annotated, self.config.batch_size)
+        if self.config.augmentation == "strong":
+            x = random_appearance(x, self.config, self.generator)
         return Batch(x, y)
 
     def joint_batch(self) -> Batch:

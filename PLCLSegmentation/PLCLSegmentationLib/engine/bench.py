@@ -35,7 +35,12 @@ METHODS: dict[str, dict[str, Any]] = {
     "self_training": {"label": "self-training (pseudo-labels, no contrastive loss)", "unlabeled": True,
                       "set": {"contrastive_weight": 0, "pseudo_segmentation_weight": 1}},
     "plcl": {"label": "pseudo-labels + local contrastive loss (this method)", "unlabeled": True, "set": {}},
+    # The recipe as published: pseudo-labels in the contrastive loss only, the paper's augmentation.
+    "plcl_paper": {"label": "the paper's recipe (pseudo-labels in the contrastive loss only)", "unlabeled": True,
+                   "set": {"pseudo_segmentation_weight": 0, "augmentation": "paper", "rotation_degrees": 15,
+                           "scale_range": [0.95, 1.05], "largest_component": False}},
 }
+DEFAULT_METHODS = ("supervised", "self_training", "plcl")
 
 
 def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
@@ -51,7 +56,8 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--minutes", type=float, default=20.0, help="training budget per method (wall clock)")
     parser.add_argument("--iterations", type=int, help="a budget in iterations instead of minutes")
     parser.add_argument("--budget", choices=list(BUDGETS), default="standard", help="preset for patch and batch sizes")
-    parser.add_argument("--methods", default=",".join(METHODS), metavar="M,N", help=f"of {', '.join(METHODS)}")
+    parser.add_argument("--methods", default=",".join(DEFAULT_METHODS), metavar="M,N",
+                        help=f"of {', '.join(METHODS)}")
     parser.add_argument("--snapshots", type=int, default=3, help="intermediate models for the Dice-time curve")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="configuration for all methods")
     parser.add_argument("--throughput-iterations", type=int, default=12,

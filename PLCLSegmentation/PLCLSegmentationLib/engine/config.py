@@ -61,17 +61,23 @@ class TrainConfig:
     contrastive_weight: float = 0.1  # lambda
     temperature: float = 0.1  # tau
     anchors_per_class: int = 3  # P
-    #: Weight of a segmentation loss on pseudo-labelled slices (0 in the method: the segmentation
-    #: loss uses annotated slices only; 1 with contrastive_weight 0 is plain self-training).
-    pseudo_segmentation_weight: float = 0.0
+    #: Weight of a segmentation loss on pseudo-labelled slices. The paper uses 0 (segmentation loss
+    #: on annotated slices only); 1 measured +0.04 mean Dice on ACDC with one annotated patient
+    #: (README). With contrastive_weight 0 this is plain self-training.
+    pseudo_segmentation_weight: float = 1.0
     #: Pixels whose pseudo-label probability is below this are left out of the contrastive loss.
     pseudo_label_confidence: float = 0.0
     #: Keep only the largest 3D connected component of each class in pseudo-labels and predictions.
-    largest_component: bool = False
+    largest_component: bool = True
 
     # --- augmentation ---------------------------------------------------------------------------
-    rotation_degrees: float = 15.0
-    scale_range: tuple[float, float] = (0.95, 1.05)
+    #: "paper" (one spatial change at a time, see augment.py) or "strong" (rotation and scaling
+    #: together, plus gamma, contrast, brightness and noise on segmentation batches).
+    augmentation: str = "strong"
+    gamma_max: float = 1.5
+    noise_sigma: float = 0.05
+    rotation_degrees: float = 30.0  # the paper: 15 (with "paper" augmentation)
+    scale_range: tuple[float, float] = (0.75, 1.3)  # the paper: (0.95, 1.05)
     elastic_sigma_px: float = 5.0
     elastic_probability: float = 0.5
     brightness: float = 0.3
@@ -129,6 +135,8 @@ class TrainConfig:
             raise ConfigError(f"patch_size {self.patch_size} must be a multiple of {multiple}")
         if self.segmentation_loss not in ("dice", "dice_ce"):
             raise ConfigError(f"segmentation_loss must be 'dice' or 'dice_ce', not {self.segmentation_loss!r}")
+        if self.augmentation not in ("paper", "strong"):
+            raise ConfigError(f"augmentation must be 'paper' or 'strong', not {self.augmentation!r}")
         if self.precision not in ("auto", "fp32", "bf16"):
             raise ConfigError(f"precision must be auto, fp32 or bf16, not {self.precision!r}")
         if self.device not in ("auto", "cpu", "cuda", "mps") and not self.device.startswith("cuda:"):
