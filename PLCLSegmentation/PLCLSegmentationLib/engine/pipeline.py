@@ -240,7 +240,7 @@ def run_training(job: TrainJob, sink: EventSink, cancel: threading.Event | None 
     def snapshot(index: int, iteration: int) -> None:
         path = out / "snapshots" / f"model_{index:02d}.pt"
         path.parent.mkdir(exist_ok=True)
-        save_model(path, trainer.model, model_info())
+        save_model(path, trainer.final_model, model_info())
         sink.emit("output", kind="snapshot", path=str(path), name=None)
 
     trainer.on_snapshot = snapshot

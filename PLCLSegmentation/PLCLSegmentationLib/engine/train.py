@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import threading
 import time
 from collections.abc import Callable
@@ -68,11 +69,12 @@ class Checkpoint:
     pseudo_round: int
     pseudo_labels: list[torch.Tensor]
     train_seconds: float = 0.0
+    teacher: dict[str, torch.Tensor] | None = None
 
     def save(self, path: Path) -> None:
         payload = {"iteration": self.iteration, "model": self.model, "optimizer": self.optimizer,
                    "pseudo_round": self.pseudo_round, "pseudo_labels": self.pseudo_labels,
-                   "train_seconds": self.train_seconds}
+                   "train_seconds": self.train_seconds, "teacher": self.teacher}
         with atomic_path(path) as tmp:
             torch.save(payload, tmp)
 
@@ -80,7 +82,7 @@ class Checkpoint:
     def load(cls, path: Path) -> Checkpoint:
         p = torch.load(path, map_location="cpu", weights_only=True)
         return cls(int(p["iteration"]), p["model"], p["optimizer"], int(p["pseudo_round"]), list(p["pseudo_labels"]),
-                   float(p.get("train_seconds", 0.0)))
+                   float(p.get("train_seconds", 0.0)), p.get("teacher"))
 
 
 class Trainer:
@@ -106,6 +108,11 @@ class Trainer:
         if config.channels_last:
             self.model.to(memory_format=torch.channels_last)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.learning_rate)
+        # A mean teacher: an exponential moving average of the weights labels the unannotated
+        # volumes and is the final model (steadier than the last step's weights).
+        self.teacher: UNet2D | None = None
+        if config.teacher_ema > 0:
+            self.teacher = copy.deepcopy(self.model).requires_grad_(False)
         self.autocast = autocast_dtype(config.precision, device)
         self.iteration = 0
         self.train_seconds = 0.0  # training time of earlier sessions (resume)
@@ -124,6 +131,8 @@ class Trainer:
     # --- state -----------------------------------------------------------------------------------
     def restore(self, checkpoint: Checkpoint) -> None:
         self.model.load_state_dict(checkpoint.model)
+        if self.teacher is not None:
+            self.teacher.load_state_dict(checkpoint.teacher or checkpoint.model)
         self.optimizer.load_state_dict(checkpoint.optimizer)
         self.iteration = checkpoint.iteration
         self.train_seconds = checkpoint.train_seconds
@@ -135,7 +144,8 @@ class Trainer:
             return None
         seconds = self.train_seconds + (time.monotonic() - self._session_start)
         Checkpoint(self.iteration, self.model.state_dict(), self.optimizer.state_dict(), self.pseudo_round,
-                   self.pseudo_labels, seconds).save(self.checkpoint_path)
+                   self.pseudo_labels, seconds,
+                   None if self.teacher is None else self.teacher.state_dict()).save(self.checkpoint_path)
         return str(self.checkpoint_path)
 
     # --- schedule -------------------------------------------------------------------------------
@@ -177,7 +187,11 @@ class Trainer:
             pseudo = SliceSet.from_stacks([v.images for v in self.unannotated], self.pseudo_labels)
             self._train_until(end, stage="joint", pseudo=pseudo)
         self.save_checkpoint()
-        return self.model
+        return self.final_model
+
+    @property
+    def final_model(self) -> UNet2D:
+        return self.teacher if self.teacher is not None else self.model
 
     def _train_until(self, end: float, stage: str, pseudo: SliceSet | None) -> None:
         maker = BatchMaker(self.config, self.annotated, pseudo, seed=self.config.seed * 100_003 + self.iteration)
@@ -249,8 +263,18 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
+        if self.teacher is not None:
+            self._update_teacher()
         losses["total"] = float(loss.detach())
         return losses
+
+    @torch.no_grad()
+    def _update_teacher(self) -> None:
+        decay = self.config.teacher_ema
+        for teacher, student in zip(self.teacher.parameters(), self.model.parameters()):
+            teacher.lerp_(student, 1.0 - decay)
+        for teacher, student in zip(self.teacher.buffers(), self.model.buffers()):
+            teacher.copy_(student)  # BatchNorm statistics: the student's running averages
 
     def _report(self, stage: str, losses: dict[str, float], final: bool) -> None:
         for key, value in losses.items():  # smoothed for display
@@ -280,7 +304,7 @@ class Trainer:
         for volume in self.unannotated:
             if self.cancel.is_set():
                 raise Cancelled(self.save_checkpoint())
-            probs = predict_slices(self.model, volume.images, self.num_classes, cfg.inference_tile,
+            probs = predict_slices(self.final_model, volume.images, self.num_classes, cfg.inference_tile,
                                    cfg.inference_overlap, self.model.divisor, self.device,
                                    channels_last=cfg.channels_last, autocast=self.autocast)
             confidence, label = probs.max(dim=1)
