@@ -53,7 +53,13 @@ def markdown(results: dict[str, Any]) -> str:
         lines += [f"## Training throughput ({throughput['device']}, patch {throughput['patch_size']}, "
                   f"{throughput['slices_per_iteration']} slices per iteration)", "",
                   "| loop | slices/s | speed-up |", "|---|---|---|"]
-        lines += [f"| {r['variant']} | {r['slices_per_s']:.1f} | {r['speedup']:.2f}x |" for r in throughput["variants"]]
+        lines += [_throughput_row(r) for r in throughput["variants"]]
+        preprocessing = throughput.get("preprocessing")
+        if preprocessing:
+            ms = 1000 * preprocessing["seconds_per_volume"]
+            lines += ["", "Preprocessing (reorientation, in-plane resampling, normalisation) is computed once per "
+                          f"volume and cached in memory: {ms:.1f} ms per volume of "
+                          f"{preprocessing['slices_per_volume']:.0f} slices."]
         lines += ["", "Slowest operations of a training step (torch profiler, self CPU time):", "",
                   "| operation | ms per step | share |", "|---|---|---|"]
         lines += [f"| {p['op']} | {p['self_cpu_ms_per_step']:.1f} | {100 * p['share']:.0f} % |"
@@ -62,6 +68,12 @@ def markdown(results: dict[str, Any]) -> str:
     lines += ["Figures: `dice_vs_time.png` (mean Dice of intermediate and final models against training time), "
               "`examples.png` (one evaluation slice per method beside the ground truth).", ""]
     return "\n".join(lines)
+
+
+def _throughput_row(row: dict) -> str:
+    if row.get("slices_per_s") is None:
+        return f"| {row['variant']} | failed: {row.get('error', 'unknown')} | |"
+    return f"| {row['variant']} | {row['slices_per_s']:.1f} | {row['speedup']:.2f}x |"
 
 
 def write_figures(out: Path, results: dict[str, Any], dataset: Dataset) -> list[Path]:

@@ -108,6 +108,8 @@ class Trainer:
         if config.channels_last:
             self.model.to(memory_format=torch.channels_last)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.learning_rate)
+        # The compiled wrapper shares the model's parameters; state dicts stay those of the plain model.
+        self.training_forward = torch.compile(self.model) if config.compile else self.model
         # A mean teacher: an exponential moving average of the weights labels the unannotated
         # volumes and is the final model (steadier than the last step's weights).
         self.teacher: UNet2D | None = None
@@ -243,7 +245,7 @@ class Trainer:
             x = x.contiguous(memory_format=torch.channels_last)
         y = batch.labels.to(self.device)
         with torch.autocast(self.device.type, dtype=self.autocast or torch.bfloat16, enabled=self.autocast is not None):
-            logits, embeddings = self.model(x, with_embedding=True)
+            logits, embeddings = self.training_forward(x, with_embedding=True)
         loss = segmentation_loss(logits[:n_seg], y, cfg.segmentation_loss)
         losses = {"segmentation": float(loss.detach())}
         if batch.contrastive_images is not None:
