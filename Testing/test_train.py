@@ -53,3 +53,16 @@ def test_mean_teacher_labels_and_is_the_final_model(tmp_path):
     for key, value in trainer.teacher.state_dict().items():
         torch.testing.assert_close(restored.teacher.state_dict()[key], value)
     assert restored.iteration == 6 and restored.pseudo_round == 2
+
+
+def test_every_snapshot_is_saved_even_when_one_step_passes_several_points(tmp_path):
+    # Eleven snapshots over six iterations: every step passes two snapshot points at once.
+    annotated, unannotated = _volumes()
+    config = dataclasses.replace(TINY, snapshots=11)
+    trainer = Trainer(config, 3, [annotated], [unannotated], RecordingSink(), torch.device("cpu"), tmp_path / "c.pt")
+    saved: list[tuple[int, int]] = []
+    trainer.on_snapshot = lambda index, iteration: saved.append((index, iteration))
+    trainer.run()
+    assert [index for index, _ in saved] == list(range(1, 12))
+    assert [iteration for _, iteration in saved] == sorted(iteration for _, iteration in saved)
+    assert all(iteration <= 6 for _, iteration in saved)

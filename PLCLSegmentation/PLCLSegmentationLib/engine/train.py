@@ -188,6 +188,7 @@ class Trainer:
             self.sink.emit("stage", stage="joint", round=round_index, total=self._estimated_total())
             pseudo = SliceSet.from_stacks([v.images for v in self.unannotated], self.pseudo_labels)
             self._train_until(end, stage="joint", pseudo=pseudo)
+        self._maybe_snapshot(final=True)
         self.save_checkpoint()
         return self.final_model
 
@@ -215,11 +216,14 @@ class Trainer:
         finally:
             batches.close()
 
-    def _maybe_snapshot(self) -> None:
+    def _maybe_snapshot(self, final: bool = False) -> None:
+        """Save every snapshot whose point of the schedule has passed; ``final`` saves those still due
+        (a slow step or pseudo-labelling can pass several points, or the end, at once)."""
         count = self.config.snapshots
-        if not count or self.on_snapshot is None or self._next_snapshot > count:
+        if not count or self.on_snapshot is None:
             return
-        if self._clock() >= self._end * self._next_snapshot / (count + 1):
+        while self._next_snapshot <= count and (
+                final or self._clock() >= self._end * self._next_snapshot / (count + 1)):
             self.on_snapshot(self._next_snapshot, self.iteration)
             self._next_snapshot += 1
 
