@@ -15,7 +15,8 @@ def _info() -> ModelInfo:
     return ModelInfo(classes=[ClassInfo(1, "ring", (1.0, 0.0, 0.0), {"category": ["SCT", "1", "x"]}),
                               ClassInfo(4, "disc", (0.0, 0.0, 1.0))],
                      target_spacing_mm=1.37, patch_size=64, base_channels=4, levels=3, embedding_dim=8,
-                     intensity_percentiles=(0.5, 99.5), training={"iterations": 7})
+                     intensity_percentiles=(0.5, 99.5), training={"iterations": 7},
+                     in_plane_reference=((0.0, 0.8, 0.6), (1.0, 0.0, 0.0)))
 
 
 def test_round_trip_keeps_everything_needed_to_apply_the_model(tmp_path):
@@ -28,6 +29,7 @@ def test_round_trip_keeps_everything_needed_to_apply_the_model(tmp_path):
     save_model(tmp_path / "model.pt", model, info)
     loaded, loaded_info = load_model(tmp_path / "model.pt", torch.device("cpu"))
     assert loaded_info.to_dict() == info.to_dict()
+    assert loaded_info.in_plane_reference == info.in_plane_reference
     assert [c.value for c in loaded_info.classes] == [1, 4]
     assert loaded_info.classes[0].terminology == {"category": ["SCT", "1", "x"]}
     x = torch.randn((2, 1, 32, 32))

@@ -36,6 +36,9 @@ class ModelInfo:
     inference_overlap: float = 0.25
     largest_component: bool = False
     background_name: str = "background"
+    #: World directions of the rows and columns of the training slices; new volumes are sliced to
+    #: match (None in models of engine 0.1.0 before it existed: the canonical layout).
+    in_plane_reference: tuple[tuple[float, float, float], tuple[float, float, float]] | None = None
     training: dict[str, Any] = field(default_factory=dict)
     engine_version: str = __version__
 
@@ -56,7 +59,10 @@ class ModelInfo:
                              "num_classes": self.num_classes},
             "normalisation": {"method": "percentile_minmax_clip",
                               "percentiles": [float(p) for p in self.intensity_percentiles]},
-            "slicing": "nearest canonical LPS orientation, slices along the coarsest axis",
+            "slicing": "nearest canonical LPS orientation, slices along the coarsest axis, in-plane axes "
+                       "turned to match in_plane_reference (world directions of rows and columns)",
+            "in_plane_reference": None if self.in_plane_reference is None
+            else [[float(x) for x in axis] for axis in self.in_plane_reference],
             "inference_tile": int(self.inference_tile),
             "inference_overlap": float(self.inference_overlap),
             "largest_component": bool(self.largest_component),
@@ -80,9 +86,19 @@ class ModelInfo:
             inference_overlap=float(d.get("inference_overlap", 0.25)),
             largest_component=bool(d.get("largest_component", False)),
             background_name=d.get("background_name", "background"),
+            in_plane_reference=_frame(d.get("in_plane_reference")),
             training=d.get("training", {}),
             engine_version=d.get("engine_version", "unknown"),
         )
+
+
+def _frame(value: Any) -> tuple[tuple[float, float, float], tuple[float, float, float]] | None:
+    if value is None:
+        return None
+    row, column = (tuple(float(x) for x in axis) for axis in value)
+    if len(row) != 3 or len(column) != 3:
+        raise ValueError("in_plane_reference must be two 3-vectors")
+    return row, column
 
 
 def save_model(path: str | os.PathLike[str], model: torch.nn.Module, info: ModelInfo) -> None:

@@ -30,7 +30,7 @@ from .config import TrainConfig
 from .events import EventSink
 from .modelfile import ModelInfo, load_model, read_model, save_model
 from .predict import keep_largest_components, map_to_volume, predict_slices
-from .preprocess import PreparedVolume, prepare_volume
+from .preprocess import InPlaneFrame, PreparedVolume, in_plane_frame, prepare_volume, slice_layout
 from .train import Checkpoint, Trainer, autocast_dtype, resolve_device
 from .volumes import (
     ClassInfo,
@@ -190,8 +190,6 @@ def _check_outputs_do_not_touch_inputs(out: Path, inputs: list[str]) -> None:
 def target_spacing(config: TrainConfig, volumes: list[Volume]) -> float:
     if config.target_spacing_mm:
         return float(config.target_spacing_mm)
-    from .preprocess import slice_layout
-
     return float(statistics.median(float(np.mean(slice_layout(v.grid).in_plane_spacing)) for v in volumes))
 
 
@@ -214,10 +212,12 @@ def run_training(job: TrainJob, sink: EventSink, cancel: threading.Event | None 
     sink.emit("stage", stage="prepare", round=0, total=len(inputs.annotated) + len(inputs.unannotated))
     spacing = target_spacing(config, [v for v, _ in inputs.annotated])
     num_classes = len(inputs.classes) + 1
-    annotated = [_prepare(v, spacing, config, sink, labels, num_classes) for v, labels in inputs.annotated]
-    unannotated = [_prepare(v, spacing, config, sink) for v in inputs.unannotated]
+    initial_info, initial = read_model(job.init_model) if job.init_model else (None, None)
+    reference = reference_frame([v for v, _ in inputs.annotated], initial_info)
+    annotated = [_prepare(v, spacing, config, sink, labels, num_classes, reference)
+                 for v, labels in inputs.annotated]
+    unannotated = [_prepare(v, spacing, config, sink, reference=reference) for v in inputs.unannotated]
 
-    initial = read_model(job.init_model)[1] if job.init_model else None
     trainer = Trainer(config, num_classes, annotated, unannotated, sink, device,
                       checkpoint_path=out / "checkpoint.pt", cancel=cancel, initial_weights=initial)
     if resume and (out / "checkpoint.pt").exists():
@@ -231,6 +231,7 @@ def run_training(job: TrainJob, sink: EventSink, cancel: threading.Event | None 
             base_channels=config.base_channels, levels=config.levels, embedding_dim=config.embedding_dim,
             intensity_percentiles=tuple(config.intensity_percentiles), inference_tile=config.inference_tile,
             inference_overlap=config.inference_overlap, largest_component=config.largest_component,
+            in_plane_reference=reference,
             training={"annotated": [v.path for v, _ in inputs.annotated],
                       "unannotated": [v.path for v in inputs.unannotated],
                       "iterations": trainer.iteration, "train_seconds": round(time.monotonic() - train_started, 2),
@@ -262,9 +263,20 @@ def run_training(job: TrainJob, sink: EventSink, cancel: threading.Event | None 
     return summary
 
 
+def reference_frame(annotated: list[Volume], initial: ModelInfo | None = None) -> InPlaneFrame:
+    """The in-plane frame every volume is sliced to match: a warm-started model's, else the first
+    annotated volume's."""
+    if initial is not None and initial.in_plane_reference is not None:
+        return initial.in_plane_reference
+    grid = annotated[0].grid
+    return in_plane_frame(slice_layout(grid), grid)
+
+
 def _prepare(volume: Volume, spacing: float, config: TrainConfig, sink: EventSink,
-             labels: np.ndarray | None = None, num_classes: int = 0) -> PreparedVolume:
-    prepared, has_contrast = prepare_volume(volume, spacing, tuple(config.intensity_percentiles), labels, num_classes)
+             labels: np.ndarray | None = None, num_classes: int = 0,
+             reference: InPlaneFrame | None = None) -> PreparedVolume:
+    prepared, has_contrast = prepare_volume(volume, spacing, tuple(config.intensity_percentiles), labels,
+                                            num_classes, reference)
     if not has_contrast:
         sink.emit("warning", message=f"{volume.path}: all voxels have the same intensity")
     return prepared
@@ -331,7 +343,7 @@ def run_prediction(model_path: str, images: list[str], out: str, device_name: st
     percentiles = tuple(info.intensity_percentiles)
     prepared = []
     for v in volumes:
-        p, has_contrast = prepare_volume(v, info.target_spacing_mm, percentiles)
+        p, has_contrast = prepare_volume(v, info.target_spacing_mm, percentiles, reference=info.in_plane_reference)
         if not has_contrast:
             sink.emit("warning", message=f"{v.path}: all voxels have the same intensity")
         prepared.append(p)

@@ -3,6 +3,9 @@
 A volume is turned into a stack of 2D slices without resampling across slices:
 1. its array axes are permuted and flipped to the nearest canonical LPS orientation (exact, lossless),
 2. it is sliced along its coarsest axis (the acquisition's slice direction for anisotropic scans),
+   with the in-plane axes turned (90-degree steps, transposes) to match a reference frame, the
+   first annotated volume's, so oblique stacks on either side of a canonical boundary are neither
+   rotated by 90 degrees nor mirrored against each other,
 3. each slice is resampled in-plane to the target pixel size,
 4. intensities are min-max normalised between two percentiles of the volume.
 ``SliceLayout`` remembers steps 1-3 so predictions are mapped back onto the volume's exact grid.
@@ -10,13 +13,17 @@ A volume is turned into a stack of 2D slices without resampling across slices:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import itertools
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from .volumes import Grid, Volume
+
+#: World directions (LPS unit vectors) of a stack's rows and columns: the in-plane frame.
+InPlaneFrame = tuple[tuple[float, float, float], tuple[float, float, float]]
 
 
 @dataclass(frozen=True)
@@ -46,8 +53,9 @@ class SliceLayout:
         return max(1, round(rows * row_mm / target_spacing)), max(1, round(cols * col_mm / target_spacing))
 
 
-def slice_layout(grid: Grid) -> SliceLayout:
-    """Nearest canonical orientation, then the coarsest axis as the slice axis (ties: the S axis)."""
+def slice_layout(grid: Grid, reference: InPlaneFrame | None = None) -> SliceLayout:
+    """Nearest canonical orientation, then the coarsest axis as the slice axis (ties: the S axis);
+    with a ``reference``, the in-plane axes turned to match it (see ``_aligned``)."""
     direction = np.abs(grid.direction_matrix)  # [physical axis, index axis]
     signed = grid.direction_matrix
     # Assign each index axis (i, j, k) to a physical axis (L, P, S), strongest alignment first.
@@ -73,13 +81,44 @@ def slice_layout(grid: Grid) -> SliceLayout:
     order = [slice_pos] + [p for p in range(3) if p != slice_pos]
     size_kji = grid.size[::-1]
     axes = tuple(canonical_axes[p] for p in order)
-    return SliceLayout(
+    layout = SliceLayout(
         axes=axes,
         flips=tuple(canonical_flip[p] for p in order),
         native_shape=tuple(int(size_kji[a]) for a in axes),
         in_plane_spacing=(canonical_spacing[order[1]], canonical_spacing[order[2]]),
         slice_spacing=canonical_spacing[order[0]],
     )
+    return layout if reference is None else _aligned(layout, grid, reference)
+
+
+def in_plane_frame(layout: SliceLayout, grid: Grid) -> InPlaneFrame:
+    """World directions of the stack's rows and columns."""
+    direction = grid.direction_matrix  # column a: world direction of ITK index axis a = array axis 2 - a
+    row, column = ((direction[:, 2 - axis] * (-1.0 if flip else 1.0)).tolist()
+                   for axis, flip in zip(layout.axes[1:], layout.flips[1:]))
+    return tuple(row), tuple(column)
+
+
+def _aligned(layout: SliceLayout, grid: Grid, reference: InPlaneFrame) -> SliceLayout:
+    """Of the eight in-plane orientations (two axis orders, two flips each), the one whose rows and
+    columns point most nearly along the reference's. The default wins ties, so volumes oriented like
+    the reference keep exactly the layout they would have without one."""
+    reference_row, reference_column = (np.asarray(v, dtype=float) for v in reference)
+    best, best_score = layout, -np.inf
+    for swap, flip_row, flip_column in itertools.product((False, True), repeat=3):
+        order = (2, 1) if swap else (1, 2)
+        candidate = replace(
+            layout,
+            axes=(layout.axes[0], *(layout.axes[i] for i in order)),
+            flips=(layout.flips[0], layout.flips[order[0]] ^ flip_row, layout.flips[order[1]] ^ flip_column),
+            native_shape=(layout.native_shape[0], *(layout.native_shape[i] for i in order)),
+            in_plane_spacing=tuple(layout.in_plane_spacing[i - 1] for i in order),
+        )
+        row, column = in_plane_frame(candidate, grid)
+        score = float(np.dot(row, reference_row) + np.dot(column, reference_column))
+        if score > best_score + 1e-6:
+            best, best_score = candidate, score
+    return best
 
 
 def normalise(array: np.ndarray, percentiles: tuple[float, float]) -> tuple[np.ndarray, bool]:
@@ -128,9 +167,10 @@ class PreparedVolume:
 
 
 def prepare_volume(volume: Volume, target_spacing: float, percentiles: tuple[float, float],
-                   labels: np.ndarray | None = None, num_classes: int = 0) -> tuple[PreparedVolume, bool]:
+                   labels: np.ndarray | None = None, num_classes: int = 0,
+                   reference: InPlaneFrame | None = None) -> tuple[PreparedVolume, bool]:
     """Returns the prepared volume and whether its intensities had any contrast."""
-    layout = slice_layout(volume.grid)
+    layout = slice_layout(volume.grid, reference)
     normalised, has_contrast = normalise(volume.array, percentiles)
     shape = layout.resampled_shape(target_spacing)
     images = resample_stack(layout.to_stack(normalised), shape)
