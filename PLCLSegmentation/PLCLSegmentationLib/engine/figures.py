@@ -75,7 +75,7 @@ def overlay_grid(rows: Sequence[Sequence[Panel]], classes: Sequence[ClassInfo], 
     fig.legend(handles=handles, loc="lower center", ncol=len(handles), fontsize=8, frameon=False)
     if title:
         fig.suptitle(title, fontsize=10)
-    fig.tight_layout(rect=(0, 0.05, 1, 1))
+    fig.tight_layout(rect=(0, 0.05, 1, 1), h_pad=1.5)
     path = Path(path)
     fig.savefig(path, dpi=110)
     plt.close(fig)

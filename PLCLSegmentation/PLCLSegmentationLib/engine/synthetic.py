@@ -39,8 +39,12 @@ _STORAGE: tuple[tuple[tuple[int, int, int], tuple[bool, bool, bool]], ...] = (
 
 
 def _rotation(rng: np.random.Generator) -> np.ndarray:
-    """A clearly oblique rotation: three rotations of 15 to 50 degrees, random signs."""
-    angles = rng.uniform(15.0, 50.0, size=3) * rng.choice([-1.0, 1.0], size=3) * math.pi / 180.0
+    """A clearly oblique acquisition: rotations of 20 to 45 degrees about each axis.
+
+    As with real short-axis scans, the obliquity is similar between subjects (a common tilt plus
+    +-12 degrees each), so the heart keeps one anatomical orientation in the patient's frame.
+    """
+    angles = (np.array([32.0, -28.0, 30.0]) + rng.uniform(-12.0, 12.0, size=3)) * math.pi / 180.0
     cx, cy, cz = np.cos(angles)
     sx, sy, sz = np.sin(angles)
     rx = np.array([[1, 0, 0], [0, cx, -sx], [0, sx, cx]])
@@ -93,7 +97,9 @@ def _phantom(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, tuple[fl
     r_lv_base = rng.uniform(17.0, 27.0)
     wall = rng.uniform(6.5, 10.5)
     length = nz - 1 + rng.uniform(-0.3, 0.9)  # slices from base to apex
-    angle = rng.uniform(0.0, 2.0 * math.pi)  # direction from the LV towards the RV
+    # Direction from the LV towards the RV: as in real short-axis images the RV lies to one side of
+    # the LV (here the image's -x side), with a spread of +-30 degrees between subjects.
+    angle = math.pi + rng.uniform(-1.0, 1.0) * math.pi / 6.0
     drift = rng.uniform(-1.0, 1.0, size=2)  # the long axis is not quite along the slices (mm/slice)
     # keep the whole heart (RV included, ~1.7 outer radii from the LV centre) well inside the body
     extent = 1.7 * (r_lv_base + 0.8 * wall) + 3.0
