@@ -48,6 +48,10 @@ def test_mean_teacher_labels_and_is_the_final_model(tmp_path):
     assert final is trainer.teacher and final is not trainer.model
     student, teacher = dict(trainer.model.named_parameters()), dict(trainer.teacher.named_parameters())
     assert any(not torch.equal(student[k], teacher[k]) for k in student)
+    # BatchNorm statistics are averaged too, so they stay consistent with the averaged weights.
+    student_stats, teacher_stats = dict(trainer.model.named_buffers()), dict(trainer.teacher.named_buffers())
+    running = [k for k in student_stats if k.endswith("running_mean")]
+    assert running and any(not torch.equal(student_stats[k], teacher_stats[k]) for k in running)
     restored = Trainer(config, 3, [annotated], [unannotated], RecordingSink(), torch.device("cpu"))
     restored.restore(Checkpoint.load(tmp_path / "c.pt"))
     for key, value in trainer.teacher.state_dict().items():

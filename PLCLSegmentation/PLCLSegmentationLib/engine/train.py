@@ -280,7 +280,12 @@ class Trainer:
         for teacher, student in zip(self.teacher.parameters(), self.model.parameters()):
             teacher.lerp_(student, 1.0 - decay)
         for teacher, student in zip(self.teacher.buffers(), self.model.buffers()):
-            teacher.copy_(student)  # BatchNorm statistics: the student's running averages
+            # BatchNorm statistics are averaged like the weights: the student's current statistics
+            # do not fit weights that lag ~1/(1-decay) steps behind (measured: the teacher collapsed).
+            if teacher.is_floating_point():
+                teacher.lerp_(student, 1.0 - decay)
+            else:
+                teacher.copy_(student)
 
     def _report(self, stage: str, losses: dict[str, float], final: bool) -> None:
         for key, value in losses.items():  # smoothed for display
