@@ -80,6 +80,7 @@ class TrainingInputs:
     annotated: list[tuple[Volume, np.ndarray]]  # labels as network indices
     unannotated: list[Volume]
     warnings: list[str] = field(default_factory=list)
+    initial_model: tuple[ModelInfo, dict[str, torch.Tensor]] | None = None  # --init-model, read once
 
 
 # --- reading and checking ---------------------------------------------------------------------
@@ -150,8 +151,9 @@ def read_training_inputs(job: TrainJob) -> TrainingInputs:
     if not job.labeled:
         raise InputError(None, "no annotated volume given (--labeled IMAGE LABEL)")
     fixed: list[ClassInfo] | None = None
-    if job.init_model:
-        fixed = read_model(job.init_model)[0].classes
+    initial_model = read_model(job.init_model) if job.init_model else None
+    if initial_model:
+        fixed = initial_model[0].classes
     elif job.class_names:
         fixed = [ClassInfo(v, n, _default_color(v)) for v, n in sorted(job.class_names.items()) if v > 0]
     volumes, raw = [], []
@@ -163,7 +165,7 @@ def read_training_inputs(job: TrainJob) -> TrainingInputs:
     classes, indexed = resolve_classes(raw, fixed)
     unannotated = [read_volume(p) for p in job.unlabeled]
     _check_unique_names(volumes + unannotated)
-    inputs = TrainingInputs(classes, list(zip(volumes, indexed)), unannotated)
+    inputs = TrainingInputs(classes, list(zip(volumes, indexed)), unannotated, initial_model=initial_model)
     present = set().union(*(set(np.unique(lbl).tolist()) for _, lbl in inputs.annotated))
     for index, c in enumerate(classes, start=1):
         if index not in present:
@@ -212,7 +214,7 @@ def run_training(job: TrainJob, sink: EventSink, cancel: threading.Event | None 
     sink.emit("stage", stage="prepare", round=0, total=len(inputs.annotated) + len(inputs.unannotated))
     spacing = target_spacing(config, [v for v, _ in inputs.annotated])
     num_classes = len(inputs.classes) + 1
-    initial_info, initial = read_model(job.init_model) if job.init_model else (None, None)
+    initial_info, initial = inputs.initial_model or (None, None)
     reference = reference_frame([v for v, _ in inputs.annotated], initial_info)
     annotated = [_prepare(v, spacing, config, sink, labels, num_classes, reference)
                  for v, labels in inputs.annotated]
