@@ -3,15 +3,21 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 
 import numpy as np
+import pytest
+import SimpleITK as sitk
 import torch
-from conftest import phantom
+from conftest import make_image, phantom
 
+from PLCLSegmentationLib.engine import pipeline
+from PLCLSegmentationLib.engine.batches import Batch, BatchMaker, SliceAtlas
 from PLCLSegmentationLib.engine.config import TrainConfig
 from PLCLSegmentationLib.engine.events import RecordingSink
+from PLCLSegmentationLib.engine.pipeline import TrainJob
 from PLCLSegmentationLib.engine.preprocess import prepare_volume
-from PLCLSegmentationLib.engine.train import Checkpoint, Trainer
+from PLCLSegmentationLib.engine.train import Checkpoint, Trainer, autocast_dtype
 from PLCLSegmentationLib.engine.volumes import Grid, Volume
 
 TINY = TrainConfig(patch_size=32, levels=3, base_channels=4, embedding_dim=4, batch_size=2, contrastive_images=3,
@@ -70,3 +76,87 @@ def test_every_snapshot_is_saved_even_when_one_step_passes_several_points(tmp_pa
     assert [index for index, _ in saved] == list(range(1, 12))
     assert [iteration for _, iteration in saved] == sorted(iteration for _, iteration in saved)
     assert all(iteration <= 6 for _, iteration in saved)
+
+
+def _cpu_capabilities(monkeypatch, avx512_bf16: bool, amx: bool) -> None:
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16, raising=False)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx, raising=False)
+
+
+@pytest.mark.parametrize(("avx512_bf16", "amx", "expected"), [
+    (True, False, torch.bfloat16),  # AMD Zen 4 and later, Intel Cooper Lake: AVX512-BF16
+    (False, True, torch.bfloat16),  # Intel Sapphire Rapids and later: AMX
+    (True, True, torch.bfloat16),
+    (False, False, None),  # AVX-512 without bf16 (oneDNN would emulate it, slower), AVX2, Arm
+])
+def test_cpu_precision_is_bf16_only_where_the_cpu_computes_it_natively(monkeypatch, avx512_bf16, amx, expected):
+    _cpu_capabilities(monkeypatch, avx512_bf16, amx)
+    # oneDNN says yes on every AVX-512 CPU, with or without native bf16: it must not decide.
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: True, raising=False)
+    cpu = torch.device("cpu")
+    assert autocast_dtype("auto", cpu) == expected
+    assert autocast_dtype("fp32", cpu) is None and autocast_dtype("bf16", cpu) == torch.bfloat16
+    assert autocast_dtype("auto", torch.device("mps")) is None
+
+
+def test_a_torch_without_the_capability_checks_trains_in_float32(monkeypatch):
+    monkeypatch.delattr(torch.cpu, "_is_avx512_bf16_supported", raising=False)
+    monkeypatch.delattr(torch.cpu, "_is_amx_tile_supported", raising=False)
+    assert autocast_dtype("auto", torch.device("cpu")) is None
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_the_precision_chosen_is_reported_in_the_start_event_and_training_json(tmp_path, monkeypatch, native):
+    _cpu_capabilities(monkeypatch, native, False)
+    image, labels = phantom()
+    paths = (str(tmp_path / "image.nrrd"), str(tmp_path / "labels.nrrd"))
+    sitk.WriteImage(make_image(image), paths[0])
+    sitk.WriteImage(make_image(labels), paths[1])
+    config = dataclasses.replace(TINY, precision="auto", warmup_iterations=1, rounds=0)
+    sink = RecordingSink()
+    pipeline.run_training(TrainJob([paths], [], str(tmp_path / "run"), config), sink)
+    start = next(e for e in sink.events if e["event"] == "start")
+    expected = "bf16" if native else "fp32"
+    assert start["precision"] == expected
+    assert json.loads((tmp_path / "run" / "training.json").read_text())["precision"] == expected
+
+
+def test_losses_stay_on_the_device_until_a_report_reads_them_in_bulk(tmp_path):
+    annotated, unannotated = _volumes()
+    trainer = Trainer(TINY, 3, [annotated], [unannotated], RecordingSink(), torch.device("cpu"))
+    losses = trainer.step(BatchMaker(TINY, trainer.annotated, None, seed=0).segmentation_batch())
+    assert all(isinstance(v, torch.Tensor) and v.dim() == 0 and not v.requires_grad for v in losses.values())
+    trainer.run()
+    assert [h["iteration"] for h in trainer.loss_history] == list(range(1, 7))
+    assert all(isinstance(v, float) for h in trainer.loss_history for k, v in h.items() if k != "iteration")
+    assert "contrastive" not in trainer.loss_history[0] and "contrastive" in trainer.loss_history[-1]
+
+
+def test_fused_adam_is_used_where_torch_has_it_for_the_device():
+    annotated, unannotated = _volumes()
+    trainer = Trainer(TINY, 3, [annotated], [unannotated], RecordingSink(), torch.device("cpu"))
+    assert trainer.optimizer.defaults.get("fused") is True
+    plain = Trainer(dataclasses.replace(TINY, fused_optimizer=False), 3, [annotated], [], RecordingSink(),
+                    torch.device("cpu"))
+    assert not plain.optimizer.defaults.get("fused")
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU on this machine")
+def test_a_short_cpu_run_and_a_short_cuda_run_give_the_same_loss_curve(monkeypatch):
+    """The same batches (built on the CPU, copied) through the same tiny model on each device."""
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)  # float32 convolutions on both
+    annotated, unannotated = _volumes()
+    config = dataclasses.replace(TINY, precision="fp32")
+    curves = []
+    for device in (torch.device("cpu"), torch.device("cuda")):
+        trainer = Trainer(config, 3, [annotated], [unannotated], RecordingSink(), device)
+        maker = BatchMaker(config, SliceAtlas.pack([annotated.images], [annotated.labels]),
+                           SliceAtlas.pack([annotated.images], [annotated.labels]), seed=0)
+        curve = []
+        for _ in range(8):
+            batch = maker.segmentation_batch()
+            batch = Batch(batch.images.to(device), batch.labels.to(device))
+            curve.append(float(trainer.step(batch)["segmentation"]))
+        curves.append(curve)
+    np.testing.assert_allclose(curves[0], curves[1], rtol=5e-3, atol=5e-3)

@@ -1,8 +1,10 @@
-"""Augmentation on tensors: patches cut through one sampling grid that carries the spatial transform.
+"""Batched augmentation on the training device: one spatial transform per sample, drawn for the whole
+batch at once, and the pixel coordinates of each patch through it.
 
-Rotation, scaling, flips and the elastic deformation are composed into one grid per sample, so a
-patch is interpolated once, straight from the full slice: no padding artefacts at patch borders and
-no second resampling.
+Rotation, scaling, flips and the elastic deformation are composed into one coordinate map per sample,
+so a patch is interpolated once, straight from the full slice: no padding artefacts at patch borders
+and no second resampling. Every draw is a tensor operation over the batch (no per-sample Python loop),
+made with the generator of the device the model trains on.
 """
 
 from __future__ import annotations
@@ -18,92 +20,83 @@ from .config import TrainConfig
 
 @dataclass
 class SpatialParams:
-    angle: float = 0.0  # radians
-    scale: float = 1.0
-    flip: bool = False
-    elastic: torch.Tensor | None = None  # [2, P, P] displacement in pixels (x, y)
+    """One spatial transform per sample of a batch of ``B``."""
+
+    angle: torch.Tensor  # [B] radians
+    scale: torch.Tensor  # [B]
+    flip: torch.Tensor  # [B] bool: mirror the columns
+    elastic: torch.Tensor | None = None  # [B, 2, P, P] displacement in pixels (column, row); None: none
+
+    @classmethod
+    def identity(cls, count: int, device: torch.device | str = "cpu") -> SpatialParams:
+        zeros = torch.zeros(count, device=device)
+        return cls(zeros, zeros + 1.0, zeros.bool())
 
 
-def random_spatial(config: TrainConfig, patch: int, generator: torch.Generator) -> SpatialParams:
-    """A random spatial transform, by ``config.augmentation``:
+def _uniform(count: int, low: float, high: float, generator: torch.Generator) -> torch.Tensor:
+    return low + (high - low) * torch.rand(count, generator=generator, device=generator.device)
 
-    - "paper": one of a small rotation, a scaling, a flip, a rotation by a multiple of 45 degrees,
-      or none; plus, with some probability, a smooth elastic deformation (Chaitanya et al.);
+
+def random_spatial(config: TrainConfig, count: int, patch: int, generator: torch.Generator) -> SpatialParams:
+    """``count`` random spatial transforms, by ``config.augmentation``:
+
+    - "paper": per sample one of a small rotation, a scaling, a flip, a rotation by a multiple of
+      45 degrees, or none; plus, with some probability, a smooth elastic deformation (Chaitanya et al.);
     - "strong": rotation and scaling always, no flips (the canonical orientation keeps left and
       right apart), elastic deformation with some probability: more variety from one patient.
     """
-
-    def uniform(low: float, high: float) -> float:
-        return low + (high - low) * float(torch.rand((), generator=generator))
-
-    params = SpatialParams()
-    if config.augmentation == "strong":
-        params.angle = math.radians(uniform(-config.rotation_degrees, config.rotation_degrees))
-        params.scale = uniform(*config.scale_range)
-    else:
-        choice = int(torch.randint(5, (), generator=generator))
-        if choice == 0:
-            params.angle = math.radians(uniform(-config.rotation_degrees, config.rotation_degrees))
-        elif choice == 1:
-            params.scale = uniform(*config.scale_range)
-        elif choice == 2:
-            params.flip = True
-        elif choice == 3:
-            params.angle = math.radians(45.0 * int(torch.randint(1, 8, (), generator=generator)))
-    if config.elastic_sigma_px > 0 and float(torch.rand((), generator=generator)) < config.elastic_probability:
-        coarse = torch.randn((1, 2, 3, 3), generator=generator) * config.elastic_sigma_px
-        params.elastic = F.interpolate(coarse, size=(patch, patch), mode="bicubic", align_corners=True)[0]
-    return params
+    device = generator.device
+    angle = torch.deg2rad(_uniform(count, -config.rotation_degrees, config.rotation_degrees, generator))
+    scale = _uniform(count, *config.scale_range, generator)
+    flip = torch.zeros(count, dtype=torch.bool, device=device)
+    if config.augmentation != "strong":
+        choice = torch.randint(5, (count,), generator=generator, device=device)
+        right_angles = torch.deg2rad(45.0 * torch.randint(1, 8, (count,), generator=generator, device=device))
+        angle = torch.where(choice == 0, angle, torch.where(choice == 3, right_angles, torch.zeros_like(angle)))
+        scale = torch.where(choice == 1, scale, torch.ones_like(scale))
+        flip = choice == 2
+    elastic = None
+    if config.elastic_sigma_px > 0 and config.elastic_probability > 0:
+        coarse = torch.randn((count, 2, 3, 3), generator=generator, device=device) * config.elastic_sigma_px
+        chosen = torch.rand(count, generator=generator, device=device) < config.elastic_probability
+        coarse = coarse * chosen.view(-1, 1, 1, 1)
+        elastic = F.interpolate(coarse, size=(patch, patch), mode="bicubic", align_corners=True)
+    return SpatialParams(angle, scale, flip, elastic)
 
 
-def sampling_grid(centre: tuple[float, float], shape: tuple[int, int], patch: int,
-                  params: SpatialParams) -> torch.Tensor:
-    """grid_sample grid [P, P, 2] taking a ``patch`` x ``patch`` window centred at ``centre``
-    (row, column, in pixels) of a slice of ``shape``, through ``params``."""
-    offsets = torch.arange(patch, dtype=torch.float32) - (patch - 1) / 2.0
+def patch_coordinates(centres: torch.Tensor, patch: int, params: SpatialParams) -> tuple[torch.Tensor, torch.Tensor]:
+    """Slice pixel coordinates (rows, columns), each [B, P, P], of ``patch`` x ``patch`` windows
+    centred at ``centres`` [B, 2] (row, column) through ``params``."""
+    offsets = torch.arange(patch, dtype=torch.float32, device=centres.device) - (patch - 1) / 2.0
     dy, dx = torch.meshgrid(offsets, offsets, indexing="ij")
-    if params.flip:
-        dx = -dx
-    cos, sin = math.cos(params.angle) * params.scale, math.sin(params.angle) * params.scale
-    x = centre[1] + cos * dx - sin * dy
-    y = centre[0] + sin * dx + cos * dy
+    dx = torch.where(params.flip.view(-1, 1, 1), -dx, dx)  # [B, P, P]
+    dy = dy.expand_as(dx)
+    cos = (torch.cos(params.angle) * params.scale).view(-1, 1, 1)
+    sin = (torch.sin(params.angle) * params.scale).view(-1, 1, 1)
+    cols = centres[:, 1].view(-1, 1, 1) + cos * dx - sin * dy
+    rows = centres[:, 0].view(-1, 1, 1) + sin * dx + cos * dy
     if params.elastic is not None:
-        x = x + params.elastic[0]
-        y = y + params.elastic[1]
-    height, width = shape
-    # align_corners=False: pixel centre p maps to (2p + 1) / size - 1.
-    return torch.stack([(2 * x + 1) / width - 1, (2 * y + 1) / height - 1], dim=-1)
-
-
-def cut_patches(images: list[torch.Tensor], labels: list[torch.Tensor | None], grids: list[torch.Tensor]
-                ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Sample each (image, label) slice through its grid: images bilinear, labels nearest."""
-    image_patches = [F.grid_sample(img[None, None], grid[None], mode="bilinear", padding_mode="zeros",
-                                   align_corners=False)[0] for img, grid in zip(images, grids)]
-    x = torch.stack(image_patches)
-    if any(lbl is None for lbl in labels):
-        return x, None
-    label_patches = [F.grid_sample(lbl[None, None].float(), grid[None], mode="nearest", padding_mode="zeros",
-                                   align_corners=False)[0, 0] for lbl, grid in zip(labels, grids)]
-    return x, torch.stack(label_patches).to(torch.uint8)
+        cols = cols + params.elastic[:, 0]
+        rows = rows + params.elastic[:, 1]
+    return rows, cols
 
 
 def random_appearance(x: torch.Tensor, config: TrainConfig, generator: torch.Generator) -> torch.Tensor:
     """For "strong" augmentation of segmentation batches: per-sample gamma, then contrast and
     brightness, then Gaussian noise, so one patient's appearance stands for many scanners."""
-    n = x.shape[0]
-    log_gamma = (torch.rand((n, 1, 1, 1), generator=generator) * 2 - 1) * math.log(config.gamma_max)
+    n, device = x.shape[0], x.device
+    log_gamma = (torch.rand((n, 1, 1, 1), generator=generator, device=device) * 2 - 1) * math.log(config.gamma_max)
     x = x.clamp(min=0) ** log_gamma.exp()
     x = random_intensity(x, config, generator)
-    sigma = torch.rand((n, 1, 1, 1), generator=generator) * config.noise_sigma
-    return x + sigma * torch.randn(x.shape, generator=generator)
+    sigma = torch.rand((n, 1, 1, 1), generator=generator, device=device) * config.noise_sigma
+    return x + sigma * torch.randn(x.shape, generator=generator, device=device)
 
 
 def random_intensity(x: torch.Tensor, config: TrainConfig, generator: torch.Generator) -> torch.Tensor:
     """Per-sample contrast around the mean, then brightness shift (the paper's two photometric changes)."""
-    n = x.shape[0]
+    n, device = x.shape[0], x.device
     low, high = config.contrast_range
-    contrast = low + (high - low) * torch.rand((n, 1, 1, 1), generator=generator)
-    brightness = (torch.rand((n, 1, 1, 1), generator=generator) * 2 - 1) * config.brightness
+    contrast = low + (high - low) * torch.rand((n, 1, 1, 1), generator=generator, device=device)
+    brightness = (torch.rand((n, 1, 1, 1), generator=generator, device=device) * 2 - 1) * config.brightness
     mean = x.mean(dim=(1, 2, 3), keepdim=True)
     return (x - mean) * contrast + mean + brightness

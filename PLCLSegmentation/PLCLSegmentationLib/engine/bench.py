@@ -247,7 +247,11 @@ def machine_description() -> str:
             cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
     except (OSError, StopIteration):
         pass
-    return f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}, {platform.system()}"
+    from .train import native_cpu_bf16
+
+    gpu = f", GPU {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""
+    bf16 = "native bf16" if native_cpu_bf16() else "no native bf16"
+    return f"{cpu} ({bf16}), {os.cpu_count()} cores{gpu}, torch {torch.__version__}, {platform.system()}"
 
 
 def _write_results(out: Path, args: argparse.Namespace, dataset: Dataset, methods: list[str], seeds: list[int],

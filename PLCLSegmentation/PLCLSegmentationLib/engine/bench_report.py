@@ -50,7 +50,8 @@ def markdown(results: dict[str, Any]) -> str:
         lines.append("")
     throughput = results.get("throughput")
     if throughput:
-        lines += [f"## Training throughput ({throughput['device']}, patch {throughput['patch_size']}, "
+        lines += [f"## Training throughput ({throughput['device']}, {throughput.get('precision', 'fp32')} by default, "
+                  f"patch {throughput['patch_size']}, "
                   f"{throughput['slices_per_iteration']} slices per iteration)", "",
                   "| loop | slices/s | speed-up |", "|---|---|---|"]
         lines += [_throughput_row(r) for r in throughput["variants"]]

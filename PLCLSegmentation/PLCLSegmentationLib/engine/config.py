@@ -104,10 +104,13 @@ class TrainConfig:
     checkpoint_every: int = 200
     channels_last: bool = True
     #: "auto": bfloat16 autocast where the hardware computes it natively (CUDA, CPUs with AVX512-BF16
-    #: or AMX), else float32; "fp32" or "bf16" to force. Weights and optimiser stay float32.
+    #: or AMX), else float32 (emulated bf16 on other AVX-512 CPUs is slower than float32); "fp32" or
+    #: "bf16" to force. Weights and optimiser stay float32.
     precision: str = "auto"
     #: Build batches in a background thread while the model trains.
     background_batches: bool = True
+    #: Adam's fused kernel where torch has one for the device.
+    fused_optimizer: bool = True
     #: Compile the training forward pass with torch.compile (inductor). Off by default: on CPU it costs
     #: a minute of compilation and `plcl bench` measures whether it pays; it usually does on GPUs.
     compile: bool = False

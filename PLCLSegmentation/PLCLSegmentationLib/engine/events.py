@@ -6,7 +6,8 @@ With ``--events jsonl`` every event is one JSON object on its own line on stdout
 =============  ===============================================================
 ``event``      other keys
 =============  ===============================================================
-``start``      ``command`` (train|predict|evaluate|bench), ``version``, ``device``, ``out``
+``start``      ``command`` (train|predict|evaluate|bench), ``version``, ``device``, ``out``;
+               train and predict add ``precision`` (bf16|fp32: what the device computes in)
 ``stage``      ``stage`` (prepare|warmup|pseudo_labels|joint|predict), ``round``, ``total``
 ``progress``   ``stage``, ``iteration``, ``total`` (all stages together), ``losses``
                {name: float}, ``elapsed_s``, ``eta_s``, ``slices_per_s``

@@ -59,7 +59,8 @@ def local_contrastive_loss(embeddings: torch.Tensor, labels: torch.Tensor, pairs
     present = counts > 0
 
     # P random anchors per class and image: the top-P of random scores among the class's pixels.
-    scores = torch.rand(flat_labels.shape, generator=generator, device="cpu").to(labels.device)
+    device = generator.device if generator is not None else labels.device
+    scores = torch.rand(flat_labels.shape, generator=generator, device=device).to(labels.device)
     masked = torch.where(member, scores.unsqueeze(1), torch.full_like(scores.unsqueeze(1), -1.0))
     top_values, top_index = masked.topk(min(anchors_per_class, masked.shape[-1]), dim=-1)  # [N, K, P]
     anchor_valid = top_values >= 0
@@ -85,6 +86,5 @@ def local_contrastive_loss(embeddings: torch.Tensor, labels: torch.Tensor, pairs
         terms = log_denominator.unsqueeze(-1) - positive
         total = total + torch.where(term_ok, terms, torch.zeros_like(terms)).sum()
         count = count + term_ok.sum()
-    if count.item() == 0:
-        return embeddings.sum() * 0.0  # keeps the graph; no class to contrast in this batch
-    return total / count
+    # No class to contrast in this batch: 0, keeping the graph (and no host sync to find out).
+    return torch.where(count > 0, total / count.clamp(min=1), embeddings.sum() * 0.0)

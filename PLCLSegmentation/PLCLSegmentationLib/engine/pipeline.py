@@ -31,7 +31,7 @@ from .events import EventSink
 from .modelfile import ModelInfo, load_model, read_model, save_model
 from .predict import keep_largest_components, map_to_volume, predict_slices
 from .preprocess import InPlaneFrame, PreparedVolume, in_plane_frame, prepare_volume, slice_layout
-from .train import Checkpoint, Trainer, autocast_dtype, resolve_device
+from .train import Checkpoint, Trainer, autocast_dtype, precision_name, resolve_device
 from .volumes import (
     ClassInfo,
     InputError,
@@ -205,7 +205,8 @@ def run_training(job: TrainJob, sink: EventSink, cancel: threading.Event | None 
     out = Path(job.out)
     _check_outputs_do_not_touch_inputs(out, [p for pair in job.labeled for p in pair] + job.unlabeled)
     check_writable_folder(out)
-    sink.emit("start", command="train", version=__version__, device=str(device), out=str(out))
+    precision = precision_name(autocast_dtype(config.precision, device))
+    sink.emit("start", command="train", version=__version__, device=str(device), precision=precision, out=str(out))
     for message in inputs.warnings:
         sink.emit("warning", message=message)
     out.mkdir(parents=True, exist_ok=True)
@@ -254,7 +255,7 @@ def run_training(job: TrainJob, sink: EventSink, cancel: threading.Event | None 
     sink.emit("output", kind="model", path=str(out / "model.pt"), name=None)
     iterations_run = trainer.iteration - start_iteration
     _write_json(out / "training.json", {
-        "device": str(device), "train_seconds": train_seconds, "iterations": iterations_run,
+        "device": str(device), "precision": precision, "train_seconds": train_seconds, "iterations": iterations_run,
         "slices": trainer.slices_seen, "slices_per_s": trainer.slices_seen / max(train_seconds, 1e-9),
         "seconds_per_iteration": train_seconds / max(1, iterations_run), "losses": trainer.loss_history})
 
@@ -339,7 +340,8 @@ def run_prediction(model_path: str, images: list[str], out: str, device_name: st
     out_path = Path(out)
     _check_outputs_do_not_touch_inputs(out_path, images + [model_path])
     check_writable_folder(out_path)
-    sink.emit("start", command="predict", version=__version__, device=str(device), out=str(out_path))
+    sink.emit("start", command="predict", version=__version__, device=str(device),
+              precision=precision_name(autocast_dtype("auto", device)), out=str(out_path))
     model, info = load_model(model_path, device)
     out_path.mkdir(parents=True, exist_ok=True)
     percentiles = tuple(info.intensity_percentiles)

@@ -29,41 +29,54 @@ def _gaussian_weight(tile: int) -> torch.Tensor:
 
 @torch.no_grad()
 def predict_slices(model: torch.nn.Module, images: torch.Tensor, num_classes: int, tile: int,
-                   overlap: float, divisor: int, device: torch.device, batch_size: int = 8,
+                   overlap: float, divisor: int, device: torch.device, batch_size: int | None = None,
                    channels_last: bool = False, autocast: torch.dtype | None = None) -> torch.Tensor:
     """Softmax probabilities [S, C, H, W] (on the CPU) for a stack of slices [S, H, W].
 
     Slices smaller than the tile are predicted whole (padded to the network's divisor); larger ones
     by overlapping tiles blended with Gaussian weights, so nothing outside a centre crop is lost.
+    Windows go through the network ``batch_size`` at a time (more on a GPU) and are blended on the
+    device; the result crosses to the host once.
     """
     model.eval()
+    if batch_size is None:
+        batch_size = 8 if device.type == "cpu" else 64
     n_slices, height, width = images.shape
     tile = max(divisor, tile - tile % divisor)
     tile_h = min(tile, math.ceil(height / divisor) * divisor)
     tile_w = min(tile, math.ceil(width / divisor) * divisor)
     pad_h, pad_w = max(0, tile_h - height), max(0, tile_w - width)
-    padded = F.pad(images, (0, pad_w, 0, pad_h)) if pad_h or pad_w else images
+    padded = images.to(device)
+    padded = F.pad(padded, (0, pad_w, 0, pad_h)) if pad_h or pad_w else padded
     full_h, full_w = padded.shape[-2:]
     step_h = max(1, int(tile_h * (1 - overlap)))
     step_w = max(1, int(tile_w * (1 - overlap)))
-    windows = [(s, r, c) for s in range(n_slices) for r in _tile_starts(full_h, tile_h, step_h)
-               for c in _tile_starts(full_w, tile_w, step_w)]
-    single = len(windows) == n_slices
-    weight = torch.ones(tile_h, tile_w) if single else _gaussian_weight(max(tile_h, tile_w))[:tile_h, :tile_w]
-    acc = torch.zeros((n_slices, num_classes, full_h, full_w))
-    norm = torch.zeros((n_slices, 1, full_h, full_w))
+    offsets = [(r, c) for r in _tile_starts(full_h, tile_h, step_h) for c in _tile_starts(full_w, tile_w, step_w)]
+    windows = [(s, r, c) for s in range(n_slices) for r, c in offsets]
+    single = len(offsets) == 1
+    acc = torch.zeros((n_slices, num_classes, full_h, full_w), device=device)
+    norm = None if single else torch.zeros((n_slices, 1, full_h, full_w), device=device)
+    weight = None if single else _gaussian_weight(max(tile_h, tile_w))[:tile_h, :tile_w].to(device)
     for start in range(0, len(windows), batch_size):
         chunk = windows[start:start + batch_size]
-        x = torch.stack([padded[s, r:r + tile_h, c:c + tile_w] for s, r, c in chunk])[:, None].to(device)
+        if single:  # whole slices: a contiguous run of the stack, no copying of windows
+            x = padded[start:start + len(chunk), None]
+        else:
+            x = torch.stack([padded[s, r:r + tile_h, c:c + tile_w] for s, r, c in chunk])[:, None]
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         with torch.autocast(device.type, dtype=autocast or torch.bfloat16, enabled=autocast is not None):
             logits = model(x)
-        probs = logits.float().softmax(dim=1).cpu()
+        probs = logits.float().softmax(dim=1)
+        if single:
+            acc[start:start + len(chunk)] = probs
+            continue
         for (s, r, c), p in zip(chunk, probs):
             acc[s, :, r:r + tile_h, c:c + tile_w] += p * weight
             norm[s, :, r:r + tile_h, c:c + tile_w] += weight
-    return (acc / norm)[:, :, :height, :width]
+    if norm is not None:
+        acc /= norm
+    return acc[:, :, :height, :width].cpu()
 
 
 @dataclass

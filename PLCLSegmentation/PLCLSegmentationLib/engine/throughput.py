@@ -14,52 +14,86 @@ from typing import Any
 
 import torch
 
-from .batches import BackgroundBatches, BatchMaker, SliceSet
+from .augment import random_appearance, random_intensity
+from .batches import BackgroundBatches, Batch, BatchMaker, SliceAtlas
 from .config import TrainConfig
 from .dataset import Dataset
 from .events import RecordingSink
 from .pipeline import TrainJob, read_training_inputs, target_spacing
 from .preprocess import prepare_volume
-from .train import Trainer, resolve_device
+from .train import Trainer, autocast_dtype, native_cpu_bf16, precision_name, resolve_device
 
+#: (name, settings): TrainConfig overrides, plus "per_sample" (batches cut one sample at a time, the
+#: loss read back every step: the straightforward loop) which only this measurement knows.
 VARIANTS: list[tuple[str, dict[str, Any]]] = [
-    ("eager baseline (NCHW, fp32, batches built inline)",
-     {"channels_last": False, "background_batches": False, "precision": "fp32"}),
-    ("+ channels-last memory", {"channels_last": True, "background_batches": False, "precision": "fp32"}),
+    ("eager baseline (NCHW, fp32, samples cut one at a time inline, loss read every step, plain Adam)",
+     {"per_sample": True, "channels_last": False, "fused_optimizer": False, "background_batches": False,
+      "precision": "fp32"}),
+    ("+ channels-last memory",
+     {"per_sample": True, "channels_last": True, "fused_optimizer": False, "background_batches": False,
+      "precision": "fp32"}),
+    ("+ whole batch cut on the device at once, losses read back in bulk",
+     {"channels_last": True, "fused_optimizer": False, "background_batches": False, "precision": "fp32"}),
+    ("+ fused Adam", {"channels_last": True, "fused_optimizer": True, "background_batches": False,
+                      "precision": "fp32"}),
     ("+ batches built in a background thread",
-     {"channels_last": True, "background_batches": True, "precision": "fp32"}),
-    ("+ bfloat16 autocast (engine default where the hardware has it)",
-     {"channels_last": True, "background_batches": True, "precision": "auto"}),
+     {"channels_last": True, "fused_optimizer": True, "background_batches": True, "precision": "fp32"}),
+    ("+ bfloat16 autocast where native (the engine's default precision)",
+     {"channels_last": True, "fused_optimizer": True, "background_batches": True, "precision": "auto"}),
     ("+ torch.compile (inductor; off by default, `--set compile=true`)",
-     {"channels_last": True, "background_batches": True, "precision": "auto", "compile": True}),
+     {"channels_last": True, "fused_optimizer": True, "background_batches": True, "precision": "auto",
+      "compile": True}),
 ]
-ENGINE_DEFAULT = 3  # the row whose settings are the engine's defaults; profiled below
+ENGINE_DEFAULT = 5  # the row whose settings are the engine's defaults; profiled below
 
 
-def _time_variant(config: TrainConfig, annotated, pseudo: SliceSet, num_classes: int, device: torch.device,
-                  iterations: int) -> float:
+def _per_sample_batch(maker: BatchMaker) -> Batch:
+    """A joint batch cut one sample at a time, as a straightforward loop would."""
+    config, pseudo = maker.config, maker.pseudo
+    n, n_annotated = config.contrastive_images, maker.n_annotated
+    draws = ([maker.draw(maker.annotated, 1) for _ in range(config.batch_size + n_annotated)]
+             + [maker.draw(pseudo, 1) for _ in range(n - n_annotated)])
+    x = torch.cat([d[0] for d in draws])
+    y = torch.cat([d[1] for d in draws])
+    segmentation = random_appearance(x[:config.batch_size], config, maker.generator)
+    contrast, labels = x[config.batch_size:], y[config.batch_size:]
+    views = torch.cat([random_intensity(contrast, config, maker.generator),
+                       random_intensity(contrast, config, maker.generator)])
+    return Batch(segmentation, y[:config.batch_size], views, torch.cat([labels, labels]), maker.pairs)
+
+
+def _time_variant(config: TrainConfig, annotated, pseudo: SliceAtlas, num_classes: int, device: torch.device,
+                  iterations: int, per_sample: bool) -> float:
     trainer = Trainer(config, num_classes, annotated, [], RecordingSink(), device)
     maker = BatchMaker(config, trainer.annotated, pseudo, seed=0)
-    batches = BackgroundBatches(maker.joint_batch, enabled=config.background_batches)
+    make = (lambda: _per_sample_batch(maker)) if per_sample else maker.joint_batch
+    batches = BackgroundBatches(make, enabled=config.background_batches)
     try:
         for _ in range(3):  # warm-up: kernel selection, allocator
             trainer.step(next(batches))
-        if device.type == "cuda":
-            torch.cuda.synchronize()
+        _synchronize(device)
         started = time.perf_counter()
         slices = 0
         for _ in range(iterations):
             batch = next(batches)
-            trainer.step(batch)
-            slices += batch.images.shape[0] + batch.contrastive_images.shape[0]
-        if device.type == "cuda":
-            torch.cuda.synchronize()
+            losses = trainer.step(batch)
+            if per_sample:
+                float(losses["total"])
+            slices += batch.slices
+        _synchronize(device)
         return slices / (time.perf_counter() - started)
     finally:
         batches.close()
 
 
-def _profile(config: TrainConfig, annotated, pseudo: SliceSet, num_classes: int, device: torch.device) -> list[dict]:
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    elif device.type == "mps":
+        torch.mps.synchronize()
+
+
+def _profile(config: TrainConfig, annotated, pseudo: SliceAtlas, num_classes: int, device: torch.device) -> list[dict]:
     from torch.profiler import ProfilerActivity, profile
 
     trainer = Trainer(config, num_classes, annotated, [], RecordingSink(), device)
@@ -89,15 +123,16 @@ def measure_throughput(dataset: Dataset, protocol: dict[str, Any], args: argpars
     preprocessing = {"seconds_per_volume": (time.perf_counter() - started) / len(annotated),
                      "slices_per_volume": sum(v.images.shape[0] for v in annotated) / len(annotated)}
     # Pseudo-labelled slices stand in as the annotated ones: the cost of a step does not depend on them.
-    pseudo = SliceSet.from_stacks([v.images for v in annotated], [v.labels for v in annotated])
     device = resolve_device(args.device)
+    pseudo = SliceAtlas.pack([v.images for v in annotated], [v.labels for v in annotated], device)
     rows = []
     for name, overrides in VARIANTS:
-        config = dataclasses.replace(base, **overrides)
+        settings = {k: v for k, v in overrides.items() if k != "per_sample"}
+        config = dataclasses.replace(base, **settings)
         row: dict[str, Any] = {"variant": name, **overrides}
         try:
             row["slices_per_s"] = _time_variant(config, annotated, pseudo, num_classes, device,
-                                                args.throughput_iterations)
+                                                args.throughput_iterations, overrides.get("per_sample", False))
         except Exception as error:  # torch.compile needs a working C++ toolchain; report, do not fail the bench
             if not overrides.get("compile"):
                 raise
@@ -107,6 +142,8 @@ def measure_throughput(dataset: Dataset, protocol: dict[str, Any], args: argpars
     for row in rows:
         row["speedup"] = row["slices_per_s"] / baseline if row["slices_per_s"] else None
     engine = dataclasses.replace(base, **VARIANTS[ENGINE_DEFAULT][1])
-    return {"device": str(device), "patch_size": base.patch_size, "preprocessing": preprocessing,
+    precision = precision_name(autocast_dtype(engine.precision, device))
+    return {"device": str(device), "precision": precision, "cpu_native_bf16": native_cpu_bf16(),
+            "patch_size": base.patch_size, "preprocessing": preprocessing,
             "slices_per_iteration": base.batch_size + 2 * base.contrastive_images,
             "variants": rows, "profile": _profile(engine, annotated, pseudo, num_classes, device)}
