@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 # The CPU build of torch; on a GPU machine install the CUDA build into .venv first.
 TORCH ?= torch==2.13.0
 
-.PHONY: demo test bench lint clean
+.PHONY: demo test bench lint clean gpu-check
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,6 +22,11 @@ test: $(VENV)/.installed
 
 bench: $(VENV)/.installed
 	$(VENV)/bin/plcl bench --data ../shared/data/acdc --out bench_output $(BENCH_ARGS)
+
+# On a machine with an NVIDIA GPU, with the machine's own CUDA torch (not .venv): README, "GPU check".
+GPU_PYTHON ?= python3
+gpu-check:
+	$(GPU_PYTHON) Testing/gpu_check.py $(if $(WHEELS),--wheels $(WHEELS)) $(if $(DATA),--data $(DATA)) $(GPU_CHECK_ARGS)
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check PLCLSegmentation Testing
