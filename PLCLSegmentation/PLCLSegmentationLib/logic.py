@@ -87,7 +87,9 @@ class PLCLSegmentationLogic:
         known = {r.volume.GetID() for r in records}
         changed = []
         for record in records:  # a prediction the user deleted: the volume waits for the next run
-            if record.role in (PREDICTED, REVIEWED) and record.segmentation is None:
+            if not scene_io.is_grayscale_volume(record.volume):  # e.g. a record of an older version
+                state.remove(record.key)
+            elif record.role in (PREDICTED, REVIEWED) and record.segmentation is None:
                 record.role, record.uncertainty, record.score, record.fingerprint = UNANNOTATED, None, None, ""
                 changed.append(record)
             elif record.role == ANNOTATED and record.segmentation is None:

@@ -15,7 +15,7 @@ import slicer
 import vtk
 from slicer.i18n import tr as _
 
-from . import dependencies
+from . import dependencies, scene_io
 from .jobs import JobState, format_duration
 from .parameters import ANNOTATED, EXCLUDED, PREDICTED, REVIEWED, TRAINING_ROLES, UNANNOTATED
 from .services import PLCLError, is_owned
@@ -206,7 +206,7 @@ class PLCLSegmentationPanel:
         scene = slicer.mrmlScene
         for index in range(scene.GetNumberOfNodesByClass("vtkMRMLScalarVolumeNode")):
             node = scene.GetNthNodeByClass(index, "vtkMRMLScalarVolumeNode")
-            if is_owned(node):
+            if is_owned(node) or not scene_io.is_grayscale_volume(node):
                 hidden.append(node.GetID())
         selector.sortFilterProxyModel().hiddenNodeIDs = hidden
         for record in records:
