@@ -126,8 +126,8 @@ def test_module_file_declares_the_four_classes():
     assert "ScriptedLoadableModuleTest" in bases["PLCLSegmentationTest"]
 
 
-USER_FACING_CALLS = {"errorDisplay", "tryWithErrorDisplay", "confirmOkCancelDisplay", "getSaveFileName",
-                     "getOpenFileName", "addItem", "infoDisplay", "warningDisplay"}
+USER_FACING_CALLS = {"errorDisplay", "tryWithErrorDisplay", "showingErrors", "confirmOkCancelDisplay",
+                     "getSaveFileName", "getOpenFileName", "addItem", "infoDisplay", "warningDisplay"}
 
 
 def test_user_facing_strings_of_the_widget_are_translatable():

@@ -123,6 +123,8 @@ def fake_qt() -> types.ModuleType:
     qt.QAbstractItemView = types.SimpleNamespace(ExtendedSelection=3)
     qt.Qt = types.SimpleNamespace(UserRole=32, Checked=2, Unchecked=0)
     qt.QFileDialog = mock.MagicMock()
+    qt.QApplication = mock.MagicMock()
+    qt.Qt.WaitCursor = 3
     return qt
 
 
@@ -153,11 +155,13 @@ def panel(tmp_path, monkeypatch):
     errors: list[str] = []
 
     @contextlib.contextmanager
-    def try_with_error_display(message, waitCursor=False):  # noqa: N803 (Slicer's keyword)
+    def try_with_error_display(message=None, show=True, waitCursor=False):  # noqa: N803 (Slicer's keyword)
+        # As Slicer's own (slicer/util.py, v5.8.0 to main): the dialog, then the exception goes on.
         try:
             yield
         except Exception as error:
-            errors.append(f"{message} {error}")
+            errors.append(f"{message}\n\n{error}")
+            raise
 
     monkeypatch.setitem(sys.modules, "qt", fake_qt())
     monkeypatch.setitem(sys.modules, "slicer.i18n", types.SimpleNamespace(tr=lambda text: text))
@@ -265,8 +269,11 @@ def test_errors_are_shown_not_raised(panel):
     p, ui = panel.panel, panel.ui
     ui.annotatedVolumeSelector._node = panel.volumes[1]
     ui.annotatedSegmentationSelector._node = None
-    p.onAddAnnotated()
+    ui.trainButton.enabled = "stale"
+    p.onAddAnnotated()  # nothing escapes the slot, and the panel is refreshed after the error
     assert panel.errors and "Choose an annotated volume" in panel.errors[-1]
+    assert ui.trainButton.enabled is False
     p.onRetrain()
-    assert "Could not start retraining. Choose at least one annotated volume" in panel.errors[-1]
+    assert panel.errors[-1].startswith("Could not start retraining.")
+    assert "Choose at least one annotated volume" in panel.errors[-1]
     np.testing.assert_equal(p.timer.active, False)

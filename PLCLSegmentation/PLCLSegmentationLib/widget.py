@@ -7,7 +7,10 @@ so Slicer stays responsive while the engine trains in its own process.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import traceback
+from collections.abc import Iterator
 from typing import Any
 
 import qt
@@ -26,6 +29,30 @@ ROLE_LABELS = {ANNOTATED: "annotated", REVIEWED: "reviewed", PREDICTED: "predict
                EXCLUDED: "excluded"}
 DEVICES = (("auto", "automatic"), ("cpu", "CPU"), ("cuda", "GPU (CUDA)"), ("mps", "GPU (Apple MPS)"))
 BUDGETS = (("quick", "quick"), ("standard", "standard"), ("full", "full (GPU)"))
+
+
+@contextlib.contextmanager
+def showingErrors(message: str, waitCursor: bool = False) -> Iterator[None]:  # noqa: N802, N803 (Qt style)
+    """Show an exception of the block in a dialog and stop it there.
+
+    Unlike ``slicer.util.tryWithErrorDisplay``, which re-raises after its dialog (and shows none
+    while testing): a slot must not leak a traceback to the console, and the panel is refreshed after
+    the block whatever happened.
+    """
+    if waitCursor:
+        qt.QApplication.setOverrideCursor(qt.Qt.WaitCursor)
+    try:
+        yield
+    except Exception as error:
+        if waitCursor:
+            qt.QApplication.restoreOverrideCursor()
+            waitCursor = False
+        logging.debug("PLCLSegmentation: %s", traceback.format_exc())
+        slicer.util.errorDisplay("\n\n".join((message, str(error))), windowTitle=_("PLCLSegmentation"),
+                                 detailedText=traceback.format_exc() if not isinstance(error, PLCLError) else "")
+    finally:
+        if waitCursor:
+            qt.QApplication.restoreOverrideCursor()
 
 
 class PLCLSegmentationPanel:
@@ -160,7 +187,7 @@ class PLCLSegmentationPanel:
         volume = self.ui.annotatedVolumeSelector.currentNode()
         segmentation = self.ui.annotatedSegmentationSelector.currentNode()
         ids = list(self.ui.segmentsTableView.selectedSegmentIDs())
-        with slicer.util.tryWithErrorDisplay(_("Could not use this annotation."), waitCursor=True):
+        with showingErrors(_("Could not use this annotation."), waitCursor=True):
             self.logic.set_annotation(volume, segmentation, ids or None)
         self.updateFromState()
 
@@ -170,7 +197,7 @@ class PLCLSegmentationPanel:
         volume = slicer.mrmlScene.GetNodeByID(item.data(qt.Qt.UserRole)) if item is not None else None
         if volume is None:
             return
-        with slicer.util.tryWithErrorDisplay(_("Could not remove the volume from the training set.")):
+        with showingErrors(_("Could not remove the volume from the training set.")):
             self.logic.set_role(volume, UNANNOTATED)
         self.updateFromState()
 
@@ -178,7 +205,7 @@ class PLCLSegmentationPanel:
         if self._updating:
             return
         checked = {node.GetID() for node in self.ui.unannotatedVolumesSelector.checkedNodes()}
-        with slicer.util.tryWithErrorDisplay(_("Could not change the volumes to segment.")):
+        with showingErrors(_("Could not change the volumes to segment.")):
             for record in self.logic.state.records():
                 if record.role in TRAINING_ROLES:
                     continue
@@ -232,7 +259,7 @@ class PLCLSegmentationPanel:
         if not self._dependenciesReady():
             return
         job = None
-        with slicer.util.tryWithErrorDisplay(error_message, waitCursor=True):
+        with showingErrors(error_message, waitCursor=True):
             job = start()
         if job is None:
             return
@@ -340,7 +367,7 @@ class PLCLSegmentationPanel:
     def onReviewSelection(self) -> None:
         volume = self._selectedVolume()
         if volume is not None and not self._updating:
-            with slicer.util.tryWithErrorDisplay(_("Could not show this volume.")):
+            with showingErrors(_("Could not show this volume.")):
                 self.logic.show(volume)
                 slicer.util.resetSliceViews()
         self.updateButtons()
@@ -363,7 +390,7 @@ class PLCLSegmentationPanel:
 
     def onAccept(self) -> None:
         volume = self._selectedVolume()
-        with slicer.util.tryWithErrorDisplay(_("Could not accept this segmentation.")):
+        with showingErrors(_("Could not accept this segmentation.")):
             self.logic.accept(volume)
         self.updateFromState()
 
@@ -372,14 +399,14 @@ class PLCLSegmentationPanel:
         path = qt.QFileDialog.getSaveFileName(None, _("Save model"), DEFAULT_MODEL_FILE,
                                               _("PyTorch model (*.pt)"))
         if path:
-            with slicer.util.tryWithErrorDisplay(_("Could not save the model.")):
+            with showingErrors(_("Could not save the model.")):
                 self.logic.save_model(path)
             self.updateFromState()
 
     def onLoadModel(self) -> None:
         path = qt.QFileDialog.getOpenFileName(None, _("Load model"), "", _("PyTorch model (*.pt)"))
         if path:
-            with slicer.util.tryWithErrorDisplay(_("Could not load the model.")):
+            with showingErrors(_("Could not load the model.")):
                 self.logic.load_model(path)
             self.updateFromState()
 
