@@ -113,7 +113,10 @@ def test_train_propagates_to_every_unannotated_volume(session):
         assert record.uncertainty is not None and record.uncertainty.GetDisplayNode().GetColorNode() is not None
     state = logic.state
     assert Path(state.model_path).is_file() and [c["name"] for c in state.classes] == [s[0] for s in ACDC_SEGMENTS]
-    assert not (Path(state.model_path).parent / "predictions").exists()  # imported, then tidied
+    # Imported, then tidied: the run folder in the user's data folder keeps the model, the engine's
+    # summary and the log; not the checkpoint (pseudo-labels derived from the patients' volumes).
+    assert sorted(p.name for p in Path(state.model_path).parent.iterdir()) == \
+        ["engine.log", "model.pt", "summary.json"]
     # The loss plot grew with the progress events.
     assert job.plot.rows == 10 and set(job.plot.series) == {"dice", "contrastive"}
     assert job.plot.chart.GetAttribute(OWNER_ATTRIBUTE) == LOSS_CHART
@@ -197,10 +200,12 @@ def test_accept_and_retrain_from_the_current_model(session):
 
     job = logic.retrain()
     assert job.warm_start and job.argv[job.argv.index("--init-model") + 1] == model
-    assert job.argv[job.argv.index("--iterations") + 1] == "3"  # a shorter schedule than the first run's 10
+    # The module asks for the user's budget and a warm start; the engine's schedule makes it shorter.
+    assert job.argv[job.argv.index("--iterations") + 1] == "10"
     assert job.argv.count("--labeled") == 2
     logic.wait(60)
     assert job.state == JobState.DONE, job.error
+    assert job.total == 3 and job.plot.rows == 3 and first.total == 10
     assert job.imported == [CASES[2]]
     assert snapshot(corrected) == corrected_snapshot  # the accepted segmentation is training data: untouched
     assert old_prediction.GetScene() is None  # the unedited previous prediction was replaced
@@ -231,8 +236,13 @@ def test_save_model_and_apply_it_to_newly_loaded_volumes(session, tmp_path):
     logic = session.logic
     logic.train()
     logic.wait(60)
+    mine = tmp_path / "saved" / "heart.json"  # a file of the user's beside the chosen name
+    mine.parent.mkdir()
+    mine.write_text("the user's own notes")
     saved = logic.save_model(tmp_path / "saved" / "heart")
-    assert saved.endswith("heart.pt") and Path(saved).is_file() and Path(saved).with_suffix(".json").is_file()
+    assert saved.endswith("heart.pt") and Path(saved).is_file()
+    assert mine.read_text() == "the user's own notes"
+    assert sorted(p.name for p in mine.parent.iterdir()) == ["heart.json", "heart.pt"]
     assert logic.state.model_path == saved
 
     new_volume = session.app.load_volume(acdc_case("patient090_frame02")[0], "patient090_frame02")

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from . import dependencies, scene_io
+from .engine.events import SUMMARY_FILE
 from .jobs import PREDICT, TRAIN, Job, JobState
 from .parameters import (
     ANNOTATED,
@@ -38,9 +39,6 @@ from .plots import LOSS_CHART, LOSS_SERIES, LOSS_TABLE, LossPlot
 from .process import EngineProcess, Message, RunState
 from .scene_io import SceneTransaction, SegmentClass
 from .services import OWNER_ATTRIBUTE, PLCLError, SlicerServices, is_owned
-
-#: Retraining with a warm start and a user-set number of iterations uses this share of them.
-RETRAIN_FRACTION = 0.3
 
 
 @dataclass
@@ -173,11 +171,8 @@ class PLCLSegmentationLogic:
                 argv += ["--unlabeled", *[str(self._export_image(r, inputs)) for r in targets]]
             out = self._run_folder(TRAIN)
             argv += ["--out", str(out), "--budget", state.budget, "--device", state.device, "--events", "jsonl"]
-            if state.iterations:
-                iterations = state.iterations
-                if warm_start:
-                    iterations = max(1, round(iterations * RETRAIN_FRACTION))
-                argv += ["--iterations", str(iterations)]
+            if state.iterations:  # the same budget as a first training: the engine shortens a warm start
+                argv += ["--iterations", str(state.iterations)]
             if init_model:
                 argv += ["--init-model", init_model]
         except BaseException:
@@ -189,7 +184,7 @@ class PLCLSegmentationLogic:
         return self._start(job)
 
     def retrain(self) -> Job:
-        """Train again from the current model (warm start: a shorter schedule) with the reviewed volumes."""
+        """Train again from the current model with the reviewed volumes (the engine's warm-start schedule)."""
         return self.train(warm_start=True)
 
     def predict(self, volumes: Sequence[Any] | None = None, model_path: str | None = None) -> Job:
@@ -313,11 +308,13 @@ class PLCLSegmentationLogic:
         if target.suffix != ".pt":
             target = target.with_name(target.name + ".pt")
         target.parent.mkdir(parents=True, exist_ok=True)
-        if target.resolve() != Path(source).resolve():
-            shutil.copyfile(source, target)
-            summary = Path(source).with_name("summary.json")
-            if summary.is_file():
-                shutil.copyfile(summary, target.with_suffix(".json"))
+        if target.resolve() != Path(source).resolve():  # the model file carries its classes: nothing else
+            partial = target.with_name(f".{target.name}.{uuid.uuid4().hex[:6]}.part")
+            try:
+                shutil.copyfile(source, partial)
+                os.replace(partial, target)
+            finally:
+                partial.unlink(missing_ok=True)
         self.state.set("modelPath", str(target))
         return str(target)
 
@@ -327,12 +324,10 @@ class PLCLSegmentationLogic:
         model = Path(path)
         if not model.is_file():
             raise PLCLError(f"Model file not found: {model}")
-        classes: list[dict[str, Any]] = []
-        summary = model.with_suffix(".json") if model.name != "model.pt" else model.with_name("summary.json")
-        with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
-            classes = [SegmentClass.from_dict(c).to_dict() for c in json.loads(summary.read_text())["classes"]]
+        # Its classes are in the file, read by the engine: a prediction's segments carry their names,
+        # colours and terminology; a retrain matches the annotations to them by name.
         self.state.set("modelPath", str(model.resolve()))
-        self.state.set("classes", classes)
+        self.state.set("classes", [])
         return str(model)
 
     # --- internals ------------------------------------------------------------------------------
@@ -412,10 +407,7 @@ class PLCLSegmentationLogic:
             shutil.rmtree(job.out_dir, ignore_errors=True)
 
     def _import(self, job: Job) -> None:
-        summary: dict[str, Any] = {}
-        summary_path = job.out_dir / "summary.json"
-        if summary_path.is_file():
-            summary = json.loads(summary_path.read_text(encoding="utf-8"))
+        summary = read_summary(job.out_dir)
         by_name = {str(v.get("name")): v for v in summary.get("volumes", []) if isinstance(v, dict)}
         records = {r.key: r for r in self.state.records()}
         transaction = SceneTransaction(self.scene)
@@ -427,13 +419,13 @@ class PLCLSegmentationLogic:
                     job.warnings.append(f"a volume was deleted during the run; its result is skipped ({stem})")
                     continue
                 info = by_name.get(stem, {})
-                segmentation_path = self._output(job, info.get("segmentation"), "predictions", f"{stem}.seg.nrrd")
+                segmentation_path = output_path(job.out_dir, info.get("segmentation"))
                 if segmentation_path is None:
                     raise PLCLError(f"the engine wrote no segmentation for '{record.name}'")
                 node = scene_io.add_prediction(self.services, transaction, record.volume, str(segmentation_path),
                                                job.classes)
                 uncertainty = None
-                uncertainty_path = self._output(job, info.get("uncertainty"), "uncertainty", f"{stem}.nrrd")
+                uncertainty_path = output_path(job.out_dir, info.get("uncertainty"))
                 if uncertainty_path is not None:
                     uncertainty = scene_io.add_uncertainty(self.services, transaction, record.volume,
                                                            str(uncertainty_path))
@@ -452,9 +444,10 @@ class PLCLSegmentationLogic:
         if updates:
             state.save(*(u[0] for u in updates))
         if job.kind == TRAIN:
-            model = job.out_dir / "model.pt"
-            if not model.is_file():
+            model = output_path(job.out_dir, (summary.get("outputs") or {}).get("model"))
+            if model is None:
                 raise PLCLError(f"the engine wrote no model file in {job.out_dir}")
+            job.kept = [model]
             state.set("modelPath", str(model))
             state.set("classes", [c.to_dict() for c in job.classes])
             self._remove_old_plots(keep=job.plot.nodes if job.plot is not None else [])
@@ -484,25 +477,42 @@ class PLCLSegmentationLogic:
         for node in stale:
             scene_io.remove_node(self.scene, node)
 
-    def _output(self, job: Job, reported: Any, folder: str, name: str) -> Path | None:
-        for candidate in (Path(str(reported)) if reported else None, job.out_dir / folder / name):
-            if candidate is None:
-                continue
-            path = candidate if candidate.is_absolute() else job.out_dir / candidate
-            if path.is_file():
-                return path
-        return None
-
     def _tidy_after_success(self, job: Job) -> None:
+        """A prediction's folder goes; a training's keeps its model, summary and log. Everything else
+        (the checkpoint with pseudo-labels derived from the patients' volumes, the imported
+        predictions) is removed from the user's data folder."""
         if job.kind == PREDICT:
             shutil.rmtree(job.out_dir, ignore_errors=True)
             return
-        for folder in ("predictions", "uncertainty"):  # now in the scene
-            shutil.rmtree(job.out_dir / folder, ignore_errors=True)
-        for output in job.outputs:
-            if output.get("kind") == "checkpoint" and output.get("path"):
-                path = Path(str(output["path"]))
-                if path.is_file() and job.out_dir in path.parents:
-                    with contextlib.suppress(OSError):
-                        path.unlink()
+        keep = {p.resolve() for p in [*job.kept, job.out_dir / SUMMARY_FILE, job.log_path]}
+        for path in job.out_dir.iterdir():
+            if path.resolve() in keep:
+                continue
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                with contextlib.suppress(OSError):
+                    path.unlink()
 
+
+def read_summary(out_dir: Path) -> dict[str, Any]:
+    """The engine's one description of a run's outputs (engine/events.py: SUMMARY_FILE)."""
+    path = out_dir / SUMMARY_FILE
+    try:
+        summary = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise PLCLError(f"the engine wrote no {SUMMARY_FILE} in {out_dir}") from None
+    except (OSError, ValueError) as error:
+        raise PLCLError(f"{path}: not readable ({error})") from None
+    if not isinstance(summary, dict):
+        raise PLCLError(f"{path}: not a run summary")
+    return summary
+
+
+def output_path(out_dir: Path, reported: Any) -> Path | None:
+    """A file the summary names (relative paths are in the run folder), if it exists."""
+    if not reported:
+        return None
+    path = Path(str(reported))
+    path = path if path.is_absolute() else out_dir / path
+    return path if path.is_file() else None
