@@ -7,6 +7,8 @@ It learns nothing: the prediction of a volume is a few boxes (one per class) pla
 the uncertainty map is smooth noise. It reads its inputs and writes its outputs with the engine's
 own ``volumes`` module, so the files are what the real engine would read and write.
 
+It stops like the engine: on SIGINT/SIGTERM or when OUT/stop.request appears (events.STOP_FILE).
+
 Behaviour switches (environment variables), for the tests of the Slicer module:
   FAKE_ENGINE_STEP_S      seconds per iteration (default 0.005)
   FAKE_ENGINE_FAIL_AT     crash with a traceback at this iteration (exit 1)

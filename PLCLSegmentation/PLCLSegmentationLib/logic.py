@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from . import dependencies, scene_io
-from .engine.events import SUMMARY_FILE
+from .engine.events import STOP_FILE, SUMMARY_FILE
 from .jobs import PREDICT, TRAIN, Job, JobState
 from .parameters import (
     ANNOTATED,
@@ -361,7 +361,8 @@ class PLCLSegmentationLogic:
         environment = self.environment
         if environment is None:
             environment = dependencies.child_environment(external_python=bool(self.state.python))
-        job.process = self.process_factory(job.argv, env=environment, log_path=job.log_path, grace_s=self.grace_s)
+        job.process = self.process_factory(job.argv, env=environment, log_path=job.log_path, grace_s=self.grace_s,
+                                           stop_file=job.out_dir / STOP_FILE)
         try:
             job.process.start()
         except OSError as error:
