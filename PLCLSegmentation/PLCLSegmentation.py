@@ -59,12 +59,7 @@ class PLCLSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         uiWidget.setMRMLScene(slicer.mrmlScene)
         self.logic = PLCLSegmentationLogic()
         self.panel = PLCLSegmentationPanel(self.ui, self.logic)
-        scene = slicer.mrmlScene
-        self.addObserver(scene, scene.StartCloseEvent, lambda *args: self.panel.onSceneStartClose())
-        self.addObserver(scene, scene.EndCloseEvent, lambda *args: self.panel.onSceneEndClose())
-        self.addObserver(scene, scene.EndImportEvent, lambda *args: self.panel.onSceneEndClose())
-        self.addObserver(scene, scene.NodeAddedEvent, lambda *args: self.panel.scheduleUpdate())
-        self.addObserver(scene, scene.NodeRemovedEvent, lambda *args: self.panel.scheduleUpdate())
+        self.panel.observeScene(slicer.mrmlScene)
 
     def enter(self) -> None:
         if self.panel is not None:

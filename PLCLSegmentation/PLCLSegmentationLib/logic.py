@@ -262,12 +262,23 @@ class PLCLSegmentationLogic:
             time.sleep(interval_s)
         return self.job
 
-    def shutdown(self) -> None:
-        """End a running child at once (Slicer closes, the scene is closed)."""
-        if self.busy and self.job is not None:
-            self.job.process.kill()
-            self.job.process.wait(10)
-            self.poll()
+    def shutdown(self, timeout_s: float = 10.0) -> None:
+        """End a running child at once (Slicer closes, the scene is closed), and with it the run: its
+        exported inputs and its folder are removed, nothing is imported."""
+        job = self.job
+        if job is None or job.state.finished:
+            return
+        if job.process is not None:
+            job.process.kill()
+            deadline = time.monotonic() + timeout_s
+            while not job.process.state.finished and time.monotonic() < deadline:
+                self.poll()  # the exit arrives once the child's output is read to its end
+                time.sleep(0.02)
+        if not job.state.finished:  # the child did not report its exit in time: forget the run anyway
+            job.state = JobState.CANCELLED
+            job.finished = time.monotonic()
+            self._discard(job, keep_out=False)
+            shutil.rmtree(job.inputs_dir, ignore_errors=True)
 
     # --- review ---------------------------------------------------------------------------------
     def review_rows(self) -> list[ReviewRow]:

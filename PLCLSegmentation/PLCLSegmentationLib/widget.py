@@ -65,6 +65,8 @@ class PLCLSegmentationPanel:
         self._update_scheduled = False
         self._observed: Any = None
         self._observer_tag: int | None = None
+        self._scene: Any = None
+        self._scene_tags: list[int] = []
         self.timer = qt.QTimer()
         self.timer.setInterval(POLL_INTERVAL_MS)
         self.timer.timeout.connect(self.onTimer)
@@ -433,18 +435,42 @@ class PLCLSegmentationPanel:
         for widget in (ui.inputsCollapsibleButton, ui.trainingCollapsibleButton):
             widget.enabled = not busy
 
+    def observeScene(self, scene: Any) -> None:
+        """Follow the scene: a close ends the run; an import (Add Data of a .mrml or .mrb, which adds
+        to the open scene without closing it) and added or removed nodes only refresh the panel."""
+        self._forgetScene()
+        self._scene = scene
+        for event, slot in ((scene.StartCloseEvent, self.onSceneStartClose),
+                            (scene.EndCloseEvent, self.onSceneEndClose),
+                            (scene.EndImportEvent, self.onSceneEndImport),
+                            (scene.NodeAddedEvent, self.scheduleUpdate),
+                            (scene.NodeRemovedEvent, self.scheduleUpdate)):
+            self._scene_tags.append(scene.AddObserver(event, lambda caller, name, slot=slot: slot()))
+
+    def _forgetScene(self) -> None:
+        if self._scene is not None:
+            for tag in self._scene_tags:
+                self._scene.RemoveObserver(tag)
+        self._scene, self._scene_tags = None, []
+
     def onSceneStartClose(self) -> None:
         self.timer.stop()
-        self.logic.shutdown()
+        self.logic.shutdown()  # ends the run and removes its files
 
     def onSceneEndClose(self) -> None:
         self.logic.job = None
         self.observeParameterNode()
         self.updateFromState()
 
+    def onSceneEndImport(self) -> None:
+        """A run goes on: its results are imported when it finishes."""
+        self.observeParameterNode()
+        self.scheduleUpdate()
+
     def cleanup(self) -> None:
         self.timer.stop()
         self.logic.shutdown()
+        self._forgetScene()
         if self._observed is not None and self._observer_tag is not None:
             self._observed.RemoveObserver(self._observer_tag)
         self._observed = None
