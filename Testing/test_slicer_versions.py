@@ -95,3 +95,64 @@ def test_the_uncertainty_overlay_looks_in_slice_views_as_its_colour_table_says(t
     # The grade is visible as colour: from pale yellow to dark red, monotonically.
     green = rgba[shown, 1].astype(int)
     assert (np.diff(green) <= 0).all() and green[0] - green[-1] > 150
+
+
+def test_the_engine_interpreter_is_this_machines_setting_never_the_scenes(tmp_path):
+    """A scene is data from anyone: a program it names must not run when the user clicks Train."""
+    from PLCLSegmentationLib import dependencies
+    from PLCLSegmentationLib.parameters import ModuleState
+
+    app = SlicerApp()
+    logic = PLCLSegmentationLogic(app.services, models_dir=tmp_path)
+    ModuleState(app.scene).node.SetParameter("python", str(tmp_path / "someone-elses-program"))
+    assert logic._command()[0] == dependencies.slicer_python()
+    assert logic.python == ""
+    logic.set_python(str(tmp_path / "my-python"))
+    assert logic._command()[0] == str(tmp_path / "my-python")
+    node = ModuleState(app.scene).node
+    assert all(str(tmp_path / "my-python") not in node.GetParameter(name) for name in node.GetParameterNames())
+    # Another scene on the same machine uses the same interpreter.
+    other = SlicerApp()
+    other.services.settings = app.services.settings
+    assert PLCLSegmentationLogic(other.services, models_dir=tmp_path).python == str(tmp_path / "my-python")
+
+
+def slow_interpreter(tmp_path) -> tuple[str, object]:
+    """A Python that takes a second to start and counts its runs."""
+    import sys
+
+    runs = tmp_path / "runs.txt"
+    script = tmp_path / "slow-python"
+    script.write_text(f"#!/bin/sh\necho run >> '{runs}'\nsleep 1\nexec '{sys.executable}' \"$@\"\n")
+    script.chmod(0o755)
+    return str(script), runs
+
+
+def test_an_external_python_is_probed_once_in_the_background(tmp_path):
+    import time
+
+    from PLCLSegmentationLib.dependencies import InterpreterChecks
+
+    python, runs = slow_interpreter(tmp_path)
+    checks = InterpreterChecks()
+    started = time.monotonic()
+    assert checks.check(python) is None  # being probed
+    assert time.monotonic() - started < 0.5, "the probe blocked the caller"
+    deadline = time.monotonic() + 60
+    while checks.check(python) is None:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    info = checks.check(python)
+    assert "missing" in info and info["python"]
+    assert checks.check(python) is info and runs.read_text().count("run") == 1
+    assert "not found" in _wait_for(checks, str(tmp_path / "missing-python"))["error"]
+
+
+def _wait_for(checks, python: str) -> dict:
+    import time
+
+    deadline = time.monotonic() + 30
+    while (info := checks.check(python)) is None:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    return info

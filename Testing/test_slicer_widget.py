@@ -327,3 +327,29 @@ def test_closing_the_scene_during_a_run_ends_it_and_removes_its_files(panel):
     assert not job.inputs_dir.exists(), "the exported volumes stayed on disk"
     assert not job.out_dir.exists(), "the run folder stayed in the user's data folder"
     assert not alive(job.process.pid)
+
+
+def test_train_never_waits_for_the_probe_of_an_external_python(panel, tmp_path):
+    from test_slicer_versions import slow_interpreter
+
+    p, ui, logic = panel.panel, panel.ui, panel.logic
+    logic.set_annotation(panel.volumes[0], panel.annotation)
+    python, runs = slow_interpreter(tmp_path)
+    ui.pythonPathLineEdit.currentPath = python
+    p.onSettingsChanged()  # the user chose it: probed now, in the background
+    assert logic.python == python and logic.state.node.GetParameter("python") == ""
+    started = time.monotonic()
+    p.onTrainOrCancel()
+    p.onRetrain()
+    p.onApplyModel()
+    assert time.monotonic() - started < 0.5, "the GUI froze while probing the interpreter"
+    assert not logic.busy and "Checking the chosen Python" in ui.statusLabel.text
+    deadline = time.monotonic() + 60
+    while logic.interpreters.check(python) is None:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    p.onTrainOrCancel()
+    assert logic.busy, panel.errors
+    run_timer(p)
+    assert logic.job.state.value == "done", logic.job.error
+    assert runs.read_text().count("run") == 1, "the interpreter was probed more than once"

@@ -38,7 +38,7 @@ from .parameters import (
 from .plots import LOSS_CHART, LOSS_SERIES, LOSS_TABLE, LossPlot
 from .process import EngineProcess, Message, RunState
 from .scene_io import SceneTransaction, SegmentClass
-from .services import OWNER_ATTRIBUTE, PLCLError, SlicerServices, is_owned
+from .services import OWNER_ATTRIBUTE, PYTHON_SETTING, PLCLError, SlicerServices, is_owned
 
 
 @dataclass
@@ -63,6 +63,8 @@ class PLCLSegmentationLogic:
         self.process_factory = process_factory
         self.grace_s = grace_s
         self.job: Job | None = None
+        #: What each chosen interpreter can do, probed once in the background.
+        self.interpreters = dependencies.InterpreterChecks()
 
     @property
     def scene(self) -> Any:
@@ -341,13 +343,25 @@ class PLCLSegmentationLogic:
         self.state.set("classes", [])
         return str(model)
 
+    # --- the engine's interpreter (an application setting, never the scene's) -------------------
+    @property
+    def python(self) -> str:
+        """The Python interpreter the user chose on this machine to run the engine ("" : Slicer's)."""
+        value = self.services.settings.value(PYTHON_SETTING, "")
+        return str(value or "").strip()
+
+    def set_python(self, path: str) -> None:
+        self.services.settings.setValue(PYTHON_SETTING, str(path or "").strip())
+        if self.python:
+            self.interpreters.check(self.python)  # in the background, so that Train finds the answer
+
     # --- internals ------------------------------------------------------------------------------
     def _check_idle(self) -> None:
         if self.busy:
             raise PLCLError("A run is in progress: wait for it to finish or cancel it.")
 
     def _command(self) -> list[str]:
-        return list(self.engine_command) if self.engine_command else dependencies.engine_command(self.state.python)
+        return list(self.engine_command) if self.engine_command else dependencies.engine_command(self.python)
 
     def _training_classes(self, training: list[VolumeRecord], warm_start: bool) -> list[SegmentClass]:
         if warm_start and self.state.classes:
@@ -371,7 +385,7 @@ class PLCLSegmentationLogic:
     def _start(self, job: Job) -> Job:
         environment = self.environment
         if environment is None:
-            environment = dependencies.child_environment(external_python=bool(self.state.python))
+            environment = dependencies.child_environment(external_python=bool(self.python))
         job.process = self.process_factory(job.argv, env=environment, log_path=job.log_path, grace_s=self.grace_s,
                                            stop_file=job.out_dir / STOP_FILE)
         try:

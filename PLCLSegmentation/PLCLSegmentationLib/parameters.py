@@ -4,7 +4,9 @@ The state lives in the module's parameter node, the singleton ``vtkMRMLScriptedM
 ``ScriptedLoadableModuleLogic.getParameterNode()`` also finds (same singleton tag and ``ModuleName``
 attribute), so it is saved and loaded with the scene:
 
-* settings are string parameters (budget, device, Python interpreter, model path, ...);
+* settings are string parameters (budget, device, model path, ...); the Python interpreter is not
+  among them: a scene comes from anyone, so the program that runs the engine is an application
+  setting of this machine (services.PYTHON_SETTING);
 * each volume the module knows is a *record*: its role and scores in the JSON parameter ``volumes``,
   keyed by a short random key, and its nodes as node references ``plclVolume_<key>``,
   ``plclSegmentation_<key>`` and ``plclUncertainty_<key>``. Node references follow node ID changes
@@ -41,7 +43,6 @@ SETTINGS: dict[str, str] = {
     "budget": "standard",
     "device": "auto",
     "iterations": "0",  # 0: the budget's own schedule
-    "python": "",  # empty: Slicer's own Python
     "modelPath": "",  # the current model (model.pt)
     "showUncertainty": "true",
     "uncertaintyOpacity": "0.4",
@@ -133,10 +134,6 @@ class ModuleState:
             return max(0, int(self.get("iterations")))
         except ValueError:
             return 0
-
-    @property
-    def python(self) -> str:
-        return self.get("python").strip()
 
     @property
     def model_path(self) -> str:

@@ -123,8 +123,8 @@ class PLCLSegmentationPanel:
             self._setCombo(self.ui.budgetComboBox, state.budget)
             self._setCombo(self.ui.deviceComboBox, state.device)
             self.ui.iterationsSpinBox.value = state.iterations
-            if self.ui.pythonPathLineEdit.currentPath != state.python:
-                self.ui.pythonPathLineEdit.currentPath = state.python
+            if self.ui.pythonPathLineEdit.currentPath != self.logic.python:
+                self.ui.pythonPathLineEdit.currentPath = self.logic.python
             self.ui.showUncertaintyCheckBox.checked = state.show_uncertainty
             self.ui.modelPathLineEdit.text = state.model_path
             self._fillAnnotatedTable([r for r in records if r.role in TRAINING_ROLES])
@@ -147,6 +147,9 @@ class PLCLSegmentationPanel:
     def onSettingsChanged(self, *_args: Any) -> None:
         if self._updating:
             return
+        python = self.ui.pythonPathLineEdit.currentPath.strip()  # read before the node refreshes the GUI
+        if python != self.logic.python:
+            self.logic.set_python(python)  # this machine's setting; probed now, in the background
         state = self.logic.state
         node = state.node
         was_modifying = node.StartModify()
@@ -154,7 +157,6 @@ class PLCLSegmentationPanel:
             state.set("budget", self.ui.budgetComboBox.currentData or "standard")
             state.set("device", self.ui.deviceComboBox.currentData or "auto")
             state.set("iterations", int(self.ui.iterationsSpinBox.value))
-            state.set("python", self.ui.pythonPathLineEdit.currentPath.strip())
         finally:
             node.EndModify(was_modifying)
 
@@ -274,10 +276,16 @@ class PLCLSegmentationPanel:
         self.timer.start()
 
     def _dependenciesReady(self) -> bool:
-        python = self.logic.state.python
+        python = self.logic.python
         try:
             if python:
-                info = dependencies.probe_interpreter(python, env=dependencies.child_environment(True))
+                info = self.logic.interpreters.check(python)  # never blocks: probed once, in the background
+                if info is None:
+                    text = _("Checking the chosen Python ({python}); try again in a moment.")
+                    self.ui.statusLabel.text = text.format(python=python)
+                    return False
+                if info.get("error"):
+                    raise PLCLError(info["error"])
                 if info.get("missing"):
                     raise PLCLError(_("The chosen Python lacks these packages: {packages}").format(
                         packages=", ".join(info["missing"])))
