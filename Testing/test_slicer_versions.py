@@ -156,3 +156,39 @@ def _wait_for(checks, python: str) -> dict:
         assert time.monotonic() < deadline
         time.sleep(0.05)
     return info
+
+
+def slicer_calls() -> tuple[set[str], set[str], set[str]]:
+    """Names the module's code takes from Slicer objects: Capitalised attributes (VTK/MRML methods and
+    constants, Qt classes), ``slicer.util.<name>`` and ``slicer.<name>``."""
+    import ast
+
+    from slicer_support import ROOT
+
+    package = ROOT / "PLCLSegmentation" / "PLCLSegmentationLib"
+    files = [*package.glob("*.py"), ROOT / "PLCLSegmentation" / "PLCLSegmentation.py"]
+    methods, util, names = set(), set(), set()
+    for path in files:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Attribute) and isinstance(node.ctx, ast.Load):
+                base = ast.unparse(node.value)
+                if base == "slicer.util":
+                    util.add(node.attr)
+                elif base == "slicer":
+                    names.add(node.attr)
+                elif node.attr[:1].isupper():
+                    methods.add(node.attr)
+    return methods, util, names
+
+
+def test_every_slicer_api_the_module_calls_exists_in_slicer_5_8():
+    import slicer_api
+
+    methods, util, names = slicer_calls()
+    assert methods, "no call found: the test looks in the wrong place"
+    newer = (methods | util) & slicer_api.NEWER_THAN_5_8
+    assert not newer, f"not in Slicer 5.8: {sorted(newer)}"
+    unchecked = methods - set(slicer_api.SLICER_5_8) - slicer_api.OTHER
+    assert not unchecked, f"check these at Slicer's tag v5.8.0, then list them in slicer_api.py: {sorted(unchecked)}"
+    assert util <= slicer_api.SLICER_UTIL_5_8, sorted(util - slicer_api.SLICER_UTIL_5_8)
+    assert names <= slicer_api.SLICER_NAMES_5_8, sorted(names - slicer_api.SLICER_NAMES_5_8)
