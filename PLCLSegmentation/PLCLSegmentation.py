@@ -36,7 +36,8 @@ class PLCLSegmentation(ScriptedLoadableModule):
         self.parent.helpText = _(
             "Segment one or two volumes with the Segment Editor, click Train, and every other loaded volume is "
             "segmented by a model trained on them (pseudo-label self-training with a local contrastive loss). "
-            "Review the least certain results first, correct them, accept them and retrain.")
+            "Review the least certain results first, correct them, accept them and retrain. "
+            "Supported: Slicer 5.8 and later.")
         self.parent.acknowledgementText = _(
             "Method: K. Chaitanya et al., Local contrastive loss with pseudo-label based self-training for "
             "semi-supervised medical image segmentation, Medical Image Analysis 87 (2023) 102792.")

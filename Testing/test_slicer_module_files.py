@@ -187,3 +187,8 @@ def test_the_segments_table_cannot_edit_the_users_segments():
     for column in ("colorColumnVisible", "visibilityColumnVisible", "opacityColumnVisible", "statusColumnVisible",
                    "layerColumnVisible"):
         assert properties.get(column) == "false", column
+
+
+def test_the_supported_slicer_versions_are_stated():
+    assert "Supported Slicer versions: 5.8 and later" in (ROOT / "README.md").read_text()
+    assert "Supported: Slicer 5.8 and later." in (MODULE / "PLCLSegmentation.py").read_text()
