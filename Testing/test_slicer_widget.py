@@ -330,11 +330,20 @@ def test_closing_the_scene_during_a_run_ends_it_and_removes_its_files(panel):
 
 
 def test_train_never_waits_for_the_probe_of_an_external_python(panel, tmp_path):
-    from test_slicer_versions import slow_interpreter
+    from PLCLSegmentationLib.dependencies import InterpreterChecks
 
     p, ui, logic = panel.panel, panel.ui, panel.logic
     logic.set_annotation(panel.volumes[0], panel.annotation)
-    python, runs = slow_interpreter(tmp_path)
+    python, runs = str(tmp_path / "python"), tmp_path / "runs.txt"
+
+    def slow_probe(path: str) -> dict:  # (the real probe is tested in test_slicer_versions.py)
+        with open(runs, "a") as log:
+            log.write("run\n")
+        time.sleep(1.0)
+        return {"missing": [], "python": "3.9.10"}
+
+    logic.interpreters = InterpreterChecks(probe=slow_probe)
+    logic.state.set("iterations", 10)
     ui.pythonPathLineEdit.currentPath = python
     p.onSettingsChanged()  # the user chose it: probed now, in the background
     assert logic.python == python and logic.state.node.GetParameter("python") == ""
