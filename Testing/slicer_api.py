@@ -69,6 +69,8 @@ SLICER_5_8: dict[str, str] = {
     "HasParameter": "Libs/MRML/Core/vtkMRMLScriptedModuleNode.h",
     "HasTag": "Libs/vtkSegmentationCore/vtkSegment.h",
     "ImportLabelmapToSegmentationNode": "Modules/Loadable/Segmentations/Logic/vtkSlicerSegmentationsModuleLogic.h",
+    "IsClosing": "Libs/MRML/Core/vtkMRMLScene.h",
+    "IsImporting": "Libs/MRML/Core/vtkMRMLScene.h",
     "MarkerStyleNone": "Libs/MRML/Core/vtkMRMLPlotSeriesNode.h",
     "Modified": "Libs/MRML/Core/vtkMRMLNode.h",
     "ModifiedEvent": "Libs/MRML/Core/vtkMRMLNode.h",
@@ -114,6 +116,7 @@ SLICER_5_8: dict[str, str] = {
     "SetYColumnName": "Libs/MRML/Core/vtkMRMLPlotSeriesNode.h",
     "ShowChartInLayout": "Modules/Loadable/Plots/Logic/vtkSlicerPlotsLogic.h",
     "StartCloseEvent": "Libs/MRML/Core/vtkMRMLScene.h",
+    "StartImportEvent": "Libs/MRML/Core/vtkMRMLScene.h",
     "StartModify": "Libs/MRML/Core/vtkMRMLNode.h",
     "WriteData": "Libs/MRML/Core/vtkMRMLStorageNode.h",
 }

@@ -295,11 +295,17 @@ def test_importing_a_scene_during_a_run_does_not_drop_it(panel, tmp_path):
     import slicer
 
     p, logic = panel.panel, panel.logic
+    from PLCLSegmentationLib.logic import PLCLSegmentationLogic
+
     modules = slicer.modules
-    other = SlicerApp()  # a scene saved elsewhere
+    other = SlicerApp()  # a scene saved elsewhere, with this module's state in it
     other.add_volume(np.zeros((4, 16, 16), np.int16), "imported volume")
+    PLCLSegmentationLogic(other.services, models_dir=tmp_path).refresh()
+    other_state = PLCLSegmentationLogic(other.services, models_dir=tmp_path).state
+    other_state.set("budget", "full")
     mrml = other.save(tmp_path / "other")
     slicer.mrmlScene, slicer.modules = panel.app.scene, modules
+    logic.state.set("budget", "quick")
     start_slow_training(panel)
     job = logic.job
     scene = panel.app.scene
@@ -312,7 +318,10 @@ def test_importing_a_scene_during_a_run_does_not_drop_it(panel, tmp_path):
     assert job.state.value == "done", job.error
     assert sorted(job.imported) == ["patient041_frame02", "patient090_frame01"]
     assert not job.inputs_dir.exists()
-    assert "imported volume" in [r.name for r in logic.state.records()]
+    names = [r.name for r in logic.state.records()]
+    assert sorted(names) == ["imported volume", "patient041_frame01", "patient041_frame02", "patient090_frame01"]
+    assert logic.state.budget == "quick", "the imported scene's settings replaced the user's"
+    assert not job.warnings, job.warnings
 
 
 def test_closing_the_scene_during_a_run_ends_it_and_removes_its_files(panel):

@@ -65,6 +65,7 @@ class PLCLSegmentationLogic:
         self.job: Job | None = None
         #: What each chosen interpreter can do, probed once in the background.
         self.interpreters = dependencies.InterpreterChecks()
+        self._before_import: dict[str, Any] | None = None
 
     @property
     def scene(self) -> Any:
@@ -82,6 +83,8 @@ class PLCLSegmentationLogic:
     def refresh(self) -> list[VolumeRecord]:
         """Bring the records up to date with the scene: forget deleted volumes, add new ones as unannotated."""
         state = self.state
+        if self.scene.IsImporting() or self.scene.IsClosing():  # settle once the scene has
+            return state.records()
         state.prune()
         records = state.records()
         known = {r.volume.GetID() for r in records}
@@ -281,6 +284,17 @@ class PLCLSegmentationLogic:
             job.finished = time.monotonic()
             self._discard(job, keep_out=False)
             shutil.rmtree(job.inputs_dir, ignore_errors=True)
+
+    def before_import(self) -> None:
+        """A scene is about to be imported into this one (Add Data of a .mrml or .mrb)."""
+        self._before_import = self.state.snapshot()
+
+    def after_import(self) -> None:
+        """Keep our state (a running job's records among it) beside what the imported scene brought."""
+        before, self._before_import = self._before_import, None
+        if before is not None:
+            self.state.merge_import(before)
+        self.refresh()
 
     # --- review ---------------------------------------------------------------------------------
     def review_rows(self) -> list[ReviewRow]:

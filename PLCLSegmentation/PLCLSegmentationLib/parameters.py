@@ -222,6 +222,29 @@ class ModuleState:
         finally:
             node.EndModify(was_modifying)
 
+    def snapshot(self) -> dict[str, Any]:
+        """The settings and records, to be merged back after a scene import (see :meth:`merge_import`)."""
+        node = self.node
+        return {"settings": {name: node.GetParameter(name) for name in SETTINGS if node.HasParameter(name)},
+                "records": self.records()}
+
+    def merge_import(self, before: dict[str, Any]) -> None:
+        """A scene imported with Add Data may carry this module's parameter node: being a singleton, its
+        content replaces ours. Keep our settings and records, and add the imported records."""
+        node = self.node
+        was_modifying = node.StartModify()
+        try:
+            for name, value in before["settings"].items():
+                node.SetParameter(name, value)
+            ours = before["records"]
+            self.save(*ours)
+            volumes = {r.volume.GetID(): r.key for r in ours}
+            for record in self.records():  # one record per volume: ours win
+                if volumes.get(record.volume.GetID(), record.key) != record.key:
+                    self.remove(record.key)
+        finally:
+            node.EndModify(was_modifying)
+
     def prune(self) -> None:
         """Forget records whose volume was deleted from the scene."""
         node = self.node

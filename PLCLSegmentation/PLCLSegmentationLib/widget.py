@@ -450,6 +450,7 @@ class PLCLSegmentationPanel:
         self._scene = scene
         for event, slot in ((scene.StartCloseEvent, self.onSceneStartClose),
                             (scene.EndCloseEvent, self.onSceneEndClose),
+                            (scene.StartImportEvent, self.logic.before_import),
                             (scene.EndImportEvent, self.onSceneEndImport),
                             (scene.NodeAddedEvent, self.scheduleUpdate),
                             (scene.NodeRemovedEvent, self.scheduleUpdate)):
@@ -472,6 +473,7 @@ class PLCLSegmentationPanel:
 
     def onSceneEndImport(self) -> None:
         """A run goes on: its results are imported when it finishes."""
+        self.logic.after_import()
         self.observeParameterNode()
         self.scheduleUpdate()
 
