@@ -1,8 +1,13 @@
 """A test double of ``python -m PLCLSegmentationLib.engine``: same command line, same events and files.
 
+Built on the engine's own torch-free parts: its argument parser and training schedule (cli.py), its
+event writer, stop-file watcher and output description (events.py), its volume files (volumes.py).
+
 It learns nothing: the prediction of a volume is a few boxes (one per class) placed in its middle,
 the uncertainty map is smooth noise. It reads its inputs and writes its outputs with the engine's
 own ``volumes`` module, so the files are what the real engine would read and write.
+
+It stops like the engine: on SIGINT/SIGTERM or when OUT/stop.request appears (events.STOP_FILE).
 
 Behaviour switches (environment variables), for the tests of the Slicer module:
   FAKE_ENGINE_STEP_S      seconds per iteration (default 0.005)
@@ -19,6 +24,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 import zlib
 from pathlib import Path
@@ -27,37 +33,25 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "PLCLSegmentation"))
 
-from PLCLSegmentationLib.engine import volumes  # noqa: E402
-from PLCLSegmentationLib.engine.events import EXIT_CANCELLED, EXIT_ERROR, JsonLinesSink  # noqa: E402
+from PLCLSegmentationLib.engine import cli, volumes  # noqa: E402
+from PLCLSegmentationLib.engine.events import (  # noqa: E402
+    EXIT_CANCELLED,
+    EXIT_ERROR,
+    OUTPUT_KINDS,
+    STOP_FILE,
+    SUMMARY_FILE,
+    JsonLinesSink,
+)
 
-_cancel = {"requested": False}
+_cancel = threading.Event()
 
 
 def _on_term(signum: int, frame: object) -> None:
-    _cancel["requested"] = True
+    _cancel.set()
 
 
 def parse(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="fake-engine")
-    commands = parser.add_subparsers(dest="command", required=True)
-    train = commands.add_parser("train")
-    train.add_argument("--labeled", nargs=2, action="append", default=[])
-    train.add_argument("--unlabeled", nargs="+", action="extend", default=[])
-    train.add_argument("--out", required=True)
-    train.add_argument("--budget", default="standard")
-    train.add_argument("--iterations", type=int)
-    train.add_argument("--device", default="auto")
-    train.add_argument("--seed", type=int, default=0)
-    train.add_argument("--init-model")
-    train.add_argument("--resume")
-    train.add_argument("--events")
-    predict = commands.add_parser("predict")
-    predict.add_argument("--model", required=True)
-    predict.add_argument("--out", required=True)
-    predict.add_argument("--device", default="auto")
-    predict.add_argument("--events")
-    predict.add_argument("images", nargs="+")
-    return parser.parse_args(argv)
+    return cli.build_parser().parse_args(argv)
 
 
 def fake_prediction(volume: volumes.Volume, classes: list[volumes.ClassInfo]) -> np.ndarray:
@@ -70,7 +64,7 @@ def fake_prediction(volume: volumes.Volume, classes: list[volumes.ClassInfo]) ->
 
 
 def write_outputs(sink: JsonLinesSink, out: Path, images: list[str], classes: list[volumes.ClassInfo],
-                  model: str, command: str) -> None:
+                  model: str, command: str, outputs: dict[str, str] | None = None) -> None:
     entries = []
     for path in images:
         volume = volumes.read_volume(path)
@@ -87,9 +81,10 @@ def write_outputs(sink: JsonLinesSink, out: Path, images: list[str], classes: li
         entries.append({"name": volume.name, "image": path, "segmentation": str(seg), "uncertainty": str(unc),
                         "uncertainty_score": float(uncertainty.mean())})
     summary = {"version": "fake", "command": command, "model": model, "classes": [c.to_dict() for c in classes],
+               "outputs": {kind: (outputs or {}).get(kind) for kind in OUTPUT_KINDS},
                "uncertainty_measure": "normalised predictive entropy (fake)", "volumes": entries}
-    (out / "summary.json").write_text(json.dumps(summary, indent=1))
-    sink.emit("output", kind="summary", path=str(out / "summary.json"))
+    (out / SUMMARY_FILE).write_text(json.dumps(summary, indent=1))
+    sink.emit("output", kind="summary", path=str(out / SUMMARY_FILE))
 
 
 def iterate(sink: JsonLinesSink, out: Path, total: int, start: float) -> None:
@@ -104,7 +99,7 @@ def iterate(sink: JsonLinesSink, out: Path, total: int, start: float) -> None:
         sink.emit("progress", stage="warmup", iteration=iteration, total=total,
                   losses={"dice": loss, "contrastive": loss / 2}, elapsed_s=time.time() - start,
                   eta_s=(total - iteration) * step, slices_per_s=10.0)
-        if _cancel["requested"]:
+        if _cancel.is_set():
             checkpoint = out / "checkpoint.pt"
             checkpoint.write_text("fake checkpoint")
             raise KeyboardInterrupt(str(checkpoint))
@@ -117,6 +112,7 @@ def main(argv: list[str]) -> int:
     sink = JsonLinesSink()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    cli.watch_stop_file(out / STOP_FILE, _cancel)
     start = time.time()
     sink.emit("start", command=args.command, version="fake", device="cpu", out=str(out))
     grandchild_file = os.environ.get("FAKE_ENGINE_GRANDCHILD")
@@ -136,13 +132,18 @@ def main(argv: list[str]) -> int:
                 model = json.loads(Path(args.init_model).read_text())
                 if [c["name"] for c in model["classes"]] != [c.name for c in classes]:
                     raise volumes.InputError(args.init_model, "has other classes than the annotations")
-            total = args.iterations or (8 if args.init_model else 30)
+            total = cli.train_config(args, bool(args.unlabeled)).total_iterations
             iterate(sink, out, total, start)
-            model_path = out / "model.pt"
-            model_path.write_text(json.dumps({"fake": True, "classes": [c.to_dict() for c in classes],
-                                              "init_model": args.init_model, "iterations": total}))
-            sink.emit("output", kind="model", path=str(model_path))
-            write_outputs(sink, out, list(args.unlabeled), classes, str(model_path), "train")
+            files = {"model": out / "model.pt", "checkpoint": out / "checkpoint.pt", "training": out / "training.json",
+                     "job": out / "job.json"}
+            files["model"].write_text(json.dumps({"fake": True, "classes": [c.to_dict() for c in classes],
+                                                  "init_model": args.init_model, "iterations": total}))
+            files["checkpoint"].write_text("fake checkpoint: weights, optimiser state and pseudo-labels")
+            files["training"].write_text(json.dumps({"iterations": total}))
+            files["job"].write_text(json.dumps({"labeled": args.labeled, "unlabeled": args.unlabeled}))
+            sink.emit("output", kind="model", path=str(files["model"]))
+            write_outputs(sink, out, list(args.unlabeled), classes, str(files["model"]), "train",
+                          {kind: str(path) for kind, path in files.items()})
         else:
             model = json.loads(Path(args.model).read_text())
             classes = [volumes.ClassInfo.from_dict(c) for c in model["classes"]]

@@ -24,6 +24,7 @@ sys.path.insert(0, str(ROOT / "PLCLSegmentation"))
 DATA = ROOT.parent / "shared" / "data"
 ACDC = DATA / "acdc"
 FAKE_ENGINE = Path(__file__).resolve().with_name("fake_engine.py")
+LAUNCHER = Path(__file__).resolve().with_name("launcher.py")
 
 HEART_TERMINOLOGY = ("Segmentation category and type - 3D Slicer General Anatomy list~SCT^123037004^Anatomical "
                      "Structure~SCT^80891009^Heart~^^~Anatomic codes - DICOM master list~^^~^^")
@@ -129,6 +130,16 @@ class SlicerApp:
         app.scene.SetURL(str(mrml))
         assert app.scene.Import(), f"could not load {mrml}"
         return app
+
+
+def alive(pid: int) -> bool:
+    """Whether process ``pid`` runs (a zombie, dead but not yet reaped, does not)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    stat = Path(f"/proc/{pid}/stat")
+    return not (stat.exists() and stat.read_text().split(")")[-1].split()[0] == "Z")
 
 
 def acdc_case(name: str) -> tuple[Path, Path]:

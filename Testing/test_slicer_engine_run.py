@@ -7,6 +7,7 @@ dozen iterations, so that it runs in about a minute on two CPU cores.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -16,7 +17,7 @@ import pytest
 
 pytest.importorskip("slicer", reason="slicer-core is not installed")
 
-from slicer_support import ACDC, ACDC_SEGMENTS, ROOT, SlicerApp, acdc_case, read_labels, snapshot  # noqa: E402
+from slicer_support import ACDC, ACDC_SEGMENTS, LAUNCHER, ROOT, SlicerApp, acdc_case, read_labels, snapshot  # noqa: E402
 
 from PLCLSegmentationLib.jobs import JobState  # noqa: E402
 from PLCLSegmentationLib.logic import PLCLSegmentationLogic  # noqa: E402
@@ -45,7 +46,9 @@ def scene(tmp_path):
     annotation = app.add_segmentation(volumes[0], read_labels(acdc_case(CASES[0])[1]), ACDC_SEGMENTS, "Annotation")
     before = snapshot(annotation)
     logic = PLCLSegmentationLogic(app.services, models_dir=tmp_path / "models", environment=ENVIRONMENT,
-                                  engine_command=[sys.executable, "-m", "PLCLSegmentationLib.engine"])
+                                  # through a launcher that forwards no signal, as PythonSlicer
+                                  engine_command=[sys.executable, str(LAUNCHER), sys.executable, "-m",
+                                                  "PLCLSegmentationLib.engine"])
     logic.refresh()
     logic.set_annotation(volumes[0], annotation)
     for name, value in (("budget", "quick"), ("device", "cpu"), ("iterations", ITERATIONS)):
@@ -72,6 +75,9 @@ def test_train_then_accept_and_retrain_faster(scene, record_property):
             [s[0] for s in ACDC_SEGMENTS]
         assert segments.GetNthSegment(2).GetTerminology() == ACDC_SEGMENTS[2][2]
         assert record.uncertainty is not None
+    run_folder = job.out_dir
+    assert sorted(p.name for p in run_folder.iterdir()) == ["engine.log", "model.pt", "summary.json"], \
+        "the checkpoint (pseudo-labels of the patients' volumes) stayed in the user's data folder"
 
     logic.accept(volumes[1])
     assert logic.state.record_for(volumes[1]).role == REVIEWED
@@ -81,10 +87,13 @@ def test_train_then_accept_and_retrain_faster(scene, record_property):
     retrain_s = time.monotonic() - started
     assert job.state == JobState.DONE, f"{job.error}\n" + "\n".join(job.tail)
     assert job.imported == [CASES[2]]
+    assert job.argv[job.argv.index("--iterations") + 1] == str(ITERATIONS)  # the engine shortens it
+    retrain_iterations = json.loads((job.out_dir / "summary.json").read_text())["iterations"]
+    assert 0 < retrain_iterations < ITERATIONS
     record_property("train_s", round(train_s, 1))
     record_property("retrain_s", round(retrain_s, 1))
     print(f"\ntrain from scratch ({ITERATIONS} iterations): {train_s:.1f} s; "
-          f"warm-start retrain ({job.argv[job.argv.index('--iterations') + 1]} iterations): {retrain_s:.1f} s")
+          f"warm-start retrain ({retrain_iterations} iterations, the engine's schedule): {retrain_s:.1f} s")
     assert retrain_s < train_s
 
 
@@ -102,6 +111,8 @@ def test_cancel_the_real_engine_mid_run(scene):
     logic.cancel()
     logic.wait(120)
     assert job.state == JobState.CANCELLED
+    assert any(line.startswith("cancelled: stopped on request") for line in job.log), "killed, not stopped"
+    assert job.process.returncode == 130
     assert app.nodes() == nodes_before
     assert not job.out_dir.exists()
     with pytest.raises(ProcessLookupError):

@@ -14,7 +14,17 @@ import pytest
 
 pytest.importorskip("slicer", reason="slicer-core is not installed")
 
-from slicer_support import ACDC, ACDC_SEGMENTS, FAKE_ENGINE, SlicerApp, acdc_case, read_labels, snapshot  # noqa: E402
+from slicer_support import (  # noqa: E402
+    ACDC,
+    ACDC_SEGMENTS,
+    FAKE_ENGINE,
+    LAUNCHER,
+    SlicerApp,
+    acdc_case,
+    alive,
+    read_labels,
+    snapshot,
+)
 
 from PLCLSegmentationLib import scene_io  # noqa: E402
 from PLCLSegmentationLib.engine import volumes  # noqa: E402
@@ -39,8 +49,10 @@ def digest(path: Path) -> str:
 class Session:
     """A scene with three ACDC volumes, the first annotated by the user (loaded from a .seg.nrrd file)."""
 
-    def __init__(self, tmp_path: Path, **engine_env: str) -> None:
+    def __init__(self, tmp_path: Path, launcher: bool = False, **engine_env: str) -> None:
         self.tmp = tmp_path
+        # As in Slicer, where PythonSlicer is a launcher that starts the real Python as its child.
+        self.command = [sys.executable, str(LAUNCHER)] * launcher + [sys.executable, str(FAKE_ENGINE)]
         self.app = SlicerApp()
         self.volumes = [self.app.load_volume(acdc_case(c)[0], c) for c in CASES]
         image = volumes.read_volume(acdc_case(CASES[0])[0])
@@ -62,7 +74,7 @@ class Session:
 
     def make_logic(self) -> PLCLSegmentationLogic:
         return PLCLSegmentationLogic(self.app.services, models_dir=self.tmp / "models",
-                                     engine_command=[sys.executable, str(FAKE_ENGINE)], environment=self.environment,
+                                     engine_command=self.command, environment=self.environment,
                                      grace_s=10)
 
     def check_user_data_untouched(self) -> None:
@@ -113,7 +125,10 @@ def test_train_propagates_to_every_unannotated_volume(session):
         assert record.uncertainty is not None and record.uncertainty.GetDisplayNode().GetColorNode() is not None
     state = logic.state
     assert Path(state.model_path).is_file() and [c["name"] for c in state.classes] == [s[0] for s in ACDC_SEGMENTS]
-    assert not (Path(state.model_path).parent / "predictions").exists()  # imported, then tidied
+    # Imported, then tidied: the run folder in the user's data folder keeps the model, the engine's
+    # summary and the log; not the checkpoint (pseudo-labels derived from the patients' volumes).
+    assert sorted(p.name for p in Path(state.model_path).parent.iterdir()) == \
+        ["engine.log", "model.pt", "summary.json"]
     # The loss plot grew with the progress events.
     assert job.plot.rows == 10 and set(job.plot.series) == {"dice", "contrastive"}
     assert job.plot.chart.GetAttribute(OWNER_ATTRIBUTE) == LOSS_CHART
@@ -131,7 +146,8 @@ def test_train_propagates_to_every_unannotated_volume(session):
 
 
 def test_cancel_mid_run_leaves_no_partial_nodes_and_no_process(tmp_path):
-    session = Session(tmp_path, FAKE_ENGINE_STEP_S="0.05", FAKE_ENGINE_GRANDCHILD=str(tmp_path / "grandchild.pid"))
+    session = Session(tmp_path, launcher=True, FAKE_ENGINE_STEP_S="0.05",
+                      FAKE_ENGINE_GRANDCHILD=str(tmp_path / "grandchild.pid"))
     logic = session.logic
     logic.state.set("iterations", 5000)
     nodes_before = session.app.nodes()
@@ -147,16 +163,17 @@ def test_cancel_mid_run_leaves_no_partial_nodes_and_no_process(tmp_path):
     assert job.state == JobState.CANCELLING
     logic.wait(30)
     assert job.state == JobState.CANCELLED
+    assert any(line.startswith("cancelled: stopped on request") for line in job.log), \
+        "the engine was killed instead of stopping after its step"
+    assert job.process.returncode == 130
     assert session.app.nodes() == nodes_before
     assert logic.state.node.GetParameter("volumes") == records_before
     assert logic.state.model_path == ""
     assert not job.out_dir.exists() and not job.inputs_dir.exists()
     grandchild = int((tmp_path / "grandchild.pid").read_text())
     time.sleep(0.2)
-    with pytest.raises(ProcessLookupError):
-        os.kill(grandchild, 0)
-    with pytest.raises(ProcessLookupError):
-        os.kill(job.process.pid, 0)
+    assert not alive(grandchild), "a process of the run survived the cancel"
+    assert not alive(job.process.pid)
     session.check_user_data_untouched()
 
 
@@ -197,10 +214,12 @@ def test_accept_and_retrain_from_the_current_model(session):
 
     job = logic.retrain()
     assert job.warm_start and job.argv[job.argv.index("--init-model") + 1] == model
-    assert job.argv[job.argv.index("--iterations") + 1] == "3"  # a shorter schedule than the first run's 10
+    # The module asks for the user's budget and a warm start; the engine's schedule makes it shorter.
+    assert job.argv[job.argv.index("--iterations") + 1] == "10"
     assert job.argv.count("--labeled") == 2
     logic.wait(60)
     assert job.state == JobState.DONE, job.error
+    assert job.total == 3 and job.plot.rows == 3 and first.total == 10
     assert job.imported == [CASES[2]]
     assert snapshot(corrected) == corrected_snapshot  # the accepted segmentation is training data: untouched
     assert old_prediction.GetScene() is None  # the unedited previous prediction was replaced
@@ -231,8 +250,13 @@ def test_save_model_and_apply_it_to_newly_loaded_volumes(session, tmp_path):
     logic = session.logic
     logic.train()
     logic.wait(60)
+    mine = tmp_path / "saved" / "heart.json"  # a file of the user's beside the chosen name
+    mine.parent.mkdir()
+    mine.write_text("the user's own notes")
     saved = logic.save_model(tmp_path / "saved" / "heart")
-    assert saved.endswith("heart.pt") and Path(saved).is_file() and Path(saved).with_suffix(".json").is_file()
+    assert saved.endswith("heart.pt") and Path(saved).is_file()
+    assert mine.read_text() == "the user's own notes"
+    assert sorted(p.name for p in mine.parent.iterdir()) == ["heart.json", "heart.pt"]
     assert logic.state.model_path == saved
 
     new_volume = session.app.load_volume(acdc_case("patient090_frame02")[0], "patient090_frame02")

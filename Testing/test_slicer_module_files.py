@@ -126,8 +126,8 @@ def test_module_file_declares_the_four_classes():
     assert "ScriptedLoadableModuleTest" in bases["PLCLSegmentationTest"]
 
 
-USER_FACING_CALLS = {"errorDisplay", "tryWithErrorDisplay", "confirmOkCancelDisplay", "getSaveFileName",
-                     "getOpenFileName", "addItem", "infoDisplay", "warningDisplay"}
+USER_FACING_CALLS = {"errorDisplay", "tryWithErrorDisplay", "showingErrors", "confirmOkCancelDisplay",
+                     "getSaveFileName", "getOpenFileName", "addItem", "infoDisplay", "warningDisplay"}
 
 
 def test_user_facing_strings_of_the_widget_are_translatable():
@@ -144,3 +144,51 @@ def test_user_facing_strings_of_the_widget_are_translatable():
                                                     for t in node.targets):
                 assert not (isinstance(node.value, ast.Constant) and isinstance(node.value.value, str)
                             and node.value.value), f"{path.name}:{node.lineno}: untranslated text"
+
+
+#: Keys of Slicer's extension catalog entry schema v1.0.1 (Schemas/ in Slicer/Slicer, present at tag v5.8.0).
+CATALOG_KEYS = {"$schema", "category", "scm_url", "scm_revision", "scm_type", "build_dependencies",
+                "build_subdirectory", "enabled", "tier"}
+
+
+def test_catalog_entry_for_the_extensions_index_agrees_with_cmake_and_s4ext():
+    """Since Slicer 5.8 the Extensions Index builds from JSON catalog entries; .s4ext is legacy."""
+    import json
+
+    entry = json.loads((ROOT / "PLCLSegmentation.json").read_text())
+    assert {"$schema", "category", "scm_url"} <= set(entry) <= CATALOG_KEYS, sorted(entry)
+    assert "slicer-extension-catalog-entry-schema-v1.0." in entry["$schema"]
+    cmake = (ROOT / "CMakeLists.txt").read_text()
+    value = {name: re.search(rf'set\({name} "([^"]*)"\)', cmake).group(1)
+             for name in ("EXTENSION_REPOSITORY", "EXTENSION_CATEGORY", "EXTENSION_DEPENDS", "EXTENSION_HOMEPAGE",
+                          "EXTENSION_ICONURL")}
+    repository = value["EXTENSION_REPOSITORY"]
+    assert entry["category"] == value["EXTENSION_CATEGORY"]
+    assert entry["build_dependencies"] == value["EXTENSION_DEPENDS"].split(";") == ["PyTorch"]
+    assert entry["scm_url"] == repository + ".git"
+    assert value["EXTENSION_HOMEPAGE"].startswith("${EXTENSION_REPOSITORY}")
+    assert value["EXTENSION_ICONURL"].startswith("${EXTENSION_REPOSITORY}")
+    s4ext = dict(line.split(" ", 1) for line in (ROOT / "PLCLSegmentation.s4ext").read_text().splitlines()
+                 if line.strip() and not line.startswith("#") and " " in line)
+    assert s4ext["scmurl"] == entry["scm_url"] and s4ext["homepage"] == repository
+    assert s4ext["category"] == entry["category"] and s4ext["depends"] == "PyTorch"
+    assert s4ext["scmrevision"] == entry["scm_revision"]
+
+
+def test_the_segments_table_cannot_edit_the_users_segments():
+    """readOnly only removes the name column's edit triggers: a double-click on the colour column still
+    opens the terminology dialog and sets the segment's name, colour and terminology
+    (qMRMLSegmentsTableView::onSegmentsTableDoubleClicked, Slicer v5.8.0 to main). So no colour
+    column, and no column that toggles something (visibility, opacity, status, layer)."""
+    root = ET.parse(UI).getroot()
+    table = next(w for w in root.iter("widget") if w.get("name") == "segmentsTableView")
+    properties = {p.get("name"): p.find("bool").text for p in table.findall("property") if p.find("bool") is not None}
+    assert properties.get("readOnly") == "true"
+    for column in ("colorColumnVisible", "visibilityColumnVisible", "opacityColumnVisible", "statusColumnVisible",
+                   "layerColumnVisible"):
+        assert properties.get(column) == "false", column
+
+
+def test_the_supported_slicer_versions_are_stated():
+    assert "Supported Slicer versions: 5.8 and later" in (ROOT / "README.md").read_text()
+    assert "Supported: Slicer 5.8 and later." in (MODULE / "PLCLSegmentation.py").read_text()

@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 import pytest
-from slicer_support import FAKE_ENGINE, ROOT
+from slicer_support import FAKE_ENGINE, LAUNCHER, ROOT, alive
 
 from PLCLSegmentationLib.process import EngineProcess, RunState
 
@@ -23,15 +23,6 @@ def drain(process: EngineProcess, timeout: float = 60.0, until=None) -> list:
         assert time.monotonic() < deadline, "the child did not finish in time"
         time.sleep(0.02)
     return messages
-
-
-def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    stat = Path(f"/proc/{pid}/stat")
-    return not (stat.exists() and stat.read_text().split(")")[-1].split()[0] == "Z")  # a zombie is dead
 
 
 def python(code: str) -> list[str]:
@@ -133,3 +124,54 @@ def test_cancel_kills_a_child_that_ignores_it():
     drain(process, timeout=20)
     assert process.state == RunState.CANCELLED and process.returncode == -9
     assert time.monotonic() - started < 10
+
+
+
+
+
+def tiny_case(folder: Path) -> list[str]:
+    """Two small volumes, the first with a label map: (image, label, unannotated image)."""
+    import SimpleITK as sitk
+    from conftest import make_image, phantom
+
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for seed in (0, 1):
+        image, labels = phantom((5, 64, 64), seed=seed)
+        sitk.WriteImage(make_image(image), str(folder / f"case{seed}.nrrd"))
+        paths.append(str(folder / f"case{seed}.nrrd"))
+        if seed == 0:
+            sitk.WriteImage(make_image(labels), str(folder / "case0_label.nrrd"))
+            paths.append(str(folder / "case0_label.nrrd"))
+    return paths
+
+
+def test_cancel_through_a_launcher_stops_the_real_engine_cleanly(tmp_path):
+    """PythonSlicer starts the real Python as its child and forwards no signal: cancel must ask the
+    engine itself (the stop file), which finishes its step, saves a checkpoint and says so."""
+    import importlib.util
+
+    if importlib.util.find_spec("torch") is None:
+        pytest.skip("torch is not installed: the real engine cannot run")
+    image, label, other = tiny_case(tmp_path / "data")
+    out = tmp_path / "out"
+    environment = {**os.environ, "PYTHONPATH": str(ROOT / "PLCLSegmentation")}
+    process = EngineProcess([sys.executable, str(LAUNCHER), sys.executable, "-m", "PLCLSegmentationLib.engine",
+                             "train", "--labeled", image, label, "--unlabeled", other, "--out", str(out),
+                             "--budget", "quick", "--iterations", "100000", "--device", "cpu", "--events", "jsonl",
+                             "--set", "patch_size=64", "--set", "batch_size=2", "--set", "contrastive_images=2"],
+                            env=environment, grace_s=60, stop_file=out / "stop.request")
+    process.start()
+    messages = drain(process, timeout=180, until=lambda ms: any(
+        m.kind == "event" and m.data["event"] == "progress" for m in ms))
+    assert not process.state.finished, "\n".join(process.tail)
+    started = time.monotonic()
+    process.cancel()
+    messages += drain(process, timeout=90)
+    events = [m.data for m in messages if m.kind == "event"]
+    cancelled = [e for e in events if e["event"] == "cancelled"]
+    assert cancelled, "the engine was killed, not stopped: " + "\n".join(process.tail)
+    assert process.state == RunState.CANCELLED and process.returncode == 130
+    assert cancelled[0]["checkpoint"] and Path(cancelled[0]["checkpoint"]).is_file()
+    assert time.monotonic() - started < 30, "the engine took longer than a step to stop"
+    assert not alive(process.pid)

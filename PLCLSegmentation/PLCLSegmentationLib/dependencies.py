@@ -20,6 +20,7 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 from pathlib import Path
 from typing import Any, Callable
 
@@ -130,6 +131,45 @@ def probe_interpreter(python: str, env: dict[str, str] | None = None, timeout_s:
         detail = (completed.stderr.strip().splitlines() or ["no output"])[-1]
         raise RuntimeError(f"{python} is not a usable Python interpreter: {detail}")
     return json.loads(lines[-1])
+
+
+class InterpreterChecks:
+    """Probes of external interpreters, each run once in a background thread and remembered.
+
+    :meth:`check` never blocks: it returns the probe's answer ({missing, python, torch, ...} or
+    {"error": message}), or None while the probe runs. An interpreter that changed on disk (its
+    modification time) is probed again.
+    """
+
+    def __init__(self, probe: Callable[[str], dict[str, Any]] | None = None) -> None:
+        self._probe = probe or (lambda python: probe_interpreter(python, env=child_environment(True)))
+        self._results: dict[tuple[str, float], dict[str, Any] | None] = {}
+        self._lock = threading.Lock()
+
+    def check(self, python: str) -> dict[str, Any] | None:
+        key = (python, _mtime(python))
+        with self._lock:
+            if key in self._results:
+                return self._results[key]
+            self._results[key] = None
+        threading.Thread(target=self._run, args=(key,), daemon=True, name="plcl-probe").start()
+        return None
+
+    def _run(self, key: tuple[str, float]) -> None:
+        try:
+            result = self._probe(key[0])
+        except Exception as error:  # one clear line for the user
+            result = {"error": str(error)}
+        with self._lock:
+            self._results[key] = result
+
+
+def _mtime(path: str) -> float:
+    found = path if os.path.isfile(path) else shutil.which(path)
+    try:
+        return os.stat(found).st_mtime if found else -1.0
+    except OSError:
+        return -1.0
 
 
 def ensure_slicer_packages(confirm: Callable[[str], bool], log: Callable[[str], None] = print) -> bool:

@@ -62,7 +62,7 @@ class Job:
     device: str = ""
     error: str = ""
     warnings: list[str] = field(default_factory=list)
-    outputs: list[dict[str, Any]] = field(default_factory=list)
+    kept: list[Path] = field(default_factory=list)  # files of the run folder kept after success (the model)
     log: collections.deque[str] = field(default_factory=lambda: collections.deque(maxlen=2000))
     pending: list[str] = field(default_factory=list)  # log lines not yet shown (see take_log)
     tail: list[str] = field(default_factory=list)  # last lines of the engine's log (on failure)
@@ -133,8 +133,6 @@ class Job:
         elif kind == "start":
             self.device = str(event.get("device", ""))
             self.add_log(f"engine {event.get('version', '')} started on {self.device}")
-        elif kind == "output":
-            self.outputs.append(event)
         elif kind == "warning":
             self.warnings.append(str(event.get("message", "")))
             self.add_log(f"warning: {event.get('message', '')}")

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from . import dependencies, scene_io
+from .engine.events import STOP_FILE, SUMMARY_FILE
 from .jobs import PREDICT, TRAIN, Job, JobState
 from .parameters import (
     ANNOTATED,
@@ -37,10 +38,7 @@ from .parameters import (
 from .plots import LOSS_CHART, LOSS_SERIES, LOSS_TABLE, LossPlot
 from .process import EngineProcess, Message, RunState
 from .scene_io import SceneTransaction, SegmentClass
-from .services import OWNER_ATTRIBUTE, PLCLError, SlicerServices, is_owned
-
-#: Retraining with a warm start and a user-set number of iterations uses this share of them.
-RETRAIN_FRACTION = 0.3
+from .services import OWNER_ATTRIBUTE, PYTHON_SETTING, PLCLError, SlicerServices, is_owned
 
 
 @dataclass
@@ -65,6 +63,9 @@ class PLCLSegmentationLogic:
         self.process_factory = process_factory
         self.grace_s = grace_s
         self.job: Job | None = None
+        #: What each chosen interpreter can do, probed once in the background.
+        self.interpreters = dependencies.InterpreterChecks()
+        self._before_import: dict[str, Any] | None = None
 
     @property
     def scene(self) -> Any:
@@ -82,12 +83,16 @@ class PLCLSegmentationLogic:
     def refresh(self) -> list[VolumeRecord]:
         """Bring the records up to date with the scene: forget deleted volumes, add new ones as unannotated."""
         state = self.state
+        if self.scene.IsImporting() or self.scene.IsClosing():  # settle once the scene has
+            return state.records()
         state.prune()
         records = state.records()
         known = {r.volume.GetID() for r in records}
         changed = []
         for record in records:  # a prediction the user deleted: the volume waits for the next run
-            if record.role in (PREDICTED, REVIEWED) and record.segmentation is None:
+            if not scene_io.is_grayscale_volume(record.volume):  # e.g. a record of an older version
+                state.remove(record.key)
+            elif record.role in (PREDICTED, REVIEWED) and record.segmentation is None:
                 record.role, record.uncertainty, record.score, record.fingerprint = UNANNOTATED, None, None, ""
                 changed.append(record)
             elif record.role == ANNOTATED and record.segmentation is None:
@@ -171,11 +176,8 @@ class PLCLSegmentationLogic:
                 argv += ["--unlabeled", *[str(self._export_image(r, inputs)) for r in targets]]
             out = self._run_folder(TRAIN)
             argv += ["--out", str(out), "--budget", state.budget, "--device", state.device, "--events", "jsonl"]
-            if state.iterations:
-                iterations = state.iterations
-                if warm_start:
-                    iterations = max(1, round(iterations * RETRAIN_FRACTION))
-                argv += ["--iterations", str(iterations)]
+            if state.iterations:  # the same budget as a first training: the engine shortens a warm start
+                argv += ["--iterations", str(state.iterations)]
             if init_model:
                 argv += ["--init-model", init_model]
         except BaseException:
@@ -187,7 +189,7 @@ class PLCLSegmentationLogic:
         return self._start(job)
 
     def retrain(self) -> Job:
-        """Train again from the current model (warm start: a shorter schedule) with the reviewed volumes."""
+        """Train again from the current model with the reviewed volumes (the engine's warm-start schedule)."""
         return self.train(warm_start=True)
 
     def predict(self, volumes: Sequence[Any] | None = None, model_path: str | None = None) -> Job:
@@ -265,12 +267,34 @@ class PLCLSegmentationLogic:
             time.sleep(interval_s)
         return self.job
 
-    def shutdown(self) -> None:
-        """End a running child at once (Slicer closes, the scene is closed)."""
-        if self.busy and self.job is not None:
-            self.job.process.kill()
-            self.job.process.wait(10)
-            self.poll()
+    def shutdown(self, timeout_s: float = 10.0) -> None:
+        """End a running child at once (Slicer closes, the scene is closed), and with it the run: its
+        exported inputs and its folder are removed, nothing is imported."""
+        job = self.job
+        if job is None or job.state.finished:
+            return
+        if job.process is not None:
+            job.process.kill()
+            deadline = time.monotonic() + timeout_s
+            while not job.process.state.finished and time.monotonic() < deadline:
+                self.poll()  # the exit arrives once the child's output is read to its end
+                time.sleep(0.02)
+        if not job.state.finished:  # the child did not report its exit in time: forget the run anyway
+            job.state = JobState.CANCELLED
+            job.finished = time.monotonic()
+            self._discard(job, keep_out=False)
+            shutil.rmtree(job.inputs_dir, ignore_errors=True)
+
+    def before_import(self) -> None:
+        """A scene is about to be imported into this one (Add Data of a .mrml or .mrb)."""
+        self._before_import = self.state.snapshot()
+
+    def after_import(self) -> None:
+        """Keep our state (a running job's records among it) beside what the imported scene brought."""
+        before, self._before_import = self._before_import, None
+        if before is not None:
+            self.state.merge_import(before)
+        self.refresh()
 
     # --- review ---------------------------------------------------------------------------------
     def review_rows(self) -> list[ReviewRow]:
@@ -311,11 +335,13 @@ class PLCLSegmentationLogic:
         if target.suffix != ".pt":
             target = target.with_name(target.name + ".pt")
         target.parent.mkdir(parents=True, exist_ok=True)
-        if target.resolve() != Path(source).resolve():
-            shutil.copyfile(source, target)
-            summary = Path(source).with_name("summary.json")
-            if summary.is_file():
-                shutil.copyfile(summary, target.with_suffix(".json"))
+        if target.resolve() != Path(source).resolve():  # the model file carries its classes: nothing else
+            partial = target.with_name(f".{target.name}.{uuid.uuid4().hex[:6]}.part")
+            try:
+                shutil.copyfile(source, partial)
+                os.replace(partial, target)
+            finally:
+                partial.unlink(missing_ok=True)
         self.state.set("modelPath", str(target))
         return str(target)
 
@@ -325,13 +351,23 @@ class PLCLSegmentationLogic:
         model = Path(path)
         if not model.is_file():
             raise PLCLError(f"Model file not found: {model}")
-        classes: list[dict[str, Any]] = []
-        summary = model.with_suffix(".json") if model.name != "model.pt" else model.with_name("summary.json")
-        with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
-            classes = [SegmentClass.from_dict(c).to_dict() for c in json.loads(summary.read_text())["classes"]]
+        # Its classes are in the file, read by the engine: a prediction's segments carry their names,
+        # colours and terminology; a retrain matches the annotations to them by name.
         self.state.set("modelPath", str(model.resolve()))
-        self.state.set("classes", classes)
+        self.state.set("classes", [])
         return str(model)
+
+    # --- the engine's interpreter (an application setting, never the scene's) -------------------
+    @property
+    def python(self) -> str:
+        """The Python interpreter the user chose on this machine to run the engine ("" : Slicer's)."""
+        value = self.services.settings.value(PYTHON_SETTING, "")
+        return str(value or "").strip()
+
+    def set_python(self, path: str) -> None:
+        self.services.settings.setValue(PYTHON_SETTING, str(path or "").strip())
+        if self.python:
+            self.interpreters.check(self.python)  # in the background, so that Train finds the answer
 
     # --- internals ------------------------------------------------------------------------------
     def _check_idle(self) -> None:
@@ -339,7 +375,7 @@ class PLCLSegmentationLogic:
             raise PLCLError("A run is in progress: wait for it to finish or cancel it.")
 
     def _command(self) -> list[str]:
-        return list(self.engine_command) if self.engine_command else dependencies.engine_command(self.state.python)
+        return list(self.engine_command) if self.engine_command else dependencies.engine_command(self.python)
 
     def _training_classes(self, training: list[VolumeRecord], warm_start: bool) -> list[SegmentClass]:
         if warm_start and self.state.classes:
@@ -363,8 +399,9 @@ class PLCLSegmentationLogic:
     def _start(self, job: Job) -> Job:
         environment = self.environment
         if environment is None:
-            environment = dependencies.child_environment(external_python=bool(self.state.python))
-        job.process = self.process_factory(job.argv, env=environment, log_path=job.log_path, grace_s=self.grace_s)
+            environment = dependencies.child_environment(external_python=bool(self.python))
+        job.process = self.process_factory(job.argv, env=environment, log_path=job.log_path, grace_s=self.grace_s,
+                                           stop_file=job.out_dir / STOP_FILE)
         try:
             job.process.start()
         except OSError as error:
@@ -410,10 +447,7 @@ class PLCLSegmentationLogic:
             shutil.rmtree(job.out_dir, ignore_errors=True)
 
     def _import(self, job: Job) -> None:
-        summary: dict[str, Any] = {}
-        summary_path = job.out_dir / "summary.json"
-        if summary_path.is_file():
-            summary = json.loads(summary_path.read_text(encoding="utf-8"))
+        summary = read_summary(job.out_dir)
         by_name = {str(v.get("name")): v for v in summary.get("volumes", []) if isinstance(v, dict)}
         records = {r.key: r for r in self.state.records()}
         transaction = SceneTransaction(self.scene)
@@ -425,13 +459,13 @@ class PLCLSegmentationLogic:
                     job.warnings.append(f"a volume was deleted during the run; its result is skipped ({stem})")
                     continue
                 info = by_name.get(stem, {})
-                segmentation_path = self._output(job, info.get("segmentation"), "predictions", f"{stem}.seg.nrrd")
+                segmentation_path = output_path(job.out_dir, info.get("segmentation"))
                 if segmentation_path is None:
                     raise PLCLError(f"the engine wrote no segmentation for '{record.name}'")
                 node = scene_io.add_prediction(self.services, transaction, record.volume, str(segmentation_path),
                                                job.classes)
                 uncertainty = None
-                uncertainty_path = self._output(job, info.get("uncertainty"), "uncertainty", f"{stem}.nrrd")
+                uncertainty_path = output_path(job.out_dir, info.get("uncertainty"))
                 if uncertainty_path is not None:
                     uncertainty = scene_io.add_uncertainty(self.services, transaction, record.volume,
                                                            str(uncertainty_path))
@@ -450,9 +484,10 @@ class PLCLSegmentationLogic:
         if updates:
             state.save(*(u[0] for u in updates))
         if job.kind == TRAIN:
-            model = job.out_dir / "model.pt"
-            if not model.is_file():
+            model = output_path(job.out_dir, (summary.get("outputs") or {}).get("model"))
+            if model is None:
                 raise PLCLError(f"the engine wrote no model file in {job.out_dir}")
+            job.kept = [model]
             state.set("modelPath", str(model))
             state.set("classes", [c.to_dict() for c in job.classes])
             self._remove_old_plots(keep=job.plot.nodes if job.plot is not None else [])
@@ -482,25 +517,42 @@ class PLCLSegmentationLogic:
         for node in stale:
             scene_io.remove_node(self.scene, node)
 
-    def _output(self, job: Job, reported: Any, folder: str, name: str) -> Path | None:
-        for candidate in (Path(str(reported)) if reported else None, job.out_dir / folder / name):
-            if candidate is None:
-                continue
-            path = candidate if candidate.is_absolute() else job.out_dir / candidate
-            if path.is_file():
-                return path
-        return None
-
     def _tidy_after_success(self, job: Job) -> None:
+        """A prediction's folder goes; a training's keeps its model, summary and log. Everything else
+        (the checkpoint with pseudo-labels derived from the patients' volumes, the imported
+        predictions) is removed from the user's data folder."""
         if job.kind == PREDICT:
             shutil.rmtree(job.out_dir, ignore_errors=True)
             return
-        for folder in ("predictions", "uncertainty"):  # now in the scene
-            shutil.rmtree(job.out_dir / folder, ignore_errors=True)
-        for output in job.outputs:
-            if output.get("kind") == "checkpoint" and output.get("path"):
-                path = Path(str(output["path"]))
-                if path.is_file() and job.out_dir in path.parents:
-                    with contextlib.suppress(OSError):
-                        path.unlink()
+        keep = {p.resolve() for p in [*job.kept, job.out_dir / SUMMARY_FILE, job.log_path]}
+        for path in job.out_dir.iterdir():
+            if path.resolve() in keep:
+                continue
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                with contextlib.suppress(OSError):
+                    path.unlink()
 
+
+def read_summary(out_dir: Path) -> dict[str, Any]:
+    """The engine's one description of a run's outputs (engine/events.py: SUMMARY_FILE)."""
+    path = out_dir / SUMMARY_FILE
+    try:
+        summary = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise PLCLError(f"the engine wrote no {SUMMARY_FILE} in {out_dir}") from None
+    except (OSError, ValueError) as error:
+        raise PLCLError(f"{path}: not readable ({error})") from None
+    if not isinstance(summary, dict):
+        raise PLCLError(f"{path}: not a run summary")
+    return summary
+
+
+def output_path(out_dir: Path, reported: Any) -> Path | None:
+    """A file the summary names (relative paths are in the run folder), if it exists."""
+    if not reported:
+        return None
+    path = Path(str(reported))
+    path = path if path.is_absolute() else out_dir / path
+    return path if path.is_file() else None

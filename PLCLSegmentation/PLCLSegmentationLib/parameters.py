@@ -4,7 +4,9 @@ The state lives in the module's parameter node, the singleton ``vtkMRMLScriptedM
 ``ScriptedLoadableModuleLogic.getParameterNode()`` also finds (same singleton tag and ``ModuleName``
 attribute), so it is saved and loaded with the scene:
 
-* settings are string parameters (budget, device, Python interpreter, model path, ...);
+* settings are string parameters (budget, device, model path, ...); the Python interpreter is not
+  among them: a scene comes from anyone, so the program that runs the engine is an application
+  setting of this machine (services.PYTHON_SETTING);
 * each volume the module knows is a *record*: its role and scores in the JSON parameter ``volumes``,
   keyed by a short random key, and its nodes as node references ``plclVolume_<key>``,
   ``plclSegmentation_<key>`` and ``plclUncertainty_<key>``. Node references follow node ID changes
@@ -41,7 +43,6 @@ SETTINGS: dict[str, str] = {
     "budget": "standard",
     "device": "auto",
     "iterations": "0",  # 0: the budget's own schedule
-    "python": "",  # empty: Slicer's own Python
     "modelPath": "",  # the current model (model.pt)
     "showUncertainty": "true",
     "uncertaintyOpacity": "0.4",
@@ -135,10 +136,6 @@ class ModuleState:
             return 0
 
     @property
-    def python(self) -> str:
-        return self.get("python").strip()
-
-    @property
     def model_path(self) -> str:
         return self.get("modelPath")
 
@@ -222,6 +219,29 @@ class ModuleState:
             for prefix in (_VOLUME, _SEGMENTATION, _UNCERTAINTY):
                 node.RemoveNodeReferenceIDs(prefix + key)
             node.SetParameter("volumes", json.dumps(table))
+        finally:
+            node.EndModify(was_modifying)
+
+    def snapshot(self) -> dict[str, Any]:
+        """The settings and records, to be merged back after a scene import (see :meth:`merge_import`)."""
+        node = self.node
+        return {"settings": {name: node.GetParameter(name) for name in SETTINGS if node.HasParameter(name)},
+                "records": self.records()}
+
+    def merge_import(self, before: dict[str, Any]) -> None:
+        """A scene imported with Add Data may carry this module's parameter node: being a singleton, its
+        content replaces ours. Keep our settings and records, and add the imported records."""
+        node = self.node
+        was_modifying = node.StartModify()
+        try:
+            for name, value in before["settings"].items():
+                node.SetParameter(name, value)
+            ours = before["records"]
+            self.save(*ours)
+            volumes = {r.volume.GetID(): r.key for r in ours}
+            for record in self.records():  # one record per volume: ours win
+                if volumes.get(record.volume.GetID(), record.key) != record.key:
+                    self.remove(record.key)
         finally:
             node.EndModify(was_modifying)
 

@@ -13,9 +13,14 @@ States::
                          |    --other exit--> failed
                          +--cancel()--> cancelling --exit--> cancelled
 
-``cancel()`` sends SIGTERM (CTRL_BREAK on Windows) to the group: the engine finishes its step,
-saves a checkpoint and exits 130. If it is still alive after ``grace_s`` seconds, the whole tree
-is killed. Whatever the outcome, processes left in the group after the child exits are killed.
+``cancel()`` asks the engine itself to stop: it creates the engine's stop file (``stop_file``,
+engine/events.py: STOP_FILE), which the engine handles like SIGINT: it finishes its step, saves a
+checkpoint, says ``cancelled`` and exits 130. A signal would not do: Slicer's ``PythonSlicer`` is a
+launcher that starts the real Python and does not forward signals (SIGTERM ends the launcher and
+the engine with it, without a checkpoint), and on Windows CTRL_BREAK cannot reach a process started
+without a console. Without a stop file (any other command), cancel sends SIGTERM to the group. If
+the child is still alive after ``grace_s`` seconds, the whole tree is killed. Whatever the
+outcome, processes left in the group after the child exits are killed.
 """
 
 from __future__ import annotations
@@ -35,7 +40,7 @@ from enum import Enum
 from pathlib import Path
 from typing import Any, Callable
 
-EXIT_CANCELLED = 130  # the engine's exit code on cancel (engine/events.py)
+from .engine.events import EXIT_CANCELLED
 
 
 class RunState(str, Enum):
@@ -67,12 +72,14 @@ class EngineProcess:
     """One run of a command that speaks the engine's JSON-lines protocol on stdout."""
 
     def __init__(self, argv: Sequence[str], env: dict[str, str] | None = None, cwd: str | None = None,
-                 log_path: str | os.PathLike[str] | None = None, tail_lines: int = 40, grace_s: float = 20.0) -> None:
+                 log_path: str | os.PathLike[str] | None = None, tail_lines: int = 40, grace_s: float = 20.0,
+                 stop_file: str | os.PathLike[str] | None = None) -> None:
         self.argv = [str(a) for a in argv]
         self.env = env
         self.cwd = cwd
         self.log_path = Path(log_path) if log_path else None
         self.grace_s = grace_s
+        self.stop_file = Path(stop_file) if stop_file else None
         self.state = RunState.IDLE
         self.returncode: int | None = None
         self.error: str | None = None  # message of the last ``error`` event
@@ -117,12 +124,19 @@ class EngineProcess:
         threading.Thread(target=self._wait, args=(readers,), daemon=True, name="plcl-wait").start()
 
     def cancel(self) -> None:
-        """Ask the child to stop (it saves a checkpoint); kill the tree if it has not exited after grace_s."""
+        """Ask the engine to stop (it saves a checkpoint); kill the tree if it has not exited after grace_s."""
         if not self.state.active or self._cancel_requested:
             return
         self._cancel_requested = True
         self.state = RunState.CANCELLING
-        self._signal_group(terminate=True)
+        if self.stop_file is not None:
+            try:
+                self.stop_file.parent.mkdir(parents=True, exist_ok=True)
+                self.stop_file.touch()
+            except OSError:  # the folder is gone or read-only: the signal is better than nothing
+                self._signal_group(terminate=True)
+        else:
+            self._signal_group(terminate=True)
         self._kill_timer = threading.Timer(self.grace_s, self.kill)
         self._kill_timer.daemon = True
         self._kill_timer.start()

@@ -50,16 +50,25 @@ class SegmentClass:
 # --- finding nodes ------------------------------------------------------------------------------
 
 
+def is_grayscale_volume(node: Any) -> bool:
+    """A single-component scalar volume the engine can segment.
+
+    Label maps, vector (RGB), tensor and diffusion volumes are all subclasses of
+    vtkMRMLScalarVolumeNode: only the class itself, with one scalar component, qualifies.
+    """
+    if node is None or node.GetClassName() != "vtkMRMLScalarVolumeNode":
+        return False
+    image = node.GetImageData()
+    return image is not None and image.GetNumberOfScalarComponents() == 1
+
+
 def scalar_volumes(scene: Any) -> list[Any]:
     """The scene's grayscale volumes that can be segmented (not label maps, not our uncertainty maps)."""
     volumes = []
     for index in range(scene.GetNumberOfNodesByClass("vtkMRMLScalarVolumeNode")):
         node = scene.GetNthNodeByClass(index, "vtkMRMLScalarVolumeNode")
-        if node.IsA("vtkMRMLLabelMapVolumeNode") or is_owned(node) or node.GetHideFromEditors():
-            continue
-        if node.GetImageData() is None:
-            continue
-        volumes.append(node)
+        if is_grayscale_volume(node) and not is_owned(node) and not node.GetHideFromEditors():
+            volumes.append(node)
     return volumes
 
 
@@ -76,13 +85,34 @@ def classes_from_segments(segmentation_node: Any, ids: Sequence[str]) -> list[Se
         segment = segmentation.GetSegment(segment_id)
         if segment is None:
             raise PLCLError(f"Segmentation '{segmentation_node.GetName()}' has no segment '{segment_id}'.")
-        terminology = segment.GetTerminology() if segment.HasTerminology() else ""
-        classes.append(SegmentClass(value, segment.GetName(), tuple(segment.GetColor()), terminology))
+        classes.append(SegmentClass(value, segment.GetName(), tuple(segment.GetColor()), get_terminology(segment)))
     names = [c.name.strip().lower() for c in classes]
     if len(set(names)) != len(names):
         raise PLCLError(f"Segmentation '{segmentation_node.GetName()}': the segments to learn must have "
                         "different names.")
     return classes
+
+
+def get_terminology(segment: Any) -> str:
+    """A segment's terminology entry string ("" if none).
+
+    Through the segment's tag, which every supported Slicer has (``vtkSegment.Get/Set/HasTerminology``
+    only exist since Slicer 5.10 and are thin wrappers of this tag).
+    """
+    import slicer
+    import vtk
+
+    name = slicer.vtkSegment.GetTerminologyEntryTagName()
+    value = vtk.reference("")
+    if not segment.HasTag(name) or not segment.GetTag(name, value):
+        return ""
+    return str(value)
+
+
+def set_terminology(segment: Any, terminology: str) -> None:
+    import slicer
+
+    segment.SetTag(slicer.vtkSegment.GetTerminologyEntryTagName(), terminology)
 
 
 def match_segments(segmentation_node: Any, classes: Sequence[SegmentClass],
@@ -171,7 +201,7 @@ def write_annotation(services: SlicerServices, segmentation_node: Any, ids: Sequ
         segment.SetName(info.name)
         segment.SetColor(*info.color)
         if info.terminology:
-            segment.SetTerminology(info.terminology)
+            set_terminology(segment, info.terminology)
     target.SetReferenceImageGeometryParameterFromVolumeNode(reference_volume)
     storage = slicer.vtkMRMLSegmentationStorageNode()
     storage.SetFileName(str(path))
@@ -256,7 +286,7 @@ def apply_classes(segmentation: Any, classes: Sequence[SegmentClass]) -> None:
         segment.SetName(info.name)
         segment.SetColor(*info.color)
         if info.terminology:
-            segment.SetTerminology(info.terminology)
+            set_terminology(segment, info.terminology)
 
 
 def add_prediction(services: SlicerServices, transaction: SceneTransaction, volume: Any, segmentation_path: str,
@@ -293,14 +323,28 @@ def add_uncertainty(services: SlicerServices, transaction: SceneTransaction, vol
     display.SetAndObserveColorNodeID(colors.GetID())
     display.AutoWindowLevelOff()
     display.SetWindowLevelMinMax(0.0, 1.0)
+    display.SetApplyThreshold(True)  # certain voxels transparent: the only alpha slice views honour
+    display.AutoThresholdOff()
+    display.SetThreshold(UNCERTAINTY_SHOWN_FROM, 1.0)
     node.SetAndObserveDisplayNodeID(display.GetID())
     node.SetAndObserveTransformNodeID(volume.GetTransformNodeID())
     place_next_to(services, node, volume)
     return node
 
 
+#: Uncertainty below this is not drawn (the overlay shows only where the model hesitates).
+UNCERTAINTY_SHOWN_FROM = 0.05
+
+
 def uncertainty_color_table(scene: Any, transaction: SceneTransaction | None = None) -> Any:
-    """The module's colour table for uncertainty: transparent where certain, then yellow to red."""
+    """The module's colour table for uncertainty: opaque, pale yellow (a little uncertain) to dark red.
+
+    Slice views do not use a colour table's alpha for grades: a scalar volume's display pipeline
+    (vtkMRMLScalarVolumeDisplayNode, Slicer 5.8 and later) ANDs it with the threshold mask, so any
+    alpha above 0 is drawn opaque. The grade is therefore in the colour; certain voxels are hidden
+    by the display node's threshold (see add_uncertainty) and the whole overlay is blended with the
+    slice views' foreground opacity.
+    """
     import slicer
 
     for index in range(scene.GetNumberOfNodesByClass("vtkMRMLColorTableNode")):
@@ -313,8 +357,7 @@ def uncertainty_color_table(scene: Any, transaction: SceneTransaction | None = N
     table.SetNumberOfColors(256)
     for i in range(256):
         t = i / 255.0
-        alpha = 0.0 if t < 0.05 else min(1.0, 0.25 + t)
-        table.SetColor(i, f"{t:.2f}", 1.0, 1.0 - 0.85 * t, 0.2 * (1.0 - t), alpha)
+        table.SetColor(i, f"{t:.2f}", 1.0 - 0.45 * t, 0.95 * (1.0 - t), 0.55 * (1.0 - t) ** 2, 1.0)
     mark_owned(table, COLOR_TABLE)
     return transaction.add(table) if transaction is not None else scene.AddNode(table)
 

@@ -8,7 +8,7 @@ English; the widget translates what it shows with ``slicer.i18n.tr``.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 MODULE_NAME = "PLCLSegmentation"
@@ -18,8 +18,25 @@ MODULE_NAME = "PLCLSegmentation"
 OWNER_ATTRIBUTE = "PLCLSegmentation.Output"
 
 
+#: Application settings key of the Python interpreter that runs the engine ("" : Slicer's own).
+PYTHON_SETTING = "PLCLSegmentation/PythonInterpreter"
+
+
 class PLCLError(RuntimeError):
     """A problem the user can fix, reported as one clear line."""
+
+
+class MemorySettings:
+    """Application settings kept in memory, with QSettings' ``value``/``setValue`` (tests, scripts)."""
+
+    def __init__(self) -> None:
+        self.values: dict[str, Any] = {}
+
+    def value(self, key: str, default: Any = None) -> Any:
+        return self.values.get(key, default)
+
+    def setValue(self, key: str, value: Any) -> None:  # noqa: N802 (QSettings' name)
+        self.values[key] = value
 
 
 @dataclass
@@ -28,12 +45,16 @@ class SlicerServices:
 
     scene: Any  # vtkMRMLScene
     segmentations: Any  # vtkSlicerSegmentationsModuleLogic
+    #: The user's application settings on this machine (``qt.QSettings`` in Slicer), not the scene: a
+    #: scene file is data from anyone, and what it names must never be run.
+    settings: Any = field(default_factory=MemorySettings)
 
     @classmethod
     def from_slicer(cls) -> SlicerServices:
+        import qt
         import slicer
 
-        return cls(scene=slicer.mrmlScene, segmentations=slicer.modules.segmentations.logic())
+        return cls(scene=slicer.mrmlScene, segmentations=slicer.modules.segmentations.logic(), settings=qt.QSettings())
 
     def subject_hierarchy(self) -> Any:
         import slicer

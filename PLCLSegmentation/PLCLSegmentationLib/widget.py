@@ -7,7 +7,10 @@ so Slicer stays responsive while the engine trains in its own process.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import traceback
+from collections.abc import Iterator
 from typing import Any
 
 import qt
@@ -15,7 +18,7 @@ import slicer
 import vtk
 from slicer.i18n import tr as _
 
-from . import dependencies
+from . import dependencies, scene_io
 from .jobs import JobState, format_duration
 from .parameters import ANNOTATED, EXCLUDED, PREDICTED, REVIEWED, TRAINING_ROLES, UNANNOTATED
 from .services import PLCLError, is_owned
@@ -28,6 +31,30 @@ DEVICES = (("auto", "automatic"), ("cpu", "CPU"), ("cuda", "GPU (CUDA)"), ("mps"
 BUDGETS = (("quick", "quick"), ("standard", "standard"), ("full", "full (GPU)"))
 
 
+@contextlib.contextmanager
+def showingErrors(message: str, waitCursor: bool = False) -> Iterator[None]:  # noqa: N802, N803 (Qt style)
+    """Show an exception of the block in a dialog and stop it there.
+
+    Unlike ``slicer.util.tryWithErrorDisplay``, which re-raises after its dialog (and shows none
+    while testing): a slot must not leak a traceback to the console, and the panel is refreshed after
+    the block whatever happened.
+    """
+    if waitCursor:
+        qt.QApplication.setOverrideCursor(qt.Qt.WaitCursor)
+    try:
+        yield
+    except Exception as error:
+        if waitCursor:
+            qt.QApplication.restoreOverrideCursor()
+            waitCursor = False
+        logging.debug("PLCLSegmentation: %s", traceback.format_exc())
+        slicer.util.errorDisplay("\n\n".join((message, str(error))), windowTitle=_("PLCLSegmentation"),
+                                 detailedText=traceback.format_exc() if not isinstance(error, PLCLError) else "")
+    finally:
+        if waitCursor:
+            qt.QApplication.restoreOverrideCursor()
+
+
 class PLCLSegmentationPanel:
     """Connects the widgets of ``ui`` (from ``slicer.util.childWidgetVariables``) to ``logic``."""
 
@@ -38,6 +65,8 @@ class PLCLSegmentationPanel:
         self._update_scheduled = False
         self._observed: Any = None
         self._observer_tag: int | None = None
+        self._scene: Any = None
+        self._scene_tags: list[int] = []
         self.timer = qt.QTimer()
         self.timer.setInterval(POLL_INTERVAL_MS)
         self.timer.timeout.connect(self.onTimer)
@@ -94,8 +123,8 @@ class PLCLSegmentationPanel:
             self._setCombo(self.ui.budgetComboBox, state.budget)
             self._setCombo(self.ui.deviceComboBox, state.device)
             self.ui.iterationsSpinBox.value = state.iterations
-            if self.ui.pythonPathLineEdit.currentPath != state.python:
-                self.ui.pythonPathLineEdit.currentPath = state.python
+            if self.ui.pythonPathLineEdit.currentPath != self.logic.python:
+                self.ui.pythonPathLineEdit.currentPath = self.logic.python
             self.ui.showUncertaintyCheckBox.checked = state.show_uncertainty
             self.ui.modelPathLineEdit.text = state.model_path
             self._fillAnnotatedTable([r for r in records if r.role in TRAINING_ROLES])
@@ -118,6 +147,9 @@ class PLCLSegmentationPanel:
     def onSettingsChanged(self, *_args: Any) -> None:
         if self._updating:
             return
+        python = self.ui.pythonPathLineEdit.currentPath.strip()  # read before the node refreshes the GUI
+        if python != self.logic.python:
+            self.logic.set_python(python)  # this machine's setting; probed now, in the background
         state = self.logic.state
         node = state.node
         was_modifying = node.StartModify()
@@ -125,7 +157,6 @@ class PLCLSegmentationPanel:
             state.set("budget", self.ui.budgetComboBox.currentData or "standard")
             state.set("device", self.ui.deviceComboBox.currentData or "auto")
             state.set("iterations", int(self.ui.iterationsSpinBox.value))
-            state.set("python", self.ui.pythonPathLineEdit.currentPath.strip())
         finally:
             node.EndModify(was_modifying)
 
@@ -160,7 +191,7 @@ class PLCLSegmentationPanel:
         volume = self.ui.annotatedVolumeSelector.currentNode()
         segmentation = self.ui.annotatedSegmentationSelector.currentNode()
         ids = list(self.ui.segmentsTableView.selectedSegmentIDs())
-        with slicer.util.tryWithErrorDisplay(_("Could not use this annotation."), waitCursor=True):
+        with showingErrors(_("Could not use this annotation."), waitCursor=True):
             self.logic.set_annotation(volume, segmentation, ids or None)
         self.updateFromState()
 
@@ -170,7 +201,7 @@ class PLCLSegmentationPanel:
         volume = slicer.mrmlScene.GetNodeByID(item.data(qt.Qt.UserRole)) if item is not None else None
         if volume is None:
             return
-        with slicer.util.tryWithErrorDisplay(_("Could not remove the volume from the training set.")):
+        with showingErrors(_("Could not remove the volume from the training set.")):
             self.logic.set_role(volume, UNANNOTATED)
         self.updateFromState()
 
@@ -178,7 +209,7 @@ class PLCLSegmentationPanel:
         if self._updating:
             return
         checked = {node.GetID() for node in self.ui.unannotatedVolumesSelector.checkedNodes()}
-        with slicer.util.tryWithErrorDisplay(_("Could not change the volumes to segment.")):
+        with showingErrors(_("Could not change the volumes to segment.")):
             for record in self.logic.state.records():
                 if record.role in TRAINING_ROLES:
                     continue
@@ -206,7 +237,7 @@ class PLCLSegmentationPanel:
         scene = slicer.mrmlScene
         for index in range(scene.GetNumberOfNodesByClass("vtkMRMLScalarVolumeNode")):
             node = scene.GetNthNodeByClass(index, "vtkMRMLScalarVolumeNode")
-            if is_owned(node):
+            if is_owned(node) or not scene_io.is_grayscale_volume(node):
                 hidden.append(node.GetID())
         selector.sortFilterProxyModel().hiddenNodeIDs = hidden
         for record in records:
@@ -232,7 +263,7 @@ class PLCLSegmentationPanel:
         if not self._dependenciesReady():
             return
         job = None
-        with slicer.util.tryWithErrorDisplay(error_message, waitCursor=True):
+        with showingErrors(error_message, waitCursor=True):
             job = start()
         if job is None:
             return
@@ -245,10 +276,16 @@ class PLCLSegmentationPanel:
         self.timer.start()
 
     def _dependenciesReady(self) -> bool:
-        python = self.logic.state.python
+        python = self.logic.python
         try:
             if python:
-                info = dependencies.probe_interpreter(python, env=dependencies.child_environment(True))
+                info = self.logic.interpreters.check(python)  # never blocks: probed once, in the background
+                if info is None:
+                    text = _("Checking the chosen Python ({python}); try again in a moment.")
+                    self.ui.statusLabel.text = text.format(python=python)
+                    return False
+                if info.get("error"):
+                    raise PLCLError(info["error"])
                 if info.get("missing"):
                     raise PLCLError(_("The chosen Python lacks these packages: {packages}").format(
                         packages=", ".join(info["missing"])))
@@ -340,7 +377,7 @@ class PLCLSegmentationPanel:
     def onReviewSelection(self) -> None:
         volume = self._selectedVolume()
         if volume is not None and not self._updating:
-            with slicer.util.tryWithErrorDisplay(_("Could not show this volume.")):
+            with showingErrors(_("Could not show this volume.")):
                 self.logic.show(volume)
                 slicer.util.resetSliceViews()
         self.updateButtons()
@@ -363,7 +400,7 @@ class PLCLSegmentationPanel:
 
     def onAccept(self) -> None:
         volume = self._selectedVolume()
-        with slicer.util.tryWithErrorDisplay(_("Could not accept this segmentation.")):
+        with showingErrors(_("Could not accept this segmentation.")):
             self.logic.accept(volume)
         self.updateFromState()
 
@@ -372,14 +409,14 @@ class PLCLSegmentationPanel:
         path = qt.QFileDialog.getSaveFileName(None, _("Save model"), DEFAULT_MODEL_FILE,
                                               _("PyTorch model (*.pt)"))
         if path:
-            with slicer.util.tryWithErrorDisplay(_("Could not save the model.")):
+            with showingErrors(_("Could not save the model.")):
                 self.logic.save_model(path)
             self.updateFromState()
 
     def onLoadModel(self) -> None:
         path = qt.QFileDialog.getOpenFileName(None, _("Load model"), "", _("PyTorch model (*.pt)"))
         if path:
-            with slicer.util.tryWithErrorDisplay(_("Could not load the model.")):
+            with showingErrors(_("Could not load the model.")):
                 self.logic.load_model(path)
             self.updateFromState()
 
@@ -406,18 +443,44 @@ class PLCLSegmentationPanel:
         for widget in (ui.inputsCollapsibleButton, ui.trainingCollapsibleButton):
             widget.enabled = not busy
 
+    def observeScene(self, scene: Any) -> None:
+        """Follow the scene: a close ends the run; an import (Add Data of a .mrml or .mrb, which adds
+        to the open scene without closing it) and added or removed nodes only refresh the panel."""
+        self._forgetScene()
+        self._scene = scene
+        for event, slot in ((scene.StartCloseEvent, self.onSceneStartClose),
+                            (scene.EndCloseEvent, self.onSceneEndClose),
+                            (scene.StartImportEvent, self.logic.before_import),
+                            (scene.EndImportEvent, self.onSceneEndImport),
+                            (scene.NodeAddedEvent, self.scheduleUpdate),
+                            (scene.NodeRemovedEvent, self.scheduleUpdate)):
+            self._scene_tags.append(scene.AddObserver(event, lambda caller, name, slot=slot: slot()))
+
+    def _forgetScene(self) -> None:
+        if self._scene is not None:
+            for tag in self._scene_tags:
+                self._scene.RemoveObserver(tag)
+        self._scene, self._scene_tags = None, []
+
     def onSceneStartClose(self) -> None:
         self.timer.stop()
-        self.logic.shutdown()
+        self.logic.shutdown()  # ends the run and removes its files
 
     def onSceneEndClose(self) -> None:
         self.logic.job = None
         self.observeParameterNode()
         self.updateFromState()
 
+    def onSceneEndImport(self) -> None:
+        """A run goes on: its results are imported when it finishes."""
+        self.logic.after_import()
+        self.observeParameterNode()
+        self.scheduleUpdate()
+
     def cleanup(self) -> None:
         self.timer.stop()
         self.logic.shutdown()
+        self._forgetScene()
         if self._observed is not None and self._observer_tag is not None:
             self._observed.RemoveObserver(self._observer_tag)
         self._observed = None

@@ -14,7 +14,7 @@ from typing import Any
 
 from .. import __version__
 from .config import BUDGETS, DEFAULT_BUDGET, ConfigError, TrainConfig
-from .events import EXIT_CANCELLED, EXIT_ERROR, EXIT_OK, EXIT_USAGE, EventSink, JsonLinesSink
+from .events import EXIT_CANCELLED, EXIT_ERROR, EXIT_OK, EXIT_USAGE, STOP_FILE, EventSink, JsonLinesSink
 from .volumes import InputError
 
 
@@ -51,8 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
                        "included), spread as in the budget")
     train.add_argument("--seed", type=int, default=None)
     train.add_argument("--resume", metavar="DIR", help="continue the cancelled run in DIR")
-    train.add_argument("--init-model", metavar="MODEL", help="start from this model's weights (fine-tuning; "
-                       "a shorter schedule; same classes)")
+    train.add_argument("--init-model", metavar="MODEL", help="start from this model's weights (fine-tuning: "
+                       "a quarter of the warm-up and one pseudo-label round of the schedule; same classes)")
     train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                        help="override a configuration field (see config.py), e.g. --set contrastive_weight=0")
     _add_common(train)
@@ -131,22 +131,30 @@ def make_train_job(args: argparse.Namespace):
         raise ConfigError("give at least one annotated volume: --labeled IMAGE LABEL, or --data DIR --labeled-cases A")
     if not args.out:
         raise ConfigError("--out DIR is required")
+    return TrainJob(labeled, unlabeled, args.out, train_config(args, bool(unlabeled)), names, args.init_model)
+
+
+def train_config(args: argparse.Namespace, has_unlabeled: bool = True) -> TrainConfig:
+    """The training schedule of ``plcl train``: the budget, --iterations spread over it, and with
+    --init-model the warm-start schedule (the engine alone decides it; the Slicer module passes
+    the same budget and iterations as for a first training, plus --init-model)."""
     config = TrainConfig.from_budget(args.budget or DEFAULT_BUDGET, seed=args.seed, device=args.device,
                                      **_config_overrides(args.set))
-    if args.init_model and not args.iterations:
-        config = fine_tuning_schedule(config)
     if args.iterations:
         config = config.with_iterations(args.iterations)
+    if args.init_model:
+        config = fine_tuning_schedule(config)
     if args.minutes:
         config = dataclasses.replace(config, time_budget_s=60.0 * args.minutes)
-    if not unlabeled:  # supervised only: the joint iterations go to the warm-up
+    if not has_unlabeled:  # supervised only: the joint iterations go to the warm-up
         config = dataclasses.replace(config, warmup_iterations=config.total_iterations, rounds=0)
-    return TrainJob(labeled, unlabeled, args.out, config, names, args.init_model)
+    return config
 
 
 def fine_tuning_schedule(config: TrainConfig) -> TrainConfig:
-    """Warm start: the model already segments, so a short warm-up and one pseudo-label round."""
-    return dataclasses.replace(config, warmup_iterations=max(1, config.warmup_iterations // 4), rounds=1)
+    """Warm start: the model already segments, so a quarter of the warm-up and one pseudo-label round."""
+    return dataclasses.replace(config, warmup_iterations=max(1, config.warmup_iterations // 4),
+                               rounds=min(1, config.rounds))
 
 
 def _run(args: argparse.Namespace, sink: EventSink, cancel: threading.Event) -> int:
@@ -183,12 +191,30 @@ def _install_signal_handlers(cancel: threading.Event) -> None:
             signal.signal(getattr(signal, name), handle)
 
 
+def watch_stop_file(path: Path, cancel: threading.Event, interval_s: float = 0.2) -> threading.Thread:
+    """Set ``cancel`` when ``path`` appears: a stop request, handled exactly like SIGINT (events.STOP_FILE)."""
+    def watch() -> None:
+        while not cancel.wait(interval_s):
+            if path.exists():
+                cancel.set()
+
+    thread = threading.Thread(target=watch, daemon=True, name="plcl-stop-file")
+    thread.start()
+    return thread
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     sink: EventSink = JsonLinesSink() if getattr(args, "events", None) == "jsonl" else EventSink()
     cancel = threading.Event()
     _install_signal_handlers(cancel)
+    out = getattr(args, "out", None) or getattr(args, "resume", None)
+    stop_file = Path(out) / STOP_FILE if out and args.command in ("train", "predict") else None
+    if stop_file is not None:
+        if getattr(args, "resume", None):
+            stop_file.unlink(missing_ok=True)  # the request that stopped the run being resumed
+        watch_stop_file(stop_file, cancel)
     from .train import Cancelled
 
     try:

@@ -20,7 +20,19 @@ With ``--events jsonl`` every event is one JSON object on its own line on stdout
 =============  ===============================================================
 
 Every event also has ``time`` (seconds since the epoch). Exit codes: 0 done, 1 error,
-2 command-line usage error, 130 cancelled (SIGINT or SIGTERM).
+2 command-line usage error, 130 cancelled (SIGINT, SIGTERM or the stop file).
+
+``output`` events report progress; where the outputs are is written once, in ``OUT/summary.json``
+(``SUMMARY_FILE``): ``outputs`` {kind: path or null} for the run's files (``OUTPUT_KINDS``) and
+``volumes`` [{name, segmentation, uncertainty, uncertainty_score, ...}] for the predictions. Programs
+read that file, not file-name conventions.
+
+Stopping: ``plcl train`` and ``plcl predict`` watch ``OUT/stop.request`` (``STOP_FILE``; with
+``--resume DIR``, ``DIR/stop.request``). Its appearance is handled like SIGINT: the step finishes, a
+checkpoint is saved, ``cancelled`` is emitted and the exit code is 130. Programs that cannot signal
+the engine's own process use it (Slicer's ``PythonSlicer`` is a launcher that starts the real
+Python and does not forward signals; on Windows a CTRL_BREAK cannot reach a process without a
+console).
 """
 
 from __future__ import annotations
@@ -34,6 +46,11 @@ EXIT_OK = 0
 EXIT_ERROR = 1
 EXIT_USAGE = 2
 EXIT_CANCELLED = 130
+
+STOP_FILE = "stop.request"
+SUMMARY_FILE = "summary.json"
+#: Keys of summary.json's ``outputs`` (a path, or null when the run wrote no such file).
+OUTPUT_KINDS = ("model", "checkpoint", "training", "job")
 
 
 class EventSink:

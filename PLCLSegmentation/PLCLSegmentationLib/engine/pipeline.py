@@ -27,7 +27,7 @@ import torch
 
 from .. import __version__
 from .config import TrainConfig
-from .events import EventSink
+from .events import OUTPUT_KINDS, SUMMARY_FILE, EventSink
 from .modelfile import ModelInfo, load_model, read_model, save_model
 from .predict import keep_largest_components, map_to_volume, predict_slices
 from .preprocess import InPlaneFrame, PreparedVolume, in_plane_frame, prepare_volume, slice_layout
@@ -359,16 +359,20 @@ def run_prediction(model_path: str, images: list[str], out: str, device_name: st
 
 def _summary(command: str, out: Path, info: ModelInfo, entries: list[dict[str, Any]], sink: EventSink,
              extra: dict[str, Any]) -> dict[str, Any]:
+    files = {"model": "model.pt", "checkpoint": "checkpoint.pt", "training": "training.json", "job": "job.json"}
+    outputs = {kind: str(out / files[kind]) if command == "train" and (out / files[kind]).is_file() else None
+               for kind in OUTPUT_KINDS}
     summary = {
         "version": __version__, "command": command,
         "model": str(out / "model.pt") if command == "train" else extra.pop("model", None),
+        "outputs": outputs,
         "classes": [c.to_dict() for c in info.classes],
         "uncertainty_measure": UNCERTAINTY_MEASURE,
         "volumes": sorted(entries, key=lambda e: -e["uncertainty_score"]),
         **extra,
     }
-    _write_json(out / "summary.json", summary)
-    sink.emit("output", kind="summary", path=str(out / "summary.json"), name=None)
+    _write_json(out / SUMMARY_FILE, summary)
+    sink.emit("output", kind="summary", path=str(out / SUMMARY_FILE), name=None)
     return summary
 
 

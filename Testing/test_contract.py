@@ -1,0 +1,69 @@
+"""The module-engine contract has one owner (engine/events.py, cli.py): schedule, outputs, stopping."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+from conftest import REPO
+
+from PLCLSegmentationLib.engine import cli
+from PLCLSegmentationLib.engine.events import OUTPUT_KINDS, STOP_FILE, SUMMARY_FILE
+
+FAKE_ENGINE = REPO / "Testing" / "fake_engine.py"
+
+
+def config(*args: str):
+    parsed = cli.build_parser().parse_args(["train", "--labeled", "a", "b", "--out", "o", *args])
+    return cli.train_config(parsed)
+
+
+def test_the_engine_alone_decides_the_warm_start_schedule():
+    """The module passes the same budget (and iterations) as for a first run, plus --init-model."""
+    for budget in ("quick", "standard"):
+        scratch, warm = config("--budget", budget), config("--budget", budget, "--init-model", "m.pt")
+        assert warm.warmup_iterations == scratch.warmup_iterations // 4 and warm.rounds == 1
+        assert warm.total_iterations < scratch.total_iterations / 2
+        scratch, warm = config("--budget", budget, "--iterations", "40"), \
+            config("--budget", budget, "--iterations", "40", "--init-model", "m.pt")
+        assert scratch.total_iterations == 40 and warm.total_iterations < 20
+
+
+def test_the_fake_engine_speaks_the_real_command_line(tmp_path):
+    """It is built on the engine's parser: what the engine refuses, it refuses (exit 2)."""
+    for bad in (["train", "--budget", "huge", "--out", str(tmp_path)], ["predict", "--out", str(tmp_path)],
+                ["train", "--device", "tpu", "--out", str(tmp_path)]):
+        fake = subprocess.run([sys.executable, str(FAKE_ENGINE), *bad], capture_output=True, text=True, timeout=60)
+        real = subprocess.run([sys.executable, "-c", "import sys; from PLCLSegmentationLib.engine import cli; "
+                               "sys.exit(cli.main(sys.argv[1:]))", *bad], capture_output=True, text=True, timeout=60,
+                              cwd=REPO / "PLCLSegmentation")
+        assert fake.returncode == real.returncode == 2, (bad, fake.stderr, real.stderr)
+
+
+def test_the_contract_names():
+    assert STOP_FILE == "stop.request" and SUMMARY_FILE == "summary.json"
+    assert set(OUTPUT_KINDS) == {"model", "checkpoint", "training", "job"}
+
+
+def test_predict_stops_on_the_stop_file(tmp_path, acdc):
+    """plcl predict is stopped by the stop file before its first volume (no signal involved)."""
+    pytest.importorskip("torch")
+    from conftest import acdc_case, run_plcl
+
+    train = tmp_path / "train"
+    result = run_plcl("train", "--data", str(acdc), "--labeled-cases", "patient003_frame01", "--out", str(train),
+                      "--iterations", "2", "--budget", "quick", "--set", "patch_size=64", "--device", "cpu",
+                      "--events", "jsonl")
+    assert result.returncode == 0, result.stderr
+    summary = json.loads((train / SUMMARY_FILE).read_text())
+    assert summary["outputs"]["model"] == str(train / "model.pt")
+    assert summary["outputs"]["checkpoint"] == str(train / "checkpoint.pt")
+    out = tmp_path / "predict"
+    out.mkdir()
+    (out / STOP_FILE).touch()  # asked to stop before it starts
+    result = run_plcl("predict", "--model", str(train / "model.pt"), "--out", str(out), "--device", "cpu",
+                      "--events", "jsonl", acdc_case("patient004_frame01")[0])
+    assert result.returncode == 130, result.stderr
+    assert '"event": "cancelled"' in result.stdout and not list(out.glob("predictions/*.seg.nrrd"))
