@@ -7,8 +7,9 @@ Conventions (the ones used by most segmentation papers and MONAI, so numbers are
   "nothing here" should neither reward nor penalise). When exactly one is empty, Dice is 0.
 - HD95 follows MONAI's ``compute_hausdorff_distance(percentile=95)`` (and MedPy's ``hd95``): the
   surface of a mask is the mask minus its erosion by the 6-neighbour cross (scipy's default
-  structuring element), voxels outside the array counting as background; for every surface voxel of one mask, the Euclidean distance in mm
-  (physical, anisotropic spacing) to the nearest surface voxel of the other; the larger of the two
+  structuring element), voxels outside the array counting as background; for every surface voxel
+  of one mask, the Euclidean distance in mm (physical, anisotropic spacing) to the nearest surface
+  voxel of the other; the larger of the two
   directed 95th percentiles (linear interpolation). It is ``None`` when either mask is empty (no
   finite distance exists; the miss already shows as Dice 0).
 
