@@ -132,7 +132,8 @@ def make_train_job(args: argparse.Namespace):
     if not args.out:
         raise ConfigError("--out DIR is required")
     # The options win over --set of the same field (one dict: a field given twice is no TypeError).
-    overrides = {**_config_overrides(args.set), "seed": args.seed, "device": args.device}
+    options = {"seed": args.seed, "device": args.device}
+    overrides = {**_config_overrides(args.set), **{k: v for k, v in options.items() if v is not None}}
     config = TrainConfig.from_budget(args.budget or DEFAULT_BUDGET, **overrides)
     if args.init_model and args.iterations is None:
         config = fine_tuning_schedule(config)

@@ -34,7 +34,8 @@ def check_inputs_outside_outputs(out: Path, inputs: Sequence[str]) -> None:
 def earlier_outputs(out: Path) -> list[str]:
     """Outputs of an earlier run in ``out`` (names relative to it)."""
     found = [n for n in OWN_FILES if (out / n).exists()]
-    found += [f"{n}/" for n in OUTPUT_FOLDERS if (out / n).is_dir() and any((out / n).iterdir())]
+    found += [f"{n}/" for n in OUTPUT_FOLDERS
+              if (out / n).is_dir() and any(not p.name.startswith(".") for p in (out / n).iterdir())]
     return found
 
 
@@ -96,6 +97,9 @@ def hold_output_folder(out: Path, inputs: Sequence[str] = (), resume: bool = Fal
     finally:
         if not handle.closed:
             _release(out, handle, remove=True)
+        if created:  # a run that failed before writing anything leaves no empty folder behind
+            with contextlib.suppress(OSError):
+                out.rmdir()
 
 
 def _holder(out: Path) -> str:

@@ -246,20 +246,22 @@ def run_training(job: TrainJob, sink: EventSink, cancel: threading.Event | None 
     initial_info, initial = inputs.initial_model or (None, None)
     reference = reference_frame([v for v, _ in inputs.annotated], initial_info)
     check_slice_sizes([v for v, _ in inputs.annotated] + inputs.unannotated, spacing, reference)
+    checkpoint = _read_checkpoint(out / "checkpoint.pt") if resume and (out / "checkpoint.pt").exists() else None
     with hold_output_folder(out, read, resume):
-        return _train(job, inputs, sink, cancel, device, spacing, reference, initial, resume)
+        return _train(job, inputs, sink, cancel, device, spacing, reference, initial, checkpoint)
 
 
 def _train(job: TrainJob, inputs: TrainingInputs, sink: EventSink, cancel: threading.Event, device: torch.device,
            spacing: float, reference: InPlaneFrame, initial: dict[str, torch.Tensor] | None,
-           resume: bool) -> dict[str, Any]:
+           checkpoint: Checkpoint | None) -> dict[str, Any]:
     started = time.monotonic()
     config = job.config
     out = Path(job.out)
     sink.emit("start", command="train", version=__version__, device=str(device), out=str(out))
     for message in inputs.warnings:
         sink.emit("warning", message=message)
-    _write_json(out / "job.json", job.to_dict())
+    if checkpoint is None:  # a resumed run keeps its job.json
+        _write_json(out / "job.json", job.to_dict())
 
     sink.emit("stage", stage="prepare", round=0, total=len(inputs.annotated) + len(inputs.unannotated))
     num_classes = len(inputs.classes) + 1
@@ -269,8 +271,8 @@ def _train(job: TrainJob, inputs: TrainingInputs, sink: EventSink, cancel: threa
 
     trainer = Trainer(config, num_classes, annotated, unannotated, sink, device,
                       checkpoint_path=out / "checkpoint.pt", cancel=cancel, initial_weights=initial)
-    if resume and (out / "checkpoint.pt").exists():
-        trainer.restore(_read_checkpoint(out / "checkpoint.pt"))
+    if checkpoint is not None:
+        trainer.restore(checkpoint)
     train_started = time.monotonic()
     start_iteration = trainer.iteration
 
@@ -302,7 +304,7 @@ def _train(job: TrainJob, inputs: TrainingInputs, sink: EventSink, cancel: threa
     iterations_run = trainer.iteration - start_iteration
     _write_json(out / "training.json", {
         "device": str(device), "train_seconds": train_seconds, "iterations": iterations_run,
-        "resumed_at_iteration": start_iteration if resume else None,
+        "resumed_at_iteration": None if checkpoint is None else start_iteration,
         "slices": trainer.slices_seen, "slices_per_s": trainer.slices_seen / max(train_seconds, 1e-9),
         "seconds_per_iteration": train_seconds / max(1, iterations_run), "losses": trainer.loss_history})
 
