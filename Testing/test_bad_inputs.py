@@ -16,6 +16,9 @@ import json
 import os
 import pickle
 import shutil
+import signal
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -23,7 +26,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
-from conftest import make_image, phantom
+from conftest import REPO, make_image, phantom
 
 from PLCLSegmentationLib.engine.cli import main
 from PLCLSegmentationLib.engine.modelfile import ModelInfo, save_model
@@ -372,6 +375,7 @@ def _snapshot(folder: Path) -> dict[str, bytes | None]:
     return {str(p.relative_to(folder)): (p.read_bytes() if p.is_file() else None) for p in sorted(folder.rglob("*"))}
 
 
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")
 @pytest.mark.parametrize("case", CASES, ids=[f"{c.point}-{c.id}" for c in CASES])
 def test_bad_input(case: Case, base: Path, tmp_path: Path, capsys, monkeypatch):
     d = tmp_path / "case"
@@ -495,11 +499,6 @@ def test_leftover_partial_files_of_a_killed_run_are_removed(base, tmp_path):
 
 def test_a_crashed_run_does_not_leave_its_folder_stuck(base, tmp_path):
     """The lock is the operating system's: a run killed with SIGKILL while holding it releases it."""
-    import subprocess
-    import sys
-
-    from conftest import REPO
-
     out = tmp_path / "out"
     code = ("import os, signal, sys; from pathlib import Path; "
             "from PLCLSegmentationLib.engine.outfolder import hold_output_folder\n"
@@ -512,11 +511,6 @@ def test_a_crashed_run_does_not_leave_its_folder_stuck(base, tmp_path):
 
 def test_two_trainings_into_one_folder_at_once(base, tmp_path):
     """Two runs started together: one trains, the other is refused; no mixed files."""
-    import subprocess
-    import sys
-
-    from conftest import REPO
-
     out = tmp_path / "out"
     env = {**os.environ, "PYTHONPATH": str(REPO / "PLCLSegmentation")}
     args = [sys.executable, "-m", "PLCLSegmentationLib.engine", *train(base, out=str(out))[:-4],
@@ -530,3 +524,102 @@ def test_two_trainings_into_one_folder_at_once(base, tmp_path):
     assert "in use by another plcl run" in refused or "earlier run" in refused, refused
     summary = json.loads((out / "summary.json").read_text())
     assert [v["name"] for v in summary["volumes"]] == ["other"]
+
+
+def _child(*args: str, cwd: Path) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": str(REPO / "PLCLSegmentation")}
+    return subprocess.Popen([sys.executable, "-m", "PLCLSegmentationLib.engine", *args], cwd=cwd, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def test_resume_from_another_working_folder_continues_in_place_with_the_whole_history(base, tmp_path):
+    """Relative paths at the start; --resume from elsewhere continues the same run in the same folder."""
+    start, elsewhere = tmp_path / "start", tmp_path / "elsewhere"
+    shutil.copytree(base, start)
+    elsewhere.mkdir()
+    child = _child("train", "--labeled", "img.nii.gz", "lbl.nii.gz", "--unlabeled", "other.nii.gz", "--out", "run",
+                   "--budget", "quick", "--set", "patch_size=32", "--set", "levels=3", "--iterations", "400",
+                   "--device", "cpu", "--events", "jsonl", cwd=start)
+    for line in child.stdout:
+        event = json.loads(line)
+        if event["event"] == "progress" and event["iteration"] >= 3:
+            child.send_signal(signal.SIGINT)
+            break
+    rest, stderr = child.communicate(timeout=120)
+    assert child.returncode == 130, stderr
+    cancelled = [json.loads(ln) for ln in rest.splitlines()][-1]
+    run = start / "run"
+    assert cancelled["event"] == "cancelled" and f"--resume {run}" in cancelled["message"]
+    job = json.loads((run / "job.json").read_text())
+    assert job["out"] == str(run) and job["labeled"] == [[str(start / "img.nii.gz"), str(start / "lbl.nii.gz")]]
+
+    resumed = _child("train", "--resume", os.path.relpath(run, elsewhere), "--events", "jsonl", cwd=elsewhere)
+    out, stderr = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, stderr
+    progress = [e for e in map(json.loads, out.splitlines()) if e["event"] == "progress" and e["stage"] != "predict"]
+    assert progress[0]["iteration"] > 3 and progress[-1]["iteration"] == 400
+    assert list(elsewhere.iterdir()) == []
+    losses = json.loads((run / "training.json").read_text())["losses"]
+    assert [entry["iteration"] for entry in losses] == list(range(1, 401))
+    assert (run / "predictions" / "other.seg.nrrd").is_file()
+
+
+def test_the_first_interrupt_of_predict_is_acknowledged_at_once(base, tmp_path):
+    images = []
+    for index in range(12):
+        shutil.copy(base / "other.nii.gz", tmp_path / f"v{index}.nii.gz")
+        images.append(str(tmp_path / f"v{index}.nii.gz"))
+    child = _child("predict", "--model", str(base / "model.pt"), "--out", str(tmp_path / "out"), "--device", "cpu",
+                   "--events", "jsonl", *images, cwd=tmp_path)
+    for line in child.stdout:
+        if json.loads(line)["event"] == "start":
+            child.send_signal(signal.SIGINT)
+            break
+    rest, stderr = child.communicate(timeout=120)
+    assert "stopping after the current step" in stderr, stderr
+    assert child.returncode in (0, 130), stderr
+    if child.returncode == 130:
+        assert json.loads(rest.splitlines()[-1])["event"] == "cancelled"
+
+
+def test_predict_holds_one_volume_at_a_time(base, tmp_path, monkeypatch):
+    """Every image is checked first, then read, predicted and written one at a time: at each write,
+    at most one image's voxels and one prepared volume are alive, whatever the number of images."""
+    import gc
+    import weakref
+
+    from PLCLSegmentationLib.engine import pipeline
+
+    arrays: list = []
+    prepared: list = []
+    alive_at_writes: list[tuple[int, int]] = []
+    read_volume, prepare_volume, write_segmentation = (pipeline.read_volume, pipeline.prepare_volume,
+                                                       pipeline.write_segmentation)
+
+    def reading(path):
+        volume = read_volume(path)
+        arrays.append(weakref.ref(volume.array))
+        return volume
+
+    def preparing(*args, **kwargs):
+        result = prepare_volume(*args, **kwargs)
+        prepared.append(weakref.ref(result[0]))
+        return result
+
+    def writing(*args, **kwargs):
+        gc.collect()
+        alive_at_writes.append((sum(r() is not None for r in arrays), sum(r() is not None for r in prepared)))
+        return write_segmentation(*args, **kwargs)
+
+    monkeypatch.setattr(pipeline, "read_volume", reading)
+    monkeypatch.setattr(pipeline, "prepare_volume", preparing)
+    monkeypatch.setattr(pipeline, "write_segmentation", writing)
+    images = []
+    for index in range(5):
+        shutil.copy(base / "other.nii.gz", tmp_path / f"v{index}.nii.gz")
+        images.append(str(tmp_path / f"v{index}.nii.gz"))
+    assert main(["predict", "--model", str(base / "model.pt"), "--out", str(tmp_path / "out"), "--device", "cpu",
+                 *images]) == 0
+    assert len(alive_at_writes) == 5
+    assert all(volumes <= 1 and prepared_volumes <= 1 for volumes, prepared_volumes in alive_at_writes), \
+        alive_at_writes
