@@ -513,8 +513,8 @@ def test_two_trainings_into_one_folder_at_once(base, tmp_path):
     """Two runs started together: one trains, the other is refused; no mixed files."""
     out = tmp_path / "out"
     env = {**os.environ, "PYTHONPATH": str(REPO / "PLCLSegmentation")}
-    args = [sys.executable, "-m", "PLCLSegmentationLib.engine", *train(base, out=str(out))[:-4],
-            "--iterations", "30", "--device", "cpu"]
+    args = [sys.executable, "-m", "PLCLSegmentationLib.engine", *train(base, out=str(out)), "--set", "batch_size=2",
+            "--set", "contrastive_images=2"]
     children = [subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
                 for _ in range(2)]
     results = [(c.wait(timeout=300), c.stderr.read()) for c in children]
@@ -538,11 +538,12 @@ def test_resume_from_another_working_folder_continues_in_place_with_the_whole_hi
     shutil.copytree(base, start)
     elsewhere.mkdir()
     child = _child("train", "--labeled", "img.nii.gz", "lbl.nii.gz", "--unlabeled", "other.nii.gz", "--out", "run",
-                   "--budget", "quick", "--set", "patch_size=32", "--set", "levels=3", "--iterations", "400",
-                   "--device", "cpu", "--events", "jsonl", cwd=start)
+                   "--budget", "quick", "--set", "patch_size=32", "--set", "levels=3", "--iterations", "100",
+                   "--set", "batch_size=2", "--set", "contrastive_images=2", "--device", "cpu", "--events", "jsonl",
+                   cwd=start)
     for line in child.stdout:
         event = json.loads(line)
-        if event["event"] == "progress" and event["iteration"] >= 3:
+        if event["event"] == "progress":
             child.send_signal(signal.SIGINT)
             break
     rest, stderr = child.communicate(timeout=120)
@@ -557,10 +558,11 @@ def test_resume_from_another_working_folder_continues_in_place_with_the_whole_hi
     out, stderr = resumed.communicate(timeout=300)
     assert resumed.returncode == 0, stderr
     progress = [e for e in map(json.loads, out.splitlines()) if e["event"] == "progress" and e["stage"] != "predict"]
-    assert progress[0]["iteration"] > 3 and progress[-1]["iteration"] == 400
+    stopped_at = json.loads((run / "training.json").read_text())["resumed_at_iteration"]
+    assert 1 <= stopped_at < 100 and progress[0]["iteration"] > stopped_at and progress[-1]["iteration"] == 100
     assert list(elsewhere.iterdir()) == []
     losses = json.loads((run / "training.json").read_text())["losses"]
-    assert [entry["iteration"] for entry in losses] == list(range(1, 401))
+    assert [entry["iteration"] for entry in losses] == list(range(1, 101))
     assert (run / "predictions" / "other.seg.nrrd").is_file()
 
 
