@@ -1,129 +1,627 @@
-"""Bad input: one line naming the file and the problem, a non-zero exit, and no output folder."""
+"""Bad input and faults of the command line: one table of cases, run by one parametrised test.
+
+Each case names its input, the exit code (events.py: 1 error, 2 usage error), the fragments of
+its one-line error and the text it must never show. For every case the test proves that nothing
+was written and no input changed: the case folder (inputs, and any output folder the case starts
+with) is byte for byte the same afterwards. ``point`` is the point of issue 11 a case covers, or
+"held" for the cases that passed the first probe and must keep passing.
+"""
 
 from __future__ import annotations
 
+import dataclasses
+import errno
+import gzip
 import json
+import os
+import pickle
+import shutil
+import signal
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import pytest
 import SimpleITK as sitk
-from conftest import make_image, phantom
+import torch
+from conftest import REPO, make_image, phantom
 
 from PLCLSegmentationLib.engine.cli import main
+from PLCLSegmentationLib.engine.modelfile import ModelInfo, save_model
+from PLCLSegmentationLib.engine.volumes import ClassInfo
+
+TINY = ["--iterations", "2", "--budget", "quick", "--set", "patch_size=32", "--set", "levels=3", "--device", "cpu"]
 
 
-@pytest.fixture()
-def case(tmp_path):
+# --- the inputs every case starts from ------------------------------------------------------------
+
+
+def tiny_model_info(**changes) -> ModelInfo:
+    info = ModelInfo(classes=[ClassInfo(1, "ring", (1.0, 0.0, 0.0)), ClassInfo(2, "disc", (0.0, 0.0, 1.0))],
+                     target_spacing_mm=1.0, patch_size=32, base_channels=4, levels=3, embedding_dim=8,
+                     intensity_percentiles=(1.0, 99.0), inference_tile=64)
+    return dataclasses.replace(info, **changes)
+
+
+@pytest.fixture(scope="session")
+def base(tmp_path_factory) -> Path:
+    """img/lbl: an annotated pair; other: an unannotated volume; model.pt: a tiny valid model."""
+    folder = tmp_path_factory.mktemp("inputs")
     image, labels = phantom()
-    sitk.WriteImage(make_image(image), str(tmp_path / "img.nii.gz"))
-    sitk.WriteImage(make_image(labels), str(tmp_path / "lbl.nii.gz"))
-    sitk.WriteImage(make_image(image[:, ::-1]), str(tmp_path / "other.nii.gz"))
-    return tmp_path
+    sitk.WriteImage(make_image(image), str(folder / "img.nii.gz"))
+    sitk.WriteImage(make_image(labels), str(folder / "lbl.nii.gz"))
+    sitk.WriteImage(make_image(image[:, ::-1]), str(folder / "other.nii.gz"))
+    info = tiny_model_info()
+    torch.manual_seed(0)
+    save_model(folder / "model.pt", info.build_network(), info)
+    return folder
 
 
-def _train(tmp_path, image, label, *extra, out=None):
-    out = out or tmp_path / "out"
-    code = main(["train", "--labeled", str(image), str(label), "--unlabeled", str(tmp_path / "other.nii.gz"),
-                 "--out", str(out), "--iterations", "2", "--budget", "quick", "--set", "patch_size=32",
-                 "--set", "levels=3", *extra])
-    return code, out
+def train(d: Path, image: str = "img.nii.gz", label: str = "lbl.nii.gz", *extra: str, out: str = "out") -> list[str]:
+    return ["train", "--labeled", str(d / image), str(d / label), "--unlabeled", str(d / "other.nii.gz"),
+            "--out", str(d / out), *TINY, *extra]
 
 
-def _assert_one_line_error(capsys, *fragments):
-    err = capsys.readouterr().err
-    lines = [ln for ln in err.splitlines() if ln.startswith("error:")]
-    assert len(lines) == 1, err
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
-    assert "Traceback" not in err
+def predict(d: Path, *images: str, model: str = "model.pt", out: str = "out") -> list[str]:
+    return ["predict", "--model", str(d / model), "--out", str(d / out), "--device", "cpu",
+            *[str(d / i) for i in (images or ("other.nii.gz",))]]
 
 
-def test_label_on_another_grid(case, capsys):
-    sitk.WriteImage(make_image(phantom()[1], origin=(0.0, 0.0, 0.0)), str(case / "moved.nii.gz"))
-    code, out = _train(case, case / "img.nii.gz", case / "moved.nii.gz")
-    assert code == 1 and not out.exists()
-    _assert_one_line_error(capsys, "moved.nii.gz", "not on the grid of image")
+# --- making bad inputs --------------------------------------------------------------------------------
 
 
-def test_label_values_outside_the_class_list(case, capsys):
-    (case / "images").mkdir()
-    (case / "labels").mkdir()
+def truncate(d: Path, name: str, keep: float = 0.5) -> None:
+    data = (d / name).read_bytes()
+    (d / name).write_bytes(data[: int(len(data) * keep)])
+
+
+def flip_bytes(d: Path, name: str) -> None:
+    """Flip two bytes in the middle of the compressed data: the stream still decodes, the CRC fails."""
+    data = bytearray((d / name).read_bytes())
+    middle = len(data) // 2
+    data[middle] ^= 0x01
+    data[middle + 7] ^= 0x01
+    (d / name).write_bytes(bytes(data))
+
+
+def write_volume(d: Path, name: str, array: np.ndarray | None = None, compress: bool = True, **grid) -> None:
+    sitk.WriteImage(make_image(phantom()[0] if array is None else array, **grid), str(d / name),
+                    useCompression=compress)
+
+
+def gzip_of_half_a_nifti(d: Path) -> None:
+    """A whole, valid gzip stream of a truncated NIfTI: only the voxel count shows it."""
+    sitk.WriteImage(make_image(phantom()[0]), str(d / "plain.nii"))
+    data = (d / "plain.nii").read_bytes()
+    (d / "plain.nii").unlink()
+    (d / "regzipped.nii.gz").write_bytes(gzip.compress(data[: len(data) // 2 + 200]))
+
+
+def seg_nrrd(d: Path, name: str, segments: list[tuple[str, np.ndarray]]) -> None:
+    import slicerio
+
+    image = make_image(phantom()[0])
+    from PLCLSegmentationLib.engine.volumes import Grid
+
+    grid = Grid.of(image)
+    segmentation = slicerio.create_segmentation(tuple(grid.size), grid.ijk_to_lps())
+    for segment_name, mask_kji in segments:
+        slicerio.add_segment(segmentation, np.ascontiguousarray(mask_kji.transpose(2, 1, 0)), {"name": segment_name})
+    slicerio.write_segmentation(str(d / name), segmentation)
+
+
+def overlapping_segments(d: Path) -> None:
+    labels = phantom()[1]
+    seg_nrrd(d, "overlap.seg.nrrd", [("ring", labels >= 1), ("disc", labels == 2)])  # the disc lies in both
+
+
+def case_clashing_names(d: Path) -> None:
+    labels = phantom()[1]
+    seg_nrrd(d, "clash.seg.nrrd", [("X", labels == 1), ("x", labels == 2)])
+
+
+def model_variant(d: Path, name: str, change: Callable[[dict], None]) -> None:
+    payload = torch.load(d / "model.pt", weights_only=True)
+    change(payload)
+    torch.save(payload, d / name)
+
+
+class _Code:
+    def __reduce__(self):
+        return (os.system, ("touch HOSTILE_CODE_RAN",))
+
+
+def hostile_pickle(d: Path) -> None:
+    with open(d / "evil.pt", "wb") as f:
+        pickle.dump({"format": "plcl-segmentation-model", "x": _Code()}, f)
+
+
+class Settings:
+    """Any class of the sender's: torch.load(weights_only=True) refuses it, weights_only=False would import it."""
+
+
+def pickled_object_model(d: Path) -> None:
+    torch.save({"format": "plcl-segmentation-model", "info": Settings()}, d / "objects.pt")
+
+
+def earlier_run(d: Path) -> None:
+    (d / "earlier" / "predictions").mkdir(parents=True)
+    (d / "earlier" / "summary.json").write_text(json.dumps({"volumes": []}))
+    (d / "earlier" / "predictions" / "stale.seg.nrrd").write_bytes(b"an earlier run's output")
+
+
+def hold_lock(d: Path) -> None:
+    fcntl = pytest.importorskip("fcntl")
+    (d / "busy").mkdir()
+    handle = open(d / "busy" / ".plcl.lock", "a+")  # noqa: SIM115 - closed by the case's cleanup
+    handle.write("4242\n")
+    handle.flush()
+    fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    _held.append(handle)
+
+
+_held: list = []
+
+
+def dataset(d: Path, labels_override: dict | None = None) -> None:
+    (d / "ds" / "images").mkdir(parents=True)
+    (d / "ds" / "labels").mkdir()
     image, labels = phantom()
     labels[0, 0, 0] = 7
-    sitk.WriteImage(make_image(image), str(case / "images" / "a.nii.gz"))
-    sitk.WriteImage(make_image(labels), str(case / "labels" / "a.nii.gz"))
-    (case / "dataset.json").write_text(json.dumps({"labels": {"0": "bg", "1": "ring", "2": "disc"},
-                                                   "cases": {"train": ["a"]}}))
-    out = case / "out"
-    code = main(["train", "--data", str(case), "--labeled-cases", "a", "--out", str(out), "--iterations", "1"])
-    assert code == 1 and not out.exists()
-    _assert_one_line_error(capsys, "a.nii.gz", "label value 7 outside the classes")
+    sitk.WriteImage(make_image(image), str(d / "ds" / "images" / "a.nii.gz"))
+    sitk.WriteImage(make_image(labels), str(d / "ds" / "labels" / "a.nii.gz"))
+    (d / "ds" / "dataset.json").write_text(json.dumps(
+        {"labels": labels_override or {"0": "bg", "1": "ring", "2": "disc"}, "cases": {"train": ["a"], "val": ["a"]}}))
 
 
-def test_annotation_without_foreground(case, capsys):
-    sitk.WriteImage(make_image(np.zeros_like(phantom()[1])), str(case / "empty.nii.gz"))
-    code, out = _train(case, case / "img.nii.gz", case / "empty.nii.gz")
-    assert code == 1 and not out.exists()
-    _assert_one_line_error(capsys, "empty.nii.gz", "no foreground")
+def prediction_folder(d: Path) -> None:
+    """An output of predict to evaluate (a label map named like the reference)."""
+    (d / "pred").mkdir()
+    shutil.copy(d / "lbl.nii.gz", d / "pred" / "lbl.nii.gz")
+    (d / "refs").mkdir()
+    shutil.copy(d / "lbl.nii.gz", d / "refs" / "lbl.nii.gz")
+    (d / "pred" / "summary.json").write_text(json.dumps(
+        {"classes": [c.to_dict() for c in tiny_model_info().classes]}))
 
 
-def test_2d_image(case, capsys):
-    sitk.WriteImage(sitk.GetImageFromArray(np.zeros((20, 20), np.int16)), str(case / "flat.nrrd"))
-    code, out = _train(case, case / "flat.nrrd", case / "lbl.nii.gz")
-    assert code == 1 and not out.exists()
-    _assert_one_line_error(capsys, "flat.nrrd", "2D image")
+# --- the table ------------------------------------------------------------------------------------
 
 
-def test_4d_image(case, capsys):
-    sitk.WriteImage(sitk.GetImageFromArray(np.zeros((2, 3, 8, 8), np.int16), isVector=False), str(case / "cine.nii.gz"))
-    code, out = _train(case, case / "cine.nii.gz", case / "lbl.nii.gz")
-    assert code == 1 and not out.exists()
-    _assert_one_line_error(capsys, "cine.nii.gz", "4D")
+@dataclasses.dataclass
+class Case:
+    id: str
+    point: str  # the point of issue 11, or "held"
+    argv: Callable[[Path], list[str]]
+    code: int
+    fragments: tuple[str, ...]  # in the one error line
+    prepare: Callable[[Path], None] | None = None
+    never: tuple[str, ...] = ("Traceback",)  # nowhere in stderr
 
 
-def test_unreadable_file(case, capsys):
-    (case / "broken.nii.gz").write_bytes(b"\x1f\x8b this is not a volume")
-    code, out = _train(case, case / "broken.nii.gz", case / "lbl.nii.gz")
-    assert code == 1 and not out.exists()
-    _assert_one_line_error(capsys, "broken.nii.gz", "cannot be read")
+def _set(key: str, value: str, code: int = 2, *fragments: str, point: str = "9") -> Case:
+    def argv(d: Path) -> list[str]:
+        return [a for a in train(d, "img.nii.gz", "lbl.nii.gz", "--set", f"{key}={value}") if a not in ("--device",
+                                                                                                         "cpu")]
+
+    return Case(f"set_{key}_{value}", point, argv, code, fragments or (key,))
 
 
-def test_missing_file(case, capsys):
-    code, out = _train(case, case / "img.nii.gz", case / "nowhere.nii.gz")
-    assert code == 1 and not out.exists()
-    _assert_one_line_error(capsys, "nowhere.nii.gz", "not found")
+CASES = [
+    # 1. truncated or damaged files, images and annotations alike, for train and predict
+    Case("truncated_image_nii_gz_train", "1", lambda d: train(d), 1, ("img.nii.gz", "truncated"),
+         lambda d: truncate(d, "img.nii.gz")),
+    Case("truncated_image_nii_gz_predict", "1", lambda d: predict(d), 1, ("other.nii.gz", "truncated"),
+         lambda d: truncate(d, "other.nii.gz")),
+    Case("crc_failure_nii_gz_train", "1", lambda d: train(d), 1, ("img.nii.gz", "integrity check"),
+         lambda d: flip_bytes(d, "img.nii.gz")),
+    Case("crc_failure_nii_gz_predict", "1", lambda d: predict(d), 1, ("other.nii.gz", "integrity check"),
+         lambda d: flip_bytes(d, "other.nii.gz")),
+    Case("truncated_label_nii_gz", "1", lambda d: train(d), 1, ("lbl.nii.gz", "truncated"),
+         lambda d: truncate(d, "lbl.nii.gz")),
+    Case("truncated_uncompressed_nii", "1", lambda d: predict(d, "plain.nii"), 1, ("plain.nii", "truncated"),
+         lambda d: (write_volume(d, "plain.nii", compress=False), truncate(d, "plain.nii"))),
+    Case("whole_gzip_of_a_truncated_nifti", "1", lambda d: predict(d, "regzipped.nii.gz"), 1,
+         ("regzipped.nii.gz", "header describes"), gzip_of_half_a_nifti),
+    Case("crc_failure_nrrd", "1", lambda d: predict(d, "v.nrrd"), 1, ("v.nrrd", "integrity check"),
+         lambda d: (write_volume(d, "v.nrrd"), flip_bytes(d, "v.nrrd"))),
+    Case("truncated_seg_nrrd_label", "1", lambda d: train(d, "img.nii.gz", "s.seg.nrrd"), 1, ("s.seg.nrrd",),
+         lambda d: (seg_nrrd(d, "s.seg.nrrd", [("ring", phantom()[1] == 1)]), truncate(d, "s.seg.nrrd", 0.8))),
+    # 2. segments of a .seg.nrrd
+    Case("overlapping_segments", "2", lambda d: train(d, "img.nii.gz", "overlap.seg.nrrd"), 1,
+         ("overlap.seg.nrrd", "'ring' and 'disc' overlap"), overlapping_segments),
+    Case("segment_names_differing_in_case", "2", lambda d: train(d, "img.nii.gz", "clash.seg.nrrd"), 1,
+         ("clash.seg.nrrd", "'X' and 'x'"), case_clashing_names),
+    # 3. outputs never replace an input or mix with an earlier run
+    Case("init_model_inside_out", "3", lambda d: train(d, "img.nii.gz", "lbl.nii.gz", "--init-model",
+                                                        str(d / "model.pt"), out="."), 1,
+         ("model.pt", "lies where outputs")),
+    Case("train_into_an_earlier_run", "3", lambda d: train(d, out="earlier"), 1, ("earlier", "earlier run"),
+         earlier_run),
+    Case("predict_into_an_earlier_run", "3", lambda d: predict(d, out="earlier"), 1, ("earlier", "earlier run"),
+         earlier_run),
+    # 4. evaluate --json
+    Case("evaluate_json_onto_a_label_map", "4", lambda d: ["evaluate", "--pred", str(d / "pred"), "--labels",
+                                                            str(d / "refs"), "--json", str(d / "refs" / "lbl.nii.gz")],
+         2, ("ending in .json",), prediction_folder),
+    Case("evaluate_json_onto_a_dataset_json", "4",
+         lambda d: ["evaluate", "--pred", str(d / "pred"), "--labels", str(d / "refs"), "--json",
+                    str(d / "ds" / "dataset.json")],
+         1, ("dataset.json", "not a report"), lambda d: (prediction_folder(d), dataset(d))),
+    # 5. --resume
+    Case("resume_with_other_options", "5", lambda d: ["train", "--resume", str(d / "earlier"), "--iterations", "3"], 2,
+         ("--resume DIR continues",), earlier_run),
+    Case("resume_a_folder_without_job", "5", lambda d: ["train", "--resume", str(d)], 1, ("job.json", "not found")),
+    # 6. one run per output folder
+    Case("output_folder_held_by_another_run", "6", lambda d: train(d, out="busy"), 1,
+         ("busy", "in use by another plcl run (process 4242)"), hold_lock),
+    Case("predict_into_a_held_folder", "6", lambda d: predict(d, out="busy"), 1, ("busy", "in use"), hold_lock),
+    # 7. absurd geometry and model fields: an error naming the file before any allocation
+    Case("spacing_1e6_mm", "7", lambda d: train(d, "huge.nii.gz", "huge_lbl.nii.gz"), 1,
+         ("huge.nii.gz", "voxel spacing"),
+         lambda d: (write_volume(d, "huge.nii.gz", spacing=(1e6, 1e6, 7.5)),
+                    write_volume(d, "huge_lbl.nii.gz", phantom()[1], spacing=(1e6, 1e6, 7.5)))),
+    Case("spacing_1e-6_mm_predict", "7", lambda d: predict(d, "tiny.nii.gz"), 1, ("tiny.nii.gz", "voxel spacing"),
+         lambda d: write_volume(d, "tiny.nii.gz", spacing=(1e-6, 1e-6, 1e-6))),
+    Case("slices_too_large_for_the_model", "7", lambda d: predict(d, "coarse.nii.gz", model="fine.pt"), 1,
+         ("coarse.nii.gz", "slices would be"),
+         lambda d: (write_volume(d, "coarse.nii.gz", spacing=(500.0, 500.0, 5.0)),
+                    model_variant(d, "fine.pt", lambda p: p["info"].update(target_spacing_mm=0.01)))),
+    Case("model_huge_base_channels", "7", lambda d: predict(d, model="m.pt"), 1, ("m.pt", "base_channels"),
+         lambda d: model_variant(d, "m.pt", lambda p: p["info"]["architecture"].update(base_channels=10**6))),
+    Case("model_class_value_300", "7", lambda d: predict(d, model="m.pt"), 1, ("m.pt", "class values"),
+         lambda d: model_variant(d, "m.pt", lambda p: p["info"]["classes"][0].update(value=300))),
+    Case("model_target_spacing_0", "7", lambda d: predict(d, model="m.pt"), 1, ("m.pt", "target_spacing_mm"),
+         lambda d: model_variant(d, "m.pt", lambda p: p["info"].update(target_spacing_mm=0.0))),
+    Case("model_without_architecture", "7", lambda d: predict(d, model="m.pt"), 1, ("m.pt", "architecture"),
+         lambda d: model_variant(d, "m.pt", lambda p: p["info"].pop("architecture"))),
+    Case("model_weights_of_another_architecture", "7", lambda d: predict(d, model="m.pt"), 1,
+         ("m.pt", "weights do not match"),
+         lambda d: model_variant(d, "m.pt", lambda p: p["info"]["architecture"].update(base_channels=8))),
+    Case("init_model_malformed", "7", lambda d: train(d, "img.nii.gz", "lbl.nii.gz", "--init-model", str(d / "m.pt")),
+         1, ("m.pt", "levels"),
+         lambda d: model_variant(d, "m.pt", lambda p: p["info"]["architecture"].update(levels=40))),
+    # 9. every value checked before anything is written: a usage error
+    Case("iterations_0", "9", lambda d: train(d, "img.nii.gz", "lbl.nii.gz", "--iterations", "0"), 2,
+         ("--iterations 0",)),
+    Case("minutes_0", "9", lambda d: train(d, "img.nii.gz", "lbl.nii.gz", "--minutes", "0"), 2, ("--minutes 0",)),
+    Case("minutes_negative", "9", lambda d: train(d, "img.nii.gz", "lbl.nii.gz", "--minutes", "-1"), 2,
+         ("--minutes -1",)),
+    _set("batch_size", "0", 2, "batch_size=0", "must be from 1"),
+    _set("learning_rate", "abc", 2, "learning_rate='abc'", "a number"),
+    _set("learning_rate", "-0.1", 2, "learning_rate"),
+    _set("device", "tpu", 2, "device must be"),
+    _set("seed", "-1", 2, "seed=-1"),
+    _set("seed", "1.5", 2, "seed=1.5", "whole number"),
+    _set("levels", "40", 2, "levels=40"),
+    _set("rounds", "true", 2, "rounds=True"),
+    _set("scale_range", "[2, 1]", 2, "scale_range"),
+    _set("patch_size", "33", 2, "multiple of", point="held"),
+    _set("no_such_field", "1", 2, "KEY one of", point="held"),
+    # 10. a model file that is not one: never suggest the unsafe load; no code runs
+    Case("model_needing_weights_only_false", "10", lambda d: predict(d, model="objects.pt"), 1,
+         ("objects.pt", "not a PLCLSegmentation model file", "refused without running"), pickled_object_model,
+         never=("Traceback", "weights_only", "weights_only=False")),
+    Case("hostile_pickle_as_model", "10", lambda d: predict(d, model="evil.pt"), 1, ("evil.pt",), hostile_pickle,
+         never=("Traceback", "weights_only")),
+    Case("hostile_pickle_as_init_model", "held", lambda d: train(d, "img.nii.gz", "lbl.nii.gz", "--init-model",
+                                                                 str(d / "evil.pt")), 1, ("evil.pt",), hostile_pickle),
+    Case("hostile_pickle_as_checkpoint", "10", lambda d: ["train", "--resume", str(d / "run")], 1,
+         ("checkpoint.pt", "cannot be read as a checkpoint"),
+         lambda d: (hostile_pickle(d), (d / "run").mkdir(), shutil.move(d / "evil.pt", d / "run" / "checkpoint.pt"),
+                    (d / "run" / "job.json").write_text(json.dumps(_job(d))))),
+    # held: the cases of the first probe that passed
+    Case("label_on_another_grid", "held", lambda d: train(d, "img.nii.gz", "moved.nii.gz"), 1,
+         ("moved.nii.gz", "not on the grid of image"),
+         lambda d: write_volume(d, "moved.nii.gz", phantom()[1], origin=(0.0, 0.0, 0.0))),
+    Case("label_on_a_grid_0.3_mm_off", "held", lambda d: train(d, "img.nii.gz", "moved.nii.gz"), 1,
+         ("moved.nii.gz", "not on the grid of image"),
+         lambda d: write_volume(d, "moved.nii.gz", phantom()[1], origin=(-12.2, 40.0, 3.25))),
+    Case("label_values_outside_the_classes", "held",
+         lambda d: ["train", "--data", str(d / "ds"), "--labeled-cases", "a", "--out", str(d / "out"), *TINY], 1,
+         ("a.nii.gz", "label value 7 outside the classes"), dataset),
+    Case("annotation_without_foreground", "held", lambda d: train(d, "img.nii.gz", "empty.nii.gz"), 1,
+         ("empty.nii.gz", "no foreground"), lambda d: write_volume(d, "empty.nii.gz", np.zeros_like(phantom()[1]))),
+    Case("2d_image", "held", lambda d: train(d, "flat.nrrd"), 1, ("flat.nrrd", "2D image"),
+         lambda d: sitk.WriteImage(sitk.GetImageFromArray(np.zeros((20, 20), np.int16)), str(d / "flat.nrrd"))),
+    Case("4d_image", "held", lambda d: train(d, "cine.nii.gz"), 1, ("cine.nii.gz", "4D"),
+         lambda d: sitk.WriteImage(sitk.GetImageFromArray(np.zeros((2, 3, 8, 8), np.int16), isVector=False),
+                                   str(d / "cine.nii.gz"))),
+    Case("rgb_image", "held", lambda d: predict(d, "rgb.nrrd"), 1, ("rgb.nrrd", "components per voxel"),
+         lambda d: sitk.WriteImage(sitk.GetImageFromArray(np.zeros((4, 8, 8, 3), np.uint8), isVector=True),
+                                   str(d / "rgb.nrrd"))),
+    Case("nan_voxels", "held", lambda d: predict(d, "nan.nrrd"), 1, ("nan.nrrd", "NaN"),
+         lambda d: write_volume(d, "nan.nrrd", np.full((7, 48, 40), np.nan, np.float32))),
+    Case("unreadable_file", "held", lambda d: train(d, "broken.nii.gz"), 1, ("broken.nii.gz",),
+         lambda d: (d / "broken.nii.gz").write_bytes(b"\x1f\x8b this is not a volume")),
+    Case("not_an_image", "held", lambda d: predict(d, "notes.nrrd"), 1, ("notes.nrrd", "cannot be read"),
+         lambda d: (d / "notes.nrrd").write_text("hello")),
+    Case("missing_label", "held", lambda d: train(d, "img.nii.gz", "nowhere.nii.gz"), 1,
+         ("nowhere.nii.gz", "not found")),
+    Case("missing_model", "held", lambda d: predict(d, model="nowhere.pt"), 1, ("nowhere.pt", "not found")),
+    Case("output_under_a_file", "held", lambda d: train(d, out="note.txt/out"), 1, ("note.txt", "is a file"),
+         lambda d: (d / "note.txt").write_text("a file")),
+    Case("output_on_a_read_only_filesystem", "held",
+         lambda d: ["predict", "--model", str(d / "model.pt"), "--out", "/proc/plcl-output", str(d / "other.nii.gz")],
+         1, ("/proc/plcl-output", "not writable")),
+    Case("output_folder_that_would_replace_an_input", "held",
+         lambda d: ["train", "--labeled", str(d / "img.nii.gz"), str(d / "lbl.nii.gz"), "--unlabeled",
+                    str(d / "predictions" / "x.nii.gz"), "--out", str(d), *TINY], 1,
+         ("x.nii.gz", "choose another --out"),
+         lambda d: ((d / "predictions").mkdir(), write_volume(d, "predictions/x.nii.gz"))),
+    Case("same_volume_name_twice", "held", lambda d: predict(d, "other.nii.gz", "copy/other.nii.gz"), 1,
+         ("other.nii.gz", "same name"),
+         lambda d: ((d / "copy").mkdir(), shutil.copy(d / "other.nii.gz", d / "copy" / "other.nii.gz"))),
+    Case("missing_out", "held", lambda d: ["train", "--labeled", str(d / "img.nii.gz"), str(d / "lbl.nii.gz")], 2,
+         ("--out DIR is required",)),
+    Case("cases_without_data", "held", lambda d: ["train", "--labeled-cases", "a", "--out", str(d / "out")], 2,
+         ("need --data",)),
+    Case("unknown_budget", "held", lambda d: train(d, "img.nii.gz", "lbl.nii.gz", "--budget", "huge"), 2,
+         ("invalid choice",)),
+    Case("evaluate_missing_prediction_folder", "held",
+         lambda d: ["evaluate", "--pred", str(d / "nowhere"), "--labels", str(d)], 1, ("nowhere", "not found")),
+]
 
 
-@pytest.mark.parametrize("where", ["under_a_file", "read_only_filesystem"])
-def test_unwritable_output_folder(case, capsys, where):
-    (case / "note.txt").write_text("a file")
-    out = case / "note.txt" / "out" if where == "under_a_file" else "/proc/plcl-output"
-    code, _ = _train(case, case / "img.nii.gz", case / "lbl.nii.gz", out=out)
-    assert code == 1
-    _assert_one_line_error(capsys, "note.txt" if where == "under_a_file" else "/proc")
+def _job(d: Path) -> dict:
+    return {"labeled": [[str(d / "img.nii.gz"), str(d / "lbl.nii.gz")]], "unlabeled": [str(d / "other.nii.gz")],
+            "out": str(d / "run"), "config": {"patch_size": 32, "levels": 3, "warmup_iterations": 2, "rounds": 0,
+                                              "device": "cpu", "budget": "quick"}}
 
 
-def test_output_folder_that_would_overwrite_an_input_is_refused(case, capsys):
-    (case / "predictions").mkdir()
-    sitk.WriteImage(make_image(phantom()[0]), str(case / "predictions" / "x.nii.gz"))
-    code = main(["train", "--labeled", str(case / "img.nii.gz"), str(case / "lbl.nii.gz"), "--unlabeled",
-                 str(case / "predictions" / "x.nii.gz"), "--out", str(case), "--iterations", "1"])
-    assert code == 1
-    _assert_one_line_error(capsys, "x.nii.gz", "choose another --out")
+def _snapshot(folder: Path) -> dict[str, bytes | None]:
+    """Every file's bytes and every folder (None) under ``folder``."""
+    return {str(p.relative_to(folder)): (p.read_bytes() if p.is_file() else None) for p in sorted(folder.rglob("*"))}
 
 
-def test_no_unannotated_volume_trains_supervised_with_a_warning(case, capsys):
-    out = case / "out"
-    code = main(["train", "--labeled", str(case / "img.nii.gz"), str(case / "lbl.nii.gz"), "--out", str(out),
-                 "--iterations", "2", "--set", "patch_size=32", "--set", "levels=3"])
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")
+@pytest.mark.parametrize("case", CASES, ids=[f"{c.point}-{c.id}" for c in CASES])
+def test_bad_input(case: Case, base: Path, tmp_path: Path, capsys, monkeypatch):
+    d = tmp_path / "case"
+    shutil.copytree(base, d)
+    monkeypatch.chdir(d)
+    try:
+        if case.prepare:
+            case.prepare(d)
+        before = _snapshot(d)
+        capsys.readouterr()
+        try:
+            code = main(case.argv(d))
+        except SystemExit as stop:  # argparse's own usage errors
+            code = stop.code
+        err = capsys.readouterr().err
+        assert code == case.code, err
+        lines = [ln for ln in err.splitlines() if "error:" in ln]
+        assert len(lines) == 1, err
+        for fragment in case.fragments:
+            assert fragment in lines[0], lines[0]
+        for text in case.never:
+            assert text not in err, err
+        after = _snapshot(d)
+        assert sorted(after) == sorted(before), "files written or removed"
+        changed = [name for name in before if before[name] != after[name]]
+        assert not changed, f"inputs changed: {changed}"
+        assert not (d / "HOSTILE_CODE_RAN").exists()
+    finally:
+        while _held:
+            _held.pop().close()
+
+
+def test_every_point_of_issue_11_that_a_table_can_show_has_cases():
+    points = {c.point for c in CASES}
+    assert {"1", "2", "3", "4", "5", "6", "7", "9", "10", "held"} <= points
+    assert len({c.id for c in CASES}) == len(CASES)
+
+
+# --- faults and behaviours a table cannot show --------------------------------------------------
+
+
+def test_no_unannotated_volume_trains_supervised_with_a_warning(base, tmp_path, capsys):
+    out = tmp_path / "out"
+    code = main(["train", "--labeled", str(base / "img.nii.gz"), str(base / "lbl.nii.gz"), "--out", str(out), *TINY])
     assert code == 0
     assert "warning: no unannotated volume" in capsys.readouterr().err
-    assert (out / "model.pt").is_file()
+    assert (out / "model.pt").is_file() and not (out / ".plcl.lock").exists()
     assert json.loads((out / "summary.json").read_text())["volumes"] == []
 
 
-def test_user_inputs_are_never_modified(case):
-    before = {p.name: p.read_bytes() for p in case.iterdir() if p.is_file()}
-    code, _ = _train(case, case / "img.nii.gz", case / "lbl.nii.gz")
+def test_set_seed_and_device_train(base, tmp_path):
+    """--set seed=... and --set device=... used to raise a TypeError (given twice to the config)."""
+    out = tmp_path / "out"
+    code = main(train(base, out=str(out))[:-2] + ["--set", "seed=3", "--set", "device=\"cpu\""])
     assert code == 0
-    assert {p.name: p.read_bytes() for p in case.iterdir() if p.is_file()} == before
+    assert json.loads((out / "job.json").read_text())["config"]["seed"] == 3
+
+
+def test_user_inputs_are_never_modified(base, tmp_path):
+    d = tmp_path / "case"
+    shutil.copytree(base, d)
+    before = _snapshot(d)
+    assert main(train(d, out=str(tmp_path / "out"))) == 0
+    assert _snapshot(d) == before
+
+
+@pytest.mark.parametrize("writer", ["torch", "itk", "mkstemp"])
+def test_disk_full_is_one_line_naming_the_file(base, tmp_path, capsys, monkeypatch, writer):
+    """A full disk during the run: exit 1, 'no space left' and the file, no traceback, no temporary file."""
+    import SimpleITK
+
+    from PLCLSegmentationLib.engine import modelfile, volumes
+
+    def enospc(*args, **kwargs):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    def itk_full(*args, **kwargs):  # how ITK reports it: a RuntimeError with the C library's text
+        raise RuntimeError("itk::ERROR: NrrdImageIO: Write: No space left on device")
+
+    if writer == "torch":
+        monkeypatch.setattr(modelfile.torch, "save", enospc)  # the checkpoint or the model, whichever comes first
+        target = ".pt"
+    elif writer == "itk":
+        monkeypatch.setattr(SimpleITK, "WriteImage", itk_full)
+        target = "other.nrrd"
+    else:
+        monkeypatch.setattr(volumes.tempfile, "mkstemp", enospc)  # the disk full before the run writes
+        target = "job.json"
+    out = tmp_path / "out"
+    code = main(train(base, out=str(out)))
+    err = capsys.readouterr().err
+    assert code == 1, err
+    lines = [ln for ln in err.splitlines() if ln.startswith("error:")]
+    assert len(lines) == 1 and "no space left" in lines[0] and target in lines[0], err
+    assert "Traceback" not in err
+    assert not [p for p in out.rglob("*") if ".partial" in p.name] if out.exists() else True
+
+
+def test_an_os_error_from_anywhere_is_one_line(base, tmp_path, capsys, monkeypatch):
+    from PLCLSegmentationLib.engine import pipeline
+
+    def refuse(*args, **kwargs):
+        raise PermissionError(errno.EACCES, "Permission denied", "/somewhere/x.nrrd")
+
+    monkeypatch.setattr(pipeline, "write_segmentation", refuse)
+    code = main(predict(base, out=str(tmp_path / "out")).copy())
+    err = capsys.readouterr().err
+    assert code == 1 and "error: /somewhere/x.nrrd: Permission denied" in err and "Traceback" not in err
+
+
+def test_leftover_partial_files_of_a_killed_run_are_removed(base, tmp_path):
+    """kill -9 cannot be caught: the next run that holds the folder removes the torn temporary files."""
+    out = tmp_path / "out"
+    (out / "predictions").mkdir(parents=True)
+    (out / ".model.pt.abc123.partial.pt").write_bytes(b"")
+    (out / "predictions" / ".x.seg.nrrd.k2j4.partial.seg.nrrd").write_bytes(b"torn")
+    assert main(predict(base, out=str(out))) == 0
+    assert not [p for p in out.rglob("*") if ".partial" in p.name]
+    assert (out / "predictions" / "other.seg.nrrd").is_file()
+
+
+def test_a_crashed_run_does_not_leave_its_folder_stuck(base, tmp_path):
+    """The lock is the operating system's: a run killed with SIGKILL while holding it releases it."""
+    out = tmp_path / "out"
+    code = ("import os, signal, sys; from pathlib import Path; "
+            "from PLCLSegmentationLib.engine.outfolder import hold_output_folder\n"
+            f"with hold_output_folder(Path({str(out)!r})):\n    os.kill(os.getpid(), signal.SIGKILL)")
+    env = {**os.environ, "PYTHONPATH": str(REPO / "PLCLSegmentation")}
+    child = subprocess.run([sys.executable, "-c", code], env=env)
+    assert child.returncode == -9 and (out / ".plcl.lock").exists()
+    assert main(predict(base, out=str(out))) == 0
+
+
+def test_two_trainings_into_one_folder_at_once(base, tmp_path):
+    """Two runs started together: one trains, the other is refused; no mixed files."""
+    out = tmp_path / "out"
+    env = {**os.environ, "PYTHONPATH": str(REPO / "PLCLSegmentation")}
+    args = [sys.executable, "-m", "PLCLSegmentationLib.engine", *train(base, out=str(out)), "--set", "batch_size=2",
+            "--set", "contrastive_images=2"]
+    children = [subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+                for _ in range(2)]
+    results = [(c.wait(timeout=300), c.stderr.read()) for c in children]
+    codes = sorted(code for code, _ in results)
+    assert codes == [0, 1], results
+    refused = next(err for code, err in results if code == 1)
+    assert "in use by another plcl run" in refused or "earlier run" in refused, refused
+    summary = json.loads((out / "summary.json").read_text())
+    assert [v["name"] for v in summary["volumes"]] == ["other"]
+
+
+def _child(*args: str, cwd: Path) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": str(REPO / "PLCLSegmentation")}
+    return subprocess.Popen([sys.executable, "-m", "PLCLSegmentationLib.engine", *args], cwd=cwd, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def test_resume_from_another_working_folder_continues_in_place_with_the_whole_history(base, tmp_path):
+    """Relative paths at the start; --resume from elsewhere continues the same run in the same folder."""
+    start, elsewhere = tmp_path / "start", tmp_path / "elsewhere"
+    shutil.copytree(base, start)
+    elsewhere.mkdir()
+    child = _child("train", "--labeled", "img.nii.gz", "lbl.nii.gz", "--unlabeled", "other.nii.gz", "--out", "run",
+                   "--budget", "quick", "--set", "patch_size=32", "--set", "levels=3", "--iterations", "12",
+                   "--set", "batch_size=2", "--set", "contrastive_images=2", "--device", "cpu", "--events", "jsonl",
+                   cwd=start)
+    for line in child.stdout:
+        event = json.loads(line)
+        if event["event"] == "progress":
+            child.send_signal(signal.SIGINT)
+            break
+    rest, stderr = child.communicate(timeout=120)
+    assert child.returncode == 130, stderr
+    cancelled = [json.loads(ln) for ln in rest.splitlines()][-1]
+    run = start / "run"
+    assert cancelled["event"] == "cancelled" and f"--resume {run}" in cancelled["message"]
+    job = json.loads((run / "job.json").read_text())
+    assert job["out"] == str(run) and job["labeled"] == [[str(start / "img.nii.gz"), str(start / "lbl.nii.gz")]]
+
+    resumed = _child("train", "--resume", os.path.relpath(run, elsewhere), "--events", "jsonl", cwd=elsewhere)
+    out, stderr = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, stderr
+    progress = [e for e in map(json.loads, out.splitlines()) if e["event"] == "progress" and e["stage"] != "predict"]
+    stopped_at = json.loads((run / "training.json").read_text())["resumed_at_iteration"]
+    assert 1 <= stopped_at < 12 and progress[0]["iteration"] > stopped_at and progress[-1]["iteration"] == 12
+    assert list(elsewhere.iterdir()) == []
+    losses = json.loads((run / "training.json").read_text())["losses"]
+    assert [entry["iteration"] for entry in losses] == list(range(1, 13))
+    assert (run / "predictions" / "other.seg.nrrd").is_file()
+
+
+def test_the_first_interrupt_of_predict_is_acknowledged_at_once(base, tmp_path):
+    images = []
+    for index in range(12):
+        shutil.copy(base / "other.nii.gz", tmp_path / f"v{index}.nii.gz")
+        images.append(str(tmp_path / f"v{index}.nii.gz"))
+    child = _child("predict", "--model", str(base / "model.pt"), "--out", str(tmp_path / "out"), "--device", "cpu",
+                   "--events", "jsonl", *images, cwd=tmp_path)
+    for line in child.stdout:
+        if json.loads(line)["event"] == "start":
+            child.send_signal(signal.SIGINT)
+            break
+    rest, stderr = child.communicate(timeout=120)
+    assert "stopping after the current step" in stderr, stderr
+    assert child.returncode in (0, 130), stderr
+    if child.returncode == 130:
+        assert json.loads(rest.splitlines()[-1])["event"] == "cancelled"
+
+
+def test_predict_holds_one_volume_at_a_time(base, tmp_path, monkeypatch):
+    """Every image is checked first, then read, predicted and written one at a time: at each write,
+    at most one image's voxels and one prepared volume are alive, whatever the number of images."""
+    import gc
+    import weakref
+
+    from PLCLSegmentationLib.engine import pipeline
+
+    arrays: list = []
+    prepared: list = []
+    alive_at_writes: list[tuple[int, int]] = []
+    read_volume, prepare_volume, write_segmentation = (pipeline.read_volume, pipeline.prepare_volume,
+                                                       pipeline.write_segmentation)
+
+    def reading(path):
+        volume = read_volume(path)
+        arrays.append(weakref.ref(volume.array))
+        return volume
+
+    def preparing(*args, **kwargs):
+        result = prepare_volume(*args, **kwargs)
+        prepared.append(weakref.ref(result[0]))
+        return result
+
+    def writing(*args, **kwargs):
+        gc.collect()
+        alive_at_writes.append((sum(r() is not None for r in arrays), sum(r() is not None for r in prepared)))
+        return write_segmentation(*args, **kwargs)
+
+    monkeypatch.setattr(pipeline, "read_volume", reading)
+    monkeypatch.setattr(pipeline, "prepare_volume", preparing)
+    monkeypatch.setattr(pipeline, "write_segmentation", writing)
+    images = []
+    for index in range(5):
+        shutil.copy(base / "other.nii.gz", tmp_path / f"v{index}.nii.gz")
+        images.append(str(tmp_path / f"v{index}.nii.gz"))
+    assert main(["predict", "--model", str(base / "model.pt"), "--out", str(tmp_path / "out"), "--device", "cpu",
+                 *images]) == 0
+    assert len(alive_at_writes) == 5
+    assert all(volumes <= 1 and prepared_volumes <= 1 for volumes, prepared_volumes in alive_at_writes), \
+        alive_at_writes

@@ -14,6 +14,7 @@ import os
 import platform
 import random
 import re
+import shutil
 import statistics
 import subprocess
 import sys
@@ -126,6 +127,7 @@ def _set_args(items: dict[str, Any]) -> list[str]:
 def run_method(method: str, protocol: Protocol, dataset: Dataset, args: argparse.Namespace, seed: int,
                folder: Path, sink: EventSink) -> dict[str, Any]:
     spec = METHODS[method]
+    shutil.rmtree(folder, ignore_errors=True)  # this bench's own earlier run of the method: runs need fresh folders
     folder.mkdir(parents=True, exist_ok=True)
     train = ["train", "--data", str(dataset.root), "--labeled-cases", ",".join(protocol.labeled),
              "--out", str(folder / "train"), "--budget", args.budget, "--seed", str(seed), "--device", args.device,

@@ -15,7 +15,7 @@ from typing import Any
 from .. import __version__
 from .config import BUDGETS, DEFAULT_BUDGET, ConfigError, TrainConfig
 from .events import EXIT_CANCELLED, EXIT_ERROR, EXIT_OK, EXIT_USAGE, STOP_FILE, EventSink, JsonLinesSink
-from .volumes import InputError
+from .volumes import DISK_FULL_ERRNOS, InputError
 
 
 def _add_common(parser: argparse.ArgumentParser) -> None:
@@ -102,13 +102,13 @@ def make_train_job(args: argparse.Namespace):
     from .dataset import read_dataset
     from .pipeline import TrainJob
 
+    check_train_arguments(args)
     if args.resume:
-        job_file = Path(args.resume) / "job.json"
-        if not job_file.is_file():
-            raise InputError(str(job_file), "not found; --resume needs the output folder of an earlier run")
-        job = TrainJob.from_dict(json.loads(job_file.read_text()))
+        from .pipeline import read_job
+
+        job = read_job(args.resume)
         if args.device:
-            job.config = dataclasses.replace(job.config, device=args.device)
+            job.config = dataclasses.replace(job.config, device=args.device).validated()
         return job
     labeled = [tuple(p) for p in args.labeled]
     unlabeled = list(args.unlabeled)
@@ -131,24 +131,42 @@ def make_train_job(args: argparse.Namespace):
         raise ConfigError("give at least one annotated volume: --labeled IMAGE LABEL, or --data DIR --labeled-cases A")
     if not args.out:
         raise ConfigError("--out DIR is required")
-    return TrainJob(labeled, unlabeled, args.out, train_config(args, bool(unlabeled)), names, args.init_model)
+    return TrainJob(labeled, unlabeled, args.out, train_config(args, bool(unlabeled)), names,
+                    args.init_model).absolute()
 
 
 def train_config(args: argparse.Namespace, has_unlabeled: bool = True) -> TrainConfig:
     """The training schedule of ``plcl train``: the budget, --iterations spread over it, and with
     --init-model the warm-start schedule (the engine alone decides it; the Slicer module passes
     the same budget and iterations as for a first training, plus --init-model)."""
-    config = TrainConfig.from_budget(args.budget or DEFAULT_BUDGET, seed=args.seed, device=args.device,
-                                     **_config_overrides(args.set))
-    if args.iterations:
+    # The options win over --set of the same field (one dict: a field given twice is no TypeError).
+    options = {"seed": args.seed, "device": args.device}
+    overrides = {**_config_overrides(args.set), **{k: v for k, v in options.items() if v is not None}}
+    config = TrainConfig.from_budget(args.budget or DEFAULT_BUDGET, **overrides)
+    if args.iterations is not None:
         config = config.with_iterations(args.iterations)
     if args.init_model:
         config = fine_tuning_schedule(config)
-    if args.minutes:
+    if args.minutes is not None:
         config = dataclasses.replace(config, time_budget_s=60.0 * args.minutes)
     if not has_unlabeled:  # supervised only: the joint iterations go to the warm-up
         config = dataclasses.replace(config, warmup_iterations=config.total_iterations, rounds=0)
-    return config
+    return config.validated()
+
+
+def check_train_arguments(args: argparse.Namespace) -> None:
+    """Values argparse cannot check by type alone: a usage error (exit 2) before anything is read."""
+    if args.iterations is not None and args.iterations < 1:
+        raise ConfigError(f"--iterations {args.iterations}: must be at least 1")
+    if args.minutes is not None and not (0 < args.minutes < 60 * 24 * 366):
+        raise ConfigError(f"--minutes {args.minutes:g}: must be a number of minutes greater than 0")
+    if args.iterations is not None and args.minutes is not None:
+        raise ConfigError("give --iterations or --minutes, not both")
+    if args.n_unlabeled is not None and args.n_unlabeled < 0:
+        raise ConfigError(f"--n-unlabeled {args.n_unlabeled}: must be 0 or more")
+    if args.resume and (args.labeled or args.unlabeled or args.data or args.init_model or args.set
+                        or args.iterations is not None or args.minutes is not None or args.budget):
+        raise ConfigError("--resume DIR continues a run as it was started; give it alone (with --device, --events)")
 
 
 def fine_tuning_schedule(config: TrainConfig) -> TrainConfig:
@@ -185,6 +203,8 @@ def _install_signal_handlers(cancel: threading.Event) -> None:
         if cancel.is_set():  # a second signal: stop now
             raise KeyboardInterrupt
         cancel.set()
+        # Acknowledged at once (the step under way may take a while): a log line, not an event.
+        print("plcl: stopping after the current step (interrupt again to stop at once)", file=sys.stderr, flush=True)
 
     for name in ("SIGINT", "SIGTERM", "SIGBREAK"):
         if hasattr(signal, name):
@@ -227,12 +247,17 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         sink.emit("cancelled", checkpoint=None, message="stopped immediately (second interrupt)")
         return EXIT_CANCELLED
-    except InputError as error:
+    except InputError as error:  # OutputError too (a full disk names the file it could not write)
         sink.emit("error", message=str(error), file=error.path)
         return EXIT_ERROR
     except ConfigError as error:
         sink.emit("error", message=str(error), file=None)
         return EXIT_USAGE
+    except OSError as error:  # the system refused a read or write: one line, no trace
+        name = error.filename
+        reason = "no space left on the device" if error.errno in DISK_FULL_ERRNOS else (error.strerror or str(error))
+        sink.emit("error", message=f"{name}: {reason}" if name else reason, file=None if name is None else str(name))
+        return EXIT_ERROR
     except Exception as error:  # an unexpected failure: one line for the user, the trace on stderr
         traceback.print_exc(file=sys.stderr)
         sink.emit("error", message=f"{type(error).__name__}: {error}", file=None)

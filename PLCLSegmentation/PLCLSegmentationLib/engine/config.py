@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -139,6 +140,9 @@ class TrainConfig:
         return dataclasses.replace(self, warmup_iterations=warmup, joint_iterations=joint)
 
     def validated(self) -> TrainConfig:
+        """Every field of the right type and in range (a ConfigError, before anything is written)."""
+        _check_types(self)
+        _check_ranges(self)
         multiple = 2 ** (self.levels - 1)
         if self.patch_size % multiple:
             raise ConfigError(f"patch_size {self.patch_size} must be a multiple of {multiple}")
@@ -163,3 +167,68 @@ class TrainConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         values = {k: (tuple(v) if isinstance(v, list) else v) for k, v in values.items() if k in known}
         return cls(**values).validated()
+
+
+def _check_types(config: TrainConfig) -> None:
+    """Each field's value has the type of its default (ints where ints are meant, never booleans)."""
+    defaults = TrainConfig()
+    for f in dataclasses.fields(TrainConfig):
+        value, default = getattr(config, f.name), getattr(defaults, f.name)
+        if f.name in ("target_spacing_mm", "time_budget_s"):  # optional numbers
+            ok = value is None or _is_number(value)
+        elif isinstance(default, bool):
+            ok = isinstance(value, bool)
+        elif isinstance(default, int):
+            ok = isinstance(value, int) and not isinstance(value, bool)
+        elif isinstance(default, float):
+            ok = _is_number(value)
+        elif isinstance(default, tuple):
+            ok = isinstance(value, tuple) and len(value) == len(default) and all(_is_number(v) for v in value)
+        else:
+            ok = isinstance(value, type(default))
+        if not ok:
+            raise ConfigError(f"{f.name}={value!r}: expected {_type_name(default)}")
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _type_name(default: Any) -> str:
+    if isinstance(default, tuple):
+        return f"{len(default)} numbers, e.g. {list(default)}"
+    if default is None:
+        return "a number (or null)"
+    return {bool: "true or false", int: "a whole number", float: "a number", str: "a string",
+            dict: "an object"}.get(type(default), type(default).__name__)
+
+
+#: (low, high) bounds of numeric fields, inclusive; None: unbounded on that side.
+_RANGES: dict[str, tuple[float | None, float | None]] = {
+    "target_spacing_mm": (1e-3, 1e3), "patch_size": (8, 4096), "foreground_patch_fraction": (0, 1),
+    "base_channels": (1, 256), "levels": (1, 8), "embedding_dim": (1, 1024), "batch_size": (1, 4096),
+    "contrastive_images": (1, 4096), "warmup_iterations": (1, None), "rounds": (0, None),
+    "joint_iterations": (0, None), "contrastive_weight": (0, None), "anchors_per_class": (1, None),
+    "pseudo_segmentation_weight": (0, None), "teacher_ema": (0, 0.9999), "pseudo_label_confidence": (0, 1),
+    "gamma_max": (1, None), "noise_sigma": (0, None), "rotation_degrees": (0, 180), "elastic_sigma_px": (0, None),
+    "elastic_probability": (0, 1), "brightness": (0, None), "inference_tile": (16, 4096),
+    "inference_overlap": (0, 0.9), "time_budget_s": (1e-3, None), "snapshots": (0, 1000),
+    "checkpoint_every": (1, None), "seed": (0, 2**32 - 1),
+}
+
+
+def _check_ranges(config: TrainConfig) -> None:
+    for name, (low, high) in _RANGES.items():
+        value = getattr(config, name)
+        if value is None:
+            continue
+        if (low is not None and value < low) or (high is not None and value > high):
+            bounds = f"from {low:g} to {high:g}" if high is not None else f"at least {low:g}"
+            raise ConfigError(f"{name}={value!r}: must be {bounds}")
+    for name in ("learning_rate", "temperature"):
+        if not getattr(config, name) > 0:
+            raise ConfigError(f"{name}={getattr(config, name)!r}: must be greater than 0")
+    for name in ("scale_range", "contrast_range"):
+        low, high = getattr(config, name)
+        if not 0 < low <= high:
+            raise ConfigError(f"{name}={list(getattr(config, name))}: must satisfy 0 < low <= high")

@@ -7,6 +7,7 @@ scored against their synthetic ground truth. Nothing here is medical data.
 from __future__ import annotations
 
 import dataclasses
+import shutil
 import threading
 from pathlib import Path
 
@@ -37,6 +38,8 @@ def run_demo(out: str, sink: EventSink, cancel: threading.Event, device: str = "
                                    patch_size=64).with_iterations(iterations or DEMO_ITERATIONS),
         class_names=dataset.label_names,
     )
+    if (Path(job.out) / "job.json").is_file():  # the demo's own earlier run: a new run needs a fresh folder
+        shutil.rmtree(job.out)
     summary = run_training(job, sink, cancel)
     report = evaluate(job.out, data=str(data), split="val")
     figure = _figure(dataset, val_cases, Path(job.out), summary, root / "demo_overview.png")

@@ -65,7 +65,25 @@ def evaluate(pred: str, labels: str | None = None, data: str | None = None,
     return evaluate_folder(predictions, references, _classes(pred_root, names))
 
 
+def check_report_path(out: Path) -> None:
+    """The report may only replace an earlier report: never an image, a label map or a dataset.json."""
+    if out.suffix.lower() != ".json":
+        raise ConfigError(f"--json {out}: the report is a .json file; give a name ending in .json")
+    if out.is_dir():
+        raise InputError(str(out), "is a folder; --json needs a file name")
+    if out.exists():
+        try:
+            earlier = json.loads(out.read_text())
+        except (OSError, ValueError):
+            earlier = None
+        if not (isinstance(earlier, dict) and {"n_cases", "cases", "mean"} <= set(earlier)):
+            raise InputError(str(out), "exists and is not a report of plcl evaluate; it is left as it is: choose "
+                                       "another --json file")
+
+
 def run_evaluation(args: argparse.Namespace, sink: EventSink) -> dict[str, Any]:
+    out = Path(args.json) if args.json else Path(args.pred) / "metrics.json"
+    check_report_path(out)
     report = evaluate(args.pred, args.labels, args.data, args.split)
     table = format_table(report)
     if getattr(args, "events", None) == "jsonl":
@@ -74,7 +92,6 @@ def run_evaluation(args: argparse.Namespace, sink: EventSink) -> dict[str, Any]:
         print(table)
     for message in report.get("warnings", []):
         sink.emit("warning", message=message)
-    out = Path(args.json) if args.json else Path(args.pred) / "metrics.json"
     with atomic_path(out) as tmp, open(tmp, "w") as f:
         json.dump(report, f, indent=2)
     sink.emit("output", kind="metrics", path=str(out), name=None)

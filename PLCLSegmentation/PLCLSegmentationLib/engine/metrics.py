@@ -5,10 +5,11 @@ Conventions (the ones used by most segmentation papers and MONAI, so numbers are
 - Dice of a structure is ``2|P∩R| / (|P|+|R|)``. When the structure is absent from both the
   prediction and the reference it is undefined: ``None``, and left out of every mean (a correct
   "nothing here" should neither reward nor penalise). When exactly one is empty, Dice is 0.
-- HD95 follows MONAI's ``compute_hausdorff_distance(percentile=95)``: the surface of a mask is the
-  mask minus its erosion by the full 3x3x3 (26-neighbour) structuring element, voxels outside the
-  array counting as background; for every surface voxel of one mask, the Euclidean distance in mm
-  (physical, anisotropic spacing) to the nearest surface voxel of the other; the larger of the two
+- HD95 follows MONAI's ``compute_hausdorff_distance(percentile=95)`` (and MedPy's ``hd95``): the
+  surface of a mask is the mask minus its erosion by the 6-neighbour cross (scipy's default
+  structuring element), voxels outside the array counting as background; for every surface voxel
+  of one mask, the Euclidean distance in mm (physical, anisotropic spacing) to the nearest surface
+  voxel of the other; the larger of the two
   directed 95th percentiles (linear interpolation). It is ``None`` when either mask is empty (no
   finite distance exists; the miss already shows as Dice 0).
 
@@ -29,8 +30,8 @@ from scipy import ndimage
 from . import volumes
 from .volumes import ClassInfo, InputError, Volume
 
-#: 26-neighbour structuring element for surface extraction.
-_FULL_CONNECTIVITY = np.ones((3, 3, 3), dtype=bool)
+#: The 6-neighbour cross: a voxel is on the surface when a face neighbour is background (MONAI, MedPy).
+_FACE_CONNECTIVITY = ndimage.generate_binary_structure(3, 1)
 
 
 # --- per-volume metrics -------------------------------------------------------------------------
@@ -73,8 +74,8 @@ def _bounding_box(mask: np.ndarray, margin: int) -> tuple[slice, ...] | None:
 
 
 def _surface(mask: np.ndarray) -> np.ndarray:
-    """Mask voxels with at least one of their 26 neighbours in the background (or outside the array)."""
-    return mask & ~ndimage.binary_erosion(mask, structure=_FULL_CONNECTIVITY, border_value=0)
+    """Mask voxels with at least one of their 6 face neighbours in the background (or outside the array)."""
+    return mask & ~ndimage.binary_erosion(mask, structure=_FACE_CONNECTIVITY, border_value=0)
 
 
 def hausdorff95(a: np.ndarray, b: np.ndarray, spacing_kji: Sequence[float],

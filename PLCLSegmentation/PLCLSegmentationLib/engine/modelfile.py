@@ -7,6 +7,7 @@ received from someone else cannot execute code.
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass, field
 from typing import Any
@@ -109,27 +110,102 @@ def save_model(path: str | os.PathLike[str], model: torch.nn.Module, info: Model
 
 
 def read_model(path: str | os.PathLike[str]) -> tuple[ModelInfo, dict[str, torch.Tensor]]:
+    """The model's description and weights, every field checked (an InputError naming the file)
+    before anything is allocated."""
     path = str(path)
     if not os.path.isfile(path):
         raise InputError(path, "model file not found")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # unpickling errors have many types
-        message = str(error).strip().splitlines()[0][:160] if str(error).strip() else type(error).__name__
-        raise InputError(path, f"is not a readable PLCLSegmentation model file ({message})") from None
+        raise InputError(path, f"is not a PLCLSegmentation model file ({_load_problem(error)})") from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise InputError(path, "is not a PLCLSegmentation model file")
-    if int(payload.get("format_version", 0)) > FORMAT_VERSION:
-        raise InputError(path, f"was written by a newer PLCLSegmentation (model format "
-                               f"{payload['format_version']}); please update")
-    return ModelInfo.from_dict(payload["info"]), payload["state_dict"]
+    version = payload.get("format_version", 0)
+    if not isinstance(version, int):
+        raise InputError(path, f"is not a valid PLCLSegmentation model file (format_version {version!r})")
+    if version > FORMAT_VERSION:
+        raise InputError(path, f"was written by a newer PLCLSegmentation (model format {version}); please update")
+    try:
+        info = ModelInfo.from_dict(payload["info"])
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError) as error:
+        field_name = f"field {error}" if isinstance(error, KeyError) else str(error)
+        raise InputError(path, f"is not a valid PLCLSegmentation model file (missing or malformed {field_name})") \
+            from None
+    problem = model_info_problem(info, payload["info"]) or _weights_problem(info, payload.get("state_dict"))
+    if problem:
+        raise InputError(path, f"is not a valid PLCLSegmentation model file ({problem})")
+    return info, payload["state_dict"]
 
 
-def load_model(path: str | os.PathLike[str], device: torch.device) -> tuple[UNet2D, ModelInfo]:
-    info, state = read_model(path)
+def _load_problem(error: Exception) -> str:
+    """Why torch.load refused the file, in our words: PyTorch's own message suggests loading with
+    ``weights_only=False``, which would run whatever code the file holds; never pass that on."""
+    text = str(error)
+    if "weights_only" in text or "Unsupported global" in text or "Unpickl" in type(error).__name__:
+        return "it holds Python objects other than weights and settings; a model file of this tool never " \
+               "does, so it was refused without running them"
+    return "damaged, or not a file written by torch.save"
+
+
+#: Bounds of the architecture and geometry fields: anything outside is a damaged or forged file.
+_LIMITS = {"base_channels": (1, 256), "levels": (1, 8), "embedding_dim": (1, 1024), "patch_size": (8, 4096),
+           "inference_tile": (16, 4096)}
+
+
+def model_info_problem(info: ModelInfo, raw: dict[str, Any]) -> str | None:
+    arch = raw.get("architecture", {})
+    if arch.get("name") != "unet2d" or arch.get("in_channels", 1) != 1:
+        return (f"architecture {arch.get('name')!r} with {arch.get('in_channels')} input channels; unet2d with 1 "
+                "expected")
+    if arch.get("num_classes", info.num_classes) != info.num_classes:
+        return f"architecture.num_classes {arch.get('num_classes')} but {len(info.classes)} classes"
+    for name, (low, high) in _LIMITS.items():
+        value = getattr(info, name)
+        if not low <= value <= high:
+            return f"{name} {value}; {low} to {high} expected"
+    if not info.classes or len(info.classes) > 254:
+        return f"{len(info.classes)} classes; 1 to 254 expected"
+    values = [c.value for c in info.classes]
+    if any(not 1 <= v <= 255 for v in values) or len(set(values)) != len(values):
+        return f"class values {values}; distinct values from 1 to 255 expected"
+    names = [c.name.casefold() for c in info.classes]
+    if len(set(names)) != len(names) or not all(n.strip() for n in names):
+        return f"class names {[c.name for c in info.classes]}; distinct, non-empty names expected"
+    if not (math.isfinite(info.target_spacing_mm) and 1e-3 <= info.target_spacing_mm <= 1e3):
+        return f"target_spacing_mm {info.target_spacing_mm}; 0.001 to 1000 mm expected"
+    percentiles = [float(p) for p in info.intensity_percentiles]
+    if len(percentiles) != 2 or not 0 <= percentiles[0] < percentiles[1] <= 100:
+        return f"normalisation percentiles {list(info.intensity_percentiles)}; 0 <= low < high <= 100 expected"
+    if not 0 <= info.inference_overlap <= 0.9:
+        return f"inference_overlap {info.inference_overlap}; 0 to 0.9 expected"
+    return None
+
+
+def _weights_problem(info: ModelInfo, state: Any) -> str | None:
+    """Weights of exactly the described architecture, compared on the meta device (no memory)."""
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        return "state_dict is not a set of tensors"
+    with torch.device("meta"):
+        expected = {k: tuple(v.shape) for k, v in info.build_network().state_dict().items()}
+    found = {k: tuple(v.shape) for k, v in state.items()}
+    if found != expected:
+        wrong = sorted(set(expected) ^ set(found)) or [k for k in expected if expected[k] != found[k]]
+        return f"weights do not match the architecture the file describes ({wrong[0]})"
+    return None
+
+
+def build_model(path: str | os.PathLike[str], info: ModelInfo, state: dict[str, torch.Tensor],
+                device: torch.device) -> UNet2D:
+    """The network of a checked model file (see read_model), with its weights, ready to predict."""
     model = info.build_network()
     try:
         model.load_state_dict(state)
     except RuntimeError:
         raise InputError(str(path), "weights do not match the architecture the file describes") from None
-    return model.to(device).eval(), info
+    return model.to(device).eval()
+
+
+def load_model(path: str | os.PathLike[str], device: torch.device) -> tuple[UNet2D, ModelInfo]:
+    info, state = read_model(path)
+    return build_model(path, info, state, device), info

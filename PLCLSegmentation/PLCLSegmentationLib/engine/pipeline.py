@@ -9,15 +9,20 @@ Output folder layout::
     OUT/predictions/<name>.seg.nrrd segmentation of each unannotated volume, on its grid
     OUT/uncertainty/<name>.nrrd     normalised predictive entropy per voxel, on its grid
     OUT/summary.json                classes, outputs and uncertainty scores (least certain first)
+    OUT/.plcl.lock                  held while a run writes here (see outfolder.py)
+
+A new run needs a folder without an earlier run's outputs; ``--resume`` continues in its own.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import statistics
 import threading
 import time
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,7 +33,8 @@ import torch
 from .. import __version__
 from .config import TrainConfig
 from .events import OUTPUT_KINDS, SUMMARY_FILE, EventSink
-from .modelfile import ModelInfo, load_model, read_model, save_model
+from .modelfile import ModelInfo, build_model, read_model, save_model
+from .outfolder import check_output_folder, hold_output_folder
 from .predict import keep_largest_components, map_to_volume, predict_slices
 from .preprocess import InPlaneFrame, PreparedVolume, in_plane_frame, prepare_volume, slice_layout
 from .train import Checkpoint, Trainer, autocast_dtype, precision_name, resolve_device
@@ -38,7 +44,6 @@ from .volumes import (
     Volume,
     atomic_path,
     check_annotation,
-    check_writable_folder,
     read_annotation,
     read_volume,
     write_image,
@@ -72,6 +77,30 @@ class TrainJob:
         return cls([tuple(p) for p in d["labeled"]], list(d["unlabeled"]), d["out"],
                    TrainConfig.from_dict(d["config"]), None if names is None else {int(k): v for k, v in names.items()},
                    d.get("init_model"))
+
+    def absolute(self) -> TrainJob:
+        """Every path absolute, so job.json (and --resume) work from any working folder."""
+        def full(path: str) -> str:
+            return os.path.abspath(path)
+
+        return dataclasses.replace(self, labeled=[(full(a), full(b)) for a, b in self.labeled],
+                                   unlabeled=[full(p) for p in self.unlabeled], out=full(self.out),
+                                   init_model=full(self.init_model) if self.init_model else None)
+
+
+def read_job(folder: str | os.PathLike[str]) -> TrainJob:
+    """The job of the run in ``folder`` (its job.json), to continue it there."""
+    from .config import ConfigError
+
+    job_file = Path(folder) / "job.json"
+    if not job_file.is_file():
+        raise InputError(str(job_file), "not found; --resume needs the output folder of an earlier run")
+    try:
+        job = TrainJob.from_dict(json.loads(job_file.read_text()))
+    except (ValueError, KeyError, TypeError) as error:
+        problem = error if isinstance(error, ConfigError) else f"{type(error).__name__}: {error}"
+        raise InputError(str(job_file), f"is not a job file of this tool ({problem})") from None
+    return dataclasses.replace(job, out=os.path.abspath(folder))
 
 
 @dataclass
@@ -176,14 +205,22 @@ def read_training_inputs(job: TrainJob) -> TrainingInputs:
     return inputs
 
 
-def _check_outputs_do_not_touch_inputs(out: Path, inputs: list[str]) -> None:
-    """Outputs are only ever written under OUT/predictions, OUT/uncertainty and OUT/*.json|pt;
-    refuse a folder where that would replace a user's own file."""
-    own = {(out / n).resolve() for n in ("model.pt", "checkpoint.pt", "summary.json", "job.json", "training.json")}
-    for path in inputs:
-        resolved = Path(path).resolve()
-        if resolved in own or resolved.parent in {(out / "predictions").resolve(), (out / "uncertainty").resolve()}:
-            raise InputError(path, f"lies where outputs of {out} are written; choose another --out folder")
+#: Slices are resampled to the target pixel size; outside these sizes (pixels per side) the
+#: spacing is wrong (a typo, a unit error) or the image is no image for this model.
+SLICE_PIXELS = (8, 8192)
+
+
+def check_slice_sizes(volumes: list[Volume], spacing: float, reference: InPlaneFrame | None) -> None:
+    """Each volume's slices at the target pixel size, before any allocation: a spacing off by
+    orders of magnitude would otherwise mean 1x1-pixel slices or terabytes."""
+    low, high = SLICE_PIXELS
+    for v in volumes:
+        layout = slice_layout(v.grid, reference)
+        rows, cols = layout.resampled_shape(spacing)
+        if not (low <= rows <= high and low <= cols <= high):
+            native = "x".join(f"{s:g}" for s in layout.in_plane_spacing)
+            raise InputError(v.path, f"slices would be {rows}x{cols} pixels at {spacing:.4g} mm (its pixels are "
+                                     f"{native} mm); {low} to {high} pixels a side are supported: check its spacing")
 
 
 # --- training ---------------------------------------------------------------------------------
@@ -198,33 +235,45 @@ def target_spacing(config: TrainConfig, volumes: list[Volume]) -> float:
 def run_training(job: TrainJob, sink: EventSink, cancel: threading.Event | None = None,
                  resume: bool = False) -> dict[str, Any]:
     cancel = cancel or threading.Event()
-    started = time.monotonic()
+    job = job.absolute()
     config = job.config
     device = resolve_device(config.device)
     inputs = read_training_inputs(job)
     out = Path(job.out)
-    _check_outputs_do_not_touch_inputs(out, [p for pair in job.labeled for p in pair] + job.unlabeled)
-    check_writable_folder(out)
+    read = [p for pair in job.labeled for p in pair] + job.unlabeled + ([job.init_model] if job.init_model else [])
+    check_output_folder(out, read, resume)
+    spacing = target_spacing(config, [v for v, _ in inputs.annotated])
+    initial_info, initial = inputs.initial_model or (None, None)
+    reference = reference_frame([v for v, _ in inputs.annotated], initial_info)
+    check_slice_sizes([v for v, _ in inputs.annotated] + inputs.unannotated, spacing, reference)
+    checkpoint = _read_checkpoint(out / "checkpoint.pt") if resume and (out / "checkpoint.pt").exists() else None
+    with hold_output_folder(out, read, resume):
+        return _train(job, inputs, sink, cancel, device, spacing, reference, initial, checkpoint)
+
+
+def _train(job: TrainJob, inputs: TrainingInputs, sink: EventSink, cancel: threading.Event, device: torch.device,
+           spacing: float, reference: InPlaneFrame, initial: dict[str, torch.Tensor] | None,
+           checkpoint: Checkpoint | None) -> dict[str, Any]:
+    started = time.monotonic()
+    config = job.config
+    out = Path(job.out)
     precision = precision_name(autocast_dtype(config.precision, device))
     sink.emit("start", command="train", version=__version__, device=str(device), precision=precision, out=str(out))
     for message in inputs.warnings:
         sink.emit("warning", message=message)
-    out.mkdir(parents=True, exist_ok=True)
-    _write_json(out / "job.json", job.to_dict())
+    if checkpoint is None:  # a resumed run keeps its job.json
+        _write_json(out / "job.json", job.to_dict())
 
     sink.emit("stage", stage="prepare", round=0, total=len(inputs.annotated) + len(inputs.unannotated))
-    spacing = target_spacing(config, [v for v, _ in inputs.annotated])
     num_classes = len(inputs.classes) + 1
-    initial_info, initial = inputs.initial_model or (None, None)
-    reference = reference_frame([v for v, _ in inputs.annotated], initial_info)
     annotated = [_prepare(v, spacing, config, sink, labels, num_classes, reference)
                  for v, labels in inputs.annotated]
     unannotated = [_prepare(v, spacing, config, sink, reference=reference) for v in inputs.unannotated]
 
     trainer = Trainer(config, num_classes, annotated, unannotated, sink, device,
                       checkpoint_path=out / "checkpoint.pt", cancel=cancel, initial_weights=initial)
-    if resume and (out / "checkpoint.pt").exists():
-        trainer.restore(Checkpoint.load(out / "checkpoint.pt"))
+    if checkpoint is not None:
+        trainer.restore(checkpoint)
     train_started = time.monotonic()
     start_iteration = trainer.iteration
 
@@ -256,14 +305,23 @@ def run_training(job: TrainJob, sink: EventSink, cancel: threading.Event | None 
     iterations_run = trainer.iteration - start_iteration
     _write_json(out / "training.json", {
         "device": str(device), "precision": precision, "train_seconds": train_seconds, "iterations": iterations_run,
+        "resumed_at_iteration": None if checkpoint is None else start_iteration,
         "slices": trainer.slices_seen, "slices_per_s": trainer.slices_seen / max(train_seconds, 1e-9),
         "seconds_per_iteration": train_seconds / max(1, iterations_run), "losses": trainer.loss_history})
 
-    entries = write_predictions(model, info, unannotated, out, sink, cancel, device)
+    entries = write_predictions(model, info, unannotated, len(unannotated), out, sink, cancel, device)
     summary = _summary("train", out, info, entries, sink, extra={"train_seconds": round(train_seconds, 2),
                                                            "iterations": trainer.iteration})
     sink.emit("done", out=str(out), elapsed_s=round(time.monotonic() - started, 2))
     return summary
+
+
+def _read_checkpoint(path: Path) -> Checkpoint:
+    try:
+        return Checkpoint.load(path)
+    except Exception:  # unpickling errors have many types; a damaged file is the user's to know
+        raise InputError(str(path), "cannot be read as a checkpoint of this tool (damaged?); start a new run "
+                                    "with another --out folder") from None
 
 
 def reference_frame(annotated: list[Volume], initial: ModelInfo | None = None) -> InPlaneFrame:
@@ -288,45 +346,59 @@ def _prepare(volume: Volume, spacing: float, config: TrainConfig, sink: EventSin
 # --- prediction -------------------------------------------------------------------------------
 
 
-def write_predictions(model: torch.nn.Module, info: ModelInfo, volumes: list[PreparedVolume], out: Path,
-                      sink: EventSink, cancel: threading.Event, device: torch.device) -> list[dict[str, Any]]:
-    """Predict each volume and write its segmentation and uncertainty map; returns summary entries."""
+def write_predictions(model: torch.nn.Module, info: ModelInfo, volumes: Iterable[PreparedVolume], count: int,
+                      out: Path, sink: EventSink, cancel: threading.Event,
+                      device: torch.device) -> list[dict[str, Any]]:
+    """Predict each volume and write its segmentation and uncertainty map; returns summary entries.
+
+    ``volumes`` may be a generator: each volume is then read, predicted, written and dropped before
+    the next is read, so memory does not grow with the number of volumes.
+    """
     from .train import Cancelled
 
-    if not volumes:
+    if not count:
         return []
     (out / "predictions").mkdir(parents=True, exist_ok=True)
     (out / "uncertainty").mkdir(parents=True, exist_ok=True)
-    sink.emit("stage", stage="predict", round=0, total=len(volumes))
+    sink.emit("stage", stage="predict", round=0, total=count)
     model.to(memory_format=torch.channels_last)  # faster convolutions on CPUs and tensor cores
     entries = []
     values = np.array([0] + [c.value for c in info.classes], dtype=np.uint8)
-    for index, prepared in enumerate(volumes):
+    iterator = iter(volumes)
+    for index in range(count):
         if cancel.is_set():
             raise Cancelled(None)
-        started = time.monotonic()
-        probs = predict_slices(model, prepared.images, info.num_classes, info.inference_tile,
-                               info.inference_overlap, 2 ** (info.levels - 1), device, channels_last=True,
-                               autocast=autocast_dtype("auto", device))
-        result = map_to_volume(prepared, probs)
-        labels = result.labels
-        if info.largest_component:
-            labels = keep_largest_components(labels, info.num_classes)
-        volume = prepared.volume
-        seg_path = out / "predictions" / f"{volume.name}.seg.nrrd"
-        unc_path = out / "uncertainty" / f"{volume.name}.nrrd"
-        write_segmentation(seg_path, values[labels], volume.grid, info.classes)
-        sink.emit("output", kind="prediction", path=str(seg_path), name=volume.name)
-        # Two decimals are plenty for review and make the map compress several times smaller.
-        write_image(unc_path, np.round(result.uncertainty, 2), volume.grid)
-        sink.emit("output", kind="uncertainty", path=str(unc_path), name=volume.name)
-        entries.append({"name": volume.name, "image": volume.path, "segmentation": str(seg_path),
-                        "uncertainty": str(unc_path), "uncertainty_score": round(result.score, 5),
-                        "voxels": {c.name: int((labels == i).sum()) for i, c in enumerate(info.classes, 1)},
-                        "seconds": round(time.monotonic() - started, 3)})
-        sink.emit("progress", stage="predict", iteration=index + 1, total=len(volumes), losses={},
+        prepared = next(iterator)
+        entries.append(_predict_one(model, info, prepared, values, out, sink, device))
+        del prepared  # before the next volume is read
+        sink.emit("progress", stage="predict", iteration=index + 1, total=count, losses={},
                   elapsed_s=0.0, eta_s=0.0, slices_per_s=0.0)
     return entries
+
+
+def _predict_one(model: torch.nn.Module, info: ModelInfo, prepared: PreparedVolume, values: np.ndarray, out: Path,
+                 sink: EventSink, device: torch.device) -> dict[str, Any]:
+    started = time.monotonic()
+    probs = predict_slices(model, prepared.images, info.num_classes, info.inference_tile,
+                           info.inference_overlap, 2 ** (info.levels - 1), device, channels_last=True,
+                           autocast=autocast_dtype("auto", device))
+    result = map_to_volume(prepared, probs)
+    del probs
+    labels = result.labels
+    if info.largest_component:
+        labels = keep_largest_components(labels, info.num_classes)
+    volume = prepared.volume
+    seg_path = out / "predictions" / f"{volume.name}.seg.nrrd"
+    unc_path = out / "uncertainty" / f"{volume.name}.nrrd"
+    write_segmentation(seg_path, values[labels], volume.grid, info.classes)
+    sink.emit("output", kind="prediction", path=str(seg_path), name=volume.name)
+    # Two decimals are plenty for review and make the map compress several times smaller.
+    write_image(unc_path, np.round(result.uncertainty, 2), volume.grid)
+    sink.emit("output", kind="uncertainty", path=str(unc_path), name=volume.name)
+    return {"name": volume.name, "image": volume.path, "segmentation": str(seg_path),
+            "uncertainty": str(unc_path), "uncertainty_score": round(result.score, 5),
+            "voxels": {c.name: int((labels == i).sum()) for i, c in enumerate(info.classes, 1)},
+            "seconds": round(time.monotonic() - started, 3)}
 
 
 def run_prediction(model_path: str, images: list[str], out: str, device_name: str, sink: EventSink,
@@ -334,27 +406,41 @@ def run_prediction(model_path: str, images: list[str], out: str, device_name: st
     cancel = cancel or threading.Event()
     started = time.monotonic()
     device = resolve_device(device_name)
-    info, _ = read_model(model_path)
-    volumes = [read_volume(p) for p in images]
-    _check_unique_names(volumes)
+    info, state = read_model(model_path)  # a damaged or malformed model file: an error before any image is read
+    # Every image is read and checked first (one at a time, nothing kept but its name and grid) ...
+    checked = []
+    for path in images:
+        volume = read_volume(path)
+        volume.array = np.empty((0, 0, 0), np.float32)
+        checked.append(volume)
+    _check_unique_names(checked)
     out_path = Path(out)
-    _check_outputs_do_not_touch_inputs(out_path, images + [model_path])
-    check_writable_folder(out_path)
-    sink.emit("start", command="predict", version=__version__, device=str(device),
-              precision=precision_name(autocast_dtype("auto", device)), out=str(out_path))
-    model, info = load_model(model_path, device)
-    out_path.mkdir(parents=True, exist_ok=True)
-    percentiles = tuple(info.intensity_percentiles)
-    prepared = []
-    for v in volumes:
-        p, has_contrast = prepare_volume(v, info.target_spacing_mm, percentiles, reference=info.in_plane_reference)
-        if not has_contrast:
-            sink.emit("warning", message=f"{v.path}: all voxels have the same intensity")
-        prepared.append(p)
-    entries = write_predictions(model, info, prepared, out_path, sink, cancel, device)
-    summary = _summary("predict", out_path, info, entries, sink, extra={"model": str(Path(model_path).resolve())})
-    sink.emit("done", out=str(out_path), elapsed_s=round(time.monotonic() - started, 2))
+    inputs = list(images) + [model_path]
+    check_output_folder(out_path, inputs)
+    check_slice_sizes(checked, info.target_spacing_mm, info.in_plane_reference)
+    with hold_output_folder(out_path, inputs):
+        sink.emit("start", command="predict", version=__version__, device=str(device),
+                  precision=precision_name(autocast_dtype("auto", device)), out=str(out_path))
+        model = build_model(model_path, info, state, device)
+        # ... then read, predicted and written one at a time: memory stays flat for any number of images.
+        entries = write_predictions(model, info, _prepared_one_by_one(images, info, sink), len(images), out_path,
+                                    sink, cancel, device)
+        summary = _summary("predict", out_path, info, entries, sink,
+                           extra={"model": str(Path(model_path).resolve())})
+        sink.emit("done", out=str(out_path), elapsed_s=round(time.monotonic() - started, 2))
     return summary
+
+
+def _prepared_one_by_one(images: list[str], info: ModelInfo, sink: EventSink) -> Iterator[PreparedVolume]:
+    percentiles = tuple(info.intensity_percentiles)
+    for path in images:
+        volume = read_volume(path)
+        prepared, has_contrast = prepare_volume(volume, info.target_spacing_mm, percentiles,
+                                                reference=info.in_plane_reference)
+        del volume
+        if not has_contrast:
+            sink.emit("warning", message=f"{path}: all voxels have the same intensity")
+        yield prepared
 
 
 def _summary(command: str, out: Path, info: ModelInfo, entries: list[dict[str, Any]], sink: EventSink,

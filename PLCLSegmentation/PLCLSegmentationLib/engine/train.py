@@ -94,11 +94,14 @@ class Checkpoint:
     pseudo_labels: list[torch.Tensor]
     train_seconds: float = 0.0
     teacher: dict[str, torch.Tensor] | None = None
+    #: Losses of every iteration so far, so a resumed run's training.json has the whole history.
+    loss_history: list[dict[str, float]] | None = None
 
     def save(self, path: Path) -> None:
         payload = {"iteration": self.iteration, "model": self.model, "optimizer": self.optimizer,
                    "pseudo_round": self.pseudo_round, "pseudo_labels": self.pseudo_labels,
-                   "train_seconds": self.train_seconds, "teacher": self.teacher}
+                   "train_seconds": self.train_seconds, "teacher": self.teacher,
+                   "loss_history": self.loss_history or []}
         with atomic_path(path) as tmp:
             torch.save(payload, tmp)
 
@@ -106,7 +109,7 @@ class Checkpoint:
     def load(cls, path: Path) -> Checkpoint:
         p = torch.load(path, map_location="cpu", weights_only=True)
         return cls(int(p["iteration"]), p["model"], p["optimizer"], int(p["pseudo_round"]), list(p["pseudo_labels"]),
-                   float(p.get("train_seconds", 0.0)), p.get("teacher"))
+                   float(p.get("train_seconds", 0.0)), p.get("teacher"), list(p.get("loss_history") or []))
 
 
 class Trainer:
@@ -170,6 +173,7 @@ class Trainer:
         self.train_seconds = checkpoint.train_seconds
         self.pseudo_round = checkpoint.pseudo_round
         self.pseudo_labels = checkpoint.pseudo_labels
+        self.loss_history = list(checkpoint.loss_history or [])
 
     def save_checkpoint(self) -> str | None:
         self.flush_losses()
@@ -178,7 +182,8 @@ class Trainer:
         seconds = self.train_seconds + (time.monotonic() - self._session_start)
         Checkpoint(self.iteration, self.model.state_dict(), self.optimizer.state_dict(), self.pseudo_round,
                    self.pseudo_labels, seconds,
-                   None if self.teacher is None else self.teacher.state_dict()).save(self.checkpoint_path)
+                   None if self.teacher is None else self.teacher.state_dict(),
+                   self.loss_history).save(self.checkpoint_path)
         return str(self.checkpoint_path)
 
     # --- schedule -------------------------------------------------------------------------------

@@ -2,13 +2,16 @@
 
 Images are read with SimpleITK (NRRD, NIfTI, MHA, a DICOM series folder, ...). Annotations are
 plain label maps on the image's grid or Slicer ``.seg.nrrd`` files (read with slicerio, which keeps
-segment names, colours and terminology; overlapping layers are merged). Arrays are in SimpleITK
+segment names, colours and terminology; segments that overlap, or whose names differ only in case,
+are an error). Every file is checked whole first (integrity.py). Arrays are in SimpleITK
 order ``[k, j, i]``; physical space is LPS, as in ITK and Slicer files.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
+import math
 import os
 import re
 import tempfile
@@ -19,6 +22,8 @@ from typing import Any
 
 import numpy as np
 import SimpleITK as sitk
+
+from .integrity import DamagedFile, check_file_is_whole
 
 _EXTENSIONS = (".seg.nrrd", ".nii.gz", ".nrrd", ".nii", ".mha", ".mhd", ".nhdr", ".vtk", ".hdr", ".img")
 
@@ -37,6 +42,14 @@ class InputError(ValueError):
         self.path = None if path is None else str(path)
         self.problem = problem
         super().__init__(f"{self.path}: {problem}" if self.path else problem)
+
+
+class OutputError(InputError):
+    """An output could not be written (the disk is full, ...): one line naming the file."""
+
+
+#: Voxel sizes outside this range (mm) are a unit or header error, not an image to segment.
+SPACING_RANGE_MM = (1e-3, 1e3)
 
 
 @dataclass
@@ -147,10 +160,20 @@ def _read_sitk(path: str) -> sitk.Image:
             return reader.Execute()
         except RuntimeError as error:
             raise InputError(path, f"cannot be read as a DICOM series ({_first_line(error)})") from None
+    check_whole(path)
     try:
         return sitk.ReadImage(path)
     except RuntimeError as error:
         raise InputError(path, f"cannot be read as an image ({_first_line(error)})") from None
+
+
+def check_whole(path: str) -> None:
+    try:
+        check_file_is_whole(path)
+    except DamagedFile as error:
+        raise InputError(path, str(error)) from None
+    except OSError as error:
+        raise InputError(path, f"cannot be read ({error.strerror or error})") from None
 
 
 def _first_line(error: BaseException) -> str:
@@ -171,10 +194,19 @@ def _check_dimension(path: str, image: sitk.Image) -> None:
                                "give one 3D volume (for a time series, one frame)")
 
 
+def _check_spacing(path: str, image: sitk.Image) -> None:
+    low, high = SPACING_RANGE_MM
+    spacing = image.GetSpacing()
+    if not all(math.isfinite(s) and low <= s <= high for s in spacing):
+        raise InputError(path, f"has voxel spacing {'x'.join(f'{s:g}' for s in spacing)} mm; {low:g} to {high:g} mm "
+                               "are supported (check the file's header)")
+
+
 def read_volume(path: str | os.PathLike[str]) -> Volume:
     path = str(path)
     image = _read_sitk(path)
     _check_dimension(path, image)
+    _check_spacing(path, image)
     array = sitk.GetArrayFromImage(image).astype(np.float32, copy=False)
     if not np.isfinite(array).all():
         raise InputError(path, "contains NaN or infinite voxel values")
@@ -204,6 +236,9 @@ def read_annotation(path: str | os.PathLike[str], volume: Volume) -> tuple[np.nd
 def _read_seg_nrrd(path: str, volume: Volume) -> tuple[np.ndarray, list[ClassInfo]]:
     import slicerio
 
+    if not os.path.isfile(path):
+        raise InputError(path, "file not found")
+    check_whole(path)
     try:
         segmentation = slicerio.read_segmentation(path)
     except Exception as error:  # pynrrd raises several types for a damaged file
@@ -211,16 +246,28 @@ def _read_seg_nrrd(path: str, volume: Volume) -> tuple[np.ndarray, list[ClassInf
     voxels = np.asarray(segmentation["voxels"])
     if voxels.ndim not in (3, 4):
         raise InputError(path, f"segmentation has {voxels.ndim} dimensions; 3 (or 4 with layers) are supported")
+    segments = segmentation.get("segments", [])
+    if len(segments) > 255:
+        raise InputError(path, f"has {len(segments)} segments; at most 255 are supported")
     spatial = voxels.shape[-3:]
     merged = np.zeros(spatial, dtype=np.uint8)
     classes: list[ClassInfo] = []
-    for index, segment in enumerate(segmentation.get("segments", []), start=1):
+    for index, segment in enumerate(segments, start=1):
+        name = segment.get("name", f"Segment_{index}")
+        clash = next((c.name for c in classes if c.name.casefold() == name.casefold()), None)
+        if clash is not None:
+            raise InputError(path, f"has two segments named '{clash}' and '{name}'; segment names identify classes "
+                                   "(case does not count), so each must differ")
         mask = slicerio.segment_mask(segmentation, segment)
+        overlap = merged[mask]
+        if overlap.any():
+            other = classes[int(overlap[overlap > 0][0]) - 1].name
+            raise InputError(path, f"segments '{other}' and '{name}' overlap in {int(np.count_nonzero(overlap))} "
+                                   "voxels; each voxel may belong to one segment only (remove the overlap in "
+                                   "Slicer's Segment Editor)")
         merged[mask] = index
         color = tuple(float(c) for c in segment.get("color", DEFAULT_COLORS[(index - 1) % len(DEFAULT_COLORS)]))
-        classes.append(ClassInfo(index, segment.get("name", f"Segment_{index}"), color, segment.get("terminology")))
-    if len(classes) > 255:
-        raise InputError(path, f"has {len(classes)} segments; at most 255 are supported")
+        classes.append(ClassInfo(index, name, color, segment.get("terminology")))
     grid = Grid.from_ijk_to_lps(spatial, segmentation["ijkToLPS"])
     labels = _on_grid(path, merged.transpose(2, 1, 0), grid, volume, allow_subgrid=True)
     return labels, classes
@@ -273,7 +320,11 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[str]:
     path = Path(path)
     double = path.name.lower().endswith((".seg.nrrd", ".nii.gz"))
     suffix = "".join(path.suffixes[-2:]) if double else path.suffix
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".partial{suffix}", dir=path.parent)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".partial{suffix}", dir=path.parent)
+    except OSError as error:
+        _raise_if_disk_full(path, error)
+        raise
     os.close(fd)
     try:
         yield tmp
@@ -281,10 +332,25 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[str]:
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes the file private; outputs get usual permissions
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as error:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
+        _raise_if_disk_full(path, error)
         raise
+
+
+#: How writers report a full disk: errno from Python, the C library's text from ITK and torch.
+DISK_FULL_ERRNOS = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)}
+_DISK_FULL_TEXT = ("no space left on device", "disk quota exceeded", "file too large", "there is not enough space")
+
+
+def _raise_if_disk_full(path: Path, error: BaseException) -> None:
+    if not isinstance(error, Exception):
+        return
+    text = str(error).lower()
+    if (isinstance(error, OSError) and error.errno in DISK_FULL_ERRNOS) or any(t in text for t in _DISK_FULL_TEXT):
+        raise OutputError(str(path), "could not be written: no space left on the device (free some space or "
+                                     "choose another --out folder)") from None
 
 
 def write_segmentation(path: str | os.PathLike[str], labels: np.ndarray, grid: Grid,
