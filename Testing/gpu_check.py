@@ -19,6 +19,7 @@ import argparse
 import importlib.util
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -81,6 +82,9 @@ def main() -> int:
     env["PYTHONUNBUFFERED"] = "1"
     print(f"torch {torch.__version__}, device {args.device}"
           + (f" ({torch.cuda.get_device_name()})" if args.device == "cuda" else ""), flush=True)
+
+    for name in ("run", "predicted", "throughput_standard", "throughput_full"):  # this check's own earlier outputs
+        shutil.rmtree(args.out / name, ignore_errors=True)
 
     print("\n== tests marked cuda ==", flush=True)
     tests = subprocess.run([sys.executable, "-m", "pytest", str(REPO / "Testing"), "-m", "cuda", "-q", "-ra",
