@@ -202,3 +202,61 @@ def test_train_on_painted_slices_only_records_them_and_segments_the_other_volume
 
     info, _ = read_model(str(out / "model.pt"))
     assert info.training["annotated_slices"] == summary["annotated_slices"]
+
+
+# --- the benchmark option -----------------------------------------------------------------------
+
+
+def test_slices_are_spread_through_the_labelled_extent_and_drawn_by_seed():
+    import random
+
+    from PLCLSegmentationLib.engine.bench_slices import spread_slices
+
+    labelled = list(range(3, 15))
+    picks = {tuple(spread_slices(labelled, 3, random.Random(seed))) for seed in range(20)}
+    assert len(picks) > 1  # drawn by seed
+    for pick in picks:  # one in each third of the extent
+        assert [3 <= pick[0] <= 6, 7 <= pick[1] <= 10, 11 <= pick[2] <= 14] == [True] * 3
+    assert spread_slices([4, 5], 3, random.Random(0)) == [4, 5]
+
+
+def test_whole_volumes_at_the_same_budget_or_a_clear_error():
+    from PLCLSegmentationLib.engine.bench_slices import whole_volumes
+    from PLCLSegmentationLib.engine.config import ConfigError
+    from PLCLSegmentationLib.engine.dataset import Dataset
+
+    class Labelled(Dataset):
+        def label(self, case: str) -> str:
+            return case
+
+    data = Labelled(None, "d", {}, {})
+    sizes = {"a1": 6, "a2": 10, "b1": 8, "c1": 7}
+    assert whole_volumes(data, ["a1", "a2"], list(sizes), 6, 0, sizes.get) == ["a1"]
+    chosen = whole_volumes(data, ["a1", "a2"], list(sizes), 13, 0, sizes.get)
+    assert chosen[0] == "a1" and sum(sizes[c] for c in chosen) <= 13 and len(chosen) == 2
+    with pytest.raises(ConfigError, match="no whole labelled volume holds at most 5 slices"):
+        whole_volumes(data, ["a1"], list(sizes), 5, 0, sizes.get)
+
+
+def test_bench_with_labeled_slices_trains_on_k_slices_of_each_case_end_to_end(tmp_path):
+    from PLCLSegmentationLib.engine.slice_curve import write_curve
+    from PLCLSegmentationLib.engine.synthetic import make_synthetic_dataset
+
+    data = make_synthetic_dataset(tmp_path / "data", n_cases=4, seed=1, oblique=True)
+    out = tmp_path / "curve" / "p2_k2"
+    result = run_plcl("bench", "--data", str(data), "--out", str(out), "--iterations", "2", "--seeds", "0",
+                      "--methods", "plcl", "--n-labeled-patients", "2", "--labeled-slices", "2",
+                      "--n-unlabeled", "1", "--snapshots", "0", "--throughput-iterations", "0",
+                      "--budget", "quick", "--set", "patch_size=32", "--set", "levels=3",
+                      "--set", "inference_tile=64", "--device", "cpu")
+    assert result.returncode == 0, result.stderr + result.stdout
+    results = json.loads((out / "results.json").read_text())
+    protocol = results["protocol"]["cases"]["0"]
+    assert len(protocol["labeled"]) == 2 and protocol["annotated_slices"] == 4
+    job = json.loads((out / "runs" / "seed0" / "plcl" / "train" / "job.json").read_text())
+    assert job["annotated_slices"] == [",".join(map(str, protocol["slices"][c])) for c in protocol["labeled"]]
+    assert all(len(v) == 2 for v in protocol["slices"].values())
+    assert 0 <= results["methods"]["plcl"]["mean_dice"]["mean"] <= 1
+    written = write_curve(tmp_path / "curve")
+    table = (tmp_path / "curve" / "curve.md").read_text()
+    assert "| 2 | 2 | few slices | 4.0 |" in table and written[0].name == "curve.md"
