@@ -132,7 +132,7 @@ def fake_ui() -> types.SimpleNamespace:
     ui = types.SimpleNamespace()
     for name in ("annotatedTable", "reviewTable"):
         setattr(ui, name, FakeTable())
-    for name in ("budgetComboBox", "deviceComboBox"):
+    for name in ("budgetComboBox", "deviceComboBox", "annotatedSlicesComboBox"):
         setattr(ui, name, FakeCombo())
     for name in ("annotatedVolumeSelector", "annotatedSegmentationSelector"):
         setattr(ui, name, FakeNodeCombo())
@@ -140,7 +140,7 @@ def fake_ui() -> types.SimpleNamespace:
                  "iterationsSpinBox", "pythonPathLineEdit", "showUncertaintyCheckBox", "trainButton", "showPlotButton",
                  "editButton", "acceptButton", "retrainButton", "saveModelButton", "loadModelButton",
                  "applyModelButton", "progressBar", "statusLabel", "logTextEdit", "modelPathLineEdit",
-                 "inputsCollapsibleButton", "trainingCollapsibleButton"):
+                 "inputsCollapsibleButton", "trainingCollapsibleButton", "paintViewButton", "markBackgroundButton"):
         setattr(ui, name, mock.MagicMock(name=name))
     ui.pythonPathLineEdit.currentPath = ""
     ui.segmentsTableView.selectedSegmentIDs.return_value = []
