@@ -266,6 +266,30 @@ def test_the_panel_drives_a_whole_session(panel):
     assert not panel.errors, panel.errors
 
 
+def test_the_panel_shows_and_changes_the_annotated_slices(panel):
+    p, ui, logic, volume = panel.panel, panel.ui, panel.logic, panel.volumes[0]
+    labels = read_labels(acdc_case("patient041_frame01")[1])
+    few = np.zeros_like(labels)
+    few[[1, 4]] = labels[[1, 4]]
+    sparse = panel.app.add_segmentation(volume, few, ACDC_SEGMENTS, "Two slices")
+    ui.annotatedVolumeSelector._node, ui.annotatedSegmentationSelector._node = volume, sparse
+    p.onAddAnnotated()
+    assert not panel.errors, panel.errors
+    assert ui.annotatedTable.item(0, 3).text == "2 of 6 slices (1, 4)"
+    assert ui.annotatedSlicesComboBox.enabled is False  # no row selected yet
+    ui.annotatedTable.selectRow(0)
+    assert ui.annotatedSlicesComboBox.enabled is True and ui.annotatedSlicesComboBox.currentData == "auto"
+    ui.annotatedSlicesComboBox.currentIndex = ui.annotatedSlicesComboBox.findData("all")
+    p.onSliceModeChanged()
+    assert logic.state.record_for(volume).slices == "all"
+    assert ui.annotatedTable.item(0, 3).text == "all 6 slices"
+    row = next(r for r in range(ui.reviewTable.rowCount) if ui.reviewTable.item(r, 0).text == volume.GetName())
+    assert ui.reviewTable.item(row, 3).text == "all 6 slices"
+    # This bare scene has no slice view: the panel says what to do instead of failing.
+    p.onMarkBackground()
+    assert "set up the paint view first" in panel.errors[-1]
+
+
 def test_errors_are_shown_not_raised(panel):
     p, ui = panel.panel, panel.ui
     ui.annotatedVolumeSelector._node = panel.volumes[1]
