@@ -59,7 +59,9 @@ def scene(tmp_path):
 
 def test_the_panel_counts_painted_slices_of_a_real_segmentation(scene):
     app, logic, volumes, segmentation, _, total = scene
+    nodes = app.nodes()
     summary = logic.slice_summary(volumes[0])
+    assert app.nodes() == nodes  # counted in a scratch scene: nothing added to the user's
     assert (summary.total, summary.painted, summary.view) == (total, PAINTED, "Axial")
     assert summary.mode == SLICES_AUTO and summary.only_painted  # 2 of 6: only the painted ones
     assert summary.text() == f"2 of {total} slices (1, 4)"

@@ -442,9 +442,14 @@ def annotation_labels(services: SlicerServices, segmentation_node: Any, ids: Seq
     import slicer
     import vtk
 
+    # A colour table in the scratch scene, else the export adds one to the user's scene.
     scratch = slicer.vtkMRMLScene()
+    colors = scratch.AddNewNodeByClass("vtkMRMLColorTableNode")
+    colors.SetTypeToUser()
+    colors.SetNumberOfColors(len(ids) + 1)
     labelmap = scratch.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode")
     display = scratch.AddNewNodeByClass("vtkMRMLLabelMapVolumeDisplayNode")
+    display.SetAndObserveColorNodeID(colors.GetID())
     labelmap.SetAndObserveDisplayNodeID(display.GetID())
     id_array = vtk.vtkStringArray()
     for segment_id in ids:
