@@ -260,3 +260,15 @@ def test_bench_with_labeled_slices_trains_on_k_slices_of_each_case_end_to_end(tm
     written = write_curve(tmp_path / "curve")
     table = (tmp_path / "curve" / "curve.md").read_text()
     assert "| 2 | 2 | few slices | 4.0 |" in table and written[0].name == "curve.md"
+
+
+def test_labelled_slices_of_a_volume_labelled_everywhere_train_the_whole_schedule_supervised(tmp_path):
+    (image, label), = _files(tmp_path, 1)
+    sitk.WriteImage(make_image(phantom()[1]), label)  # a label on every slice: nothing left unannotated
+    out = tmp_path / "out"
+    result = run_plcl("train", "--labeled", image, label, "--annotated-slices", "labelled", "--out", str(out),
+                      "--events", "jsonl", *FAST)
+    assert result.returncode == 0, result.stderr
+    stages = [e["stage"] for e in events(result.stdout) if e["event"] == "stage"]
+    assert "pseudo_labels" not in stages
+    assert json.loads((out / "training.json").read_text())["iterations"] == 4

@@ -420,7 +420,8 @@ def show_in_views(scene: Any, volume: Any, segmentation: Any = None, uncertainty
 
 # --- the engine's slices ------------------------------------------------------------------------
 
-#: The slice view whose default orientation is each of the engine's slicing planes, and its one-up layout.
+#: The slice view whose default orientation is each of the engine's slicing planes, and its one-up layout
+#: (vtkMRMLLayoutNode.SlicerLayoutOneUp{Red,Yellow,Green}SliceView: 6, 7, 8 from v5.8.0 on).
 VIEW_LAYOUTS = {"Axial": ("Red", 6), "Sagittal": ("Yellow", 7), "Coronal": ("Green", 8)}
 
 

@@ -144,6 +144,7 @@ class PLCLSegmentationPanel:
             self.ui.showUncertaintyCheckBox.checked = state.show_uncertainty
             self.ui.modelPathLineEdit.text = state.model_path
             self._fillAnnotatedTable([r for r in records if r.role in TRAINING_ROLES])
+            self._showSliceChoice()
             self._fillTargets(records)
             self._fillReviewTable()
         finally:
@@ -218,7 +219,11 @@ class PLCLSegmentationPanel:
         return slicer.mrmlScene.GetNodeByID(item.data(qt.Qt.UserRole)) if item is not None else None
 
     def onAnnotatedSelection(self) -> None:
-        """Show the selected volume's choice of slices."""
+        self._showSliceChoice()
+        self.updateButtons()
+
+    def _showSliceChoice(self) -> None:
+        """The selected annotated volume's choice of slices, in the combo box (no change event)."""
         volume = self._selectedAnnotated()
         record = self.logic.state.record_for(volume) if volume is not None else None
         if record is not None:
@@ -227,7 +232,6 @@ class PLCLSegmentationPanel:
                 self._setCombo(self.ui.annotatedSlicesComboBox, record.slices)
             finally:
                 self._updating = was
-        self.updateButtons()
 
     def onSliceModeChanged(self, *_args: Any) -> None:
         volume = self._selectedAnnotated()

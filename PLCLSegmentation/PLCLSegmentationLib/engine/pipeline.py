@@ -279,6 +279,9 @@ def run_training(job: TrainJob, sink: EventSink, cancel: threading.Event | None 
                      "annotated": _slice_count(v) if rows is None else len(rows), "indices": rows}
                     for (v, _), spec, rows in zip(inputs.annotated, job.slice_specs(), inputs.annotated_slices)]
     unannotated = [_prepare(v, spacing, config, sink, reference=reference) for v in inputs.unannotated]
+    if config.rounds and not unannotated and not any(v.partial for v in annotated):
+        # Nothing to pseudo-label (e.g. "labelled" on volumes labelled on every slice): supervised only.
+        config = dataclasses.replace(config, warmup_iterations=config.total_iterations, rounds=0)
 
     trainer = Trainer(config, num_classes, annotated, unannotated, sink, device,
                       checkpoint_path=out / "checkpoint.pt", cancel=cancel, initial_weights=initial)
