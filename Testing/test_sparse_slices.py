@@ -191,6 +191,8 @@ def test_train_on_painted_slices_only_records_them_and_segments_the_other_volume
     assert result.returncode == 0, result.stderr
     log = events(result.stdout)
     assert [e["stage"] for e in log if e["event"] == "stage"].count("pseudo_labels") >= 1
+    warnings = [e["message"] for e in log if e["event"] == "warning"]
+    assert any("case1_label.nrrd: the labels of slices 1, 3, 5 are not in --annotated-slices" in w for w in warnings)
     written = {e["name"] for e in log if e["event"] == "output" and e["kind"] == "prediction"}
     assert written == {"case2"}  # annotated volumes, partly or wholly, get no prediction
     job = json.loads((out / "job.json").read_text())

@@ -186,6 +186,12 @@ def read_training_inputs(job: TrainJob) -> TrainingInputs:
     for index, c in enumerate(classes, start=1):
         if index not in present:
             inputs.warnings.append(f"class '{c.name}' appears in no annotated volume; it will not be learnt")
+    for volume, (label_path, labels, _), rows in zip(volumes, raw, chosen):
+        axis = slicing.canonical(volume.grid.direction_matrix, volume.grid.spacing).slice_axis
+        ignored = [] if rows is None else sorted(set(slicing.labelled_slices(labels, axis)) - set(rows))
+        if ignored:
+            inputs.warnings.append(f"{label_path}: the labels of slices {', '.join(map(str, ignored))} are not in "
+                                   "--annotated-slices; those slices are trained on as unannotated")
     if not unannotated and all(rows is None for rows in chosen):
         inputs.warnings.append("no unannotated volume: training supervised only (no pseudo-labels, no "
                                "contrastive loss)")
