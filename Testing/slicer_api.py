@@ -168,7 +168,7 @@ SLICER_NAMES_5_8 = frozenset({
 
 #: Not Slicer-versioned: VTK core, Qt (PythonQt), Python's standard library, this package, PyTorch extension.
 OTHER = frozenset({
-    "ALL", "AddObserver", "CANCELLED", "Canonical", "GetDimensions", "GetElement", "MultiplyPoint",
+    "ALL", "AddObserver", "CANCELLED", "Canonical", "GetDimensions", "GetElement", "GetMTime", "MultiplyPoint",
     "CANCELLING", "CREATE_NEW_PROCESS_GROUP", "CTRL_BREAK_EVENT", "Checked",
     "DEVNULL", "DONE", "Empty", "ExtendedSelection", "FAILED", "GetExtent",
     "GetNumberOfScalarComponents", "GetNumberOfTuples", "GetPointData", "GetScalars", "GetValue", "IDLE",

@@ -65,6 +65,14 @@ def test_the_panel_counts_painted_slices_of_a_real_segmentation(scene):
     assert (summary.total, summary.painted, summary.view) == (total, PAINTED, "Axial")
     assert summary.mode == SLICES_AUTO and summary.only_painted  # 2 of 6: only the painted ones
     assert summary.text() == f"2 of {total} slices (1, 4)"
+    # Painting one more slice (as the Segment Editor does) is counted at once.
+    import slicer
+
+    first = segmentation.GetSegmentation().GetNthSegmentID(0)
+    more = slicer.util.arrayFromSegmentBinaryLabelmap(segmentation, first, volumes[0])
+    more[2, 100:110, 70:80] = 1
+    slicer.util.updateSegmentBinaryLabelmapFromArray(more, segmentation, first, volumes[0])
+    assert logic.slice_summary(volumes[0]).painted == [1, 2, 4]
     logic.set_slice_mode(volumes[0], SLICES_ALL)
     assert logic.slice_summary(volumes[0]).text() == f"all {total} slices"
     rows = {row.name: row.slices for row in logic.review_rows()}

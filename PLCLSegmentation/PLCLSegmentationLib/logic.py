@@ -102,6 +102,8 @@ class PLCLSegmentationLogic:
         #: What each chosen interpreter can do, probed once in the background.
         self.interpreters = dependencies.InterpreterChecks()
         self._before_import: dict[str, Any] | None = None
+        #: Painted slices per record, with the content stamp they were counted at (slice_summary).
+        self._painted: dict[str, tuple[tuple, list[int]]] = {}
 
     @property
     def scene(self) -> Any:
@@ -193,8 +195,15 @@ class PLCLSegmentationLogic:
         if record.role != ANNOTATED or record.segmentation is None:
             raise PLCLError(f"'{record.name}' is not an annotated volume.")
         ids = record.segment_ids or scene_io.segment_ids(record.segmentation)
-        labels = scene_io.annotation_labels(self.services, record.segmentation, ids, record.volume)
-        painted = slicing.labelled_slices(labels, axes.slice_axis)
+        # The panel asks on every refresh: count again only when the voxels may have changed.
+        stamp = scene_io.content_stamp(record.segmentation, ids, record.volume)
+        cached = self._painted.get(record.key)
+        if cached is not None and cached[0] == stamp:
+            painted = cached[1]
+        else:
+            labels = scene_io.annotation_labels(self.services, record.segmentation, ids, record.volume)
+            painted = slicing.labelled_slices(labels, axes.slice_axis)
+            self._painted[record.key] = (stamp, painted)
         return SliceSummary(total, painted, [i for i in record.background if i < total], record.slices, axes.view)
 
     def set_slice_mode(self, volume: Any, mode: str) -> VolumeRecord:

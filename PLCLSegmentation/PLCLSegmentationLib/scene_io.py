@@ -462,6 +462,18 @@ def annotation_labels(services: SlicerServices, segmentation_node: Any, ids: Seq
     return np.array(slicer.util.arrayFromVolume(labelmap))
 
 
+def content_stamp(segmentation_node: Any, ids: Sequence[str], volume: Any) -> tuple:
+    """Changes whenever the segments' voxels or the volume's grid may have changed (VTK modification
+    times): what was counted from them can be reused until then."""
+    segmentation = segmentation_node.GetSegmentation()
+    stamps = [segmentation_node.GetID(), volume.GetID(), volume.GetMTime(), segmentation.GetMTime()]
+    for segment_id in ids:
+        segment = segmentation.GetSegment(segment_id)
+        labelmap = segment.GetRepresentation(segmentation.GetSourceRepresentationName()) if segment else None
+        stamps += [segment_id, labelmap.GetMTime() if labelmap is not None else 0]
+    return tuple(stamps)
+
+
 def slice_node(scene: Any, layout_name: str) -> Any:
     for index in range(scene.GetNumberOfNodesByClass("vtkMRMLSliceNode")):
         node = scene.GetNthNodeByClass(index, "vtkMRMLSliceNode")
