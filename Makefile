@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 # The CPU build of torch; on a GPU machine install the CUDA build into .venv first.
 TORCH ?= torch==2.13.0
 
-.PHONY: demo test bench lint clean gpu-check
+.PHONY: demo test bench bench-slices lint clean gpu-check
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -23,6 +23,22 @@ test: $(VENV)/.installed
 bench: $(VENV)/.installed
 	$(VENV)/bin/plcl bench --data ../shared/data/acdc --out bench_output $(BENCH_ARGS)
 
+# Mean Dice against annotated slices (README, "Annotate a few slices"): K slices per annotated case for 1 and
+# 2 patients, the same number of slices as whole volumes where some fit, and whole cases; then curve.md/.png.
+SLICE_BENCH_ARGS ?= --methods supervised,plcl --throughput-iterations 0
+bench-slices: $(VENV)/.installed
+	for P in 1 2; do \
+	  for K in 1 2 3 5; do \
+	    $(VENV)/bin/plcl bench --data ../shared/data/acdc --n-labeled-patients $$P --labeled-slices $$K \
+	      --out bench_slices/p$${P}_k$$K $(SLICE_BENCH_ARGS) || exit 1; \
+	    $(VENV)/bin/plcl bench --data ../shared/data/acdc --n-labeled-patients $$P --labeled-slices $$K \
+	      --as-whole-volumes --out bench_slices/p$${P}_k$${K}_whole $(SLICE_BENCH_ARGS) || true; \
+	  done; \
+	  $(VENV)/bin/plcl bench --data ../shared/data/acdc --n-labeled-patients $$P --out bench_slices/p$${P}_all \
+	    $(SLICE_BENCH_ARGS) || exit 1; \
+	done
+	$(PY) -m PLCLSegmentationLib.engine.slice_curve bench_slices
+
 # On a machine with an NVIDIA GPU, with the machine's own CUDA torch (not .venv): README, "GPU check".
 GPU_PYTHON ?= python3
 gpu-check:
@@ -32,4 +48,4 @@ lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check PLCLSegmentation Testing
 
 clean:
-	rm -rf $(VENV) demo_output bench_output
+	rm -rf $(VENV) demo_output bench_output bench_slices

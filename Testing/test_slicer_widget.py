@@ -132,7 +132,7 @@ def fake_ui() -> types.SimpleNamespace:
     ui = types.SimpleNamespace()
     for name in ("annotatedTable", "reviewTable"):
         setattr(ui, name, FakeTable())
-    for name in ("budgetComboBox", "deviceComboBox"):
+    for name in ("budgetComboBox", "deviceComboBox", "annotatedSlicesComboBox"):
         setattr(ui, name, FakeCombo())
     for name in ("annotatedVolumeSelector", "annotatedSegmentationSelector"):
         setattr(ui, name, FakeNodeCombo())
@@ -140,7 +140,7 @@ def fake_ui() -> types.SimpleNamespace:
                  "iterationsSpinBox", "pythonPathLineEdit", "showUncertaintyCheckBox", "trainButton", "showPlotButton",
                  "editButton", "acceptButton", "retrainButton", "saveModelButton", "loadModelButton",
                  "applyModelButton", "progressBar", "statusLabel", "logTextEdit", "modelPathLineEdit",
-                 "inputsCollapsibleButton", "trainingCollapsibleButton"):
+                 "inputsCollapsibleButton", "trainingCollapsibleButton", "paintViewButton", "markBackgroundButton"):
         setattr(ui, name, mock.MagicMock(name=name))
     ui.pythonPathLineEdit.currentPath = ""
     ui.segmentsTableView.selectedSegmentIDs.return_value = []
@@ -264,6 +264,30 @@ def test_the_panel_drives_a_whole_session(panel):
     qt.QFileDialog.getOpenFileName.return_value = target
     p.onLoadModel()
     assert not panel.errors, panel.errors
+
+
+def test_the_panel_shows_and_changes_the_annotated_slices(panel):
+    p, ui, logic, volume = panel.panel, panel.ui, panel.logic, panel.volumes[0]
+    labels = read_labels(acdc_case("patient041_frame01")[1])
+    few = np.zeros_like(labels)
+    few[[1, 4]] = labels[[1, 4]]
+    sparse = panel.app.add_segmentation(volume, few, ACDC_SEGMENTS, "Two slices")
+    ui.annotatedVolumeSelector._node, ui.annotatedSegmentationSelector._node = volume, sparse
+    p.onAddAnnotated()
+    assert not panel.errors, panel.errors
+    assert ui.annotatedTable.item(0, 3).text == "2 of 6 slices (1, 4)"
+    assert ui.annotatedSlicesComboBox.enabled is False  # no row selected yet
+    ui.annotatedTable.selectRow(0)
+    assert ui.annotatedSlicesComboBox.enabled is True and ui.annotatedSlicesComboBox.currentData == "auto"
+    ui.annotatedSlicesComboBox.currentIndex = ui.annotatedSlicesComboBox.findData("all")
+    p.onSliceModeChanged()
+    assert logic.state.record_for(volume).slices == "all"
+    assert ui.annotatedTable.item(0, 3).text == "all 6 slices"
+    row = next(r for r in range(ui.reviewTable.rowCount) if ui.reviewTable.item(r, 0).text == volume.GetName())
+    assert ui.reviewTable.item(row, 3).text == "all 6 slices"
+    # This bare scene has no slice view: the panel says what to do instead of failing.
+    p.onMarkBackground()
+    assert "set up the paint view first" in panel.errors[-1]
 
 
 def test_errors_are_shown_not_raised(panel):

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from . import dependencies, scene_io
+from .engine import slicing
 from .engine.events import STOP_FILE, SUMMARY_FILE
 from .jobs import PREDICT, TRAIN, Job, JobState
 from .parameters import (
@@ -30,6 +31,10 @@ from .parameters import (
     EXCLUDED,
     PREDICTED,
     REVIEWED,
+    SLICE_MODES,
+    SLICES_ALL,
+    SLICES_AUTO,
+    SLICES_PAINTED,
     TARGET_ROLES,
     UNANNOTATED,
     ModuleState,
@@ -47,6 +52,37 @@ class ReviewRow:
     name: str
     role: str
     score: float | None
+    slices: str = ""  # training volumes: which slices are annotated, e.g. "3 of 10 slices (2, 5, 8)"
+
+
+@dataclass
+class SliceSummary:
+    """Which slices of an annotated volume the engine trains on, as file indices along its slicing axis."""
+
+    total: int  # slices along the engine's slicing axis
+    painted: list[int]  # slices holding any voxel of the segments to learn
+    background: list[int]  # slices the user marked as annotated background
+    mode: str  # the record's choice (SLICE_MODES)
+    view: str  # the view to paint in: Axial, Coronal or Sagittal
+
+    @property
+    def only_painted(self) -> bool:
+        """Whether only the painted (and background) slices are annotated: chosen, or "auto" with fewer
+        than half of the slices painted (a fully drawn volume keeps teaching background everywhere)."""
+        if self.mode == SLICES_AUTO:
+            return 2 * len(set(self.painted) | set(self.background)) < self.total
+        return self.mode == SLICES_PAINTED
+
+    @property
+    def annotated(self) -> list[int]:
+        return sorted(set(self.painted) | set(self.background)) if self.only_painted else list(range(self.total))
+
+    def text(self) -> str:
+        annotated = self.annotated
+        if len(annotated) == self.total:
+            return f"all {self.total} slices"
+        listed = ", ".join(str(i) for i in annotated[:8]) + (", ..." if len(annotated) > 8 else "")
+        return f"{len(annotated)} of {self.total} slices ({listed})"
 
 
 class PLCLSegmentationLogic:
@@ -66,6 +102,8 @@ class PLCLSegmentationLogic:
         #: What each chosen interpreter can do, probed once in the background.
         self.interpreters = dependencies.InterpreterChecks()
         self._before_import: dict[str, Any] | None = None
+        #: Painted slices per record, with the content stamp they were counted at (slice_summary).
+        self._painted: dict[str, tuple[tuple, list[int]]] = {}
 
     @property
     def scene(self) -> Any:
@@ -139,12 +177,84 @@ class PLCLSegmentationLogic:
             return record  # already a target
         if record.segmentation is not None and not is_owned(record.segmentation):
             record.segmentation, record.segment_ids = None, []  # forget the user's annotation, never touch it
-        record.role = role
+        record.role, record.slices, record.background = role, SLICES_AUTO, []
         self.state.save(record)
         return record
 
     def annotated(self) -> list[VolumeRecord]:
         return [r for r in self.state.records() if r.is_training]
+
+    # --- annotated slices -----------------------------------------------------------------------
+    def slice_summary(self, volume: Any) -> SliceSummary:
+        """How many of the volume's slices (along the engine's slicing axis) are annotated."""
+        record = self.record(volume)
+        axes = scene_io.volume_axes(record.volume)
+        total = int(record.volume.GetImageData().GetDimensions()[2 - axes.slice_axis])
+        if record.role == REVIEWED:  # an accepted prediction covers the whole volume
+            return SliceSummary(total, list(range(total)), [], SLICES_ALL, axes.view)
+        if record.role != ANNOTATED or record.segmentation is None:
+            raise PLCLError(f"'{record.name}' is not an annotated volume.")
+        ids = record.segment_ids or scene_io.segment_ids(record.segmentation)
+        # The panel asks on every refresh: count again only when the voxels may have changed.
+        stamp = scene_io.content_stamp(record.segmentation, ids, record.volume)
+        cached = self._painted.get(record.key)
+        if cached is not None and cached[0] == stamp:
+            painted = cached[1]
+        else:
+            labels = scene_io.annotation_labels(self.services, record.segmentation, ids, record.volume)
+            painted = slicing.labelled_slices(labels, axes.slice_axis)
+            self._painted[record.key] = (stamp, painted)
+        return SliceSummary(total, painted, [i for i in record.background if i < total], record.slices, axes.view)
+
+    def set_slice_mode(self, volume: Any, mode: str) -> VolumeRecord:
+        """Train on every slice of the volume ("all") or on its painted slices only ("painted")."""
+        self._check_idle()
+        if mode not in SLICE_MODES:
+            raise PLCLError(f"Unknown choice of slices: {mode!r}.")
+        record = self.record(volume)
+        if record.role != ANNOTATED:
+            raise PLCLError(f"'{record.name}' is not an annotated volume; accepted predictions use every slice.")
+        record.slices = mode
+        self.state.save(record)
+        return record
+
+    def mark_background(self, volume: Any, index: int | None = None) -> SliceSummary:
+        """Mark a slice (default: the one shown in the paint view) as annotated background: nothing to
+        segment there. Only painted slices and such slices are then annotated."""
+        self._check_idle()
+        record = self.record(volume)
+        if record.role != ANNOTATED:
+            raise PLCLError(f"Add '{record.name}' with its segmentation to the annotated volumes first.")
+        if index is None:
+            index = scene_io.current_slice(self.scene, record.volume)
+            if index is None:
+                raise PLCLError(f"The {scene_io.volume_axes(record.volume).view} view does not show a slice of "
+                                f"'{record.name}'; set up the paint view first.")
+        summary = self.slice_summary(volume)
+        if not 0 <= index < summary.total:
+            raise PLCLError(f"'{record.name}' has no slice {index} (0 to {summary.total - 1}).")
+        if index in summary.painted:
+            raise PLCLError(f"Slice {index} of '{record.name}' is painted: it is annotated already.")
+        record.background = sorted(set(record.background) | {index})
+        record.slices = SLICES_PAINTED
+        self.state.save(record)
+        return self.slice_summary(volume)
+
+    def set_up_paint_view(self, volume: Any) -> str:
+        """Show ``volume`` in the view of the engine's slicing plane; returns the view's name."""
+        record = self.record(volume)
+        return scene_io.set_up_paint_view(self.scene, record.volume, record.segmentation)
+
+    def _slice_argument(self, record: VolumeRecord) -> str:
+        """The record's --annotated-slices value."""
+        if record.role != ANNOTATED:
+            return slicing.ALL
+        summary = self.slice_summary(record.volume)
+        if not summary.only_painted:
+            return slicing.ALL
+        if not summary.annotated:
+            raise PLCLError(f"'{record.name}' has no painted slice: paint some slices in the {summary.view} view.")
+        return slicing.spec_text(summary.annotated)
 
     # --- runs -----------------------------------------------------------------------------------
     def train(self, warm_start: bool = False) -> Job:
@@ -164,6 +274,7 @@ class PLCLSegmentationLogic:
         classes = self._training_classes(training, warm_start)
         argv = self._command() + ["train"]
         inputs = Path(tempfile.mkdtemp(prefix="plcl-inputs-"))
+        slices: list[str] = []
         try:
             for record in training:
                 image = self._export_image(record, inputs)
@@ -172,6 +283,9 @@ class PLCLSegmentationLogic:
                 ids = scene_io.match_segments(record.segmentation, classes, record.segment_ids)
                 scene_io.write_annotation(self.services, record.segmentation, ids, record.volume, classes, str(label))
                 argv += ["--labeled", str(image), str(label)]
+                slices.append(self._slice_argument(record))
+            if any(spec != slicing.ALL for spec in slices):  # one per --labeled pair, in order
+                argv += [arg for spec in slices for arg in ("--annotated-slices", spec)]
             if targets:
                 argv += ["--unlabeled", *[str(self._export_image(r, inputs)) for r in targets]]
             out = self._run_folder(TRAIN)
@@ -299,10 +413,19 @@ class PLCLSegmentationLogic:
     # --- review ---------------------------------------------------------------------------------
     def review_rows(self) -> list[ReviewRow]:
         """Every volume with its role and uncertainty score, the least certain first."""
-        rows = [ReviewRow(r, r.name, r.role, r.score) for r in self.refresh()]
+        rows = [ReviewRow(r, r.name, r.role, r.score, self.slices_text(r)) for r in self.refresh()]
         order = {PREDICTED: 0, UNANNOTATED: 1, REVIEWED: 2, ANNOTATED: 3, EXCLUDED: 4}
         rows.sort(key=lambda row: (row.score is None, -(row.score or 0.0), order.get(row.role, 5), row.name))
         return rows
+
+    def slices_text(self, record: VolumeRecord) -> str:
+        """Which slices of a training volume are annotated, for the panel; empty for other volumes."""
+        if not record.is_training or record.segmentation is None:
+            return ""
+        try:
+            return self.slice_summary(record.volume).text()
+        except PLCLError as error:
+            return str(error)
 
     def show(self, volume: Any) -> VolumeRecord:
         """Show ``volume`` in the slice views with its segmentation (and the uncertainty overlay if chosen)."""
@@ -322,6 +445,7 @@ class PLCLSegmentationLogic:
             raise PLCLError(f"'{record.name}' has no prediction to accept.")
         record.role = REVIEWED
         record.segment_ids = scene_io.segment_ids(record.segmentation)
+        record.slices, record.background = SLICES_ALL, []  # the whole volume is annotated
         self.state.save(record)
         return record
 

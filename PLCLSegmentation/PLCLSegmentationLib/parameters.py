@@ -33,6 +33,12 @@ EXCLUDED = "excluded"  # ignored
 
 ROLES = (ANNOTATED, REVIEWED, PREDICTED, UNANNOTATED, EXCLUDED)
 TRAINING_ROLES = (ANNOTATED, REVIEWED)
+
+# Which slices of an annotated volume are annotated (engine: --annotated-slices).
+SLICES_AUTO = "auto"  # only the painted ones where fewer than half are painted, else all
+SLICES_ALL = "all"  # every slice: unpainted slices teach background
+SLICES_PAINTED = "painted"  # the painted slices and those marked as background
+SLICE_MODES = (SLICES_AUTO, SLICES_ALL, SLICES_PAINTED)
 TARGET_ROLES = (UNANNOTATED, PREDICTED)
 
 BUDGETS = ("quick", "standard", "full")
@@ -67,6 +73,8 @@ class VolumeRecord:
     segment_ids: list[str] = field(default_factory=list)  # annotated: the segments to learn
     score: float | None = None  # uncertainty score of the prediction (higher: less certain)
     fingerprint: str = ""  # of the prediction when imported: tells whether the user edited it
+    slices: str = SLICES_AUTO  # annotated: which slices are annotated (SLICE_MODES)
+    background: list[int] = field(default_factory=list)  # annotated: slices marked as painted background
 
     @property
     def name(self) -> str:
@@ -176,7 +184,9 @@ class ModuleState:
                 volume=volume, segmentation=node.GetNodeReference(_SEGMENTATION + key),
                 uncertainty=node.GetNodeReference(_UNCERTAINTY + key),
                 segment_ids=list(values.get("segments", [])), score=values.get("score"),
-                fingerprint=values.get("fingerprint", "")))
+                fingerprint=values.get("fingerprint", ""),
+                slices=values.get("slices") if values.get("slices") in SLICE_MODES else SLICES_AUTO,
+                background=[int(i) for i in values.get("background", []) if isinstance(i, int)]))
         return result
 
     def record_for(self, volume: Any) -> VolumeRecord | None:
@@ -202,7 +212,8 @@ class ModuleState:
                 if record.role not in ROLES:
                     raise ValueError(f"unknown role {record.role!r}")
                 table[record.key] = {"role": record.role, "segments": list(record.segment_ids),
-                                     "score": record.score, "fingerprint": record.fingerprint}
+                                     "score": record.score, "fingerprint": record.fingerprint,
+                                     "slices": record.slices, "background": sorted(set(record.background))}
                 node.SetNodeReferenceID(_VOLUME + record.key, _id(record.volume))
                 node.SetNodeReferenceID(_SEGMENTATION + record.key, _id(record.segmentation))
                 node.SetNodeReferenceID(_UNCERTAINTY + record.key, _id(record.uncertainty))

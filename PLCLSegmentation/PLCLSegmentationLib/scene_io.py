@@ -19,6 +19,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
+from .engine import slicing
 from .services import OWNER_ATTRIBUTE, PLCLError, SlicerServices, is_owned, mark_owned
 
 #: Node attribute value (see services.OWNER_ATTRIBUTE) of each kind of node this module creates.
@@ -413,3 +416,105 @@ def show_in_views(scene: Any, volume: Any, segmentation: Any = None, uncertainty
             node.GetDisplayNode().SetVisibility(False)
     if segmentation is not None and is_owned(segmentation) and segmentation.GetDisplayNode() is not None:
         segmentation.GetDisplayNode().SetVisibility(True)
+
+
+# --- the engine's slices ------------------------------------------------------------------------
+
+#: The slice view whose default orientation is each of the engine's slicing planes, and its one-up layout
+#: (vtkMRMLLayoutNode.SlicerLayoutOneUp{Red,Yellow,Green}SliceView: 6, 7, 8 from v5.8.0 on).
+VIEW_LAYOUTS = {"Axial": ("Red", 6), "Sagittal": ("Yellow", 7), "Coronal": ("Green", 8)}
+
+
+def volume_axes(volume: Any) -> slicing.Canonical:
+    """The axis the engine slices ``volume`` along (its own grid, as exported: no parent transform)."""
+    import vtk
+
+    matrix = vtk.vtkMatrix4x4()
+    volume.GetIJKToRASDirectionMatrix(matrix)
+    direction = np.array([[matrix.GetElement(r, c) for c in range(3)] for r in range(3)])
+    direction[:2] *= -1.0  # RAS -> LPS, the engine's world
+    return slicing.canonical(direction, tuple(volume.GetSpacing()))
+
+
+def annotation_labels(services: SlicerServices, segmentation_node: Any, ids: Sequence[str],
+                      reference_volume: Any) -> np.ndarray:
+    """The segments ``ids`` as a label map [k, j, i] on ``reference_volume``'s grid (segment n: value n + 1).
+    The user's node is only read: the label map lives in a private scratch scene."""
+    import slicer
+    import vtk
+
+    # A colour table in the scratch scene, else the export adds one to the user's scene.
+    scratch = slicer.vtkMRMLScene()
+    colors = scratch.AddNewNodeByClass("vtkMRMLColorTableNode")
+    colors.SetTypeToUser()
+    colors.SetNumberOfColors(len(ids) + 1)
+    labelmap = scratch.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode")
+    display = scratch.AddNewNodeByClass("vtkMRMLLabelMapVolumeDisplayNode")
+    display.SetAndObserveColorNodeID(colors.GetID())
+    labelmap.SetAndObserveDisplayNodeID(display.GetID())
+    id_array = vtk.vtkStringArray()
+    for segment_id in ids:
+        id_array.InsertNextValue(segment_id)
+    if not ids or not services.segmentations.ExportSegmentsToLabelmapNode(
+            segmentation_node, id_array, labelmap, reference_volume, slicer.vtkSegmentation.EXTENT_REFERENCE_GEOMETRY):
+        raise PLCLError(f"Could not export the segments of '{segmentation_node.GetName()}' "
+                        f"on the grid of '{reference_volume.GetName()}'.")
+    return np.array(slicer.util.arrayFromVolume(labelmap))
+
+
+def content_stamp(segmentation_node: Any, ids: Sequence[str], volume: Any) -> tuple:
+    """Changes whenever the segments' voxels or the volume's grid may have changed (VTK modification
+    times): what was counted from them can be reused until then."""
+    segmentation = segmentation_node.GetSegmentation()
+    stamps = [segmentation_node.GetID(), volume.GetID(), volume.GetMTime(), segmentation.GetMTime()]
+    for segment_id in ids:
+        segment = segmentation.GetSegment(segment_id)
+        labelmap = segment.GetRepresentation(segmentation.GetSourceRepresentationName()) if segment else None
+        stamps += [segment_id, labelmap.GetMTime() if labelmap is not None else 0]
+    return tuple(stamps)
+
+
+def slice_node(scene: Any, layout_name: str) -> Any:
+    for index in range(scene.GetNumberOfNodesByClass("vtkMRMLSliceNode")):
+        node = scene.GetNthNodeByClass(index, "vtkMRMLSliceNode")
+        if node.GetLayoutName() == layout_name:
+            return node
+    return None
+
+
+def set_up_paint_view(scene: Any, volume: Any, segmentation: Any = None) -> str:
+    """Show ``volume`` alone in the slice view of the engine's slicing plane, turned to the volume's own
+    slices (oblique stacks too), one view filling the layout. Returns the view's orientation name."""
+    view = volume_axes(volume).view
+    layout_name, arrangement = VIEW_LAYOUTS[view]
+    node = slice_node(scene, layout_name)
+    if node is not None:
+        node.SetOrientation(view)
+        node.RotateToVolumePlane(volume)
+    for index in range(scene.GetNumberOfNodesByClass("vtkMRMLSliceCompositeNode")):
+        composite = scene.GetNthNodeByClass(index, "vtkMRMLSliceCompositeNode")
+        if composite.GetLayoutName() == layout_name:
+            composite.SetBackgroundVolumeID(volume.GetID())
+    if segmentation is not None and segmentation.GetDisplayNode() is not None:
+        segmentation.GetDisplayNode().SetVisibility(True)
+    if scene.GetNumberOfNodesByClass("vtkMRMLLayoutNode"):
+        scene.GetNthNodeByClass(0, "vtkMRMLLayoutNode").SetViewArrangement(arrangement)
+    return view
+
+
+def current_slice(scene: Any, volume: Any) -> int | None:
+    """The file slice index (along the engine's slicing axis) shown at the centre of the engine's view,
+    or None when that view does not cross the volume."""
+    import vtk
+
+    axes = volume_axes(volume)
+    node = slice_node(scene, VIEW_LAYOUTS[axes.view][0])
+    if node is None:
+        return None
+    centre = node.GetSliceToRAS().MultiplyPoint((0.0, 0.0, 0.0, 1.0))
+    ras_to_ijk = vtk.vtkMatrix4x4()
+    volume.GetRASToIJKMatrix(ras_to_ijk)
+    ijk = ras_to_ijk.MultiplyPoint(centre)
+    index = int(round(ijk[2 - axes.slice_axis]))  # array axis a is ITK index axis 2 - a
+    size = volume.GetImageData().GetDimensions()[2 - axes.slice_axis]
+    return index if 0 <= index < size else None

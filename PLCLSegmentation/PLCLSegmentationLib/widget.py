@@ -20,7 +20,17 @@ from slicer.i18n import tr as _
 
 from . import dependencies, scene_io
 from .jobs import JobState, format_duration
-from .parameters import ANNOTATED, EXCLUDED, PREDICTED, REVIEWED, TRAINING_ROLES, UNANNOTATED
+from .parameters import (
+    ANNOTATED,
+    EXCLUDED,
+    PREDICTED,
+    REVIEWED,
+    SLICES_ALL,
+    SLICES_AUTO,
+    SLICES_PAINTED,
+    TRAINING_ROLES,
+    UNANNOTATED,
+)
 from .services import PLCLError, is_owned
 
 POLL_INTERVAL_MS = 200
@@ -29,6 +39,7 @@ ROLE_LABELS = {ANNOTATED: "annotated", REVIEWED: "reviewed", PREDICTED: "predict
                EXCLUDED: "excluded"}
 DEVICES = (("auto", "automatic"), ("cpu", "CPU"), ("cuda", "GPU (CUDA)"), ("mps", "GPU (Apple MPS)"))
 BUDGETS = (("quick", "quick"), ("standard", "standard"), ("full", "full (GPU)"))
+SLICE_CHOICES = ((SLICES_AUTO, "automatic"), (SLICES_ALL, "all slices"), (SLICES_PAINTED, "only painted slices"))
 
 
 @contextlib.contextmanager
@@ -75,6 +86,8 @@ class PLCLSegmentationPanel:
             ui.budgetComboBox.addItem(_(text), value)
         for value, text in DEVICES:
             ui.deviceComboBox.addItem(_(text), value)
+        for value, text in SLICE_CHOICES:
+            ui.annotatedSlicesComboBox.addItem(_(text), value)
         ui.segmentsTableView.setSelectionMode(qt.QAbstractItemView.ExtendedSelection)
 
         ui.annotatedVolumeSelector.connect("currentNodeChanged(vtkMRMLNode*)", self.onAnnotatedVolumeChanged)
@@ -82,7 +95,10 @@ class PLCLSegmentationPanel:
         ui.unannotatedVolumesSelector.connect("checkedNodesChanged()", self.onTargetsChanged)
         ui.addAnnotatedButton.clicked.connect(self.onAddAnnotated)
         ui.removeAnnotatedButton.clicked.connect(self.onRemoveAnnotated)
-        ui.annotatedTable.itemSelectionChanged.connect(self.updateButtons)
+        ui.annotatedTable.itemSelectionChanged.connect(self.onAnnotatedSelection)
+        ui.annotatedSlicesComboBox.currentIndexChanged.connect(self.onSliceModeChanged)
+        ui.paintViewButton.clicked.connect(self.onPaintView)
+        ui.markBackgroundButton.clicked.connect(self.onMarkBackground)
         ui.budgetComboBox.currentIndexChanged.connect(self.onSettingsChanged)
         ui.deviceComboBox.currentIndexChanged.connect(self.onSettingsChanged)
         ui.iterationsSpinBox.valueChanged.connect(self.onSettingsChanged)
@@ -128,6 +144,7 @@ class PLCLSegmentationPanel:
             self.ui.showUncertaintyCheckBox.checked = state.show_uncertainty
             self.ui.modelPathLineEdit.text = state.model_path
             self._fillAnnotatedTable([r for r in records if r.role in TRAINING_ROLES])
+            self._showSliceChoice()
             self._fillTargets(records)
             self._fillReviewTable()
         finally:
@@ -193,12 +210,57 @@ class PLCLSegmentationPanel:
         ids = list(self.ui.segmentsTableView.selectedSegmentIDs())
         with showingErrors(_("Could not use this annotation."), waitCursor=True):
             self.logic.set_annotation(volume, segmentation, ids or None)
+            self.logic.set_up_paint_view(volume)  # paint further slices where the model learns from them
+        self.updateFromState()
+
+    def _selectedAnnotated(self) -> Any:
+        row = self.ui.annotatedTable.currentRow()
+        item = self.ui.annotatedTable.item(row, 0) if row >= 0 else None
+        return slicer.mrmlScene.GetNodeByID(item.data(qt.Qt.UserRole)) if item is not None else None
+
+    def onAnnotatedSelection(self) -> None:
+        self._showSliceChoice()
+        self.updateButtons()
+
+    def _showSliceChoice(self) -> None:
+        """The selected annotated volume's choice of slices, in the combo box (no change event)."""
+        volume = self._selectedAnnotated()
+        record = self.logic.state.record_for(volume) if volume is not None else None
+        if record is not None:
+            was, self._updating = self._updating, True
+            try:
+                self._setCombo(self.ui.annotatedSlicesComboBox, record.slices)
+            finally:
+                self._updating = was
+
+    def onSliceModeChanged(self, *_args: Any) -> None:
+        volume = self._selectedAnnotated()
+        if self._updating or volume is None:
+            return
+        with showingErrors(_("Could not change the annotated slices.")):
+            self.logic.set_slice_mode(volume, self.ui.annotatedSlicesComboBox.currentData or SLICES_AUTO)
+        self.updateFromState()
+
+    def onPaintView(self) -> None:
+        volume = self._selectedAnnotated() or self.ui.annotatedVolumeSelector.currentNode()
+        if volume is None:
+            return
+        with showingErrors(_("Could not set up the paint view.")):
+            view = self.logic.set_up_paint_view(volume)
+            self.ui.statusLabel.text = _("Paint in the {view} view: the model learns from its slices.").format(
+                view=view)
+
+    def onMarkBackground(self) -> None:
+        volume = self._selectedAnnotated()
+        if volume is None:
+            return
+        with showingErrors(_("Could not mark the slice as background.")):
+            summary = self.logic.mark_background(volume)
+            self.ui.statusLabel.text = _("Annotated: {slices}.").format(slices=summary.text())
         self.updateFromState()
 
     def onRemoveAnnotated(self) -> None:
-        row = self.ui.annotatedTable.currentRow()
-        item = self.ui.annotatedTable.item(row, 0) if row >= 0 else None
-        volume = slicer.mrmlScene.GetNodeByID(item.data(qt.Qt.UserRole)) if item is not None else None
+        volume = self._selectedAnnotated()
         if volume is None:
             return
         with showingErrors(_("Could not remove the volume from the training set.")):
@@ -225,7 +287,7 @@ class PLCLSegmentationPanel:
             segmentation = record.segmentation
             names = [segmentation.GetSegmentation().GetSegment(i).GetName() for i in record.segment_ids
                      if segmentation.GetSegmentation().GetSegment(i) is not None]
-            cells = [record.name, segmentation.GetName(), ", ".join(names)]
+            cells = [record.name, segmentation.GetName(), ", ".join(names), self.logic.slices_text(record)]
             for column, text in enumerate(cells):
                 item = qt.QTableWidgetItem(text)
                 item.setData(qt.Qt.UserRole, record.volume.GetID())
@@ -361,7 +423,8 @@ class PLCLSegmentationPanel:
         table.setRowCount(len(rows))
         for row, entry in enumerate(rows):
             score = "" if entry.score is None else f"{entry.score:.3f}"
-            for column, text in enumerate([entry.name, _(ROLE_LABELS.get(entry.role, entry.role)), score]):
+            for column, text in enumerate([entry.name, _(ROLE_LABELS.get(entry.role, entry.role)), score,
+                                           entry.slices]):
                 item = qt.QTableWidgetItem(text)
                 item.setData(qt.Qt.UserRole, entry.record.volume.GetID())
                 table.setItem(row, column, item)
@@ -433,6 +496,12 @@ class PLCLSegmentationPanel:
         ui.addAnnotatedButton.enabled = not busy and ui.annotatedVolumeSelector.currentNode() is not None \
             and ui.annotatedSegmentationSelector.currentNode() is not None
         ui.removeAnnotatedButton.enabled = not busy and ui.annotatedTable.currentRow() >= 0
+        selected = self._selectedAnnotated()
+        selected_record = state.record_for(selected) if selected is not None else None
+        painted = not busy and selected_record is not None and selected_record.role == ANNOTATED
+        ui.annotatedSlicesComboBox.enabled = painted
+        ui.markBackgroundButton.enabled = painted
+        ui.paintViewButton.enabled = selected is not None or ui.annotatedVolumeSelector.currentNode() is not None
         ui.retrainButton.enabled = not busy and has_model
         ui.acceptButton.enabled = not busy and record is not None and record.role == PREDICTED
         ui.editButton.enabled = record is not None and record.segmentation is not None and is_owned(record.segmentation)

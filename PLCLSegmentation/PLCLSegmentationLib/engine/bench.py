@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import __version__
+from . import slicing
 from .config import BUDGETS, ConfigError
 from .dataset import Dataset, read_dataset
 from .evaluation import evaluate
@@ -32,7 +33,8 @@ from .events import EventSink
 from .volumes import atomic_path
 
 METHODS: dict[str, dict[str, Any]] = {
-    "supervised": {"label": "supervised only", "unlabeled": False, "set": {}},
+    # No pseudo-label rounds: also none on the unannotated slices of partly annotated cases.
+    "supervised": {"label": "supervised only", "unlabeled": False, "set": {"rounds": 0}},
     "self_training": {"label": "self-training (pseudo-labels, no contrastive loss)", "unlabeled": True,
                       "set": {"contrastive_weight": 0, "pseudo_segmentation_weight": 1}},
     "plcl": {"label": "pseudo-labels + local contrastive loss (this method)", "unlabeled": True, "set": {}},
@@ -50,6 +52,12 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--labeled-cases", metavar="A,B", help="annotated cases (default: whole patients, see below)")
     parser.add_argument("--n-labeled-patients", type=int, default=1, metavar="N",
                         help="annotate all cases of N patients drawn from the unlabeled split (per seed)")
+    parser.add_argument("--labeled-slices", type=int, metavar="K",
+                        help="annotate only K slices of each annotated case, spread through its labelled extent "
+                        "and drawn by seed (the others are trained on as unannotated)")
+    parser.add_argument("--as-whole-volumes", action="store_true",
+                        help="with --labeled-slices: annotate whole volumes holding at most as many slices in "
+                        "all instead (the same cases first), to compare at the same number of slices")
     parser.add_argument("--seeds", default="0,1", metavar="S,T", help="seeds: training, and patient choice")
     parser.add_argument("--unlabeled-split", default="train", metavar="SPLIT")
     parser.add_argument("--n-unlabeled", type=int, default=40, metavar="K")
@@ -80,6 +88,10 @@ class Protocol:
     labeled: list[str]
     unlabeled: list[str]
     evaluation: list[str]
+    #: With --labeled-slices: the annotated slices of each annotated case (file indices); else None.
+    slices: dict[str, list[int]] | None = None
+    #: Slices annotated in all (with --labeled-slices; whole volumes: their slice counts).
+    annotated_slices: int | None = None
 
 
 def choose_cases(dataset: Dataset, args: argparse.Namespace, seed: int) -> Protocol:
@@ -92,10 +104,29 @@ def choose_cases(dataset: Dataset, args: argparse.Namespace, seed: int) -> Proto
             raise ConfigError(f"only {len(patients)} labelled patients in split '{args.unlabeled_split}'")
         chosen = set(random.Random(seed).sample(patients, args.n_labeled_patients))
         labeled = [c for c in pool if patient_of(c) in chosen]
+    slices, total = None, None
+    if args.labeled_slices is not None:
+        from .bench_slices import case_slices, sparse_slices, whole_volumes
+
+        if args.labeled_slices < 1:
+            raise ConfigError("--labeled-slices must be at least 1")
+        slices = sparse_slices(dataset, labeled, args.labeled_slices, seed)
+        total = sum(len(v) for v in slices.values())
+        if args.as_whole_volumes:
+            sizes: dict[str, int] = {}
+            labeled = whole_volumes(dataset, labeled, pool, total, seed,
+                                    lambda case: sizes.setdefault(case, case_slices(dataset, case)[0]))
+            slices, total = None, sum(sizes[c] for c in labeled)
+    elif args.as_whole_volumes:
+        raise ConfigError("--as-whole-volumes compares with --labeled-slices K; give both")
+    else:
+        from .bench_slices import case_slices
+
+        total = sum(case_slices(dataset, case)[0] for case in labeled)
     labeled_patients = {patient_of(c) for c in labeled}
     rest = [c for c in pool if patient_of(c) not in labeled_patients]
     unlabeled = random.Random(seed + 1000).sample(rest, min(args.n_unlabeled, len(rest)))
-    return Protocol(labeled, sorted(unlabeled), dataset.split(args.eval_split))
+    return Protocol(labeled, sorted(unlabeled), dataset.split(args.eval_split), slices, total)
 
 
 # --- child processes ------------------------------------------------------------------------------
@@ -135,6 +166,9 @@ def run_method(method: str, protocol: Protocol, dataset: Dataset, args: argparse
              *_set_args(spec["set"])]
     if spec["unlabeled"]:
         train += ["--unlabeled-cases", ",".join(protocol.unlabeled)]
+    if protocol.slices is not None:  # one value per --labeled-cases case, in order
+        train += [arg for case in protocol.labeled
+                  for arg in ("--annotated-slices", slicing.spec_text(protocol.slices[case]))]
     train += ["--iterations", str(args.iterations)] if args.iterations else ["--minutes", str(args.minutes)]
     sink.emit("stage", stage=f"bench:{method}:train", round=seed, total=0)
     trained = run_child(train, folder / "train.log")
@@ -265,7 +299,9 @@ def _write_results(out: Path, args: argparse.Namespace, dataset: Dataset, method
         "dataset": dataset.name, "data": str(dataset.root),
         "protocol": {"eval_split": args.eval_split, "budget_minutes": None if args.iterations else args.minutes,
                      "budget_iterations": args.iterations, "preset": args.budget, "seeds": seeds,
-                     "checkpoint": "the last model (no validation-based selection)", "cases": protocols},
+                     "checkpoint": "the last model (no validation-based selection)", "cases": protocols,
+                     "n_labeled_patients": None if args.labeled_cases else args.n_labeled_patients,
+                     "labeled_slices": args.labeled_slices, "as_whole_volumes": bool(args.as_whole_volumes)},
         "methods": _aggregate(runs, methods), "runs": runs, "throughput": throughput,
     }
     with atomic_path(out / "results.json") as tmp, open(tmp, "w") as f:

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import __version__
+from . import slicing
 from .config import BUDGETS, DEFAULT_BUDGET, ConfigError, TrainConfig
 from .events import EXIT_CANCELLED, EXIT_ERROR, EXIT_OK, EXIT_USAGE, STOP_FILE, EventSink, JsonLinesSink
 from .volumes import DISK_FULL_ERRNOS, InputError
@@ -34,6 +35,12 @@ def build_parser() -> argparse.ArgumentParser:
     train = commands.add_parser("train", help="train on annotated + unannotated volumes and segment the latter")
     train.add_argument("--labeled", nargs=2, action="append", default=[], metavar=("IMAGE", "LABEL"),
                        help="an annotated volume and its label map or Slicer .seg.nrrd (repeatable)")
+    train.add_argument("--annotated-slices", action="append", default=[], metavar="all|labelled|LIST",
+                       help="which slices of an annotated volume are annotated: all (default: unlabelled "
+                       "slices teach background), labelled (only slices holding a label), or file slice "
+                       "indices along the slicing axis, 0-based, e.g. 3,8-10; the others are trained on "
+                       "as unannotated. Once for every annotated volume, or once per --labeled pair then "
+                       "--labeled-cases case, in order")
     train.add_argument("--unlabeled", nargs="+", action="extend", default=[], metavar="IMAGE",
                        help="unannotated volumes: used for training and segmented at the end")
     train.add_argument("--data", metavar="DIR", help="a dataset folder (dataset.json, images/, labels/)")
@@ -131,8 +138,23 @@ def make_train_job(args: argparse.Namespace):
         raise ConfigError("give at least one annotated volume: --labeled IMAGE LABEL, or --data DIR --labeled-cases A")
     if not args.out:
         raise ConfigError("--out DIR is required")
-    return TrainJob(labeled, unlabeled, args.out, train_config(args, bool(unlabeled)), names,
-                    args.init_model).absolute()
+    specs = annotated_slice_specs(args.annotated_slices, len(labeled))
+    sparse = any(spec != slicing.ALL for spec in specs)  # unannotated slices: pseudo-label rounds
+    return TrainJob(labeled, unlabeled, args.out, train_config(args, bool(unlabeled) or sparse), names,
+                    args.init_model, specs).absolute()
+
+
+def annotated_slice_specs(values: list[str], count: int) -> list[str]:
+    """One ``--annotated-slices`` value per annotated volume, each checked for its syntax (the
+    indices are checked against each image when it is read)."""
+    if len(values) > 1 and len(values) != count:
+        raise ConfigError(f"{len(values)} --annotated-slices values for {count} annotated volumes; give one "
+                          "for all of them or one per volume (--labeled pairs first, then --labeled-cases)")
+    specs = values * count if len(values) == 1 else list(values) or [slicing.ALL] * count
+    try:
+        return [slicing.spec_text(slicing.parse_spec(spec)) for spec in specs]
+    except slicing.SliceSpecError as error:
+        raise ConfigError(str(error)) from None
 
 
 def train_config(args: argparse.Namespace, has_unlabeled: bool = True) -> TrainConfig:

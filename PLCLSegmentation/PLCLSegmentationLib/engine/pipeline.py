@@ -31,12 +31,13 @@ import numpy as np
 import torch
 
 from .. import __version__
-from .config import TrainConfig
+from . import slicing
+from .config import ConfigError, TrainConfig
 from .events import OUTPUT_KINDS, SUMMARY_FILE, EventSink
 from .modelfile import ModelInfo, build_model, read_model, save_model
 from .outfolder import check_output_folder, hold_output_folder
 from .predict import keep_largest_components, map_to_volume, predict_slices
-from .preprocess import InPlaneFrame, PreparedVolume, in_plane_frame, prepare_volume, slice_layout
+from .preprocess import InPlaneFrame, PreparedVolume, in_plane_frame, prepare_volume, slice_layout, stack_mask
 from .train import Checkpoint, Trainer, autocast_dtype, precision_name, resolve_device
 from .volumes import (
     ClassInfo,
@@ -65,10 +66,16 @@ class TrainJob:
     config: TrainConfig
     class_names: dict[int, str] | None = None  # from a dataset.json
     init_model: str | None = None
+    #: One ``--annotated-slices`` value per annotated pair (slicing.py): all, labelled or indices.
+    annotated_slices: list[str] = field(default_factory=list)
+
+    def slice_specs(self) -> list[str]:
+        return list(self.annotated_slices) or [slicing.ALL] * len(self.labeled)
 
     def to_dict(self) -> dict[str, Any]:
         return {"labeled": [list(p) for p in self.labeled], "unlabeled": self.unlabeled, "out": self.out,
                 "config": self.config.to_dict(), "init_model": self.init_model,
+                "annotated_slices": self.slice_specs(),
                 "class_names": None if self.class_names is None else {str(k): v for k, v in self.class_names.items()}}
 
     @classmethod
@@ -76,7 +83,7 @@ class TrainJob:
         names = d.get("class_names")
         return cls([tuple(p) for p in d["labeled"]], list(d["unlabeled"]), d["out"],
                    TrainConfig.from_dict(d["config"]), None if names is None else {int(k): v for k, v in names.items()},
-                   d.get("init_model"))
+                   d.get("init_model"), list(d.get("annotated_slices") or []))
 
     def absolute(self) -> TrainJob:
         """Every path absolute, so job.json (and --resume) work from any working folder."""
@@ -110,6 +117,8 @@ class TrainingInputs:
     unannotated: list[Volume]
     warnings: list[str] = field(default_factory=list)
     initial_model: tuple[ModelInfo, dict[str, torch.Tensor]] | None = None  # --init-model, read once
+    #: Per annotated volume, its annotated slices as file indices along the slicing axis; None: all.
+    annotated_slices: list[list[int] | None] = field(default_factory=list)
 
 
 # --- reading and checking ---------------------------------------------------------------------
@@ -185,21 +194,34 @@ def read_training_inputs(job: TrainJob) -> TrainingInputs:
         fixed = initial_model[0].classes
     elif job.class_names:
         fixed = [ClassInfo(v, n, _default_color(v)) for v, n in sorted(job.class_names.items()) if v > 0]
-    volumes, raw = [], []
-    for image_path, label_path in job.labeled:
+    specs = job.slice_specs()
+    if len(specs) != len(job.labeled):
+        raise ConfigError(f"{len(specs)} --annotated-slices values for {len(job.labeled)} annotated volumes; "
+                          "give one for all or one per annotated volume")
+    volumes, raw, chosen = [], [], []
+    for (image_path, label_path), spec in zip(job.labeled, specs):
         volume = read_volume(image_path)
         labels, segments = read_annotation(label_path, volume)
+        chosen.append(_annotated_slices(volume, label_path, labels, spec))
         volumes.append(volume)
         raw.append((label_path, labels, segments))
     classes, indexed = resolve_classes(raw, fixed)
     unannotated = [read_volume(p) for p in job.unlabeled]
     _check_unique_names(volumes + unannotated)
-    inputs = TrainingInputs(classes, list(zip(volumes, indexed)), unannotated, initial_model=initial_model)
-    present = set().union(*(set(np.unique(lbl).tolist()) for _, lbl in inputs.annotated))
+    inputs = TrainingInputs(classes, list(zip(volumes, indexed)), unannotated, initial_model=initial_model,
+                            annotated_slices=chosen)
+    present = set().union(*(set(np.unique(_slices_of(lbl, volume, rows)).tolist())
+                            for (volume, lbl), rows in zip(inputs.annotated, chosen)))
     for index, c in enumerate(classes, start=1):
         if index not in present:
             inputs.warnings.append(f"class '{c.name}' appears in no annotated volume; it will not be learnt")
-    if not unannotated:
+    for volume, (label_path, labels, _), rows in zip(volumes, raw, chosen):
+        axis = slicing.canonical(volume.grid.direction_matrix, volume.grid.spacing).slice_axis
+        ignored = [] if rows is None else sorted(set(slicing.labelled_slices(labels, axis)) - set(rows))
+        if ignored:
+            inputs.warnings.append(f"{label_path}: the labels of slices {', '.join(map(str, ignored))} are not in "
+                                   "--annotated-slices; those slices are trained on as unannotated")
+    if not unannotated and all(rows is None for rows in chosen):
         inputs.warnings.append("no unannotated volume: training supervised only (no pseudo-labels, no "
                                "contrastive loss)")
     return inputs
@@ -221,6 +243,42 @@ def check_slice_sizes(volumes: list[Volume], spacing: float, reference: InPlaneF
             native = "x".join(f"{s:g}" for s in layout.in_plane_spacing)
             raise InputError(v.path, f"slices would be {rows}x{cols} pixels at {spacing:.4g} mm (its pixels are "
                                      f"{native} mm); {low} to {high} pixels a side are supported: check its spacing")
+
+
+def _annotated_slices(volume: Volume, label_path: str, labels: np.ndarray, text: str) -> list[int] | None:
+    """The file slice indices ``text`` marks as annotated (None: every slice), checked."""
+    try:
+        spec = slicing.parse_spec(text)
+    except slicing.SliceSpecError as error:
+        raise ConfigError(f"{volume.path}: {error}") from None
+    if spec == slicing.ALL:
+        return None
+    axes = slicing.canonical(volume.grid.direction_matrix, volume.grid.spacing)
+    try:
+        rows = slicing.annotated_slices(spec, labels, axes.slice_axis)
+    except slicing.SliceSpecError as error:
+        raise ConfigError(f"--annotated-slices for {volume.path}: {error}") from None
+    across = slicing.drawn_across(labels, axes.slice_axis)
+    if across is not None:
+        raise InputError(label_path, f"is drawn across the slices the engine trains on (its strokes are one voxel "
+                                     f"thin along the {'kji'[across]} axis); paint in the {axes.view} view, "
+                                     f"slices along the image's {'kji'[axes.slice_axis]} axis")
+    if not rows:
+        raise InputError(label_path, "has no annotated slice (--annotated-slices selects none that holds a label)"
+                         if spec == slicing.LABELLED else "has no annotated slice")
+    return rows
+
+
+def _slice_count(volume: Volume) -> int:
+    axis = slicing.canonical(volume.grid.direction_matrix, volume.grid.spacing).slice_axis
+    return int(volume.array.shape[axis])
+
+
+def _slices_of(labels: np.ndarray, volume: Volume, rows: list[int] | None) -> np.ndarray:
+    if rows is None:
+        return labels
+    axis = slicing.canonical(volume.grid.direction_matrix, volume.grid.spacing).slice_axis
+    return np.take(labels, rows, axis=axis)
 
 
 # --- training ---------------------------------------------------------------------------------
@@ -268,7 +326,17 @@ def _train(job: TrainJob, inputs: TrainingInputs, sink: EventSink, cancel: threa
     num_classes = len(inputs.classes) + 1
     annotated = [_prepare(v, spacing, config, sink, labels, num_classes, reference)
                  for v, labels in inputs.annotated]
+    for prepared, rows in zip(annotated, inputs.annotated_slices):
+        if rows is not None:
+            prepared.annotated = stack_mask(prepared.layout, rows)
+    # Which slices taught the segmentation loss, for the model's record and the summary.
+    slice_record = [{"image": v.path, "spec": spec, "slices": _slice_count(v),
+                     "annotated": _slice_count(v) if rows is None else len(rows), "indices": rows}
+                    for (v, _), spec, rows in zip(inputs.annotated, job.slice_specs(), inputs.annotated_slices)]
     unannotated = [_prepare(v, spacing, config, sink, reference=reference) for v in inputs.unannotated]
+    if config.rounds and not unannotated and not any(v.partial for v in annotated):
+        # Nothing to pseudo-label (e.g. "labelled" on volumes labelled on every slice): supervised only.
+        config = dataclasses.replace(config, warmup_iterations=config.total_iterations, rounds=0)
 
     trainer = Trainer(config, num_classes, annotated, unannotated, sink, device,
                       checkpoint_path=out / "checkpoint.pt", cancel=cancel, initial_weights=initial)
@@ -284,7 +352,7 @@ def _train(job: TrainJob, inputs: TrainingInputs, sink: EventSink, cancel: threa
             intensity_percentiles=tuple(config.intensity_percentiles), inference_tile=config.inference_tile,
             inference_overlap=config.inference_overlap, largest_component=config.largest_component,
             in_plane_reference=reference,
-            training={"annotated": [v.path for v, _ in inputs.annotated],
+            training={"annotated": [v.path for v, _ in inputs.annotated], "annotated_slices": slice_record,
                       "unannotated": [v.path for v in inputs.unannotated],
                       "iterations": trainer.iteration, "train_seconds": round(time.monotonic() - train_started, 2),
                       "budget": config.budget, "seed": config.seed, "config": config.to_dict(),
@@ -311,7 +379,8 @@ def _train(job: TrainJob, inputs: TrainingInputs, sink: EventSink, cancel: threa
 
     entries = write_predictions(model, info, unannotated, len(unannotated), out, sink, cancel, device)
     summary = _summary("train", out, info, entries, sink, extra={"train_seconds": round(train_seconds, 2),
-                                                           "iterations": trainer.iteration})
+                                                           "iterations": trainer.iteration,
+                                                           "annotated_slices": slice_record})
     sink.emit("done", out=str(out), elapsed_s=round(time.monotonic() - started, 2))
     return summary
 

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .slicing import canonical
 from .volumes import Grid, Volume
 
 #: World directions (LPS unit vectors) of a stack's rows and columns: the in-plane frame.
@@ -56,28 +57,9 @@ class SliceLayout:
 def slice_layout(grid: Grid, reference: InPlaneFrame | None = None) -> SliceLayout:
     """Nearest canonical orientation, then the coarsest axis as the slice axis (ties: the S axis);
     with a ``reference``, the in-plane axes turned to match it (see ``_aligned``)."""
-    direction = np.abs(grid.direction_matrix)  # [physical axis, index axis]
-    signed = grid.direction_matrix
-    # Assign each index axis (i, j, k) to a physical axis (L, P, S), strongest alignment first.
-    physical_of = [-1, -1, -1]
-    used: set[int] = set()
-    for flat in np.argsort(-direction, axis=None):
-        physical, index = divmod(int(flat), 3)
-        if physical_of[index] < 0 and physical not in used:
-            physical_of[index] = physical
-            used.add(physical)
-    # Canonical array order is [S, P, L] (as an identity-direction [k, j, i] array); array axis of
-    # index axis a is 2 - a.
-    canonical_axes = [0, 0, 0]
-    canonical_flip = [False, False, False]
-    canonical_spacing = [0.0, 0.0, 0.0]
-    for index in range(3):
-        position = 2 - physical_of[index]
-        canonical_axes[position] = 2 - index
-        canonical_flip[position] = bool(signed[physical_of[index], index] < 0)
-        canonical_spacing[position] = float(grid.spacing[index])
-    # Coarsest axis first; a tie keeps the canonical order, so S (axial) wins.
-    slice_pos = max(range(3), key=lambda p: (round(canonical_spacing[p], 4), -p))
+    found = canonical(grid.direction_matrix, grid.spacing)
+    canonical_axes, canonical_flip, canonical_spacing = found.axes, found.flips, found.spacing
+    slice_pos = found.slice_position
     order = [slice_pos] + [p for p in range(3) if p != slice_pos]
     size_kji = grid.size[::-1]
     axes = tuple(canonical_axes[p] for p in order)
@@ -164,6 +146,22 @@ class PreparedVolume:
     layout: SliceLayout
     images: torch.Tensor  # float32 [S, H, W]
     labels: torch.Tensor | None = None  # uint8 [S, H, W], class indices
+    #: bool [S]: the slices whose labels are annotations; None: every slice (see slicing.py). The
+    #: others are neither background nor foreground: trained on like unannotated slices.
+    annotated: torch.Tensor | None = None
+
+    @property
+    def partial(self) -> bool:
+        """Annotated, but only on some of its slices."""
+        return self.annotated is not None and not bool(self.annotated.all())
+
+
+def stack_mask(layout: SliceLayout, file_slices: list[int]) -> torch.Tensor:
+    """The bool [S] mask, in stack order, of slices given by their index in the file (slicing.py)."""
+    count = layout.native_shape[0]
+    mask = torch.zeros(count, dtype=torch.bool)
+    mask[torch.tensor(file_slices, dtype=torch.long)] = True
+    return mask.flip(0) if layout.flips[0] else mask
 
 
 def prepare_volume(volume: Volume, target_spacing: float, percentiles: tuple[float, float],

@@ -112,6 +112,15 @@ class Checkpoint:
                    float(p.get("train_seconds", 0.0)), p.get("teacher"), list(p.get("loss_history") or []))
 
 
+def _annotated_part(stack: torch.Tensor, volume: PreparedVolume) -> torch.Tensor:
+    return stack if volume.annotated is None else stack[volume.annotated]
+
+
+def _unannotated_part(stack: torch.Tensor, volume: PreparedVolume) -> torch.Tensor:
+    """An unannotated volume's slices, or the slices of a partially annotated one left unannotated."""
+    return stack if volume.annotated is None else stack[~volume.annotated]
+
+
 class Trainer:
     """Runs one training job on prepared volumes; ``run`` returns the trained network."""
 
@@ -123,8 +132,11 @@ class Trainer:
         self.num_classes = num_classes
         self.device = device
         # Slices live on the training device, packed once; pseudo-labels replace the labels each round.
-        self.annotated = SliceAtlas.pack([v.images for v in annotated], [v.labels for v in annotated], device)
-        self.unannotated = unannotated
+        # Only annotated slices are packed for the segmentation loss; the other slices of partially
+        # annotated volumes join the unannotated pool (pseudo-labels, contrastive loss).
+        self.annotated = SliceAtlas.pack([_annotated_part(v.images, v) for v in annotated],
+                                         [_annotated_part(v.labels, v) for v in annotated], device)
+        self.unannotated = unannotated + [v for v in annotated if v.partial]
         self._unannotated_atlas: SliceAtlas | None = None
         self.sink = sink
         self.checkpoint_path = checkpoint_path
@@ -229,7 +241,8 @@ class Trainer:
 
     def _pseudo_atlas(self) -> SliceAtlas:
         if self._unannotated_atlas is None:
-            self._unannotated_atlas = SliceAtlas.pack([v.images for v in self.unannotated], self.pseudo_labels,
+            self._unannotated_atlas = SliceAtlas.pack([_unannotated_part(v.images, v) for v in self.unannotated],
+                                                      self.pseudo_labels,
                                                       self.device)
             return self._unannotated_atlas
         self._unannotated_atlas = self._unannotated_atlas.with_labels(self.pseudo_labels)
@@ -377,9 +390,11 @@ class Trainer:
                                    channels_last=cfg.channels_last, autocast=self.autocast)
             confidence, label = probs.max(dim=1)
             label = label.to(torch.uint8)
+            if volume.partial:  # the annotated slices anchor the 3D components of the others
+                label[volume.annotated] = volume.labels[volume.annotated]
             if cfg.largest_component:
                 label = torch.from_numpy(keep_largest_components(label.numpy(), self.num_classes))
             if cfg.pseudo_label_confidence > 0:
                 label[confidence < cfg.pseudo_label_confidence] = IGNORE
-            labels.append(label)
+            labels.append(_unannotated_part(label, volume))
         return labels
