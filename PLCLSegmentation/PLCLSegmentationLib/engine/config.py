@@ -108,8 +108,10 @@ class TrainConfig:
     #: or AMX), else float32 (emulated bf16 on other AVX-512 CPUs is slower than float32); "fp32" or
     #: "bf16" to force. Weights and optimiser stay float32.
     precision: str = "auto"
-    #: Build batches in a background thread while the model trains.
-    background_batches: bool = True
+    #: Build batches in a background thread while the model trains. Off: batches are a few tensor
+    #: operations on the training device, and on 2 CPU cores the thread's competition for the cores
+    #: measured 11 % slower than building inline (`plcl bench` measures it on any device).
+    background_batches: bool = False
     #: Adam's fused kernel where torch has one for the device.
     fused_optimizer: bool = True
     #: Compile the training forward pass with torch.compile (inductor). Off by default: on CPU it costs
