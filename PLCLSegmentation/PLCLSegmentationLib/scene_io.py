@@ -148,6 +148,40 @@ def write_volume(volume_node: Any, path: str) -> None:
         raise PLCLError(f"Could not write volume '{volume_node.GetName()}' to {path}.")
 
 
+def _export_labelmap(services: SlicerServices, segmentation_node: Any, ids: Sequence[str], reference_volume: Any,
+                     classes: Sequence[SegmentClass] | None = None) -> tuple[Any, Any]:
+    """Export segments ``ids`` (``ids[i]`` as label value ``i + 1``) to a label map exactly on
+    ``reference_volume``'s grid, in a private scratch scene: (scratch scene, label map node).
+
+    The scene holds a colour table (naming the values after ``classes``, so that the label map imports
+    back with their names) and a display node, else the export would add a colour table to the user's
+    scene or look for a default one there. The user's node is only read.
+    """
+    import slicer
+    import vtk
+
+    scratch = slicer.vtkMRMLScene()
+    colors = scratch.AddNewNodeByClass("vtkMRMLColorTableNode")
+    colors.SetTypeToUser()
+    colors.SetNumberOfColors(len(ids) + 1)
+    if classes is not None:
+        colors.SetColor(0, "background", 0.0, 0.0, 0.0, 0.0)
+        for value, info in enumerate(classes, start=1):
+            colors.SetColor(value, info.name, *info.color, 1.0)
+    labelmap = scratch.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode")
+    display = scratch.AddNewNodeByClass("vtkMRMLLabelMapVolumeDisplayNode")
+    display.SetAndObserveColorNodeID(colors.GetID())
+    labelmap.SetAndObserveDisplayNodeID(display.GetID())
+    id_array = vtk.vtkStringArray()
+    for segment_id in ids:
+        id_array.InsertNextValue(segment_id)
+    if not ids or not services.segmentations.ExportSegmentsToLabelmapNode(
+            segmentation_node, id_array, labelmap, reference_volume, slicer.vtkSegmentation.EXTENT_REFERENCE_GEOMETRY):
+        raise PLCLError(f"Could not export the segments of '{segmentation_node.GetName()}' "
+                        f"on the grid of '{reference_volume.GetName()}'.")
+    return scratch, labelmap
+
+
 def write_annotation(services: SlicerServices, segmentation_node: Any, ids: Sequence[str], reference_volume: Any,
                      classes: Sequence[SegmentClass], path: str) -> None:
     """Write the segments ``ids`` of ``segmentation_node`` as a ``.seg.nrrd`` exactly on ``reference_volume``'s
@@ -156,32 +190,11 @@ def write_annotation(services: SlicerServices, segmentation_node: Any, ids: Sequ
     The user's segmentation node is only read: the label map is exported into a private scratch scene.
     """
     import slicer
-    import vtk
 
-    # Private scratch scene: a colour table naming the label values (so that the label map imports back
-    # with the classes' names) and a display node for the label map (so that no default one is sought).
-    scratch = slicer.vtkMRMLScene()
-    colors = scratch.AddNewNodeByClass("vtkMRMLColorTableNode")
-    colors.SetTypeToUser()
     if len(ids) != len(classes) or not ids:
         raise PLCLError(f"Segmentation '{segmentation_node.GetName()}': {len(ids)} segments for "
                         f"{len(classes)} classes.")
-    colors.SetNumberOfColors(len(classes) + 1)
-    colors.SetColor(0, "background", 0.0, 0.0, 0.0, 0.0)
-    for value, info in enumerate(classes, start=1):
-        colors.SetColor(value, info.name, *info.color, 1.0)
-    labelmap = scratch.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode")
-    display = scratch.AddNewNodeByClass("vtkMRMLLabelMapVolumeDisplayNode")
-    display.SetAndObserveColorNodeID(colors.GetID())
-    labelmap.SetAndObserveDisplayNodeID(display.GetID())
-    id_array = vtk.vtkStringArray()
-    for segment_id in ids:
-        id_array.InsertNextValue(segment_id)
-    # Label value i + 1 for ids[i], on exactly the reference volume's grid.
-    if not services.segmentations.ExportSegmentsToLabelmapNode(
-            segmentation_node, id_array, labelmap, reference_volume, slicer.vtkSegmentation.EXTENT_REFERENCE_GEOMETRY):
-        raise PLCLError(f"Could not export the segments of '{segmentation_node.GetName()}' "
-                        f"on the grid of '{reference_volume.GetName()}'.")
+    scratch, labelmap = _export_labelmap(services, segmentation_node, ids, reference_volume, classes)
     image = labelmap.GetImageData()
     if image is None or image.GetScalarRange()[1] <= 0:
         raise PLCLError(f"Segmentation '{segmentation_node.GetName()}' has nothing painted on "
@@ -441,24 +454,8 @@ def annotation_labels(services: SlicerServices, segmentation_node: Any, ids: Seq
     """The segments ``ids`` as a label map [k, j, i] on ``reference_volume``'s grid (segment n: value n + 1).
     The user's node is only read: the label map lives in a private scratch scene."""
     import slicer
-    import vtk
 
-    # A colour table in the scratch scene, else the export adds one to the user's scene.
-    scratch = slicer.vtkMRMLScene()
-    colors = scratch.AddNewNodeByClass("vtkMRMLColorTableNode")
-    colors.SetTypeToUser()
-    colors.SetNumberOfColors(len(ids) + 1)
-    labelmap = scratch.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode")
-    display = scratch.AddNewNodeByClass("vtkMRMLLabelMapVolumeDisplayNode")
-    display.SetAndObserveColorNodeID(colors.GetID())
-    labelmap.SetAndObserveDisplayNodeID(display.GetID())
-    id_array = vtk.vtkStringArray()
-    for segment_id in ids:
-        id_array.InsertNextValue(segment_id)
-    if not ids or not services.segmentations.ExportSegmentsToLabelmapNode(
-            segmentation_node, id_array, labelmap, reference_volume, slicer.vtkSegmentation.EXTENT_REFERENCE_GEOMETRY):
-        raise PLCLError(f"Could not export the segments of '{segmentation_node.GetName()}' "
-                        f"on the grid of '{reference_volume.GetName()}'.")
+    _, labelmap = _export_labelmap(services, segmentation_node, ids, reference_volume)
     return np.array(slicer.util.arrayFromVolume(labelmap))
 
 
