@@ -299,6 +299,15 @@ CASES = [
     _set("scale_range", "[2, 1]", 2, "scale_range"),
     _set("patch_size", "33", 2, "multiple of", point="held"),
     _set("no_such_field", "1", 2, "KEY one of", point="held"),
+    # options added after issue 11 (the batch builder, annotated slices) meet the same rules
+    _set("fused_optimizer", '"yes"', 2, "fused_optimizer='yes'", "true or false", point="new"),
+    _set("background_batches", "2", 2, "background_batches=2", "true or false", point="new"),
+    Case("annotated_slices_out_of_range", "new", lambda d: train(d, "img.nii.gz", "lbl.nii.gz",
+                                                                 "--annotated-slices", "1,7"), 2,
+         ("img.nii.gz", "slice 7 is out of range")),
+    Case("annotated_slices_unreadable", "new", lambda d: train(d, "img.nii.gz", "lbl.nii.gz",
+                                                               "--annotated-slices", "two"), 2,
+         ("--annotated-slices",)),
     # 10. a model file that is not one: never suggest the unsafe load; no code runs
     Case("model_needing_weights_only_false", "10", lambda d: predict(d, model="objects.pt"), 1,
          ("objects.pt", "not a PLCLSegmentation model file", "refused without running"), pickled_object_model,
