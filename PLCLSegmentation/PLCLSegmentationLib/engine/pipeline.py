@@ -97,8 +97,6 @@ class TrainJob:
 
 def read_job(folder: str | os.PathLike[str]) -> TrainJob:
     """The job of the run in ``folder`` (its job.json), to continue it there."""
-    from .config import ConfigError
-
     job_file = Path(folder) / "job.json"
     if not job_file.is_file():
         raise InputError(str(job_file), "not found; --resume needs the output folder of an earlier run")

@@ -240,12 +240,12 @@ class Trainer:
         return self.final_model
 
     def _pseudo_atlas(self) -> SliceAtlas:
+        """The unannotated slices with this round's pseudo-labels: packed once, relabelled after."""
         if self._unannotated_atlas is None:
             self._unannotated_atlas = SliceAtlas.pack([_unannotated_part(v.images, v) for v in self.unannotated],
-                                                      self.pseudo_labels,
-                                                      self.device)
-            return self._unannotated_atlas
-        self._unannotated_atlas = self._unannotated_atlas.with_labels(self.pseudo_labels)
+                                                      self.pseudo_labels, self.device)
+        else:
+            self._unannotated_atlas = self._unannotated_atlas.with_labels(self.pseudo_labels)
         return self._unannotated_atlas
 
     @property
