@@ -35,6 +35,9 @@ def build_parser() -> argparse.ArgumentParser:
     train = commands.add_parser("train", help="train on annotated + unannotated volumes and segment the latter")
     train.add_argument("--labeled", nargs=2, action="append", default=[], metavar=("IMAGE", "LABEL"),
                        help="an annotated volume and its label map or Slicer .seg.nrrd (repeatable)")
+    train.add_argument("--labeled-frame", nargs=3, action="append", default=[], metavar=("IMAGE", "FRAME", "LABEL"),
+                       help="an annotated frame of a 4D (cine) image: FRAME is its 0-based index, LABEL its label "
+                       "map or .seg.nrrd on the frame's grid; the other frames are unannotated (repeatable)")
     train.add_argument("--annotated-slices", action="append", default=[], metavar="all|labelled|LIST",
                        help="which slices of an annotated volume are annotated: all (default: unlabelled "
                        "slices teach background), labelled (only slices holding a label), or file slice "
@@ -117,6 +120,8 @@ def make_train_job(args: argparse.Namespace):
         if args.device:
             job.config = dataclasses.replace(job.config, device=args.device).validated()
         return job
+    if args.labeled_frame:
+        raise ConfigError("--labeled-frame: 4D images are not supported yet")
     labeled = [tuple(p) for p in args.labeled]
     unlabeled = list(args.unlabeled)
     names = None
