@@ -261,6 +261,33 @@ def test_train_on_two_frames_segments_every_frame(trained):
     assert kinds["sequence"]["name"] == "cine" and kinds["sequence"]["path"] == summary["sequences"][0]["segmentation"]
     job = json.loads((trained / "run" / "job.json").read_text())
     assert [f for _, f, _ in job["labeled_frames"]] == [3, 0]
+    from PLCLSegmentationLib.engine.pipeline import read_job
+
+    resumed = read_job(trained / "run")  # what --resume continues
+    assert resumed.labeled_frames == [(str(trained / "cine.nii.gz"), 3, str(trained / "lbl3.nii.gz")),
+                                      (str(trained / "cine.nii.gz"), 0, str(trained / "lbl0.nii.gz"))]
+
+
+def test_an_unannotated_4d_image_gives_every_frame_to_the_pool(tmp_path):
+    from PLCLSegmentationLib.engine.config import TrainConfig
+    from PLCLSegmentationLib.engine.pipeline import read_training_inputs
+
+    images, labels = beating()
+    write_nifti(tmp_path / "cine.nii.gz", images)
+    sitk.WriteImage(grid().apply_to(sitk.GetImageFromArray(images[0])), str(tmp_path / "a.nrrd"))
+    write_label(tmp_path / "a_lbl.nrrd", labels[0])
+    write_label(tmp_path / "lbl2.nrrd", labels[2])
+    job = TrainJob([(str(tmp_path / "a.nrrd"), str(tmp_path / "a_lbl.nrrd"))], [str(tmp_path / "cine.nii.gz")],
+                   str(tmp_path / "out"), TrainConfig())
+    inputs = read_training_inputs(job)
+    assert [v.name for v in inputs.unannotated] == [f"cine_t{t:02d}" for t in range(FRAMES)]
+    assert [(s.name, s.frame_count, frames) for s, frames in inputs.sequences] == [("cine", FRAMES, [])]
+    # the same image also with --labeled-frame: its annotated frame leaves the pool, nothing twice
+    job.labeled_frames = [(str(tmp_path / "cine.nii.gz"), 2, str(tmp_path / "lbl2.nrrd"))]
+    inputs = read_training_inputs(job)
+    assert [v.name for v, _ in inputs.annotated] == ["a", "cine_t02"]
+    assert [v.name for v in inputs.unannotated] == ["cine_t00", "cine_t01", "cine_t03", "cine_t04"]
+    assert [(s.name, frames) for s, frames in inputs.sequences] == [("cine", [2])]
 
 
 def test_predict_a_seq_nrrd_segments_every_frame(trained, tmp_path):
