@@ -391,3 +391,18 @@ def test_frames_predicted_in_one_pass_match_frames_predicted_alone(trained, tmp_
         b = sitk.GetArrayFromImage(sitk.ReadImage(other["uncertainty"]))
         assert np.abs(a - b).max() <= 0.02, entry["name"]
         assert entry["voxels"] == pytest.approx(other["voxels"], abs=5), entry["name"]
+
+
+def test_the_volume_curve_needs_numpy_only():
+    """The Slicer module imports it: no torch, no SimpleITK."""
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    code = ("import sys; import PLCLSegmentationLib.engine.volume_curve; "
+            "bad = [m for m in ('torch', 'SimpleITK', 'slicerio', 'nrrd') if m in sys.modules]; print(bad); "
+            "sys.exit(bool(bad))")
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO / "PLCLSegmentation", capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
