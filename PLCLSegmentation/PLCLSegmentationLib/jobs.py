@@ -69,6 +69,7 @@ class Job:
     imported: list[str] = field(default_factory=list)  # names of the volumes that got a segmentation
     process: Any = None  # EngineProcess
     plot: Any = None  # LossPlot (training only)
+    sequences: dict[str, Any] = field(default_factory=dict)  # record key -> cine.Export of the sequences in the run
 
     @property
     def log_path(self) -> Path:
