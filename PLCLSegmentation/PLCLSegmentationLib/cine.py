@@ -138,6 +138,34 @@ def slices_text(record: VolumeRecord) -> str:
 
 
 @dataclass
+class FrameRow:
+    """A training frame as the panel lists it: frame name, its segmentation, segments, how it is used."""
+
+    frame: int
+    cells: list[str]
+
+
+def annotated_rows(record: VolumeRecord) -> list[FrameRow]:
+    count = sequences.frame_count(record.sequence)
+    rows = []
+    for frame in record.training_frames():
+        info = record.frames[frame]
+        try:
+            node = annotation_node(record, frame)
+            source = info.source if info.role == ANNOTATED else record.segmentation
+            segmentation = node.GetSegmentation()
+            names = [segmentation.GetSegment(i).GetName() for i in info.segment_ids
+                     if segmentation.GetSegment(i) is not None] or \
+                [segmentation.GetNthSegment(i).GetName() for i in range(segmentation.GetNumberOfSegments())]
+            cells = [source.GetName(), ", ".join(names)]
+        except PLCLError as error:
+            cells = [str(error), ""]
+        how = "whole frame" if info.role == ANNOTATED else "accepted prediction, whole frame"
+        rows.append(FrameRow(frame, [sequences.frame_name(record.name, frame, count), *cells, how]))
+    return rows
+
+
+@dataclass
 class Export:
     """What a run got of a sequence: its 4D file, its frame count, its annotated frames' label files."""
 

@@ -510,7 +510,7 @@ class PLCLSegmentationLogic:
         others = []
         for other in state.records():
             if other.key != record.key:
-                others.append(self._shown_segmentation(other))
+                others.append(self.shown_segmentation(other))
         if record.is_sequence:
             segmentation, uncertainty = cine.show_nodes(self.services, record, frame, state.show_uncertainty)
         else:
@@ -520,7 +520,7 @@ class PLCLSegmentationLogic:
                                state.uncertainty_opacity, hide=others)
         return record
 
-    def _shown_segmentation(self, record: VolumeRecord) -> Any:
+    def shown_segmentation(self, record: VolumeRecord) -> Any:
         """The node that shows a record's segmentation in the views (a sequence's: its browser's proxy)."""
         if record.is_sequence:
             if record.segmentation is None or record.browser is None:
@@ -544,6 +544,10 @@ class PLCLSegmentationLogic:
         record.slices, record.background = SLICES_ALL, []  # the whole volume is annotated
         self.state.save(record)
         return record
+
+    def frame_rows(self, record: VolumeRecord) -> list[cine.FrameRow]:
+        """The annotated and accepted frames of a sequence record, as the panel lists them."""
+        return cine.annotated_rows(record) if record.is_sequence and record.sequence is not None else []
 
     def volume_curve(self, volume: Any) -> Any:
         """The chart of the volume of each structure over the frames of a sequence (None before a run)."""
