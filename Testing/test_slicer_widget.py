@@ -149,7 +149,8 @@ def fake_ui() -> types.SimpleNamespace:
                  "iterationsSpinBox", "pythonPathLineEdit", "showUncertaintyCheckBox", "trainButton", "showPlotButton",
                  "editButton", "acceptButton", "retrainButton", "saveModelButton", "loadModelButton",
                  "applyModelButton", "volumeCurveButton", "progressBar", "statusLabel", "logTextEdit",
-                 "modelPathLineEdit", "inputsCollapsibleButton", "trainingCollapsibleButton", "paintViewButton", "markBackgroundButton"):
+                 "modelPathLineEdit", "inputsCollapsibleButton", "trainingCollapsibleButton", "paintViewButton",
+                 "markBackgroundButton"):
         setattr(ui, name, mock.MagicMock(name=name))
     ui.pythonPathLineEdit.currentPath = ""
     ui.segmentsTableView.selectedSegmentIDs.return_value = []
