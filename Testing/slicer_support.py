@@ -149,10 +149,23 @@ class SlicerApp:
         assert self.app_logic.SaveSceneToSlicerDataBundleDirectory(str(folder), None)
         return Path(folder) / f"{Path(folder).name}.mrml"
 
+    def _cache_for_bundles(self, folder: Path) -> None:
+        """The data I/O manager the application has: a scene reads .seq.mrb files (segmentation
+        sequences) through its cache folder."""
+        import slicer
+
+        cache = slicer.vtkCacheManager()
+        cache.SetRemoteCacheDirectory(str(folder / "cache"))
+        manager = slicer.vtkDataIOManager()
+        manager.SetCacheManager(cache)
+        self.scene.SetCacheManager(cache)
+        self.scene.SetDataIOManager(manager)
+
     @classmethod
     def open(cls, mrml: str | os.PathLike[str]) -> SlicerApp:
         app = cls()
         app.scene.SetURL(str(mrml))
+        app._cache_for_bundles(Path(mrml).parent)
         assert app.scene.Import(), f"could not load {mrml}"
         return app
 

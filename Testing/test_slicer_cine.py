@@ -330,3 +330,33 @@ def test_cancel_and_a_failed_import_leave_the_browsers_as_they_were(tmp_path):
     assert session.record().segmentation is None
     session.logic.shutdown()
     session.check_user_data_untouched()
+
+
+def test_a_saved_scene_reopens_with_its_sequences_frames_and_results(cine, tmp_path):
+    cine.annotate()
+    cine.logic.train()
+    assert cine.logic.wait(60).state == JobState.DONE
+    cine.logic.accept(cine.proxy, 1)
+    rows = [(r.name, r.role, r.score, r.frame) for r in cine.logic.review_rows()]
+    cine.check_user_data_untouched()
+    mrml = cine.app.save(tmp_path / "bundle")
+    # Slicer's own saving writes the user's segmentations (merging their layers): what the module must
+    # leave alone from here on is the saved state.
+    cine.snapshots = {f: snapshot(node) for f, node in cine.annotations.items()}
+
+    reopened = SlicerApp.open(mrml)
+    logic = PLCLSegmentationLogic(reopened.services, models_dir=tmp_path / "models",
+                                  engine_command=cine.logic.engine_command, environment=cine.logic.environment)
+    assert [(r.name, r.role, r.score, r.frame) for r in logic.review_rows()] == rows
+    proxy = reopened.scene.GetFirstNodeByName("Cine")
+    record = logic.state.record_for(proxy)
+    assert record.is_sequence and record.training_frames() == [0, 1, 2]
+    assert record.frames[0].source.GetName() == "Cine frame 0"
+    assert record.browser.IsSynchronizedSequenceNodeID(record.segmentation.GetID())
+    record.browser.SetSelectedItemNumber(3)
+    assert scene_io.fingerprint(record.browser.GetProxyNode(record.segmentation)) == \
+        scene_io.fingerprint(record.segmentation.GetNthDataNode(3))
+    job = logic.retrain()
+    assert [job.argv[i + 2] for i, a in enumerate(job.argv) if a == "--labeled-frame"] == ["0", "1", "2"]
+    assert logic.wait(60).state == JobState.DONE, job.error
+    logic.shutdown()
