@@ -110,6 +110,7 @@ SLICER_5_8: dict[str, str] = {
     "SetAndObserveColorNodeID": "Libs/MRML/Core/vtkMRMLDisplayNode.h",
     "SetAndObserveDisplayNodeID": "Libs/MRML/Core/vtkMRMLDisplayableNode.h",
     "SetAndObserveImageData": "Libs/MRML/Core/vtkMRMLVolumeNode.h",
+    "SetAndObserveMasterSequenceNodeID": "Modules/Loadable/Sequences/MRML/vtkMRMLSequenceBrowserNode.h",
     "SetAndObserveTableNodeID": "Libs/MRML/Core/vtkMRMLPlotSeriesNode.h",
     "SetAndObserveTransformNodeID": "Libs/MRML/Core/vtkMRMLSegmentationNode.h",
     "SetApplyThreshold": "Libs/MRML/Core/vtkMRMLScalarVolumeDisplayNode.h",
@@ -208,7 +209,7 @@ OTHER = frozenset({
     "TimeoutExpired", "Timer", "UnRegister", "Unchecked", "UserRole", "WaitCursor",
     "AllocateScalars", "Fill", "GetItemAsObject", "GetNumberOfItems", "SetDimensions", "VTK_FLOAT",
     # this package's own names (cine.Export, scene_io.SceneTransaction, plots' and sequences' owner kinds)
-    "Export", "SceneTransaction", "CURVE_CHART", "CURVE_RECORD_ATTRIBUTE", "CURVE_SERIES", "CURVE_TABLE",
+    "Export", "FrameRow", "SceneTransaction", "CURVE_CHART", "CURVE_RECORD_ATTRIBUTE", "CURVE_SERIES", "CURVE_TABLE",
     "SEGMENTATION_SEQUENCE", "UNCERTAINTY_SEQUENCE",
 })
 
