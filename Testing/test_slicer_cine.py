@@ -178,6 +178,11 @@ def test_two_annotated_frames_segment_every_frame_of_every_sequence_in_its_brows
     added = [cine.app.scene.GetNodeByID(i) for i in cine.app.nodes() - nodes_before]
     assert all(scene_io.is_owned(n) or n.IsA("vtkMRMLDisplayNode") or n.IsA("vtkMRMLStorageNode")
                for n in added), [n.GetClassName() for n in added if not scene_io.is_owned(n)]
+    orphans = [n.GetName() for n in added if n.IsA("vtkMRMLDisplayNode") and n.GetDisplayableNode() is None]
+    assert not orphans, f"display nodes of nothing: {orphans}"
+    uncertainty = cine.browser.GetProxyNode(cine.record().uncertainty)
+    assert uncertainty.GetNumberOfDisplayNodes() == 1
+    assert uncertainty.GetDisplayNode().GetColorNode().GetName() == scene_io.UNCERTAINTY_COLORS_NAME
 
 
 def test_review_orders_frames_by_uncertainty_and_an_accepted_frame_trains_whole(cine):

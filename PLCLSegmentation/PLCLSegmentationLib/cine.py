@@ -266,7 +266,7 @@ def import_results(services: SlicerServices, transaction: SceneTransaction, reco
     sequences.add_to_browser(services, transaction, record.browser, segmentation_sequence, record.volume,
                              save_changes=True)
     uncertainty_proxy = sequences.add_to_browser(services, transaction, record.browser, uncertainty_sequence,
-                                                 record.volume, save_changes=False)
+                                                 record.volume, save_changes=False, default_display=False)
     scene_io.style_uncertainty(services, transaction, uncertainty_proxy)
     chart = _volume_curve(services, transaction, record, name, summary, classes)
     return Imported(record, segmentation_sequence, uncertainty_sequence, frames, chart)

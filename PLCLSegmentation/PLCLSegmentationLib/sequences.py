@@ -283,10 +283,11 @@ def zero_volume(volume_sequence: Any, frame: int) -> Any:
 
 
 def add_to_browser(services: SlicerServices, transaction: scene_io.SceneTransaction, browser: Any, sequence: Any,
-                   volume_proxy: Any, save_changes: bool) -> Any:
+                   volume_proxy: Any, save_changes: bool, default_display: bool = True) -> Any:
     """Add ``sequence`` (not yet in the scene) to the scene and synchronise it in ``browser``; returns
     its proxy node, shown at the browser's current frame. ``save_changes``: the user's edits of the
-    proxy are stored into the sequence's item of the current frame."""
+    proxy are stored into the sequence's item of the current frame. ``default_display``: give the proxy
+    Slicer's default display node (else the caller gives it its own)."""
     sequence = transaction.add(sequence)
     browser.AddSynchronizedSequenceNodeID(sequence.GetID())
     browser.SetSaveChanges(sequence, save_changes)
@@ -296,8 +297,11 @@ def add_to_browser(services: SlicerServices, transaction: scene_io.SceneTransact
         raise PLCLError(f"The sequence browser '{browser.GetName()}' made no proxy node for '{sequence.GetName()}'.")
     transaction.added.append(proxy)  # a rollback removes it too
     mark_owned(proxy, PROXY)
-    if proxy.IsA("vtkMRMLDisplayableNode") and proxy.GetDisplayNode() is None:
+    if default_display and proxy.IsA("vtkMRMLDisplayableNode") and proxy.GetDisplayNode() is None:
         proxy.CreateDefaultDisplayNodes()
+    elif not default_display:  # the display nodes the browser gave our new proxy: the caller gives its own
+        for display in [proxy.GetNthDisplayNode(i) for i in range(proxy.GetNumberOfDisplayNodes())]:
+            scene_io.remove_node(services.scene, display)
     proxy.SetAndObserveTransformNodeID(volume_proxy.GetTransformNodeID())
     scene_io.place_next_to(services, sequence, volume_proxy)
     scene_io.place_next_to(services, proxy, volume_proxy)
