@@ -75,7 +75,7 @@ class Cine:
             self.logic.set_annotation(self.proxy, node)
 
     def record(self, proxy=None):
-        return self.logic.state.record_for(proxy or self.proxy)
+        return self.logic.record(proxy or self.proxy)
 
     def check_user_data_untouched(self) -> None:
         for frame, node in self.annotations.items():
@@ -365,3 +365,47 @@ def test_a_saved_scene_reopens_with_its_sequences_frames_and_results(cine, tmp_p
     assert [job.argv[i + 2] for i, a in enumerate(job.argv) if a == "--labeled-frame"] == ["0", "1", "2"]
     assert logic.wait(60).state == JobState.DONE, job.error
     logic.shutdown()
+
+
+def test_a_saved_model_segments_a_newly_loaded_sequence(cine, tmp_path):
+    cine.annotate()
+    cine.logic.train()
+    assert cine.logic.wait(60).state == JobState.DONE
+    frames, _ = moving_phantom(3, seed=5)
+    new = cine.app.add_volume_sequence(frames, "New cine", IJK_TO_RAS)
+    assert cine.record(new).role == UNANNOTATED
+    job = cine.logic.predict()
+    assert any(a.endswith(".nrrd") and "sequences" in a for a in job.argv)
+    assert cine.logic.wait(60).state == JobState.DONE, job.error
+    assert job.imported == ["New cine"]
+    record = cine.record(new)
+    assert record.role == PREDICTED and sorted(record.frames) == [0, 1, 2]
+    assert record.browser.IsSynchronizedSequenceNodeID(record.segmentation.GetID())
+    segments = record.browser.GetProxyNode(record.segmentation).GetSegmentation()
+    assert [segments.GetNthSegment(n).GetName() for n in range(2)] == [s[0] for s in SEGMENTS]
+    assert not job.out_dir.exists()
+
+
+def test_an_edited_frame_not_accepted_is_kept_beside_the_new_result(cine):
+    import slicer
+
+    cine.annotate()
+    cine.logic.train()
+    assert cine.logic.wait(60).state == JobState.DONE
+    record = cine.record()
+    old = record.segmentation
+    cine.logic.show(cine.proxy, frame=4)
+    proxy_segmentation = cine.browser.GetProxyNode(old)
+    edit = np.zeros_like(cine.labels[4])
+    edit[1, 2:6, 2:6] = 1
+    slicer.util.updateSegmentBinaryLabelmapFromArray(edit, proxy_segmentation,
+                                                     proxy_segmentation.GetSegmentation().GetNthSegmentID(0),
+                                                     cine.proxy)
+    job = cine.logic.retrain()
+    assert cine.logic.wait(60).state == JobState.DONE, job.error
+    assert any("edited but not accepted (4)" in w for w in job.warnings), job.warnings
+    assert old.GetScene() is cine.app.scene and not cine.browser.IsSynchronizedSequenceNodeID(old.GetID())
+    record = cine.record()
+    assert record.segmentation.GetID() != old.GetID()
+    assert cine.browser.IsSynchronizedSequenceNodeID(record.segmentation.GetID())
+    assert cine.browser.GetNumberOfSynchronizedSequenceNodes() == 2
