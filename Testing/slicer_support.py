@@ -113,7 +113,7 @@ class SlicerApp:
         return self._in_hierarchy(node)
 
     def add_volume_sequence(self, frames: list[np.ndarray], name: str, ijk_to_ras: np.ndarray | None = None,
-                            index_values: list[str] | None = None, unit: str = "s") -> Any:
+                            index_values: list[str] | None = None, unit: str = "s", text_index: bool = False) -> Any:
         """A volume sequence of ``frames`` [k, j, i] in a new browser, as Slicer loads a cine series:
         returns the browser's proxy volume (the node the user sees)."""
         import slicer
@@ -121,6 +121,8 @@ class SlicerApp:
         sequence = self.scene.AddNewNodeByClass("vtkMRMLSequenceNode", f"{name} sequence")
         sequence.SetIndexName("time")
         sequence.SetIndexUnit(unit)
+        if text_index:
+            sequence.SetIndexType(sequence.TextIndex)
         for index, array in enumerate(frames):
             volume = slicer.vtkMRMLScalarVolumeNode()
             slicer.util.updateVolumeFromArray(volume, array)

@@ -409,3 +409,32 @@ def test_an_edited_frame_not_accepted_is_kept_beside_the_new_result(cine):
     assert record.segmentation.GetID() != old.GetID()
     assert cine.browser.IsSynchronizedSequenceNodeID(record.segmentation.GetID())
     assert cine.browser.GetNumberOfSynchronizedSequenceNodes() == 2
+
+
+@pytest.mark.parametrize("index_values, step", [(None, 0.04), (["0", "1", "3", "4", "5"], None),
+                                                (["a", "b", "c", "d", "e"], None)])
+def test_the_engine_reads_the_modules_4d_file_as_the_same_frames(tmp_path, index_values, step):
+    """The contract from both sides: the module's writer, the engine's reader (engine/cine.py). Index values
+    that are not an equally spaced time axis are left out (the engine refuses a non-uniform time axis)."""
+    pytest.importorskip("nrrd", reason="pynrrd (the engine's NRRD reader) is not installed")
+    from PLCLSegmentationLib.engine import cine as engine_cine
+
+    app = SlicerApp()
+    images, _ = moving_phantom(FRAMES)
+    proxy = app.add_volume_sequence(images, "Cine", IJK_TO_RAS, index_values=index_values,
+                                    text_index=bool(index_values and index_values[0] == "a"))
+    _, sequence = sequences.browser_of(app.scene, proxy)
+    assert sequence.GetNumberOfDataNodes() == FRAMES
+    path = tmp_path / "cine.nrrd"
+    sequences.write_volume_sequence(sequence, path, "Cine")
+    read = engine_cine.read_sequence(path)
+    assert read.frame_count == FRAMES and read.name == "cine"
+    for frame in range(FRAMES):
+        assert np.array_equal(read.array[frame], images[frame])
+    frame_file = tmp_path / "frame.nrrd"
+    scene_io.write_volume(sequence.GetNthDataNode(0), str(frame_file))
+    expected = volumes.read_volume(frame_file).grid
+    assert read.grid.size == expected.size
+    assert np.allclose(read.grid.spacing, expected.spacing) and np.allclose(read.grid.origin, expected.origin)
+    assert np.allclose(read.grid.direction, expected.direction)
+    assert read.time_step == (pytest.approx(step) if step else None)
