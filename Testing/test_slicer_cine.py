@@ -161,6 +161,8 @@ def test_two_annotated_frames_segment_every_frame_of_every_sequence_in_its_brows
                                   slicer.util.arrayFromVolume(sequence.GetNthDataNode(frame)))
             segments = segmentation_proxy.GetSegmentation()
             assert [segments.GetNthSegment(n).GetName() for n in range(2)] == [s[0] for s in SEGMENTS]
+            # drawn on the sequence's volume, whatever the frame (the Segment Editor's source volume)
+            assert segmentation_proxy.GetNodeReferenceID("referenceImageGeometryRef") == proxy.GetID()
             for n, (_, color, terminology) in enumerate(SEGMENTS):
                 segment = segments.GetNthSegment(n)
                 assert np.allclose(segment.GetColor(), color, atol=1e-3)

@@ -415,12 +415,16 @@ def test_the_panel_annotates_frames_of_a_sequence_and_reviews_them_frame_by_fram
     images, labels = moving_phantom(4)
     proxy = app.add_volume_sequence(images, "Cine")
     browser, _ = sequences.browser_of(app.scene, proxy)
+    nodes = {}
     for frame in (0, 2):
         browser.SetSelectedItemNumber(frame)
-        node = app.add_segmentation(proxy, labels[frame], ACDC_SEGMENTS[1:], f"frame {frame}")
-        ui.annotatedVolumeSelector._node, ui.annotatedSegmentationSelector._node = proxy, node
+        nodes[frame] = app.add_segmentation(proxy, labels[frame], ACDC_SEGMENTS[1:], f"frame {frame}")
+        ui.annotatedVolumeSelector._node, ui.annotatedSegmentationSelector._node = proxy, nodes[frame]
         p.onAddAnnotated()
     assert not panel.errors, panel.errors
+    browser.SetSelectedItemNumber(0)  # choosing the sequence proposes the shown frame's own segmentation
+    p.onAnnotatedVolumeChanged(proxy)
+    ui.annotatedSegmentationSelector.setCurrentNode.assert_called_with(nodes[0])
     rows = [[ui.annotatedTable.item(r, c).text for c in range(4)] for r in range(ui.annotatedTable.rowCount)]
     assert rows == [["Cine_t00", "frame 0", "Myocardium, Left ventricle", "whole frame"],
                     ["Cine_t02", "frame 2", "Myocardium, Left ventricle", "whole frame"]]
@@ -450,6 +454,10 @@ def test_the_panel_annotates_frames_of_a_sequence_and_reviews_them_frame_by_fram
     assert ui.volumeCurveButton.enabled is True
     p.onVolumeCurve()
     assert panel.charts[-1].GetID() == logic.volume_curve(proxy).GetID()
+    ui.annotatedSegmentationSelector.setCurrentNode.reset_mock()
+    p.onAnnotatedVolumeChanged(proxy)  # the shown frame is predicted: the prediction is not proposed
+    for call in ui.annotatedSegmentationSelector.setCurrentNode.call_args_list:
+        assert call.args[0].GetID() in {n.GetID() for n in nodes.values()}
     p.onAccept()
     assert logic.state.record_for(proxy).frames[frame].role == "reviewed"
     annotated = [ui.annotatedTable.item(r, 0).text for r in range(ui.annotatedTable.rowCount)]

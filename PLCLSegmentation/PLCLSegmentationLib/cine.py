@@ -263,8 +263,10 @@ def import_results(services: SlicerServices, transaction: SceneTransaction, reco
             item = segmentation_sequence.GetDataNodeAtValue(sequence.GetNthIndexValue(frame), True)
             info.fingerprint = scene_io.fingerprint(item)
             info.segment_ids = scene_io.segment_ids(item)
-    sequences.add_to_browser(services, transaction, record.browser, segmentation_sequence, record.volume,
-                             save_changes=True)
+    segmentation_proxy = sequences.add_to_browser(services, transaction, record.browser, segmentation_sequence,
+                                                  record.volume, save_changes=True)
+    # Drawn on the sequence's volume (the Segment Editor picks it as source volume), as a volume's prediction.
+    segmentation_proxy.SetReferenceImageGeometryParameterFromVolumeNode(record.volume)
     uncertainty_proxy = sequences.add_to_browser(services, transaction, record.browser, uncertainty_sequence,
                                                  record.volume, save_changes=False, default_display=False)
     scene_io.style_uncertainty(services, transaction, uncertainty_proxy)

@@ -196,9 +196,17 @@ class PLCLSegmentationPanel:
                 and not record.is_sequence:
             self.ui.annotatedSegmentationSelector.setCurrentNode(record.segmentation)
             return
+        if record is not None and record.is_sequence:  # the annotation of the frame the browser shows
+            frame = record.frames.get(max(0, record.browser.GetSelectedItemNumber()))
+            source = frame.source if frame is not None else None
+            if source is not None and not source.IsA("vtkMRMLSequenceNode"):
+                self.ui.annotatedSegmentationSelector.setCurrentNode(source)
+                return
         scene = slicer.mrmlScene
         for index in range(scene.GetNumberOfNodesByClass("vtkMRMLSegmentationNode")):
             node = scene.GetNthNodeByClass(index, "vtkMRMLSegmentationNode")
+            if is_owned(node):  # this module's results are accepted, not added as annotations
+                continue
             if node.GetNodeReferenceID(node.GetReferenceImageGeometryReferenceRole()) == volume.GetID():
                 self.ui.annotatedSegmentationSelector.setCurrentNode(node)
                 return
