@@ -285,11 +285,15 @@ def test_frames_on_different_grids_are_refused_with_one_line(cine):
     moved = slicer.vtkMRMLScalarVolumeNode()
     slicer.util.updateVolumeFromArray(moved, np.zeros((4, 24, 20), np.int16))
     shifted = IJK_TO_RAS.copy()
-    shifted[0, 3] += 3.0
+    shifted[0, 3] += 0.1  # a fifteenth of a voxel
     moved.SetIJKToRASMatrix(slicer.util.vtkMatrixFromArray(shifted))
     sequence.SetDataNodeAtValue(moved, sequence.GetNthIndexValue(2))
     with pytest.raises(PLCLError, match="'Odd': frame 2 has another position"):
         cine.logic.train()
+    shifted[0, 3] -= 0.1 - 1e-4  # rounding of a file's header: the same grid
+    moved.SetIJKToRASMatrix(slicer.util.vtkMatrixFromArray(shifted))
+    sequence.SetDataNodeAtValue(moved, sequence.GetNthIndexValue(2))
+    sequences.check_grids(sequence, "Odd")
 
 
 def test_the_4d_file_is_the_contracts_nrrd_on_the_frames_grid(cine, tmp_path):

@@ -35,8 +35,8 @@ SEGMENTATION_SEQUENCE = "segmentationSequence"
 UNCERTAINTY_SEQUENCE = "uncertaintySequence"
 PROXY = "sequenceProxy"
 
-#: Relative tolerance for "the same grid" between frames (spacing, origin, direction).
-GRID_TOLERANCE = 1e-4
+#: "The same grid" between frames: axes and origin equal to this fraction of the largest voxel size.
+GRID_TOLERANCE = 1e-3
 
 _NRRD_TYPES = {"int8": "signed char", "uint8": "unsigned char", "int16": "short", "uint16": "unsigned short",
                "int32": "int", "uint32": "unsigned int", "int64": "long long", "uint64": "unsigned long long",
@@ -138,7 +138,8 @@ def check_grids(sequence: Any, name: str) -> None:
     if count == 0:
         raise PLCLError(f"Sequence '{name}' has no frame.")
     first_size, first = _grid(frame_volume(sequence, 0))
-    scale = max(1.0, float(np.abs(first).max()))
+    # Axes (spacing x direction) and origin to a small fraction of a voxel.
+    tolerance = GRID_TOLERANCE * float(np.linalg.norm(first[:, :3], axis=0).max())
     for frame in range(count):
         volume = frame_volume(sequence, frame)
         image = volume.GetImageData()
@@ -148,7 +149,7 @@ def check_grids(sequence: Any, name: str) -> None:
         if size != first_size:
             raise PLCLError(f"Sequence '{name}': frame {frame} has size {'x'.join(map(str, size))}, frame 0 "
                             f"{'x'.join(map(str, first_size))}; every frame must be on one grid.")
-        if not np.allclose(matrix, first, rtol=0.0, atol=GRID_TOLERANCE * scale):
+        if not np.allclose(matrix, first, rtol=0.0, atol=tolerance):
             raise PLCLError(f"Sequence '{name}': frame {frame} has another position, spacing or orientation than "
                             "frame 0; every frame must be on one grid.")
 
