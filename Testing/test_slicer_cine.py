@@ -4,6 +4,7 @@ train, and every frame of every loaded sequence segmented in its browser. The en
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from pathlib import Path
@@ -171,6 +172,18 @@ def test_two_annotated_frames_segment_every_frame_of_every_sequence_in_its_brows
         assert browser.IsSynchronizedSequenceNodeID(record.uncertainty.GetID())
         chart = cine.logic.volume_curve(proxy)
         assert chart is not None and chart.GetNumberOfPlotSeriesNodes() == 2
+        table = chart.GetNthPlotSeriesNode(1).GetTableNode().GetTable()
+        summary = json.loads((job.out_dir / "summary.json").read_text())
+        entry = next(s for s in summary["sequences"] if s["name"] == cine.record(proxy).key)
+        curve = entry["volume_curve_ml"]["Left ventricle"]
+        assert [table.GetValue(r, 2).ToDouble() for r in range(count)] == pytest.approx(curve)
+        times = [float(sequence.GetNthIndexValue(i)) for i in range(count)]
+        assert [table.GetValue(r, 0).ToDouble() for r in range(count)] == pytest.approx(times)
+        lines = cine.logic.volume_summary(proxy).splitlines()
+        lv = entry["volume_summary"]["Left ventricle"]
+        assert lines[1] == (f"Left ventricle: {lv['max_ml']:.1f} ml ({proxy.GetName()}_t{lv['max_frame']:02d}) to "
+                            f"{lv['min_ml']:.1f} ml ({proxy.GetName()}_t{lv['min_frame']:02d}), ejection fraction "
+                            f"{lv['ejection_fraction']:.0f}%")
     # An annotated frame shows the user's annotation; a predicted one the engine's result.
     cine.browser.SetSelectedItemNumber(2)
     shown = labels_of(cine.app, cine.browser.GetProxyNode(cine.record().segmentation), cine.proxy)

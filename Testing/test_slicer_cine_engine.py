@@ -86,5 +86,6 @@ def test_two_annotated_frames_give_every_frame_of_every_sequence_a_segmentation(
         assert table.GetNumberOfRows() == count
         values = [table.GetValue(row, 1).ToDouble() for row in range(count)]
         assert all(np.isfinite(values)) and min(values) >= 0.0
+        assert logic.volume_summary(volume).startswith("Myocardium: ")
     assert [snapshot(a) for a in annotations] == before, "the user's segmentations changed"
     assert sequences.sequence_digest(sequence) == digest, "the user's volume sequence changed"

@@ -454,6 +454,7 @@ def test_the_panel_annotates_frames_of_a_sequence_and_reviews_them_frame_by_fram
     assert ui.volumeCurveButton.enabled is True
     p.onVolumeCurve()
     assert panel.charts[-1].GetID() == logic.volume_curve(proxy).GetID()
+    assert "Left ventricle: " in ui.statusLabel.text and "ejection fraction" in ui.statusLabel.text
     ui.annotatedSegmentationSelector.setCurrentNode.reset_mock()
     p.onAnnotatedVolumeChanged(proxy)  # the shown frame is predicted: the prediction is not proposed
     for call in ui.annotatedSegmentationSelector.setCurrentNode.call_args_list:

@@ -12,6 +12,7 @@ over time (the engine's ``sequences`` entry of summary.json).
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -294,8 +295,35 @@ def _volume_curve(services: SlicerServices, transaction: SceneTransaction, recor
     else:
         x_title, times = "frame", [float(i) for i in range(count)]
     colors = {c.name: c.color for c in classes}
-    return plots.add_volume_curve(services.scene, transaction.add, record.key, record.name, x_title, times, curves,
-                                  colors)
+    chart = plots.add_volume_curve(services.scene, transaction.add, record.key, record.name, x_title, times, curves,
+                                   colors)
+    summary_of = (entry or {}).get("volume_summary")
+    if isinstance(summary_of, dict):
+        chart.SetAttribute(SUMMARY_ATTRIBUTE, json.dumps(summary_of))
+    return chart
+
+
+#: Chart attribute holding the engine's volume summary of the sequence (JSON: class -> max/min/EF).
+SUMMARY_ATTRIBUTE = "PLCLSegmentation.VolumeSummary"
+
+
+def summary_text(chart: Any, frame_names: Sequence[str]) -> str:
+    """One line per structure: its largest and smallest volume, with frames, and the ejection fraction."""
+    try:
+        values = json.loads(chart.GetAttribute(SUMMARY_ATTRIBUTE) or "{}")
+    except ValueError:
+        return ""
+    lines = []
+    for name, info in values.items() if isinstance(values, dict) else ():
+        try:
+            text = (f"{name}: {float(info['max_ml']):.1f} ml ({frame_names[int(info['max_frame'])]}) to "
+                    f"{float(info['min_ml']):.1f} ml ({frame_names[int(info['min_frame'])]})")
+        except (KeyError, TypeError, ValueError, IndexError):
+            continue
+        if info.get("ejection_fraction") is not None:
+            text += f", ejection fraction {float(info['ejection_fraction']):.0f}%"
+        lines.append(text)
+    return "\n".join(lines)
 
 
 def replace_results(services: SlicerServices, record: VolumeRecord, warnings: list[str]) -> None:

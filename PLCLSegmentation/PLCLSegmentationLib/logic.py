@@ -554,6 +554,16 @@ class PLCLSegmentationLogic:
         record = self.record(volume)
         return cine.volume_curve(self.scene, record.key) if record.is_sequence else None
 
+    def volume_summary(self, volume: Any) -> str:
+        """Each structure's largest and smallest volume over a sequence's frames and its ejection fraction
+        (the engine's summary; meaningful for cavities such as the ventricles), one line each."""
+        chart = self.volume_curve(volume)
+        if chart is None:
+            return ""
+        record = self.record(volume)
+        count = sequences.frame_count(record.sequence)
+        return cine.summary_text(chart, [sequences.frame_name(record.name, i, count) for i in range(count)])
+
     # --- models ---------------------------------------------------------------------------------
     def save_model(self, path: str | os.PathLike[str]) -> str:
         """Copy the current model to ``path`` (and make it the model the scene refers to)."""

@@ -514,6 +514,7 @@ class PLCLSegmentationPanel:
         chart = self.logic.volume_curve(volume) if volume is not None else None
         if chart is not None:
             slicer.modules.plots.logic().ShowChartInLayout(chart)
+            self.ui.statusLabel.text = self.logic.volume_summary(volume)
 
     # --- models ---------------------------------------------------------------------------------
     def onSaveModel(self) -> None:
