@@ -342,3 +342,25 @@ def test_the_volume_curve_of_known_labels_is_their_voxel_count_times_the_voxel_v
     assert summary["LV"]["ejection_fraction"] == pytest.approx(75.0)
     assert summary["RV"]["ejection_fraction"] == pytest.approx(0.0)
     assert curve_summary({"absent": [0.0, 0.0]})["absent"]["ejection_fraction"] is None
+
+
+def test_frames_predicted_in_one_pass_match_frames_predicted_alone(trained, tmp_path):
+    """Consecutive frames go through the network together; each must get its own slices' result."""
+    from PLCLSegmentationLib.engine.events import RecordingSink
+    from PLCLSegmentationLib.engine.pipeline import run_prediction
+
+    images, _ = beating(seed=2)
+    write_nifti(tmp_path / "cine.nii.gz", images)
+    for t in range(FRAMES):
+        sitk.WriteImage(grid().apply_to(sitk.GetImageFromArray(images[t])), str(tmp_path / f"cine_t{t:02d}.nrrd"))
+    model = str(trained / "run" / "model.pt")
+    together = run_prediction(model, [str(tmp_path / "cine.nii.gz")], str(tmp_path / "4d"), "cpu", RecordingSink())
+    alone = run_prediction(model, [str(tmp_path / f"cine_t{t:02d}.nrrd") for t in range(FRAMES)], str(tmp_path / "3d"),
+                           "cpu", RecordingSink())
+    by_name = {v["name"]: v for v in alone["volumes"]}
+    for entry in together["volumes"]:
+        other = by_name[entry["name"]]
+        a = sitk.GetArrayFromImage(sitk.ReadImage(entry["uncertainty"]))
+        b = sitk.GetArrayFromImage(sitk.ReadImage(other["uncertainty"]))
+        assert np.abs(a - b).max() <= 0.02, entry["name"]
+        assert entry["voxels"] == pytest.approx(other["voxels"], abs=5), entry["name"]
