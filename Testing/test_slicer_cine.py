@@ -230,6 +230,9 @@ def test_review_orders_frames_by_uncertainty_and_an_accepted_frame_trains_whole(
     assert record.frames[3].role == REVIEWED and record.training_frames() == [0, 2, 3]
     with pytest.raises(PLCLError, match="no prediction to accept"):
         cine.logic.accept(cine.proxy, 0)
+    cine.logic.remove_frame(cine.proxy, 3)  # changed one's mind: a prediction again, the edit kept
+    assert cine.record().frames[3].role == PREDICTED
+    cine.logic.accept(cine.proxy, 3)
 
     # Retrain: frame 3 is training data, whole; the corrected frame stays in the new result.
     job = cine.logic.retrain()

@@ -109,12 +109,25 @@ def set_frame_annotation(scene: Any, record: VolumeRecord, frame: int, segmentat
 
 
 def remove_frame(record: VolumeRecord, frame: int) -> None:
-    """Frame ``frame`` is no longer training data (the user's segmentation is left as it is)."""
+    """Frame ``frame`` is no longer training data (the user's segmentation is left as it is; an accepted
+    frame is a prediction again)."""
     info = record.frames.get(frame)
     if info is None or not info.is_training:
         raise PLCLError(f"Frame {frame} of '{record.name}' is not annotated.")
-    del record.frames[frame]
-    record.role = record.sequence_role()
+    forget_training(record, [frame])
+
+
+def forget_training(record: VolumeRecord, frames: Sequence[int]) -> None:
+    """The ``frames`` are no longer training data: annotated ones are forgotten, accepted ones are
+    predictions again (their segmentation stays in the result sequence)."""
+    for frame in frames:
+        info = record.frames.get(frame)
+        if info is not None and info.role == REVIEWED:
+            record.frames[frame] = FrameRecord(PREDICTED, segment_ids=info.segment_ids)
+        elif info is not None and info.role == ANNOTATED:
+            del record.frames[frame]
+    if record.role != EXCLUDED:
+        record.role = record.sequence_role()
 
 
 def annotation_node(record: VolumeRecord, frame: int) -> Any:

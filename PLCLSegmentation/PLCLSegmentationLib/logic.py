@@ -205,8 +205,9 @@ class PLCLSegmentationLogic:
         if role not in (UNANNOTATED, EXCLUDED):
             raise PLCLError(f"Use set_annotation or accept to make a volume {role}.")
         record = self.record(volume)
-        if record.is_sequence:  # its annotated and accepted frames are forgotten; its predictions stay
-            record.frames = {i: f for i, f in record.frames.items() if not f.is_training}
+        if record.is_sequence:  # its annotated frames are forgotten, accepted ones are predictions again
+            record.role = role
+            cine.forget_training(record, record.training_frames())
             record.role = EXCLUDED if role == EXCLUDED else record.sequence_role()
             self.state.save(record)
             return record
