@@ -421,6 +421,7 @@ def test_the_panel_annotates_frames_of_a_sequence_and_reviews_them_frame_by_fram
         nodes[frame] = app.add_segmentation(proxy, labels[frame], ACDC_SEGMENTS[1:], f"frame {frame}")
         ui.annotatedVolumeSelector._node, ui.annotatedSegmentationSelector._node = proxy, nodes[frame]
         p.onAddAnnotated()
+        assert ui.statusLabel.text.startswith(f"Frame {frame} of 'Cine' is annotated by 'frame {frame}'.")
     assert not panel.errors, panel.errors
     browser.SetSelectedItemNumber(0)  # choosing the sequence proposes the shown frame's own segmentation
     p.onAnnotatedVolumeChanged(proxy)

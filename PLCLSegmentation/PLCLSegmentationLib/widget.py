@@ -221,8 +221,15 @@ class PLCLSegmentationPanel:
         segmentation = self.ui.annotatedSegmentationSelector.currentNode()
         ids = list(self.ui.segmentsTableView.selectedSegmentIDs())
         with showingErrors(_("Could not use this annotation."), waitCursor=True):
-            self.logic.set_annotation(volume, segmentation, ids or None)
-            self.logic.set_up_paint_view(volume)  # paint further slices where the model learns from them
+            record = self.logic.set_annotation(volume, segmentation, ids or None)
+            if record.is_sequence:  # the frame the browser shows: say which, so that a wrong one is seen
+                frame = max(0, record.browser.GetSelectedItemNumber())
+                text = _("Frame {frame} of '{sequence}' is annotated by '{segmentation}'. Move the sequence browser "
+                         "to another frame to annotate it too.")
+                self.ui.statusLabel.text = text.format(frame=frame, sequence=record.name,
+                                                       segmentation=segmentation.GetName())
+            else:
+                self.logic.set_up_paint_view(volume)  # paint further slices where the model learns from them
         self.updateFromState()
 
     def _selectedAnnotated(self) -> Any:
