@@ -134,6 +134,7 @@ def test_two_annotated_frames_segment_every_frame_of_every_sequence_in_its_brows
     job = cine.logic.wait(60)
     assert job.state == JobState.DONE, job.error
     assert sorted(job.imported) == ["Cine", "Cine 2", "Still"]
+    assert job.status_line().endswith(": 1 volume(s) and 2 sequence(s), every frame, segmented.")
     assert not job.inputs_dir.exists()
 
     for proxy, browser, sequence, annotated in ((cine.proxy, cine.browser, cine.sequence, {0, 2}),

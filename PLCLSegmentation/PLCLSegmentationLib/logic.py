@@ -742,6 +742,7 @@ class PLCLSegmentationLogic:
         for result in imported:
             cine.apply(result, job.warnings, self.services)
             job.imported.append(result.record.name)
+            job.imported_sequences.append(result.record.name)
         state = self.state
         if updates or imported:
             state.save(*(u[0] for u in updates), *(r.record for r in imported))
