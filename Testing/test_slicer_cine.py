@@ -272,6 +272,7 @@ def test_a_segmentation_sequence_of_the_browser_annotates_its_frames(cine):
     cine.logic.set_annotation(cine.proxy, proxy)
     record = cine.record()
     assert record.training_frames() == [1, 4] and record.frames[1].source.GetID() == segmentation.GetID()
+    items = [scene_io.fingerprint(segmentation.GetNthDataNode(i)) for i in range(FRAMES)]
     job = cine.logic.train()
     labels = {job.argv[i + 2]: job.argv[i + 3] for i, a in enumerate(job.argv) if a == "--labeled-frame"}
     assert sorted(labels) == ["1", "4"]
@@ -280,6 +281,9 @@ def test_a_segmentation_sequence_of_the_browser_annotates_its_frames(cine):
     assert np.array_equal(written, cine.labels[4])  # that frame's own segmentation, on its grid
     assert cine.logic.wait(60).state == JobState.DONE, job.error
     assert cine.browser.IsSynchronizedSequenceNodeID(segmentation.GetID()), "the user's sequence left the browser"
+    for frame in range(FRAMES):  # playing the browser after the run changes none of the user's frames
+        cine.logic.show(cine.proxy, frame)
+    assert [scene_io.fingerprint(segmentation.GetNthDataNode(i)) for i in range(FRAMES)] == items
 
 
 def test_frames_on_different_grids_are_refused_with_one_line(cine):
