@@ -465,3 +465,13 @@ def test_the_engine_reads_the_modules_4d_file_as_the_same_frames(tmp_path, index
     assert np.allclose(read.grid.spacing, expected.spacing) and np.allclose(read.grid.origin, expected.origin)
     assert np.allclose(read.grid.direction, expected.direction)
     assert read.time_step == (pytest.approx(step) if step else None)
+
+
+def test_a_browser_deleted_during_the_run_skips_its_sequence_only(cine):
+    cine.annotate()
+    job = cine.logic.train()
+    cine.app.scene.RemoveNode(cine.other_browser)  # the user closes "Cine 2" while the engine runs
+    assert cine.logic.wait(60).state == JobState.DONE, job.error
+    assert sorted(job.imported) == ["Cine", "Still"]
+    assert any("deleted during the run" in w for w in job.warnings), job.warnings
+    assert cine.record().browser.IsSynchronizedSequenceNodeID(cine.record().segmentation.GetID())

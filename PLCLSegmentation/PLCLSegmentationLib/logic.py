@@ -724,8 +724,9 @@ class PLCLSegmentationLogic:
             imported = []
             for key, exported in job.sequences.items():
                 record = records.get(key)
-                if record is None or not record.is_sequence or record.sequence is None:
-                    job.warnings.append(f"a sequence was deleted during the run; its result is skipped ({key})")
+                if record is None or not record.is_sequence or record.sequence is None or record.browser is None:
+                    job.warnings.append(f"a sequence or its browser was deleted during the run; its result is "
+                                        f"skipped ({key})")
                     continue
                 imported.append(cine.import_results(self.services, transaction, record, exported,
                                                     sequence_name(summary, exported), summary, job.out_dir,
