@@ -728,6 +728,10 @@ class PLCLSegmentationLogic:
                     job.warnings.append(f"a sequence or its browser was deleted during the run; its result is "
                                         f"skipped ({key})")
                     continue
+                if sequences.frame_count(record.sequence) != exported.frames:
+                    job.warnings.append(f"'{record.name}' got frames added or removed during the run; its result "
+                                        "is skipped")
+                    continue
                 imported.append(cine.import_results(self.services, transaction, record, exported,
                                                     sequence_name(summary, exported), summary, job.out_dir,
                                                     job.classes, output_path))
