@@ -116,6 +116,9 @@ class PLCLSegmentationTest(ScriptedLoadableModuleTest):
         self.assertEqual(widget.ui.annotatedTable.item(0, 0).text(), volume.GetName())
         self.assertTrue(widget.ui.trainButton.enabled)
         self.assertFalse(widget.ui.retrainButton.enabled)
+        self.delayDisplay("A cine sequence in a sequence browser")
+        proxy, frame_segmentation = selftest.cine_scene(slicer.mrmlScene, slicer.modules.sequences.logic())
+        selftest.check_cine(logic, proxy, frame_segmentation)
         self.delayDisplay("Panel and logic passed")
 
     def test_train_review_retrain(self) -> None:

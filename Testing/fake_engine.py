@@ -7,6 +7,11 @@ It learns nothing: the prediction of a volume is a few boxes (one per class) pla
 the uncertainty map is smooth noise. It reads its inputs and writes its outputs with the engine's
 own ``volumes`` module, so the files are what the real engine would read and write.
 
+Cine (4D) inputs follow the contract (engine/events.py, issue 13): a 4D NRRD (time axis first, as
+Slicer writes a volume sequence) or NIfTI (time last) given to --unlabeled, predict, or
+--labeled-frame IMAGE FRAME LABEL; every frame not annotated is predicted as NAME_tXX with
+"sequence" and "frame" in its summary entry, and summary.json gets a "sequences" entry per 4D input.
+
 It stops like the engine: on SIGINT/SIGTERM or when OUT/stop.request appears (events.STOP_FILE).
 
 Behaviour switches (environment variables), for the tests of the Slicer module:
@@ -14,6 +19,7 @@ Behaviour switches (environment variables), for the tests of the Slicer module:
   FAKE_ENGINE_FAIL_AT     crash with a traceback at this iteration (exit 1)
   FAKE_ENGINE_GRANDCHILD  path: start a long-running grandchild process and write its pid there
   FAKE_ENGINE_IGNORE_TERM ignore SIGTERM (to test that cancel kills the tree after the grace time)
+  FAKE_ENGINE_DROP_FRAME  leave this frame of every 4D input out of summary.json (a broken engine)
 """
 
 from __future__ import annotations
@@ -63,26 +69,95 @@ def fake_prediction(volume: volumes.Volume, classes: list[volumes.ClassInfo]) ->
     return labels
 
 
+def read_frames(path: str) -> list[volumes.Volume] | None:
+    """The frames of a 4D image (None for a 3D one), each a Volume named NAME_tXX on the frames' grid."""
+    import SimpleITK as sitk
+
+    image = sitk.ReadImage(str(path))
+    if image.GetNumberOfComponentsPerPixel() > 1 and image.GetDimension() == 3:  # NRRD: the list axis first
+        array = sitk.GetArrayFromImage(image)  # [k, j, i, t]
+        grid = volumes.Grid.of(image)
+        frames = [array[..., t] for t in range(array.shape[-1])]
+    elif image.GetDimension() == 4:  # NIfTI: time last
+        array = sitk.GetArrayFromImage(image)  # [t, k, j, i]
+        first = sitk.Extract(image, [*image.GetSize()[:3], 0], [0, 0, 0, 0])
+        grid = volumes.Grid.of(first)
+        frames = list(array)
+    else:
+        return None
+    name = volumes.volume_name(path)
+    width = max(2, len(str(len(frames) - 1)))
+    return [volumes.Volume(f"{name}_t{t:0{width}d}", str(path), np.asarray(f, np.float32), grid)
+            for t, f in enumerate(frames)]
+
+
+def time_axis(path: str) -> tuple[float | None, str | None]:
+    """The time step and unit of a 4D NRRD (from its axis 0 index values), else (None, None)."""
+    if not str(path).endswith(".nrrd"):
+        return None, None
+    header = Path(path).read_bytes().split(b"\n\n")[0].decode("ascii", "replace").splitlines()
+    values = [line.split(":=", 1)[1].split() for line in header if line.startswith("axis 0 index values:=")]
+    units = [line.split(":", 1)[1].split()[0].strip('"') for line in header if line.startswith("units:")]
+    if not values or len(values[0]) < 2:
+        return None, None
+    times = [float(v) for v in values[0]]
+    return times[1] - times[0], (units[0] if units else None) or None
+
+
+def predict_volume(sink: JsonLinesSink, out: Path, volume: volumes.Volume, classes: list[volumes.ClassInfo],
+                   labels: np.ndarray | None = None) -> dict:
+    """Write one volume's (fake) prediction and uncertainty; its summary entry."""
+    seg = out / "predictions" / f"{volume.name}.seg.nrrd"
+    unc = out / "uncertainty" / f"{volume.name}.nrrd"
+    seg.parent.mkdir(parents=True, exist_ok=True)
+    unc.parent.mkdir(parents=True, exist_ok=True)
+    volumes.write_segmentation(seg, fake_prediction(volume, classes) if labels is None else labels, volume.grid,
+                               classes)
+    rng = np.random.default_rng(zlib.crc32(volume.name.encode()))
+    uncertainty = rng.random(volume.array.shape, dtype=np.float32) * 0.5
+    volumes.write_image(unc, uncertainty, volume.grid)
+    sink.emit("output", kind="prediction", path=str(seg), name=volume.name)
+    sink.emit("output", kind="uncertainty", path=str(unc), name=volume.name)
+    return {"name": volume.name, "image": volume.path, "segmentation": str(seg), "uncertainty": str(unc),
+            "uncertainty_score": float(uncertainty.mean())}
+
+
 def write_outputs(sink: JsonLinesSink, out: Path, images: list[str], classes: list[volumes.ClassInfo],
-                  model: str, command: str, outputs: dict[str, str] | None = None) -> None:
-    entries = []
+                  model: str, command: str, outputs: dict[str, str] | None = None,
+                  annotated: dict[str, dict[int, np.ndarray]] | None = None) -> None:
+    """``annotated``: for each 4D image, its annotated frames' labels (those frames are not predicted)."""
+    entries, sequences = [], []
     for path in images:
-        volume = volumes.read_volume(path)
-        seg = out / "predictions" / f"{volume.name}.seg.nrrd"
-        unc = out / "uncertainty" / f"{volume.name}.nrrd"
-        seg.parent.mkdir(parents=True, exist_ok=True)
-        unc.parent.mkdir(parents=True, exist_ok=True)
-        volumes.write_segmentation(seg, fake_prediction(volume, classes), volume.grid, classes)
-        rng = np.random.default_rng(zlib.crc32(volume.name.encode()))
-        uncertainty = rng.random(volume.array.shape, dtype=np.float32) * 0.5
-        volumes.write_image(unc, uncertainty, volume.grid)
-        sink.emit("output", kind="prediction", path=str(seg), name=volume.name)
-        sink.emit("output", kind="uncertainty", path=str(unc), name=volume.name)
-        entries.append({"name": volume.name, "image": path, "segmentation": str(seg), "uncertainty": str(unc),
-                        "uncertainty_score": float(uncertainty.mean())})
+        frames = read_frames(path)
+        if frames is not None:
+            known = (annotated or {}).get(path, {})
+            curves = {c.name: [] for c in classes}
+            for index, frame in enumerate(frames):
+                labels = known.get(index)
+                if labels is None:
+                    entry = {**predict_volume(sink, out, frame, classes), "sequence": volumes.volume_name(path),
+                             "frame": index}
+                    if str(index) != os.environ.get("FAKE_ENGINE_DROP_FRAME"):
+                        entries.append(entry)
+                    labels = fake_prediction(frame, classes)
+                voxel_ml = float(np.prod(frame.grid.spacing)) / 1000.0
+                for info in classes:
+                    curves[info.name].append(float((labels == info.value).sum()) * voxel_ml)
+            step, unit = time_axis(path)
+            sequences.append({
+                "name": volumes.volume_name(path), "image": path, "frames": [f.name for f in frames],
+                "annotated_frames": sorted(known), "time_step": step, "time_unit": unit, "segmentation": None,
+                "volume_curve_ml": curves, "curve_plot": None,
+                "volume_summary": {name: {"max_ml": max(v), "max_frame": int(np.argmax(v)), "min_ml": min(v),
+                                          "min_frame": int(np.argmin(v)),
+                                          "ejection_fraction": 100.0 * (max(v) - min(v)) / max(v) if max(v) else None}
+                                   for name, v in curves.items()}})
+            continue
+        entries.append(predict_volume(sink, out, volumes.read_volume(path), classes))
     summary = {"version": "fake", "command": command, "model": model, "classes": [c.to_dict() for c in classes],
                "outputs": {kind: (outputs or {}).get(kind) for kind in OUTPUT_KINDS},
-               "uncertainty_measure": "normalised predictive entropy (fake)", "volumes": entries}
+               "uncertainty_measure": "normalised predictive entropy (fake)", "volumes": entries,
+               "sequences": sequences}
     (out / SUMMARY_FILE).write_text(json.dumps(summary, indent=1))
     sink.emit("output", kind="summary", path=str(out / SUMMARY_FILE))
 
@@ -124,15 +199,27 @@ def main(argv: list[str]) -> int:
         if args.command == "train":
             classes: list[volumes.ClassInfo] = []
             for image, label in args.labeled:
+                if read_frames(image) is not None:
+                    raise volumes.InputError(image, "is a 4D image; give an annotated frame with --labeled-frame")
                 volume = volumes.read_volume(image)
                 labels, found = volumes.read_annotation(label, volume)
                 classes = classes or found or [volumes.ClassInfo(int(v), f"label {int(v)}", (1.0, 0.0, 0.0))
                                                 for v in np.unique(labels) if v > 0]
+            annotated: dict[str, dict[int, np.ndarray]] = {}
+            for image, frame, label in args.labeled_frame:
+                frames = read_frames(image)
+                if frames is None:
+                    raise volumes.InputError(image, "is not a 4D image; give it with --labeled")
+                if not frame.isdigit() or int(frame) >= len(frames):
+                    raise volumes.InputError(image, f"has no frame {frame} ({len(frames)} frames)")
+                labels, found = volumes.read_annotation(label, frames[int(frame)])
+                annotated.setdefault(image, {})[int(frame)] = labels
+                classes = classes or found or []
             if args.init_model:
                 model = json.loads(Path(args.init_model).read_text())
                 if [c["name"] for c in model["classes"]] != [c.name for c in classes]:
                     raise volumes.InputError(args.init_model, "has other classes than the annotations")
-            total = cli.train_config(args, bool(args.unlabeled)).total_iterations
+            total = cli.train_config(args, bool(args.unlabeled or args.labeled_frame)).total_iterations
             iterate(sink, out, total, start)
             files = {"model": out / "model.pt", "checkpoint": out / "checkpoint.pt", "training": out / "training.json",
                      "job": out / "job.json"}
@@ -140,10 +227,12 @@ def main(argv: list[str]) -> int:
                                                   "init_model": args.init_model, "iterations": total}))
             files["checkpoint"].write_text("fake checkpoint: weights, optimiser state and pseudo-labels")
             files["training"].write_text(json.dumps({"iterations": total}))
-            files["job"].write_text(json.dumps({"labeled": args.labeled, "unlabeled": args.unlabeled}))
+            files["job"].write_text(json.dumps({"labeled": args.labeled, "labeled_frame": args.labeled_frame,
+                                                "unlabeled": args.unlabeled}))
             sink.emit("output", kind="model", path=str(files["model"]))
-            write_outputs(sink, out, list(args.unlabeled), classes, str(files["model"]), "train",
-                          {kind: str(path) for kind, path in files.items()})
+            cine = [image for image in annotated if image not in args.unlabeled]
+            write_outputs(sink, out, [*args.unlabeled, *cine], classes, str(files["model"]), "train",
+                          {kind: str(path) for kind, path in files.items()}, annotated)
         else:
             model = json.loads(Path(args.model).read_text())
             classes = [volumes.ClassInfo.from_dict(c) for c in model["classes"]]

@@ -51,6 +51,7 @@ class SlicerApp:
         self.subject_hierarchy = self._logic(slicer.vtkSlicerSubjectHierarchyModuleLogic, "SubjectHierarchy")
         self.volumes = self._logic(slicer.vtkSlicerVolumesLogic, "Volumes")
         self.segmentations = self._logic(slicer.vtkSlicerSegmentationsModuleLogic, "Segmentations")
+        self.sequences = self._logic(slicer.vtkSlicerSequencesLogic, "Sequences")
         for layout in ("Red", "Yellow", "Green"):
             composite = slicer.vtkMRMLSliceCompositeNode()
             composite.SetLayoutName(layout)
@@ -60,8 +61,9 @@ class SlicerApp:
         slicer.modules = SimpleNamespace(
             volumes=SimpleNamespace(logic=lambda: self.volumes),
             segmentations=SimpleNamespace(logic=lambda: self.segmentations),
-            subjecthierarchy=SimpleNamespace(logic=lambda: self.subject_hierarchy))
-        self.services = SlicerServices(self.scene, self.segmentations)
+            subjecthierarchy=SimpleNamespace(logic=lambda: self.subject_hierarchy),
+            sequences=SimpleNamespace(logic=lambda: self.sequences))
+        self.services = SlicerServices(self.scene, self.segmentations, sequences=self.sequences)
 
     def _logic(self, cls: Any, name: str) -> Any:
         logic = cls()
@@ -110,6 +112,31 @@ class SlicerApp:
                                                              volume)
         return self._in_hierarchy(node)
 
+    def add_volume_sequence(self, frames: list[np.ndarray], name: str, ijk_to_ras: np.ndarray | None = None,
+                            index_values: list[str] | None = None, unit: str = "s", text_index: bool = False) -> Any:
+        """A volume sequence of ``frames`` [k, j, i] in a new browser, as Slicer loads a cine series:
+        returns the browser's proxy volume (the node the user sees)."""
+        import slicer
+
+        sequence = self.scene.AddNewNodeByClass("vtkMRMLSequenceNode", f"{name} sequence")
+        sequence.SetIndexName("time")
+        sequence.SetIndexUnit(unit)
+        if text_index:
+            sequence.SetIndexType(sequence.TextIndex)
+        for index, array in enumerate(frames):
+            volume = slicer.vtkMRMLScalarVolumeNode()
+            slicer.util.updateVolumeFromArray(volume, array)
+            if ijk_to_ras is not None:
+                volume.SetIJKToRASMatrix(slicer.util.vtkMatrixFromArray(ijk_to_ras))
+            sequence.SetDataNodeAtValue(volume, index_values[index] if index_values else f"{0.04 * index:g}")
+        browser = self.scene.AddNewNodeByClass("vtkMRMLSequenceBrowserNode", f"{name} browser")
+        browser.SetAndObserveMasterSequenceNodeID(sequence.GetID())
+        self.sequences.UpdateProxyNodesFromSequences(browser)
+        proxy = browser.GetProxyNode(sequence)
+        proxy.SetName(name)
+        proxy.CreateDefaultDisplayNodes()
+        return self._in_hierarchy(proxy)
+
     def nodes(self) -> set[str]:
         return {self.scene.GetNthNode(i).GetID() for i in range(self.scene.GetNumberOfNodes())}
 
@@ -124,10 +151,23 @@ class SlicerApp:
         assert self.app_logic.SaveSceneToSlicerDataBundleDirectory(str(folder), None)
         return Path(folder) / f"{Path(folder).name}.mrml"
 
+    def _cache_for_bundles(self, folder: Path) -> None:
+        """The data I/O manager the application has: a scene reads .seq.mrb files (segmentation
+        sequences) through its cache folder."""
+        import slicer
+
+        cache = slicer.vtkCacheManager()
+        cache.SetRemoteCacheDirectory(str(folder / "cache"))
+        manager = slicer.vtkDataIOManager()
+        manager.SetCacheManager(cache)
+        self.scene.SetCacheManager(cache)
+        self.scene.SetDataIOManager(manager)
+
     @classmethod
     def open(cls, mrml: str | os.PathLike[str]) -> SlicerApp:
         app = cls()
         app.scene.SetURL(str(mrml))
+        app._cache_for_bundles(Path(mrml).parent)
         assert app.scene.Import(), f"could not load {mrml}"
         return app
 
@@ -154,6 +194,24 @@ def read_labels(path: Path) -> np.ndarray:
 
 ACDC_SEGMENTS = [("Right ventricle", (0.85, 0.4, 0.3), ""), ("Myocardium", (0.95, 0.84, 0.57), MYOCARDIUM_TERMINOLOGY),
                  ("Left ventricle", (0.5, 0.68, 0.5), HEART_TERMINOLOGY)]
+
+
+def moving_phantom(frames: int = 5, shape_kji: tuple[int, int, int] = (4, 24, 20), seed: int = 0,
+                   shift: float = 0.0) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """A beating phantom: a bright disc (class 2, "Left ventricle") in a ring (class 1, "Myocardium")
+    whose radius shrinks and grows over the frames, on noise. (frames [k, j, i] int16, labels uint8)."""
+    rng = np.random.default_rng(seed)
+    k, j, i = np.meshgrid(*[np.arange(n) for n in shape_kji], indexing="ij")
+    r = np.hypot(j - shape_kji[1] / 2 - shift, i - shape_kji[2] / 2)
+    images, labels = [], []
+    for t in range(frames):
+        radius = 5.0 + 2.0 * np.cos(2 * np.pi * t / frames)
+        label = np.zeros(shape_kji, np.uint8)
+        label[r < radius + 2.5] = 1
+        label[r < radius] = 2
+        labels.append(label)
+        images.append((label.astype(np.float64) * 300 + rng.normal(100, 15, shape_kji)).astype(np.int16))
+    return images, labels
 
 
 def snapshot(node: Any) -> dict[str, Any]:

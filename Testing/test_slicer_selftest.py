@@ -23,6 +23,13 @@ def test_the_self_test_steps_pass_on_a_real_scene(tmp_path):
     selftest.check_roles(logic, volume, other, segmentation)
 
 
+def test_the_cine_self_test_steps_pass_on_a_real_scene(tmp_path):
+    app = SlicerApp()
+    proxy, segmentation = selftest.cine_scene(app.scene, app.sequences)
+    logic = PLCLSegmentationLogic(app.services, models_dir=tmp_path)
+    selftest.check_cine(logic, proxy, segmentation)
+
+
 def test_the_self_test_steps_fail_when_the_logic_misbehaves(tmp_path):
     app = SlicerApp()
     volume, other, segmentation = selftest.annotated_scene(app.scene)
@@ -44,3 +51,4 @@ def test_the_module_test_never_skips_and_always_tests_the_panel():
     panel = next(n for n in test.body if isinstance(n, ast.FunctionDef) and n.name == "test_panel_and_logic")
     used = ast.unparse(panel)
     assert "selftest.check_roles" in used and "getModuleWidget" in used and "torch" not in used
+    assert "selftest.check_cine" in used

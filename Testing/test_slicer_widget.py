@@ -20,7 +20,16 @@ import pytest
 
 pytest.importorskip("slicer", reason="slicer-core is not installed")
 
-from slicer_support import ACDC, ACDC_SEGMENTS, FAKE_ENGINE, SlicerApp, acdc_case, read_labels, snapshot  # noqa: E402
+from slicer_support import (  # noqa: E402
+    ACDC,
+    ACDC_SEGMENTS,
+    FAKE_ENGINE,
+    SlicerApp,
+    acdc_case,
+    moving_phantom,
+    read_labels,
+    snapshot,
+)
 
 pytestmark = pytest.mark.mrml
 
@@ -139,8 +148,9 @@ def fake_ui() -> types.SimpleNamespace:
     for name in ("segmentsTableView", "unannotatedVolumesSelector", "addAnnotatedButton", "removeAnnotatedButton",
                  "iterationsSpinBox", "pythonPathLineEdit", "showUncertaintyCheckBox", "trainButton", "showPlotButton",
                  "editButton", "acceptButton", "retrainButton", "saveModelButton", "loadModelButton",
-                 "applyModelButton", "progressBar", "statusLabel", "logTextEdit", "modelPathLineEdit",
-                 "inputsCollapsibleButton", "trainingCollapsibleButton", "paintViewButton", "markBackgroundButton"):
+                 "applyModelButton", "volumeCurveButton", "progressBar", "statusLabel", "logTextEdit",
+                 "modelPathLineEdit", "inputsCollapsibleButton", "trainingCollapsibleButton", "paintViewButton",
+                 "markBackgroundButton"):
         setattr(ui, name, mock.MagicMock(name=name))
     ui.pythonPathLineEdit.currentPath = ""
     ui.segmentsTableView.selectedSegmentIDs.return_value = []
@@ -395,3 +405,62 @@ def test_train_never_waits_for_the_probe_of_an_external_python(panel, tmp_path):
     run_timer(p)
     assert logic.job.state.value == "done", logic.job.error
     assert runs.read_text().count("run") == 1, "the interpreter was probed more than once"
+
+
+def test_the_panel_annotates_frames_of_a_sequence_and_reviews_them_frame_by_frame(panel):
+    """A cine series: add two frames of the browser's sequence, train, review a frame, accept it."""
+    from PLCLSegmentationLib import sequences
+
+    p, ui, logic, app = panel.panel, panel.ui, panel.logic, panel.app
+    images, labels = moving_phantom(4)
+    proxy = app.add_volume_sequence(images, "Cine")
+    browser, _ = sequences.browser_of(app.scene, proxy)
+    nodes = {}
+    for frame in (0, 2):
+        browser.SetSelectedItemNumber(frame)
+        nodes[frame] = app.add_segmentation(proxy, labels[frame], ACDC_SEGMENTS[1:], f"frame {frame}")
+        ui.annotatedVolumeSelector._node, ui.annotatedSegmentationSelector._node = proxy, nodes[frame]
+        p.onAddAnnotated()
+        assert ui.statusLabel.text.startswith(f"Frame {frame} of 'Cine' is annotated by 'frame {frame}'.")
+    assert not panel.errors, panel.errors
+    browser.SetSelectedItemNumber(0)  # choosing the sequence proposes the shown frame's own segmentation
+    p.onAnnotatedVolumeChanged(proxy)
+    ui.annotatedSegmentationSelector.setCurrentNode.assert_called_with(nodes[0])
+    rows = [[ui.annotatedTable.item(r, c).text for c in range(4)] for r in range(ui.annotatedTable.rowCount)]
+    assert rows == [["Cine_t00", "frame 0", "Myocardium, Left ventricle", "whole frame"],
+                    ["Cine_t02", "frame 2", "Myocardium, Left ventricle", "whole frame"]]
+    ui.annotatedTable.selectRow(1)
+    assert ui.annotatedSlicesComboBox.enabled is False  # frames are annotated whole
+    p.onRemoveAnnotated()
+    assert logic.state.record_for(proxy).training_frames() == [0]
+    browser.SetSelectedItemNumber(2)
+    p.onAddAnnotated()
+
+    # Train only on the frames (the ACDC volumes are not targets here).
+    for volume in panel.volumes:
+        logic.set_role(volume, "excluded")
+    ui.iterationsSpinBox.value = 6
+    p.onSettingsChanged()
+    p.onTrainOrCancel()
+    run_timer(p)
+    assert not panel.errors, panel.errors
+    assert logic.job.state.value == "done", logic.job.error
+    names = [ui.reviewTable.item(r, 0).text for r in range(ui.reviewTable.rowCount)]
+    assert {"Cine_t00", "Cine_t01", "Cine_t02", "Cine_t03"} <= set(names)
+    # The first row (least certain frame) is shown: the browser is at that frame.
+    assert ui.reviewTable.currentRow() == 0 and ui.reviewTable.item(0, 1).text == "predicted"
+    frame = int(ui.reviewTable.item(0, 0).text.split("_t")[1])
+    assert browser.GetSelectedItemNumber() == frame
+    assert ui.acceptButton.enabled is True and ui.editButton.enabled is True
+    assert ui.volumeCurveButton.enabled is True
+    p.onVolumeCurve()
+    assert panel.charts[-1].GetID() == logic.volume_curve(proxy).GetID()
+    assert "Left ventricle: " in ui.statusLabel.text and "ejection fraction" in ui.statusLabel.text
+    ui.annotatedSegmentationSelector.setCurrentNode.reset_mock()
+    p.onAnnotatedVolumeChanged(proxy)  # the shown frame is predicted: the prediction is not proposed
+    for call in ui.annotatedSegmentationSelector.setCurrentNode.call_args_list:
+        assert call.args[0].GetID() in {n.GetID() for n in nodes.values()}
+    p.onAccept()
+    assert logic.state.record_for(proxy).frames[frame].role == "reviewed"
+    annotated = [ui.annotatedTable.item(r, 0).text for r in range(ui.annotatedTable.rowCount)]
+    assert f"Cine_t{frame:02d}" in annotated

@@ -66,9 +66,11 @@ class Job:
     log: collections.deque[str] = field(default_factory=lambda: collections.deque(maxlen=2000))
     pending: list[str] = field(default_factory=list)  # log lines not yet shown (see take_log)
     tail: list[str] = field(default_factory=list)  # last lines of the engine's log (on failure)
-    imported: list[str] = field(default_factory=list)  # names of the volumes that got a segmentation
+    imported: list[str] = field(default_factory=list)  # names of the volumes (and sequences) that got a segmentation
+    imported_sequences: list[str] = field(default_factory=list)  # names of the sequences among them
     process: Any = None  # EngineProcess
     plot: Any = None  # LossPlot (training only)
+    sequences: dict[str, Any] = field(default_factory=dict)  # record key -> cine.Export of the sequences in the run
 
     @property
     def log_path(self) -> Path:
@@ -92,7 +94,11 @@ class Job:
             return "Cancelling: the engine finishes its step..."
         if self.state == JobState.DONE:
             what = "Training" if self.kind == TRAIN else "Segmentation"
-            return f"{what} finished in {format_duration(self.elapsed_s)}: {len(self.imported)} volume(s) segmented."
+            done = f"{what} finished in {format_duration(self.elapsed_s)}: "
+            if not self.imported_sequences:
+                return done + f"{len(self.imported)} volume(s) segmented."
+            volumes = len(self.imported) - len(self.imported_sequences)
+            return done + f"{volumes} volume(s) and {len(self.imported_sequences)} sequence(s), every frame, segmented."
         if self.state == JobState.CANCELLED:
             return "Cancelled; the scene is unchanged."
         if self.state == JobState.FAILED:

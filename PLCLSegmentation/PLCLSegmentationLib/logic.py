@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from . import dependencies, scene_io
+from . import cine, dependencies, scene_io, sequences
 from .engine import slicing
 from .engine.events import STOP_FILE, SUMMARY_FILE
 from .jobs import PREDICT, TRAIN, Job, JobState
@@ -53,6 +53,7 @@ class ReviewRow:
     role: str
     score: float | None
     slices: str = ""  # training volumes: which slices are annotated, e.g. "3 of 10 slices (2, 5, 8)"
+    frame: int | None = None  # a frame of a sequence (record.is_sequence), or the whole record
 
 
 @dataclass
@@ -124,10 +125,12 @@ class PLCLSegmentationLogic:
         if self.scene.IsImporting() or self.scene.IsClosing():  # settle once the scene has
             return state.records()
         state.prune()
-        records = state.records()
+        records, proxies = cine.refresh(state, self.scene, state.records())
         known = {r.volume.GetID() for r in records}
         changed = []
         for record in records:  # a prediction the user deleted: the volume waits for the next run
+            if record.is_sequence:  # brought up to date by cine.refresh
+                continue
             if not scene_io.is_grayscale_volume(record.volume):  # e.g. a record of an older version
                 state.remove(record.key)
             elif record.role in (PREDICTED, REVIEWED) and record.segmentation is None:
@@ -139,7 +142,7 @@ class PLCLSegmentationLogic:
         if changed:
             state.save(*changed)
         for volume in scene_io.scalar_volumes(self.scene):
-            if volume.GetID() not in known:
+            if volume.GetID() not in known and volume.GetID() not in proxies:
                 state.new_record(volume, UNANNOTATED)
         return state.records()
 
@@ -153,10 +156,13 @@ class PLCLSegmentationLogic:
         return record
 
     def set_annotation(self, volume: Any, segmentation: Any, segment_ids: Sequence[str] | None = None) -> VolumeRecord:
-        """Mark ``volume`` as annotated by ``segmentation`` (only ``segment_ids`` are learnt; default: all)."""
+        """Mark ``volume`` as annotated by ``segmentation`` (only ``segment_ids`` are learnt; default: all).
+        For a sequence's proxy volume: the frame the browser shows (see :meth:`set_frame_annotation`)."""
         self._check_idle()
         if volume is None or segmentation is None:
             raise PLCLError("Choose an annotated volume and its segmentation.")
+        if self.record(volume).is_sequence:
+            return self.set_frame_annotation(volume, None, segmentation, segment_ids)
         ids = list(segment_ids) if segment_ids else scene_io.segment_ids(segmentation)
         if not ids:
             raise PLCLError(f"Segmentation '{segmentation.GetName()}' has no segment.")
@@ -167,12 +173,44 @@ class PLCLSegmentationLogic:
         self.state.save(record)
         return record
 
+    def set_frame_annotation(self, volume: Any, frame: int | None, segmentation: Any,
+                             segment_ids: Sequence[str] | None = None) -> VolumeRecord:
+        """Frame ``frame`` (default: the one the browser shows) of the sequence whose proxy volume is
+        ``volume`` is annotated by ``segmentation``: a segmentation drawn on that frame, or the proxy of a
+        segmentation sequence in the same browser. Each frame keeps its own segmentation."""
+        self._check_idle()
+        record = self.record(volume)
+        if not record.is_sequence:
+            raise PLCLError(f"'{record.name}' is not a sequence.")
+        if segmentation is None:
+            raise PLCLError("Choose the segmentation of the frame.")
+        frame = cine.current_frame(record) if frame is None else int(frame)
+        cine.set_frame_annotation(self.scene, record, frame, segmentation, segment_ids)
+        self.state.save(record)
+        return record
+
+    def remove_frame(self, volume: Any, frame: int) -> VolumeRecord:
+        """Frame ``frame`` of a sequence is no longer training data (its segmentation is not touched)."""
+        self._check_idle()
+        record = self.record(volume)
+        if not record.is_sequence:
+            raise PLCLError(f"'{record.name}' is not a sequence.")
+        cine.remove_frame(record, int(frame))
+        self.state.save(record)
+        return record
+
     def set_role(self, volume: Any, role: str) -> VolumeRecord:
         """Make ``volume`` unannotated (segmented by the next run) or excluded (ignored)."""
         self._check_idle()
         if role not in (UNANNOTATED, EXCLUDED):
             raise PLCLError(f"Use set_annotation or accept to make a volume {role}.")
         record = self.record(volume)
+        if record.is_sequence:  # its annotated frames are forgotten, accepted ones are predictions again
+            record.role = role
+            cine.forget_training(record, record.training_frames())
+            record.role = EXCLUDED if role == EXCLUDED else record.sequence_role()
+            self.state.save(record)
+            return record
         if record.role == PREDICTED and role == UNANNOTATED:
             return record  # already a target
         if record.segmentation is not None and not is_owned(record.segmentation):
@@ -188,6 +226,8 @@ class PLCLSegmentationLogic:
     def slice_summary(self, volume: Any) -> SliceSummary:
         """How many of the volume's slices (along the engine's slicing axis) are annotated."""
         record = self.record(volume)
+        if record.is_sequence:
+            raise PLCLError(f"'{record.name}' is a sequence: its annotated frames are used whole.")
         axes = scene_io.volume_axes(record.volume)
         total = int(record.volume.GetImageData().GetDimensions()[2 - axes.slice_axis])
         if record.role == REVIEWED:  # an accepted prediction covers the whole volume
@@ -212,8 +252,9 @@ class PLCLSegmentationLogic:
         if mode not in SLICE_MODES:
             raise PLCLError(f"Unknown choice of slices: {mode!r}.")
         record = self.record(volume)
-        if record.role != ANNOTATED:
-            raise PLCLError(f"'{record.name}' is not an annotated volume; accepted predictions use every slice.")
+        if record.role != ANNOTATED or record.is_sequence:
+            raise PLCLError(f"'{record.name}' is not an annotated volume; accepted predictions and the frames of a "
+                            "sequence use every slice.")
         record.slices = mode
         self.state.save(record)
         return record
@@ -223,8 +264,9 @@ class PLCLSegmentationLogic:
         segment there. Only painted slices and such slices are then annotated."""
         self._check_idle()
         record = self.record(volume)
-        if record.role != ANNOTATED:
-            raise PLCLError(f"Add '{record.name}' with its segmentation to the annotated volumes first.")
+        if record.role != ANNOTATED or record.is_sequence:
+            raise PLCLError(f"Add '{record.name}' with its segmentation to the annotated volumes first (the frames "
+                            "of a sequence are used whole).")
         if index is None:
             index = scene_io.current_slice(self.scene, record.volume)
             if index is None:
@@ -243,7 +285,8 @@ class PLCLSegmentationLogic:
     def set_up_paint_view(self, volume: Any) -> str:
         """Show ``volume`` in the view of the engine's slicing plane; returns the view's name."""
         record = self.record(volume)
-        return scene_io.set_up_paint_view(self.scene, record.volume, record.segmentation)
+        segmentation = None if record.is_sequence else record.segmentation
+        return scene_io.set_up_paint_view(self.scene, record.volume, segmentation)
 
     def _slice_argument(self, record: VolumeRecord) -> str:
         """The record's --annotated-slices value."""
@@ -261,20 +304,24 @@ class PLCLSegmentationLogic:
         """Start training on the annotated and reviewed volumes; the others are segmented at the end."""
         self._check_idle()
         records = self.refresh()
-        training = sorted((r for r in records if r.is_training), key=lambda r: r.role != ANNOTATED)
-        if not training:
-            raise PLCLError("Choose at least one annotated volume with its segmentation first.")
-        targets = [r for r in records if r.role in TARGET_ROLES]
+        training = sorted((r for r in records if r.is_training and not r.is_sequence),
+                          key=lambda r: r.role != ANNOTATED)
+        cines = [r for r in records if r.is_sequence and r.role != EXCLUDED]
+        if not training and not any(r.training_frames() for r in cines):
+            raise PLCLError("Choose at least one annotated volume (or frame) with its segmentation first.")
+        targets = [r for r in records if r.role in TARGET_ROLES and not r.is_sequence]
         state = self.state
         init_model = ""
         if warm_start:
             init_model = state.model_path
             if not init_model or not Path(init_model).is_file():
                 raise PLCLError("Retrain needs a trained model: train first, or load a model.")
-        classes = self._training_classes(training, warm_start)
+        classes = self._training_classes(training, cines, warm_start)
         argv = self._command() + ["train"]
         inputs = Path(tempfile.mkdtemp(prefix="plcl-inputs-"))
         slices: list[str] = []
+        exports: dict[str, cine.Export] = {}
+        unlabeled: list[str] = []
         try:
             for record in training:
                 image = self._export_image(record, inputs)
@@ -284,10 +331,19 @@ class PLCLSegmentationLogic:
                 scene_io.write_annotation(self.services, record.segmentation, ids, record.volume, classes, str(label))
                 argv += ["--labeled", str(image), str(label)]
                 slices.append(self._slice_argument(record))
-            if any(spec != slicing.ALL for spec in slices):  # one per --labeled pair, in order
+            for record in cines:  # one 4D file each: its annotated frames, or all of it unannotated
+                exported = cine.export(self.services, record, inputs, classes, training=True)
+                exports[exported.key] = exported
+                for frame, label in sorted(exported.labels.items()):
+                    argv += ["--labeled-frame", str(exported.image), str(frame), str(label)]
+                    slices.append(slicing.ALL)  # a frame is annotated whole
+                if not exported.labels:
+                    unlabeled.append(str(exported.image))
+            if any(spec != slicing.ALL for spec in slices):  # one per --labeled pair, then --labeled-frame
                 argv += [arg for spec in slices for arg in ("--annotated-slices", spec)]
-            if targets:
-                argv += ["--unlabeled", *[str(self._export_image(r, inputs)) for r in targets]]
+            unlabeled = [str(self._export_image(r, inputs)) for r in targets] + unlabeled
+            if unlabeled:
+                argv += ["--unlabeled", *unlabeled]
             out = self._run_folder(TRAIN)
             argv += ["--out", str(out), "--budget", state.budget, "--device", state.device, "--events", "jsonl"]
             if state.iterations:  # the same budget as a first training: the engine shortens a warm start
@@ -298,7 +354,7 @@ class PLCLSegmentationLogic:
             shutil.rmtree(inputs, ignore_errors=True)
             raise
         job = Job(TRAIN, argv, inputs, out, {r.key: r.key for r in targets}, classes, warm_start=warm_start,
-                  model_path=init_model)
+                  model_path=init_model, sequences=exports)
         job.plot = LossPlot(self.scene)
         return self._start(job)
 
@@ -322,8 +378,16 @@ class PLCLSegmentationLogic:
         if not targets:
             raise PLCLError("No volume to segment: load volumes first (annotated ones are left as they are).")
         inputs = Path(tempfile.mkdtemp(prefix="plcl-inputs-"))
+        exports: dict[str, cine.Export] = {}
         try:
-            images = [str(self._export_image(r, inputs)) for r in targets]
+            images = []
+            for record in targets:
+                if record.is_sequence:
+                    exported = cine.export(self.services, record, inputs, [], training=False)
+                    exports[exported.key] = exported
+                    images.append(str(exported.image))
+                else:
+                    images.append(str(self._export_image(record, inputs)))
         except BaseException:
             shutil.rmtree(inputs, ignore_errors=True)
             raise
@@ -332,7 +396,8 @@ class PLCLSegmentationLogic:
                                   "--events", "jsonl", *images]
         same_model = Path(model) == Path(self.state.model_path) if self.state.model_path else False
         classes = [SegmentClass.from_dict(c) for c in self.state.classes] if same_model else []
-        job = Job(PREDICT, argv, inputs, out, {r.key: r.key for r in targets}, classes, model_path=str(model))
+        job = Job(PREDICT, argv, inputs, out, {r.key: r.key for r in targets if not r.is_sequence}, classes,
+                  model_path=str(model), sequences=exports)
         return self._start(job)
 
     def cancel(self) -> None:
@@ -412,14 +477,25 @@ class PLCLSegmentationLogic:
 
     # --- review ---------------------------------------------------------------------------------
     def review_rows(self) -> list[ReviewRow]:
-        """Every volume with its role and uncertainty score, the least certain first."""
-        rows = [ReviewRow(r, r.name, r.role, r.score, self.slices_text(r)) for r in self.refresh()]
+        """Every volume with its role and uncertainty score, the least certain first. A sequence with
+        results or annotations has one row per such frame (named like the engine names frames)."""
+        rows = []
+        for r in self.refresh():
+            if r.is_sequence and r.frames and r.role != EXCLUDED:
+                count = sequences.frame_count(r.sequence)
+                rows += [ReviewRow(r, sequences.frame_name(r.name, i, count), f.role, f.score,
+                                   "whole frame" if f.is_training else "", frame=i)
+                         for i, f in sorted(r.frames.items())]
+            else:
+                rows.append(ReviewRow(r, r.name, r.role, r.score, self.slices_text(r)))
         order = {PREDICTED: 0, UNANNOTATED: 1, REVIEWED: 2, ANNOTATED: 3, EXCLUDED: 4}
         rows.sort(key=lambda row: (row.score is None, -(row.score or 0.0), order.get(row.role, 5), row.name))
         return rows
 
     def slices_text(self, record: VolumeRecord) -> str:
         """Which slices of a training volume are annotated, for the panel; empty for other volumes."""
+        if record.is_sequence:
+            return cine.slices_text(record)
         if not record.is_training or record.segmentation is None:
             return ""
         try:
@@ -427,20 +503,41 @@ class PLCLSegmentationLogic:
         except PLCLError as error:
             return str(error)
 
-    def show(self, volume: Any) -> VolumeRecord:
-        """Show ``volume`` in the slice views with its segmentation (and the uncertainty overlay if chosen)."""
+    def show(self, volume: Any, frame: int | None = None) -> VolumeRecord:
+        """Show ``volume`` in the slice views with its segmentation (and the uncertainty overlay if chosen).
+        A sequence: its browser moves to ``frame`` (if given), its segmentation follows the frame."""
         record = self.record(volume)
         state = self.state
-        others = [r.segmentation for r in state.records() if r.key != record.key]
-        uncertainty = record.uncertainty if state.show_uncertainty and record.role == PREDICTED else None
-        scene_io.show_in_views(self.scene, record.volume, record.segmentation, uncertainty,
+        others = []
+        for other in state.records():
+            if other.key != record.key:
+                others.append(self.shown_segmentation(other))
+        if record.is_sequence:
+            segmentation, uncertainty = cine.show_nodes(self.services, record, frame, state.show_uncertainty)
+        else:
+            segmentation = record.segmentation
+            uncertainty = record.uncertainty if state.show_uncertainty and record.role == PREDICTED else None
+        scene_io.show_in_views(self.scene, record.volume, segmentation, uncertainty,
                                state.uncertainty_opacity, hide=others)
         return record
 
-    def accept(self, volume: Any) -> VolumeRecord:
-        """The user reviewed (and corrected) the prediction of ``volume``: it becomes training data."""
+    def shown_segmentation(self, record: VolumeRecord) -> Any:
+        """The node that shows a record's segmentation in the views (a sequence's: its browser's proxy)."""
+        if record.is_sequence:
+            if record.segmentation is None or record.browser is None:
+                return None
+            return record.browser.GetProxyNode(record.segmentation)
+        return record.segmentation
+
+    def accept(self, volume: Any, frame: int | None = None) -> VolumeRecord:
+        """The user reviewed (and corrected) the prediction of ``volume``: it becomes training data.
+        A sequence: the prediction of ``frame`` (default: the frame its browser shows), whole."""
         self._check_idle()
         record = self.record(volume)
+        if record.is_sequence:
+            cine.accept(self.services, record, frame)
+            self.state.save(record)
+            return record
         if record.role != PREDICTED or record.segmentation is None:
             raise PLCLError(f"'{record.name}' has no prediction to accept.")
         record.role = REVIEWED
@@ -448,6 +545,25 @@ class PLCLSegmentationLogic:
         record.slices, record.background = SLICES_ALL, []  # the whole volume is annotated
         self.state.save(record)
         return record
+
+    def frame_rows(self, record: VolumeRecord) -> list[cine.FrameRow]:
+        """The annotated and accepted frames of a sequence record, as the panel lists them."""
+        return cine.annotated_rows(record) if record.is_sequence and record.sequence is not None else []
+
+    def volume_curve(self, volume: Any) -> Any:
+        """The chart of the volume of each structure over the frames of a sequence (None before a run)."""
+        record = self.record(volume)
+        return cine.volume_curve(self.scene, record.key) if record.is_sequence else None
+
+    def volume_summary(self, volume: Any) -> str:
+        """Each structure's largest and smallest volume over a sequence's frames and its ejection fraction
+        (the engine's summary; meaningful for cavities such as the ventricles), one line each."""
+        chart = self.volume_curve(volume)
+        if chart is None:
+            return ""
+        record = self.record(volume)
+        count = sequences.frame_count(record.sequence)
+        return cine.summary_text(chart, [sequences.frame_name(record.name, i, count) for i in range(count)])
 
     # --- models ---------------------------------------------------------------------------------
     def save_model(self, path: str | os.PathLike[str]) -> str:
@@ -501,10 +617,20 @@ class PLCLSegmentationLogic:
     def _command(self) -> list[str]:
         return list(self.engine_command) if self.engine_command else dependencies.engine_command(self.python)
 
-    def _training_classes(self, training: list[VolumeRecord], warm_start: bool) -> list[SegmentClass]:
+    def _training_classes(self, training: list[VolumeRecord], cines: list[VolumeRecord],
+                          warm_start: bool) -> list[SegmentClass]:
+        """The classes: the model's on a warm start, else the first annotated volume's (or frame's) segments."""
         if warm_start and self.state.classes:
             return [SegmentClass.from_dict(c) for c in self.state.classes]
-        first = next((r for r in training if r.role == ANNOTATED), training[0])
+        # An annotated volume, else an annotated frame, else an accepted volume, else an accepted frame.
+        first = next((r for r in training if r.role == ANNOTATED), None)
+        if first is None:
+            source = cine.training_classes_source(cines, ANNOTATED)
+            if source is None and not training:
+                source = cine.training_classes_source(cines, REVIEWED)
+            if source is not None:
+                return scene_io.classes_from_segments(*source)
+            first = training[0]
         ids = first.segment_ids or scene_io.segment_ids(first.segmentation)
         return scene_io.classes_from_segments(first.segmentation, ids)
 
@@ -595,6 +721,20 @@ class PLCLSegmentationLogic:
                                                            str(uncertainty_path))
                 score = info.get("uncertainty_score")
                 updates.append((record, node, uncertainty, float(score) if score is not None else None))
+            imported = []
+            for key, exported in job.sequences.items():
+                record = records.get(key)
+                if record is None or not record.is_sequence or record.sequence is None or record.browser is None:
+                    job.warnings.append(f"a sequence or its browser was deleted during the run; its result is "
+                                        f"skipped ({key})")
+                    continue
+                if sequences.frame_count(record.sequence) != exported.frames:
+                    job.warnings.append(f"'{record.name}' got frames added or removed during the run; its result "
+                                        "is skipped")
+                    continue
+                imported.append(cine.import_results(self.services, transaction, record, exported,
+                                                    sequence_name(summary, exported), summary, job.out_dir,
+                                                    job.classes, output_path))
         except BaseException:
             transaction.rollback()
             raise
@@ -604,9 +744,13 @@ class PLCLSegmentationLogic:
             record.segment_ids = scene_io.segment_ids(node)
             record.fingerprint = scene_io.fingerprint(node)
             job.imported.append(record.name)
+        for result in imported:
+            cine.apply(result, job.warnings, self.services)
+            job.imported.append(result.record.name)
+            job.imported_sequences.append(result.record.name)
         state = self.state
-        if updates:
-            state.save(*(u[0] for u in updates))
+        if updates or imported:
+            state.save(*(u[0] for u in updates), *(r.record for r in imported))
         if job.kind == TRAIN:
             model = output_path(job.out_dir, (summary.get("outputs") or {}).get("model"))
             if model is None:
@@ -671,6 +815,17 @@ def read_summary(out_dir: Path) -> dict[str, Any]:
     if not isinstance(summary, dict):
         raise PLCLError(f"{path}: not a run summary")
     return summary
+
+
+def sequence_name(summary: dict[str, Any], exported: cine.Export) -> str:
+    """The engine's name of an exported sequence: its summary entry's (matched by file), else the file's
+    stem (the engine names a sequence after its file: KEY.nrrd is KEY)."""
+    for entry in summary.get("sequences", []) or []:
+        if isinstance(entry, dict) and entry.get("image") and entry.get("name") is not None:
+            with contextlib.suppress(OSError):
+                if Path(str(entry["image"])).resolve() == exported.image.resolve():
+                    return str(entry["name"])
+    return exported.key
 
 
 def output_path(out_dir: Path, reported: Any) -> Path | None:

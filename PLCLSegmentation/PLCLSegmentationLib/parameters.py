@@ -11,6 +11,11 @@ attribute), so it is saved and loaded with the scene:
   keyed by a short random key, and its nodes as node references ``plclVolume_<key>``,
   ``plclSegmentation_<key>`` and ``plclUncertainty_<key>``. Node references follow node ID changes
   when a scene is imported and disappear when a node is deleted, which strings would not.
+* a volume sequence (cine) is one record too: its volume is the browser's proxy volume, with
+  ``plclBrowser_<key>`` and ``plclSequence_<key>``; its segmentation and uncertainty are this
+  module's sequences synchronised in that browser; each frame the user annotated, accepted or got a
+  prediction for is a *frame* of the record (``frames`` in the JSON), the annotation of frame i
+  referenced as ``plclFrame_<key>_<i>`` (a segmentation node, or a segmentation sequence).
 
 Qt-free: works with slicer-core in tests and in the Slicer application.
 """
@@ -59,6 +64,24 @@ SETTINGS: dict[str, str] = {
 _VOLUME = "plclVolume_"
 _SEGMENTATION = "plclSegmentation_"
 _UNCERTAINTY = "plclUncertainty_"
+_BROWSER = "plclBrowser_"
+_SEQUENCE = "plclSequence_"
+_FRAME = "plclFrame_"
+
+
+@dataclass
+class FrameRecord:
+    """One frame of a sequence record: annotated by the user, accepted (reviewed) or predicted."""
+
+    role: str  # ANNOTATED, REVIEWED or PREDICTED
+    source: Any = None  # annotated: the user's segmentation node, or segmentation sequence, of this frame
+    segment_ids: list[str] = field(default_factory=list)  # annotated: the segments to learn
+    score: float | None = None  # predicted: uncertainty score
+    fingerprint: str = ""  # predicted: of the frame's segmentation when imported
+
+    @property
+    def is_training(self) -> bool:
+        return self.role in TRAINING_ROLES
 
 
 @dataclass
@@ -75,6 +98,25 @@ class VolumeRecord:
     fingerprint: str = ""  # of the prediction when imported: tells whether the user edited it
     slices: str = SLICES_AUTO  # annotated: which slices are annotated (SLICE_MODES)
     background: list[int] = field(default_factory=list)  # annotated: slices marked as painted background
+    cine: bool = False  # a volume sequence (its nodes below may have been deleted since)
+    browser: Any = None  # a sequence: its vtkMRMLSequenceBrowserNode (volume is the browser's proxy volume)
+    sequence: Any = None  # a sequence: the volume vtkMRMLSequenceNode
+    frames: dict[int, FrameRecord] = field(default_factory=dict)  # a sequence: its frames, by frame index
+
+    @property
+    def is_sequence(self) -> bool:
+        return self.cine
+
+    def training_frames(self) -> list[int]:
+        return sorted(i for i, f in self.frames.items() if f.is_training)
+
+    def sequence_role(self) -> str:
+        """A sequence's role from its frames: annotated while any frame is training data."""
+        if self.role == EXCLUDED and not self.training_frames():
+            return EXCLUDED
+        if self.training_frames():
+            return ANNOTATED
+        return PREDICTED if any(f.role == PREDICTED for f in self.frames.values()) else UNANNOTATED
 
     @property
     def name(self) -> str:
@@ -179,6 +221,13 @@ class ModuleState:
             volume = node.GetNodeReference(_VOLUME + key)
             if volume is None:
                 continue
+            frames = {}
+            for index, frame in (values.get("frames") or {}).items():
+                if not (isinstance(frame, dict) and frame.get("role") in (ANNOTATED, REVIEWED, PREDICTED)):
+                    continue
+                frames[int(index)] = FrameRecord(
+                    frame["role"], node.GetNodeReference(f"{_FRAME}{key}_{int(index)}"),
+                    list(frame.get("segments", [])), frame.get("score"), frame.get("fingerprint", ""))
             result.append(VolumeRecord(
                 key=key, role=values.get("role", UNANNOTATED) if values.get("role") in ROLES else UNANNOTATED,
                 volume=volume, segmentation=node.GetNodeReference(_SEGMENTATION + key),
@@ -186,7 +235,10 @@ class ModuleState:
                 segment_ids=list(values.get("segments", [])), score=values.get("score"),
                 fingerprint=values.get("fingerprint", ""),
                 slices=values.get("slices") if values.get("slices") in SLICE_MODES else SLICES_AUTO,
-                background=[int(i) for i in values.get("background", []) if isinstance(i, int)]))
+                background=[int(i) for i in values.get("background", []) if isinstance(i, int)],
+                cine=bool(values.get("cine")), browser=node.GetNodeReference(_BROWSER + key),
+                sequence=node.GetNodeReference(_SEQUENCE + key),
+                frames=frames))
         return result
 
     def record_for(self, volume: Any) -> VolumeRecord | None:
@@ -197,8 +249,12 @@ class ModuleState:
                 return record
         return None
 
+    @staticmethod
+    def new_key() -> str:
+        return uuid.uuid4().hex[:10]
+
     def new_record(self, volume: Any, role: str = UNANNOTATED) -> VolumeRecord:
-        record = VolumeRecord(key=uuid.uuid4().hex[:10], role=role, volume=volume)
+        record = VolumeRecord(key=self.new_key(), role=role, volume=volume)
         self.save(record)
         return record
 
@@ -211,12 +267,24 @@ class ModuleState:
             for record in records:
                 if record.role not in ROLES:
                     raise ValueError(f"unknown role {record.role!r}")
+                old_frames = (table.get(record.key) or {}).get("frames") or {}
                 table[record.key] = {"role": record.role, "segments": list(record.segment_ids),
                                      "score": record.score, "fingerprint": record.fingerprint,
                                      "slices": record.slices, "background": sorted(set(record.background))}
                 node.SetNodeReferenceID(_VOLUME + record.key, _id(record.volume))
                 node.SetNodeReferenceID(_SEGMENTATION + record.key, _id(record.segmentation))
                 node.SetNodeReferenceID(_UNCERTAINTY + record.key, _id(record.uncertainty))
+                if record.is_sequence:
+                    table[record.key]["cine"] = True
+                    table[record.key]["frames"] = {
+                        str(i): {"role": f.role, "segments": list(f.segment_ids), "score": f.score,
+                                 "fingerprint": f.fingerprint} for i, f in sorted(record.frames.items())}
+                    node.SetNodeReferenceID(_BROWSER + record.key, _id(record.browser))
+                    node.SetNodeReferenceID(_SEQUENCE + record.key, _id(record.sequence))
+                for index in {int(i) for i in old_frames} - set(record.frames):
+                    node.RemoveNodeReferenceIDs(f"{_FRAME}{record.key}_{index}")
+                for index, frame in record.frames.items():
+                    node.SetNodeReferenceID(f"{_FRAME}{record.key}_{index}", _id(frame.source))
             node.SetParameter("volumes", json.dumps(table))
         finally:
             node.EndModify(was_modifying)
@@ -226,9 +294,11 @@ class ModuleState:
         table = self._table()
         was_modifying = node.StartModify()
         try:
-            table.pop(key, None)
-            for prefix in (_VOLUME, _SEGMENTATION, _UNCERTAINTY):
+            frames = (table.pop(key, None) or {}).get("frames") or {}
+            for prefix in (_VOLUME, _SEGMENTATION, _UNCERTAINTY, _BROWSER, _SEQUENCE):
                 node.RemoveNodeReferenceIDs(prefix + key)
+            for index in frames:
+                node.RemoveNodeReferenceIDs(f"{_FRAME}{key}_{index}")
             node.SetParameter("volumes", json.dumps(table))
         finally:
             node.EndModify(was_modifying)

@@ -105,3 +105,52 @@ class LossPlot:
     def values(self, name: str) -> list[float]:
         array = self._arrays[name]
         return [array.GetValue(i) for i in range(array.GetNumberOfTuples())]
+
+
+CURVE_TABLE = "volumeCurveTable"
+CURVE_CHART = "volumeCurveChart"
+CURVE_SERIES = "volumeCurveSeries"
+#: Node attribute naming the record (parameters.VolumeRecord.key) a volume curve belongs to.
+CURVE_RECORD_ATTRIBUTE = "PLCLSegmentation.Record"
+
+
+def add_volume_curve(scene: Any, add: Any, record_key: str, title: str, x_title: str, x_values: list[float],
+                     curves: dict[str, list[float]], colors: dict[str, tuple[float, float, float]]) -> Any:
+    """A table (x, then one column of millilitres per class) and a chart with one line per class: the
+    volume of each structure over the frames of a sequence. ``add`` adds a node to the scene (a
+    transaction's, so that a failed import removes them again). Returns the chart node."""
+    import slicer
+    import vtk
+
+    table = slicer.vtkMRMLTableNode()
+    table.SetName(scene.GenerateUniqueName(f"{title} volumes"))
+    mark_owned(table, CURVE_TABLE)
+    columns = {x_title: x_values, **curves}
+    for name, values in columns.items():
+        array = vtk.vtkFloatArray()
+        array.SetName(name)
+        for value in values:
+            array.InsertNextValue(float(value) if value is not None else math.nan)
+        table.GetTable().AddColumn(array)
+    chart = slicer.vtkMRMLPlotChartNode()
+    chart.SetName(scene.GenerateUniqueName(f"{title} volume curve"))
+    chart.SetTitle(f"{title}: volume over time")
+    chart.SetXAxisTitle(x_title)
+    chart.SetYAxisTitle("volume (ml)")
+    mark_owned(chart, CURVE_CHART)
+    for node in (table, chart):
+        node.SetAttribute(CURVE_RECORD_ATTRIBUTE, record_key)
+    table, chart = add(table), add(chart)
+    for index, name in enumerate(curves):
+        series = slicer.vtkMRMLPlotSeriesNode()
+        series.SetName(name)
+        mark_owned(series, CURVE_SERIES)
+        series.SetAttribute(CURVE_RECORD_ATTRIBUTE, record_key)
+        series = add(series)
+        series.SetAndObserveTableNodeID(table.GetID())
+        series.SetXColumnName(x_title)
+        series.SetYColumnName(name)
+        series.SetPlotType(slicer.vtkMRMLPlotSeriesNode.PlotTypeScatter)
+        series.SetColor(*colors.get(name, _COLORS[index % len(_COLORS)]))
+        chart.AddAndObservePlotSeriesNodeID(series.GetID())
+    return chart

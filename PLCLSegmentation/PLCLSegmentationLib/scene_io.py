@@ -327,12 +327,21 @@ def add_prediction(services: SlicerServices, transaction: SceneTransaction, volu
 
 def add_uncertainty(services: SlicerServices, transaction: SceneTransaction, volume: Any, path: str) -> Any:
     """Add the uncertainty map of ``volume`` (values in [0, 1]) with the module's colour table."""
-    import slicer
-
     node = read_volume(path)
     node.SetName(services.scene.GenerateUniqueName(f"{volume.GetName()} uncertainty"))
     mark_owned(node, UNCERTAINTY)
     node = transaction.add(node)
+    style_uncertainty(services, transaction, node)
+    node.SetAndObserveTransformNodeID(volume.GetTransformNodeID())
+    place_next_to(services, node, volume)
+    return node
+
+
+def style_uncertainty(services: SlicerServices, transaction: SceneTransaction, node: Any) -> None:
+    """Give the uncertainty volume ``node`` (in the scene) its display: the module's colour table,
+    values 0 to 1, certain voxels hidden."""
+    import slicer
+
     colors = uncertainty_color_table(services.scene, transaction)
     display = slicer.vtkMRMLScalarVolumeDisplayNode()
     display = transaction.add(display)
@@ -343,9 +352,6 @@ def add_uncertainty(services: SlicerServices, transaction: SceneTransaction, vol
     display.AutoThresholdOff()
     display.SetThreshold(UNCERTAINTY_SHOWN_FROM, 1.0)
     node.SetAndObserveDisplayNodeID(display.GetID())
-    node.SetAndObserveTransformNodeID(volume.GetTransformNodeID())
-    place_next_to(services, node, volume)
-    return node
 
 
 #: Uncertainty below this is not drawn (the overlay shows only where the model hesitates).

@@ -61,3 +61,43 @@ def check_roles(logic: Any, annotated: Any, other: Any, segmentation: Any) -> No
     rows = logic.review_rows()
     assert [r.role for r in rows if r.name in (annotated.GetName(), other.GetName())] == [UNANNOTATED, ANNOTATED]
     _expect_error("has no prediction to accept", lambda: logic.accept(other))
+
+
+def cine_scene(scene: Any, sequences_logic: Any) -> tuple[Any, Any]:
+    """A three-frame volume sequence in a browser, as Slicer loads a cine series, and a segmentation
+    drawn on its frame 1: (the browser's proxy volume, the segmentation)."""
+    import numpy as np
+    import slicer
+
+    sequence = scene.AddNewNodeByClass("vtkMRMLSequenceNode", "PLCL self-test cine sequence")
+    rng = np.random.default_rng(1)
+    for frame in range(3):
+        volume = slicer.vtkMRMLScalarVolumeNode()
+        slicer.util.updateVolumeFromArray(volume, rng.normal(100, 20, (4, 32, 32)).astype(np.int16))
+        sequence.SetDataNodeAtValue(volume, str(frame))
+    browser = scene.AddNewNodeByClass("vtkMRMLSequenceBrowserNode", "PLCL self-test cine")
+    browser.SetAndObserveMasterSequenceNodeID(sequence.GetID())
+    sequences_logic.UpdateProxyNodesFromSequences(browser)
+    browser.SetSelectedItemNumber(1)
+    sequences_logic.UpdateProxyNodesFromSequences(browser)
+    proxy = browser.GetProxyNode(sequence)
+    segmentation = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "PLCL self-test frame 1")
+    segmentation.CreateDefaultDisplayNodes()
+    segmentation.SetReferenceImageGeometryParameterFromVolumeNode(proxy)
+    segment_id = segmentation.GetSegmentation().AddEmptySegment("Inner", "Inner", (0.9, 0.3, 0.2))
+    mask = np.zeros((4, 32, 32), np.uint8)
+    mask[1:3, 10:20, 10:20] = 1
+    slicer.util.updateSegmentBinaryLabelmapFromArray(mask, segmentation, segment_id, proxy)
+    return proxy, segmentation
+
+
+def check_cine(logic: Any, proxy: Any, segmentation: Any) -> None:
+    """A volume sequence is one record; the browser's frame is annotated by its own segmentation."""
+    records = [r for r in logic.refresh() if r.volume.GetID() == proxy.GetID()]
+    assert len(records) == 1 and records[0].is_sequence, "the sequence's proxy volume is not a sequence record"
+    record = logic.set_annotation(proxy, segmentation)
+    assert record.role == ANNOTATED and record.training_frames() == [1], f"frames: {record.training_frames()}"
+    assert record.frames[1].source.GetID() == segmentation.GetID()
+    _expect_error("has no frame 5", lambda: logic.set_frame_annotation(proxy, 5, segmentation))
+    _expect_error("whole", lambda: logic.slice_summary(proxy))
+    assert logic.remove_frame(proxy, 1).role == UNANNOTATED

@@ -48,13 +48,17 @@ class SlicerServices:
     #: The user's application settings on this machine (``qt.QSettings`` in Slicer), not the scene: a
     #: scene file is data from anyone, and what it names must never be run.
     settings: Any = field(default_factory=MemorySettings)
+    #: vtkSlicerSequencesLogic: moves a sequence browser's proxy nodes (cine series); None where absent.
+    sequences: Any = None
 
     @classmethod
     def from_slicer(cls) -> SlicerServices:
         import qt
         import slicer
 
-        return cls(scene=slicer.mrmlScene, segmentations=slicer.modules.segmentations.logic(), settings=qt.QSettings())
+        sequences = getattr(slicer.modules, "sequences", None)
+        return cls(scene=slicer.mrmlScene, segmentations=slicer.modules.segmentations.logic(), settings=qt.QSettings(),
+                   sequences=sequences.logic() if sequences is not None else None)
 
     def subject_hierarchy(self) -> Any:
         import slicer

@@ -34,6 +34,8 @@ from .parameters import (
 from .services import PLCLError, is_owned
 
 POLL_INTERVAL_MS = 200
+#: Item data role of a table row's frame (a frame of a sequence; -1: the whole volume).
+FRAME_ROLE_OFFSET = 1
 DEFAULT_MODEL_FILE = "PLCLSegmentation-model.pt"
 ROLE_LABELS = {ANNOTATED: "annotated", REVIEWED: "reviewed", PREDICTED: "predicted", UNANNOTATED: "to segment",
                EXCLUDED: "excluded"}
@@ -109,6 +111,7 @@ class PLCLSegmentationPanel:
         ui.reviewTable.itemSelectionChanged.connect(self.onReviewSelection)
         ui.editButton.clicked.connect(self.onEdit)
         ui.acceptButton.clicked.connect(self.onAccept)
+        ui.volumeCurveButton.clicked.connect(self.onVolumeCurve)
         ui.retrainButton.clicked.connect(self.onRetrain)
         ui.saveModelButton.clicked.connect(self.onSaveModel)
         ui.loadModelButton.clicked.connect(self.onLoadModel)
@@ -189,12 +192,21 @@ class PLCLSegmentationPanel:
         if volume is None:
             return
         record = self.logic.state.record_for(volume)
-        if record is not None and record.segmentation is not None and record.role in TRAINING_ROLES:
+        if record is not None and record.segmentation is not None and record.role in TRAINING_ROLES \
+                and not record.is_sequence:
             self.ui.annotatedSegmentationSelector.setCurrentNode(record.segmentation)
             return
+        if record is not None and record.is_sequence:  # the annotation of the frame the browser shows
+            frame = record.frames.get(max(0, record.browser.GetSelectedItemNumber()))
+            source = frame.source if frame is not None else None
+            if source is not None and not source.IsA("vtkMRMLSequenceNode"):
+                self.ui.annotatedSegmentationSelector.setCurrentNode(source)
+                return
         scene = slicer.mrmlScene
         for index in range(scene.GetNumberOfNodesByClass("vtkMRMLSegmentationNode")):
             node = scene.GetNthNodeByClass(index, "vtkMRMLSegmentationNode")
+            if is_owned(node):  # this module's results are accepted, not added as annotations
+                continue
             if node.GetNodeReferenceID(node.GetReferenceImageGeometryReferenceRole()) == volume.GetID():
                 self.ui.annotatedSegmentationSelector.setCurrentNode(node)
                 return
@@ -209,14 +221,41 @@ class PLCLSegmentationPanel:
         segmentation = self.ui.annotatedSegmentationSelector.currentNode()
         ids = list(self.ui.segmentsTableView.selectedSegmentIDs())
         with showingErrors(_("Could not use this annotation."), waitCursor=True):
-            self.logic.set_annotation(volume, segmentation, ids or None)
-            self.logic.set_up_paint_view(volume)  # paint further slices where the model learns from them
+            record = self.logic.set_annotation(volume, segmentation, ids or None)
+            if record.is_sequence:  # the frame the browser shows: say which, so that a wrong one is seen
+                frame = max(0, record.browser.GetSelectedItemNumber())
+                text = _("Frame {frame} of '{sequence}' is annotated by '{segmentation}'. Move the sequence browser "
+                         "to another frame to annotate it too.")
+                self.ui.statusLabel.text = text.format(frame=frame, sequence=record.name,
+                                                       segmentation=segmentation.GetName())
+            else:
+                self.logic.set_up_paint_view(volume)  # paint further slices where the model learns from them
         self.updateFromState()
 
     def _selectedAnnotated(self) -> Any:
-        row = self.ui.annotatedTable.currentRow()
-        item = self.ui.annotatedTable.item(row, 0) if row >= 0 else None
+        return self._rowVolume(self.ui.annotatedTable)
+
+    @staticmethod
+    def _rowVolume(table: Any) -> Any:
+        row = table.currentRow()
+        item = table.item(row, 0) if row >= 0 else None
         return slicer.mrmlScene.GetNodeByID(item.data(qt.Qt.UserRole)) if item is not None else None
+
+    @staticmethod
+    def _rowFrame(table: Any) -> Any:
+        """The frame of the selected row (a frame of a sequence), or None."""
+        row = table.currentRow()
+        item = table.item(row, 0) if row >= 0 else None
+        frame = item.data(qt.Qt.UserRole + FRAME_ROLE_OFFSET) if item is not None else None
+        return int(frame) if frame is not None and int(frame) >= 0 else None
+
+    @staticmethod
+    def _setRow(table: Any, row: int, cells: list[str], volume_id: str, frame: Any = None) -> None:
+        for column, text in enumerate(cells):
+            item = qt.QTableWidgetItem(text)
+            item.setData(qt.Qt.UserRole, volume_id)
+            item.setData(qt.Qt.UserRole + FRAME_ROLE_OFFSET, -1 if frame is None else int(frame))
+            table.setItem(row, column, item)
 
     def onAnnotatedSelection(self) -> None:
         self._showSliceChoice()
@@ -263,8 +302,12 @@ class PLCLSegmentationPanel:
         volume = self._selectedAnnotated()
         if volume is None:
             return
+        frame = self._rowFrame(self.ui.annotatedTable)
         with showingErrors(_("Could not remove the volume from the training set.")):
-            self.logic.set_role(volume, UNANNOTATED)
+            if frame is not None:
+                self.logic.remove_frame(volume, frame)
+            else:
+                self.logic.set_role(volume, UNANNOTATED)
         self.updateFromState()
 
     def onTargetsChanged(self) -> None:
@@ -281,17 +324,22 @@ class PLCLSegmentationPanel:
         self.updateFromState()
 
     def _fillAnnotatedTable(self, records: list[Any]) -> None:
-        table = self.ui.annotatedTable
-        table.setRowCount(len(records))
-        for row, record in enumerate(records):
+        """One row per annotated volume, and per annotated or accepted frame of a sequence."""
+        rows = []
+        for record in records:
+            if record.is_sequence:
+                for row in self.logic.frame_rows(record):
+                    rows.append((row.cells, record.volume.GetID(), row.frame))
+                continue
             segmentation = record.segmentation
             names = [segmentation.GetSegmentation().GetSegment(i).GetName() for i in record.segment_ids
                      if segmentation.GetSegmentation().GetSegment(i) is not None]
-            cells = [record.name, segmentation.GetName(), ", ".join(names), self.logic.slices_text(record)]
-            for column, text in enumerate(cells):
-                item = qt.QTableWidgetItem(text)
-                item.setData(qt.Qt.UserRole, record.volume.GetID())
-                table.setItem(row, column, item)
+            rows.append(([record.name, segmentation.GetName(), ", ".join(names), self.logic.slices_text(record)],
+                         record.volume.GetID(), None))
+        table = self.ui.annotatedTable
+        table.setRowCount(len(rows))
+        for row, (cells, volume_id, frame) in enumerate(rows):
+            self._setRow(table, row, cells, volume_id, frame)
 
     def _fillTargets(self, records: list[Any]) -> None:
         selector = self.ui.unannotatedVolumesSelector
@@ -418,30 +466,28 @@ class PLCLSegmentationPanel:
     # --- review ---------------------------------------------------------------------------------
     def _fillReviewTable(self) -> None:
         table = self.ui.reviewTable
-        selected = self._selectedVolume()
+        selected, selected_frame = self._selectedVolume(), self._selectedFrame()
         rows = self.logic.review_rows()
         table.setRowCount(len(rows))
         for row, entry in enumerate(rows):
             score = "" if entry.score is None else f"{entry.score:.3f}"
-            for column, text in enumerate([entry.name, _(ROLE_LABELS.get(entry.role, entry.role)), score,
-                                           entry.slices]):
-                item = qt.QTableWidgetItem(text)
-                item.setData(qt.Qt.UserRole, entry.record.volume.GetID())
-                table.setItem(row, column, item)
-            if selected is not None and entry.record.volume.GetID() == selected.GetID():
+            self._setRow(table, row, [entry.name, _(ROLE_LABELS.get(entry.role, entry.role)), score, entry.slices],
+                         entry.record.volume.GetID(), entry.frame)
+            if selected is not None and entry.record.volume.GetID() == selected.GetID() \
+                    and entry.frame == selected_frame:
                 table.selectRow(row)
 
     def _selectedVolume(self) -> Any:
-        table = self.ui.reviewTable
-        row = table.currentRow()
-        item = table.item(row, 0) if row >= 0 else None
-        return slicer.mrmlScene.GetNodeByID(item.data(qt.Qt.UserRole)) if item is not None else None
+        return self._rowVolume(self.ui.reviewTable)
+
+    def _selectedFrame(self) -> Any:
+        return self._rowFrame(self.ui.reviewTable)
 
     def onReviewSelection(self) -> None:
         volume = self._selectedVolume()
         if volume is not None and not self._updating:
             with showingErrors(_("Could not show this volume.")):
-                self.logic.show(volume)
+                self.logic.show(volume, self._selectedFrame())
                 slicer.util.resetSliceViews()
         self.updateButtons()
 
@@ -454,18 +500,28 @@ class PLCLSegmentationPanel:
     def onEdit(self) -> None:
         volume = self._selectedVolume()
         record = self.logic.state.record_for(volume) if volume is not None else None
-        if record is None or record.segmentation is None:
+        segmentation = self.logic.shown_segmentation(record) if record is not None else None
+        if segmentation is None:
             return
+        if record.is_sequence:  # the browser at the row's frame: its proxies are what the editor paints
+            self.logic.show(volume, self._selectedFrame())
         slicer.util.selectModule("SegmentEditor")
         editor = slicer.modules.segmenteditor.widgetRepresentation().self().editor
-        editor.setSegmentationNode(record.segmentation)
+        editor.setSegmentationNode(segmentation)
         editor.setSourceVolumeNode(record.volume)
 
     def onAccept(self) -> None:
         volume = self._selectedVolume()
         with showingErrors(_("Could not accept this segmentation.")):
-            self.logic.accept(volume)
+            self.logic.accept(volume, self._selectedFrame())
         self.updateFromState()
+
+    def onVolumeCurve(self) -> None:
+        volume = self._selectedVolume()
+        chart = self.logic.volume_curve(volume) if volume is not None else None
+        if chart is not None:
+            slicer.modules.plots.logic().ShowChartInLayout(chart)
+            self.ui.statusLabel.text = self.logic.volume_summary(volume)
 
     # --- models ---------------------------------------------------------------------------------
     def onSaveModel(self) -> None:
@@ -498,13 +554,20 @@ class PLCLSegmentationPanel:
         ui.removeAnnotatedButton.enabled = not busy and ui.annotatedTable.currentRow() >= 0
         selected = self._selectedAnnotated()
         selected_record = state.record_for(selected) if selected is not None else None
-        painted = not busy and selected_record is not None and selected_record.role == ANNOTATED
+        painted = not busy and selected_record is not None and selected_record.role == ANNOTATED \
+            and not selected_record.is_sequence  # a sequence's frames are annotated whole
         ui.annotatedSlicesComboBox.enabled = painted
         ui.markBackgroundButton.enabled = painted
         ui.paintViewButton.enabled = selected is not None or ui.annotatedVolumeSelector.currentNode() is not None
         ui.retrainButton.enabled = not busy and has_model
-        ui.acceptButton.enabled = not busy and record is not None and record.role == PREDICTED
-        ui.editButton.enabled = record is not None and record.segmentation is not None and is_owned(record.segmentation)
+        frame = self._selectedFrame()
+        role = record.frames[frame].role if record is not None and frame in record.frames else \
+            record.role if record is not None else None
+        ui.acceptButton.enabled = not busy and role == PREDICTED
+        shown = self.logic.shown_segmentation(record) if record is not None else None
+        ui.editButton.enabled = shown is not None and is_owned(shown)
+        ui.volumeCurveButton.enabled = record is not None and record.is_sequence \
+            and self.logic.volume_curve(record.volume) is not None
         ui.saveModelButton.enabled = not busy and has_model
         ui.loadModelButton.enabled = not busy
         ui.applyModelButton.enabled = not busy and has_model
