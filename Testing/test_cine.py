@@ -12,6 +12,7 @@ import SimpleITK as sitk
 from conftest import events, rotation, run_plcl, write_seq_nrrd
 
 from PLCLSegmentationLib.engine import cine, cli
+from PLCLSegmentationLib.engine.events import frame_name
 from PLCLSegmentationLib.engine.pipeline import TrainJob
 from PLCLSegmentationLib.engine.volume_curve import class_volumes_ml, curve_from_counts, curve_summary
 from PLCLSegmentationLib.engine.volumes import Grid, InputError
@@ -170,8 +171,8 @@ def test_a_vector_image_is_not_a_sequence(tmp_path):
 
 
 def test_frame_names_are_zero_padded_to_the_last_index():
-    assert cine.frame_name("a", 3, 5) == "a_t03"
-    assert cine.frame_name("a", 7, 120) == "a_t007"
+    assert frame_name("a", 3, 5) == "a_t03"
+    assert frame_name("a", 7, 120) == "a_t007"
 
 
 # --- the command line --------------------------------------------------------------------------------

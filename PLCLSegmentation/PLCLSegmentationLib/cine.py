@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from . import plots, scene_io, sequences
+from .engine.events import frame_name
 from .parameters import (
     ANNOTATED,
     EXCLUDED,
@@ -175,7 +176,7 @@ def annotated_rows(record: VolumeRecord) -> list[FrameRow]:
         except PLCLError as error:
             cells = [str(error), ""]
         how = "whole frame" if info.role == ANNOTATED else "accepted prediction, whole frame"
-        rows.append(FrameRow(frame, [sequences.frame_name(record.name, frame, count), *cells, how]))
+        rows.append(FrameRow(frame, [frame_name(record.name, frame, count), *cells, how]))
     return rows
 
 

@@ -24,7 +24,7 @@ from typing import Any, Callable
 
 from . import cine, dependencies, scene_io, sequences
 from .engine import slicing
-from .engine.events import STOP_FILE, SUMMARY_FILE
+from .engine.events import STOP_FILE, SUMMARY_FILE, frame_name
 from .jobs import PREDICT, TRAIN, Job, JobState
 from .parameters import (
     ANNOTATED,
@@ -483,7 +483,7 @@ class PLCLSegmentationLogic:
         for r in self.refresh():
             if r.is_sequence and r.frames and r.role != EXCLUDED:
                 count = sequences.frame_count(r.sequence)
-                rows += [ReviewRow(r, sequences.frame_name(r.name, i, count), f.role, f.score,
+                rows += [ReviewRow(r, frame_name(r.name, i, count), f.role, f.score,
                                    "whole frame" if f.is_training else "", frame=i)
                          for i, f in sorted(r.frames.items())]
             else:
@@ -563,7 +563,7 @@ class PLCLSegmentationLogic:
             return ""
         record = self.record(volume)
         count = sequences.frame_count(record.sequence)
-        return cine.summary_text(chart, [sequences.frame_name(record.name, i, count) for i in range(count)])
+        return cine.summary_text(chart, [frame_name(record.name, i, count) for i in range(count)])
 
     # --- models ---------------------------------------------------------------------------------
     def save_model(self, path: str | os.PathLike[str]) -> str:

@@ -102,12 +102,6 @@ def frame_count(sequence: Any) -> int:
     return int(sequence.GetNumberOfDataNodes())
 
 
-def frame_name(name: str, frame: int, count: int) -> str:
-    """The engine's name of frame ``frame`` of sequence ``name`` (engine contract): NAME_t05."""
-    width = max(2, len(str(max(0, count - 1))))
-    return f"{name}_t{frame:0{width}d}"
-
-
 def frame_volume(sequence: Any, frame: int) -> Any:
     node = sequence.GetNthDataNode(frame)
     if node is None:

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 import SimpleITK as sitk
 
+from .events import frame_name
 from .volumes import SPACING_RANGE_MM, Grid, InputError, Volume, _first_line, check_whole, volume_name
 
 #: NIfTI ``xyzt_units`` time codes (bits 3-5).
@@ -69,12 +70,6 @@ class Sequence:
         """The same sequence without its voxels (name, grid, frame count and time kept)."""
         return Sequence(self.name, self.path, self.grid, np.empty((self.frame_count, 0, 0, 0), np.uint8),
                         self.time_step, self.time_unit)
-
-
-def frame_name(name: str, index: int, count: int) -> str:
-    """NAME_t<index>, zero-padded to the width of the last index, at least 2 digits."""
-    width = max(2, len(str(max(0, count - 1))))
-    return f"{name}_t{index:0{width}d}"
 
 
 def _is_nrrd(path: str) -> bool:
