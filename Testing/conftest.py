@@ -67,3 +67,37 @@ def run_plcl(*args: str, timeout: float = 600, env: dict | None = None) -> subpr
 
 def events(stdout: str) -> list[dict]:
     return [json.loads(line) for line in stdout.splitlines() if line.strip()]
+
+
+def write_seq_nrrd(path, frames_tkji: np.ndarray, ijk_to_lps: np.ndarray, times=None, unit: str = "ms",
+                   list_first: bool = False, time_direction=None) -> None:
+    """A 4D NRRD as Slicer's Sequences module writes a volume sequence (list axis last, gzip; with
+    ``list_first`` as older writers did). ``time_direction``: a space direction for the list axis
+    instead of ``none`` (frames that move in space)."""
+    import gzip
+
+    count = frames_tkji.shape[0]
+    times = list(range(count)) if times is None else list(times)
+    vectors = ["(" + ",".join(repr(float(v)) for v in ijk_to_lps[:3, a]) + ")" for a in range(3)]
+    list_vector = "none" if time_direction is None else "(" + ",".join(repr(float(v)) for v in time_direction) + ")"
+    list_kind = "list" if time_direction is None else "domain"
+    axis = 0 if list_first else 3
+    sizes = list(frames_tkji.shape[:0:-1])
+    if list_first:
+        data = np.ascontiguousarray(np.moveaxis(frames_tkji, 0, -1))  # frames fastest
+        sizes, vectors, kinds = [count] + sizes, [list_vector] + vectors, [list_kind] + ["domain"] * 3
+        labels, units = '"time" "" "" ""', f'"{unit}" "" "" ""'
+    else:
+        data = np.ascontiguousarray(frames_tkji)
+        sizes, vectors, kinds = sizes + [count], vectors + [list_vector], ["domain"] * 3 + [list_kind]
+        labels, units = '"" "" "" "time"', f'"" "" "" "{unit}"'
+    types = {np.dtype(np.int16): "short", np.dtype(np.uint8): "unsigned char", np.dtype(np.float32): "float"}
+    header = "\n".join([
+        "NRRD0004", f"type: {types[data.dtype]}", "dimension: 4", "space: left-posterior-superior",
+        "sizes: " + " ".join(map(str, sizes)), "space directions: " + " ".join(vectors), "kinds: " + " ".join(kinds),
+        f"labels: {labels}", f"units: {units}", "endian: little", "encoding: gzip",
+        "space origin: (" + ",".join(repr(float(v)) for v in ijk_to_lps[:3, 3]) + ")",
+        "DataNodeClassName:=vtkMRMLScalarVolumeNode", f"axis {axis} index type:=numeric",
+        f"axis {axis} index values:=" + " ".join(f"{t:g}" for t in times)]) + "\n\n"
+    with open(path, "wb") as f:
+        f.write(header.encode() + gzip.compress(data.astype(data.dtype.newbyteorder("<")).tobytes()))

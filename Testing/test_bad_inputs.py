@@ -26,7 +26,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
-from conftest import REPO, make_image, phantom
+from conftest import REPO, make_image, phantom, write_seq_nrrd
 
 from PLCLSegmentationLib.engine.cli import main
 from PLCLSegmentationLib.engine.modelfile import ModelInfo, save_model
@@ -144,6 +144,28 @@ class Settings:
 
 def pickled_object_model(d: Path) -> None:
     torch.save({"format": "plcl-segmentation-model", "info": Settings()}, d / "objects.pt")
+
+
+def cine(d: Path, name: str = "cine.nii.gz", frames: int = 2) -> None:
+    """A 4D NIfTI of ``frames`` frames on the grid of img.nii.gz (lbl.nii.gz annotates any of them)."""
+    image = sitk.GetImageFromArray(np.stack([phantom()[0]] * frames), isVector=False)
+    grid = make_image(phantom()[0])
+    direction = np.eye(4)
+    direction[:3, :3] = np.reshape(grid.GetDirection(), (3, 3))
+    image.SetSpacing((*grid.GetSpacing(), 0.04))
+    image.SetOrigin((*grid.GetOrigin(), 0.0))
+    image.SetDirection(tuple(direction.ravel()))
+    sitk.WriteImage(image, str(d / name))
+
+
+def seq_nrrd(d: Path, name: str, **kwargs) -> None:
+    from PLCLSegmentationLib.engine.volumes import Grid
+
+    write_seq_nrrd(d / name, np.stack([phantom()[0]] * 3), Grid.of(make_image(phantom()[0])).ijk_to_lps(), **kwargs)
+
+
+def labeled_frame(d: Path, frame: str, image: str = "cine.nii.gz") -> list[str]:
+    return ["train", "--labeled-frame", str(d / image), frame, str(d / "lbl.nii.gz"), "--out", str(d / "out"), *TINY]
 
 
 def earlier_run(d: Path) -> None:
@@ -334,9 +356,32 @@ CASES = [
          ("empty.nii.gz", "no foreground"), lambda d: write_volume(d, "empty.nii.gz", np.zeros_like(phantom()[1]))),
     Case("2d_image", "held", lambda d: train(d, "flat.nrrd"), 1, ("flat.nrrd", "2D image"),
          lambda d: sitk.WriteImage(sitk.GetImageFromArray(np.zeros((20, 20), np.int16)), str(d / "flat.nrrd"))),
-    Case("4d_image", "held", lambda d: train(d, "cine.nii.gz"), 1, ("cine.nii.gz", "4D"),
+    # cine (issue 13): 4D images
+    Case("4d_image_to_labeled", "cine", lambda d: train(d, "cine.nii.gz"), 1,
+         ("cine.nii.gz", "4D image (2 frames)", "--labeled-frame"),
          lambda d: sitk.WriteImage(sitk.GetImageFromArray(np.zeros((2, 3, 8, 8), np.int16), isVector=False),
                                    str(d / "cine.nii.gz"))),
+    Case("labeled_frame_out_of_range", "cine", lambda d: labeled_frame(d, "7"), 1,
+         ("cine.nii.gz", "no frame 7", "2 frames"), cine),
+    Case("labeled_frame_not_an_index", "cine", lambda d: labeled_frame(d, "first"), 2, ("FRAME 'first'",), cine),
+    Case("labeled_frame_of_a_3d_image", "cine", lambda d: labeled_frame(d, "0", "img.nii.gz"), 1,
+         ("img.nii.gz", "not a 4D image")),
+    Case("labeled_frame_twice", "cine", lambda d: labeled_frame(d, "1") + ["--labeled-frame", str(d / "cine.nii.gz"),
+                                                                           "1", str(d / "lbl.nii.gz")], 1,
+         ("cine.nii.gz", "frame 1 is given twice"), cine),
+    Case("labeled_frame_label_on_another_grid", "cine", lambda d: ["train", "--labeled-frame", str(d / "cine.nii.gz"),
+                                                                   "0", str(d / "moved.nii.gz"), "--out",
+                                                                   str(d / "out"), *TINY], 1,
+         ("moved.nii.gz", "not on the grid of image"),
+         lambda d: (cine(d), write_volume(d, "moved.nii.gz", phantom()[1], origin=(0.0, 0.0, 0.0)))),
+    Case("non_uniform_time_axis_predict", "cine", lambda d: predict(d, "uneven.seq.nrrd"), 1,
+         ("uneven.seq.nrrd", "time axis is not uniform"), lambda d: seq_nrrd(d, "uneven.seq.nrrd", times=[0, 30, 90])),
+    Case("non_uniform_time_axis_unlabeled", "cine", lambda d: train(d)[:4] + ["--unlabeled", str(d / "uneven.seq.nrrd"),
+                                                                             *train(d)[6:]], 1,
+         ("uneven.seq.nrrd", "time axis is not uniform"), lambda d: seq_nrrd(d, "uneven.seq.nrrd", times=[0, 30, 90])),
+    Case("frames_moving_in_space_predict", "cine", lambda d: predict(d, "moving.nrrd"), 1,
+         ("moving.nrrd", "frames do not share one grid"),
+         lambda d: seq_nrrd(d, "moving.nrrd", time_direction=(0.0, 0.0, 4.0))),
     Case("rgb_image", "held", lambda d: predict(d, "rgb.nrrd"), 1, ("rgb.nrrd", "components per voxel"),
          lambda d: sitk.WriteImage(sitk.GetImageFromArray(np.zeros((4, 8, 8, 3), np.uint8), isVector=True),
                                    str(d / "rgb.nrrd"))),
@@ -419,7 +464,7 @@ def test_bad_input(case: Case, base: Path, tmp_path: Path, capsys, monkeypatch):
 
 def test_every_point_of_issue_11_that_a_table_can_show_has_cases():
     points = {c.point for c in CASES}
-    assert {"1", "2", "3", "4", "5", "6", "7", "9", "10", "held"} <= points
+    assert {"1", "2", "3", "4", "5", "6", "7", "9", "10", "held", "cine"} <= points
     assert len({c.id for c in CASES}) == len(CASES)
 
 

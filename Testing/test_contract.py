@@ -67,3 +67,15 @@ def test_predict_stops_on_the_stop_file(tmp_path, acdc):
                       "--events", "jsonl", acdc_case("patient004_frame01")[0])
     assert result.returncode == 130, result.stderr
     assert '"event": "cancelled"' in result.stdout and not list(out.glob("predictions/*.seg.nrrd"))
+
+
+def test_every_output_event_kind_the_engine_emits_is_documented():
+    import re
+
+    from PLCLSegmentationLib.engine import events
+
+    engine = REPO / "PLCLSegmentation" / "PLCLSegmentationLib" / "engine"
+    emitted = {kind for path in engine.glob("*.py") for kind in re.findall(r'kind="([a-z_]+)"', path.read_text())}
+    assert emitted == set(events.OUTPUT_EVENT_KINDS)
+    for kind in events.OUTPUT_EVENT_KINDS:
+        assert kind in events.__doc__

@@ -42,10 +42,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="which slices of an annotated volume are annotated: all (default: unlabelled "
                        "slices teach background), labelled (only slices holding a label), or file slice "
                        "indices along the slicing axis, 0-based, e.g. 3,8-10; the others are trained on "
-                       "as unannotated. Once for every annotated volume, or once per --labeled pair then "
-                       "--labeled-cases case, in order")
+                       "as unannotated. Once for every annotated volume, or once per --labeled pair, then "
+                       "--labeled-frame triple, then --labeled-cases case, in order")
     train.add_argument("--unlabeled", nargs="+", action="extend", default=[], metavar="IMAGE",
-                       help="unannotated volumes: used for training and segmented at the end")
+                       help="unannotated volumes (a 4D image: every frame): used for training and segmented at the end")
     train.add_argument("--data", metavar="DIR", help="a dataset folder (dataset.json, images/, labels/)")
     train.add_argument("--labeled-cases", metavar="A,B", help="with --data: the annotated cases")
     train.add_argument("--unlabeled-split", metavar="SPLIT", help="with --data: unannotated cases from this split "
@@ -120,9 +120,8 @@ def make_train_job(args: argparse.Namespace):
         if args.device:
             job.config = dataclasses.replace(job.config, device=args.device).validated()
         return job
-    if args.labeled_frame:
-        raise ConfigError("--labeled-frame: 4D images are not supported yet")
     labeled = [tuple(p) for p in args.labeled]
+    frames = [(image, frame_index(frame), label) for image, frame, label in args.labeled_frame]
     unlabeled = list(args.unlabeled)
     names = None
     if args.data:
@@ -139,14 +138,32 @@ def make_train_job(args: argparse.Namespace):
             unlabeled = unlabeled[: args.n_unlabeled]
     elif args.labeled_cases or args.unlabeled_split or args.unlabeled_cases:
         raise ConfigError("--labeled-cases, --unlabeled-split and --unlabeled-cases need --data DIR")
-    if not labeled:
-        raise ConfigError("give at least one annotated volume: --labeled IMAGE LABEL, or --data DIR --labeled-cases A")
+    if not labeled and not frames:
+        raise ConfigError("give at least one annotated volume: --labeled IMAGE LABEL, --labeled-frame IMAGE FRAME "
+                          "LABEL, or --data DIR --labeled-cases A")
     if not args.out:
         raise ConfigError("--out DIR is required")
-    specs = annotated_slice_specs(args.annotated_slices, len(labeled))
+    # Given in the order --labeled pairs, --labeled-frame triples, --labeled-cases cases; the job
+    # keeps its annotated volumes as labeled (pairs, then cases), then labeled_frames.
+    pairs = len(args.labeled)
+    given = annotated_slice_specs(args.annotated_slices, len(labeled) + len(frames))
+    specs = given[:pairs] + given[pairs + len(frames):] + given[pairs:pairs + len(frames)]
     sparse = any(spec != slicing.ALL for spec in specs)  # unannotated slices: pseudo-label rounds
-    return TrainJob(labeled, unlabeled, args.out, train_config(args, bool(unlabeled) or sparse), names,
-                    args.init_model, specs).absolute()
+    # The other frames of an annotated 4D image are unannotated volumes.
+    has_unlabeled = bool(unlabeled) or bool(frames) or sparse
+    return TrainJob(labeled, unlabeled, args.out, train_config(args, has_unlabeled), names,
+                    args.init_model, specs, frames).absolute()
+
+
+def frame_index(text: str) -> int:
+    """FRAME of --labeled-frame: a 0-based index (checked against the image when it is read)."""
+    try:
+        index = int(text)
+    except ValueError:
+        index = -1
+    if index < 0:
+        raise ConfigError(f"--labeled-frame: FRAME '{text}' must be a frame index, 0 or more")
+    return index
 
 
 def annotated_slice_specs(values: list[str], count: int) -> list[str]:
@@ -154,7 +171,8 @@ def annotated_slice_specs(values: list[str], count: int) -> list[str]:
     indices are checked against each image when it is read)."""
     if len(values) > 1 and len(values) != count:
         raise ConfigError(f"{len(values)} --annotated-slices values for {count} annotated volumes; give one "
-                          "for all of them or one per volume (--labeled pairs first, then --labeled-cases)")
+                          "for all of them or one per volume (--labeled pairs first, then --labeled-frame "
+                          "triples, then --labeled-cases)")
     specs = values * count if len(values) == 1 else list(values) or [slicing.ALL] * count
     try:
         return [slicing.spec_text(slicing.parse_spec(spec)) for spec in specs]
@@ -191,7 +209,7 @@ def check_train_arguments(args: argparse.Namespace) -> None:
         raise ConfigError("give --iterations or --minutes, not both")
     if args.n_unlabeled is not None and args.n_unlabeled < 0:
         raise ConfigError(f"--n-unlabeled {args.n_unlabeled}: must be 0 or more")
-    if args.resume and (args.labeled or args.unlabeled or args.data or args.init_model or args.set
+    if args.resume and (args.labeled or args.labeled_frame or args.unlabeled or args.data or args.init_model or args.set
                         or args.iterations is not None or args.minutes is not None or args.budget):
         raise ConfigError("--resume DIR continues a run as it was started; give it alone (with --device, --events)")
 

@@ -80,3 +80,33 @@ def overlay_grid(rows: Sequence[Sequence[Panel]], classes: Sequence[ClassInfo], 
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def volume_curves(curve: dict[str, list[float]], colors: dict[str, tuple[float, float, float]], path: str | Path,
+                  time_step: float | None = None, time_unit: str | None = None, title: str | None = None) -> Path:
+    """Save each class's volume (ml) over the frames of a sequence as a PNG (written atomically)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from .volumes import atomic_path
+
+    frames = max((len(v) for v in curve.values()), default=0)
+    x = np.arange(frames) * (time_step or 1.0)
+    fig, ax = plt.subplots(figsize=(6.0, 3.4))
+    for name, values in curve.items():
+        ax.plot(x[: len(values)], values, marker="o", markersize=3, label=name, color=colors.get(name))
+    ax.set_xlabel(f"time ({time_unit})" if time_step and time_unit else "time" if time_step else "frame")
+    ax.set_ylabel("volume (ml)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, frameon=False)
+    if title:
+        ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=100, format="png")
+    plt.close(fig)
+    return path

@@ -17,7 +17,7 @@ from .volumes import InputError, check_writable_folder
 LOCK_NAME = ".plcl.lock"
 #: Files of OUT a run writes (and reads on --resume); sub-folders are listed in OUTPUT_FOLDERS.
 OWN_FILES = ("model.pt", "checkpoint.pt", "job.json", "training.json", "summary.json", "metrics.json")
-OUTPUT_FOLDERS = ("predictions", "uncertainty", "snapshots")
+OUTPUT_FOLDERS = ("predictions", "uncertainty", "snapshots", "sequences")
 
 
 def check_inputs_outside_outputs(out: Path, inputs: Sequence[str]) -> None:

@@ -8,6 +8,8 @@ Output folder layout::
     OUT/training.json               loss history and timings
     OUT/predictions/<name>.seg.nrrd segmentation of each unannotated volume, on its grid
     OUT/uncertainty/<name>.nrrd     normalised predictive entropy per voxel, on its grid
+    OUT/sequences/<name>.seq.nrrd   a 4D input's segmentation, all frames, as a label map sequence
+    OUT/sequences/<name>.curve.png  its volume curves (sequence_outputs.py)
     OUT/summary.json                classes, outputs and uncertainty scores (least certain first)
     OUT/.plcl.lock                  held while a run writes here (see outfolder.py)
 
@@ -32,12 +34,14 @@ import torch
 
 from .. import __version__
 from . import slicing
+from .cine import Sequence, is_sequence, read_sequence
 from .config import ConfigError, TrainConfig
 from .events import OUTPUT_KINDS, SUMMARY_FILE, EventSink
 from .modelfile import ModelInfo, build_model, read_model, save_model
 from .outfolder import check_output_folder, hold_output_folder
 from .predict import keep_largest_components, map_to_volume, predict_slices
 from .preprocess import InPlaneFrame, PreparedVolume, in_plane_frame, prepare_volume, slice_layout, stack_mask
+from .sequence_outputs import SEQUENCES_FOLDER, LabelSequenceWriter, sequence_entry
 from .train import Checkpoint, Trainer, autocast_dtype, precision_name, resolve_device
 from .volumes import (
     ClassInfo,
@@ -47,6 +51,7 @@ from .volumes import (
     check_annotation,
     read_annotation,
     read_volume,
+    volume_name,
     write_image,
     write_segmentation,
 )
@@ -66,14 +71,21 @@ class TrainJob:
     config: TrainConfig
     class_names: dict[int, str] | None = None  # from a dataset.json
     init_model: str | None = None
-    #: One ``--annotated-slices`` value per annotated pair (slicing.py): all, labelled or indices.
+    #: One ``--annotated-slices`` value per annotated volume (slicing.py): all, labelled or indices;
+    #: in the job's order of annotated volumes: ``labeled`` pairs, then ``labeled_frames``.
     annotated_slices: list[str] = field(default_factory=list)
+    #: Annotated frames of 4D images (IMAGE, FRAME, LABEL): ``--labeled-frame``.
+    labeled_frames: list[tuple[str, int, str]] = field(default_factory=list)
+
+    def annotated_count(self) -> int:
+        return len(self.labeled) + len(self.labeled_frames)
 
     def slice_specs(self) -> list[str]:
-        return list(self.annotated_slices) or [slicing.ALL] * len(self.labeled)
+        return list(self.annotated_slices) or [slicing.ALL] * self.annotated_count()
 
     def to_dict(self) -> dict[str, Any]:
         return {"labeled": [list(p) for p in self.labeled], "unlabeled": self.unlabeled, "out": self.out,
+                "labeled_frames": [[image, int(frame), label] for image, frame, label in self.labeled_frames],
                 "config": self.config.to_dict(), "init_model": self.init_model,
                 "annotated_slices": self.slice_specs(),
                 "class_names": None if self.class_names is None else {str(k): v for k, v in self.class_names.items()}}
@@ -81,9 +93,16 @@ class TrainJob:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrainJob:
         names = d.get("class_names")
+        frames = [(str(image), int(frame), str(label)) for image, frame, label in d.get("labeled_frames") or []]
         return cls([tuple(p) for p in d["labeled"]], list(d["unlabeled"]), d["out"],
                    TrainConfig.from_dict(d["config"]), None if names is None else {int(k): v for k, v in names.items()},
-                   d.get("init_model"), list(d.get("annotated_slices") or []))
+                   d.get("init_model"), list(d.get("annotated_slices") or []), frames)
+
+    def inputs(self) -> list[str]:
+        """Every file the job reads."""
+        return ([p for pair in self.labeled for p in pair] + [p for image, _, label in self.labeled_frames
+                                                              for p in (image, label)]
+                + self.unlabeled + ([self.init_model] if self.init_model else []))
 
     def absolute(self) -> TrainJob:
         """Every path absolute, so job.json (and --resume) work from any working folder."""
@@ -91,6 +110,7 @@ class TrainJob:
             return os.path.abspath(path)
 
         return dataclasses.replace(self, labeled=[(full(a), full(b)) for a, b in self.labeled],
+                                   labeled_frames=[(full(a), f, full(b)) for a, f, b in self.labeled_frames],
                                    unlabeled=[full(p) for p in self.unlabeled], out=full(self.out),
                                    init_model=full(self.init_model) if self.init_model else None)
 
@@ -117,6 +137,8 @@ class TrainingInputs:
     initial_model: tuple[ModelInfo, dict[str, torch.Tensor]] | None = None  # --init-model, read once
     #: Per annotated volume, its annotated slices as file indices along the slicing axis; None: all.
     annotated_slices: list[list[int] | None] = field(default_factory=list)
+    #: The 4D inputs (without their voxels: each frame is a volume above) and their annotated frames.
+    sequences: list[tuple[Sequence, list[int]]] = field(default_factory=list)
 
 
 # --- reading and checking ---------------------------------------------------------------------
@@ -184,7 +206,7 @@ def _default_color(value: int) -> tuple[float, float, float]:
 
 def read_training_inputs(job: TrainJob) -> TrainingInputs:
     """Read and check every input before anything is written."""
-    if not job.labeled:
+    if not job.annotated_count():
         raise InputError(None, "no annotated volume given (--labeled IMAGE LABEL)")
     fixed: list[ClassInfo] | None = None
     initial_model = read_model(job.init_model) if job.init_model else None
@@ -193,21 +215,38 @@ def read_training_inputs(job: TrainJob) -> TrainingInputs:
     elif job.class_names:
         fixed = [ClassInfo(v, n, _default_color(v)) for v, n in sorted(job.class_names.items()) if v > 0]
     specs = job.slice_specs()
-    if len(specs) != len(job.labeled):
-        raise ConfigError(f"{len(specs)} --annotated-slices values for {len(job.labeled)} annotated volumes; "
+    if len(specs) != job.annotated_count():
+        raise ConfigError(f"{len(specs)} --annotated-slices values for {job.annotated_count()} annotated volumes; "
                           "give one for all or one per annotated volume")
+    sequences, annotated_frames = _annotated_sequences(job)
+    sources = [(_read_3d(image_path, "--labeled"), label_path) for image_path, label_path in job.labeled]
+    sources += [(sequences[os.path.abspath(image)].frame(frame), label) for image, frame, label in job.labeled_frames]
     volumes, raw, chosen = [], [], []
-    for (image_path, label_path), spec in zip(job.labeled, specs):
-        volume = read_volume(image_path)
+    for (volume, label_path), spec in zip(sources, specs):
         labels, segments = read_annotation(label_path, volume)
         chosen.append(_annotated_slices(volume, label_path, labels, spec))
         volumes.append(volume)
         raw.append((label_path, labels, segments))
     classes, indexed = resolve_classes(raw, fixed)
-    unannotated = [read_volume(p) for p in job.unlabeled]
+    unannotated: list[Volume] = []
+    for path in job.unlabeled:
+        key = os.path.abspath(path)
+        if key in sequences:  # also given with --labeled-frame: its other frames are unannotated below
+            continue
+        if is_sequence(path):
+            sequences[key] = read_sequence(path)
+            annotated_frames[key] = []
+            unannotated += list(sequences[key].frames())
+        else:
+            unannotated.append(read_volume(path))
+    for key, frames in annotated_frames.items():
+        if frames:
+            unannotated += [sequences[key].frame(i) for i in range(sequences[key].frame_count) if i not in frames]
     _check_unique_names(volumes + unannotated)
     inputs = TrainingInputs(classes, list(zip(volumes, indexed)), unannotated, initial_model=initial_model,
-                            annotated_slices=chosen)
+                            annotated_slices=chosen,
+                            sequences=[(sequences[key].header_only(), sorted(frames))
+                                       for key, frames in annotated_frames.items()])
     present = set().union(*(set(np.unique(_slices_of(lbl, volume, rows)).tolist())
                             for (volume, lbl), rows in zip(inputs.annotated, chosen)))
     for index, c in enumerate(classes, start=1):
@@ -223,6 +262,33 @@ def read_training_inputs(job: TrainJob) -> TrainingInputs:
         inputs.warnings.append("no unannotated volume: training supervised only (no pseudo-labels, no "
                                "contrastive loss)")
     return inputs
+
+
+def _read_3d(path: str, option: str) -> Volume:
+    """A 3D volume; a 4D file is refused with the option that takes its frames."""
+    if is_sequence(path):
+        raise InputError(path, f"is a 4D image ({read_sequence(path).frame_count} frames); {option} takes a 3D "
+                               "volume: give an annotated frame with --labeled-frame IMAGE FRAME LABEL")
+    return read_volume(path)
+
+
+def _annotated_sequences(job: TrainJob) -> tuple[dict[str, Sequence], dict[str, list[int]]]:
+    """The 4D images of ``--labeled-frame`` (by absolute path) and their annotated frames, checked."""
+    sequences: dict[str, Sequence] = {}
+    frames: dict[str, list[int]] = {}
+    for image, frame, _ in job.labeled_frames:
+        key = os.path.abspath(image)
+        if key not in sequences:
+            if os.path.isfile(image) and not is_sequence(image):
+                raise InputError(image, "is not a 4D image; --labeled-frame takes a frame of a 4D (cine) image "
+                                        "(a 3D volume goes with --labeled IMAGE LABEL)")
+            sequences[key] = read_sequence(image)
+            frames[key] = []
+        sequences[key].check_frame(frame)
+        if frame in frames[key]:
+            raise InputError(image, f"frame {frame} is given twice with --labeled-frame; annotate each frame once")
+        frames[key].append(frame)
+    return sequences, frames
 
 
 #: Slices are resampled to the target pixel size; outside these sizes (pixels per side) the
@@ -296,7 +362,7 @@ def run_training(job: TrainJob, sink: EventSink, cancel: threading.Event | None 
     device = resolve_device(config.device)
     inputs = read_training_inputs(job)
     out = Path(job.out)
-    read = [p for pair in job.labeled for p in pair] + job.unlabeled + ([job.init_model] if job.init_model else [])
+    read = job.inputs()
     check_output_folder(out, read, resume)
     spacing = target_spacing(config, [v for v, _ in inputs.annotated])
     initial_info, initial = inputs.initial_model or (None, None)
@@ -375,10 +441,17 @@ def _train(job: TrainJob, inputs: TrainingInputs, sink: EventSink, cancel: threa
         "slices": trainer.slices_seen, "slices_per_s": trainer.slices_seen / max(train_seconds, 1e-9),
         "seconds_per_iteration": train_seconds / max(1, iterations_run), "losses": trainer.loss_history})
 
-    entries = write_predictions(model, info, unannotated, len(unannotated), out, sink, cancel, device)
+    # Every frame of a 4D input is segmented, its annotated frames too: a curve from predictions alone.
+    frame_names = {n for sequence, _ in inputs.sequences for n in sequence.frame_names()}
+    by_name = {p.volume.name: p for p in annotated + unannotated}
+    to_predict = [p for p in unannotated if p.volume.name not in frame_names]
+    to_predict += [by_name[n] for sequence, _ in inputs.sequences for n in sequence.frame_names()]
+    entries, sequences = write_predictions(model, info, to_predict, len(to_predict), out, sink, cancel, device,
+                                           inputs.sequences)
     summary = _summary("train", out, info, entries, sink, extra={"train_seconds": round(train_seconds, 2),
                                                            "iterations": trainer.iteration,
-                                                           "annotated_slices": slice_record})
+                                                           "annotated_slices": slice_record,
+                                                           "sequences": sequences})
     sink.emit("done", out=str(out), elapsed_s=round(time.monotonic() - started, 2))
     return summary
 
@@ -414,19 +487,29 @@ def _prepare(volume: Volume, spacing: float, config: TrainConfig, sink: EventSin
 
 
 def write_predictions(model: torch.nn.Module, info: ModelInfo, volumes: Iterable[PreparedVolume], count: int,
-                      out: Path, sink: EventSink, cancel: threading.Event,
-                      device: torch.device) -> list[dict[str, Any]]:
-    """Predict each volume and write its segmentation and uncertainty map; returns summary entries.
+                      out: Path, sink: EventSink, cancel: threading.Event, device: torch.device,
+                      sequences: list[tuple[Sequence, list[int]]] | None = None
+                      ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Predict each volume and write its segmentation and uncertainty map; returns the summary's
+    ``volumes`` and ``sequences`` entries.
 
     ``volumes`` may be a generator: each volume is then read, predicted, written and dropped before
-    the next is read, so memory does not grow with the number of volumes.
+    the next is read, so memory does not grow with the number of volumes. The frames of each of
+    ``sequences`` (4D inputs, with their annotated frames) come among them, in frame order.
     """
     from .train import Cancelled
 
+    sequences = sequences or []
     if not count:
-        return []
+        return [], []
     (out / "predictions").mkdir(parents=True, exist_ok=True)
     (out / "uncertainty").mkdir(parents=True, exist_ok=True)
+    if sequences:
+        (out / SEQUENCES_FOLDER).mkdir(exist_ok=True)
+    frame_of = {name: (sequence, index) for sequence, _ in sequences
+                for index, name in enumerate(sequence.frame_names())}
+    writers: dict[str, LabelSequenceWriter] = {}
+    written: dict[str, Path] = {}
     sink.emit("stage", stage="predict", round=0, total=count)
     model.to(memory_format=torch.channels_last)  # faster convolutions on CPUs and tensor cores
     entries = []
@@ -436,15 +519,26 @@ def write_predictions(model: torch.nn.Module, info: ModelInfo, volumes: Iterable
         if cancel.is_set():
             raise Cancelled(None)
         prepared = next(iterator)
-        entries.append(_predict_one(model, info, prepared, values, out, sink, device))
+        entry, labels = _predict_one(model, info, prepared, values, out, sink, device)
         del prepared  # before the next volume is read
+        if entry["name"] in frame_of:
+            sequence, frame = frame_of[entry["name"]]
+            entry.update(sequence=sequence.name, frame=frame)
+            writer = writers.setdefault(sequence.name, LabelSequenceWriter(
+                out / SEQUENCES_FOLDER / f"{sequence.name}.seq.nrrd", sequence))
+            if writer.add(frame, labels):
+                written[sequence.name] = writer.path
+                sink.emit("output", kind="sequence", path=str(writer.path), name=sequence.name)
+        entries.append(entry)
         sink.emit("progress", stage="predict", iteration=index + 1, total=count, losses={},
                   elapsed_s=0.0, eta_s=0.0, slices_per_s=0.0)
-    return entries
+    by_name = {e["name"]: e for e in entries}
+    return entries, [sequence_entry(sequence, annotated, by_name, info.classes, written.get(sequence.name), out, sink)
+                     for sequence, annotated in sequences]
 
 
 def _predict_one(model: torch.nn.Module, info: ModelInfo, prepared: PreparedVolume, values: np.ndarray, out: Path,
-                 sink: EventSink, device: torch.device) -> dict[str, Any]:
+                 sink: EventSink, device: torch.device) -> tuple[dict[str, Any], np.ndarray]:
     started = time.monotonic()
     probs = predict_slices(model, prepared.images, info.num_classes, info.inference_tile,
                            info.inference_overlap, 2 ** (info.levels - 1), device, channels_last=True,
@@ -457,15 +551,17 @@ def _predict_one(model: torch.nn.Module, info: ModelInfo, prepared: PreparedVolu
     volume = prepared.volume
     seg_path = out / "predictions" / f"{volume.name}.seg.nrrd"
     unc_path = out / "uncertainty" / f"{volume.name}.nrrd"
-    write_segmentation(seg_path, values[labels], volume.grid, info.classes)
+    labels_written = values[labels]
+    write_segmentation(seg_path, labels_written, volume.grid, info.classes)
     sink.emit("output", kind="prediction", path=str(seg_path), name=volume.name)
     # Two decimals are plenty for review and make the map compress several times smaller.
     write_image(unc_path, np.round(result.uncertainty, 2), volume.grid)
     sink.emit("output", kind="uncertainty", path=str(unc_path), name=volume.name)
+    counts = np.bincount(labels.ravel(), minlength=info.num_classes)
     return {"name": volume.name, "image": volume.path, "segmentation": str(seg_path),
             "uncertainty": str(unc_path), "uncertainty_score": round(result.score, 5),
-            "voxels": {c.name: int((labels == i).sum()) for i, c in enumerate(info.classes, 1)},
-            "seconds": round(time.monotonic() - started, 3)}
+            "voxels": {c.name: int(counts[i]) for i, c in enumerate(info.classes, 1)},
+            "seconds": round(time.monotonic() - started, 3)}, labels_written
 
 
 def run_prediction(model_path: str, images: list[str], out: str, device_name: str, sink: EventSink,
@@ -475,8 +571,15 @@ def run_prediction(model_path: str, images: list[str], out: str, device_name: st
     device = resolve_device(device_name)
     info, state = read_model(model_path)  # a damaged or malformed model file: an error before any image is read
     # Every image is read and checked first (one at a time, nothing kept but its name and grid) ...
-    checked = []
+    checked: list[Volume] = []
+    sequences: list[tuple[Sequence, list[int]]] = []
     for path in images:
+        if is_sequence(path):  # a 4D image: each frame is a volume
+            sequence = read_sequence(path).header_only()
+            sequences.append((sequence, []))
+            checked += [Volume(name, path, np.empty((0, 0, 0), np.float32), sequence.grid)
+                        for name in sequence.frame_names()]
+            continue
         volume = read_volume(path)
         volume.array = np.empty((0, 0, 0), np.float32)
         checked.append(volume)
@@ -490,10 +593,10 @@ def run_prediction(model_path: str, images: list[str], out: str, device_name: st
                   precision=precision_name(autocast_dtype("auto", device)), out=str(out_path))
         model = build_model(model_path, info, state, device)
         # ... then read, predicted and written one at a time: memory stays flat for any number of images.
-        entries = write_predictions(model, info, _prepared_one_by_one(images, info, sink), len(images), out_path,
-                                    sink, cancel, device)
+        entries, sequence_entries = write_predictions(model, info, _prepared_one_by_one(images, info, sink),
+                                                      len(checked), out_path, sink, cancel, device, sequences)
         summary = _summary("predict", out_path, info, entries, sink,
-                           extra={"model": str(Path(model_path).resolve())})
+                           extra={"model": str(Path(model_path).resolve()), "sequences": sequence_entries})
         sink.emit("done", out=str(out_path), elapsed_s=round(time.monotonic() - started, 2))
     return summary
 
@@ -501,13 +604,15 @@ def run_prediction(model_path: str, images: list[str], out: str, device_name: st
 def _prepared_one_by_one(images: list[str], info: ModelInfo, sink: EventSink) -> Iterator[PreparedVolume]:
     percentiles = tuple(info.intensity_percentiles)
     for path in images:
-        volume = read_volume(path)
-        prepared, has_contrast = prepare_volume(volume, info.target_spacing_mm, percentiles,
-                                                reference=info.in_plane_reference)
-        del volume
-        if not has_contrast:
-            sink.emit("warning", message=f"{path}: all voxels have the same intensity")
-        yield prepared
+        frames = read_sequence(path).frames() if is_sequence(path) else iter([read_volume(path)])
+        for volume in frames:  # a 4D image's voxels are read once, its frames made one at a time
+            prepared, has_contrast = prepare_volume(volume, info.target_spacing_mm, percentiles,
+                                                    reference=info.in_plane_reference)
+            if not has_contrast:
+                where = path if volume.name == volume_name(path) else f"{path} ({volume.name})"
+                sink.emit("warning", message=f"{where}: all voxels have the same intensity")
+            del volume
+            yield prepared
 
 
 def _summary(command: str, out: Path, info: ModelInfo, entries: list[dict[str, Any]], sink: EventSink,

@@ -25,7 +25,8 @@ import SimpleITK as sitk
 
 from .integrity import DamagedFile, check_file_is_whole
 
-_EXTENSIONS = (".seg.nrrd", ".nii.gz", ".nrrd", ".nii", ".mha", ".mhd", ".nhdr", ".vtk", ".hdr", ".img")
+_EXTENSIONS = (".seg.nrrd", ".seq.nrrd", ".seq.nhdr", ".nii.gz", ".nrrd", ".nii", ".mha", ".mhd", ".nhdr", ".vtk",
+               ".hdr", ".img")
 
 #: Colours of Slicer's default segment palette, used where an annotation carries none.
 DEFAULT_COLORS: tuple[tuple[float, float, float], ...] = (
@@ -138,7 +139,8 @@ class Annotation:
 
 
 def volume_name(path: str | os.PathLike[str]) -> str:
-    """The file name without its (possibly double) extension: ``a/b/case01.nii.gz`` -> ``case01``."""
+    """The file name without its (possibly double) extension: ``a/b/case01.nii.gz`` -> ``case01``
+    (and Slicer's volume sequence ``cine.seq.nrrd`` -> ``cine``)."""
     name = Path(path).name
     lower = name.lower()
     for ext in _EXTENSIONS:
