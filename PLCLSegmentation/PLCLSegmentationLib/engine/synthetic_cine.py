@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,18 +40,13 @@ from .synthetic import (
     pixel_coordinates,
     render,
 )
+from .volume_curve import curve_summary
 from .volumes import Grid, atomic_path
 
 CINE_FRAMES = 30
 #: The structures whose volume curves are recorded (the cavities give ejection fractions).
 CURVE_CLASSES = {LV: LABELS[LV], RV: LABELS[RV], MYO: LABELS[MYO]}
 CAVITIES = (LABELS[LV], LABELS[RV])
-
-
-def ejection_fraction(volumes: Sequence[float]) -> float:
-    """100 * (largest - smallest) / largest volume, in percent (0 for an empty curve)."""
-    largest = max(volumes, default=0.0)
-    return 0.0 if largest <= 0 else 100.0 * (largest - min(volumes)) / largest
 
 
 def contraction(n_frames: int, systole_frames: int, offset: int = 0) -> np.ndarray:
@@ -215,13 +210,14 @@ def make_cine_dataset(out_dir: str | os.PathLike[str], n_sequences: int = 3, n_f
         write_4d(out / "images" / f"{name}.nii.gz", sequence.image, sequence.grid, sequence.time_step_s)
         write_4d(out / "labels" / f"{name}.nii.gz", sequence.labels, sequence.grid, sequence.time_step_s)
         volumes = sequence.volumes_ml()
+        summary = curve_summary(volumes)  # the engine's definition of the ejection fraction
         entries[name] = {
             "image": f"images/{name}.nii.gz", "label": f"labels/{name}.nii.gz", "frames": int(n_frames),
             "size": list(sequence.grid.size), "spacing_mm": list(sequence.grid.spacing),
             "time_step_s": sequence.time_step_s, "voxel_volume_ml": sequence.voxel_ml,
             "end_diastole_frame": sequence.end_diastole_frame, "end_systole_frame": sequence.end_systole_frame,
             "volumes_ml": volumes,
-            "ejection_fraction": {name: ejection_fraction(volumes[name]) for name in CAVITIES},
+            "ejection_fraction": {name: summary[name]["ejection_fraction"] for name in CAVITIES},
             "configured_ejection_fraction": sequence.configured_ejection_fraction,
         }
     description: dict[str, Any] = {
