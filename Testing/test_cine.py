@@ -261,6 +261,33 @@ def test_train_on_two_frames_segments_every_frame(trained):
     assert kinds["sequence"]["name"] == "cine" and kinds["sequence"]["path"] == summary["sequences"][0]["segmentation"]
     job = json.loads((trained / "run" / "job.json").read_text())
     assert [f for _, f, _ in job["labeled_frames"]] == [3, 0]
+    from PLCLSegmentationLib.engine.pipeline import read_job
+
+    resumed = read_job(trained / "run")  # what --resume continues
+    assert resumed.labeled_frames == [(str(trained / "cine.nii.gz"), 3, str(trained / "lbl3.nii.gz")),
+                                      (str(trained / "cine.nii.gz"), 0, str(trained / "lbl0.nii.gz"))]
+
+
+def test_an_unannotated_4d_image_gives_every_frame_to_the_pool(tmp_path):
+    from PLCLSegmentationLib.engine.config import TrainConfig
+    from PLCLSegmentationLib.engine.pipeline import read_training_inputs
+
+    images, labels = beating()
+    write_nifti(tmp_path / "cine.nii.gz", images)
+    sitk.WriteImage(grid().apply_to(sitk.GetImageFromArray(images[0])), str(tmp_path / "a.nrrd"))
+    write_label(tmp_path / "a_lbl.nrrd", labels[0])
+    write_label(tmp_path / "lbl2.nrrd", labels[2])
+    job = TrainJob([(str(tmp_path / "a.nrrd"), str(tmp_path / "a_lbl.nrrd"))], [str(tmp_path / "cine.nii.gz")],
+                   str(tmp_path / "out"), TrainConfig())
+    inputs = read_training_inputs(job)
+    assert [v.name for v in inputs.unannotated] == [f"cine_t{t:02d}" for t in range(FRAMES)]
+    assert [(s.name, s.frame_count, frames) for s, frames in inputs.sequences] == [("cine", FRAMES, [])]
+    # the same image also with --labeled-frame: its annotated frame leaves the pool, nothing twice
+    job.labeled_frames = [(str(tmp_path / "cine.nii.gz"), 2, str(tmp_path / "lbl2.nrrd"))]
+    inputs = read_training_inputs(job)
+    assert [v.name for v, _ in inputs.annotated] == ["a", "cine_t02"]
+    assert [v.name for v in inputs.unannotated] == ["cine_t00", "cine_t01", "cine_t03", "cine_t04"]
+    assert [(s.name, frames) for s, frames in inputs.sequences] == [("cine", [2])]
 
 
 def test_predict_a_seq_nrrd_segments_every_frame(trained, tmp_path):
@@ -342,3 +369,40 @@ def test_the_volume_curve_of_known_labels_is_their_voxel_count_times_the_voxel_v
     assert summary["LV"]["ejection_fraction"] == pytest.approx(75.0)
     assert summary["RV"]["ejection_fraction"] == pytest.approx(0.0)
     assert curve_summary({"absent": [0.0, 0.0]})["absent"]["ejection_fraction"] is None
+
+
+def test_frames_predicted_in_one_pass_match_frames_predicted_alone(trained, tmp_path):
+    """Consecutive frames go through the network together; each must get its own slices' result."""
+    from PLCLSegmentationLib.engine.events import RecordingSink
+    from PLCLSegmentationLib.engine.pipeline import run_prediction
+
+    images, _ = beating(seed=2)
+    write_nifti(tmp_path / "cine.nii.gz", images)
+    for t in range(FRAMES):
+        sitk.WriteImage(grid().apply_to(sitk.GetImageFromArray(images[t])), str(tmp_path / f"cine_t{t:02d}.nrrd"))
+    model = str(trained / "run" / "model.pt")
+    together = run_prediction(model, [str(tmp_path / "cine.nii.gz")], str(tmp_path / "4d"), "cpu", RecordingSink())
+    alone = run_prediction(model, [str(tmp_path / f"cine_t{t:02d}.nrrd") for t in range(FRAMES)], str(tmp_path / "3d"),
+                           "cpu", RecordingSink())
+    by_name = {v["name"]: v for v in alone["volumes"]}
+    for entry in together["volumes"]:
+        other = by_name[entry["name"]]
+        a = sitk.GetArrayFromImage(sitk.ReadImage(entry["uncertainty"]))
+        b = sitk.GetArrayFromImage(sitk.ReadImage(other["uncertainty"]))
+        assert np.abs(a - b).max() <= 0.02, entry["name"]
+        assert entry["voxels"] == pytest.approx(other["voxels"], abs=5), entry["name"]
+
+
+def test_the_volume_curve_needs_numpy_only():
+    """The Slicer module imports it: no torch, no SimpleITK."""
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    code = ("import sys; import PLCLSegmentationLib.engine.volume_curve; "
+            "bad = [m for m in ('torch', 'SimpleITK', 'slicerio', 'nrrd') if m in sys.modules]; print(bad); "
+            "sys.exit(bool(bad))")
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO / "PLCLSegmentation", capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr

@@ -371,7 +371,8 @@ def write_segmentation(path: str | os.PathLike[str], labels: np.ndarray, grid: G
             segment["terminology"] = info.terminology
         segmentation["segments"].append(segment)
     with atomic_path(path) as tmp:
-        slicerio.write_segmentation(tmp, segmentation)
+        # gzip level 6, not pynrrd's 9: ~15x faster on label maps for files ~10 % larger.
+        slicerio.write_segmentation(tmp, segmentation, compression_level=6)
 
 
 def _segment_id(info: ClassInfo) -> str:
