@@ -73,7 +73,7 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
                         help="iterations per variant of the throughput comparison (0: skip)")
     parser.add_argument("--propagation-frames", type=int, default=30, metavar="N",
                         help="time plcl predict on a SYNTHETIC N-frame cine sequence of 10 x 224 x 224 voxels "
-                        "(0: skip)")
+                        "(at least 4; 0: skip)")
     parser.add_argument("--propagation-model", metavar="MODEL",
                         help="the model for that timing (default: the first method's final model of the first seed)")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
@@ -229,6 +229,8 @@ def run_bench(args: argparse.Namespace, sink: EventSink, cancel: threading.Event
     if unknown:
         raise ConfigError(f"unknown methods {unknown}; choose from {', '.join(METHODS)}")
     seeds = [int(s) for s in args.seeds.split(",") if s]
+    if args.propagation_frames != 0 and args.propagation_frames < 4:
+        raise ConfigError(f"--propagation-frames {args.propagation_frames}: 0 (no timing) or at least 4 frames")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     sink.emit("start", command="bench", version=__version__, device=args.device, out=str(out))
