@@ -131,7 +131,7 @@ def _print(report: dict[str, Any], run: Path, predicted: Path, figure: Path | No
                   f"{'-' if ef is None else f'{ef:.1f}'} | {'-' if difference is None else f'{difference:+.1f}'} | "
                   f"{v['mean_absolute_volume_error_ml']:.1f} |")
     print("\nCine results:")
-    print(f"  held-out frames:  {predicted}/predictions/<sequence>_tXX.seq.nrrd, the whole sequence in "
+    print(f"  held-out frames:  {predicted}/predictions/<sequence>_tXX.seg.nrrd, the whole sequence in "
           f"{predicted}/sequences/")
     print(f"  volume curves:    {report['sequences'][0]['curve_plot']}  (summary.json 'sequences')")
     print(f"  against truth:    {run.parent / 'cine_volumes.json'}")
