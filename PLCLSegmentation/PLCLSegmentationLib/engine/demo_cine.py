@@ -133,7 +133,8 @@ def _print(report: dict[str, Any], run: Path, predicted: Path, figure: Path | No
     print("\nCine results:")
     print(f"  held-out frames:  {predicted}/predictions/<sequence>_tXX.seg.nrrd, the whole sequence in "
           f"{predicted}/sequences/")
-    print(f"  volume curves:    {report['sequences'][0]['curve_plot']}  (summary.json 'sequences')")
+    if report["sequences"][0]["curve_plot"]:
+        print(f"  volume curves:    {report['sequences'][0]['curve_plot']}  (summary.json 'sequences')")
     print(f"  against truth:    {run.parent / 'cine_volumes.json'}")
     if figure:
         print(f"  picture:          {figure}")
