@@ -22,7 +22,7 @@ def test_bench_on_an_oblique_synthetic_dataset_writes_table_figures_and_results(
     result = run_plcl("bench", "--data", str(data), "--out", str(out), "--iterations", "2", "--seeds", "0",
                       "--methods", "supervised,plcl", "--n-unlabeled", "2", "--snapshots", "1",
                       "--throughput-iterations", "1", "--budget", "quick", "--set", "patch_size=64",
-                      "--set", "inference_tile=128", "--device", "cpu")
+                      "--set", "inference_tile=128", "--propagation-frames", "4", "--device", "cpu")
     assert result.returncode == 0, result.stderr + result.stdout
     results = json.loads((out / "results.json").read_text())
     assert set(results["methods"]) == {"supervised", "plcl"}
@@ -37,4 +37,17 @@ def test_bench_on_an_oblique_synthetic_dataset_writes_table_figures_and_results(
     assert results["throughput"]["profile"]
     table = (out / "results.md").read_text()
     assert "| supervised only |" in table and "slowest" in table.lower()
+    # plcl predict timed on a generated cine sequence of the target's frame size (reported, not judged here)
+    propagation = results["propagation"]
+    assert propagation["frames"] == 4 and sorted(propagation["size"]) == [10, 224, 224]
+    assert propagation["model"].endswith("model.pt") and propagation["target_seconds"] is None
+    assert 0 < propagation["frame_predict_seconds"] <= propagation["pipeline_seconds"] <= propagation["process_seconds"]
+    assert "## Propagation" in table
     assert (out / "dice_vs_time.png").stat().st_size > 1000 and (out / "examples.png").stat().st_size > 1000
+
+
+def test_bench_refuses_too_few_propagation_frames_before_any_work(tmp_path):
+    data = make_synthetic_dataset(tmp_path / "data", n_cases=2, seed=3)
+    result = run_plcl("bench", "--data", str(data), "--out", str(tmp_path / "bench"), "--propagation-frames", "2")
+    assert result.returncode == 2 and "--propagation-frames 2" in result.stdout + result.stderr
+    assert not (tmp_path / "bench").exists()

@@ -71,6 +71,11 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="configuration for all methods")
     parser.add_argument("--throughput-iterations", type=int, default=12,
                         help="iterations per variant of the throughput comparison (0: skip)")
+    parser.add_argument("--propagation-frames", type=int, default=30, metavar="N",
+                        help="time plcl predict on a SYNTHETIC N-frame cine sequence of 10 x 224 x 224 voxels "
+                        "(at least 4; 0: skip)")
+    parser.add_argument("--propagation-model", metavar="MODEL",
+                        help="the model for that timing (default: the first method's final model of the first seed)")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
     parser.add_argument("--events", choices=["jsonl"], default=None)
 
@@ -133,7 +138,7 @@ def choose_cases(dataset: Dataset, args: argparse.Namespace, seed: int) -> Proto
 
 
 def run_child(arguments: list[str], log: Path) -> dict[str, Any]:
-    """Run ``plcl`` in a child process; its wall time and peak resident memory (from wait4)."""
+    """Run ``plcl`` in a child process; its wall time, CPU time and peak resident memory (from wait4)."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[2]),
                                                        os.environ.get("PYTHONPATH", "")])}
     started = time.monotonic()
@@ -145,7 +150,8 @@ def run_child(arguments: list[str], log: Path) -> dict[str, Any]:
     if child.returncode != 0:
         tail = log.read_text().strip().splitlines()[-3:]
         raise RuntimeError(f"plcl {arguments[0]} failed ({child.returncode}): {' | '.join(tail)}")
-    return {"seconds": time.monotonic() - started, "peak_rss_mb": usage.ru_maxrss / 1024.0}
+    return {"seconds": time.monotonic() - started, "peak_rss_mb": usage.ru_maxrss / 1024.0,
+            "cpu_seconds": usage.ru_utime + usage.ru_stime}
 
 
 # --- one method -------------------------------------------------------------------------------
@@ -223,6 +229,8 @@ def run_bench(args: argparse.Namespace, sink: EventSink, cancel: threading.Event
     if unknown:
         raise ConfigError(f"unknown methods {unknown}; choose from {', '.join(METHODS)}")
     seeds = [int(s) for s in args.seeds.split(",") if s]
+    if args.propagation_frames != 0 and args.propagation_frames < 4:
+        raise ConfigError(f"--propagation-frames {args.propagation_frames}: 0 (no timing) or at least 4 frames")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     sink.emit("start", command="bench", version=__version__, device=args.device, out=str(out))
@@ -241,7 +249,15 @@ def run_bench(args: argparse.Namespace, sink: EventSink, cancel: threading.Event
 
         sink.emit("stage", stage="bench:throughput", round=0, total=0)
         throughput = measure_throughput(dataset, protocols[seeds[0]], args)
-    results = _write_results(out, args, dataset, methods, seeds, protocols, runs, throughput)
+    propagation = None
+    model = args.propagation_model or (str(out / "runs" / f"seed{seeds[0]}" / methods[0] / "train" / "model.pt")
+                                       if runs else None)
+    if args.propagation_frames > 0 and model and not cancel.is_set():
+        from .propagation import measure_propagation
+
+        sink.emit("stage", stage="bench:propagation", round=0, total=0)
+        propagation = measure_propagation(model, out / "propagation", args.device, frames=args.propagation_frames)
+    results = _write_results(out, args, dataset, methods, seeds, protocols, runs, throughput, propagation)
     from .bench_report import write_figures
 
     write_figures(out, results, dataset)
@@ -291,8 +307,8 @@ def machine_description() -> str:
 
 
 def _write_results(out: Path, args: argparse.Namespace, dataset: Dataset, methods: list[str], seeds: list[int],
-                   protocols: dict[int, Any], runs: list[dict[str, Any]], throughput: dict[str, Any] | None
-                   ) -> dict[str, Any]:
+                   protocols: dict[int, Any], runs: list[dict[str, Any]], throughput: dict[str, Any] | None,
+                   propagation: dict[str, Any] | None = None) -> dict[str, Any]:
     results = {
         "version": __version__, "date": time.strftime("%Y-%m-%d %H:%M"), "machine": machine_description(),
         "command": "plcl bench " + " ".join(sys.argv[2:]) if sys.argv[1:2] == ["bench"] else None,
@@ -302,7 +318,7 @@ def _write_results(out: Path, args: argparse.Namespace, dataset: Dataset, method
                      "checkpoint": "the last model (no validation-based selection)", "cases": protocols,
                      "n_labeled_patients": None if args.labeled_cases else args.n_labeled_patients,
                      "labeled_slices": args.labeled_slices, "as_whole_volumes": bool(args.as_whole_volumes)},
-        "methods": _aggregate(runs, methods), "runs": runs, "throughput": throughput,
+        "methods": _aggregate(runs, methods), "runs": runs, "throughput": throughput, "propagation": propagation,
     }
     with atomic_path(out / "results.json") as tmp, open(tmp, "w") as f:
         json.dump(results, f, indent=2)

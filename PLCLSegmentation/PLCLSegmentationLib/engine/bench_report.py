@@ -66,6 +66,10 @@ def markdown(results: dict[str, Any]) -> str:
         lines += [f"| {p['op']} | {p['self_cpu_ms_per_step']:.1f} | {100 * p['share']:.0f} % |"
                   for p in throughput["profile"]]
         lines.append("")
+    if results.get("propagation"):
+        from .propagation import markdown as propagation_markdown
+
+        lines += propagation_markdown(results["propagation"])
     lines += ["Figures: `dice_vs_time.png` (mean Dice of intermediate and final models against training time), "
               "`examples.png` (one evaluation slice per method beside the ground truth).", ""]
     return "\n".join(lines)

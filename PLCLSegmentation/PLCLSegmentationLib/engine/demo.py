@@ -1,7 +1,9 @@
 """``plcl demo``: the whole job on a small SYNTHETIC dataset the project generates itself.
 
 Two volumes are annotated, every other volume is segmented, and the held-out (val) cases are
-scored against their synthetic ground truth. Nothing here is medical data.
+scored against their synthetic ground truth. Then the cine part (demo_cine.py): two annotated
+frames of a beating phantom, every frame of a held-out sequence segmented, its volume curves and
+ejection fractions against the known ones. Nothing here is medical data.
 """
 
 from __future__ import annotations
@@ -53,6 +55,10 @@ def run_demo(out: str, sink: EventSink, cancel: threading.Event, device: str = "
     print(f"  review order:   {job.out}/summary.json  (least certain first)")
     if figure:
         print(f"  picture:        {figure}")
+    if not cancel.is_set():
+        from .demo_cine import run_cine_demo
+
+        run_cine_demo(root, Path(job.out) / "model.pt", sink, cancel, device=device)
     return report
 
 

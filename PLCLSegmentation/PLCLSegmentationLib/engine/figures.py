@@ -110,3 +110,38 @@ def volume_curves(curve: dict[str, list[float]], colors: dict[str, tuple[float, 
         fig.savefig(tmp, dpi=100, format="png")
     plt.close(fig)
     return path
+
+
+def volume_curves_against_truth(curves: dict[str, tuple[list[float], list[float], float, float | None]],
+                                path: str | Path, time_step: float | None = None, time_unit: str | None = None,
+                                title: str | None = None) -> Path:
+    """Known (solid) and predicted (dashed, dots) volume curves of each structure, with both
+    ejection fractions in the legend: {structure: (known ml, predicted ml, known EF, predicted EF)}."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from .volumes import atomic_path
+
+    fig, ax = plt.subplots(figsize=(6.4, 3.6))
+    for index, (name, (known, predicted, known_ef, predicted_ef)) in enumerate(curves.items()):
+        color = f"C{index}"
+        x = np.arange(len(known)) * (time_step or 1.0)
+        ax.plot(x, known, color=color, linewidth=2.0, label=f"{name}, known (EF {known_ef:.1f} %)")
+        estimate = "-" if predicted_ef is None else f"{predicted_ef:.1f} %"
+        ax.plot(x[: len(predicted)], predicted, color=color, linestyle="--", marker="o", markersize=3,
+                label=f"{name}, predicted (EF {estimate})")
+    ax.set_xlabel(f"time ({time_unit})" if time_step and time_unit else "time" if time_step else "frame")
+    ax.set_ylabel("volume (ml)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, frameon=False)
+    if title:
+        ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
+    plt.close(fig)
+    return path

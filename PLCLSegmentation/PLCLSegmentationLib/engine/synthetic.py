@@ -17,6 +17,7 @@ import json
 import math
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -82,25 +83,30 @@ def _smooth_noise(rng: np.random.Generator, shape: tuple[int, ...], sigma: Seque
     return (field - field.mean()) / (field.std() + 1e-12)
 
 
-def _phantom(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, tuple[float, float, float]]:
-    """One case on its canonical grid: image (float, ~0..1.3) and labels ([k, j, i]), spacing (i, j, k)."""
-    nz = int(rng.integers(8, 13))
-    ny, nx = (int(n) for n in rng.integers(120, 161, size=2))
-    pixel = float(rng.uniform(1.2, 1.8))
-    thickness = float(rng.uniform(8.0, 10.0))
-    # physical in-plane coordinates (mm) of every pixel, centred on the image
-    y, x = np.meshgrid((np.arange(ny) - (ny - 1) / 2) * pixel, (np.arange(nx) - (nx - 1) / 2) * pixel,
-                       indexing="ij")
-    fov = min(nx, ny) * pixel
+@dataclass
+class Heart:
+    """A phantom heart's shape on its slices (mm, in-plane coordinates centred on the image)."""
 
-    # the heart: base at slice 0 (or the last slice), apex towards the other end
+    nz: int
+    r_lv_base: float
+    wall: float
+    length: float  # slices from base to apex
+    angle: float  # direction from the LV towards the RV
+    drift: np.ndarray  # the long axis is not quite along the slices (mm/slice)
+    centre: np.ndarray
+    rv_reach: float
+    rv_width: float
+    base_first: bool
+
+
+def _draw_heart(rng: np.random.Generator, nz: int, fov: float) -> Heart:
     r_lv_base = rng.uniform(17.0, 27.0)
     wall = rng.uniform(6.5, 10.5)
-    length = nz - 1 + rng.uniform(-0.3, 0.9)  # slices from base to apex
+    length = nz - 1 + rng.uniform(-0.3, 0.9)
     # Direction from the LV towards the RV: as in real short-axis images the RV lies to one side of
     # the LV (here the image's -x side), with a spread of +-30 degrees between subjects.
     angle = math.pi + rng.uniform(-1.0, 1.0) * math.pi / 6.0
-    drift = rng.uniform(-1.0, 1.0, size=2)  # the long axis is not quite along the slices (mm/slice)
+    drift = rng.uniform(-1.0, 1.0, size=2)
     # keep the whole heart (RV included, ~1.7 outer radii from the LV centre) well inside the body
     extent = 1.7 * (r_lv_base + 0.8 * wall) + 3.0
     fit = min(1.0, 0.36 * fov / extent)
@@ -110,46 +116,89 @@ def _phantom(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, tuple[fl
     rv_reach = rng.uniform(0.55, 0.8)  # the RV ends before the apex
     rv_width = rng.uniform(1.05, 1.35)
     base_first = bool(rng.integers(0, 2))
+    return Heart(nz, r_lv_base, wall, length, angle, drift, centre, rv_reach, rv_width, base_first)
 
-    labels = np.zeros((nz, ny, nx), dtype=np.uint8)
-    rv_wall = np.zeros((nz, ny, nx), dtype=bool)
+
+def heart_labels(heart: Heart, x: np.ndarray, y: np.ndarray, lv_scale: float = 1.0, rv_scale: float = 1.0,
+                 shift: Sequence[float] = (0.0, 0.0)) -> tuple[np.ndarray, np.ndarray]:
+    """Labels ([k, j, i]) and the unlabelled RV free wall of ``heart`` on the pixel coordinates x, y.
+
+    A beating heart (synthetic_cine.py): ``lv_scale`` scales the LV cavity's radius while the
+    myocardium keeps its area on every slice (it thickens as the cavity empties), ``rv_scale``
+    shrinks the RV towards the septum, and ``shift`` moves the whole heart (mm).
+    """
+    nz = heart.nz
+    labels = np.zeros((nz, *x.shape), dtype=np.uint8)
+    rv_wall = np.zeros((nz, *x.shape), dtype=bool)
     for z in range(nz):
-        depth = z / length  # 0 at the base, 1 at the apex
-        k = z if base_first else nz - 1 - z
+        depth = z / heart.length  # 0 at the base, 1 at the apex
+        k = z if heart.base_first else nz - 1 - z
         if depth >= 1.0:
             continue
         taper = math.sqrt(1.0 - depth**2)
-        cx, cy = centre + drift * z
-        u = (x - cx) * math.cos(angle) + (y - cy) * math.sin(angle)
-        v = -(x - cx) * math.sin(angle) + (y - cy) * math.cos(angle)
+        cx, cy = heart.centre + heart.drift * z + np.asarray(shift, dtype=float)
+        u = (x - cx) * math.cos(heart.angle) + (y - cy) * math.sin(heart.angle)
+        v = -(x - cx) * math.sin(heart.angle) + (y - cy) * math.cos(heart.angle)
         d = np.hypot(u, v)
-        r_lv = r_lv_base * taper - 2.0 * depth
-        r_out = max(r_lv, 0.0) + wall * (0.8 + 0.3 * depth)
+        r_lv = heart.r_lv_base * taper - 2.0 * depth
+        r_out = max(r_lv, 0.0) + heart.wall * (0.8 + 0.3 * depth)
         r_out *= min(1.0, 3.0 * taper)  # a closed cap at the apex
+        if lv_scale != 1.0:  # the myocardium keeps its area: the wall thickens as the cavity empties
+            cavity = max(r_lv, 0.0)
+            r_lv = cavity * lv_scale
+            r_out = math.sqrt(max(r_out**2 - cavity**2, 0.0) + r_lv**2)
         labels[k][d <= r_out] = MYO
         labels[k][d <= r_lv] = LV
-        if depth < rv_reach:
-            shrink = math.sqrt(1.0 - (depth / rv_reach) ** 2)
+        if depth < heart.rv_reach:
+            shrink = math.sqrt(1.0 - (depth / heart.rv_reach) ** 2)
             a = (r_out * 1.05) * max(shrink, 0.35)
-            b = r_out * rv_width * (0.6 + 0.4 * shrink)
-            inside = ((u - r_out * 0.6) / a) ** 2 + (v / b) ** 2 <= 1.0
+            b = r_out * heart.rv_width * (0.6 + 0.4 * shrink)
+            centre_u = r_out * 0.6
+            if rv_scale != 1.0:  # shrink about the ellipse's vertex inside the LV: the free wall moves in
+                centre_u, a, b = centre_u - a + rv_scale * a, a * rv_scale, b * rv_scale
+            inside = ((u - centre_u) / a) ** 2 + (v / b) ** 2 <= 1.0
             crescent = inside & (d > r_out)
             labels[k][crescent] = RV
             # a thin dark RV free wall, unlabelled (as in real annotations)
-            grown = ((u - r_out * 0.6) / (a + 2.5)) ** 2 + (v / (b + 2.5)) ** 2 <= 1.0
+            grown = ((u - centre_u) / (a + 2.5)) ** 2 + (v / (b + 2.5)) ** 2 <= 1.0
             rv_wall[k] = grown & ~inside & (d > r_out)
+    return labels, rv_wall
 
-    # intensities: air outside the body, textured tissue, a dark lung, bright blood, grey muscle
+
+@dataclass
+class Look:
+    """What stays put while the heart beats: body, lung, tissue texture, bias field, noise level."""
+
+    body: np.ndarray  # > 1 outside the body
+    texture: np.ndarray
+    coarse: np.ndarray
+    lung: np.ndarray
+    bias: np.ndarray
+    noise: float
+
+
+def _draw_look(rng: np.random.Generator, shape: tuple[int, int, int], x: np.ndarray, y: np.ndarray,
+               pixel: float, heart: Heart) -> Look:
+    nz, ny, nx = shape
     bx, by = rng.uniform(-4.0, 4.0, size=2)
     body = ((x - bx) / (0.48 * nx * pixel)) ** 2 + ((y - by) / (0.44 * ny * pixel)) ** 2
-    texture = _smooth_noise(rng, labels.shape, sigma=(0.6, 2.5, 2.5))
-    coarse = _smooth_noise(rng, labels.shape, sigma=(1.0, 8.0, 8.0))
-    image = 0.42 + 0.06 * texture + 0.08 * coarse
-    lung_angle = angle + math.pi + rng.uniform(-0.6, 0.6)
-    lung_distance = r_lv_base + wall + rng.uniform(18, 30)
-    lx, ly = centre + lung_distance * np.array([math.cos(lung_angle), math.sin(lung_angle)])
+    texture = _smooth_noise(rng, shape, sigma=(0.6, 2.5, 2.5))
+    coarse = _smooth_noise(rng, shape, sigma=(1.0, 8.0, 8.0))
+    lung_angle = heart.angle + math.pi + rng.uniform(-0.6, 0.6)
+    lung_distance = heart.r_lv_base + heart.wall + rng.uniform(18, 30)
+    lx, ly = heart.centre + lung_distance * np.array([math.cos(lung_angle), math.sin(lung_angle)])
     lung = ((x - lx) / rng.uniform(18, 28)) ** 2 + ((y - ly) / rng.uniform(25, 40)) ** 2 <= 1.0
-    image[:, lung] = 0.08 + 0.03 * texture[:, lung]
+    bias = np.exp(0.18 * _smooth_noise(rng, shape, sigma=(4.0, 30.0, 30.0)))
+    noise = float(rng.uniform(0.025, 0.045))
+    return Look(body, texture, coarse, lung, bias, noise)
+
+
+def render(look: Look, labels: np.ndarray, rv_wall: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """MRI-like intensities (float, ~0..1.3): air, textured tissue, a dark lung, bright blood, grey
+    muscle, fat near the heart; partial volume, a bias field and Rician-like noise drawn from ``rng``."""
+    texture = look.texture
+    image = 0.42 + 0.06 * texture + 0.08 * look.coarse
+    image[:, look.lung] = 0.08 + 0.03 * texture[:, look.lung]
     in_plane = np.zeros((3, 3, 3), dtype=bool)
     in_plane[1] = True  # grow within each slice only: slices are 8-10 mm apart
     near_heart = ndimage.binary_dilation(labels > 0, structure=in_plane, iterations=2) & (labels == 0)
@@ -159,15 +208,33 @@ def _phantom(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, tuple[fl
     image[rv_wall] = 0.3
     blood = (labels == LV) | (labels == RV)
     image[blood] = 0.95 + 0.04 * texture[blood]
-    image[(body > 1.0) & (labels == 0) & ~rv_wall] = 0.02
+    image[(look.body > 1.0) & (labels == 0) & ~rv_wall] = 0.02
     # partial volume, a smooth multiplicative bias field, and Rician-like noise
     image = ndimage.gaussian_filter(image, sigma=(0.0, 0.7, 0.7))
-    bias = np.exp(0.18 * _smooth_noise(rng, labels.shape, sigma=(4.0, 30.0, 30.0)))
-    image = image * bias
-    noise = rng.uniform(0.025, 0.045)
-    real = image + noise * rng.standard_normal(image.shape)
-    image = np.hypot(real, noise * rng.standard_normal(image.shape))
-    return image, labels, (pixel, pixel, thickness)
+    image = image * look.bias
+    real = image + look.noise * rng.standard_normal(image.shape)
+    return np.hypot(real, look.noise * rng.standard_normal(image.shape))
+
+
+def pixel_coordinates(ny: int, nx: int, pixel: float) -> tuple[np.ndarray, np.ndarray]:
+    """Physical in-plane coordinates (mm) of every pixel, centred on the image: (x, y), each [j, i]."""
+    y, x = np.meshgrid((np.arange(ny) - (ny - 1) / 2) * pixel, (np.arange(nx) - (nx - 1) / 2) * pixel,
+                       indexing="ij")
+    return x, y
+
+
+def _phantom(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, tuple[float, float, float]]:
+    """One case on its canonical grid: image (float, ~0..1.3) and labels ([k, j, i]), spacing (i, j, k)."""
+    nz = int(rng.integers(8, 13))
+    ny, nx = (int(n) for n in rng.integers(120, 161, size=2))
+    pixel = float(rng.uniform(1.2, 1.8))
+    thickness = float(rng.uniform(8.0, 10.0))
+    x, y = pixel_coordinates(ny, nx, pixel)
+    # the heart: base at slice 0 (or the last slice), apex towards the other end
+    heart = _draw_heart(rng, nz, min(nx, ny) * pixel)
+    labels, rv_wall = heart_labels(heart, x, y)
+    look = _draw_look(rng, labels.shape, x, y, pixel, heart)
+    return render(look, labels, rv_wall, rng), labels, (pixel, pixel, thickness)
 
 
 def _case(seed: int, index: int, oblique: bool) -> tuple[np.ndarray, np.ndarray, Grid]:
