@@ -25,6 +25,7 @@ def test_the_engine_alone_decides_the_warm_start_schedule():
     for budget in ("quick", "standard"):
         scratch, warm = config("--budget", budget), config("--budget", budget, "--init-model", "m.pt")
         assert warm.warmup_iterations == scratch.warmup_iterations // 4 and warm.rounds == 1
+        assert warm.learning_rate == pytest.approx(scratch.learning_rate / 3)
         assert warm.total_iterations < scratch.total_iterations / 2
         scratch, warm = config("--budget", budget, "--iterations", "40"), \
             config("--budget", budget, "--iterations", "40", "--init-model", "m.pt")
