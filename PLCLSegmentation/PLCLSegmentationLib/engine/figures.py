@@ -8,11 +8,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from .preprocess import slice_layout
-from .volumes import ClassInfo, Volume
+from .volumes import ClassInfo, Volume, atomic_path
 
 
 @dataclass
@@ -90,26 +91,12 @@ def volume_curves(curve: dict[str, list[float]], colors: dict[str, tuple[float, 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from .volumes import atomic_path
-
     frames = max((len(v) for v in curve.values()), default=0)
     x = np.arange(frames) * (time_step or 1.0)
     fig, ax = plt.subplots(figsize=(6.0, 3.4))
     for name, values in curve.items():
         ax.plot(x[: len(values)], values, marker="o", markersize=3, label=name, color=colors.get(name))
-    ax.set_xlabel(f"time ({time_unit})" if time_step and time_unit else "time" if time_step else "frame")
-    ax.set_ylabel("volume (ml)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, frameon=False)
-    if title:
-        ax.set_title(title, fontsize=10)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=100, format="png")
-    plt.close(fig)
-    return path
+    return _save_volume_axes(fig, ax, path, time_step, time_unit, title, legend_size=8, dpi=100)
 
 
 def volume_curves_against_truth(curves: dict[str, tuple[list[float], list[float], float, float | None]],
@@ -122,8 +109,6 @@ def volume_curves_against_truth(curves: dict[str, tuple[list[float], list[float]
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from .volumes import atomic_path
-
     fig, ax = plt.subplots(figsize=(6.4, 3.6))
     for index, (name, (known, predicted, known_ef, predicted_ef)) in enumerate(curves.items()):
         color = f"C{index}"
@@ -132,16 +117,24 @@ def volume_curves_against_truth(curves: dict[str, tuple[list[float], list[float]
         estimate = "-" if predicted_ef is None else f"{predicted_ef:.1f} %"
         ax.plot(x[: len(predicted)], predicted, color=color, linestyle="--", marker="o", markersize=3,
                 label=f"{name}, predicted (EF {estimate})")
+    return _save_volume_axes(fig, ax, path, time_step, time_unit, title, legend_size=7, dpi=110)
+
+
+def _save_volume_axes(fig: Any, ax: Any, path: str | Path, time_step: float | None, time_unit: str | None,
+                      title: str | None, legend_size: int, dpi: int) -> Path:
+    """Label a volume-over-time plot and write it as a PNG, atomically."""
+    import matplotlib.pyplot as plt
+
     ax.set_xlabel(f"time ({time_unit})" if time_step and time_unit else "time" if time_step else "frame")
     ax.set_ylabel("volume (ml)")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, frameon=False)
+    ax.legend(fontsize=legend_size, frameon=False)
     if title:
         ax.set_title(title, fontsize=10)
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=110, format="png")
+        fig.savefig(tmp, dpi=dpi, format="png")
     plt.close(fig)
     return path

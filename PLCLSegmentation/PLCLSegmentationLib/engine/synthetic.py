@@ -247,11 +247,7 @@ def _case(seed: int, index: int, oblique: bool) -> tuple[np.ndarray, np.ndarray,
     if not oblique:
         grid = Grid(size, spacing, (0.0, 0.0, 0.0), tuple(np.eye(3).ravel().tolist()))
         return voxels, labels, grid
-    rotation = _rotation(rng)
-    centre_index = (np.asarray(size, dtype=float) - 1) / 2
-    world_centre = rng.uniform(-60.0, 60.0, size=3) + np.array([0.0, 0.0, 40.0])
-    origin = world_centre - rotation @ (np.asarray(spacing) * centre_index)
-    grid = Grid(size, spacing, tuple(origin.tolist()), tuple(rotation.ravel().tolist()))
+    grid = oblique_grid(size, spacing, rng)
     perm, flips = _STORAGE[index % len(_STORAGE)]
     if tuple(perm) != (0, 1, 2) or any(flips):
         labels, _ = _reorient(labels, grid, perm, flips)
@@ -308,3 +304,12 @@ def make_synthetic_dataset(out_dir: str | os.PathLike[str], n_cases: int = 8, se
         json.dump(description, handle, indent=1)
         handle.write("\n")
     return out
+
+
+def oblique_grid(size: tuple[int, int, int], spacing: tuple[float, float, float], rng: np.random.Generator) -> Grid:
+    """A grid of this size and spacing turned to a random oblique direction, centred near the scanner's."""
+    rotation = _rotation(rng)
+    centre_index = (np.asarray(size, dtype=float) - 1) / 2
+    world_centre = rng.uniform(-60.0, 60.0, size=3) + np.array([0.0, 0.0, 40.0])
+    origin = world_centre - rotation @ (np.asarray(spacing) * centre_index)
+    return Grid(size, spacing, tuple(origin.tolist()), tuple(rotation.ravel().tolist()))

@@ -35,8 +35,8 @@ from .synthetic import (
     _draw_heart,
     _draw_look,
     _reorient,
-    _rotation,
     heart_labels,
+    oblique_grid,
     pixel_coordinates,
     render,
 )
@@ -159,11 +159,7 @@ def make_sequence(seed: int, index: int, n_frames: int = CINE_FRAMES, slices: in
     spacing = (pixel, pixel, thickness)
     grid = Grid(size, spacing, (0.0, 0.0, 0.0), tuple(np.eye(3).ravel().tolist()))
     if oblique:
-        rotation = _rotation(rng)
-        centre_index = (np.asarray(size, dtype=float) - 1) / 2
-        world_centre = rng.uniform(-60.0, 60.0, size=3) + np.array([0.0, 0.0, 40.0])
-        origin = world_centre - rotation @ (np.asarray(spacing) * centre_index)
-        grid = Grid(size, spacing, tuple(origin.tolist()), tuple(rotation.ravel().tolist()))
+        grid = oblique_grid(size, spacing, rng)
         perm, flips = _STORAGE[index % len(_STORAGE)]
         if tuple(perm) != (0, 1, 2) or any(flips):
             stored = grid
