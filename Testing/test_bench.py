@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from conftest import run_plcl
+from conftest import events, run_plcl
 
 from PLCLSegmentationLib.engine.bench import patient_of
 from PLCLSegmentationLib.engine.synthetic import make_synthetic_dataset
@@ -51,3 +51,14 @@ def test_bench_refuses_too_few_propagation_frames_before_any_work(tmp_path):
     result = run_plcl("bench", "--data", str(data), "--out", str(tmp_path / "bench"), "--propagation-frames", "2")
     assert result.returncode == 2 and "--propagation-frames 2" in result.stdout + result.stderr
     assert not (tmp_path / "bench").exists()
+
+
+def test_bench_refuses_an_unreadable_propagation_model_before_any_work(tmp_path):
+    data = make_synthetic_dataset(tmp_path / "data", n_cases=2, seed=3)
+    (tmp_path / "notes.pt").write_text("not a model")
+    for model in (tmp_path / "missing.pt", tmp_path / "notes.pt"):
+        result = run_plcl("bench", "--data", str(data), "--out", str(tmp_path / "bench"), "--propagation-model",
+                          str(model), "--events", "jsonl")
+        errors = [e for e in events(result.stdout) if e["event"] == "error"]
+        assert result.returncode == 1 and len(errors) == 1 and str(model) in errors[0]["message"]
+        assert not (tmp_path / "bench").exists()

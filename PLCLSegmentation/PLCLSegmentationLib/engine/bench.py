@@ -231,6 +231,10 @@ def run_bench(args: argparse.Namespace, sink: EventSink, cancel: threading.Event
     seeds = [int(s) for s in args.seeds.split(",") if s]
     if args.propagation_frames != 0 and args.propagation_frames < 4:
         raise ConfigError(f"--propagation-frames {args.propagation_frames}: 0 (no timing) or at least 4 frames")
+    if args.propagation_frames and args.propagation_model:  # a wrong path would fail only after every run
+        from .modelfile import read_model
+
+        read_model(args.propagation_model)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     sink.emit("start", command="bench", version=__version__, device=args.device, out=str(out))
