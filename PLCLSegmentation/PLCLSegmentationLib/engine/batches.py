@@ -135,6 +135,10 @@ class Batch:
     contrastive_images: torch.Tensor | None = None  # [2N, 1, P, P]: N slices, then their second views
     contrastive_labels: torch.Tensor | None = None  # [2N, P, P]
     pairs: torch.Tensor | None = None  # [M, 2] indices into the contrastive images
+    #: With online pseudo-labels: the unannotated contrastive slices before any appearance change
+    #: [U, 1, P, P]; they are slices ``unannotated_from`` to N - 1 of each view.
+    weak_images: torch.Tensor | None = None
+    unannotated_from: int = 0
 
     @property
     def slices(self) -> int:
@@ -201,7 +205,8 @@ class BatchMaker:
         views = torch.cat([random_intensity(contrast, self.config, self.generator),
                            random_intensity(contrast, self.config, self.generator)])
         labels = torch.cat([y[batch_size:], yu])
-        return Batch(segmentation, y[:batch_size], views, torch.cat([labels, labels]), self.pairs)
+        weak = xu if self.config.online_pseudo_labels else None
+        return Batch(segmentation, y[:batch_size], views, torch.cat([labels, labels]), self.pairs, weak, n_annotated)
 
 
 def contrastive_pairs(n_annotated: int, n: int) -> torch.Tensor:

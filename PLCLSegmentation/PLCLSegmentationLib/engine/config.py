@@ -71,6 +71,13 @@ class TrainConfig:
     teacher_ema: float = 0.0
     #: Pixels whose pseudo-label probability is below this are left out of the contrastive loss.
     pseudo_label_confidence: float = 0.0
+    #: Weak-to-strong consistency (engine/consistency.py): at every joint step the teacher labels the
+    #: unannotated patches from their weak views (spatial augmentation only) for the student's
+    #: strong views, instead of the round's stored pseudo-labels; pseudo_label_confidence applies.
+    online_pseudo_labels: bool = False
+    #: Share of unannotated contrastive patches that get a box of another one pasted in (CutMix, in
+    #: every view and in the labels).
+    cutmix_probability: float = 0.0
     #: Keep only the largest 3D connected component of each class in pseudo-labels and predictions.
     largest_component: bool = True
 
@@ -212,6 +219,7 @@ _RANGES: dict[str, tuple[float | None, float | None]] = {
     "contrastive_images": (1, 4096), "warmup_iterations": (1, None), "rounds": (0, None),
     "joint_iterations": (0, None), "contrastive_weight": (0, None), "anchors_per_class": (1, None),
     "pseudo_segmentation_weight": (0, None), "teacher_ema": (0, 0.9999), "pseudo_label_confidence": (0, 1),
+    "cutmix_probability": (0, 1),
     "gamma_max": (1, None), "noise_sigma": (0, None), "rotation_degrees": (0, 180), "elastic_sigma_px": (0, None),
     "elastic_probability": (0, 1), "brightness": (0, None), "inference_tile": (16, 4096),
     "inference_overlap": (0, 0.9), "time_budget_s": (1e-3, None), "snapshots": (0, 1000),

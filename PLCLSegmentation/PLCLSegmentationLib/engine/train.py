@@ -14,6 +14,7 @@ import torch
 
 from .batches import BackgroundBatches, Batch, BatchMaker, SliceAtlas
 from .config import ConfigError, TrainConfig
+from .consistency import cutmix, online_labels
 from .events import EventSink
 from .losses import IGNORE, local_contrastive_loss, segmentation_loss
 from .network import UNet2D
@@ -166,6 +167,7 @@ class Trainer:
         self.pseudo_labels: list[torch.Tensor] = []
         self.loss_history: list[dict[str, float]] = []
         self.contrastive_generator = torch.Generator(device=device).manual_seed(config.seed + 1)
+        self.mix_generator = torch.Generator(device=device).manual_seed(config.seed + 2)
         self._last_report = 0.0
         self._running: dict[str, float] = {}
         # Losses stay on the device until a report reads them all at once (no host sync per step).
@@ -297,10 +299,10 @@ class Trainer:
         cfg = self.config
         self.model.train()
         n_seg = batch.images.shape[0]
-        x = batch.images
+        x = batch.images.to(self.device, non_blocking=True)
         if batch.contrastive_images is not None:
-            x = torch.cat([x, batch.contrastive_images])
-        x = x.to(self.device, non_blocking=True)
+            views, labels = self.contrastive_views(batch)
+            x = torch.cat([x, views])
         if cfg.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         y = batch.labels.to(self.device)
@@ -309,7 +311,6 @@ class Trainer:
         loss = segmentation_loss(logits[:n_seg], y, cfg.segmentation_loss)
         losses = {"segmentation": loss.detach()}
         if batch.contrastive_images is not None:
-            labels = batch.contrastive_labels.to(self.device)
             if cfg.contrastive_weight > 0:
                 contrastive = local_contrastive_loss(
                     embeddings[n_seg:], labels, batch.pairs.to(self.device), self.num_classes,
@@ -329,6 +330,29 @@ class Trainer:
             self._update_teacher()
         losses["total"] = loss.detach()
         return losses
+
+    def contrastive_views(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """The contrastive views and their labels on the device: with online pseudo-labels, the
+        unannotated slices' labels are the teacher's, from their weak views; with CutMix, boxes are
+        pasted between unannotated slices (the same box in both views)."""
+        cfg = self.config
+        views = batch.contrastive_images.to(self.device, non_blocking=True)
+        labels = batch.contrastive_labels.to(self.device)
+        n, first = labels.shape[0] // 2, batch.unannotated_from
+        if n - first < 1 or (batch.weak_images is None and cfg.cutmix_probability <= 0):
+            return views, labels
+        by_view = views.view(2, n, *views.shape[1:])
+        unannotated = labels[first:n]
+        if batch.weak_images is not None:
+            weak = batch.weak_images.to(self.device, non_blocking=True)
+            if cfg.channels_last:
+                weak = weak.contiguous(memory_format=torch.channels_last)
+            unannotated = online_labels(self.final_model, weak, cfg.pseudo_label_confidence, self.autocast)
+        mixed_views, unannotated = cutmix(by_view[:, first:], unannotated, cfg.cutmix_probability,
+                                          self.mix_generator)
+        by_view = torch.cat([by_view[:, :first], mixed_views], dim=1)
+        labels = torch.cat([labels[:first], unannotated])
+        return by_view.reshape(views.shape), torch.cat([labels, labels])
 
     @torch.no_grad()
     def _update_teacher(self) -> None:
