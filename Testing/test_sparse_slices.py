@@ -274,3 +274,30 @@ def test_labelled_slices_of_a_volume_labelled_everywhere_train_the_whole_schedul
     stages = [e["stage"] for e in events(result.stdout) if e["event"] == "stage"]
     assert "pseudo_labels" not in stages
     assert json.loads((out / "training.json").read_text())["iterations"] == 4
+
+
+def test_the_curve_pools_the_seeds_of_one_point_over_bench_folders(tmp_path):
+    from PLCLSegmentationLib.engine.slice_curve import curve_rows, write_curve
+
+    def bench_folder(name, seeds_dice, labeled_slices, slices_per_seed):
+        folder = tmp_path / name
+        folder.mkdir()
+        results = {"protocol": {"n_labeled_patients": 1, "labeled_slices": labeled_slices, "as_whole_volumes": False,
+                                "cases": {str(s): {"annotated_slices": slices_per_seed[s]} for s in seeds_dice}},
+                   "methods": {"plcl": {"label": "the method"}},
+                   "runs": [{"method": "plcl", "seed": s, "mean_dice": d} for s, d in seeds_dice.items()]}
+        (folder / "results.json").write_text(json.dumps(results))
+
+    bench_folder("p1_k3", {0: 0.70}, 3, {0: 6})
+    bench_folder("p1_k3_s1", {1: 0.80}, 3, {1: 6})
+    bench_folder("p1_all", {0: 0.75, 1: 0.85}, None, {0: 12, 1: 20})
+    rows = {(r["per_case"], r["variant"]): r for r in curve_rows(tmp_path)}
+    few = rows[(3, "few slices")]
+    assert few["n_seeds"] == 2 and few["per_seed"] == {0: 0.70, 1: 0.80}
+    assert abs(few["mean_dice"] - 0.75) < 1e-9 and abs(few["std"] - 0.0707107) < 1e-6
+    assert few["folder"] == "p1_k3,p1_k3_s1" and few["annotated_slices"] == 6
+    whole = rows[("all", "whole cases")]
+    assert whole["annotated_slices"] == 16 and whole["per_seed"] == {0: 0.75, 1: 0.85}
+    write_curve(tmp_path)
+    assert "| 1 | 3 | few slices | 6.0 | the method | 0.750 ± 0.071 | 2 | 0: 0.700, 1: 0.800 |" in \
+        (tmp_path / "curve.md").read_text()
