@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from conftest import events, run_plcl
 
 from PLCLSegmentationLib.engine.bench import patient_of
+from PLCLSegmentationLib.engine.bench_report import ablation_lines
 from PLCLSegmentationLib.engine.synthetic import make_synthetic_dataset
 
 
@@ -22,10 +24,16 @@ def test_bench_on_an_oblique_synthetic_dataset_writes_table_figures_and_results(
     result = run_plcl("bench", "--data", str(data), "--out", str(out), "--iterations", "2", "--seeds", "0",
                       "--methods", "supervised,plcl", "--n-unlabeled", "2", "--snapshots", "1",
                       "--throughput-iterations", "1", "--budget", "quick", "--set", "patch_size=64",
-                      "--set", "inference_tile=128", "--propagation-frames", "4", "--device", "cpu")
+                      "--set", "inference_tile=128", "--propagation-frames", "4", "--device", "cpu",
+                      "--variant", "w2s:online_pseudo_labels=true,cutmix_probability=0.5,scale_range=[0.9,1.1]")
     assert result.returncode == 0, result.stderr + result.stdout
     results = json.loads((out / "results.json").read_text())
-    assert set(results["methods"]) == {"supervised", "plcl"}
+    assert set(results["methods"]) == {"supervised", "plcl", "plcl+w2s"}
+    # The variant is the method with its settings on top of the bench's.
+    job = json.loads((out / "runs" / "seed0" / "plcl+w2s" / "train" / "job.json").read_text())["config"]
+    assert job["online_pseudo_labels"] is True and job["cutmix_probability"] == 0.5
+    assert job["scale_range"] == [0.9, 1.1] and job["patch_size"] == 64
+    assert results["methods"]["plcl+w2s"]["variant_of"] == "plcl"
     for method in results["methods"].values():
         assert 0 <= method["mean_dice"]["mean"] <= 1 and method["peak_rss_mb_train"]["mean"] > 0
     for run in results["runs"]:
@@ -37,6 +45,8 @@ def test_bench_on_an_oblique_synthetic_dataset_writes_table_figures_and_results(
     assert results["throughput"]["profile"]
     table = (out / "results.md").read_text()
     assert "| supervised only |" in table and "slowest" in table.lower()
+    assert "## Ablation" in table and "+ w2s (online_pseudo_labels=true" in table
+    assert "| 0 of 1 seeds |" in table or "| 1 of 1 seeds |" in table
     # plcl predict timed on a generated cine sequence of the target's frame size (reported, not judged here)
     propagation = results["propagation"]
     assert propagation["frames"] == 4 and sorted(propagation["size"]) == [10, 224, 224]
@@ -62,3 +72,37 @@ def test_bench_refuses_an_unreadable_propagation_model_before_any_work(tmp_path)
         errors = [e for e in events(result.stdout) if e["event"] == "error"]
         assert result.returncode == 1 and len(errors) == 1 and str(model) in errors[0]["message"]
         assert not (tmp_path / "bench").exists()
+
+
+def test_the_ablation_table_pairs_each_variant_with_the_method_seed_by_seed():
+    def run(method, seed, dice):
+        return {"method": method, "seed": seed, "mean_dice": dice}
+
+    results = {"methods": {"plcl": {"label": "the method", "mean_dice": {"mean": 0.8, "std": 0.1}},
+                           "plcl+a": {"label": "the method + a (x=1)", "variant_of": "plcl",
+                                      "mean_dice": {"mean": 0.78, "std": 0.1}}},
+               "runs": [run("plcl", 0, 0.70), run("plcl", 1, 0.90), run("plcl", 2, 0.80),
+                        run("plcl+a", 0, 0.74), run("plcl+a", 1, 0.82)]}  # seed 2 of the variant missing
+    lines = ablation_lines(results)
+    row = next(line for line in lines if line.startswith("| the method + a"))
+    assert "| -0.020 |" in row and "seed 0: +0.040, seed 1: -0.080" in row and "| 1 of 2 seeds |" in row
+    assert ablation_lines({"methods": {"plcl": results["methods"]["plcl"]}, "runs": []}) == []
+
+
+@pytest.mark.parametrize("variant, message", [
+    ("noname", "expected NAME:KEY=VALUE"), ("bad name:teacher_ema=0.9", "expected NAME:KEY=VALUE"),
+    ("a:no_such_setting=1", "KEY one of"), ("a:teacher_ema=2", "teacher_ema=2: must be from 0"),
+    ("a:online_pseudo_labels=1", "online_pseudo_labels=1: expected true or false"),
+])
+def test_bench_refuses_a_bad_variant_before_any_work(tmp_path, variant, message):
+    data = make_synthetic_dataset(tmp_path / "data", n_cases=2, seed=3)
+    result = run_plcl("bench", "--data", str(data), "--out", str(tmp_path / "bench"), "--variant", variant)
+    assert result.returncode == 2 and message in result.stdout + result.stderr
+    assert not (tmp_path / "bench").exists()
+
+
+def test_bench_refuses_two_variants_of_one_name(tmp_path):
+    data = make_synthetic_dataset(tmp_path / "data", n_cases=2, seed=3)
+    result = run_plcl("bench", "--data", str(data), "--out", str(tmp_path / "bench"),
+                      "--variant", "a:teacher_ema=0.9", "--variant", "a:teacher_ema=0.99")
+    assert result.returncode == 2 and "given twice" in result.stdout + result.stderr

@@ -26,7 +26,7 @@ from typing import Any
 
 from .. import __version__
 from . import slicing
-from .config import BUDGETS, ConfigError
+from .config import BUDGETS, ConfigError, TrainConfig, parse_overrides
 from .dataset import Dataset, read_dataset
 from .evaluation import evaluate
 from .events import EventSink
@@ -69,6 +69,9 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"of {', '.join(METHODS)}")
     parser.add_argument("--snapshots", type=int, default=3, help="intermediate models for the Dice-time curve")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="configuration for all methods")
+    parser.add_argument("--variant", action="append", default=[], metavar="NAME:KEY=VALUE[,KEY=VALUE]",
+                        help="also run this method with these settings, as method plcl+NAME: an ablation, "
+                        "scored per seed against plcl in results.md (repeatable)")
     parser.add_argument("--throughput-iterations", type=int, default=12,
                         help="iterations per variant of the throughput comparison (0: skip)")
     parser.add_argument("--propagation-frames", type=int, default=30, metavar="N",
@@ -78,6 +81,37 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
                         help="the model for that timing (default: the first method's final model of the first seed)")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
     parser.add_argument("--events", choices=["jsonl"], default=None)
+
+
+def parse_variants(items: list[str], budget: str) -> dict[str, dict[str, Any]]:
+    """``NAME:KEY=VALUE,KEY=VALUE`` of --variant as {NAME: overrides}, every setting checked."""
+    variants: dict[str, dict[str, Any]] = {}
+    for item in items:
+        name, sep, settings = item.partition(":")
+        if not sep or not re.fullmatch(r"[A-Za-z0-9_-]+", name) or not settings:
+            raise ConfigError(f"--variant {item}: expected NAME:KEY=VALUE[,KEY=VALUE] with NAME of letters, "
+                              "digits, _ or -")
+        if name in variants:
+            raise ConfigError(f"--variant {item}: the name {name!r} is given twice")
+        # Commas separate settings only where a KEY= follows, so list values keep theirs.
+        overrides = parse_overrides(re.split(r",(?=[A-Za-z_]+=)", settings), "--variant")
+        TrainConfig.from_budget(budget, **overrides)  # a bad value fails now, not after other runs
+        variants[name] = overrides
+    return variants
+
+
+def method_specs(methods: list[str], variants: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """The specification of each method to run: the named ones, then plcl+NAME for each variant."""
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        raise ConfigError(f"unknown methods {unknown}; choose from {', '.join(METHODS)}")
+    specs = {m: METHODS[m] for m in methods}
+    base = METHODS["plcl"]
+    for name, overrides in variants.items():
+        settings = ", ".join(f"{k}={json.dumps(v)}" for k, v in overrides.items())
+        specs[f"plcl+{name}"] = {**base, "label": f"{base['label']} + {name} ({settings})",
+                                 "set": {**base["set"], **overrides}, "variant_of": "plcl"}
+    return specs
 
 
 # --- cases ----------------------------------------------------------------------------------------
@@ -161,9 +195,8 @@ def _set_args(items: dict[str, Any]) -> list[str]:
     return [arg for key, value in items.items() for arg in ("--set", f"{key}={json.dumps(value)}")]
 
 
-def run_method(method: str, protocol: Protocol, dataset: Dataset, args: argparse.Namespace, seed: int,
-               folder: Path, sink: EventSink) -> dict[str, Any]:
-    spec = METHODS[method]
+def run_method(method: str, spec: dict[str, Any], protocol: Protocol, dataset: Dataset, args: argparse.Namespace,
+               seed: int, folder: Path, sink: EventSink) -> dict[str, Any]:
     shutil.rmtree(folder, ignore_errors=True)  # this bench's own earlier run of the method: runs need fresh folders
     folder.mkdir(parents=True, exist_ok=True)
     train = ["train", "--data", str(dataset.root), "--labeled-cases", ",".join(protocol.labeled),
@@ -224,10 +257,8 @@ def _model_train_seconds(path: Path) -> float:
 
 def run_bench(args: argparse.Namespace, sink: EventSink, cancel: threading.Event) -> dict[str, Any]:
     dataset = read_dataset(args.data)
-    methods = [m for m in args.methods.split(",") if m]
-    unknown = [m for m in methods if m not in METHODS]
-    if unknown:
-        raise ConfigError(f"unknown methods {unknown}; choose from {', '.join(METHODS)}")
+    specs = method_specs([m for m in args.methods.split(",") if m], parse_variants(args.variant, args.budget))
+    methods = list(specs)
     seeds = [int(s) for s in args.seeds.split(",") if s]
     if args.propagation_frames != 0 and args.propagation_frames < 4:
         raise ConfigError(f"--propagation-frames {args.propagation_frames}: 0 (no timing) or at least 4 frames")
@@ -245,8 +276,9 @@ def run_bench(args: argparse.Namespace, sink: EventSink, cancel: threading.Event
         for method in methods:
             if cancel.is_set():
                 break
-            runs.append(run_method(method, protocol, dataset, args, seed, out / "runs" / f"seed{seed}" / method, sink))
-            _write_results(out, args, dataset, methods, seeds, protocols, runs, throughput=None)
+            runs.append(run_method(method, specs[method], protocol, dataset, args, seed,
+                                   out / "runs" / f"seed{seed}" / method, sink))
+            _write_results(out, args, dataset, specs, seeds, protocols, runs, throughput=None)
     throughput = None
     if args.throughput_iterations > 0 and not cancel.is_set():
         from .throughput import measure_throughput
@@ -261,7 +293,7 @@ def run_bench(args: argparse.Namespace, sink: EventSink, cancel: threading.Event
 
         sink.emit("stage", stage="bench:propagation", round=0, total=0)
         propagation = measure_propagation(model, out / "propagation", args.device, frames=args.propagation_frames)
-    results = _write_results(out, args, dataset, methods, seeds, protocols, runs, throughput, propagation)
+    results = _write_results(out, args, dataset, specs, seeds, protocols, runs, throughput, propagation)
     from .bench_report import write_figures
 
     write_figures(out, results, dataset)
@@ -269,9 +301,9 @@ def run_bench(args: argparse.Namespace, sink: EventSink, cancel: threading.Event
     return results
 
 
-def _aggregate(runs: list[dict[str, Any]], methods: list[str]) -> dict[str, Any]:
+def _aggregate(runs: list[dict[str, Any]], specs: dict[str, dict[str, Any]]) -> dict[str, Any]:
     table = {}
-    for method in methods:
+    for method, spec in specs.items():
         mine = [r for r in runs if r["method"] == method]
         if not mine:
             continue
@@ -284,7 +316,7 @@ def _aggregate(runs: list[dict[str, Any]], methods: list[str]) -> dict[str, Any]
 
         structures = list(mine[0]["dice"])
         table[method] = {
-            "label": METHODS[method]["label"], "n_seeds": len(mine),
+            "label": spec["label"], "n_seeds": len(mine), "variant_of": spec.get("variant_of"),
             "mean_dice": stats("mean_dice"), "mean_hd95_mm": stats("mean_hd95_mm"),
             "dice": {s: stats("d", [{"d": r["dice"][s]} for r in mine]) for s in structures},
             "train_seconds": stats("train_seconds"), "iterations": stats("iterations"),
@@ -310,7 +342,8 @@ def machine_description() -> str:
     return f"{cpu} ({bf16}), {os.cpu_count()} cores{gpu}, torch {torch.__version__}, {platform.system()}"
 
 
-def _write_results(out: Path, args: argparse.Namespace, dataset: Dataset, methods: list[str], seeds: list[int],
+def _write_results(out: Path, args: argparse.Namespace, dataset: Dataset, specs: dict[str, dict[str, Any]],
+                   seeds: list[int],
                    protocols: dict[int, Any], runs: list[dict[str, Any]], throughput: dict[str, Any] | None,
                    propagation: dict[str, Any] | None = None) -> dict[str, Any]:
     results = {
@@ -322,7 +355,7 @@ def _write_results(out: Path, args: argparse.Namespace, dataset: Dataset, method
                      "checkpoint": "the last model (no validation-based selection)", "cases": protocols,
                      "n_labeled_patients": None if args.labeled_cases else args.n_labeled_patients,
                      "labeled_slices": args.labeled_slices, "as_whole_volumes": bool(args.as_whole_volumes)},
-        "methods": _aggregate(runs, methods), "runs": runs, "throughput": throughput, "propagation": propagation,
+        "methods": _aggregate(runs, specs), "runs": runs, "throughput": throughput, "propagation": propagation,
     }
     with atomic_path(out / "results.json") as tmp, open(tmp, "w") as f:
         json.dump(results, f, indent=2)

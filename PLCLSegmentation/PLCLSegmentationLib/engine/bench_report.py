@@ -48,6 +48,7 @@ def markdown(results: dict[str, Any]) -> str:
                 _pm(m["peak_rss_mb_train"], 0), _pm(m["peak_rss_mb_predict"], 0)]
             lines.append("| " + " | ".join(row) + " |")
         lines.append("")
+    lines += ablation_lines(results)
     throughput = results.get("throughput")
     if throughput:
         lines += [f"## Training throughput ({throughput['device']}, {throughput.get('precision', 'fp32')} by default, "
@@ -73,6 +74,27 @@ def markdown(results: dict[str, Any]) -> str:
     lines += ["Figures: `dice_vs_time.png` (mean Dice of intermediate and final models against training time), "
               "`examples.png` (one evaluation slice per method beside the ground truth).", ""]
     return "\n".join(lines)
+
+
+def ablation_lines(results: dict[str, Any]) -> list[str]:
+    """Each variant's mean Dice against its base method's, paired seed by seed (the same
+    annotated patient and unannotated volumes), where both ran."""
+    variants = {name: m for name, m in results["methods"].items() if m.get("variant_of")}
+    if not variants:
+        return []
+    dice = {(r["method"], r["seed"]): r["mean_dice"] for r in results["runs"] if r.get("mean_dice") is not None}
+    lines = ["## Ablation: each variant against the method, seed by seed", "",
+             "| variant | mean Dice | change (mean over seeds) | change per seed | better on |",
+             "|---|---|---|---|---|"]
+    for name, m in variants.items():
+        base = m["variant_of"]
+        seeds = sorted(seed for method, seed in dice if method == name and (base, seed) in dice)
+        changes = [dice[(name, seed)] - dice[(base, seed)] for seed in seeds]
+        mean = f"{sum(changes) / len(changes):+.3f}" if changes else "n/a"
+        per_seed = ", ".join(f"seed {seed}: {change:+.3f}" for seed, change in zip(seeds, changes)) or "n/a"
+        better = f"{sum(c > 0 for c in changes)} of {len(changes)} seeds"
+        lines.append(f"| {m['label']} | {_pm(m['mean_dice'])} | {mean} | {per_seed} | {better} |")
+    return lines + [""]
 
 
 def _throughput_row(row: dict) -> str:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import signal
 import sys
 import threading
@@ -14,7 +13,7 @@ from typing import Any
 
 from .. import __version__
 from . import slicing
-from .config import BUDGETS, DEFAULT_BUDGET, ConfigError, TrainConfig
+from .config import BUDGETS, DEFAULT_BUDGET, ConfigError, TrainConfig, parse_overrides
 from .events import EXIT_CANCELLED, EXIT_ERROR, EXIT_OK, EXIT_USAGE, STOP_FILE, EventSink, JsonLinesSink
 from .volumes import DISK_FULL_ERRNOS, InputError
 
@@ -91,21 +90,6 @@ def build_parser() -> argparse.ArgumentParser:
     add_bench_arguments(commands.add_parser("bench", help="compare the method with its baselines on a dataset "
                                             "(accuracy, time, memory)"))
     return parser
-
-
-def _config_overrides(items: list[str]) -> dict[str, Any]:
-    fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
-    overrides: dict[str, Any] = {}
-    for item in items:
-        key, sep, raw = item.partition("=")
-        if not sep or key not in fields:
-            raise ConfigError(f"--set {item}: expected KEY=VALUE with KEY one of {', '.join(sorted(fields))}")
-        try:
-            value = json.loads(raw)
-        except json.JSONDecodeError:
-            value = raw
-        overrides[key] = tuple(value) if isinstance(value, list) else value
-    return overrides
 
 
 def make_train_job(args: argparse.Namespace):
@@ -186,7 +170,7 @@ def train_config(args: argparse.Namespace, has_unlabeled: bool = True) -> TrainC
     the same budget and iterations as for a first training, plus --init-model)."""
     # The options win over --set of the same field (one dict: a field given twice is no TypeError).
     options = {"seed": args.seed, "device": args.device}
-    overrides = {**_config_overrides(args.set), **{k: v for k, v in options.items() if v is not None}}
+    overrides = {**parse_overrides(args.set), **{k: v for k, v in options.items() if v is not None}}
     config = TrainConfig.from_budget(args.budget or DEFAULT_BUDGET, **overrides)
     if args.iterations is not None:
         config = config.with_iterations(args.iterations)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 from dataclasses import dataclass, field
 from typing import Any
@@ -176,6 +177,22 @@ class TrainConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         values = {k: (tuple(v) if isinstance(v, list) else v) for k, v in values.items() if k in known}
         return cls(**values).validated()
+
+
+def parse_overrides(items: list[str], option: str = "--set") -> dict[str, Any]:
+    """``KEY=VALUE`` settings (VALUE as JSON where it parses, else a string) as a dict of overrides."""
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    overrides: dict[str, Any] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or key not in fields:
+            raise ConfigError(f"{option} {item}: expected KEY=VALUE with KEY one of {', '.join(sorted(fields))}")
+        try:
+            value = json.loads(raw)
+        except json.JSONDecodeError:
+            value = raw
+        overrides[key] = tuple(value) if isinstance(value, list) else value
+    return overrides
 
 
 def _check_types(config: TrainConfig) -> None:
