@@ -301,3 +301,21 @@ def test_the_curve_pools_the_seeds_of_one_point_over_bench_folders(tmp_path):
     write_curve(tmp_path)
     assert "| 1 | 3 | few slices | 6.0 | the method | 0.750 ± 0.071 | 2 | 0: 0.700, 1: 0.800 |" in \
         (tmp_path / "curve.md").read_text()
+
+
+@pytest.mark.parametrize("total, painted, background, expected", [
+    (6, [1, 3, 5], [], [1, 3, 5]),  # three slices spread through a 6-slice frame: half, but with gaps
+    (6, [1, 4], [], [1, 4]),
+    (10, [4, 5], [], [4, 5]),  # fewer than half, in one run
+    (10, list(range(2, 9)), [], list(range(10))),  # drawn in full: empty slices above and below are background
+    (6, [2, 3, 4], [], list(range(6))),  # half, in one run: taken as drawn in full (the panel says so)
+    (8, [3, 4, 5, 6], [0], [0, 3, 4, 5, 6]),  # a marked background slice away from the run: 1 and 2 unknown
+])
+def test_automatic_choice_never_takes_a_slice_between_painted_ones_as_background(total, painted, background,
+                                                                                  expected):
+    from PLCLSegmentationLib.logic import SliceSummary
+
+    summary = SliceSummary(total, painted, background, "auto", "Axial")
+    assert summary.annotated == expected
+    assert SliceSummary(total, painted, background, "all", "Axial").annotated == list(range(total))
+    assert SliceSummary(total, painted, background, "painted", "Axial").annotated == sorted(painted + background)

@@ -68,10 +68,14 @@ class SliceSummary:
 
     @property
     def only_painted(self) -> bool:
-        """Whether only the painted (and background) slices are annotated: chosen, or "auto" with fewer
-        than half of the slices painted (a fully drawn volume keeps teaching background everywhere)."""
+        """Whether only the painted (and background) slices are annotated: chosen, or "auto" with an
+        unpainted slice between painted ones (a structure continues through it, so it is not
+        background) or fewer than half of the slices painted. A fully drawn volume, a run of painted
+        slices with empty ones above and below, keeps teaching background everywhere."""
         if self.mode == SLICES_AUTO:
-            return 2 * len(set(self.painted) | set(self.background)) < self.total
+            marked = sorted(set(self.painted) | set(self.background))
+            gap = any(later - earlier > 1 for earlier, later in zip(marked, marked[1:]))
+            return gap or 2 * len(marked) < self.total
         return self.mode == SLICES_PAINTED
 
     @property

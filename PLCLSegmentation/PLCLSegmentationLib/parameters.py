@@ -40,7 +40,7 @@ ROLES = (ANNOTATED, REVIEWED, PREDICTED, UNANNOTATED, EXCLUDED)
 TRAINING_ROLES = (ANNOTATED, REVIEWED)
 
 # Which slices of an annotated volume are annotated (engine: --annotated-slices).
-SLICES_AUTO = "auto"  # only the painted ones where fewer than half are painted, else all
+SLICES_AUTO = "auto"  # only the painted ones where unpainted ones lie between them or fewer than half are painted
 SLICES_ALL = "all"  # every slice: unpainted slices teach background
 SLICES_PAINTED = "painted"  # the painted slices and those marked as background
 SLICE_MODES = (SLICES_AUTO, SLICES_ALL, SLICES_PAINTED)
