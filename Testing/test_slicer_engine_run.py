@@ -117,3 +117,44 @@ def test_cancel_the_real_engine_mid_run(scene):
     assert not job.out_dir.exists()
     with pytest.raises(ProcessLookupError):
         os.kill(job.process.pid, 0)
+
+
+def test_paint_three_slices_of_two_volumes_train_and_segment_every_other_volume(tmp_path):
+    """The annotated-slices workflow through the real engine: three slices painted in each of two
+    volumes, the panel's automatic choice, every other volume segmented, the user's segmentations
+    untouched."""
+    app = SlicerApp()
+    annotated_cases, other = [CASES[0], CASES[2]], [CASES[1]]
+    painted = {CASES[0]: [0, 2, 4], CASES[2]: [1, 3, 5]}  # spread: the slices between stay unknown
+    volumes = {c: app.load_volume(acdc_case(c)[0], c) for c in CASES}
+    logic = PLCLSegmentationLogic(app.services, models_dir=tmp_path / "models", environment=ENVIRONMENT,
+                                  engine_command=[sys.executable, "-m", "PLCLSegmentationLib.engine"])
+    logic.refresh()
+    segmentations, before = {}, {}
+    for case in annotated_cases:
+        labels = read_labels(acdc_case(case)[1])
+        few = labels * 0
+        few[painted[case]] = labels[painted[case]]
+        segmentations[case] = app.add_segmentation(volumes[case], few, ACDC_SEGMENTS, f"{case} three slices")
+        before[case] = snapshot(segmentations[case])
+        logic.set_annotation(volumes[case], segmentations[case])
+        assert logic.slice_summary(volumes[case]).annotated == painted[case]
+    for name, value in (("budget", "quick"), ("device", "cpu"), ("iterations", 12)):
+        logic.state.set(name, value)
+    try:
+        job = logic.train()
+        specs = [job.argv[i + 1] for i, arg in enumerate(job.argv) if arg == "--annotated-slices"]
+        assert specs == ["0,2,4", "1,3,5"]
+        logic.wait(300)
+        assert job.state == JobState.DONE, f"{job.error}\n" + "\n".join(job.tail)
+        assert job.imported == other
+        record = logic.state.record_for(volumes[other[0]])
+        assert record.role == PREDICTED and record.segmentation.GetSegmentation().GetNumberOfSegments() == 3
+        summary = json.loads((job.out_dir / "summary.json").read_text())
+        assert [entry["indices"] for entry in summary["annotated_slices"]] == [[0, 2, 4], [1, 3, 5]]
+        rows = {row.name: row.slices for row in logic.review_rows()}
+        assert rows[CASES[0]] == "3 of 6 slices (0, 2, 4)" and rows[CASES[2]] == "3 of 7 slices (1, 3, 5)"
+    finally:
+        logic.shutdown()
+    for case in annotated_cases:
+        assert snapshot(segmentations[case]) == before[case], f"the user's segmentation of {case} changed"
