@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 
 import pytest
 from conftest import events, run_plcl
 
-from PLCLSegmentationLib.engine.bench import patient_of
+from PLCLSegmentationLib.engine.bench import add_bench_arguments, choose_cases, patient_of
 from PLCLSegmentationLib.engine.bench_report import ablation_lines
+from PLCLSegmentationLib.engine.dataset import read_dataset
 from PLCLSegmentationLib.engine.synthetic import make_synthetic_dataset
 
 
@@ -106,3 +108,27 @@ def test_bench_refuses_two_variants_of_one_name(tmp_path):
     result = run_plcl("bench", "--data", str(data), "--out", str(tmp_path / "bench"),
                       "--variant", "a:teacher_ema=0.9", "--variant", "a:teacher_ema=0.99")
     assert result.returncode == 2 and "given twice" in result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("options, message", [
+    (["--n-unlabeled", "-1"], "--n-unlabeled -1: must be 0 or more"),
+    (["--labeled-slices", "0"], "--labeled-slices must be at least 1"),
+    (["--n-labeled-patients", "9"], "only 4 labelled patients"),
+])
+def test_bench_refuses_an_impossible_protocol_before_any_work(tmp_path, options, message):
+    data = make_synthetic_dataset(tmp_path / "data", n_cases=6, seed=3)
+    result = run_plcl("bench", "--data", str(data), "--out", str(tmp_path / "bench"), *options)
+    assert result.returncode == 2 and message in result.stdout + result.stderr
+    assert not (tmp_path / "bench").exists()
+
+
+def test_the_protocol_offers_every_other_case_of_the_split_unless_told_how_many(tmp_path):
+    data = make_synthetic_dataset(tmp_path / "data", n_cases=6, seed=3)
+    parser = argparse.ArgumentParser()
+    add_bench_arguments(parser)
+    dataset = read_dataset(data)
+    every = choose_cases(dataset, parser.parse_args(["--data", str(data), "--out", "x"]), seed=0)
+    rest = [c for c in dataset.split("train") if c not in every.labeled]
+    assert every.unlabeled == sorted(rest) and len(rest) >= 2
+    two = choose_cases(dataset, parser.parse_args(["--data", str(data), "--out", "x", "--n-unlabeled", "2"]), 0)
+    assert len(two.unlabeled) == 2 and set(two.unlabeled) <= set(rest)

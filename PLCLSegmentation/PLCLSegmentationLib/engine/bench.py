@@ -60,7 +60,8 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
                         "all instead (the same cases first), to compare at the same number of slices")
     parser.add_argument("--seeds", default="0,1", metavar="S,T", help="seeds: training, and patient choice")
     parser.add_argument("--unlabeled-split", default="train", metavar="SPLIT")
-    parser.add_argument("--n-unlabeled", type=int, default=40, metavar="K")
+    parser.add_argument("--n-unlabeled", type=int, metavar="K",
+                        help="unannotated cases: K of the split's other patients, drawn by seed (default: all)")
     parser.add_argument("--eval-split", default="val", metavar="SPLIT")
     parser.add_argument("--minutes", type=float, default=20.0, help="training budget per method (wall clock)")
     parser.add_argument("--iterations", type=int, help="a budget in iterations instead of minutes")
@@ -164,7 +165,10 @@ def choose_cases(dataset: Dataset, args: argparse.Namespace, seed: int) -> Proto
         total = sum(case_slices(dataset, case)[0] for case in labeled)
     labeled_patients = {patient_of(c) for c in labeled}
     rest = [c for c in pool if patient_of(c) not in labeled_patients]
-    unlabeled = random.Random(seed + 1000).sample(rest, min(args.n_unlabeled, len(rest)))
+    if args.n_unlabeled is not None and args.n_unlabeled < 0:
+        raise ConfigError(f"--n-unlabeled {args.n_unlabeled}: must be 0 or more")
+    count = len(rest) if args.n_unlabeled is None else min(args.n_unlabeled, len(rest))
+    unlabeled = random.Random(seed + 1000).sample(rest, count)
     return Protocol(labeled, sorted(unlabeled), dataset.split(args.eval_split), slices, total)
 
 
@@ -266,13 +270,12 @@ def run_bench(args: argparse.Namespace, sink: EventSink, cancel: threading.Event
         from .modelfile import read_model
 
         read_model(args.propagation_model)
+    chosen = {seed: choose_cases(dataset, args, seed) for seed in seeds}  # every check before any output
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     sink.emit("start", command="bench", version=__version__, device=args.device, out=str(out))
-    runs, protocols = [], {}
-    for seed in seeds:
-        protocol = choose_cases(dataset, args, seed)
-        protocols[seed] = protocol.__dict__
+    runs, protocols = [], {seed: protocol.__dict__ for seed, protocol in chosen.items()}
+    for seed, protocol in chosen.items():
         for method in methods:
             if cancel.is_set():
                 break
