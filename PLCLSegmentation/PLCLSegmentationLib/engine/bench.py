@@ -357,6 +357,7 @@ def _write_results(out: Path, args: argparse.Namespace, dataset: Dataset, specs:
                      "budget_iterations": args.iterations, "preset": args.budget, "seeds": seeds,
                      "checkpoint": "the last model (no validation-based selection)", "cases": protocols,
                      "n_labeled_patients": None if args.labeled_cases else args.n_labeled_patients,
+                     "n_unlabeled": args.n_unlabeled,
                      "labeled_slices": args.labeled_slices, "as_whole_volumes": bool(args.as_whole_volumes)},
         "methods": _aggregate(runs, specs), "runs": runs, "throughput": throughput, "propagation": propagation,
     }

@@ -26,7 +26,9 @@ def markdown(results: dict[str, Any]) -> str:
         "",
         f"- Machine: {results['machine']}",
         f"- Date: {results['date']}, plcl {results['version']}",
-        f"- Command: `{results['command']}`" if results.get("command") else "- Command: (library call)",
+        f"- Command: `{results['command']}`" if results.get("command")
+        else f"- Pooled from: {', '.join(results['pooled_from'])}" if results.get("pooled_from")
+        else "- Command: (library call)",
         f"- Protocol: {len(cases['labeled'])} annotated cases ({', '.join(cases['labeled'])} for seed "
         f"{protocol['seeds'][0]}), {len(cases['unlabeled'])} unannotated, evaluation on split "
         f"'{protocol['eval_split']}' ({len(cases['evaluation'])} cases); training budget {budget} per method "
@@ -71,6 +73,8 @@ def markdown(results: dict[str, Any]) -> str:
         from .propagation import markdown as propagation_markdown
 
         lines += propagation_markdown(results["propagation"])
+    if results.get("pooled_from"):  # figures are drawn by each bench run, not from a pool
+        return "\n".join(lines)
     lines += ["Figures: `dice_vs_time.png` (mean Dice of intermediate and final models against training time), "
               "`examples.png` (one evaluation slice per method beside the ground truth).", ""]
     return "\n".join(lines)
