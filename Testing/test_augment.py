@@ -140,6 +140,28 @@ def test_random_transforms_follow_the_configured_ranges(device):
 
 
 @pytest.mark.parametrize("device", DEVICES)
+def test_orientation_augmentation_turns_by_quarter_turns_and_mirrors_half_of_the_patches(device):
+    config = TrainConfig(augmentation="strong", rotation_degrees=10, elastic_probability=0)
+    plain = random_spatial(config, 4000, 16, torch.Generator(device=device).manual_seed(5))
+    turned = random_spatial(dataclasses.replace(config, orientation_augmentation=True), 4000, 16,
+                            torch.Generator(device=device).manual_seed(5))
+    # The same small rotations, plus a multiple of 90 degrees drawn evenly.
+    quarters = (turned.angle - plain.angle) / (math.pi / 2)
+    assert (quarters - quarters.round()).abs().max() < 1e-4
+    counts = torch.bincount(quarters.round().long(), minlength=4)
+    assert len(counts) == 4 and (counts.float() / 4000 - 0.25).abs().max() < 0.03
+    assert abs(turned.flip.float().mean().item() - 0.5) < 0.03 and not plain.flip.any()
+    torch.testing.assert_close(turned.scale, plain.scale)
+    # An image and its labels stay aligned under the turn and the mirror.
+    images, labels = blocks(70, 60)
+    maker = BatchMaker(dataclasses.replace(config, orientation_augmentation=True, patch_size=32),
+                       SliceAtlas.pack([images[None]], [labels[None]], device), None, seed=2)
+    x, y = maker.draw(maker.annotated, 64)
+    flat = (x[:, 0] - x[:, 0].round()).abs() < 1e-4
+    torch.testing.assert_close((2 * x[:, 0].round()[flat]).to(torch.uint8), y[flat])
+
+
+@pytest.mark.parametrize("device", DEVICES)
 def test_the_same_seed_gives_the_same_batches(device):
     images, labels = blocks(80, 90)
     atlas = SliceAtlas.pack([images[None].repeat(2, 1, 1)], [labels[None].repeat(2, 1, 1)], device)

@@ -42,8 +42,10 @@ def random_spatial(config: TrainConfig, count: int, patch: int, generator: torch
 
     - "paper": per sample one of a small rotation, a scaling, a flip, a rotation by a multiple of
       45 degrees, or none; plus, with some probability, a smooth elastic deformation (Chaitanya et al.);
-    - "strong": rotation and scaling always, no flips (the canonical orientation keeps left and
-      right apart), elastic deformation with some probability: more variety from one patient.
+    - "strong": rotation and scaling always, elastic deformation with some probability: more
+      variety from one patient. No flips, unless ``config.orientation_augmentation`` adds a turn by
+      a random multiple of 90 degrees and a mirror to half of the samples: then a model does not
+      rely on one in-plane orientation of the heart, which file headers do not always give.
     """
     device = generator.device
     angle = torch.deg2rad(_uniform(count, -config.rotation_degrees, config.rotation_degrees, generator))
@@ -55,6 +57,10 @@ def random_spatial(config: TrainConfig, count: int, patch: int, generator: torch
         angle = torch.where(choice == 0, angle, torch.where(choice == 3, right_angles, torch.zeros_like(angle)))
         scale = torch.where(choice == 1, scale, torch.ones_like(scale))
         flip = choice == 2
+    elif config.orientation_augmentation:
+        quarter_turns = torch.randint(4, (count,), generator=generator, device=device)
+        angle = angle + quarter_turns * (math.pi / 2)
+        flip = torch.rand(count, generator=generator, device=device) < 0.5
     elastic = None
     if config.elastic_sigma_px > 0 and config.elastic_probability > 0:
         coarse = torch.randn((count, 2, 3, 3), generator=generator, device=device) * config.elastic_sigma_px
