@@ -89,8 +89,9 @@ class TrainConfig:
     #: With "strong" augmentation, also turn each patch by a random multiple of 90 degrees and mirror
     #: half of them: for images whose in-plane orientation varies between volumes (the heart's
     #: right ventricle to the left in some, above in others), as when headers carry no orientation
-    #: (ACDC's NIfTI files) or scanners turn the short-axis plane differently.
-    orientation_augmentation: bool = False
+    #: (ACDC's NIfTI files) or scanners turn the short-axis plane differently. Measured on ACDC, one
+    #: annotated patient, 1000 iterations: +0.051 mean Dice over three seeds, better on each (README).
+    orientation_augmentation: bool = True
     gamma_max: float = 1.5
     noise_sigma: float = 0.05
     rotation_degrees: float = 30.0  # the paper: 15 (with "paper" augmentation)
