@@ -65,6 +65,24 @@ def test_mean_teacher_labels_and_is_the_final_model(tmp_path):
     assert restored.iteration == 6 and restored.pseudo_round == 2
 
 
+def test_the_mean_teacher_is_the_mean_of_the_students_until_its_decay_is_reached():
+    annotated, unannotated = _volumes()
+    config = dataclasses.replace(TINY, teacher_ema=0.99)
+    trainer = Trainer(config, 3, [annotated], [unannotated], RecordingSink(), torch.device("cpu"))
+    maker = BatchMaker(config, trainer.annotated, None, seed=0)
+    students = []
+    for _ in range(3):
+        trainer.step(maker.segmentation_batch())
+        trainer.iteration += 1
+        students.append({k: v.detach().clone() for k, v in trainer.model.named_parameters()})
+        if len(students) == 1:  # the first step copies the student
+            for name, value in trainer.teacher.named_parameters():
+                torch.testing.assert_close(value, students[0][name])
+    for name, value in trainer.teacher.named_parameters():
+        torch.testing.assert_close(value, sum(s[name] for s in students) / 3, rtol=1e-5, atol=1e-6)
+    assert not all(torch.equal(students[-1][n], v) for n, v in trainer.teacher.named_parameters())
+
+
 def test_every_snapshot_is_saved_even_when_one_step_passes_several_points(tmp_path):
     # Eleven snapshots over six iterations: every step passes two snapshot points at once.
     annotated, unannotated = _volumes()

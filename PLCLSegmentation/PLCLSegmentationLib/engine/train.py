@@ -356,7 +356,9 @@ class Trainer:
 
     @torch.no_grad()
     def _update_teacher(self) -> None:
-        decay = self.config.teacher_ema
+        # Ramped as in Tarvainen & Valpola's mean teacher: until the decay is reached the teacher is the
+        # plain mean of every student so far, so it never lags far behind a short run or fine-tune.
+        decay = min(self.config.teacher_ema, 1.0 - 1.0 / (self.iteration + 1))
         for teacher, student in zip(self.teacher.parameters(), self.model.parameters()):
             teacher.lerp_(student, 1.0 - decay)
         for teacher, student in zip(self.teacher.buffers(), self.model.buffers()):
