@@ -41,7 +41,7 @@ METHODS: dict[str, dict[str, Any]] = {
     # The recipe as published: pseudo-labels in the contrastive loss only, the paper's augmentation.
     "plcl_paper": {"label": "the paper's recipe (pseudo-labels in the contrastive loss only)", "unlabeled": True,
                    "set": {"pseudo_segmentation_weight": 0, "augmentation": "paper", "rotation_degrees": 15,
-                           "scale_range": [0.95, 1.05], "largest_component": False}},
+                           "scale_range": [0.95, 1.05], "largest_component": False, "teacher_ema": 0}},
 }
 DEFAULT_METHODS = ("supervised", "self_training", "plcl")
 

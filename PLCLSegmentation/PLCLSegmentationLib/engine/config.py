@@ -68,8 +68,9 @@ class TrainConfig:
     #: (README). With contrastive_weight 0 this is plain self-training.
     pseudo_segmentation_weight: float = 1.0
     #: Decay of the mean teacher (an exponential moving average of the weights) that makes the
-    #: pseudo-labels and is the final model; 0 uses the trained weights themselves.
-    teacher_ema: float = 0.0
+    #: pseudo-labels and is the final model; 0 uses the trained weights themselves. 0.99 measured
+    #: +0.037 mean Dice on ACDC from one annotated patient over three seeds, better on two (README).
+    teacher_ema: float = 0.99
     #: Pixels whose pseudo-label probability is below this are left out of the contrastive loss.
     pseudo_label_confidence: float = 0.0
     #: Weak-to-strong consistency (engine/consistency.py): at every joint step the teacher labels the
