@@ -14,7 +14,8 @@ CASES = {"0": {"labeled": ["p1_a", "p1_b"], "unlabeled": ["p2_a"], "evaluation":
 
 
 def _run(method: str, seed: int, dice: float) -> dict:
-    return {"method": method, "seed": seed, "mean_dice": dice, "mean_hd95_mm": 5.0,
+    curve = [{"train_seconds": 30.0, "mean_dice": dice / 2}, {"train_seconds": 60.0, "mean_dice": dice}]
+    return {"method": method, "seed": seed, "mean_dice": dice, "mean_hd95_mm": 5.0, "curve": curve,
             "dice": {"rv": dice - 0.1, "lv": dice + 0.1}, "train_seconds": 60.0, "iterations": 100,
             "slices_per_s": 10.0, "predict_seconds_per_volume": 0.1, "peak_rss_mb_train": 900.0,
             "peak_rss_mb_predict": 500.0}
@@ -49,6 +50,7 @@ def test_seeds_and_variants_run_apart_pool_into_one_table_with_the_ablation(tmp_
     table = (tmp_path / "pooled" / "results.md").read_text()
     assert "seed 0: +0.050, seed 1: -0.020" in table and "| 1 of 2 seeds |" in table
     assert "Pooled from:" in table and "machine s0_method; machine s0_variant" in pooled["machine"]
+    assert (tmp_path / "pooled" / "dice_vs_time.png").stat().st_size > 1000  # every run's curve
 
 
 @pytest.mark.parametrize("second, message", [

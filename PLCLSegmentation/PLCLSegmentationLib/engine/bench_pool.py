@@ -82,7 +82,7 @@ def pool_results(folders: list[Path]) -> dict[str, Any]:
 
 
 def write_pool(out: Path, folders: list[Path]) -> list[Path]:
-    from .bench_report import markdown
+    from .bench_report import dice_time_figure, markdown
 
     results = pool_results(folders)
     out.mkdir(parents=True, exist_ok=True)
@@ -90,7 +90,10 @@ def write_pool(out: Path, folders: list[Path]) -> list[Path]:
         json.dump(results, f, indent=2)
     with atomic_path(out / "results.md") as tmp, open(tmp, "w") as f:
         f.write(markdown(results))
-    return [out / "results.json", out / "results.md"]
+    written = [out / "results.json", out / "results.md"]
+    if any(run.get("curve") for run in results["runs"]):
+        written += [path for path in [dice_time_figure(results, out / "dice_vs_time.png")] if path]
+    return written
 
 
 def main(argv: list[str]) -> int:

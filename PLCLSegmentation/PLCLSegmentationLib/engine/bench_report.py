@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 from typing import Any
 
 from .dataset import Dataset
+from .volumes import atomic_path
 
 
 def _pm(stat: dict[str, Any], digits: int = 3, scale: float = 1.0) -> str:
@@ -108,36 +110,43 @@ def _throughput_row(row: dict) -> str:
 
 
 def write_figures(out: Path, results: dict[str, Any], dataset: Dataset) -> list[Path]:
+    written = [path for path in [dice_time_figure(results, out / "dice_vs_time.png")] if path]
+    examples = _examples(out, results, dataset)
+    if examples:
+        written.append(examples)
+    return written
+
+
+def dice_time_figure(results: dict[str, Any], path: Path) -> Path | None:
+    """Mean Dice of each run's intermediate and final models against training time, one colour per
+    method (its other seeds fainter); None without matplotlib."""
     try:
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        return []
-    written = []
-    fig, ax = plt.subplots(figsize=(6, 4))
+        return None
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
     for name in results["methods"]:
         for i, run in enumerate(r for r in results["runs"] if r["method"] == name):
-            points = sorted((p["train_seconds"] / 60, p["mean_dice"]) for p in run["curve"]
+            points = sorted((p["train_seconds"] / 60, p["mean_dice"]) for p in run.get("curve") or []
                             if p["mean_dice"] is not None)
             if points:
+                label = textwrap.fill(results["methods"][name]["label"], 60) if i == 0 else None
                 ax.plot(*zip(*points), marker="o", color=f"C{list(results['methods']).index(name)}",
-                        alpha=0.9 if i == 0 else 0.5, label=results["methods"][name]["label"] if i == 0 else None)
+                        alpha=0.9 if i == 0 else 0.5, label=label)
     ax.set_xlabel("training time (minutes)")
     ax.set_ylabel(f"mean Dice ({results['protocol']['eval_split']} split)")
     ax.set_ylim(0, 1)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    ax.set_title(f"{results['dataset']}\n{results['machine']}", fontsize=8)
+    ax.legend(fontsize=7, loc="lower right")
+    ax.set_title(textwrap.fill(f"{results['dataset']}; {results['machine']}", 90), fontsize=8)
     fig.tight_layout()
-    fig.savefig(out / "dice_vs_time.png", dpi=110)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
     plt.close(fig)
-    written.append(out / "dice_vs_time.png")
-    examples = _examples(out, results, dataset)
-    if examples:
-        written.append(examples)
-    return written
+    return path
 
 
 def _examples(out: Path, results: dict[str, Any], dataset: Dataset) -> Path | None:
