@@ -22,7 +22,7 @@ from .pipeline import TrainJob, run_training
 from .synthetic import make_synthetic_dataset
 from .volumes import ClassInfo, read_annotation, read_volume
 
-DEMO_ITERATIONS = 360
+DEMO_ITERATIONS = 480
 
 
 def run_demo(out: str, sink: EventSink, cancel: threading.Event, device: str = "auto",

@@ -27,7 +27,7 @@ from .volumes import Grid, atomic_path, write_image
 
 CINE_FRAMES = 20  # one cycle; the generator makes 30 by default, 20 keep `make demo` near 2 minutes
 #: Fine-tuning iterations of the 3D demo's model (a quarter of their warm-up, one pseudo-label round).
-CINE_ITERATIONS = 120
+CINE_ITERATIONS = 160
 
 
 def run_cine_demo(root: Path, model: Path, sink: EventSink, cancel: threading.Event, device: str = "auto",
