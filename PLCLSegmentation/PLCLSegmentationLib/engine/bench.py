@@ -304,7 +304,7 @@ def run_bench(args: argparse.Namespace, sink: EventSink, cancel: threading.Event
     return results
 
 
-def _aggregate(runs: list[dict[str, Any]], specs: dict[str, dict[str, Any]]) -> dict[str, Any]:
+def aggregate(runs: list[dict[str, Any]], specs: dict[str, dict[str, Any]]) -> dict[str, Any]:
     table = {}
     for method, spec in specs.items():
         mine = [r for r in runs if r["method"] == method]
@@ -359,12 +359,17 @@ def _write_results(out: Path, args: argparse.Namespace, dataset: Dataset, specs:
                      "n_labeled_patients": None if args.labeled_cases else args.n_labeled_patients,
                      "n_unlabeled": args.n_unlabeled,
                      "labeled_slices": args.labeled_slices, "as_whole_volumes": bool(args.as_whole_volumes)},
-        "methods": _aggregate(runs, specs), "runs": runs, "throughput": throughput, "propagation": propagation,
+        "methods": aggregate(runs, specs), "runs": runs, "throughput": throughput, "propagation": propagation,
     }
-    with atomic_path(out / "results.json") as tmp, open(tmp, "w") as f:
-        json.dump(results, f, indent=2)
+    save_results(out, results)
+    return results
+
+
+def save_results(out: Path, results: dict[str, Any]) -> None:
+    """``results.json`` and its table ``results.md``, each written atomically."""
     from .bench_report import markdown
 
+    with atomic_path(out / "results.json") as tmp, open(tmp, "w") as f:
+        json.dump(results, f, indent=2)
     with atomic_path(out / "results.md") as tmp, open(tmp, "w") as f:
         f.write(markdown(results))
-    return results

@@ -15,8 +15,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .volumes import atomic_path
-
 #: Protocol fields that must agree for runs to be compared in one table.
 _SHARED = ("eval_split", "budget_minutes", "budget_iterations", "preset", "n_labeled_patients", "n_unlabeled",
            "labeled_slices", "as_whole_volumes")
@@ -38,7 +36,7 @@ def _read(folder: Path) -> dict[str, Any]:
 
 def pool_results(folders: list[Path]) -> dict[str, Any]:
     """The runs of every folder as one results dictionary (the form ``plcl bench`` writes)."""
-    from .bench import _aggregate
+    from .bench import aggregate
 
     if not folders:
         raise PoolError("no bench folders given")
@@ -76,20 +74,18 @@ def pool_results(folders: list[Path]) -> dict[str, Any]:
     seeds = sorted({int(seed) for _, seed in seen})
     pooled = dict(first)
     pooled.update(machine="; ".join(machines), command=None, pooled_from=[str(f) for f in folders],
-                  methods=_aggregate(runs, specs), runs=runs, throughput=None, propagation=None,
+                  methods=aggregate(runs, specs), runs=runs, throughput=None, propagation=None,
                   protocol={**first["protocol"], "seeds": seeds, "cases": {str(s): cases[str(s)] for s in seeds}})
     return pooled
 
 
 def write_pool(out: Path, folders: list[Path]) -> list[Path]:
-    from .bench_report import dice_time_figure, markdown
+    from .bench import save_results
+    from .bench_report import dice_time_figure
 
     results = pool_results(folders)
     out.mkdir(parents=True, exist_ok=True)
-    with atomic_path(out / "results.json") as tmp, open(tmp, "w") as f:
-        json.dump(results, f, indent=2)
-    with atomic_path(out / "results.md") as tmp, open(tmp, "w") as f:
-        f.write(markdown(results))
+    save_results(out, results)
     written = [out / "results.json", out / "results.md"]
     if any(run.get("curve") for run in results["runs"]):
         written += [path for path in [dice_time_figure(results, out / "dice_vs_time.png")] if path]
