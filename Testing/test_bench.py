@@ -9,7 +9,7 @@ import pytest
 from conftest import events, run_plcl
 
 from PLCLSegmentationLib.engine.bench import add_bench_arguments, choose_cases, patient_of
-from PLCLSegmentationLib.engine.bench_report import ablation_lines
+from PLCLSegmentationLib.engine.bench_report import ablation_lines, per_seed_lines
 from PLCLSegmentationLib.engine.dataset import read_dataset
 from PLCLSegmentationLib.engine.synthetic import make_synthetic_dataset
 
@@ -49,6 +49,7 @@ def test_bench_on_an_oblique_synthetic_dataset_writes_table_figures_and_results(
     assert "| supervised only |" in table and "slowest" in table.lower()
     assert "## Ablation" in table and "+ w2s (online_pseudo_labels=true" in table
     assert "| 0 of 1 seeds |" in table or "| 1 of 1 seeds |" in table
+    assert "## Per seed" in table and "| plcl+w2s | 0 |" in table
     # plcl predict timed on a generated cine sequence of the target's frame size (reported, not judged here)
     propagation = results["propagation"]
     assert propagation["frames"] == 4 and sorted(propagation["size"]) == [10, 224, 224]
@@ -89,6 +90,26 @@ def test_the_ablation_table_pairs_each_variant_with_the_method_seed_by_seed():
     row = next(line for line in lines if line.startswith("| the method + a"))
     assert "| -0.020 |" in row and "seed 0: +0.040, seed 1: -0.080" in row and "| 1 of 2 seeds |" in row
     assert ablation_lines({"methods": {"plcl": results["methods"]["plcl"]}, "runs": []}) == []
+
+
+def test_the_per_seed_table_names_each_seeds_patient_and_the_best_point_of_its_curve():
+    def run(method, seed, dice, curve):
+        return {"method": method, "seed": seed, "mean_dice": dice, "dice": {"RV": dice - 0.1, "LV": dice + 0.1},
+                "mean_hd95_mm": 9.87, "train_seconds": 600.0, "iterations": 1000,
+                "curve": [{"train_seconds": t, "mean_dice": d} for t, d in curve]}
+
+    # Seed keys as results.json holds them (strings), as bench_pool reads them back.
+    results = {"protocol": {"cases": {"0": {"labeled": ["p7_f1", "p7_f2"]}, "1": {"labeled": ["p2_f1"]}}},
+               "methods": {"supervised": {}, "plcl": {}},
+               "runs": [run("plcl", 1, 0.8, [(120, 0.83), (600, 0.8)]), run("plcl", 0, 0.7, [(600, 0.7)]),
+                        run("supervised", 0, 0.6, []), {"method": "plcl", "seed": 2, "mean_dice": None}]}
+    lines = per_seed_lines(results)
+    rows = [line for line in lines if line.startswith("| supervised") or line.startswith("| plcl")]
+    assert rows == [
+        "| supervised | 0 | p7_f1, p7_f2 | 0.600 | 0.500 | 0.700 | 9.9 | 600 | 1000 | n/a |",
+        "| plcl | 0 | p7_f1, p7_f2 | 0.700 | 0.600 | 0.800 | 9.9 | 600 | 1000 | 0.700 at 10.0 min |",
+        "| plcl | 1 | p2_f1 | 0.800 | 0.700 | 0.900 | 9.9 | 600 | 1000 | 0.830 at 2.0 min |"]
+    assert per_seed_lines({**results, "runs": []}) == []
 
 
 @pytest.mark.parametrize("variant, message", [

@@ -52,6 +52,7 @@ def markdown(results: dict[str, Any]) -> str:
                 _pm(m["peak_rss_mb_train"], 0), _pm(m["peak_rss_mb_predict"], 0)]
             lines.append("| " + " | ".join(row) + " |")
         lines.append("")
+    lines += per_seed_lines(results)
     lines += ablation_lines(results)
     throughput = results.get("throughput")
     if throughput:
@@ -80,6 +81,30 @@ def markdown(results: dict[str, Any]) -> str:
     lines += ["Figures: `dice_vs_time.png` (mean Dice of intermediate and final models against training time), "
               "`examples.png` (one evaluation slice per method beside the ground truth).", ""]
     return "\n".join(lines)
+
+
+def per_seed_lines(results: dict[str, Any]) -> list[str]:
+    """One row per run: the seed's annotated cases, each structure's Dice, HD95, time, and the best
+    point of its Dice-over-time curve (which the last model, the one kept, may fall short of)."""
+    runs = [r for r in results["runs"] if r.get("mean_dice") is not None]
+    if not runs:
+        return []
+    cases = results["protocol"]["cases"]
+    structures = list(runs[0]["dice"])
+    lines = ["## Per seed", "",
+             "| method | seed | annotated | mean Dice | " + " | ".join(f"Dice {s}" for s in structures)
+             + " | HD95 mm | train s | iterations | best on the curve |",
+             "|" + "---|" * (8 + len(structures))]
+    for run in sorted(runs, key=lambda r: (list(results["methods"]).index(r["method"]), r["seed"])):
+        labeled = (cases.get(run["seed"]) or cases.get(str(run["seed"])) or {}).get("labeled", [])
+        hd95 = "n/a" if run.get("mean_hd95_mm") is None else f"{run['mean_hd95_mm']:.1f}"
+        points = [p for p in run.get("curve") or [] if p["mean_dice"] is not None]
+        best = max(points, key=lambda p: p["mean_dice"]) if points else None
+        peak = f"{best['mean_dice']:.3f} at {best['train_seconds'] / 60:.1f} min" if best else "n/a"
+        dice = [f"{run['dice'][s]:.3f}" if run["dice"].get(s) is not None else "n/a" for s in structures]
+        lines.append(f"| {run['method']} | {run['seed']} | {', '.join(labeled)} | {run['mean_dice']:.3f} | "
+                     + " | ".join(dice) + f" | {hd95} | {run['train_seconds']:.0f} | {run['iterations']} | {peak} |")
+    return lines + [""]
 
 
 def ablation_lines(results: dict[str, Any]) -> list[str]:
