@@ -96,6 +96,21 @@ def test_every_snapshot_is_saved_even_when_one_step_passes_several_points(tmp_pa
     assert all(iteration <= 6 for _, iteration in saved)
 
 
+def test_cosine_learning_rate_falls_within_each_stage_and_restarts_with_each_round():
+    annotated, unannotated = _volumes()
+    config = dataclasses.replace(TINY, warmup_iterations=4, joint_iterations=4, learning_rate_schedule="cosine")
+    trainer = Trainer(config, 3, [annotated], [unannotated], RecordingSink(), torch.device("cpu"))
+    rates: list[float] = []
+    step = trainer.step
+    trainer.step = lambda batch: (rates.append(trainer.optimizer.param_groups[0]["lr"]), step(batch))[1]
+    trainer.run()
+    expected = [1e-3 * 0.5 * (1 + np.cos(np.pi * i / 4)) for i in range(4)]
+    np.testing.assert_allclose(rates, expected * 3, rtol=1e-6)
+    constant = Trainer(TINY, 3, [annotated], [unannotated], RecordingSink(), torch.device("cpu"))
+    constant.run()
+    assert constant.optimizer.param_groups[0]["lr"] == TINY.learning_rate
+
+
 def _cpu_capabilities(monkeypatch, avx512_bf16: bool, amx: bool) -> None:
     monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16, raising=False)
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx, raising=False)

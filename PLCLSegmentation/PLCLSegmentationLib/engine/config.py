@@ -48,6 +48,10 @@ class TrainConfig:
 
     # --- optimisation -----------------------------------------------------------------------------
     learning_rate: float = 1e-3
+    #: "constant" (the paper) or "cosine": within the warm-up and within each pseudo-label round the
+    #: learning rate falls from learning_rate to zero along a half cosine, so that the model that
+    #: labels the next round, and the final one, come from the end of a settled stage.
+    learning_rate_schedule: str = "constant"
     #: Annotated slices per segmentation batch.
     batch_size: int = 12
     #: Slices per contrastive batch; each is seen under two intensity augmentations.
@@ -165,6 +169,9 @@ class TrainConfig:
             raise ConfigError(f"patch_size {self.patch_size} must be a multiple of {multiple}")
         if self.segmentation_loss not in ("dice", "dice_ce"):
             raise ConfigError(f"segmentation_loss must be 'dice' or 'dice_ce', not {self.segmentation_loss!r}")
+        if self.learning_rate_schedule not in ("constant", "cosine"):
+            raise ConfigError("learning_rate_schedule must be 'constant' or 'cosine', "
+                              f"not {self.learning_rate_schedule!r}")
         if self.augmentation not in ("paper", "strong"):
             raise ConfigError(f"augmentation must be 'paper' or 'strong', not {self.augmentation!r}")
         if self.precision not in ("auto", "fp32", "bf16"):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import math
 import threading
 import time
 from collections.abc import Callable
@@ -225,7 +226,7 @@ class Trainer:
         self._end = self._stage_end(rounds, rounds)
         if self._clock() < self._stage_end(0, rounds):
             self.sink.emit("stage", stage="warmup", round=0, total=self._estimated_total())
-            self._train_until(self._stage_end(0, rounds), stage="warmup", pseudo=None)
+            self._train_until(0.0, self._stage_end(0, rounds), stage="warmup", pseudo=None)
         for round_index in range(1, rounds + 1):
             end = self._stage_end(round_index, rounds)
             if self._clock() >= end:
@@ -236,7 +237,8 @@ class Trainer:
                 self.pseudo_round = round_index
                 self.save_checkpoint()
             self.sink.emit("stage", stage="joint", round=round_index, total=self._estimated_total())
-            self._train_until(end, stage="joint", pseudo=self._pseudo_atlas())
+            self._train_until(self._stage_end(round_index - 1, rounds), end, stage="joint",
+                              pseudo=self._pseudo_atlas())
         self._maybe_snapshot(final=True)
         self.save_checkpoint()
         return self.final_model
@@ -254,7 +256,15 @@ class Trainer:
     def final_model(self) -> UNet2D:
         return self.teacher if self.teacher is not None else self.model
 
-    def _train_until(self, end: float, stage: str, pseudo: SliceAtlas | None) -> None:
+    def _learning_rate(self, start: float, end: float) -> float:
+        """The learning rate at this point of the stage that runs from ``start`` to ``end``."""
+        cfg = self.config
+        if cfg.learning_rate_schedule == "constant":
+            return cfg.learning_rate
+        progress = min(1.0, max(0.0, (self._clock() - start) / max(end - start, 1e-9)))
+        return cfg.learning_rate * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+    def _train_until(self, start: float, end: float, stage: str, pseudo: SliceAtlas | None) -> None:
         maker = BatchMaker(self.config, self.annotated, pseudo, seed=self.config.seed * 100_003 + self.iteration)
         make = maker.joint_batch if pseudo is not None else maker.segmentation_batch
         batches = BackgroundBatches(make, enabled=self.config.background_batches)
@@ -263,6 +273,8 @@ class Trainer:
                 if self.cancel.is_set():
                     raise Cancelled(self.save_checkpoint())
                 batch = next(batches)
+                for group in self.optimizer.param_groups:
+                    group["lr"] = self._learning_rate(start, end)
                 losses = self.step(batch)
                 self.iteration += 1
                 self.slices_seen += batch.slices
