@@ -50,7 +50,8 @@ class TrainConfig:
     learning_rate: float = 1e-3
     #: "constant" (the paper) or "cosine": within the warm-up and within each pseudo-label round the
     #: learning rate falls from learning_rate to zero along a half cosine, so that the model that
-    #: labels the next round, and the final one, come from the end of a settled stage.
+    #: labels the next round, and the final one, come from the end of a settled stage. Measured at the
+    #: default budget on ACDC from one annotated patient: -0.022 mean Dice, lower on both seeds run (README).
     learning_rate_schedule: str = "constant"
     #: Annotated slices per segmentation batch.
     batch_size: int = 12
