@@ -328,6 +328,7 @@ CASES = [
     _set("online_pseudo_labels", "1", 2, "online_pseudo_labels=1", "true or false", point="new"),
     _set("orientation_augmentation", "yes", 2, "orientation_augmentation='yes'", "true or false", point="new"),
     _set("learning_rate_schedule", "linear", 2, "learning_rate_schedule must be", "'cosine'", point="new"),
+    _set("teacher_horizon", "1.5", 2, "teacher_horizon=1.5", "must be from 0", point="new"),
     Case("annotated_slices_out_of_range", "new", lambda d: train(d, "img.nii.gz", "lbl.nii.gz",
                                                                  "--annotated-slices", "1,7"), 2,
          ("img.nii.gz", "slice 7 is out of range")),

@@ -83,6 +83,24 @@ def test_the_mean_teacher_is_the_mean_of_the_students_until_its_decay_is_reached
     assert not all(torch.equal(students[-1][n], v) for n, v in trainer.teacher.named_parameters())
 
 
+@pytest.mark.parametrize("warmup, joint, horizon, expected", [
+    (900, 350, 0.05, 0.99),  # the default budget's 1,950 iterations: teacher_ema itself
+    (5000, 5000, 0.05, 0.999),  # the full budget's 20,000: 1 - 1/(0.05 * 20,000)
+    (5000, 5000, 0.0, 0.99),  # no horizon: teacher_ema on any schedule
+])
+def test_the_mean_teachers_horizon_grows_with_the_schedule(warmup, joint, horizon, expected):
+    annotated, unannotated = _volumes()
+    config = dataclasses.replace(TINY, warmup_iterations=warmup, rounds=3, joint_iterations=joint,
+                                 teacher_ema=0.99, teacher_horizon=horizon)
+    trainer = Trainer(config, 3, [annotated], [unannotated], RecordingSink(), torch.device("cpu"))
+    trainer.iteration = 10_000  # past the ramp
+    before = {k: v.detach().clone() for k, v in trainer.teacher.named_parameters()}
+    trainer.step(BatchMaker(config, trainer.annotated, None, seed=0).segmentation_batch())
+    for name, student in trainer.model.named_parameters():
+        torch.testing.assert_close(trainer.teacher.get_parameter(name),
+                                   torch.lerp(before[name], student, 1 - expected), rtol=1e-5, atol=1e-7)
+
+
 def test_every_snapshot_is_saved_even_when_one_step_passes_several_points(tmp_path):
     # Eleven snapshots over six iterations: every step passes two snapshot points at once.
     annotated, unannotated = _volumes()

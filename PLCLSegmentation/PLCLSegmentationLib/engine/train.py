@@ -164,6 +164,10 @@ class Trainer:
         self.iteration = 0
         self.train_seconds = 0.0  # training time of earlier sessions (resume)
         self._session_start = time.monotonic()
+        # The schedule of this session; run() sets it again for the volumes it has.
+        self._start_iteration = 0
+        self._total_iterations = config.total_iterations
+        self._end = float(config.time_budget_s or config.total_iterations)
         self.pseudo_round = 0
         self.pseudo_labels: list[torch.Tensor] = []
         self.loss_history: list[dict[str, float]] = []
@@ -366,11 +370,19 @@ class Trainer:
         labels = torch.cat([labels[:first], unannotated])
         return by_view.reshape(views.shape), torch.cat([labels, labels])
 
+    def _teacher_decay(self) -> float:
+        # A fixed decay is a fixed number of steps (0.99: about 100): a shrinking share of a longer
+        # schedule, where the student's swings then reach the teacher (measured at 60 minutes, README).
+        cfg = self.config
+        if cfg.teacher_horizon <= 0:
+            return cfg.teacher_ema
+        return max(cfg.teacher_ema, 1.0 - 1.0 / (cfg.teacher_horizon * self._estimated_total()))
+
     @torch.no_grad()
     def _update_teacher(self) -> None:
         # Ramped as in Tarvainen & Valpola's mean teacher: until the decay is reached the teacher is the
         # plain mean of every student so far, so it never lags far behind a short run or fine-tune.
-        decay = min(self.config.teacher_ema, 1.0 - 1.0 / (self.iteration + 1))
+        decay = min(self._teacher_decay(), 1.0 - 1.0 / (self.iteration + 1))
         for teacher, student in zip(self.teacher.parameters(), self.model.parameters()):
             teacher.lerp_(student, 1.0 - decay)
         for teacher, student in zip(self.teacher.buffers(), self.model.buffers()):
