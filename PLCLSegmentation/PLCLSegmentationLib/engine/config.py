@@ -79,7 +79,7 @@ class TrainConfig:
     #: Where > 0, the mean teacher averages over at least this share of the schedule's iterations
     #: (decay 1 - 1/(share x iterations) where that is slower than teacher_ema): 0.05 keeps 0.99 at
     #: the default budget's 1,950 iterations and gives 0.9974 at 7,700. Measured at --minutes 60 on
-    #: ACDC from one annotated patient (0.9975): +0.021 and -0.008 on two seeds (README); off until
+    #: ACDC from one annotated patient (decay 0.9975): +0.021 and -0.008 on two seeds (README); off until
     #: it pays on three.
     teacher_horizon: float = 0.0
     #: Pixels whose pseudo-label probability is below this are left out of the contrastive loss.
