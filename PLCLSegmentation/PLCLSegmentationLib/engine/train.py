@@ -167,7 +167,7 @@ class Trainer:
         # The schedule of this session; run() sets it again for the volumes it has.
         self._start_iteration = 0
         self._total_iterations = config.total_iterations
-        self._end = float(config.time_budget_s or config.total_iterations)
+        self._end = self._stage_end(config.rounds, config.rounds)
         self.pseudo_round = 0
         self.pseudo_labels: list[torch.Tensor] = []
         self.loss_history: list[dict[str, float]] = []
