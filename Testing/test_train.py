@@ -84,7 +84,7 @@ def test_the_mean_teacher_is_the_mean_of_the_students_until_its_decay_is_reached
 
 
 @pytest.mark.parametrize("warmup, joint, horizon, expected", [
-    (900, 350, 0.05, 0.99),  # the default budget's 1,950 iterations: teacher_ema itself
+    (900, 350, TrainConfig().teacher_horizon, 0.99),  # the defaults at 1,950 iterations: teacher_ema itself
     (5000, 5000, 0.05, 0.999),  # the full budget's 20,000: 1 - 1/(0.05 * 20,000)
     (5000, 5000, 0.0, 0.99),  # no horizon: teacher_ema on any schedule
 ])
