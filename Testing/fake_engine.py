@@ -39,15 +39,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "PLCLSegmentation"))
 
-from PLCLSegmentationLib.engine import cli, volumes  # noqa: E402
-from PLCLSegmentationLib.engine.events import (  # noqa: E402
-    EXIT_CANCELLED,
-    EXIT_ERROR,
-    OUTPUT_KINDS,
-    STOP_FILE,
-    SUMMARY_FILE,
-    JsonLinesSink,
-)
+from PLCLSegmentationLib.engine import cli, errors, request  # noqa: E402
+from PLCLSegmentationLib.engine.events import JsonLinesSink
+from PLCLSegmentationLib.engine.files import volumes  # noqa: E402
+from PLCLSegmentationLib.engine.protocol import EXIT_CANCELLED, EXIT_ERROR, OUTPUT_KINDS, STOP_FILE, SUMMARY_FILE
 
 _cancel = threading.Event()
 
@@ -200,7 +195,7 @@ def main(argv: list[str]) -> int:
             classes: list[volumes.ClassInfo] = []
             for image, label in args.labeled:
                 if read_frames(image) is not None:
-                    raise volumes.InputError(image, "is a 4D image; give an annotated frame with --labeled-frame")
+                    raise errors.InputError(image, "is a 4D image; give an annotated frame with --labeled-frame")
                 volume = volumes.read_volume(image)
                 labels, found = volumes.read_annotation(label, volume)
                 classes = classes or found or [volumes.ClassInfo(int(v), f"label {int(v)}", (1.0, 0.0, 0.0))
@@ -209,17 +204,17 @@ def main(argv: list[str]) -> int:
             for image, frame, label in args.labeled_frame:
                 frames = read_frames(image)
                 if frames is None:
-                    raise volumes.InputError(image, "is not a 4D image; give it with --labeled")
+                    raise errors.InputError(image, "is not a 4D image; give it with --labeled")
                 if not frame.isdigit() or int(frame) >= len(frames):
-                    raise volumes.InputError(image, f"has no frame {frame} ({len(frames)} frames)")
+                    raise errors.InputError(image, f"has no frame {frame} ({len(frames)} frames)")
                 labels, found = volumes.read_annotation(label, frames[int(frame)])
                 annotated.setdefault(image, {})[int(frame)] = labels
                 classes = classes or found or []
             if args.init_model:
                 model = json.loads(Path(args.init_model).read_text())
                 if [c["name"] for c in model["classes"]] != [c.name for c in classes]:
-                    raise volumes.InputError(args.init_model, "has other classes than the annotations")
-            total = cli.train_config(args, bool(args.unlabeled or args.labeled_frame)).total_iterations
+                    raise errors.InputError(args.init_model, "has other classes than the annotations")
+            total = request.train_config(args, bool(args.unlabeled or args.labeled_frame)).total_iterations
             iterate(sink, out, total, start)
             files = {"model": out / "model.pt", "checkpoint": out / "checkpoint.pt", "training": out / "training.json",
                      "job": out / "job.json"}
@@ -241,7 +236,7 @@ def main(argv: list[str]) -> int:
     except KeyboardInterrupt as stop:
         sink.emit("cancelled", checkpoint=str(stop), message="stopped on request")
         return EXIT_CANCELLED
-    except volumes.InputError as error:
+    except errors.InputError as error:
         sink.emit("error", message=str(error), file=error.path)
         return EXIT_ERROR
     except Exception as error:

@@ -93,7 +93,7 @@ def main() -> int:
     data = args.data
     if data is None:
         sys.path.insert(0, paths[0])
-        from PLCLSegmentationLib.engine.synthetic import make_synthetic_dataset
+        from PLCLSegmentationLib.engine.lab.synthetic import make_synthetic_dataset
 
         data = make_synthetic_dataset(args.out / "synthetic_data", n_cases=10, seed=0, oblique=True)
         print(f"\nSYNTHETIC dataset generated at {data}", flush=True)

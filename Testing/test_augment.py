@@ -11,9 +11,14 @@ import math
 import pytest
 import torch
 
-from PLCLSegmentationLib.engine.augment import SpatialParams, patch_coordinates, random_appearance, random_spatial
-from PLCLSegmentationLib.engine.batches import BatchMaker, SliceAtlas
 from PLCLSegmentationLib.engine.config import TrainConfig
+from PLCLSegmentationLib.engine.method.augment import (
+    SpatialParams,
+    patch_coordinates,
+    random_appearance,
+    random_spatial,
+)
+from PLCLSegmentationLib.engine.method.batches import BatchMaker, SliceAtlas
 
 DEVICES = ["cpu", pytest.param("cuda", marks=[
     pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU on this machine")])]

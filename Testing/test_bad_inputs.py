@@ -29,8 +29,8 @@ import torch
 from conftest import REPO, make_image, phantom, write_seq_nrrd
 
 from PLCLSegmentationLib.engine.cli import main
-from PLCLSegmentationLib.engine.modelfile import ModelInfo, save_model
-from PLCLSegmentationLib.engine.volumes import ClassInfo
+from PLCLSegmentationLib.engine.files.volumes import ClassInfo
+from PLCLSegmentationLib.engine.method.modelfile import ModelInfo, save_model
 
 TINY = ["--iterations", "2", "--budget", "quick", "--set", "patch_size=32", "--set", "levels=3", "--device", "cpu"]
 
@@ -103,7 +103,7 @@ def seg_nrrd(d: Path, name: str, segments: list[tuple[str, np.ndarray]]) -> None
     import slicerio
 
     image = make_image(phantom()[0])
-    from PLCLSegmentationLib.engine.volumes import Grid
+    from PLCLSegmentationLib.engine.files.volumes import Grid
 
     grid = Grid.of(image)
     segmentation = slicerio.create_segmentation(tuple(grid.size), grid.ijk_to_lps())
@@ -159,7 +159,7 @@ def cine(d: Path, name: str = "cine.nii.gz", frames: int = 2) -> None:
 
 
 def seq_nrrd(d: Path, name: str, **kwargs) -> None:
-    from PLCLSegmentationLib.engine.volumes import Grid
+    from PLCLSegmentationLib.engine.files.volumes import Grid
 
     write_seq_nrrd(d / name, np.stack([phantom()[0]] * 3), Grid.of(make_image(phantom()[0])).ijk_to_lps(), **kwargs)
 
@@ -506,7 +506,8 @@ def test_disk_full_is_one_line_naming_the_file(base, tmp_path, capsys, monkeypat
     """A full disk during the run: exit 1, 'no space left' and the file, no traceback, no temporary file."""
     import SimpleITK
 
-    from PLCLSegmentationLib.engine import modelfile, volumes
+    from PLCLSegmentationLib.engine.files import volumes
+    from PLCLSegmentationLib.engine.method import modelfile
 
     def enospc(*args, **kwargs):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
@@ -534,7 +535,7 @@ def test_disk_full_is_one_line_naming_the_file(base, tmp_path, capsys, monkeypat
 
 
 def test_an_os_error_from_anywhere_is_one_line(base, tmp_path, capsys, monkeypatch):
-    from PLCLSegmentationLib.engine import pipeline
+    from PLCLSegmentationLib.engine.run import pipeline
 
     def refuse(*args, **kwargs):
         raise PermissionError(errno.EACCES, "Permission denied", "/somewhere/x.nrrd")
@@ -560,7 +561,7 @@ def test_a_crashed_run_does_not_leave_its_folder_stuck(base, tmp_path):
     """The lock is the operating system's: a run killed with SIGKILL while holding it releases it."""
     out = tmp_path / "out"
     code = ("import os, signal, sys; from pathlib import Path; "
-            "from PLCLSegmentationLib.engine.outfolder import hold_output_folder\n"
+            "from PLCLSegmentationLib.engine.files.outfolder import hold_output_folder\n"
             f"with hold_output_folder(Path({str(out)!r})):\n    os.kill(os.getpid(), signal.SIGKILL)")
     env = {**os.environ, "PYTHONPATH": str(REPO / "PLCLSegmentation")}
     child = subprocess.run([sys.executable, "-c", code], env=env)
@@ -649,7 +650,7 @@ def test_predict_holds_one_volume_at_a_time(base, tmp_path, monkeypatch):
     import gc
     import weakref
 
-    from PLCLSegmentationLib.engine import pipeline
+    from PLCLSegmentationLib.engine.run import pipeline
 
     arrays: list = []
     prepared: list = []

@@ -8,10 +8,10 @@ import json
 import pytest
 from conftest import events, run_plcl
 
-from PLCLSegmentationLib.engine.bench import add_bench_arguments, choose_cases, patient_of
-from PLCLSegmentationLib.engine.bench_report import ablation_lines, per_seed_lines
-from PLCLSegmentationLib.engine.dataset import read_dataset
-from PLCLSegmentationLib.engine.synthetic import make_synthetic_dataset
+from PLCLSegmentationLib.engine.files.dataset import read_dataset
+from PLCLSegmentationLib.engine.lab.bench import add_bench_arguments, choose_cases, patient_of
+from PLCLSegmentationLib.engine.lab.bench_report import ablation_lines, per_seed_lines
+from PLCLSegmentationLib.engine.lab.synthetic import make_synthetic_dataset
 
 
 def test_patients_group_the_frames_of_one_patient():

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from PLCLSegmentationLib.engine.bench_pool import PoolError, main, pool_results
+from PLCLSegmentationLib.engine.lab.bench_pool import PoolError, main, pool_results
 
 CASES = {"0": {"labeled": ["p1_a", "p1_b"], "unlabeled": ["p2_a"], "evaluation": ["v_a"]},
          "1": {"labeled": ["p2_a", "p2_b"], "unlabeled": ["p1_a"], "evaluation": ["v_a"]}}

@@ -11,11 +11,13 @@ import pytest
 import SimpleITK as sitk
 from conftest import events, rotation, run_plcl, write_seq_nrrd
 
-from PLCLSegmentationLib.engine import cine, cli
-from PLCLSegmentationLib.engine.events import frame_name
-from PLCLSegmentationLib.engine.pipeline import TrainJob
-from PLCLSegmentationLib.engine.volume_curve import class_volumes_ml, curve_from_counts, curve_summary
-from PLCLSegmentationLib.engine.volumes import Grid, InputError
+from PLCLSegmentationLib.engine import cli
+from PLCLSegmentationLib.engine.errors import InputError
+from PLCLSegmentationLib.engine.files import cine
+from PLCLSegmentationLib.engine.files.volumes import Grid
+from PLCLSegmentationLib.engine.protocol import frame_name
+from PLCLSegmentationLib.engine.request import TrainJob
+from PLCLSegmentationLib.engine.run.volume_curve import class_volumes_ml, curve_from_counts, curve_summary
 
 TINY = ["--iterations", "2", "--budget", "quick", "--set", "patch_size=32", "--set", "levels=3", "--device", "cpu"]
 SHAPE = (6, 40, 36)  # [k, j, i]
@@ -262,7 +264,7 @@ def test_train_on_two_frames_segments_every_frame(trained):
     assert kinds["sequence"]["name"] == "cine" and kinds["sequence"]["path"] == summary["sequences"][0]["segmentation"]
     job = json.loads((trained / "run" / "job.json").read_text())
     assert [f for _, f, _ in job["labeled_frames"]] == [3, 0]
-    from PLCLSegmentationLib.engine.pipeline import read_job
+    from PLCLSegmentationLib.engine.request import read_job
 
     resumed = read_job(trained / "run")  # what --resume continues
     assert resumed.labeled_frames == [(str(trained / "cine.nii.gz"), 3, str(trained / "lbl3.nii.gz")),
@@ -271,7 +273,7 @@ def test_train_on_two_frames_segments_every_frame(trained):
 
 def test_an_unannotated_4d_image_gives_every_frame_to_the_pool(tmp_path):
     from PLCLSegmentationLib.engine.config import TrainConfig
-    from PLCLSegmentationLib.engine.pipeline import read_training_inputs
+    from PLCLSegmentationLib.engine.run.pipeline import read_training_inputs
 
     images, labels = beating()
     write_nifti(tmp_path / "cine.nii.gz", images)
@@ -305,8 +307,8 @@ def test_predict_a_seq_nrrd_segments_every_frame(trained, tmp_path):
 def test_frames_are_predicted_in_order(trained, tmp_path):
     """Each frame's prepared slices are that frame's voxels (the frames are told apart by their values)."""
     from PLCLSegmentationLib.engine.events import RecordingSink
-    from PLCLSegmentationLib.engine.modelfile import read_model
-    from PLCLSegmentationLib.engine.pipeline import _prepared_one_by_one
+    from PLCLSegmentationLib.engine.method.modelfile import read_model
+    from PLCLSegmentationLib.engine.run.pipeline import _prepared_one_by_one
 
     info, _ = read_model(trained / "run" / "model.pt")
     images, _ = beating()
@@ -375,7 +377,7 @@ def test_the_volume_curve_of_known_labels_is_their_voxel_count_times_the_voxel_v
 def test_frames_predicted_in_one_pass_match_frames_predicted_alone(trained, tmp_path):
     """Consecutive frames go through the network together; each must get its own slices' result."""
     from PLCLSegmentationLib.engine.events import RecordingSink
-    from PLCLSegmentationLib.engine.pipeline import run_prediction
+    from PLCLSegmentationLib.engine.run.pipeline import run_prediction
 
     images, _ = beating(seed=2)
     write_nifti(tmp_path / "cine.nii.gz", images)
@@ -401,7 +403,7 @@ def test_the_volume_curve_needs_numpy_only():
 
     from conftest import REPO
 
-    code = ("import sys; import PLCLSegmentationLib.engine.volume_curve; "
+    code = ("import sys; import PLCLSegmentationLib.engine.run.volume_curve; "
             "bad = [m for m in ('torch', 'SimpleITK', 'slicerio', 'nrrd') if m in sys.modules]; print(bad); "
             "sys.exit(bool(bad))")
     result = subprocess.run([sys.executable, "-c", code], cwd=REPO / "PLCLSegmentation", capture_output=True,

@@ -93,7 +93,7 @@ def test_seg_nrrd_annotation_names_colours_and_terminology_reach_the_outputs(acd
     """A Slicer segmentation as annotation: its segments define the output segments."""
     import slicerio
 
-    from PLCLSegmentationLib.engine.volumes import ClassInfo, read_volume, write_segmentation
+    from PLCLSegmentationLib.engine.files.volumes import ClassInfo, read_volume, write_segmentation
 
     image, label = acdc_case("patient003_frame01")
     volume = read_volume(image)

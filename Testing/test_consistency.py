@@ -8,12 +8,13 @@ import pytest
 import torch
 from test_train import TINY, _volumes
 
-from PLCLSegmentationLib.engine.batches import BatchMaker
-from PLCLSegmentationLib.engine.config import ConfigError, TrainConfig
-from PLCLSegmentationLib.engine.consistency import cutmix, online_labels
+from PLCLSegmentationLib.engine.config import TrainConfig
+from PLCLSegmentationLib.engine.errors import ConfigError
 from PLCLSegmentationLib.engine.events import RecordingSink
-from PLCLSegmentationLib.engine.losses import IGNORE
-from PLCLSegmentationLib.engine.train import Trainer
+from PLCLSegmentationLib.engine.method.batches import BatchMaker
+from PLCLSegmentationLib.engine.method.consistency import cutmix, online_labels
+from PLCLSegmentationLib.engine.method.losses import IGNORE
+from PLCLSegmentationLib.engine.method.train import Trainer
 
 
 class FixedLogits(torch.nn.Module):

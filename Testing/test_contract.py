@@ -9,15 +9,15 @@ import sys
 import pytest
 from conftest import REPO
 
-from PLCLSegmentationLib.engine import cli
-from PLCLSegmentationLib.engine.events import OUTPUT_KINDS, STOP_FILE, SUMMARY_FILE
+from PLCLSegmentationLib.engine import cli, request
+from PLCLSegmentationLib.engine.protocol import OUTPUT_KINDS, STOP_FILE, SUMMARY_FILE
 
 FAKE_ENGINE = REPO / "Testing" / "fake_engine.py"
 
 
 def config(*args: str):
     parsed = cli.build_parser().parse_args(["train", "--labeled", "a", "b", "--out", "o", *args])
-    return cli.train_config(parsed)
+    return request.train_config(parsed)
 
 
 def test_the_engine_alone_decides_the_warm_start_schedule():
@@ -73,10 +73,10 @@ def test_predict_stops_on_the_stop_file(tmp_path, acdc):
 def test_every_output_event_kind_the_engine_emits_is_documented():
     import re
 
-    from PLCLSegmentationLib.engine import events
+    from PLCLSegmentationLib.engine import events, protocol
 
     engine = REPO / "PLCLSegmentation" / "PLCLSegmentationLib" / "engine"
-    emitted = {kind for path in engine.glob("*.py") for kind in re.findall(r'kind="([a-z_]+)"', path.read_text())}
-    assert emitted == set(events.OUTPUT_EVENT_KINDS)
-    for kind in events.OUTPUT_EVENT_KINDS:
+    emitted = {kind for path in engine.rglob("*.py") for kind in re.findall(r'kind="([a-z_]+)"', path.read_text())}
+    assert emitted == set(protocol.OUTPUT_EVENT_KINDS)
+    for kind in protocol.OUTPUT_EVENT_KINDS:
         assert kind in events.__doc__

@@ -8,9 +8,9 @@ import threading
 
 from conftest import run_plcl
 
-from PLCLSegmentationLib.engine.demo_cine import run_cine_demo
 from PLCLSegmentationLib.engine.events import RecordingSink
-from PLCLSegmentationLib.engine.synthetic import make_synthetic_dataset
+from PLCLSegmentationLib.engine.lab.demo_cine import run_cine_demo
+from PLCLSegmentationLib.engine.lab.synthetic import make_synthetic_dataset
 
 FRAMES = 4
 

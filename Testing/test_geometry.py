@@ -11,17 +11,17 @@ import slicerio
 import torch
 from conftest import make_image, phantom, rotation
 
-from PLCLSegmentationLib.engine.predict import map_to_volume
-from PLCLSegmentationLib.engine.preprocess import in_plane_frame, prepare_volume, slice_layout
-from PLCLSegmentationLib.engine.volumes import (
+from PLCLSegmentationLib.engine.errors import InputError
+from PLCLSegmentationLib.engine.files.volumes import (
     ClassInfo,
     Grid,
-    InputError,
     read_annotation,
     read_volume,
     write_image,
     write_segmentation,
 )
+from PLCLSegmentationLib.engine.method.predict import map_to_volume
+from PLCLSegmentationLib.engine.method.preprocess import in_plane_frame, prepare_volume, slice_layout
 
 OBLIQUE = rotation(0.3, -0.2, 0.5)
 

@@ -7,9 +7,9 @@ import math
 import pytest
 import torch
 
-from PLCLSegmentationLib.engine.batches import contrastive_pairs
-from PLCLSegmentationLib.engine.losses import IGNORE, local_contrastive_loss, soft_dice_loss
-from PLCLSegmentationLib.engine.network import UNet2D
+from PLCLSegmentationLib.engine.method.batches import contrastive_pairs
+from PLCLSegmentationLib.engine.method.losses import IGNORE, local_contrastive_loss, soft_dice_loss
+from PLCLSegmentationLib.engine.method.network import UNet2D
 
 
 def _labels(n: int = 4, size: int = 16, classes: int = 4) -> torch.Tensor:

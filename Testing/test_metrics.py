@@ -11,8 +11,9 @@ import pytest
 import SimpleITK as sitk
 from scipy import ndimage
 
-from PLCLSegmentationLib.engine import metrics
-from PLCLSegmentationLib.engine.volumes import ClassInfo, Grid, InputError, write_image, write_segmentation
+from PLCLSegmentationLib.engine.errors import InputError
+from PLCLSegmentationLib.engine.evaluation import metrics
+from PLCLSegmentationLib.engine.files.volumes import ClassInfo, Grid, write_image, write_segmentation
 
 ACDC_SPACING_KJI = (10.0, 1.5625, 1.5625)
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"

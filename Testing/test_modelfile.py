@@ -7,8 +7,9 @@ import pickle
 import pytest
 import torch
 
-from PLCLSegmentationLib.engine.modelfile import ModelInfo, load_model, read_model, save_model
-from PLCLSegmentationLib.engine.volumes import ClassInfo, InputError
+from PLCLSegmentationLib.engine.errors import InputError
+from PLCLSegmentationLib.engine.files.volumes import ClassInfo
+from PLCLSegmentationLib.engine.method.modelfile import ModelInfo, load_model, read_model, save_model
 
 
 def _info() -> ModelInfo:

@@ -24,7 +24,7 @@ from slicer_support import (  # noqa: E402
 )
 
 from PLCLSegmentationLib import scene_io, sequences  # noqa: E402
-from PLCLSegmentationLib.engine import volumes  # noqa: E402
+from PLCLSegmentationLib.engine.files import volumes  # noqa: E402
 from PLCLSegmentationLib.jobs import JobState  # noqa: E402
 from PLCLSegmentationLib.logic import PLCLSegmentationLogic  # noqa: E402
 from PLCLSegmentationLib.parameters import ANNOTATED, PREDICTED, REVIEWED, UNANNOTATED  # noqa: E402
@@ -444,7 +444,7 @@ def test_the_engine_reads_the_modules_4d_file_as_the_same_frames(tmp_path, index
     """The contract from both sides: the module's writer, the engine's reader (engine/cine.py). Index values
     that are not an equally spaced time axis are left out (the engine refuses a non-uniform time axis)."""
     pytest.importorskip("nrrd", reason="pynrrd (the engine's NRRD reader) is not installed")
-    from PLCLSegmentationLib.engine import cine as engine_cine
+    from PLCLSegmentationLib.engine.files import cine as engine_cine
 
     app = SlicerApp()
     images, _ = moving_phantom(FRAMES)

@@ -27,7 +27,7 @@ from slicer_support import (  # noqa: E402
 )
 
 from PLCLSegmentationLib import scene_io  # noqa: E402
-from PLCLSegmentationLib.engine import volumes  # noqa: E402
+from PLCLSegmentationLib.engine.files import volumes  # noqa: E402
 from PLCLSegmentationLib.jobs import JobState  # noqa: E402
 from PLCLSegmentationLib.logic import PLCLSegmentationLogic  # noqa: E402
 from PLCLSegmentationLib.parameters import ANNOTATED, EXCLUDED, PREDICTED, REVIEWED, UNANNOTATED  # noqa: E402

@@ -113,7 +113,7 @@ def test_only_the_widget_imports_qt_or_slicer_at_import_time():
         if path.name == "widget.py":
             continue
         assert not top_level_imports(path) & {"qt", "ctk", "slicer", "vtk"}, path.name
-    for path in (LIB / "engine").glob("*.py"):
+    for path in (LIB / "engine").rglob("*.py"):
         assert not top_level_imports(path) & {"qt", "ctk", "slicer", "vtk"}, path.name
 
 

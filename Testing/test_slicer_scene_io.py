@@ -12,7 +12,7 @@ pytest.importorskip("slicer", reason="slicer-core is not installed")
 from slicer_support import HEART_TERMINOLOGY, MYOCARDIUM_TERMINOLOGY, SlicerApp, snapshot  # noqa: E402
 
 from PLCLSegmentationLib import scene_io  # noqa: E402
-from PLCLSegmentationLib.engine import volumes  # noqa: E402
+from PLCLSegmentationLib.engine.files import volumes  # noqa: E402
 from PLCLSegmentationLib.services import OWNER_ATTRIBUTE  # noqa: E402
 
 pytestmark = pytest.mark.mrml

@@ -13,13 +13,14 @@ import torch
 from conftest import events, make_image, phantom, run_plcl
 
 from PLCLSegmentationLib.engine import slicing
-from PLCLSegmentationLib.engine.batches import BatchMaker
 from PLCLSegmentationLib.engine.config import TrainConfig
-from PLCLSegmentationLib.engine.events import EXIT_ERROR, EXIT_USAGE, RecordingSink
-from PLCLSegmentationLib.engine.pipeline import TrainJob
-from PLCLSegmentationLib.engine.preprocess import prepare_volume, slice_layout, stack_mask
-from PLCLSegmentationLib.engine.train import Trainer
-from PLCLSegmentationLib.engine.volumes import Grid, Volume
+from PLCLSegmentationLib.engine.events import RecordingSink
+from PLCLSegmentationLib.engine.files.volumes import Grid, Volume
+from PLCLSegmentationLib.engine.method.batches import BatchMaker
+from PLCLSegmentationLib.engine.method.preprocess import prepare_volume, slice_layout, stack_mask
+from PLCLSegmentationLib.engine.method.train import Trainer
+from PLCLSegmentationLib.engine.protocol import EXIT_ERROR, EXIT_USAGE
+from PLCLSegmentationLib.engine.request import TrainJob
 
 TINY = TrainConfig(patch_size=32, levels=3, base_channels=4, embedding_dim=4, batch_size=2, contrastive_images=3,
                    warmup_iterations=2, rounds=1, joint_iterations=2, background_batches=False, precision="fp32",
@@ -200,7 +201,7 @@ def test_train_on_painted_slices_only_records_them_and_segments_the_other_volume
     summary = json.loads((out / "summary.json").read_text())
     record = [(r["spec"], r["annotated"], r["slices"], r["indices"]) for r in summary["annotated_slices"]]
     assert record == [("labelled", 5, 7, [1, 2, 3, 4, 5]), ("2,4", 2, 7, [2, 4])]
-    from PLCLSegmentationLib.engine.modelfile import read_model
+    from PLCLSegmentationLib.engine.method.modelfile import read_model
 
     info, _ = read_model(str(out / "model.pt"))
     assert info.training["annotated_slices"] == summary["annotated_slices"]
@@ -212,7 +213,7 @@ def test_train_on_painted_slices_only_records_them_and_segments_the_other_volume
 def test_slices_are_spread_through_the_labelled_extent_and_drawn_by_seed():
     import random
 
-    from PLCLSegmentationLib.engine.bench_slices import spread_slices
+    from PLCLSegmentationLib.engine.lab.bench_slices import spread_slices
 
     labelled = list(range(3, 15))
     picks = {tuple(spread_slices(labelled, 3, random.Random(seed))) for seed in range(20)}
@@ -223,9 +224,9 @@ def test_slices_are_spread_through_the_labelled_extent_and_drawn_by_seed():
 
 
 def test_whole_volumes_at_the_same_budget_or_a_clear_error():
-    from PLCLSegmentationLib.engine.bench_slices import whole_volumes
-    from PLCLSegmentationLib.engine.config import ConfigError
-    from PLCLSegmentationLib.engine.dataset import Dataset
+    from PLCLSegmentationLib.engine.errors import ConfigError
+    from PLCLSegmentationLib.engine.files.dataset import Dataset
+    from PLCLSegmentationLib.engine.lab.bench_slices import whole_volumes
 
     class Labelled(Dataset):
         def label(self, case: str) -> str:
@@ -241,8 +242,8 @@ def test_whole_volumes_at_the_same_budget_or_a_clear_error():
 
 
 def test_bench_with_labeled_slices_trains_on_k_slices_of_each_case_end_to_end(tmp_path):
-    from PLCLSegmentationLib.engine.slice_curve import write_curve
-    from PLCLSegmentationLib.engine.synthetic import make_synthetic_dataset
+    from PLCLSegmentationLib.engine.lab.slice_curve import write_curve
+    from PLCLSegmentationLib.engine.lab.synthetic import make_synthetic_dataset
 
     data = make_synthetic_dataset(tmp_path / "data", n_cases=4, seed=1, oblique=True)
     out = tmp_path / "curve" / "p2_k2"
@@ -277,7 +278,7 @@ def test_labelled_slices_of_a_volume_labelled_everywhere_train_the_whole_schedul
 
 
 def test_the_curve_pools_the_seeds_of_one_point_over_bench_folders(tmp_path):
-    from PLCLSegmentationLib.engine.slice_curve import curve_rows, write_curve
+    from PLCLSegmentationLib.engine.lab.slice_curve import curve_rows, write_curve
 
     def bench_folder(name, seeds_dice, labeled_slices, slices_per_seed):
         folder = tmp_path / name

@@ -10,8 +10,8 @@ import pytest
 import SimpleITK as sitk
 from scipy import ndimage
 
-from PLCLSegmentationLib.engine import synthetic
-from PLCLSegmentationLib.engine.volumes import Grid, read_annotation, read_volume
+from PLCLSegmentationLib.engine.files.volumes import Grid, read_annotation, read_volume
+from PLCLSegmentationLib.engine.lab import synthetic
 
 
 @pytest.fixture(scope="module")

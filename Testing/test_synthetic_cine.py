@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from PLCLSegmentationLib.engine import synthetic_cine
-from PLCLSegmentationLib.engine.synthetic_cine import CAVITIES, contraction
+from PLCLSegmentationLib.engine.lab import synthetic_cine
+from PLCLSegmentationLib.engine.lab.synthetic_cine import CAVITIES, contraction
 
 FRAMES = 10
 

@@ -11,14 +11,15 @@ import SimpleITK as sitk
 import torch
 from conftest import make_image, phantom
 
-from PLCLSegmentationLib.engine import pipeline
-from PLCLSegmentationLib.engine.batches import Batch, BatchMaker, SliceAtlas
 from PLCLSegmentationLib.engine.config import TrainConfig
 from PLCLSegmentationLib.engine.events import RecordingSink
-from PLCLSegmentationLib.engine.pipeline import TrainJob
-from PLCLSegmentationLib.engine.preprocess import prepare_volume
-from PLCLSegmentationLib.engine.train import Checkpoint, Trainer, autocast_dtype
-from PLCLSegmentationLib.engine.volumes import Grid, Volume
+from PLCLSegmentationLib.engine.files.volumes import Grid, Volume
+from PLCLSegmentationLib.engine.method.batches import Batch, BatchMaker, SliceAtlas
+from PLCLSegmentationLib.engine.method.preprocess import prepare_volume
+from PLCLSegmentationLib.engine.method.train import Checkpoint, Trainer
+from PLCLSegmentationLib.engine.request import TrainJob
+from PLCLSegmentationLib.engine.run import pipeline
+from PLCLSegmentationLib.engine.runtime import autocast_dtype
 
 TINY = TrainConfig(patch_size=32, levels=3, base_channels=4, embedding_dim=4, batch_size=2, contrastive_images=3,
                    warmup_iterations=2, rounds=2, joint_iterations=2, background_batches=False, precision="fp32")

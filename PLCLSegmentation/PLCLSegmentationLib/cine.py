@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from . import plots, scene_io, sequences
-from .engine.events import frame_name
+from .engine.protocol import frame_name
 from .parameters import (
     ANNOTATED,
     EXCLUDED,

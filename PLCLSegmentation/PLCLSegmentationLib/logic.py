@@ -24,7 +24,7 @@ from typing import Any, Callable
 
 from . import cine, dependencies, scene_io, sequences
 from .engine import slicing
-from .engine.events import STOP_FILE, SUMMARY_FILE, frame_name
+from .engine.protocol import STOP_FILE, SUMMARY_FILE, frame_name
 from .jobs import PREDICT, TRAIN, Job, JobState
 from .parameters import (
     ANNOTATED,

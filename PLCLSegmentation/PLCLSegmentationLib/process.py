@@ -40,7 +40,7 @@ from enum import Enum
 from pathlib import Path
 from typing import Any, Callable
 
-from .engine.events import EXIT_CANCELLED
+from .engine.protocol import EXIT_CANCELLED
 
 
 class RunState(str, Enum):

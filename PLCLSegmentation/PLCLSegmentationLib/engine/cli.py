@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import signal
 import sys
 import threading
@@ -12,10 +11,10 @@ from pathlib import Path
 from typing import Any
 
 from .. import __version__
-from . import slicing
-from .config import BUDGETS, DEFAULT_BUDGET, ConfigError, TrainConfig, parse_overrides
-from .events import EXIT_CANCELLED, EXIT_ERROR, EXIT_OK, EXIT_USAGE, STOP_FILE, EventSink, JsonLinesSink
-from .volumes import DISK_FULL_ERRNOS, InputError
+from .errors import DISK_FULL_ERRNOS, ConfigError, InputError
+from .events import EventSink, JsonLinesSink
+from .protocol import BUDGETS, DEFAULT_BUDGET, EXIT_CANCELLED, EXIT_ERROR, EXIT_OK, EXIT_USAGE, STOP_FILE
+from .request import make_train_job
 
 
 def _add_common(parser: argparse.ArgumentParser) -> None:
@@ -85,129 +84,27 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", default="demo_output", metavar="DIR")
     demo.add_argument("--iterations", type=int, default=None)
     _add_common(demo)
-    from .bench import add_bench_arguments
+    from .lab.bench import add_bench_arguments
 
     add_bench_arguments(commands.add_parser("bench", help="compare the method with its baselines on a dataset "
                                             "(accuracy, time, memory)"))
     return parser
 
 
-def make_train_job(args: argparse.Namespace):
-    from .dataset import read_dataset
-    from .pipeline import TrainJob
-
-    check_train_arguments(args)
-    if args.resume:
-        from .pipeline import read_job
-
-        job = read_job(args.resume)
-        if args.device:
-            job.config = dataclasses.replace(job.config, device=args.device).validated()
-        return job
-    labeled = [tuple(p) for p in args.labeled]
-    frames = [(image, frame_index(frame), label) for image, frame, label in args.labeled_frame]
-    unlabeled = list(args.unlabeled)
-    names = None
-    if args.data:
-        dataset = read_dataset(args.data)
-        names = dataset.label_names
-        if args.labeled_cases:
-            labeled += [dataset.labeled_pair(c) for c in args.labeled_cases.split(",") if c]
-        chosen = {Path(p[0]).resolve() for p in labeled}
-        if args.unlabeled_cases:
-            unlabeled += [dataset.image(c) for c in args.unlabeled_cases.split(",") if c]
-        if args.unlabeled_split:
-            unlabeled += [p for p in dataset.split_images(args.unlabeled_split) if Path(p).resolve() not in chosen]
-        if args.n_unlabeled is not None:
-            unlabeled = unlabeled[: args.n_unlabeled]
-    elif args.labeled_cases or args.unlabeled_split or args.unlabeled_cases:
-        raise ConfigError("--labeled-cases, --unlabeled-split and --unlabeled-cases need --data DIR")
-    if not labeled and not frames:
-        raise ConfigError("give at least one annotated volume: --labeled IMAGE LABEL, --labeled-frame IMAGE FRAME "
-                          "LABEL, or --data DIR --labeled-cases A")
-    if not args.out:
-        raise ConfigError("--out DIR is required")
-    # Given in the order --labeled pairs, --labeled-frame triples, --labeled-cases cases; the job
-    # keeps its annotated volumes as labeled (pairs, then cases), then labeled_frames.
-    pairs = len(args.labeled)
-    given = annotated_slice_specs(args.annotated_slices, len(labeled) + len(frames))
-    specs = given[:pairs] + given[pairs + len(frames):] + given[pairs:pairs + len(frames)]
-    sparse = any(spec != slicing.ALL for spec in specs)  # unannotated slices: pseudo-label rounds
-    # The other frames of an annotated 4D image are unannotated volumes.
-    has_unlabeled = bool(unlabeled) or bool(frames) or sparse
-    return TrainJob(labeled, unlabeled, args.out, train_config(args, has_unlabeled), names,
-                    args.init_model, specs, frames).absolute()
 
 
-def frame_index(text: str) -> int:
-    """FRAME of --labeled-frame: a 0-based index (checked against the image when it is read)."""
-    try:
-        index = int(text)
-    except ValueError:
-        index = -1
-    if index < 0:
-        raise ConfigError(f"--labeled-frame: FRAME '{text}' must be a frame index, 0 or more")
-    return index
 
 
-def annotated_slice_specs(values: list[str], count: int) -> list[str]:
-    """One ``--annotated-slices`` value per annotated volume, each checked for its syntax (the
-    indices are checked against each image when it is read)."""
-    if len(values) > 1 and len(values) != count:
-        raise ConfigError(f"{len(values)} --annotated-slices values for {count} annotated volumes; give one "
-                          "for all of them or one per volume (--labeled pairs first, then --labeled-frame "
-                          "triples, then --labeled-cases)")
-    specs = values * count if len(values) == 1 else list(values) or [slicing.ALL] * count
-    try:
-        return [slicing.spec_text(slicing.parse_spec(spec)) for spec in specs]
-    except slicing.SliceSpecError as error:
-        raise ConfigError(str(error)) from None
 
 
-def train_config(args: argparse.Namespace, has_unlabeled: bool = True) -> TrainConfig:
-    """The training schedule of ``plcl train``: the budget, --iterations spread over it, and with
-    --init-model the warm-start schedule (the engine alone decides it; the Slicer module passes
-    the same budget and iterations as for a first training, plus --init-model)."""
-    # The options win over --set of the same field (one dict: a field given twice is no TypeError).
-    options = {"seed": args.seed, "device": args.device}
-    overrides = {**parse_overrides(args.set), **{k: v for k, v in options.items() if v is not None}}
-    config = TrainConfig.from_budget(args.budget or DEFAULT_BUDGET, **overrides)
-    if args.iterations is not None:
-        config = config.with_iterations(args.iterations)
-    if args.init_model:
-        config = fine_tuning_schedule(config)
-    if args.minutes is not None:
-        config = dataclasses.replace(config, time_budget_s=60.0 * args.minutes)
-    if not has_unlabeled:  # supervised only: the joint iterations go to the warm-up
-        config = dataclasses.replace(config, warmup_iterations=config.total_iterations, rounds=0)
-    return config.validated()
 
 
-def check_train_arguments(args: argparse.Namespace) -> None:
-    """Values argparse cannot check by type alone: a usage error (exit 2) before anything is read."""
-    if args.iterations is not None and args.iterations < 1:
-        raise ConfigError(f"--iterations {args.iterations}: must be at least 1")
-    if args.minutes is not None and not (0 < args.minutes < 60 * 24 * 366):
-        raise ConfigError(f"--minutes {args.minutes:g}: must be a number of minutes greater than 0")
-    if args.iterations is not None and args.minutes is not None:
-        raise ConfigError("give --iterations or --minutes, not both")
-    if args.n_unlabeled is not None and args.n_unlabeled < 0:
-        raise ConfigError(f"--n-unlabeled {args.n_unlabeled}: must be 0 or more")
-    if args.resume and (args.labeled or args.labeled_frame or args.unlabeled or args.data or args.init_model or args.set
-                        or args.iterations is not None or args.minutes is not None or args.budget):
-        raise ConfigError("--resume DIR continues a run as it was started; give it alone (with --device, --events)")
 
 
-def fine_tuning_schedule(config: TrainConfig) -> TrainConfig:
-    """Warm start: the model already segments, so a quarter of the warm-up, one pseudo-label round and a
-    third of the learning rate (at the full rate a short fine-tune ends with BatchNorm statistics that lag
-    the still-moving weights: the saved model under-segmented in the cine demo)."""
-    return dataclasses.replace(config, warmup_iterations=max(1, config.warmup_iterations // 4),
-                               rounds=min(1, config.rounds), learning_rate=config.learning_rate / 3)
 
 
 def _run(args: argparse.Namespace, sink: EventSink, cancel: threading.Event) -> int:
-    from .pipeline import run_prediction, run_training
+    from .run.pipeline import run_prediction, run_training
 
     if args.command == "train":
         job = make_train_job(args)
@@ -215,15 +112,15 @@ def _run(args: argparse.Namespace, sink: EventSink, cancel: threading.Event) -> 
     elif args.command == "predict":
         run_prediction(args.model, args.images, args.out, args.device or "auto", sink, cancel)
     elif args.command == "evaluate":
-        from .evaluation import run_evaluation
+        from .evaluation.report import run_evaluation
 
         run_evaluation(args, sink)
     elif args.command == "demo":
-        from .demo import run_demo
+        from .lab.demo import run_demo
 
         run_demo(args.out, sink, cancel, device=args.device or "auto", iterations=args.iterations)
     elif args.command == "bench":
-        from .bench import run_bench
+        from .lab.bench import run_bench
 
         run_bench(args, sink, cancel)
     return EXIT_OK
@@ -266,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
         if getattr(args, "resume", None):
             stop_file.unlink(missing_ok=True)  # the request that stopped the run being resumed
         watch_stop_file(stop_file, cancel)
-    from .train import Cancelled
+    from .errors import Cancelled
 
     try:
         return _run(args, sink, cancel)

@@ -8,23 +8,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-#: Budget presets: overrides of TrainConfig. Times are measured on a 2-core CPU (see README).
-BUDGETS: dict[str, dict[str, Any]] = {
-    # A first look in a few minutes on a laptop CPU.
-    "quick": dict(patch_size=96, batch_size=12, contrastive_images=6, warmup_iterations=300,
-                  rounds=2, joint_iterations=150),
-    # The CPU default: a useful model in about 15 minutes on 2 cores.
-    "standard": dict(patch_size=128, batch_size=12, contrastive_images=6, warmup_iterations=900,
-                     rounds=3, joint_iterations=350),
-    # The paper's schedule and patch size: for a GPU.
-    "full": dict(patch_size=192, batch_size=20, contrastive_images=10, warmup_iterations=5000,
-                 rounds=3, joint_iterations=5000),
-}
-DEFAULT_BUDGET = "standard"
-
-
-class ConfigError(ValueError):
-    """An impossible setting or combination of command-line options."""
+from .errors import ConfigError
+from .protocol import BUDGETS, DEFAULT_BUDGET
 
 
 @dataclass

@@ -71,25 +71,6 @@ import sys
 import time
 from typing import Any, TextIO
 
-EXIT_OK = 0
-EXIT_ERROR = 1
-EXIT_USAGE = 2
-EXIT_CANCELLED = 130
-
-STOP_FILE = "stop.request"
-
-
-def frame_name(name: str, index: int, count: int) -> str:
-    """The volume name of frame ``index`` of a 4D image named ``name`` with ``count`` frames: NAME_t<index>,
-    zero-padded to the width of the last index, at least 2 digits (NAME_t00 ... NAME_t29)."""
-    width = max(2, len(str(max(0, count - 1))))
-    return f"{name}_t{index:0{width}d}"
-SUMMARY_FILE = "summary.json"
-#: Keys of summary.json's ``outputs`` (a path, or null when the run wrote no such file).
-OUTPUT_KINDS = ("model", "checkpoint", "training", "job")
-#: ``kind`` of the ``output`` events.
-OUTPUT_EVENT_KINDS = ("model", "snapshot", "prediction", "uncertainty", "sequence", "curve", "summary", "metrics")
-
 
 class EventSink:
     """Receives engine events. The base class writes log lines to stderr and draws a progress bar."""

@@ -1,0 +1,1 @@
+"""The method: network, losses, augmentation, batches, training, prediction and the model file (torch)."""

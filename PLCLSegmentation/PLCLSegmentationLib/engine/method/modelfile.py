@@ -1,0 +1,212 @@
+"""The model file: weights and everything needed to apply them, loaded without running code.
+
+A ``.pt`` file holding only tensors and plain Python values, read with
+``torch.load(weights_only=True)``, which refuses pickled objects, so opening a model file
+received from someone else cannot execute code.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from ... import __version__
+from ..errors import InputError
+from ..files.volumes import ClassInfo, atomic_path
+from .network import UNet2D
+
+FORMAT = "plcl-segmentation-model"
+FORMAT_VERSION = 1
+
+
+@dataclass
+class ModelInfo:
+    """What a model needs besides its weights."""
+
+    classes: list[ClassInfo]  # foreground classes in network order (network index = position + 1)
+    target_spacing_mm: float
+    patch_size: int
+    base_channels: int
+    levels: int
+    embedding_dim: int
+    intensity_percentiles: tuple[float, float]
+    inference_tile: int = 256
+    inference_overlap: float = 0.25
+    largest_component: bool = False
+    background_name: str = "background"
+    #: World directions of the rows and columns of the training slices; new volumes are sliced to
+    #: match (None in models of engine 0.1.0 before it existed: the canonical layout).
+    in_plane_reference: tuple[tuple[float, float, float], tuple[float, float, float]] | None = None
+    training: dict[str, Any] = field(default_factory=dict)
+    engine_version: str = __version__
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes) + 1
+
+    def build_network(self) -> UNet2D:
+        return UNet2D(self.num_classes, self.base_channels, self.levels, self.embedding_dim)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "classes": [c.to_dict() for c in self.classes],
+            "target_spacing_mm": float(self.target_spacing_mm),
+            "patch_size": int(self.patch_size),
+            "architecture": {"name": "unet2d", "base_channels": self.base_channels, "levels": self.levels,
+                             "embedding_dim": self.embedding_dim, "in_channels": 1,
+                             "num_classes": self.num_classes},
+            "normalisation": {"method": "percentile_minmax_clip",
+                              "percentiles": [float(p) for p in self.intensity_percentiles]},
+            "slicing": "nearest canonical LPS orientation, slices along the coarsest axis, in-plane axes "
+                       "turned to match in_plane_reference (world directions of rows and columns)",
+            "in_plane_reference": None if self.in_plane_reference is None
+            else [[float(x) for x in axis] for axis in self.in_plane_reference],
+            "inference_tile": int(self.inference_tile),
+            "inference_overlap": float(self.inference_overlap),
+            "largest_component": bool(self.largest_component),
+            "background_name": self.background_name,
+            "training": self.training,
+            "engine_version": self.engine_version,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ModelInfo:
+        arch = d["architecture"]
+        return cls(
+            classes=[ClassInfo.from_dict(c) for c in d["classes"]],
+            target_spacing_mm=float(d["target_spacing_mm"]),
+            patch_size=int(d["patch_size"]),
+            base_channels=int(arch["base_channels"]),
+            levels=int(arch["levels"]),
+            embedding_dim=int(arch["embedding_dim"]),
+            intensity_percentiles=tuple(d["normalisation"]["percentiles"]),
+            inference_tile=int(d.get("inference_tile", 256)),
+            inference_overlap=float(d.get("inference_overlap", 0.25)),
+            largest_component=bool(d.get("largest_component", False)),
+            background_name=d.get("background_name", "background"),
+            in_plane_reference=_frame(d.get("in_plane_reference")),
+            training=d.get("training", {}),
+            engine_version=d.get("engine_version", "unknown"),
+        )
+
+
+def _frame(value: Any) -> tuple[tuple[float, float, float], tuple[float, float, float]] | None:
+    if value is None:
+        return None
+    row, column = (tuple(float(x) for x in axis) for axis in value)
+    if len(row) != 3 or len(column) != 3:
+        raise ValueError("in_plane_reference must be two 3-vectors")
+    return row, column
+
+
+def save_model(path: str | os.PathLike[str], model: torch.nn.Module, info: ModelInfo) -> None:
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    payload = {"format": FORMAT, "format_version": FORMAT_VERSION, "info": info.to_dict(), "state_dict": state}
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
+
+
+def read_model(path: str | os.PathLike[str]) -> tuple[ModelInfo, dict[str, torch.Tensor]]:
+    """The model's description and weights, every field checked (an InputError naming the file)
+    before anything is allocated."""
+    path = str(path)
+    if not os.path.isfile(path):
+        raise InputError(path, "model file not found")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # unpickling errors have many types
+        raise InputError(path, f"is not a PLCLSegmentation model file ({_load_problem(error)})") from None
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise InputError(path, "is not a PLCLSegmentation model file")
+    version = payload.get("format_version", 0)
+    if not isinstance(version, int):
+        raise InputError(path, f"is not a valid PLCLSegmentation model file (format_version {version!r})")
+    if version > FORMAT_VERSION:
+        raise InputError(path, f"was written by a newer PLCLSegmentation (model format {version}); please update")
+    try:
+        info = ModelInfo.from_dict(payload["info"])
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError) as error:
+        field_name = f"field {error}" if isinstance(error, KeyError) else str(error)
+        raise InputError(path, f"is not a valid PLCLSegmentation model file (missing or malformed {field_name})") \
+            from None
+    problem = model_info_problem(info, payload["info"]) or _weights_problem(info, payload.get("state_dict"))
+    if problem:
+        raise InputError(path, f"is not a valid PLCLSegmentation model file ({problem})")
+    return info, payload["state_dict"]
+
+
+def _load_problem(error: Exception) -> str:
+    """Why torch.load refused the file, in our words: PyTorch's own message suggests loading with
+    ``weights_only=False``, which would run whatever code the file holds; never pass that on."""
+    text = str(error)
+    if "weights_only" in text or "Unsupported global" in text or "Unpickl" in type(error).__name__:
+        return "it holds Python objects other than weights and settings; a model file of this tool never " \
+               "does, so it was refused without running them"
+    return "damaged, or not a file written by torch.save"
+
+
+#: Bounds of the architecture and geometry fields: anything outside is a damaged or forged file.
+_LIMITS = {"base_channels": (1, 256), "levels": (1, 8), "embedding_dim": (1, 1024), "patch_size": (8, 4096),
+           "inference_tile": (16, 4096)}
+
+
+def model_info_problem(info: ModelInfo, raw: dict[str, Any]) -> str | None:
+    arch = raw.get("architecture", {})
+    if arch.get("name") != "unet2d" or arch.get("in_channels", 1) != 1:
+        return (f"architecture {arch.get('name')!r} with {arch.get('in_channels')} input channels; unet2d with 1 "
+                "expected")
+    if arch.get("num_classes", info.num_classes) != info.num_classes:
+        return f"architecture.num_classes {arch.get('num_classes')} but {len(info.classes)} classes"
+    for name, (low, high) in _LIMITS.items():
+        value = getattr(info, name)
+        if not low <= value <= high:
+            return f"{name} {value}; {low} to {high} expected"
+    if not info.classes or len(info.classes) > 254:
+        return f"{len(info.classes)} classes; 1 to 254 expected"
+    values = [c.value for c in info.classes]
+    if any(not 1 <= v <= 255 for v in values) or len(set(values)) != len(values):
+        return f"class values {values}; distinct values from 1 to 255 expected"
+    names = [c.name.casefold() for c in info.classes]
+    if len(set(names)) != len(names) or not all(n.strip() for n in names):
+        return f"class names {[c.name for c in info.classes]}; distinct, non-empty names expected"
+    if not (math.isfinite(info.target_spacing_mm) and 1e-3 <= info.target_spacing_mm <= 1e3):
+        return f"target_spacing_mm {info.target_spacing_mm}; 0.001 to 1000 mm expected"
+    percentiles = [float(p) for p in info.intensity_percentiles]
+    if len(percentiles) != 2 or not 0 <= percentiles[0] < percentiles[1] <= 100:
+        return f"normalisation percentiles {list(info.intensity_percentiles)}; 0 <= low < high <= 100 expected"
+    if not 0 <= info.inference_overlap <= 0.9:
+        return f"inference_overlap {info.inference_overlap}; 0 to 0.9 expected"
+    return None
+
+
+def _weights_problem(info: ModelInfo, state: Any) -> str | None:
+    """Weights of exactly the described architecture, compared on the meta device (no memory)."""
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        return "state_dict is not a set of tensors"
+    with torch.device("meta"):
+        expected = {k: tuple(v.shape) for k, v in info.build_network().state_dict().items()}
+    found = {k: tuple(v.shape) for k, v in state.items()}
+    if found != expected:
+        wrong = sorted(set(expected) ^ set(found)) or [k for k in expected if expected[k] != found[k]]
+        return f"weights do not match the architecture the file describes ({wrong[0]})"
+    return None
+
+
+def build_model(path: str | os.PathLike[str], info: ModelInfo, state: dict[str, torch.Tensor],
+                device: torch.device) -> UNet2D:
+    """The network of a checked model file (see read_model), with its weights, ready to predict."""
+    model = info.build_network()
+    try:
+        model.load_state_dict(state)
+    except RuntimeError:
+        raise InputError(str(path), "weights do not match the architecture the file describes") from None
+    return model.to(device).eval()
+
+
+def load_model(path: str | os.PathLike[str], device: torch.device) -> tuple[UNet2D, ModelInfo]:
+    info, state = read_model(path)
+    return build_model(path, info, state, device), info

@@ -1,0 +1,401 @@
+"""The training schedule: supervised warm-up, then rounds of pseudo-labelling and joint training."""
+
+from __future__ import annotations
+
+import copy
+import math
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..config import TrainConfig
+from ..errors import Cancelled
+from ..events import EventSink
+from ..files.volumes import atomic_path
+from ..runtime import autocast_dtype
+from .batches import BackgroundBatches, Batch, BatchMaker, SliceAtlas
+from .consistency import cutmix, online_labels
+from .losses import IGNORE, local_contrastive_loss, segmentation_loss
+from .network import UNet2D
+from .predict import keep_largest_components, predict_slices
+from .preprocess import PreparedVolume
+
+
+def make_optimizer(parameters, learning_rate: float, fused: bool) -> torch.optim.Optimizer:
+    """Adam with its fused kernel (one kernel for all parameters) where asked and this torch has one
+    for the device, else torch's default (multi-tensor on GPUs)."""
+    parameters = list(parameters)
+    if fused:
+        try:
+            return torch.optim.Adam(parameters, lr=learning_rate, fused=True)
+        except (RuntimeError, ValueError, TypeError):  # no fused kernel for this device or torch
+            pass
+    return torch.optim.Adam(parameters, lr=learning_rate)
+
+
+@dataclass
+class Checkpoint:
+    iteration: int
+    model: dict[str, torch.Tensor]
+    optimizer: dict[str, Any]
+    pseudo_round: int
+    pseudo_labels: list[torch.Tensor]
+    train_seconds: float = 0.0
+    teacher: dict[str, torch.Tensor] | None = None
+    #: Losses of every iteration so far, so a resumed run's training.json has the whole history.
+    loss_history: list[dict[str, float]] | None = None
+
+    def save(self, path: Path) -> None:
+        payload = {"iteration": self.iteration, "model": self.model, "optimizer": self.optimizer,
+                   "pseudo_round": self.pseudo_round, "pseudo_labels": self.pseudo_labels,
+                   "train_seconds": self.train_seconds, "teacher": self.teacher,
+                   "loss_history": self.loss_history or []}
+        with atomic_path(path) as tmp:
+            torch.save(payload, tmp)
+
+    @classmethod
+    def load(cls, path: Path) -> Checkpoint:
+        p = torch.load(path, map_location="cpu", weights_only=True)
+        return cls(int(p["iteration"]), p["model"], p["optimizer"], int(p["pseudo_round"]), list(p["pseudo_labels"]),
+                   float(p.get("train_seconds", 0.0)), p.get("teacher"), list(p.get("loss_history") or []))
+
+
+def _annotated_part(stack: torch.Tensor, volume: PreparedVolume) -> torch.Tensor:
+    return stack if volume.annotated is None else stack[volume.annotated]
+
+
+def _unannotated_part(stack: torch.Tensor, volume: PreparedVolume) -> torch.Tensor:
+    """An unannotated volume's slices, or the slices of a partially annotated one left unannotated."""
+    return stack if volume.annotated is None else stack[~volume.annotated]
+
+
+class Trainer:
+    """Runs one training job on prepared volumes; ``run`` returns the trained network."""
+
+    def __init__(self, config: TrainConfig, num_classes: int, annotated: list[PreparedVolume],
+                 unannotated: list[PreparedVolume], sink: EventSink, device: torch.device,
+                 checkpoint_path: Path | None = None, cancel: threading.Event | None = None,
+                 initial_weights: dict[str, torch.Tensor] | None = None) -> None:
+        self.config = config
+        self.num_classes = num_classes
+        self.device = device
+        # Slices live on the training device, packed once; pseudo-labels replace the labels each round.
+        # Only annotated slices are packed for the segmentation loss; the other slices of partially
+        # annotated volumes join the unannotated pool (pseudo-labels, contrastive loss).
+        self.annotated = SliceAtlas.pack([_annotated_part(v.images, v) for v in annotated],
+                                         [_annotated_part(v.labels, v) for v in annotated], device)
+        self.unannotated = unannotated + [v for v in annotated if v.partial]
+        self._unannotated_atlas: SliceAtlas | None = None
+        self.sink = sink
+        self.checkpoint_path = checkpoint_path
+        self.cancel = cancel or threading.Event()
+        torch.manual_seed(config.seed)
+        self.model = UNet2D(num_classes, config.base_channels, config.levels, config.embedding_dim)
+        if initial_weights is not None:
+            self.model.load_state_dict(initial_weights)
+        self.model.to(device)
+        if device.type == "cuda":  # patches have one size: let cuDNN pick the fastest kernels once
+            torch.backends.cudnn.benchmark = True
+        if config.channels_last:
+            self.model.to(memory_format=torch.channels_last)
+        self.optimizer = make_optimizer(self.model.parameters(), config.learning_rate, config.fused_optimizer)
+        # The compiled wrapper shares the model's parameters; state dicts stay those of the plain model.
+        self.training_forward = torch.compile(self.model) if config.compile else self.model
+        # A mean teacher: an exponential moving average of the weights labels the unannotated
+        # volumes and is the final model (steadier than the last step's weights).
+        self.teacher: UNet2D | None = None
+        if config.teacher_ema > 0:
+            self.teacher = copy.deepcopy(self.model).requires_grad_(False)
+        self.autocast = autocast_dtype(config.precision, device)
+        self.iteration = 0
+        self.train_seconds = 0.0  # training time of earlier sessions (resume)
+        self._session_start = time.monotonic()
+        # The schedule of this session; run() sets it again for the volumes it has.
+        self._start_iteration = 0
+        self._total_iterations = config.total_iterations
+        self._end = self._stage_end(config.rounds, config.rounds)
+        self.pseudo_round = 0
+        self.pseudo_labels: list[torch.Tensor] = []
+        self.loss_history: list[dict[str, float]] = []
+        self.contrastive_generator = torch.Generator(device=device).manual_seed(config.seed + 1)
+        self.mix_generator = torch.Generator(device=device).manual_seed(config.seed + 2)
+        self._last_report = 0.0
+        self._running: dict[str, float] = {}
+        # Losses stay on the device until a report reads them all at once (no host sync per step).
+        self._pending_losses: list[tuple[int, dict[str, torch.Tensor]]] = []
+        self.slices_seen = 0
+        #: Called as on_snapshot(index, iteration) at config.snapshots evenly spaced points of the schedule.
+        self.on_snapshot: Callable[[int, int], None] | None = None
+        self._next_snapshot = 1
+
+    # --- state -----------------------------------------------------------------------------------
+    def restore(self, checkpoint: Checkpoint) -> None:
+        self.model.load_state_dict(checkpoint.model)
+        if self.teacher is not None:
+            self.teacher.load_state_dict(checkpoint.teacher or checkpoint.model)
+        self.optimizer.load_state_dict(checkpoint.optimizer)
+        self.iteration = checkpoint.iteration
+        self.train_seconds = checkpoint.train_seconds
+        self.pseudo_round = checkpoint.pseudo_round
+        self.pseudo_labels = checkpoint.pseudo_labels
+        self.loss_history = list(checkpoint.loss_history or [])
+
+    def save_checkpoint(self) -> str | None:
+        self.flush_losses()
+        if self.checkpoint_path is None:
+            return None
+        seconds = self.train_seconds + (time.monotonic() - self._session_start)
+        Checkpoint(self.iteration, self.model.state_dict(), self.optimizer.state_dict(), self.pseudo_round,
+                   self.pseudo_labels, seconds,
+                   None if self.teacher is None else self.teacher.state_dict(),
+                   self.loss_history).save(self.checkpoint_path)
+        return str(self.checkpoint_path)
+
+    # --- schedule -------------------------------------------------------------------------------
+    # The schedule is measured in iterations or, with a time budget, in seconds of training: the
+    # warm-up and each round then take the same share of the budget as of the iterations.
+    def _clock(self) -> float:
+        if self.config.time_budget_s:
+            return self.train_seconds + (time.monotonic() - self._session_start)
+        return float(self.iteration)
+
+    def _stage_end(self, round_index: int, rounds: int) -> float:
+        cfg = self.config
+        iterations = cfg.warmup_iterations + round_index * cfg.joint_iterations
+        if not cfg.time_budget_s:
+            return float(iterations)
+        total = cfg.warmup_iterations + rounds * cfg.joint_iterations
+        return cfg.time_budget_s * iterations / max(1, total)
+
+    def run(self) -> UNet2D:
+        cfg = self.config
+        rounds = cfg.rounds if self.unannotated else 0
+        self._session_start = time.monotonic()
+        self._start_iteration = self.iteration
+        self._total_iterations = cfg.warmup_iterations + rounds * cfg.joint_iterations
+        self._end = self._stage_end(rounds, rounds)
+        if self._clock() < self._stage_end(0, rounds):
+            self.sink.emit("stage", stage="warmup", round=0, total=self._estimated_total())
+            self._train_until(0.0, self._stage_end(0, rounds), stage="warmup", pseudo=None)
+        for round_index in range(1, rounds + 1):
+            end = self._stage_end(round_index, rounds)
+            if self._clock() >= end:
+                continue
+            if self.pseudo_round != round_index:
+                self.sink.emit("stage", stage="pseudo_labels", round=round_index, total=self._estimated_total())
+                self.pseudo_labels = self.make_pseudo_labels()
+                self.pseudo_round = round_index
+                self.save_checkpoint()
+            self.sink.emit("stage", stage="joint", round=round_index, total=self._estimated_total())
+            self._train_until(self._stage_end(round_index - 1, rounds), end, stage="joint",
+                              pseudo=self._pseudo_atlas())
+        self._maybe_snapshot(final=True)
+        self.save_checkpoint()
+        return self.final_model
+
+    def _pseudo_atlas(self) -> SliceAtlas:
+        """The unannotated slices with this round's pseudo-labels: packed once, relabelled after."""
+        if self._unannotated_atlas is None:
+            self._unannotated_atlas = SliceAtlas.pack([_unannotated_part(v.images, v) for v in self.unannotated],
+                                                      self.pseudo_labels, self.device)
+        else:
+            self._unannotated_atlas = self._unannotated_atlas.with_labels(self.pseudo_labels)
+        return self._unannotated_atlas
+
+    @property
+    def final_model(self) -> UNet2D:
+        return self.teacher if self.teacher is not None else self.model
+
+    def _learning_rate(self, start: float, end: float) -> float:
+        """The learning rate at this point of the stage that runs from ``start`` to ``end``."""
+        cfg = self.config
+        if cfg.learning_rate_schedule == "constant":
+            return cfg.learning_rate
+        progress = min(1.0, max(0.0, (self._clock() - start) / max(end - start, 1e-9)))
+        return cfg.learning_rate * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+    def _train_until(self, start: float, end: float, stage: str, pseudo: SliceAtlas | None) -> None:
+        maker = BatchMaker(self.config, self.annotated, pseudo, seed=self.config.seed * 100_003 + self.iteration)
+        make = maker.joint_batch if pseudo is not None else maker.segmentation_batch
+        batches = BackgroundBatches(make, enabled=self.config.background_batches)
+        try:
+            while self._clock() < end:
+                if self.cancel.is_set():
+                    raise Cancelled(self.save_checkpoint())
+                batch = next(batches)
+                for group in self.optimizer.param_groups:
+                    group["lr"] = self._learning_rate(start, end)
+                losses = self.step(batch)
+                self.iteration += 1
+                self.slices_seen += batch.slices
+                self._report(stage, losses, final=self._clock() >= end)
+                self._maybe_snapshot()
+                if self.iteration % self.config.checkpoint_every == 0:
+                    self.save_checkpoint()
+        finally:
+            batches.close()
+
+    def _maybe_snapshot(self, final: bool = False) -> None:
+        """Save every snapshot whose point of the schedule has passed; ``final`` saves those still due
+        (a slow step or pseudo-labelling can pass several points, or the end, at once)."""
+        count = self.config.snapshots
+        if not count or self.on_snapshot is None:
+            return
+        while self._next_snapshot <= count and (
+                final or self._clock() >= self._end * self._next_snapshot / (count + 1)):
+            self.on_snapshot(self._next_snapshot, self.iteration)
+            self._next_snapshot += 1
+
+    def _estimated_total(self) -> int:
+        if not self.config.time_budget_s:
+            return self._total_iterations
+        done = self.iteration - self._start_iteration
+        elapsed = time.monotonic() - self._session_start
+        if done == 0:
+            return max(self.iteration, self._total_iterations)
+        return self.iteration + int(max(0.0, self._end - self._clock()) * done / max(elapsed, 1e-6))
+
+    # --- one step -----------------------------------------------------------------------------
+    def step(self, batch: Batch) -> dict[str, torch.Tensor]:
+        """One optimiser step; the losses come back as detached 0-d tensors on the device."""
+        cfg = self.config
+        self.model.train()
+        n_seg = batch.images.shape[0]
+        x = batch.images.to(self.device, non_blocking=True)
+        if batch.contrastive_images is not None:
+            views, labels = self.contrastive_views(batch)
+            x = torch.cat([x, views])
+        if cfg.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        y = batch.labels.to(self.device)
+        with torch.autocast(self.device.type, dtype=self.autocast or torch.bfloat16, enabled=self.autocast is not None):
+            logits, embeddings = self.training_forward(x, with_embedding=True)
+        loss = segmentation_loss(logits[:n_seg], y, cfg.segmentation_loss)
+        losses = {"segmentation": loss.detach()}
+        if batch.contrastive_images is not None:
+            if cfg.contrastive_weight > 0:
+                contrastive = local_contrastive_loss(
+                    embeddings[n_seg:], labels, batch.pairs.to(self.device), self.num_classes,
+                    cfg.temperature, cfg.anchors_per_class, self.contrastive_generator)
+                loss = loss + cfg.contrastive_weight * contrastive
+                losses["contrastive"] = contrastive.detach()
+            if cfg.pseudo_segmentation_weight > 0:
+                # Self-training: the segmentation loss on the first view of every contrastive slice.
+                n = labels.shape[0] // 2
+                pseudo_loss = segmentation_loss(logits[n_seg:n_seg + n], labels[:n], cfg.segmentation_loss)
+                loss = loss + cfg.pseudo_segmentation_weight * pseudo_loss
+                losses["pseudo_segmentation"] = pseudo_loss.detach()
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        if self.teacher is not None:
+            self._update_teacher()
+        losses["total"] = loss.detach()
+        return losses
+
+    def contrastive_views(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """The contrastive views and their labels on the device: with online pseudo-labels, the
+        unannotated slices' labels are the teacher's, from their weak views; with CutMix, boxes are
+        pasted between unannotated slices (the same box in both views)."""
+        cfg = self.config
+        views = batch.contrastive_images.to(self.device, non_blocking=True)
+        labels = batch.contrastive_labels.to(self.device)
+        n, first = labels.shape[0] // 2, batch.unannotated_from
+        if n - first < 1 or (batch.weak_images is None and cfg.cutmix_probability <= 0):
+            return views, labels
+        by_view = views.view(2, n, *views.shape[1:])
+        unannotated = labels[first:n]
+        if batch.weak_images is not None:
+            weak = batch.weak_images.to(self.device, non_blocking=True)
+            if cfg.channels_last:
+                weak = weak.contiguous(memory_format=torch.channels_last)
+            unannotated = online_labels(self.final_model, weak, cfg.pseudo_label_confidence, self.autocast)
+        mixed_views, unannotated = cutmix(by_view[:, first:], unannotated, cfg.cutmix_probability,
+                                          self.mix_generator)
+        by_view = torch.cat([by_view[:, :first], mixed_views], dim=1)
+        labels = torch.cat([labels[:first], unannotated])
+        return by_view.reshape(views.shape), torch.cat([labels, labels])
+
+    def _teacher_decay(self) -> float:
+        # A fixed decay is a fixed number of steps (0.99: about 100): a shrinking share of a longer
+        # schedule, where the student's swings then reach the teacher (measured at 60 minutes, README).
+        cfg = self.config
+        if cfg.teacher_horizon <= 0:
+            return cfg.teacher_ema
+        return max(cfg.teacher_ema, 1.0 - 1.0 / (cfg.teacher_horizon * self._estimated_total()))
+
+    @torch.no_grad()
+    def _update_teacher(self) -> None:
+        # Ramped as in Tarvainen & Valpola's mean teacher: until the decay is reached the teacher is the
+        # plain mean of every student so far, so it never lags far behind a short run or fine-tune.
+        decay = min(self._teacher_decay(), 1.0 - 1.0 / (self.iteration + 1))
+        for teacher, student in zip(self.teacher.parameters(), self.model.parameters()):
+            teacher.lerp_(student, 1.0 - decay)
+        for teacher, student in zip(self.teacher.buffers(), self.model.buffers()):
+            # BatchNorm statistics are averaged like the weights: the student's current statistics
+            # do not fit weights that lag ~1/(1-decay) steps behind (measured: the teacher collapsed).
+            if teacher.is_floating_point():
+                teacher.lerp_(student, 1.0 - decay)
+            else:
+                teacher.copy_(student)
+
+    def flush_losses(self) -> None:
+        """Read the pending losses back from the device in one transfer, into the history."""
+        if not self._pending_losses:
+            return
+        keys = sorted({key for _, losses in self._pending_losses for key in losses})
+        nan = torch.tensor(float("nan"), device=self.device)
+        table = torch.stack([torch.stack([losses.get(key, nan).float() for key in keys])
+                             for _, losses in self._pending_losses]).tolist()
+        for (iteration, _), values in zip(self._pending_losses, table):
+            losses = {key: value for key, value in zip(keys, values) if value == value}  # drop NaN: absent
+            for key, value in losses.items():  # smoothed for display
+                self._running[key] = value if key not in self._running else 0.9 * self._running[key] + 0.1 * value
+            self.loss_history.append({"iteration": iteration, **losses})
+        self._pending_losses.clear()
+
+    def _report(self, stage: str, losses: dict[str, torch.Tensor], final: bool) -> None:
+        self._pending_losses.append((self.iteration, losses))
+        now = time.monotonic()
+        if now - self._last_report < 0.5 and not final:
+            return
+        self._last_report = now
+        self.flush_losses()
+        done = self.iteration - self._start_iteration
+        elapsed = now - self._session_start
+        per_iteration = elapsed / max(1, done)
+        total = self._estimated_total()
+        if self.config.time_budget_s:
+            eta = max(0.0, self._end - self._clock())
+        else:
+            eta = per_iteration * (total - self.iteration)
+        slices = self.config.batch_size + (2 * self.config.contrastive_images if stage == "joint" else 0)
+        self.sink.emit("progress", stage=stage, iteration=self.iteration, total=max(total, self.iteration),
+                       losses={k: round(v, 5) for k, v in self._running.items()},
+                       elapsed_s=round(elapsed, 2), eta_s=round(eta, 1), slices_per_s=round(slices / per_iteration, 2))
+
+    # --- pseudo-labels ---------------------------------------------------------------------------
+    def make_pseudo_labels(self) -> list[torch.Tensor]:
+        cfg = self.config
+        labels = []
+        for volume in self.unannotated:
+            if self.cancel.is_set():
+                raise Cancelled(self.save_checkpoint())
+            probs = predict_slices(self.final_model, volume.images, self.num_classes, cfg.inference_tile,
+                                   cfg.inference_overlap, self.model.divisor, self.device,
+                                   channels_last=cfg.channels_last, autocast=self.autocast)
+            confidence, label = probs.max(dim=1)
+            label = label.to(torch.uint8)
+            if volume.partial:  # the annotated slices anchor the 3D components of the others
+                label[volume.annotated] = volume.labels[volume.annotated]
+            if cfg.largest_component:
+                label = torch.from_numpy(keep_largest_components(label.numpy(), self.num_classes))
+            if cfg.pseudo_label_confidence > 0:
+                label[confidence < cfg.pseudo_label_confidence] = IGNORE
+            labels.append(_unannotated_part(label, volume))
+        return labels

@@ -1,0 +1,84 @@
+"""The contract between the engine and its callers (the ``plcl`` command, the Slicer module, scripts).
+
+Torch-free and numpy-free: the Slicer module imports it as it is. Every fact here has this one
+owner; the event schema it names is written out in docs/protocol.md (a test holds the two together).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+# --- exit codes -------------------------------------------------------------------------------
+EXIT_OK = 0
+EXIT_ERROR = 1  # one line naming the file and the problem
+EXIT_USAGE = 2  # a command-line usage error
+EXIT_CANCELLED = 130  # SIGINT, SIGTERM or the stop file
+
+# --- events (``--events jsonl``: one JSON object a line on stdout) ----------------------------
+#: Every event's ``event`` value, with the keys it carries besides ``event`` and ``time``.
+EVENT_KEYS: dict[str, tuple[str, ...]] = {
+    "start": ("command", "version", "device", "out"),  # train and predict add "precision"
+    "stage": ("stage", "round", "total"),
+    "progress": ("stage", "iteration", "total", "losses", "elapsed_s", "eta_s", "slices_per_s"),
+    "output": ("kind", "path", "name"),
+    "warning": ("message",),
+    "done": ("out", "elapsed_s"),
+    "cancelled": ("checkpoint", "message"),
+    "error": ("message", "file"),
+}
+EVENTS = tuple(EVENT_KEYS)
+#: ``stage`` values of ``stage`` and ``progress`` events, in the order a training run goes through them.
+STAGES = ("prepare", "warmup", "pseudo_labels", "joint", "predict")
+#: ``kind`` of the ``output`` events.
+OUTPUT_EVENT_KINDS = ("model", "snapshot", "prediction", "uncertainty", "sequence", "curve", "summary", "metrics")
+
+# --- where a run's files are: the engine owns its run folder ----------------------------------
+SUMMARY_FILE = "summary.json"  # classes, outputs and uncertainty scores (least certain first)
+STOP_FILE = "stop.request"  # its appearance is handled like SIGINT
+MODEL_FILE = "model.pt"
+CHECKPOINT_FILE = "checkpoint.pt"  # training state, also written on cancel
+JOB_FILE = "job.json"  # the training request, for --resume
+TRAINING_FILE = "training.json"  # loss history and timings
+METRICS_FILE = "metrics.json"  # plcl evaluate's report
+LOCK_FILE = ".plcl.lock"  # held while a run writes the folder
+PREDICTIONS_FOLDER = "predictions"  # <name>.seg.nrrd on each input's grid
+UNCERTAINTY_FOLDER = "uncertainty"  # <name>.nrrd, normalised predictive entropy per voxel
+SEQUENCES_FOLDER = "sequences"  # <name>.seq.nrrd and <name>.curve.png of each 4D input
+SNAPSHOTS_FOLDER = "snapshots"  # model_<i>.pt, intermediate models (--set snapshots=N)
+#: Keys of summary.json's ``outputs`` (a path, or null when the run wrote no such file), and their files.
+OUTPUT_FILES = {"model": MODEL_FILE, "checkpoint": CHECKPOINT_FILE, "training": TRAINING_FILE, "job": JOB_FILE}
+OUTPUT_KINDS = tuple(OUTPUT_FILES)
+#: Everything a run may write in its folder: a new run refuses a folder that holds any of them.
+RUN_FILES = (MODEL_FILE, CHECKPOINT_FILE, JOB_FILE, TRAINING_FILE, SUMMARY_FILE, METRICS_FILE)
+RUN_FOLDERS = (PREDICTIONS_FOLDER, UNCERTAINTY_FOLDER, SNAPSHOTS_FOLDER, SEQUENCES_FOLDER)
+
+
+def frame_name(name: str, index: int, count: int) -> str:
+    """The volume name of frame ``index`` of a 4D image named ``name`` with ``count`` frames: NAME_t<index>,
+    zero-padded to the width of the last index, at least 2 digits (NAME_t00 ... NAME_t29)."""
+    width = max(2, len(str(max(0, count - 1))))
+    return f"{name}_t{index:0{width}d}"
+
+
+# --- devices and budgets ----------------------------------------------------------------------
+#: ``--device`` values: auto = CUDA, else Apple MPS, else CPU (``cuda:N`` picks a GPU too).
+DEVICES = ("auto", "cpu", "cuda", "mps")
+DEFAULT_DEVICE = "auto"
+
+#: Budget presets: overrides of TrainConfig. Times are measured on a 2-core CPU (docs/results).
+BUDGETS: dict[str, dict[str, Any]] = {
+    # A first look in a few minutes on a laptop CPU.
+    "quick": dict(patch_size=96, batch_size=12, contrastive_images=6, warmup_iterations=300,
+                  rounds=2, joint_iterations=150),
+    # The CPU default: a useful model in about 15 minutes on 2 cores.
+    "standard": dict(patch_size=128, batch_size=12, contrastive_images=6, warmup_iterations=900,
+                     rounds=3, joint_iterations=350),
+    # The paper's schedule and patch size: for a GPU.
+    "full": dict(patch_size=192, batch_size=20, contrastive_images=10, warmup_iterations=5000,
+                 rounds=3, joint_iterations=5000),
+}
+DEFAULT_BUDGET = "standard"
+
+# --- annotated slices -------------------------------------------------------------------------
+#: The order in which ``--annotated-slices`` values pair with the annotated volumes of ``plcl train``.
+ANNOTATED_SLICES_ORDER = ("--labeled pairs", "--labeled-frame triples", "--labeled-cases cases")

@@ -1,0 +1,197 @@
+"""A training request (TrainJob) and building one from the options of ``plcl train``; job.json for --resume."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from . import slicing
+from .config import TrainConfig, parse_overrides
+from .errors import ConfigError, InputError
+from .protocol import DEFAULT_BUDGET
+
+
+@dataclass
+class TrainJob:
+    """A training request, as given on the command line (saved as job.json for --resume)."""
+
+    labeled: list[tuple[str, str]]
+    unlabeled: list[str]
+    out: str
+    config: TrainConfig
+    class_names: dict[int, str] | None = None  # from a dataset.json
+    init_model: str | None = None
+    #: One ``--annotated-slices`` value per annotated volume (slicing.py): all, labelled or indices;
+    #: in the job's order of annotated volumes: ``labeled`` pairs, then ``labeled_frames``.
+    annotated_slices: list[str] = field(default_factory=list)
+    #: Annotated frames of 4D images (IMAGE, FRAME, LABEL): ``--labeled-frame``.
+    labeled_frames: list[tuple[str, int, str]] = field(default_factory=list)
+
+    def annotated_count(self) -> int:
+        return len(self.labeled) + len(self.labeled_frames)
+
+    def slice_specs(self) -> list[str]:
+        return list(self.annotated_slices) or [slicing.ALL] * self.annotated_count()
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"labeled": [list(p) for p in self.labeled], "unlabeled": self.unlabeled, "out": self.out,
+                "labeled_frames": [[image, int(frame), label] for image, frame, label in self.labeled_frames],
+                "config": self.config.to_dict(), "init_model": self.init_model,
+                "annotated_slices": self.slice_specs(),
+                "class_names": None if self.class_names is None else {str(k): v for k, v in self.class_names.items()}}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TrainJob:
+        names = d.get("class_names")
+        frames = [(str(image), int(frame), str(label)) for image, frame, label in d.get("labeled_frames") or []]
+        return cls([tuple(p) for p in d["labeled"]], list(d["unlabeled"]), d["out"],
+                   TrainConfig.from_dict(d["config"]), None if names is None else {int(k): v for k, v in names.items()},
+                   d.get("init_model"), list(d.get("annotated_slices") or []), frames)
+
+    def inputs(self) -> list[str]:
+        """Every file the job reads."""
+        return ([p for pair in self.labeled for p in pair] + [p for image, _, label in self.labeled_frames
+                                                              for p in (image, label)]
+                + self.unlabeled + ([self.init_model] if self.init_model else []))
+
+    def absolute(self) -> TrainJob:
+        """Every path absolute, so job.json (and --resume) work from any working folder."""
+        def full(path: str) -> str:
+            return os.path.abspath(path)
+
+        return dataclasses.replace(self, labeled=[(full(a), full(b)) for a, b in self.labeled],
+                                   labeled_frames=[(full(a), f, full(b)) for a, f, b in self.labeled_frames],
+                                   unlabeled=[full(p) for p in self.unlabeled], out=full(self.out),
+                                   init_model=full(self.init_model) if self.init_model else None)
+
+
+def read_job(folder: str | os.PathLike[str]) -> TrainJob:
+    """The job of the run in ``folder`` (its job.json), to continue it there."""
+    job_file = Path(folder) / "job.json"
+    if not job_file.is_file():
+        raise InputError(str(job_file), "not found; --resume needs the output folder of an earlier run")
+    try:
+        job = TrainJob.from_dict(json.loads(job_file.read_text()))
+    except (ValueError, KeyError, TypeError) as error:
+        problem = error if isinstance(error, ConfigError) else f"{type(error).__name__}: {error}"
+        raise InputError(str(job_file), f"is not a job file of this tool ({problem})") from None
+    return dataclasses.replace(job, out=os.path.abspath(folder))
+
+
+def make_train_job(args: argparse.Namespace):
+    from .files.dataset import read_dataset
+    from .request import TrainJob
+
+    check_train_arguments(args)
+    if args.resume:
+        from .request import read_job
+
+        job = read_job(args.resume)
+        if args.device:
+            job.config = dataclasses.replace(job.config, device=args.device).validated()
+        return job
+    labeled = [tuple(p) for p in args.labeled]
+    frames = [(image, frame_index(frame), label) for image, frame, label in args.labeled_frame]
+    unlabeled = list(args.unlabeled)
+    names = None
+    if args.data:
+        dataset = read_dataset(args.data)
+        names = dataset.label_names
+        if args.labeled_cases:
+            labeled += [dataset.labeled_pair(c) for c in args.labeled_cases.split(",") if c]
+        chosen = {Path(p[0]).resolve() for p in labeled}
+        if args.unlabeled_cases:
+            unlabeled += [dataset.image(c) for c in args.unlabeled_cases.split(",") if c]
+        if args.unlabeled_split:
+            unlabeled += [p for p in dataset.split_images(args.unlabeled_split) if Path(p).resolve() not in chosen]
+        if args.n_unlabeled is not None:
+            unlabeled = unlabeled[: args.n_unlabeled]
+    elif args.labeled_cases or args.unlabeled_split or args.unlabeled_cases:
+        raise ConfigError("--labeled-cases, --unlabeled-split and --unlabeled-cases need --data DIR")
+    if not labeled and not frames:
+        raise ConfigError("give at least one annotated volume: --labeled IMAGE LABEL, --labeled-frame IMAGE FRAME "
+                          "LABEL, or --data DIR --labeled-cases A")
+    if not args.out:
+        raise ConfigError("--out DIR is required")
+    # Given in the order --labeled pairs, --labeled-frame triples, --labeled-cases cases; the job
+    # keeps its annotated volumes as labeled (pairs, then cases), then labeled_frames.
+    pairs = len(args.labeled)
+    given = annotated_slice_specs(args.annotated_slices, len(labeled) + len(frames))
+    specs = given[:pairs] + given[pairs + len(frames):] + given[pairs:pairs + len(frames)]
+    sparse = any(spec != slicing.ALL for spec in specs)  # unannotated slices: pseudo-label rounds
+    # The other frames of an annotated 4D image are unannotated volumes.
+    has_unlabeled = bool(unlabeled) or bool(frames) or sparse
+    return TrainJob(labeled, unlabeled, args.out, train_config(args, has_unlabeled), names,
+                    args.init_model, specs, frames).absolute()
+
+
+def frame_index(text: str) -> int:
+    """FRAME of --labeled-frame: a 0-based index (checked against the image when it is read)."""
+    try:
+        index = int(text)
+    except ValueError:
+        index = -1
+    if index < 0:
+        raise ConfigError(f"--labeled-frame: FRAME '{text}' must be a frame index, 0 or more")
+    return index
+
+
+def annotated_slice_specs(values: list[str], count: int) -> list[str]:
+    """One ``--annotated-slices`` value per annotated volume, each checked for its syntax (the
+    indices are checked against each image when it is read)."""
+    if len(values) > 1 and len(values) != count:
+        raise ConfigError(f"{len(values)} --annotated-slices values for {count} annotated volumes; give one "
+                          "for all of them or one per volume (--labeled pairs first, then --labeled-frame "
+                          "triples, then --labeled-cases)")
+    specs = values * count if len(values) == 1 else list(values) or [slicing.ALL] * count
+    try:
+        return [slicing.spec_text(slicing.parse_spec(spec)) for spec in specs]
+    except slicing.SliceSpecError as error:
+        raise ConfigError(str(error)) from None
+
+
+def train_config(args: argparse.Namespace, has_unlabeled: bool = True) -> TrainConfig:
+    """The training schedule of ``plcl train``: the budget, --iterations spread over it, and with
+    --init-model the warm-start schedule (the engine alone decides it; the Slicer module passes
+    the same budget and iterations as for a first training, plus --init-model)."""
+    # The options win over --set of the same field (one dict: a field given twice is no TypeError).
+    options = {"seed": args.seed, "device": args.device}
+    overrides = {**parse_overrides(args.set), **{k: v for k, v in options.items() if v is not None}}
+    config = TrainConfig.from_budget(args.budget or DEFAULT_BUDGET, **overrides)
+    if args.iterations is not None:
+        config = config.with_iterations(args.iterations)
+    if args.init_model:
+        config = fine_tuning_schedule(config)
+    if args.minutes is not None:
+        config = dataclasses.replace(config, time_budget_s=60.0 * args.minutes)
+    if not has_unlabeled:  # supervised only: the joint iterations go to the warm-up
+        config = dataclasses.replace(config, warmup_iterations=config.total_iterations, rounds=0)
+    return config.validated()
+
+
+def check_train_arguments(args: argparse.Namespace) -> None:
+    """Values argparse cannot check by type alone: a usage error (exit 2) before anything is read."""
+    if args.iterations is not None and args.iterations < 1:
+        raise ConfigError(f"--iterations {args.iterations}: must be at least 1")
+    if args.minutes is not None and not (0 < args.minutes < 60 * 24 * 366):
+        raise ConfigError(f"--minutes {args.minutes:g}: must be a number of minutes greater than 0")
+    if args.iterations is not None and args.minutes is not None:
+        raise ConfigError("give --iterations or --minutes, not both")
+    if args.n_unlabeled is not None and args.n_unlabeled < 0:
+        raise ConfigError(f"--n-unlabeled {args.n_unlabeled}: must be 0 or more")
+    if args.resume and (args.labeled or args.labeled_frame or args.unlabeled or args.data or args.init_model or args.set
+                        or args.iterations is not None or args.minutes is not None or args.budget):
+        raise ConfigError("--resume DIR continues a run as it was started; give it alone (with --device, --events)")
+
+
+def fine_tuning_schedule(config: TrainConfig) -> TrainConfig:
+    """Warm start: the model already segments, so a quarter of the warm-up, one pseudo-label round and a
+    third of the learning rate (at the full rate a short fine-tune ends with BatchNorm statistics that lag
+    the still-moving weights: the saved model under-segmented in the cine demo)."""
+    return dataclasses.replace(config, warmup_iterations=max(1, config.warmup_iterations // 4),
+                               rounds=min(1, config.rounds), learning_rate=config.learning_rate / 3)
