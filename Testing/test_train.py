@@ -84,6 +84,14 @@ def test_the_mean_teacher_is_the_mean_of_the_students_until_its_decay_is_reached
     assert not all(torch.equal(students[-1][n], v) for n, v in trainer.teacher.named_parameters())
 
 
+def test_supervised_only_moves_the_rounds_iterations_to_the_warm_up():
+    config = TrainConfig.from_budget("standard")
+    supervised = config.supervised_only()
+    assert (supervised.rounds, supervised.warmup_iterations) == (0, config.total_iterations)
+    assert supervised.total_iterations == config.total_iterations
+    assert dataclasses.replace(supervised, warmup_iterations=config.warmup_iterations, rounds=config.rounds) == config
+
+
 @pytest.mark.parametrize("warmup, joint, horizon, expected", [
     (900, 350, TrainConfig().teacher_horizon, 0.99),  # the defaults at 1,950 iterations: teacher_ema itself
     (5000, 5000, 0.05, 0.999),  # the full budget's 20,000: 1 - 1/(0.05 * 20,000)

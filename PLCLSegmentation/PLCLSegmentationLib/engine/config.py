@@ -143,6 +143,11 @@ class TrainConfig:
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values).validated()
 
+    def supervised_only(self) -> TrainConfig:
+        """This schedule without pseudo-label rounds: their joint iterations go to the warm-up, so the
+        same number of iterations is trained (for runs with nothing to pseudo-label)."""
+        return dataclasses.replace(self, warmup_iterations=self.total_iterations, rounds=0)
+
     def with_iterations(self, iterations: int) -> TrainConfig:
         """Spread a total number of iterations over warm-up and rounds in the preset's proportions."""
         if iterations < 1:

@@ -340,7 +340,7 @@ def _train(job: TrainJob, inputs: TrainingInputs, sink: EventSink, cancel: threa
     unannotated = [_prepare(v, spacing, config, sink, reference=reference) for v in inputs.unannotated]
     if config.rounds and not unannotated and not any(v.partial for v in annotated):
         # Nothing to pseudo-label (e.g. "labelled" on volumes labelled on every slice): supervised only.
-        config = dataclasses.replace(config, warmup_iterations=config.total_iterations, rounds=0)
+        config = config.supervised_only()
 
     trainer = Trainer(config, num_classes, annotated, unannotated, sink, device,
                       checkpoint_path=out / "checkpoint.pt", cancel=cancel, initial_weights=initial)
