@@ -1,67 +1,9 @@
-"""Progress reporting: a progress bar for a person, or JSON lines for a program.
+"""Progress reporting: a progress bar and log lines for a person, or JSON lines for a program.
 
-With ``--events jsonl`` every event is one JSON object on its own line on stdout
-(human-readable logs go to stderr). The schema, which the Slicer module relies on:
-
-=============  ===============================================================
-``event``      other keys
-=============  ===============================================================
-``start``      ``command`` (train|predict|evaluate|bench), ``version``, ``device``, ``out``;
-               train and predict add ``precision`` (bf16|fp32: what the device computes in)
-``stage``      ``stage`` (prepare|warmup|pseudo_labels|joint|predict), ``round``, ``total``
-``progress``   ``stage``, ``iteration``, ``total`` (all stages together), ``losses``
-               {name: float}, ``elapsed_s``, ``eta_s``, ``slices_per_s``
-``output``     ``kind`` (model|snapshot|prediction|uncertainty|sequence|curve|summary|metrics),
-               ``path``, ``name`` (the volume's name, for prediction and uncertainty; the
-               4D input's name, for sequence and curve)
-``warning``    ``message``
-``done``       ``out``, ``elapsed_s``
-``cancelled``  ``checkpoint`` (path to resume from, or null), ``message``
-``error``      ``message`` (one line naming the file and the problem), ``file`` (or null)
-=============  ===============================================================
-
-Every event also has ``time`` (seconds since the epoch). Exit codes: 0 done, 1 error,
-2 command-line usage error, 130 cancelled (SIGINT, SIGTERM or the stop file).
-
-``output`` events report progress; where the outputs are is written once, in ``OUT/summary.json``
-(``SUMMARY_FILE``): ``outputs`` {kind: path or null} for the run's files (``OUTPUT_KINDS``) and
-``volumes`` [{name, segmentation, uncertainty, uncertainty_score, ...}] for the predictions. Programs
-read that file, not file-name conventions.
-
-Cine (4D) images (cine.py). Any image of ``plcl train --unlabeled``, ``--labeled-frame`` and
-``plcl predict`` may be a 4D file: NIfTI with time last, or NRRD with one list axis (Slicer's
-``.seq.nrrd``, list axis last as Slicer 5 writes it, or first as older writers did). Its frames
-share one grid. A sequence's name is ``volumes.volume_name(path)`` (NAME; ``.seq.nrrd`` counts as
-one extension); frame i (0-based) is the volume NAME_t<i>, zero-padded to the width of the last
-index, at least 2 digits. ``plcl train --labeled-frame IMAGE FRAME LABEL`` (repeatable): frame
-FRAME of IMAGE is annotated by LABEL (on that frame's grid); the other frames are unannotated.
-``--annotated-slices`` values pair with ``--labeled`` pairs, then ``--labeled-frame`` triples,
-then ``--labeled-cases`` cases. Errors (one line naming the file): a 4D file given to
-``--labeled`` (exit 1, says to use --labeled-frame); a time axis not equally spaced, frames that
-do not share one grid (exit 1); a FRAME out of range (exit 1, names the index and the frame
-count); a FRAME that is not a whole number 0 or more (exit 2).
-
-Every frame of every 4D input is segmented (in ``train``, the annotated frames too, so a curve
-comes from predictions alone) and written like a volume: its ``volumes`` entry has, besides the
-usual keys, ``sequence`` (NAME) and ``frame`` (i). summary.json's ``sequences`` is a list, one
-entry per 4D input (empty when none): ``name``, ``image`` (the 4D file), ``frames`` (the frame
-volume names in frame order), ``annotated_frames`` (indices annotated in this run; [] for
-predict), ``time_step`` and ``time_unit`` (as the file states them, or null), ``segmentation``
-(every frame as one label map sequence, ``OUT/sequences/NAME.seq.nrrd``, as Slicer's Sequences
-module writes one: Slicer loads it as a sequence of label map volumes whose values are the
-``classes`` values; null if not written), ``volume_curve_ml`` {class name: [ml per frame]} (voxels
-of the written segmentation x voxel volume; volume_curve.py, numpy only), ``volume_summary``
-{class name: {max_ml, max_frame, min_ml, min_frame, ejection_fraction}} (ejection_fraction = 100 *
-(max - min) / max in percent, null for a class absent from every frame; meaningful for cavities
-such as LV and RV), ``curve_plot`` (a PNG of the curves, ``OUT/sequences/NAME.curve.png``, or null
-without matplotlib). The ``output`` events of kind ``sequence`` and ``curve`` report those two files.
-
-Stopping: ``plcl train`` and ``plcl predict`` watch ``OUT/stop.request`` (``STOP_FILE``; with
-``--resume DIR``, ``DIR/stop.request``). Its appearance is handled like SIGINT: the step finishes, a
-checkpoint is saved, ``cancelled`` is emitted and the exit code is 130. Programs that cannot signal
-the engine's own process use it (Slicer's ``PythonSlicer`` is a launcher that starts the real
-Python and does not forward signals; on Windows a CTRL_BREAK cannot reach a process without a
-console).
+With ``--events jsonl`` every event is one JSON object on its own line on stdout (logs go to
+stderr). The event names and their keys are owned by ``protocol.py`` (EVENT_KEYS, STAGES,
+OUTPUT_EVENT_KINDS); the schema, exit codes, stop file and summary.json are written out in
+docs/protocol.md, which a test holds to protocol.py.
 """
 
 from __future__ import annotations
