@@ -535,12 +535,12 @@ def test_disk_full_is_one_line_naming_the_file(base, tmp_path, capsys, monkeypat
 
 
 def test_an_os_error_from_anywhere_is_one_line(base, tmp_path, capsys, monkeypatch):
-    from PLCLSegmentationLib.engine.run import pipeline
+    from PLCLSegmentationLib.engine.run import prediction
 
     def refuse(*args, **kwargs):
         raise PermissionError(errno.EACCES, "Permission denied", "/somewhere/x.nrrd")
 
-    monkeypatch.setattr(pipeline, "write_segmentation", refuse)
+    monkeypatch.setattr(prediction, "write_segmentation", refuse)
     code = main(predict(base, out=str(tmp_path / "out")).copy())
     err = capsys.readouterr().err
     assert code == 1 and "error: /somewhere/x.nrrd: Permission denied" in err and "Traceback" not in err
@@ -650,13 +650,14 @@ def test_predict_holds_one_volume_at_a_time(base, tmp_path, monkeypatch):
     import gc
     import weakref
 
-    from PLCLSegmentationLib.engine.run import pipeline
+    from PLCLSegmentationLib.engine.method import predictor
+    from PLCLSegmentationLib.engine.run import prediction
 
     arrays: list = []
     prepared: list = []
     alive_at_writes: list[tuple[int, int]] = []
-    read_volume, prepare_volume, write_segmentation = (pipeline.read_volume, pipeline.prepare_volume,
-                                                       pipeline.write_segmentation)
+    read_volume, prepare_volume, write_segmentation = (prediction.read_volume, predictor.prepare_volume,
+                                                       prediction.write_segmentation)
 
     def reading(path):
         volume = read_volume(path)
@@ -673,9 +674,9 @@ def test_predict_holds_one_volume_at_a_time(base, tmp_path, monkeypatch):
         alive_at_writes.append((sum(r() is not None for r in arrays), sum(r() is not None for r in prepared)))
         return write_segmentation(*args, **kwargs)
 
-    monkeypatch.setattr(pipeline, "read_volume", reading)
-    monkeypatch.setattr(pipeline, "prepare_volume", preparing)
-    monkeypatch.setattr(pipeline, "write_segmentation", writing)
+    monkeypatch.setattr(prediction, "read_volume", reading)
+    monkeypatch.setattr(predictor, "prepare_volume", preparing)
+    monkeypatch.setattr(prediction, "write_segmentation", writing)
     images = []
     for index in range(5):
         shutil.copy(base / "other.nii.gz", tmp_path / f"v{index}.nii.gz")

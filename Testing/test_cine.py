@@ -273,7 +273,7 @@ def test_train_on_two_frames_segments_every_frame(trained):
 
 def test_an_unannotated_4d_image_gives_every_frame_to_the_pool(tmp_path):
     from PLCLSegmentationLib.engine.config import TrainConfig
-    from PLCLSegmentationLib.engine.run.pipeline import read_training_inputs
+    from PLCLSegmentationLib.engine.run.inputs import read_training_inputs
 
     images, labels = beating()
     write_nifti(tmp_path / "cine.nii.gz", images)
@@ -308,7 +308,7 @@ def test_frames_are_predicted_in_order(trained, tmp_path):
     """Each frame's prepared slices are that frame's voxels (the frames are told apart by their values)."""
     from PLCLSegmentationLib.engine.events import RecordingSink
     from PLCLSegmentationLib.engine.method.modelfile import read_model
-    from PLCLSegmentationLib.engine.run.pipeline import _prepared_one_by_one
+    from PLCLSegmentationLib.engine.run.prediction import _prepared_one_by_one
 
     info, _ = read_model(trained / "run" / "model.pt")
     images, _ = beating()
@@ -377,7 +377,7 @@ def test_the_volume_curve_of_known_labels_is_their_voxel_count_times_the_voxel_v
 def test_frames_predicted_in_one_pass_match_frames_predicted_alone(trained, tmp_path):
     """Consecutive frames go through the network together; each must get its own slices' result."""
     from PLCLSegmentationLib.engine.events import RecordingSink
-    from PLCLSegmentationLib.engine.run.pipeline import run_prediction
+    from PLCLSegmentationLib.engine.run.prediction import run_prediction
 
     images, _ = beating(seed=2)
     write_nifti(tmp_path / "cine.nii.gz", images)

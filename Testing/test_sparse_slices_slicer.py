@@ -16,7 +16,7 @@ from slicer_support import ACDC, ACDC_SEGMENTS, FAKE_ENGINE, SlicerApp, acdc_cas
 from PLCLSegmentationLib import scene_io  # noqa: E402
 from PLCLSegmentationLib.engine.config import TrainConfig  # noqa: E402
 from PLCLSegmentationLib.engine.request import TrainJob  # noqa: E402
-from PLCLSegmentationLib.engine.run.pipeline import read_training_inputs  # noqa: E402
+from PLCLSegmentationLib.engine.run.inputs import read_training_inputs  # noqa: E402
 from PLCLSegmentationLib.logic import PLCLSegmentationLogic  # noqa: E402
 from PLCLSegmentationLib.parameters import PREDICTED, REVIEWED, SLICES_ALL, SLICES_AUTO  # noqa: E402
 from PLCLSegmentationLib.services import PLCLError  # noqa: E402

@@ -18,7 +18,7 @@ from PLCLSegmentationLib.engine.method.batches import Batch, BatchMaker, SliceAt
 from PLCLSegmentationLib.engine.method.preprocess import prepare_volume
 from PLCLSegmentationLib.engine.method.train import Checkpoint, Trainer
 from PLCLSegmentationLib.engine.request import TrainJob
-from PLCLSegmentationLib.engine.run import pipeline
+from PLCLSegmentationLib.engine.run import training
 from PLCLSegmentationLib.engine.runtime import autocast_dtype
 
 TINY = TrainConfig(patch_size=32, levels=3, base_channels=4, embedding_dim=4, batch_size=2, contrastive_images=3,
@@ -174,7 +174,7 @@ def test_the_precision_chosen_is_reported_in_the_start_event_and_training_json(t
     sitk.WriteImage(make_image(labels), paths[1])
     config = dataclasses.replace(TINY, precision="auto", warmup_iterations=1, rounds=0)
     sink = RecordingSink()
-    pipeline.run_training(TrainJob([paths], [], str(tmp_path / "run"), config), sink)
+    training.run_training(TrainJob([paths], [], str(tmp_path / "run"), config), sink)
     start = next(e for e in sink.events if e["event"] == "start")
     expected = "bf16" if native else "fp32"
     assert start["precision"] == expected

@@ -104,7 +104,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _run(args: argparse.Namespace, sink: EventSink, cancel: threading.Event) -> int:
-    from .run.pipeline import run_prediction, run_training
+    from .run.prediction import run_prediction
+    from .run.training import run_training
 
     if args.command == "train":
         job = make_train_job(args)

@@ -20,7 +20,7 @@ from ..events import EventSink
 from ..files.dataset import read_dataset
 from ..files.volumes import ClassInfo, read_annotation, read_volume
 from ..request import TrainJob
-from ..run.pipeline import run_training
+from ..run.training import run_training
 from .synthetic import make_synthetic_dataset
 
 DEMO_ITERATIONS = 480

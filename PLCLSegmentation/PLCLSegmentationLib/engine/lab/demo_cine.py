@@ -23,7 +23,8 @@ from ..events import EventSink
 from ..files.outfolder import earlier_outputs
 from ..files.volumes import Grid, atomic_path, write_image
 from ..request import make_train_job
-from ..run.pipeline import run_prediction, run_training
+from ..run.prediction import run_prediction
+from ..run.training import run_training
 from .synthetic_cine import CAVITIES, make_cine_dataset
 
 CINE_FRAMES = 20  # one cycle; the generator makes 30 by default, 20 keep `make demo` near 2 minutes

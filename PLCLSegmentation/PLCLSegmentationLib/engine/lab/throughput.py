@@ -22,7 +22,8 @@ from ..method.batches import BackgroundBatches, Batch, BatchMaker, SliceAtlas
 from ..method.preprocess import prepare_volume
 from ..method.train import Trainer
 from ..request import TrainJob
-from ..run.pipeline import read_training_inputs, target_spacing
+from ..run.inputs import read_training_inputs
+from ..run.training import target_spacing
 from ..runtime import autocast_dtype, native_cpu_bf16, precision_name, resolve_device
 
 #: (name, settings): TrainConfig overrides, plus "per_sample" (batches cut one sample at a time, the

@@ -1,0 +1,124 @@
+"""A model loaded once that turns prepared volumes into labels, uncertainty and a score.
+
+Used by ``plcl predict`` (and through it the Slicer module's Apply) and by a training run's final
+predictions. Independent of training: nothing imported here imports the training code (train.py,
+batches, augmentation, losses, consistency); training borrows from prediction, never the reverse.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from ..files.volumes import ClassInfo, Volume
+from ..runtime import autocast_dtype, precision_name
+from .modelfile import ModelInfo, build_model, read_model
+from .predict import keep_largest_components, map_to_volume, predict_slices
+from .preprocess import InPlaneFrame, PreparedVolume, prepare_volume
+
+#: Slices of one network pass over consecutive frames of a 4D image (in batches of predict_slices'
+#: size): frames of ten slices would otherwise end each pass with a batch of two, at a quarter of
+#: the throughput on a CPU. Bounded also by the probabilities it holds (floats).
+PASS_BATCHES = 5
+PASS_FLOATS = 2 ** 26
+
+
+@dataclass
+class Prediction:
+    """One volume's result on its own grid."""
+
+    labels: np.ndarray  # uint8 [k, j, i]: the class values of the model's classes, 0 background
+    uncertainty: np.ndarray  # float32 [k, j, i]: normalised predictive entropy in [0, 1]
+    score: float  # mean uncertainty over the predicted foreground (1.0 when there is none)
+    voxels: dict[str, int]  # voxels per class name
+    seconds: float  # this volume's share of its network pass, and its mapping onto its grid
+
+
+def prepare(volume: Volume, info: ModelInfo) -> tuple[PreparedVolume, bool]:
+    """A volume as the model of ``info`` sees it, and whether it has any contrast."""
+    return prepare_volume(volume, info.target_spacing_mm, tuple(info.intensity_percentiles),
+                          reference=info.in_plane_reference)
+
+
+class Predictor:
+    """A network with the facts of its model file: classes, pixel size, in-plane reference,
+    sliding-window tile and overlap, largest-component clean-up, and the precision it runs at."""
+
+    def __init__(self, model: torch.nn.Module, info: ModelInfo, device: torch.device,
+                 precision: str = "auto") -> None:
+        self.model = model.to(memory_format=torch.channels_last)  # faster convolutions on CPUs and tensor cores
+        self.model.eval()
+        self.info = info
+        self.device = device
+        self.autocast = autocast_dtype(precision, device)
+        self._values = np.array([0] + [c.value for c in info.classes], dtype=np.uint8)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str], device: torch.device, precision: str = "auto") -> Predictor:
+        """The model file at ``path``, checked (a damaged or malformed file is an InputError) and
+        loaded onto ``device``."""
+        info, state = read_model(path)
+        return cls(build_model(path, info, state, device), info, device, precision)
+
+    @property
+    def classes(self) -> list[ClassInfo]:
+        return self.info.classes
+
+    @property
+    def num_classes(self) -> int:
+        """Classes with the background."""
+        return self.info.num_classes
+
+    @property
+    def spacing_mm(self) -> float:
+        return self.info.target_spacing_mm
+
+    @property
+    def in_plane_reference(self) -> InPlaneFrame | None:
+        return self.info.in_plane_reference
+
+    @property
+    def precision(self) -> str:
+        return precision_name(self.autocast)
+
+    def prepare(self, volume: Volume) -> tuple[PreparedVolume, bool]:
+        return prepare(volume, self.info)
+
+    def frames_per_pass(self, prepared: PreparedVolume) -> int:
+        """How many frames like ``prepared`` go through the network together."""
+        slices, height, width = prepared.images.shape
+        batch = 8 if self.device.type == "cpu" else 64  # predict_slices' default batch sizes
+        return max(1, min(PASS_BATCHES * batch // max(1, slices),
+                          PASS_FLOATS // max(1, slices * height * width * self.num_classes)))
+
+    def predict(self, prepared: PreparedVolume) -> Prediction:
+        return next(self.predict_group([prepared]))
+
+    def predict_group(self, group: list[PreparedVolume]) -> Iterator[Prediction]:
+        """Volumes (consecutive frames of a 4D image) in one network pass; each one's result is
+        mapped onto its grid only when asked for, so a caller that writes each before taking the
+        next holds one volume's result at a time."""
+        info = self.info
+        started = time.monotonic()
+        probs = predict_slices(self.model, torch.cat([p.images for p in group]), info.num_classes,
+                               info.inference_tile, info.inference_overlap, 2 ** (info.levels - 1), self.device,
+                               channels_last=True, autocast=self.autocast)
+        seconds = (time.monotonic() - started) / len(group)
+        offset = 0
+        for prepared in group:
+            mapping_started = time.monotonic()
+            slices = prepared.images.shape[0]
+            result = map_to_volume(prepared, probs[offset:offset + slices])
+            offset += slices
+            labels = result.labels
+            if info.largest_component:
+                labels = keep_largest_components(labels, info.num_classes)
+            counts = np.bincount(labels.ravel(), minlength=info.num_classes)
+            yield Prediction(self._values[labels], result.uncertainty, result.score,
+                             {c.name: int(counts[i]) for i, c in enumerate(info.classes, 1)},
+                             seconds + time.monotonic() - mapping_started)
