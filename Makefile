@@ -11,7 +11,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install --quiet "$(TORCH)"
-	$(PY) -m pip install --quiet -e ".[test]"
+	$(PY) -m pip install --quiet -e ".[test,lab]"
 	touch $@
 
 demo: $(VENV)/.installed
@@ -37,7 +37,7 @@ bench-slices: $(VENV)/.installed
 	  $(VENV)/bin/plcl bench --data ../shared/data/acdc --n-labeled-patients $$P --out bench_slices/p$${P}_all \
 	    $(SLICE_BENCH_ARGS) || exit 1; \
 	done
-	$(PY) -m PLCLSegmentationLib.engine.slice_curve bench_slices
+	$(PY) -m PLCLSegmentationLib.engine.lab.slice_curve bench_slices
 
 # On a machine with an NVIDIA GPU, with the machine's own CUDA torch (not .venv): README, "GPU check".
 GPU_PYTHON ?= python3

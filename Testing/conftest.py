@@ -1,4 +1,5 @@
-"""Shared fixtures: the real ACDC data (skipped where absent) and small oblique test volumes."""
+"""Shared fixtures: a SYNTHETIC dataset (always there), the real ACDC data (skipped where absent) and
+small oblique test volumes."""
 
 from __future__ import annotations
 
@@ -27,6 +28,21 @@ def acdc() -> Path:
 
 def acdc_case(case: str) -> tuple[str, str]:
     return str(ACDC / "images" / f"{case}.nii.gz"), str(ACDC / "labels" / f"{case}.nii.gz")
+
+
+@pytest.fixture(scope="session")
+def synthetic(tmp_path_factory) -> Path:
+    """A dataset folder of six SYNTHETIC phantoms (the project's generator; oblique, every second case
+    stored with permuted axes; train synthetic_001-004, val 005-006) for the suites whose subject is
+    the command line or the contract, not accuracy: they run in a clone without the real data."""
+    from PLCLSegmentationLib.engine.lab.synthetic import make_synthetic_dataset
+
+    return make_synthetic_dataset(tmp_path_factory.mktemp("synthetic"), n_cases=6, seed=0)
+
+
+def case_of(data: Path, case: str) -> tuple[str, str]:
+    """(image, label) of a case of a dataset folder."""
+    return str(data / "images" / f"{case}.nii.gz"), str(data / "labels" / f"{case}.nii.gz")
 
 
 def rotation(ax: float, ay: float, az: float) -> np.ndarray:

@@ -214,7 +214,8 @@ def main(argv: list[str]) -> int:
                 model = json.loads(Path(args.init_model).read_text())
                 if [c["name"] for c in model["classes"]] != [c.name for c in classes]:
                     raise errors.InputError(args.init_model, "has other classes than the annotations")
-            total = request.train_config(args, bool(args.unlabeled or args.labeled_frame)).total_iterations
+            total = request.train_config(request.TrainOptions.from_namespace(args),
+                                         bool(args.unlabeled or args.labeled_frame)).total_iterations
             iterate(sink, out, total, start)
             files = {"model": out / "model.pt", "checkpoint": out / "checkpoint.pt", "training": out / "training.json",
                      "job": out / "job.json"}

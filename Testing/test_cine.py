@@ -11,7 +11,7 @@ import pytest
 import SimpleITK as sitk
 from conftest import events, rotation, run_plcl, write_seq_nrrd
 
-from PLCLSegmentationLib.engine import cli
+from PLCLSegmentationLib.engine import cli, request
 from PLCLSegmentationLib.engine.errors import InputError
 from PLCLSegmentationLib.engine.files import cine
 from PLCLSegmentationLib.engine.files.volumes import Grid
@@ -191,7 +191,7 @@ def test_annotated_slices_pair_with_labeled_then_labeled_frame_then_cases(tmp_pa
         "--labeled-frame", "c.nii.gz", "0", "c0.nii.gz", "--data", str(tmp_path), "--labeled-cases", "x",
         "--annotated-slices", "all", "--annotated-slices", "1", "--annotated-slices", "2",
         "--annotated-slices", "labelled", "--out", "o"])
-    job = cli.make_train_job(args)
+    job = request.make_train_job(request.TrainOptions.from_namespace(args))
     assert [f for _, f, _ in job.labeled_frames] == [3, 0]
     assert [Path(image).name for image, _ in job.labeled] == ["a.nrrd", "x.nii.gz"]
     assert job.slice_specs() == ["all", "labelled", "1", "2"]  # the job's order: labeled (pairs, cases), frames
@@ -202,7 +202,7 @@ def test_annotated_slices_pair_with_labeled_then_labeled_frame_then_cases(tmp_pa
 def test_frame_must_be_an_index():
     args = cli.build_parser().parse_args(["train", "--labeled-frame", "c.nii.gz", "x", "l.nii.gz", "--out", "o"])
     with pytest.raises(cli.ConfigError, match="FRAME 'x'"):
-        cli.make_train_job(args)
+        request.make_train_job(request.TrainOptions.from_namespace(args))
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,5 @@
-"""End to end through the command line on real ACDC volumes: events, files, grids, cancel and resume."""
+"""End to end through the command line on SYNTHETIC oblique volumes (some stored with permuted axes):
+events, files, grids, cancel and resume."""
 
 from __future__ import annotations
 
@@ -10,15 +11,15 @@ import sys
 
 import numpy as np
 import SimpleITK as sitk
-from conftest import REPO, acdc_case, events, run_plcl
+from conftest import REPO, case_of, events, run_plcl
 
 FAST = ["--budget", "quick", "--set", "patch_size=64", "--set", "inference_tile=128", "--device", "cpu"]
 
 
-def test_train_writes_predictions_on_each_input_grid_then_predict_and_evaluate(acdc, tmp_path):
+def test_train_writes_predictions_on_each_input_grid_then_predict_and_evaluate(synthetic, tmp_path):
     out = tmp_path / "run"
-    unlabeled = ["patient004_frame01", "patient010_frame02"]
-    result = run_plcl("train", "--data", str(acdc), "--labeled-cases", "patient003_frame01",
+    unlabeled = ["synthetic_002", "synthetic_003"]
+    result = run_plcl("train", "--data", str(synthetic), "--labeled-cases", "synthetic_001",
                       "--unlabeled-cases", ",".join(unlabeled), "--out", str(out), "--iterations", "8",
                       "--events", "jsonl", *FAST)
     assert result.returncode == 0, result.stderr
@@ -34,7 +35,7 @@ def test_train_writes_predictions_on_each_input_grid_then_predict_and_evaluate(a
     written = {(e["kind"], e["name"]) for e in log if e["event"] == "output"}
     for name in unlabeled:
         assert ("prediction", name) in written and ("uncertainty", name) in written
-        image = sitk.ReadImage(str(acdc / "images" / f"{name}.nii.gz"))
+        image = sitk.ReadImage(str(synthetic / "images" / f"{name}.nii.gz"))
         for path in (out / "predictions" / f"{name}.seg.nrrd", out / "uncertainty" / f"{name}.nrrd"):
             produced = sitk.ReadImage(str(path))
             assert produced.GetSize() == image.GetSize()
@@ -49,21 +50,21 @@ def test_train_writes_predictions_on_each_input_grid_then_predict_and_evaluate(a
     # Apply the saved model to another volume, then score it.
     predicted = tmp_path / "applied"
     result = run_plcl("predict", "--model", str(out / "model.pt"), "--out", str(predicted),
-                      acdc_case("patient002_frame01")[0], "--device", "cpu")
+                      case_of(synthetic, "synthetic_005")[0], "--device", "cpu")
     assert result.returncode == 0, result.stderr
-    assert (predicted / "predictions" / "patient002_frame01.seg.nrrd").is_file()
-    result = run_plcl("evaluate", "--pred", str(predicted), "--data", str(acdc), "--split", "val")
+    assert (predicted / "predictions" / "synthetic_005.seg.nrrd").is_file()
+    result = run_plcl("evaluate", "--pred", str(predicted), "--data", str(synthetic), "--split", "val")
     assert result.returncode == 0, result.stderr
-    assert "patient002_frame01" in result.stdout and "HD95" in result.stdout
+    assert "synthetic_005" in result.stdout and "HD95" in result.stdout
     report = json.loads((predicted / "metrics.json").read_text())
     assert report["n_cases"] == 1 and 0 <= report["mean"]["mean_dice"] <= 1
 
 
-def test_cancel_saves_a_checkpoint_and_resume_finishes(acdc, tmp_path):
+def test_cancel_saves_a_checkpoint_and_resume_finishes(synthetic, tmp_path):
     out = tmp_path / "run"
-    image, label = acdc_case("patient003_frame01")
+    image, label = case_of(synthetic, "synthetic_001")
     command = [sys.executable, "-m", "PLCLSegmentationLib.engine", "train", "--labeled", image, label,
-               "--unlabeled", acdc_case("patient004_frame01")[0], "--out", str(out), "--iterations", "40",
+               "--unlabeled", case_of(synthetic, "synthetic_002")[0], "--out", str(out), "--iterations", "40",
                "--events", "jsonl", *FAST]
     env = {**os.environ, "PYTHONPATH": str(REPO / "PLCLSegmentation")}
     child = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
@@ -86,16 +87,16 @@ def test_cancel_saves_a_checkpoint_and_resume_finishes(acdc, tmp_path):
     assert result.returncode == 0, result.stderr
     resumed = [e for e in events(result.stdout) if e["event"] == "progress" and e["stage"] != "predict"]
     assert resumed[0]["iteration"] > stopped_at and resumed[-1]["iteration"] == 40
-    assert (out / "model.pt").is_file() and (out / "predictions" / "patient004_frame01.seg.nrrd").is_file()
+    assert (out / "model.pt").is_file() and (out / "predictions" / "synthetic_002.seg.nrrd").is_file()
 
 
-def test_seg_nrrd_annotation_names_colours_and_terminology_reach_the_outputs(acdc, tmp_path):
+def test_seg_nrrd_annotation_names_colours_and_terminology_reach_the_outputs(synthetic, tmp_path):
     """A Slicer segmentation as annotation: its segments define the output segments."""
     import slicerio
 
     from PLCLSegmentationLib.engine.files.volumes import ClassInfo, read_volume, write_segmentation
 
-    image, label = acdc_case("patient003_frame01")
+    image, label = case_of(synthetic, "synthetic_001")
     volume = read_volume(image)
     labels = sitk.GetArrayFromImage(sitk.ReadImage(label))
     terminology = {"contextName": "Segmentation category and type - 3D Slicer General Anatomy list",
@@ -106,19 +107,19 @@ def test_seg_nrrd_annotation_names_colours_and_terminology_reach_the_outputs(acd
     write_segmentation(tmp_path / "annotation.seg.nrrd", labels, volume.grid, classes)
     out = tmp_path / "run"
     result = run_plcl("train", "--labeled", image, str(tmp_path / "annotation.seg.nrrd"), "--unlabeled",
-                      acdc_case("patient004_frame01")[0], "--out", str(out), "--iterations", "4", *FAST)
+                      case_of(synthetic, "synthetic_002")[0], "--out", str(out), "--iterations", "4", *FAST)
     assert result.returncode == 0, result.stderr
-    seg = slicerio.read_segmentation(str(out / "predictions" / "patient004_frame01.seg.nrrd"))
+    seg = slicerio.read_segmentation(str(out / "predictions" / "synthetic_002.seg.nrrd"))
     assert [s["name"] for s in seg["segments"]] == ["RV cavity", "LV wall", "LV cavity"]
     assert seg["segments"][0]["color"] == [0.1, 0.8, 0.2]
     assert seg["segments"][0]["terminology"]["type"] == terminology["type"]
 
 
-def test_wall_clock_budget_and_snapshots(acdc, tmp_path):
+def test_wall_clock_budget_and_snapshots(synthetic, tmp_path):
     """--minutes trains for that long (pseudo-labelling included) and snapshots land in between."""
     out = tmp_path / "run"
-    image, label = acdc_case("patient003_frame01")
-    result = run_plcl("train", "--labeled", image, label, "--unlabeled", acdc_case("patient004_frame01")[0],
+    image, label = case_of(synthetic, "synthetic_001")
+    result = run_plcl("train", "--labeled", image, label, "--unlabeled", case_of(synthetic, "synthetic_002")[0],
                       "--out", str(out), "--minutes", "0.15", "--set", "snapshots=2", "--events", "jsonl", *FAST)
     assert result.returncode == 0, result.stderr
     training = json.loads((out / "training.json").read_text())

@@ -1,4 +1,4 @@
-"""The module-engine contract has one owner (engine/events.py, cli.py): schedule, outputs, stopping."""
+"""The module-engine contract has one owner (engine/protocol.py, request.py): schedule, outputs, stopping."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ FAKE_ENGINE = REPO / "Testing" / "fake_engine.py"
 
 def config(*args: str):
     parsed = cli.build_parser().parse_args(["train", "--labeled", "a", "b", "--out", "o", *args])
-    return request.train_config(parsed)
+    return request.train_config(request.TrainOptions.from_namespace(parsed))
 
 
 def test_the_engine_alone_decides_the_warm_start_schedule():
@@ -48,13 +48,13 @@ def test_the_contract_names():
     assert set(OUTPUT_KINDS) == {"model", "checkpoint", "training", "job"}
 
 
-def test_predict_stops_on_the_stop_file(tmp_path, acdc):
+def test_predict_stops_on_the_stop_file(tmp_path, synthetic):
     """plcl predict is stopped by the stop file before its first volume (no signal involved)."""
     pytest.importorskip("torch")
-    from conftest import acdc_case, run_plcl
+    from conftest import case_of, run_plcl
 
     train = tmp_path / "train"
-    result = run_plcl("train", "--data", str(acdc), "--labeled-cases", "patient003_frame01", "--out", str(train),
+    result = run_plcl("train", "--data", str(synthetic), "--labeled-cases", "synthetic_001", "--out", str(train),
                       "--iterations", "2", "--budget", "quick", "--set", "patch_size=64", "--device", "cpu",
                       "--events", "jsonl")
     assert result.returncode == 0, result.stderr
@@ -65,18 +65,17 @@ def test_predict_stops_on_the_stop_file(tmp_path, acdc):
     out.mkdir()
     (out / STOP_FILE).touch()  # asked to stop before it starts
     result = run_plcl("predict", "--model", str(train / "model.pt"), "--out", str(out), "--device", "cpu",
-                      "--events", "jsonl", acdc_case("patient004_frame01")[0])
+                      "--events", "jsonl", case_of(synthetic, "synthetic_002")[0])
     assert result.returncode == 130, result.stderr
     assert '"event": "cancelled"' in result.stdout and not list(out.glob("predictions/*.seg.nrrd"))
 
 
-def test_every_output_event_kind_the_engine_emits_is_documented():
+def test_every_output_event_kind_the_engine_emits_is_in_the_protocol():
+    """... and test_docs holds docs/protocol.md to protocol.py."""
     import re
 
-    from PLCLSegmentationLib.engine import events, protocol
+    from PLCLSegmentationLib.engine import protocol
 
     engine = REPO / "PLCLSegmentation" / "PLCLSegmentationLib" / "engine"
     emitted = {kind for path in engine.rglob("*.py") for kind in re.findall(r'kind="([a-z_]+)"', path.read_text())}
     assert emitted == set(protocol.OUTPUT_EVENT_KINDS)
-    for kind in protocol.OUTPUT_EVENT_KINDS:
-        assert kind in events.__doc__

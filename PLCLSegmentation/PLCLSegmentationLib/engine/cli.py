@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import signal
 import sys
 import threading
@@ -13,15 +14,35 @@ from typing import Any
 from .. import __version__
 from .errors import DISK_FULL_ERRNOS, ConfigError, InputError
 from .events import EventSink, JsonLinesSink
-from .protocol import BUDGETS, DEFAULT_BUDGET, EXIT_CANCELLED, EXIT_ERROR, EXIT_OK, EXIT_USAGE, STOP_FILE
-from .request import make_train_job
+from .protocol import (
+    ANNOTATED_SLICES_ORDER,
+    BUDGETS,
+    DEFAULT_BUDGET,
+    DEFAULT_DEVICE,
+    DEVICES,
+    EXIT_CANCELLED,
+    EXIT_ERROR,
+    EXIT_OK,
+    EXIT_USAGE,
+    STOP_FILE,
+)
+from .request import TrainOptions, make_train_job
 
 
 def _add_common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--device", default=None, choices=["auto", "cpu", "cuda", "mps"],
-                        help="where to run (default: auto = CUDA, else Apple MPS, else CPU)")
+    parser.add_argument("--device", default=None, choices=list(DEVICES),
+                        help=f"where to run (default: {DEFAULT_DEVICE} = CUDA, else Apple MPS, else CPU)")
     parser.add_argument("--events", choices=["jsonl"], default=None,
-                        help="print one JSON object per line on stdout for programs (schema: README)")
+                        help="print one JSON object per line on stdout for programs (schema: docs/protocol.md)")
+
+
+def has_lab() -> bool:
+    """The lab (demo, bench) is there in a source checkout; the Slicer extension and the wheel ship without it."""
+    return importlib.util.find_spec(f"{__package__}.lab") is not None
+
+
+#: Commands the lab implements: without it they are usage errors that say where to get it.
+LAB_COMMANDS = ("demo", "bench")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -40,8 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="which slices of an annotated volume are annotated: all (default: unlabelled "
                        "slices teach background), labelled (only slices holding a label), or file slice "
                        "indices along the slicing axis, 0-based, e.g. 3,8-10; the others are trained on "
-                       "as unannotated. Once for every annotated volume, or once per --labeled pair, then "
-                       "--labeled-frame triple, then --labeled-cases case, in order")
+                       "as unannotated. Once for every annotated volume, or once per volume in the order "
+                       f"{', then '.join(ANNOTATED_SLICES_ORDER)}")
     train.add_argument("--unlabeled", nargs="+", action="extend", default=[], metavar="IMAGE",
                        help="unannotated volumes (a 4D image: every frame): used for training and segmented at the end")
     train.add_argument("--data", metavar="DIR", help="a dataset folder (dataset.json, images/, labels/)")
@@ -53,7 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="with --data: use only the first K unannotated cases")
     train.add_argument("--out", metavar="DIR", help="output folder (model, predictions, uncertainty, summary)")
     train.add_argument("--budget", choices=list(BUDGETS), default=None,
-                       help=f"training budget preset (default {DEFAULT_BUDGET}; see README)")
+                       help=f"training budget preset (default {DEFAULT_BUDGET}; see docs/cli.md)")
     train.add_argument("--iterations", type=int, help="total training iterations, spread as in the budget")
     train.add_argument("--minutes", type=float, help="train for this long instead (wall clock, pseudo-labelling "
                        "included), spread as in the budget")
@@ -84,10 +105,12 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", default="demo_output", metavar="DIR")
     demo.add_argument("--iterations", type=int, default=None)
     _add_common(demo)
-    from .lab.bench import add_bench_arguments
+    bench = commands.add_parser("bench", help="compare the method with its baselines on a dataset "
+                                "(accuracy, time, memory)")
+    if has_lab():
+        from .lab.bench import add_bench_arguments
 
-    add_bench_arguments(commands.add_parser("bench", help="compare the method with its baselines on a dataset "
-                                            "(accuracy, time, memory)"))
+        add_bench_arguments(bench)
     return parser
 
 
@@ -108,10 +131,10 @@ def _run(args: argparse.Namespace, sink: EventSink, cancel: threading.Event) -> 
     from .run.training import run_training
 
     if args.command == "train":
-        job = make_train_job(args)
+        job = make_train_job(TrainOptions.from_namespace(args))
         run_training(job, sink, cancel, resume=bool(args.resume))
     elif args.command == "predict":
-        run_prediction(args.model, args.images, args.out, args.device or "auto", sink, cancel)
+        run_prediction(args.model, args.images, args.out, args.device or DEFAULT_DEVICE, sink, cancel)
     elif args.command == "evaluate":
         from .evaluation.report import run_evaluation
 
@@ -119,7 +142,7 @@ def _run(args: argparse.Namespace, sink: EventSink, cancel: threading.Event) -> 
     elif args.command == "demo":
         from .lab.demo import run_demo
 
-        run_demo(args.out, sink, cancel, device=args.device or "auto", iterations=args.iterations)
+        run_demo(args.out, sink, cancel, device=args.device or DEFAULT_DEVICE, iterations=args.iterations)
     elif args.command == "bench":
         from .lab.bench import run_bench
 
@@ -153,6 +176,11 @@ def watch_stop_file(path: Path, cancel: threading.Event, interval_s: float = 0.2
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] and argv[0] in LAB_COMMANDS and not has_lab():
+        print(f"plcl: error: plcl {argv[0]} is a lab tool, not installed here: run it from a source checkout "
+              "(pip install -e '.[lab]')", file=sys.stderr)
+        return EXIT_USAGE
     parser = build_parser()
     args = parser.parse_args(argv)
     sink: EventSink = JsonLinesSink() if getattr(args, "events", None) == "jsonl" else EventSink()

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import ConfigError
-from .protocol import BUDGETS, DEFAULT_BUDGET
+from .protocol import BUDGETS, DEFAULT_BUDGET, DEFAULT_DEVICE, DEVICES
 
 
 @dataclass
@@ -111,7 +111,7 @@ class TrainConfig:
 
     # --- run --------------------------------------------------------------------------------------
     seed: int = 0
-    device: str = "auto"
+    device: str = DEFAULT_DEVICE
     #: Save a checkpoint every this many iterations (and on cancel).
     checkpoint_every: int = 200
     channels_last: bool = True
@@ -173,8 +173,8 @@ class TrainConfig:
             raise ConfigError(f"augmentation must be 'paper' or 'strong', not {self.augmentation!r}")
         if self.precision not in ("auto", "fp32", "bf16"):
             raise ConfigError(f"precision must be auto, fp32 or bf16, not {self.precision!r}")
-        if self.device not in ("auto", "cpu", "cuda", "mps") and not self.device.startswith("cuda:"):
-            raise ConfigError(f"device must be auto, cpu, cuda or mps, not {self.device!r}")
+        if self.device not in DEVICES and not self.device.startswith("cuda:"):
+            raise ConfigError(f"device must be {', '.join(DEVICES)} or cuda:N, not {self.device!r}")
         low, high = self.intensity_percentiles
         if not 0 <= low < high <= 100:
             raise ConfigError(f"intensity_percentiles {self.intensity_percentiles} must satisfy 0 <= low < high <= 100")

@@ -13,7 +13,7 @@ from typing import Any
 from . import slicing
 from .config import TrainConfig, parse_overrides
 from .errors import ConfigError, InputError
-from .protocol import DEFAULT_BUDGET
+from .protocol import ANNOTATED_SLICES_ORDER, DEFAULT_BUDGET
 
 
 @dataclass
@@ -83,51 +83,82 @@ def read_job(folder: str | os.PathLike[str]) -> TrainJob:
     return dataclasses.replace(job, out=os.path.abspath(folder))
 
 
-def make_train_job(args: argparse.Namespace):
+@dataclass
+class TrainOptions:
+    """The options of ``plcl train``, typed: what a training request is built from, by the command line
+    (``from_namespace``) or by a program (the demo) alike, through the same checks."""
+
+    out: str | None = None
+    labeled: list[tuple[str, str]] = field(default_factory=list)
+    #: (IMAGE, FRAME, LABEL) of --labeled-frame; FRAME as text, checked here.
+    labeled_frame: list[tuple[str, str, str]] = field(default_factory=list)
+    annotated_slices: list[str] = field(default_factory=list)
+    unlabeled: list[str] = field(default_factory=list)
+    data: str | None = None
+    labeled_cases: str | None = None
+    unlabeled_split: str | None = None
+    unlabeled_cases: str | None = None
+    n_unlabeled: int | None = None
+    budget: str | None = None
+    iterations: int | None = None
+    minutes: float | None = None
+    seed: int | None = None
+    resume: str | None = None
+    init_model: str | None = None
+    overrides: list[str] = field(default_factory=list)  # --set KEY=VALUE
+    device: str | None = None
+
+    @classmethod
+    def from_namespace(cls, args: argparse.Namespace) -> TrainOptions:
+        names = {f.name for f in dataclasses.fields(cls)} - {"overrides"}
+        return cls(**{name: getattr(args, name) for name in names}, overrides=list(args.set))
+
+
+def make_train_job(options: TrainOptions):
     from .files.dataset import read_dataset
     from .request import TrainJob
 
-    check_train_arguments(args)
-    if args.resume:
+    check_train_arguments(options)
+    if options.resume:
         from .request import read_job
 
-        job = read_job(args.resume)
-        if args.device:
-            job.config = dataclasses.replace(job.config, device=args.device).validated()
+        job = read_job(options.resume)
+        if options.device:
+            job.config = dataclasses.replace(job.config, device=options.device).validated()
         return job
-    labeled = [tuple(p) for p in args.labeled]
-    frames = [(image, frame_index(frame), label) for image, frame, label in args.labeled_frame]
-    unlabeled = list(args.unlabeled)
+    labeled = [tuple(p) for p in options.labeled]
+    frames = [(image, frame_index(frame), label) for image, frame, label in options.labeled_frame]
+    unlabeled = list(options.unlabeled)
     names = None
-    if args.data:
-        dataset = read_dataset(args.data)
+    if options.data:
+        dataset = read_dataset(options.data)
         names = dataset.label_names
-        if args.labeled_cases:
-            labeled += [dataset.labeled_pair(c) for c in args.labeled_cases.split(",") if c]
+        if options.labeled_cases:
+            labeled += [dataset.labeled_pair(c) for c in options.labeled_cases.split(",") if c]
         chosen = {Path(p[0]).resolve() for p in labeled}
-        if args.unlabeled_cases:
-            unlabeled += [dataset.image(c) for c in args.unlabeled_cases.split(",") if c]
-        if args.unlabeled_split:
-            unlabeled += [p for p in dataset.split_images(args.unlabeled_split) if Path(p).resolve() not in chosen]
-        if args.n_unlabeled is not None:
-            unlabeled = unlabeled[: args.n_unlabeled]
-    elif args.labeled_cases or args.unlabeled_split or args.unlabeled_cases:
+        if options.unlabeled_cases:
+            unlabeled += [dataset.image(c) for c in options.unlabeled_cases.split(",") if c]
+        if options.unlabeled_split:
+            unlabeled += [p for p in dataset.split_images(options.unlabeled_split) if Path(p).resolve() not in chosen]
+        if options.n_unlabeled is not None:
+            unlabeled = unlabeled[: options.n_unlabeled]
+    elif options.labeled_cases or options.unlabeled_split or options.unlabeled_cases:
         raise ConfigError("--labeled-cases, --unlabeled-split and --unlabeled-cases need --data DIR")
     if not labeled and not frames:
         raise ConfigError("give at least one annotated volume: --labeled IMAGE LABEL, --labeled-frame IMAGE FRAME "
                           "LABEL, or --data DIR --labeled-cases A")
-    if not args.out:
+    if not options.out:
         raise ConfigError("--out DIR is required")
-    # Given in the order --labeled pairs, --labeled-frame triples, --labeled-cases cases; the job
-    # keeps its annotated volumes as labeled (pairs, then cases), then labeled_frames.
-    pairs = len(args.labeled)
-    given = annotated_slice_specs(args.annotated_slices, len(labeled) + len(frames))
+    # Given in protocol.ANNOTATED_SLICES_ORDER; the job keeps its annotated volumes as labeled (pairs,
+    # then cases), then labeled_frames.
+    pairs = len(options.labeled)
+    given = annotated_slice_specs(options.annotated_slices, len(labeled) + len(frames))
     specs = given[:pairs] + given[pairs + len(frames):] + given[pairs:pairs + len(frames)]
     sparse = any(spec != slicing.ALL for spec in specs)  # unannotated slices: pseudo-label rounds
     # The other frames of an annotated 4D image are unannotated volumes.
     has_unlabeled = bool(unlabeled) or bool(frames) or sparse
-    return TrainJob(labeled, unlabeled, args.out, train_config(args, has_unlabeled), names,
-                    args.init_model, specs, frames).absolute()
+    return TrainJob(labeled, unlabeled, options.out, train_config(options, has_unlabeled), names,
+                    options.init_model, specs, frames).absolute()
 
 
 def frame_index(text: str) -> int:
@@ -146,8 +177,7 @@ def annotated_slice_specs(values: list[str], count: int) -> list[str]:
     indices are checked against each image when it is read)."""
     if len(values) > 1 and len(values) != count:
         raise ConfigError(f"{len(values)} --annotated-slices values for {count} annotated volumes; give one "
-                          "for all of them or one per volume (--labeled pairs first, then --labeled-frame "
-                          "triples, then --labeled-cases)")
+                          f"for all of them or one per volume ({', then '.join(ANNOTATED_SLICES_ORDER)})")
     specs = values * count if len(values) == 1 else list(values) or [slicing.ALL] * count
     try:
         return [slicing.spec_text(slicing.parse_spec(spec)) for spec in specs]
@@ -155,37 +185,38 @@ def annotated_slice_specs(values: list[str], count: int) -> list[str]:
         raise ConfigError(str(error)) from None
 
 
-def train_config(args: argparse.Namespace, has_unlabeled: bool = True) -> TrainConfig:
+def train_config(options: TrainOptions, has_unlabeled: bool = True) -> TrainConfig:
     """The training schedule of ``plcl train``: the budget, --iterations spread over it, and with
     --init-model the warm-start schedule (the engine alone decides it; the Slicer module passes
     the same budget and iterations as for a first training, plus --init-model)."""
     # The options win over --set of the same field (one dict: a field given twice is no TypeError).
-    options = {"seed": args.seed, "device": args.device}
-    overrides = {**parse_overrides(args.set), **{k: v for k, v in options.items() if v is not None}}
-    config = TrainConfig.from_budget(args.budget or DEFAULT_BUDGET, **overrides)
-    if args.iterations is not None:
-        config = config.with_iterations(args.iterations)
-    if args.init_model:
+    named = {"seed": options.seed, "device": options.device}
+    overrides = {**parse_overrides(options.overrides), **{k: v for k, v in named.items() if v is not None}}
+    config = TrainConfig.from_budget(options.budget or DEFAULT_BUDGET, **overrides)
+    if options.iterations is not None:
+        config = config.with_iterations(options.iterations)
+    if options.init_model:
         config = fine_tuning_schedule(config)
-    if args.minutes is not None:
-        config = dataclasses.replace(config, time_budget_s=60.0 * args.minutes)
-    if not has_unlabeled:  # supervised only: the joint iterations go to the warm-up
-        config = dataclasses.replace(config, warmup_iterations=config.total_iterations, rounds=0)
+    if options.minutes is not None:
+        config = dataclasses.replace(config, time_budget_s=60.0 * options.minutes)
+    if not has_unlabeled:
+        config = config.supervised_only()
     return config.validated()
 
 
-def check_train_arguments(args: argparse.Namespace) -> None:
+def check_train_arguments(options: TrainOptions) -> None:
     """Values argparse cannot check by type alone: a usage error (exit 2) before anything is read."""
-    if args.iterations is not None and args.iterations < 1:
-        raise ConfigError(f"--iterations {args.iterations}: must be at least 1")
-    if args.minutes is not None and not (0 < args.minutes < 60 * 24 * 366):
-        raise ConfigError(f"--minutes {args.minutes:g}: must be a number of minutes greater than 0")
-    if args.iterations is not None and args.minutes is not None:
+    if options.iterations is not None and options.iterations < 1:
+        raise ConfigError(f"--iterations {options.iterations}: must be at least 1")
+    if options.minutes is not None and not (0 < options.minutes < 60 * 24 * 366):
+        raise ConfigError(f"--minutes {options.minutes:g}: must be a number of minutes greater than 0")
+    if options.iterations is not None and options.minutes is not None:
         raise ConfigError("give --iterations or --minutes, not both")
-    if args.n_unlabeled is not None and args.n_unlabeled < 0:
-        raise ConfigError(f"--n-unlabeled {args.n_unlabeled}: must be 0 or more")
-    if args.resume and (args.labeled or args.labeled_frame or args.unlabeled or args.data or args.init_model or args.set
-                        or args.iterations is not None or args.minutes is not None or args.budget):
+    if options.n_unlabeled is not None and options.n_unlabeled < 0:
+        raise ConfigError(f"--n-unlabeled {options.n_unlabeled}: must be 0 or more")
+    given = (options.labeled, options.labeled_frame, options.unlabeled, options.data, options.init_model,
+             options.overrides, options.iterations is not None, options.minutes is not None, options.budget)
+    if options.resume and any(given):
         raise ConfigError("--resume DIR continues a run as it was started; give it alone (with --device, --events)")
 
 

@@ -31,7 +31,7 @@ from ..evaluation.report import evaluate
 from ..events import EventSink
 from ..files.dataset import Dataset, read_dataset
 from ..files.volumes import atomic_path
-from ..protocol import BUDGETS
+from ..protocol import BUDGETS, DEFAULT_BUDGET, DEFAULT_DEVICE, DEVICES
 from .child import run_child
 
 METHODS: dict[str, dict[str, Any]] = {
@@ -67,7 +67,8 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--eval-split", default="val", metavar="SPLIT")
     parser.add_argument("--minutes", type=float, default=20.0, help="training budget per method (wall clock)")
     parser.add_argument("--iterations", type=int, help="a budget in iterations instead of minutes")
-    parser.add_argument("--budget", choices=list(BUDGETS), default="standard", help="preset for patch and batch sizes")
+    parser.add_argument("--budget", choices=list(BUDGETS), default=DEFAULT_BUDGET,
+                        help="preset for patch and batch sizes")
     parser.add_argument("--methods", default=",".join(DEFAULT_METHODS), metavar="M,N",
                         help=f"of {', '.join(METHODS)}")
     parser.add_argument("--snapshots", type=int, default=3, help="intermediate models for the Dice-time curve")
@@ -82,7 +83,7 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
                         "(at least 4; 0: skip)")
     parser.add_argument("--propagation-model", metavar="MODEL",
                         help="the model for that timing (default: the first method's final model of the first seed)")
-    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
+    parser.add_argument("--device", default=DEFAULT_DEVICE, choices=list(DEVICES))
     parser.add_argument("--events", choices=["jsonl"], default=None)
 
 

@@ -4,8 +4,8 @@ The end-diastolic and end-systolic frames of one sequence are annotated (``--lab
 other frames and a second sequence train unannotated; the 3D demo's model is the warm start
 (``--init-model``, as a user would reuse a model). The model then segments every frame of a
 held-out sequence (``plcl predict``), and the predicted volume curves and ejection fractions are
-set against the phantom's exact ones. Train and predict go through the command's own parser and
-pipeline, as ``plcl train`` and ``plcl predict`` do.
+set against the phantom's exact ones. Train and predict go through the command's own request and
+runs, as ``plcl train`` and ``plcl predict`` do.
 """
 
 from __future__ import annotations
@@ -18,11 +18,10 @@ from typing import Any
 
 import SimpleITK as sitk
 
-from ..cli import build_parser
 from ..events import EventSink
 from ..files.outfolder import earlier_outputs
 from ..files.volumes import Grid, atomic_path, write_image
-from ..request import make_train_job
+from ..request import TrainOptions, make_train_job
 from ..run.prediction import run_prediction
 from ..run.training import run_training
 from .synthetic_cine import CAVITIES, make_cine_dataset
@@ -49,12 +48,11 @@ def run_cine_demo(root: Path, model: Path, sink: EventSink, cancel: threading.Ev
     for folder in (run, predicted):  # the demo's own earlier run: new runs need fresh folders
         if folder.is_dir() and earlier_outputs(folder):
             shutil.rmtree(folder)
-    argv = ["train", *[a for t, label in zip(annotated, labels) for a in ("--labeled-frame", str(image), str(t),
-                                                                           str(label))],
-            "--unlabeled", *[str(data / known[n]["image"]) for n in roles["unannotated"]],
-            "--init-model", str(model), "--budget", "quick", "--set", "patch_size=64",
-            "--iterations", str(iterations or CINE_ITERATIONS), "--out", str(run), "--device", device]
-    trained = run_training(make_train_job(build_parser().parse_args(argv)), sink, cancel)
+    options = TrainOptions(labeled_frame=[(str(image), str(t), str(label)) for t, label in zip(annotated, labels)],
+                           unlabeled=[str(data / known[n]["image"]) for n in roles["unannotated"]],
+                           init_model=str(model), budget="quick", overrides=["patch_size=64"],
+                           iterations=iterations or CINE_ITERATIONS, out=str(run), device=device)
+    trained = run_training(make_train_job(options), sink, cancel)
     held_out = [str(data / known[n]["image"]) for n in roles["held_out"]]
     summary = run_prediction(str(run / "model.pt"), held_out, str(predicted), device, sink, cancel)
 
