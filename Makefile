@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 # The CPU build of torch; on a GPU machine install the CUDA build into .venv first.
 TORCH ?= torch==2.13.0
 
-.PHONY: demo test bench bench-slices lint clean gpu-check
+.PHONY: demo test test-fast bench bench-slices lint clean gpu-check
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,10 +20,14 @@ demo: $(VENV)/.installed
 test: $(VENV)/.installed
 	$(PY) -m pytest Testing -q -ra
 
+# The quick loop while editing: every test but the end-to-end runs marked slow; stops at the first failure.
+test-fast: $(VENV)/.installed
+	$(PY) -m pytest Testing -q -ra -x -m "not slow"
+
 bench: $(VENV)/.installed
 	$(VENV)/bin/plcl bench --data ../shared/data/acdc --out bench_output $(BENCH_ARGS)
 
-# Mean Dice against annotated slices (README, "Annotate a few slices"): K slices per annotated case for 1 and
+# Mean Dice against annotated slices (docs/cli.md, "Annotate a few slices"): K slices per annotated case for 1 and
 # 2 patients, the same number of slices as whole volumes where some fit, and whole cases; then curve.md/.png.
 SLICE_BENCH_ARGS ?= --methods supervised,plcl --throughput-iterations 0
 bench-slices: $(VENV)/.installed
@@ -39,7 +43,7 @@ bench-slices: $(VENV)/.installed
 	done
 	$(PY) -m PLCLSegmentationLib.engine.lab.slice_curve bench_slices
 
-# On a machine with an NVIDIA GPU, with the machine's own CUDA torch (not .venv): README, "GPU check".
+# On a machine with an NVIDIA GPU, with the machine's own CUDA torch (not .venv): docs/development.md, "GPU check".
 GPU_PYTHON ?= python3
 gpu-check:
 	$(GPU_PYTHON) Testing/gpu_check.py $(if $(WHEELS),--wheels $(WHEELS)) $(if $(DATA),--data $(DATA)) $(GPU_CHECK_ARGS)

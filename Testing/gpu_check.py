@@ -9,7 +9,7 @@
 
 Usage (the machine's own python, not the project's CPU .venv):
     python3 Testing/gpu_check.py [--wheels DIR] [--data DATASET] [--out DIR] [--minutes M]
-Fetch the wheels on a machine with an index (README, "GPU check"). ``--device cpu`` rehearses the
+Fetch the wheels on a machine with an index (docs/development.md, "GPU check"). ``--device cpu`` rehearses the
 whole check on a CPU in a few minutes (tiny budgets).
 """
 
@@ -38,7 +38,7 @@ def install(wheels: Path, site: Path) -> None:
     torch are the machine's own)."""
     files = sorted(str(p) for p in wheels.glob("*.whl"))
     if not files:
-        sys.exit(f"gpu-check: {wheels}: no .whl files; fetch them as the README's 'GPU check' says")
+        sys.exit(f"gpu-check: {wheels}: no .whl files; fetch them as docs/development.md's 'GPU check' says")
     subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-index", "--no-deps", "--no-compile",
                     "--upgrade", "--target", str(site), *files], check=True)
 
@@ -71,7 +71,7 @@ def main() -> int:
     if missing_modules():
         if not args.wheels:
             sys.exit(f"gpu-check: this python lacks {', '.join(NEEDED[m] for m in missing_modules())}: "
-                     "give --wheels DIR (README, 'GPU check')")
+                     "give --wheels DIR (docs/development.md, 'GPU check')")
         install(args.wheels, args.site)
         sys.path.insert(0, str(args.site))
         paths.append(str(args.site))

@@ -36,7 +36,7 @@ class TrainConfig:
     #: "constant" (the paper) or "cosine": within the warm-up and within each pseudo-label round the
     #: learning rate falls from learning_rate to zero along a half cosine, so that the model that
     #: labels the next round, and the final one, come from the end of a settled stage. Measured at the
-    #: default budget on ACDC from one annotated patient: -0.022 mean Dice, lower on both seeds run (README).
+    #: default budget on ACDC from one annotated patient: -0.022 mean Dice, lower on both seeds run (docs/results).
     learning_rate_schedule: str = "constant"
     #: Annotated slices per segmentation batch.
     batch_size: int = 12
@@ -55,17 +55,17 @@ class TrainConfig:
     anchors_per_class: int = 3  # P
     #: Weight of a segmentation loss on pseudo-labelled slices. The paper uses 0 (segmentation loss
     #: on annotated slices only); 1 measured +0.04 mean Dice on ACDC with one annotated patient
-    #: (README). With contrastive_weight 0 this is plain self-training.
+    #: (docs/results). With contrastive_weight 0 this is plain self-training.
     pseudo_segmentation_weight: float = 1.0
     #: Decay of the mean teacher (an exponential moving average of the weights) that makes the
     #: pseudo-labels and is the final model; 0 uses the trained weights themselves. 0.99 measured
-    #: +0.037 mean Dice on ACDC from one annotated patient over three seeds, better on two (README).
+    #: +0.037 mean Dice on ACDC from one annotated patient over three seeds, better on two (docs/results).
     teacher_ema: float = 0.99
     #: Where > 0 (with a mean teacher), the teacher averages over at least this share of the
     #: schedule's iterations (decay 1 - 1/(share x iterations) where that is slower than teacher_ema):
     #: 0.05 keeps 0.99 at the default budget's 1,950 iterations and gives about 0.997 at 7,000-7,700.
     #: Measured at --minutes 60 on ACDC from one annotated patient: +0.012 mean Dice over three seeds
-    #: (+0.021, 0.000, +0.015; README). 0: teacher_ema on any schedule.
+    #: (+0.021, 0.000, +0.015; docs/results). 0: teacher_ema on any schedule.
     teacher_horizon: float = 0.05
     #: Pixels whose pseudo-label probability is below this are left out of the contrastive loss.
     pseudo_label_confidence: float = 0.0
@@ -87,7 +87,7 @@ class TrainConfig:
     #: half of them: for images whose in-plane orientation varies between volumes (the heart's
     #: right ventricle to the left in some, above in others), as when headers carry no orientation
     #: (ACDC's NIfTI files) or scanners turn the short-axis plane differently. Measured on ACDC, one
-    #: annotated patient, 1000 iterations: +0.051 mean Dice over three seeds, better on each (README).
+    #: annotated patient, 1000 iterations: +0.051 mean Dice over three seeds, better on each (docs/results).
     orientation_augmentation: bool = True
     gamma_max: float = 1.5
     noise_sigma: float = 0.05

@@ -1,4 +1,4 @@
-"""Pictures for people: slices with their segmentations overlaid (demo, README, benchmark).
+"""Pictures for people: slices with their segmentations overlaid (demo, docs, benchmark).
 
 matplotlib is needed only here, and only when a picture is asked for.
 """

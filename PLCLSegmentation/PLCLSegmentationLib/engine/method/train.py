@@ -323,7 +323,7 @@ class Trainer:
 
     def _teacher_decay(self) -> float:
         # A fixed decay is a fixed number of steps (0.99: about 100): a shrinking share of a longer
-        # schedule, where the student's swings then reach the teacher (measured at 60 minutes, README).
+        # schedule, where the student's swings then reach the teacher (measured at 60 minutes, docs/results).
         cfg = self.config
         if cfg.teacher_horizon <= 0:
             return cfg.teacher_ema
