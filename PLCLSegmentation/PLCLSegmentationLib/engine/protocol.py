@@ -33,6 +33,20 @@ STAGES = ("prepare", "warmup", "pseudo_labels", "joint", "predict")
 OUTPUT_EVENT_KINDS = ("model", "snapshot", "prediction", "uncertainty", "sequence", "curve", "summary", "metrics")
 
 # --- where a run's files are: the engine owns its run folder ----------------------------------
+# A run folder (--out) holds:
+#   job.json                      the training request, for --resume
+#   checkpoint.pt                 training state (also written on cancel)
+#   model.pt                      the model file (method/modelfile.py)
+#   training.json                 loss history and timings
+#   snapshots/model_<i>.pt        intermediate models (--set snapshots=N)
+#   predictions/<name>.seg.nrrd   segmentation of each unannotated or given volume, on its grid
+#   uncertainty/<name>.nrrd       normalised predictive entropy per voxel, on its grid
+#   sequences/<name>.seq.nrrd     a 4D input's segmentation, all frames, as a label map sequence
+#   sequences/<name>.curve.png    its volume curves (run/sequence_outputs.py)
+#   summary.json                  classes, outputs and uncertainty scores (least certain first)
+#   metrics.json                  plcl evaluate's report, when it is pointed at the folder
+#   .plcl.lock                    held while a run writes here (files/outfolder.py)
+# A new run needs a folder without an earlier run's outputs; --resume continues a training in its own.
 SUMMARY_FILE = "summary.json"  # classes, outputs and uncertainty scores (least certain first)
 STOP_FILE = "stop.request"  # its appearance is handled like SIGINT
 MODEL_FILE = "model.pt"

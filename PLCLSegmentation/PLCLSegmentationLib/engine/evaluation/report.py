@@ -12,6 +12,7 @@ from ..errors import ConfigError, InputError
 from ..events import EventSink
 from ..files.dataset import read_dataset
 from ..files.volumes import ClassInfo, atomic_path, volume_name
+from ..protocol import METRICS_FILE, PREDICTIONS_FOLDER, SUMMARY_FILE
 from .metrics import evaluate_folder, format_table
 
 _VOLUME_SUFFIXES = (".seg.nrrd", ".nii.gz", ".nii", ".nrrd", ".mha", ".mhd")
@@ -27,13 +28,13 @@ def _files_by_name(folder: Path) -> dict[str, str]:
 
 def _prediction_folder(pred: Path) -> Path:
     """An output folder of train/predict holds its segmentations in predictions/."""
-    return pred / "predictions" if (pred / "predictions").is_dir() else pred
+    return pred / PREDICTIONS_FOLDER if (pred / PREDICTIONS_FOLDER).is_dir() else pred
 
 
 def _classes(pred: Path, label_names: dict[int, str] | None) -> list[ClassInfo]:
     if label_names:
         return [ClassInfo(v, n, (1.0, 1.0, 1.0)) for v, n in sorted(label_names.items()) if v > 0]
-    summary = pred / "summary.json"
+    summary = pred / SUMMARY_FILE
     if summary.is_file():
         return [ClassInfo.from_dict(c) for c in json.loads(summary.read_text())["classes"]]
     raise ConfigError(f"cannot tell the classes of {pred}: it has no summary.json; give --data DIR --split SPLIT")
@@ -82,7 +83,7 @@ def check_report_path(out: Path) -> None:
 
 
 def run_evaluation(args: argparse.Namespace, sink: EventSink) -> dict[str, Any]:
-    out = Path(args.json) if args.json else Path(args.pred) / "metrics.json"
+    out = Path(args.json) if args.json else Path(args.pred) / METRICS_FILE
     check_report_path(out)
     report = evaluate(args.pred, args.labels, args.data, args.split)
     table = format_table(report)

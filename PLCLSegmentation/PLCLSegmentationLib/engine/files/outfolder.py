@@ -2,7 +2,8 @@
 
 A run holds its folder with a lock on ``OUT/.plcl.lock`` (``flock`` on POSIX, ``msvcrt.locking`` on
 Windows). The operating system drops the lock when the process ends, however it ends, so a crashed
-or killed run never leaves the folder stuck; a second run into a held folder is refused.
+or killed run never leaves the folder stuck; a second run into a held folder is refused. The
+folder's files and sub-folders are named in protocol.py (RUN_FILES, RUN_FOLDERS, LOCK_FILE).
 """
 
 from __future__ import annotations
@@ -13,19 +14,15 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from ..errors import InputError
+from ..protocol import LOCK_FILE, RUN_FILES, RUN_FOLDERS
 from .volumes import check_writable_folder
-
-LOCK_NAME = ".plcl.lock"
-#: Files of OUT a run writes (and reads on --resume); sub-folders are listed in OUTPUT_FOLDERS.
-OWN_FILES = ("model.pt", "checkpoint.pt", "job.json", "training.json", "summary.json", "metrics.json")
-OUTPUT_FOLDERS = ("predictions", "uncertainty", "snapshots", "sequences")
 
 
 def check_inputs_outside_outputs(out: Path, inputs: Sequence[str]) -> None:
     """Outputs are only ever written to OUT's own files and folders: refuse an --out where that
     would replace an input (an annotation, an image, the model a training starts from)."""
-    own = {(out / n).resolve() for n in OWN_FILES}
-    folders = {(out / n).resolve() for n in OUTPUT_FOLDERS}
+    own = {(out / n).resolve() for n in RUN_FILES}
+    folders = {(out / n).resolve() for n in RUN_FOLDERS}
     for path in inputs:
         resolved = Path(path).resolve()
         if resolved in own or resolved.parent in folders:
@@ -34,8 +31,8 @@ def check_inputs_outside_outputs(out: Path, inputs: Sequence[str]) -> None:
 
 def earlier_outputs(out: Path) -> list[str]:
     """Outputs of an earlier run in ``out`` (names relative to it)."""
-    found = [n for n in OWN_FILES if (out / n).exists()]
-    found += [f"{n}/" for n in OUTPUT_FOLDERS
+    found = [n for n in RUN_FILES if (out / n).exists()]
+    found += [f"{n}/" for n in RUN_FOLDERS
               if (out / n).is_dir() and any(not p.name.startswith(".") for p in (out / n).iterdir())]
     return found
 
@@ -60,7 +57,7 @@ def check_output_folder(out: Path, inputs: Sequence[str], resume: bool = False) 
 def remove_partial_files(out: Path) -> None:
     """Temporary files of atomic writes (``.NAME.XXXX.partial.EXT``) left by a killed run; only
     called while holding the folder, so no running writer owns them."""
-    for folder in [out] + [out / n for n in OUTPUT_FOLDERS]:
+    for folder in [out] + [out / n for n in RUN_FOLDERS]:
         if folder.is_dir():
             for path in folder.glob(".*.partial*"):
                 with contextlib.suppress(OSError):
@@ -105,14 +102,14 @@ def hold_output_folder(out: Path, inputs: Sequence[str] = (), resume: bool = Fal
 
 def _holder(out: Path) -> str:
     with contextlib.suppress(OSError, ValueError):
-        pid = int((out / LOCK_NAME).read_text().strip() or "0")
+        pid = int((out / LOCK_FILE).read_text().strip() or "0")
         if pid:
             return f" (process {pid})"
     return ""
 
 
 def _acquire(out: Path):  # -> an open file, or None when another process holds the folder
-    path = out / LOCK_NAME
+    path = out / LOCK_FILE
     while True:
         handle = open(path, "a+")  # noqa: SIM115 - held open for the whole run: the lock lives with it
         if not _lock(handle):
@@ -136,7 +133,7 @@ def _acquire(out: Path):  # -> an open file, or None when another process holds 
 def _release(out: Path, handle, remove: bool) -> None:
     if remove:
         with contextlib.suppress(OSError):
-            os.unlink(out / LOCK_NAME)  # while still locked, so no other run is holding this file
+            os.unlink(out / LOCK_FILE)  # while still locked, so no other run is holding this file
     handle.close()  # closing drops the lock
 
 

@@ -20,9 +20,8 @@ import numpy as np
 from ..events import EventSink
 from ..files.cine import Sequence
 from ..files.volumes import ClassInfo, Grid, atomic_path
+from ..protocol import SEQUENCES_FOLDER
 from .volume_curve import curve_from_counts, curve_summary
-
-SEQUENCES_FOLDER = "sequences"
 
 
 class LabelSequenceWriter:
