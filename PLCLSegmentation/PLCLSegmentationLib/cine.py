@@ -12,6 +12,7 @@ over time (the engine's ``sequences`` entry of summary.json).
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -20,11 +21,13 @@ from typing import Any
 
 from . import plots, scene_io, sequences
 from .engine.protocol import frame_name
+from .engine_run import RunResults
 from .parameters import (
     ANNOTATED,
     EXCLUDED,
     PREDICTED,
     REVIEWED,
+    SEQUENCE,
     UNANNOTATED,
     FrameRecord,
     ModuleState,
@@ -182,12 +185,34 @@ def annotated_rows(record: VolumeRecord) -> list[FrameRow]:
 
 @dataclass
 class Export:
-    """What a run got of a sequence: its 4D file, its frame count, its annotated frames' label files."""
+    """What a run got of a sequence: its 4D file, its frame count, its annotated frames' label files.
+    What the run brings back for it (engine_run.Expected): a segmentation of every frame."""
 
     key: str
     image: Path
     frames: int
     labels: dict[int, Path] = field(default_factory=dict)
+    order: int = 1  # imported after the volumes
+
+    def take(self, services: SlicerServices, transaction: SceneTransaction, record: VolumeRecord | None,
+             results: RunResults, warnings: list[str]) -> Imported | None:
+        if record is None or record.sequence is None or record.browser is None:
+            warnings.append(f"a sequence or its browser was deleted during the run; its result is skipped ({self.key})")
+            return None
+        if sequences.frame_count(record.sequence) != self.frames:
+            warnings.append(f"'{record.name}' got frames added or removed during the run; its result is skipped")
+            return None
+        return import_results(services, transaction, record, self, results)
+
+    def engine_name(self, summary: dict[str, Any]) -> str:
+        """The engine's name of the sequence: its summary entry's (matched by file), else the file's stem
+        (the engine names a sequence after its file: KEY.nrrd is KEY)."""
+        for entry in summary.get("sequences", []) or []:
+            if isinstance(entry, dict) and entry.get("image") and entry.get("name") is not None:
+                with contextlib.suppress(OSError):
+                    if Path(str(entry["image"])).resolve() == self.image.resolve():
+                        return str(entry["name"])
+        return self.key
 
 
 def export(services: SlicerServices, record: VolumeRecord, inputs: Path, classes: Sequence[SegmentClass],
@@ -230,15 +255,18 @@ class Imported:
     uncertainty: Any  # the uncertainty volume sequence
     frames: dict[int, FrameRecord]
     chart: Any = None
+    kind: str = SEQUENCE
+
+    def apply(self, services: SlicerServices, warnings: list[str]) -> None:
+        apply(self, warnings, services)
 
 
 def import_results(services: SlicerServices, transaction: SceneTransaction, record: VolumeRecord, exported: Export,
-                   name: str, summary: dict[str, Any], out_dir: Path, classes: Sequence[SegmentClass],
-                   output_path: Any) -> Imported:
+                   results: RunResults) -> Imported:
     """Build the segmentation and uncertainty sequences of ``record`` from the run's results (every
     frame: annotated frames from their annotation, the others from the engine's prediction) and add
-    them to the record's browser. ``name`` is the engine's name of the sequence; ``output_path``
-    resolves a path named by the summary."""
+    them to the record's browser."""
+    name, summary, classes = exported.engine_name(results.summary), results.summary, results.classes
     sequence = record.sequence
     count = sequences.frame_count(sequence)
     if count != exported.frames:
@@ -260,13 +288,13 @@ def import_results(services: SlicerServices, transaction: SceneTransaction, reco
             frames[frame] = record.frames[frame]
         else:
             entry = entries.get(frame, {})
-            path = output_path(out_dir, entry.get("segmentation"))
+            path = results.path(entry.get("segmentation"))
             if path is None:
                 raise PLCLError(f"the engine wrote no segmentation for frame {frame} of '{record.name}'")
             segmentation = scene_io.read_segmentation(str(path))
             if classes:
                 scene_io.apply_classes(segmentation, classes)
-            uncertainty_path = output_path(out_dir, entry.get("uncertainty"))
+            uncertainty_path = results.path(entry.get("uncertainty"))
             uncertainty = scene_io.read_volume(str(uncertainty_path)) if uncertainty_path is not None \
                 else sequences.zero_volume(sequence, frame)
             score = entry.get("uncertainty_score")

@@ -20,6 +20,7 @@ from enum import Enum
 from pathlib import Path
 from typing import Any
 
+from .parameters import SEQUENCE
 from .scene_io import SegmentClass
 
 TRAIN = "train"
@@ -46,7 +47,7 @@ class Job:
     argv: list[str]
     inputs_dir: Path  # private temporary folder with the exported volumes (always deleted)
     out_dir: Path  # the engine's --out (kept for a trained model; deleted after a prediction)
-    targets: dict[str, str]  # exported file stem -> record key of the volumes to segment
+    expected: dict[str, Any]  # record key -> what the run brings back for it (engine_run.Expected)
     classes: list[SegmentClass]
     warm_start: bool = False
     model_path: str = ""  # predict: the model used
@@ -67,10 +68,9 @@ class Job:
     pending: list[str] = field(default_factory=list)  # log lines not yet shown (see take_log)
     tail: list[str] = field(default_factory=list)  # last lines of the engine's log (on failure)
     imported: list[str] = field(default_factory=list)  # names of the volumes (and sequences) that got a segmentation
-    imported_sequences: list[str] = field(default_factory=list)  # names of the sequences among them
+    imported_kinds: list[str] = field(default_factory=list)  # their kinds (parameters.VOLUME, SEQUENCE)
     process: Any = None  # EngineProcess
     plot: Any = None  # LossPlot (training only)
-    sequences: dict[str, Any] = field(default_factory=dict)  # record key -> cine.Export of the sequences in the run
 
     @property
     def log_path(self) -> Path:
@@ -95,10 +95,11 @@ class Job:
         if self.state == JobState.DONE:
             what = "Training" if self.kind == TRAIN else "Segmentation"
             done = f"{what} finished in {format_duration(self.elapsed_s)}: "
-            if not self.imported_sequences:
+            sequences = self.imported_kinds.count(SEQUENCE)
+            if not sequences:
                 return done + f"{len(self.imported)} volume(s) segmented."
-            volumes = len(self.imported) - len(self.imported_sequences)
-            return done + f"{volumes} volume(s) and {len(self.imported_sequences)} sequence(s), every frame, segmented."
+            volumes = len(self.imported) - sequences
+            return done + f"{volumes} volume(s) and {sequences} sequence(s), every frame, segmented."
         if self.state == JobState.CANCELLED:
             return "Cancelled; the scene is unchanged."
         if self.state == JobState.FAILED:

@@ -27,6 +27,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
+from .engine.protocol import BUDGETS, DEFAULT_BUDGET, DEFAULT_DEVICE, DEVICES
 from .services import MODULE_NAME
 
 # Roles of a volume.
@@ -37,6 +38,10 @@ UNANNOTATED = "unannotated"  # to be segmented by the next run
 EXCLUDED = "excluded"  # ignored
 
 ROLES = (ANNOTATED, REVIEWED, PREDICTED, UNANNOTATED, EXCLUDED)
+
+# Kinds of a record (items.py): one volume, or a volume sequence (cine) in a sequence browser.
+VOLUME = "volume"
+SEQUENCE = "sequence"
 TRAINING_ROLES = (ANNOTATED, REVIEWED)
 
 # Which slices of an annotated volume are annotated (engine: --annotated-slices).
@@ -46,13 +51,10 @@ SLICES_PAINTED = "painted"  # the painted slices and those marked as background
 SLICE_MODES = (SLICES_AUTO, SLICES_ALL, SLICES_PAINTED)
 TARGET_ROLES = (UNANNOTATED, PREDICTED)
 
-BUDGETS = ("quick", "standard", "full")
-DEVICES = ("auto", "cpu", "cuda", "mps")
-
 #: Settings and their defaults (all stored as strings).
 SETTINGS: dict[str, str] = {
-    "budget": "standard",
-    "device": "auto",
+    "budget": DEFAULT_BUDGET,
+    "device": DEFAULT_DEVICE,
     "iterations": "0",  # 0: the budget's own schedule
     "modelPath": "",  # the current model (model.pt)
     "showUncertainty": "true",

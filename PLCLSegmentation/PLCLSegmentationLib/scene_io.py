@@ -521,3 +521,24 @@ def current_slice(scene: Any, volume: Any) -> int | None:
     index = int(round(ijk[2 - axes.slice_axis]))  # array axis a is ITK index axis 2 - a
     size = volume.GetImageData().GetDimensions()[2 - axes.slice_axis]
     return index if 0 <= index < size else None
+
+
+def user_segmentation_of(scene: Any, volume: Any) -> Any:
+    """A segmentation the user drew on ``volume`` (its reference geometry), if any; not this module's."""
+    for index in range(scene.GetNumberOfNodesByClass("vtkMRMLSegmentationNode")):
+        node = scene.GetNthNodeByClass(index, "vtkMRMLSegmentationNode")
+        if is_owned(node):  # this module's results are accepted, not added as annotations
+            continue
+        if node.GetNodeReferenceID(node.GetReferenceImageGeometryReferenceRole()) == volume.GetID():
+            return node
+    return None
+
+
+def not_segmentable(scene: Any) -> list[str]:
+    """IDs of the scalar volumes that are this module's or not grayscale."""
+    hidden = []
+    for index in range(scene.GetNumberOfNodesByClass("vtkMRMLScalarVolumeNode")):
+        node = scene.GetNthNodeByClass(index, "vtkMRMLScalarVolumeNode")
+        if is_owned(node) or not is_grayscale_volume(node):
+            hidden.append(node.GetID())
+    return hidden

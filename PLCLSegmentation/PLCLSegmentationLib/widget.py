@@ -18,7 +18,7 @@ import slicer
 import vtk
 from slicer.i18n import tr as _
 
-from . import dependencies, scene_io
+from .engine.protocol import BUDGETS, DEFAULT_BUDGET, DEFAULT_DEVICE, DEVICES
 from .jobs import JobState, format_duration
 from .parameters import (
     ANNOTATED,
@@ -31,7 +31,7 @@ from .parameters import (
     TRAINING_ROLES,
     UNANNOTATED,
 )
-from .services import PLCLError, is_owned
+from .services import PLCLError
 
 POLL_INTERVAL_MS = 200
 #: Item data role of a table row's frame (a frame of a sequence; -1: the whole volume).
@@ -39,8 +39,9 @@ FRAME_ROLE_OFFSET = 1
 DEFAULT_MODEL_FILE = "PLCLSegmentation-model.pt"
 ROLE_LABELS = {ANNOTATED: "annotated", REVIEWED: "reviewed", PREDICTED: "predicted", UNANNOTATED: "to segment",
                EXCLUDED: "excluded"}
-DEVICES = (("auto", "automatic"), ("cpu", "CPU"), ("cuda", "GPU (CUDA)"), ("mps", "GPU (Apple MPS)"))
-BUDGETS = (("quick", "quick"), ("standard", "standard"), ("full", "full (GPU)"))
+#: Display labels of the engine's devices and budgets (engine/protocol.py names them).
+DEVICE_LABELS = {"auto": "automatic", "cpu": "CPU", "cuda": "GPU (CUDA)", "mps": "GPU (Apple MPS)"}
+BUDGET_LABELS = {"full": "full (GPU)"}
 SLICE_CHOICES = ((SLICES_AUTO, "automatic"), (SLICES_ALL, "all slices"), (SLICES_PAINTED, "only painted slices"))
 
 
@@ -84,10 +85,10 @@ class PLCLSegmentationPanel:
         self.timer.setInterval(POLL_INTERVAL_MS)
         self.timer.timeout.connect(self.onTimer)
 
-        for value, text in BUDGETS:
-            ui.budgetComboBox.addItem(_(text), value)
-        for value, text in DEVICES:
-            ui.deviceComboBox.addItem(_(text), value)
+        for value in BUDGETS:
+            ui.budgetComboBox.addItem(_(BUDGET_LABELS.get(value, value)), value)
+        for value in DEVICES:
+            ui.deviceComboBox.addItem(_(DEVICE_LABELS.get(value, value)), value)
         for value, text in SLICE_CHOICES:
             ui.annotatedSlicesComboBox.addItem(_(text), value)
         ui.segmentsTableView.setSelectionMode(qt.QAbstractItemView.ExtendedSelection)
@@ -170,15 +171,9 @@ class PLCLSegmentationPanel:
         python = self.ui.pythonPathLineEdit.currentPath.strip()  # read before the node refreshes the GUI
         if python != self.logic.python:
             self.logic.set_python(python)  # this machine's setting; probed now, in the background
-        state = self.logic.state
-        node = state.node
-        was_modifying = node.StartModify()
-        try:
-            state.set("budget", self.ui.budgetComboBox.currentData or "standard")
-            state.set("device", self.ui.deviceComboBox.currentData or "auto")
-            state.set("iterations", int(self.ui.iterationsSpinBox.value))
-        finally:
-            node.EndModify(was_modifying)
+        self.logic.set_run_settings(self.ui.budgetComboBox.currentData or DEFAULT_BUDGET,
+                                    self.ui.deviceComboBox.currentData or DEFAULT_DEVICE,
+                                    int(self.ui.iterationsSpinBox.value))
 
     @staticmethod
     def _setCombo(combo: Any, value: str) -> None:
@@ -191,25 +186,10 @@ class PLCLSegmentationPanel:
         """Propose the segmentation drawn on this volume."""
         if volume is None:
             return
-        record = self.logic.state.record_for(volume)
-        if record is not None and record.segmentation is not None and record.role in TRAINING_ROLES \
-                and not record.is_sequence:
-            self.ui.annotatedSegmentationSelector.setCurrentNode(record.segmentation)
+        proposed = self.logic.proposed_segmentation(volume)
+        if proposed is not None:
+            self.ui.annotatedSegmentationSelector.setCurrentNode(proposed)
             return
-        if record is not None and record.is_sequence:  # the annotation of the frame the browser shows
-            frame = record.frames.get(max(0, record.browser.GetSelectedItemNumber()))
-            source = frame.source if frame is not None else None
-            if source is not None and not source.IsA("vtkMRMLSequenceNode"):
-                self.ui.annotatedSegmentationSelector.setCurrentNode(source)
-                return
-        scene = slicer.mrmlScene
-        for index in range(scene.GetNumberOfNodesByClass("vtkMRMLSegmentationNode")):
-            node = scene.GetNthNodeByClass(index, "vtkMRMLSegmentationNode")
-            if is_owned(node):  # this module's results are accepted, not added as annotations
-                continue
-            if node.GetNodeReferenceID(node.GetReferenceImageGeometryReferenceRole()) == volume.GetID():
-                self.ui.annotatedSegmentationSelector.setCurrentNode(node)
-                return
         self.updateButtons()
 
     def onSegmentationChanged(self, node: Any) -> None:
@@ -222,8 +202,8 @@ class PLCLSegmentationPanel:
         ids = list(self.ui.segmentsTableView.selectedSegmentIDs())
         with showingErrors(_("Could not use this annotation."), waitCursor=True):
             record = self.logic.set_annotation(volume, segmentation, ids or None)
-            if record.is_sequence:  # the frame the browser shows: say which, so that a wrong one is seen
-                frame = max(0, record.browser.GetSelectedItemNumber())
+            frame = self.logic.current_frame(volume)
+            if frame is not None:  # a sequence's shown frame: say which, so that a wrong one is seen
                 text = _("Frame {frame} of '{sequence}' is annotated by '{segmentation}'. Move the sequence browser "
                          "to another frame to annotate it too.")
                 self.ui.statusLabel.text = text.format(frame=frame, sequence=record.name,
@@ -315,41 +295,20 @@ class PLCLSegmentationPanel:
             return
         checked = {node.GetID() for node in self.ui.unannotatedVolumesSelector.checkedNodes()}
         with showingErrors(_("Could not change the volumes to segment.")):
-            for record in self.logic.state.records():
-                if record.role in TRAINING_ROLES:
-                    continue
-                wanted = UNANNOTATED if record.volume.GetID() in checked else EXCLUDED
-                if (wanted == EXCLUDED) != (record.role == EXCLUDED):
-                    self.logic.set_role(record.volume, wanted)
+            self.logic.set_targets(checked)
         self.updateFromState()
 
     def _fillAnnotatedTable(self, records: list[Any]) -> None:
         """One row per annotated volume, and per annotated or accepted frame of a sequence."""
-        rows = []
-        for record in records:
-            if record.is_sequence:
-                for row in self.logic.frame_rows(record):
-                    rows.append((row.cells, record.volume.GetID(), row.frame))
-                continue
-            segmentation = record.segmentation
-            names = [segmentation.GetSegmentation().GetSegment(i).GetName() for i in record.segment_ids
-                     if segmentation.GetSegmentation().GetSegment(i) is not None]
-            rows.append(([record.name, segmentation.GetName(), ", ".join(names), self.logic.slices_text(record)],
-                         record.volume.GetID(), None))
+        rows = [row for record in records for row in self.logic.item(record).annotated_rows()]
         table = self.ui.annotatedTable
         table.setRowCount(len(rows))
-        for row, (cells, volume_id, frame) in enumerate(rows):
-            self._setRow(table, row, cells, volume_id, frame)
+        for index, row in enumerate(rows):
+            self._setRow(table, index, row.cells, row.record.volume.GetID(), row.frame)
 
     def _fillTargets(self, records: list[Any]) -> None:
         selector = self.ui.unannotatedVolumesSelector
-        hidden = [r.volume.GetID() for r in records if r.role in TRAINING_ROLES]
-        scene = slicer.mrmlScene
-        for index in range(scene.GetNumberOfNodesByClass("vtkMRMLScalarVolumeNode")):
-            node = scene.GetNthNodeByClass(index, "vtkMRMLScalarVolumeNode")
-            if is_owned(node) or not scene_io.is_grayscale_volume(node):
-                hidden.append(node.GetID())
-        selector.sortFilterProxyModel().hiddenNodeIDs = hidden
+        selector.sortFilterProxyModel().hiddenNodeIDs = self.logic.not_targets(records)
         for record in records:
             if record.role not in TRAINING_ROLES:
                 state = qt.Qt.Unchecked if record.role == EXCLUDED else qt.Qt.Checked
@@ -400,7 +359,7 @@ class PLCLSegmentationPanel:
                     raise PLCLError(_("The chosen Python lacks these packages: {packages}").format(
                         packages=", ".join(info["missing"])))
                 return True
-            return dependencies.ensure_slicer_packages(
+            return self.logic.install_slicer_packages(
                 confirm=lambda question: slicer.util.confirmOkCancelDisplay(question), log=self._appendLog)
         except Exception as error:
             slicer.util.errorDisplay(str(error), windowTitle=_("PLCLSegmentation"))
@@ -499,15 +458,13 @@ class PLCLSegmentationPanel:
 
     def onEdit(self) -> None:
         volume = self._selectedVolume()
-        record = self.logic.state.record_for(volume) if volume is not None else None
-        segmentation = self.logic.shown_segmentation(record) if record is not None else None
-        if segmentation is None:
+        if volume is None or self.logic.shown_segmentation(self.logic.record(volume)) is None:
             return
-        if record.is_sequence:  # the browser at the row's frame: its proxies are what the editor paints
-            self.logic.show(volume, self._selectedFrame())
+        # The row shown (a sequence: its browser at the row's frame; its proxies are what the editor paints).
+        record = self.logic.show(volume, self._selectedFrame())
         slicer.util.selectModule("SegmentEditor")
         editor = slicer.modules.segmenteditor.widgetRepresentation().self().editor
-        editor.setSegmentationNode(segmentation)
+        editor.setSegmentationNode(self.logic.shown_segmentation(record))
         editor.setSourceVolumeNode(record.volume)
 
     def onAccept(self) -> None:
@@ -546,6 +503,7 @@ class PLCLSegmentationPanel:
         has_model = bool(state.model_path)
         volume = self._selectedVolume()
         record = state.record_for(volume) if volume is not None else None
+        item = self.logic.item(record) if record is not None else None
         ui = self.ui
         ui.trainButton.text = _("Cancel") if busy else _("Train")
         ui.trainButton.enabled = busy or bool(self.logic.annotated())
@@ -554,20 +512,14 @@ class PLCLSegmentationPanel:
         ui.removeAnnotatedButton.enabled = not busy and ui.annotatedTable.currentRow() >= 0
         selected = self._selectedAnnotated()
         selected_record = state.record_for(selected) if selected is not None else None
-        painted = not busy and selected_record is not None and selected_record.role == ANNOTATED \
-            and not selected_record.is_sequence  # a sequence's frames are annotated whole
+        painted = not busy and selected_record is not None and self.logic.item(selected_record).paints_slices
         ui.annotatedSlicesComboBox.enabled = painted
         ui.markBackgroundButton.enabled = painted
         ui.paintViewButton.enabled = selected is not None or ui.annotatedVolumeSelector.currentNode() is not None
         ui.retrainButton.enabled = not busy and has_model
-        frame = self._selectedFrame()
-        role = record.frames[frame].role if record is not None and frame in record.frames else \
-            record.role if record is not None else None
-        ui.acceptButton.enabled = not busy and role == PREDICTED
-        shown = self.logic.shown_segmentation(record) if record is not None else None
-        ui.editButton.enabled = shown is not None and is_owned(shown)
-        ui.volumeCurveButton.enabled = record is not None and record.is_sequence \
-            and self.logic.volume_curve(record.volume) is not None
+        ui.acceptButton.enabled = not busy and item is not None and item.role_of(self._selectedFrame()) == PREDICTED
+        ui.editButton.enabled = item is not None and self.logic.editable_segmentation(record) is not None
+        ui.volumeCurveButton.enabled = item is not None and item.volume_curve() is not None
         ui.saveModelButton.enabled = not busy and has_model
         ui.loadModelButton.enabled = not busy
         ui.applyModelButton.enabled = not busy and has_model
@@ -599,7 +551,7 @@ class PLCLSegmentationPanel:
         self.logic.shutdown()  # ends the run and removes its files
 
     def onSceneEndClose(self) -> None:
-        self.logic.job = None
+        self.logic.forget_run()
         self.observeParameterNode()
         self.updateFromState()
 

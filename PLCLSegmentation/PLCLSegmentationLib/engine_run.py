@@ -1,0 +1,341 @@
+"""One run of the engine, from its exported inputs to its results in the scene.
+
+:class:`RunInputs` is the private temporary folder a run's inputs are exported into (each item adds
+its files and its part of the command line); :class:`EngineRun` starts the engine as a child process
+(:mod:`.process`), takes in its events on each :meth:`EngineRun.poll` (the loss plot grows, the job's
+progress moves), and only when the child has finished successfully imports the results as new nodes,
+in one transaction. Cancel or failure leave the scene as it was; the run's files are tidied up.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import shutil
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Protocol
+
+from . import scene_io
+from .engine import slicing
+from .engine.protocol import STOP_FILE, SUMMARY_FILE
+from .jobs import PREDICT, TRAIN, Job, JobState
+from .parameters import ModuleState, VolumeRecord
+from .plots import LOSS_CHART, LOSS_SERIES, LOSS_TABLE
+from .process import EngineProcess, Message, RunState
+from .scene_io import SceneTransaction, SegmentClass
+from .services import OWNER_ATTRIBUTE, PLCLError, SlicerServices
+
+
+@dataclass
+class RunResults:
+    """What the engine wrote: its run folder, its summary, and the classes the run segments."""
+
+    out_dir: Path
+    summary: dict[str, Any]
+    classes: list[SegmentClass]
+
+    def path(self, reported: Any) -> Path | None:
+        return output_path(self.out_dir, reported)
+
+    def volume(self, name: str) -> dict[str, Any]:
+        """The summary's entry of the volume the engine named ``name`` (empty if none)."""
+        by_name = {str(v.get("name")): v for v in self.summary.get("volumes", []) if isinstance(v, dict)}
+        return by_name.get(name, {})
+
+
+class Imported(Protocol):
+    """One record's new results: in the scene (inside the run's transaction) but not yet in its record."""
+
+    record: VolumeRecord
+    kind: str  # parameters.VOLUME or parameters.SEQUENCE
+
+    def apply(self, services: SlicerServices, warnings: list[str]) -> None:
+        """The run succeeded: the record takes its new results (its previous ones are removed)."""
+
+
+class Expected(Protocol):
+    """What a run brings back for one exported record."""
+
+    key: str  # the record's key
+    order: int  # volumes are imported (and listed) before sequences
+
+    def take(self, services: SlicerServices, transaction: SceneTransaction, record: VolumeRecord | None,
+             results: RunResults, warnings: list[str]) -> Imported | None:
+        """Add the results to the scene; None (with a warning) when the record went away during the run."""
+
+
+@dataclass
+class RunInputs:
+    """A run's private temporary folder of exported files, and what the engine is told about them."""
+
+    folder: Path
+    labeled: list[tuple[Path, Path, str]] = field(default_factory=list)  # image, label, --annotated-slices
+    labeled_frames: list[tuple[Path, int, Path]] = field(default_factory=list)  # 4D image, frame, label
+    unlabeled: list[Path] = field(default_factory=list)  # to segment (and learn from, in training)
+    expected: dict[str, Expected] = field(default_factory=dict)  # record key -> its results to import
+
+    @classmethod
+    @contextlib.contextmanager
+    def exporting(cls) -> Iterator[RunInputs]:
+        """A new folder, removed again if the export fails."""
+        inputs = cls(Path(tempfile.mkdtemp(prefix="plcl-inputs-")))
+        try:
+            yield inputs
+        except BaseException:
+            shutil.rmtree(inputs.folder, ignore_errors=True)
+            raise
+
+    def image(self, record: VolumeRecord) -> Path:
+        """The record's volume as a file (written once)."""
+        path = self.folder / "images" / f"{record.key}.nrrd"
+        path.parent.mkdir(exist_ok=True)
+        if not path.exists():
+            scene_io.write_volume(record.volume, str(path))
+        return path
+
+    def label(self, name: str) -> Path:
+        path = self.folder / "labels" / name
+        path.parent.mkdir(exist_ok=True)
+        return path
+
+    def train_arguments(self) -> list[str]:
+        argv: list[str] = []
+        for image, label, _ in self.labeled:
+            argv += ["--labeled", str(image), str(label)]
+        for image, frame, label in self.labeled_frames:
+            argv += ["--labeled-frame", str(image), str(frame), str(label)]
+        # One per --labeled pair, then one per --labeled-frame (a frame is annotated whole).
+        slices = [spec for _, _, spec in self.labeled] + [slicing.ALL] * len(self.labeled_frames)
+        if any(spec != slicing.ALL for spec in slices):
+            argv += [arg for spec in slices for arg in ("--annotated-slices", spec)]
+        if self.unlabeled:
+            argv += ["--unlabeled", *(str(path) for path in self.unlabeled)]
+        return argv
+
+
+def new_run_folder(models_dir: Path, kind: str) -> Path:
+    folder = models_dir / "runs" / f"{time.strftime('%Y%m%d-%H%M%S')}-{kind}-{uuid.uuid4().hex[:6]}"
+    folder.mkdir(parents=True)
+    return folder
+
+
+class EngineRun:
+    """One run: ``job`` says what it is; the scene of ``services`` gets its results."""
+
+    def __init__(self, services: SlicerServices, job: Job, process_factory: Callable[..., EngineProcess],
+                 environment: dict[str, str] | None, grace_s: float) -> None:
+        self.services = services
+        self.job = job
+        self.process_factory = process_factory
+        self.environment = environment
+        self.grace_s = grace_s
+
+    @property
+    def state(self) -> ModuleState:
+        return ModuleState(self.services.scene)
+
+    @property
+    def finished(self) -> bool:
+        return self.job.state.finished
+
+    def start(self) -> Job:
+        job = self.job
+        job.process = self.process_factory(job.argv, env=self.environment, log_path=job.log_path,
+                                           grace_s=self.grace_s, stop_file=job.out_dir / STOP_FILE)
+        try:
+            job.process.start()
+        except OSError as error:
+            self._discard(keep_out=False)
+            raise PLCLError(f"Could not start the engine ({job.argv[0]}): {error.strerror or error}") from None
+        job.state = JobState.RUNNING
+        return job
+
+    def cancel(self) -> None:
+        """The child finishes its step and exits, the whole tree is ended; nothing is imported."""
+        if self.job.state == JobState.RUNNING:
+            self.job.state = JobState.CANCELLING
+            self.job.process.cancel()
+
+    def poll(self) -> list[Message]:
+        """Take in what the child said since the last call; on its exit, import or clean up. Never blocks."""
+        job = self.job
+        if job.state.finished:
+            return []
+        messages = job.process.poll()
+        points = []
+        for message in messages:
+            if message.kind == "event":
+                point = job.handle(message.data)
+                if point is not None:
+                    points.append(point)
+            elif message.kind == "log":
+                job.add_log(message.data)
+        if points and job.plot is not None:
+            job.plot.append(points)
+        if job.process.state.finished:
+            self._finish()
+        return messages
+
+    def wait(self, timeout_s: float, interval_s: float,
+             on_messages: Callable[[list[Message]], None] | None = None) -> Job:
+        """Poll until the run finishes; past ``timeout_s`` the child is ended and TimeoutError raised."""
+        deadline = time.monotonic() + timeout_s
+        while not self.job.state.finished:
+            messages = self.poll()
+            if on_messages is not None and messages:
+                on_messages(messages)
+            if self.job.state.finished:
+                break
+            if time.monotonic() > deadline:
+                self.job.process.kill()
+                self.job.process.wait(30)
+                self.poll()
+                raise TimeoutError(f"the run did not finish within {timeout_s:.0f} s and was stopped")
+            time.sleep(interval_s)
+        return self.job
+
+    def shutdown(self, timeout_s: float) -> None:
+        """End the child at once, and with it the run: its inputs and folder are removed, nothing imported."""
+        job = self.job
+        if job.state.finished:
+            return
+        if job.process is not None:
+            job.process.kill()
+            deadline = time.monotonic() + timeout_s
+            while not job.process.state.finished and time.monotonic() < deadline:
+                self.poll()  # the exit arrives once the child's output is read to its end
+                time.sleep(0.02)
+        if not job.state.finished:  # the child did not report its exit in time: forget the run anyway
+            job.state = JobState.CANCELLED
+            job.finished = time.monotonic()
+            self._discard(keep_out=False)
+            shutil.rmtree(job.inputs_dir, ignore_errors=True)
+
+    # --- the child has exited -------------------------------------------------------------------
+    def _finish(self) -> None:
+        job = self.job
+        outcome = job.process.state
+        try:
+            if outcome == RunState.DONE:
+                job.state = JobState.IMPORTING
+                try:
+                    self._import()
+                except Exception as error:  # nothing was added: the transaction rolled back
+                    job.error = f"the results could not be imported: {error}"
+                    job.state = JobState.FAILED
+                    self._discard(keep_out=True)
+                else:
+                    job.state = JobState.DONE
+                    self._tidy_after_success()
+            elif outcome == RunState.CANCELLED:
+                job.state = JobState.CANCELLED
+                self._discard(keep_out=False)
+            else:
+                job.error = job.process.error or job.error or "the engine failed"
+                job.tail = list(job.process.tail)
+                job.state = JobState.FAILED
+                self._discard(keep_out=True)
+        finally:
+            job.finished = time.monotonic()
+            shutil.rmtree(job.inputs_dir, ignore_errors=True)
+
+    def _discard(self, keep_out: bool) -> None:
+        """Undo everything the run added to the scene; keep its folder (with the log) only if asked."""
+        job = self.job
+        if job.plot is not None:
+            for node in job.plot.nodes:
+                scene_io.remove_node(self.services.scene, node)
+            job.plot = None
+        if not keep_out:
+            shutil.rmtree(job.out_dir, ignore_errors=True)
+
+    def _import(self) -> None:
+        job = self.job
+        results = RunResults(job.out_dir, read_summary(job.out_dir), job.classes)
+        records = {r.key: r for r in self.state.records()}
+        transaction = SceneTransaction(self.services.scene)
+        imported: list[Imported] = []
+        try:
+            for expected in sorted(job.expected.values(), key=lambda e: e.order):
+                result = expected.take(self.services, transaction, records.get(expected.key), results, job.warnings)
+                if result is not None:
+                    imported.append(result)
+        except BaseException:
+            transaction.rollback()
+            raise
+        for result in imported:
+            result.apply(self.services, job.warnings)
+            job.imported.append(result.record.name)
+            job.imported_kinds.append(result.kind)
+        state = self.state
+        if imported:
+            state.save(*(r.record for r in imported))
+        if job.kind == TRAIN:
+            model = results.path((results.summary.get("outputs") or {}).get("model"))
+            if model is None:
+                raise PLCLError(f"the engine wrote no model file in {job.out_dir}")
+            job.kept = [model]
+            state.set("modelPath", str(model))
+            state.set("classes", [c.to_dict() for c in job.classes])
+            self._remove_old_plots(keep=job.plot.nodes if job.plot is not None else [])
+        state.set("lastRun", {"kind": job.kind, "elapsed_s": round(job.elapsed_s, 1), "out": str(job.out_dir),
+                              "finished": time.strftime("%Y-%m-%d %H:%M:%S"), "warm_start": job.warm_start})
+
+    def _remove_old_plots(self, keep: Sequence[Any]) -> None:
+        scene = self.services.scene
+        keep_ids = {n.GetID() for n in keep}
+        stale = []
+        for node_class in ("vtkMRMLTableNode", "vtkMRMLPlotChartNode", "vtkMRMLPlotSeriesNode"):
+            for index in range(scene.GetNumberOfNodesByClass(node_class)):
+                node = scene.GetNthNodeByClass(index, node_class)
+                if node.GetAttribute(OWNER_ATTRIBUTE) in (LOSS_TABLE, LOSS_CHART, LOSS_SERIES) \
+                        and node.GetID() not in keep_ids:
+                    stale.append(node)
+        for node in stale:
+            scene_io.remove_node(scene, node)
+
+    def _tidy_after_success(self) -> None:
+        """A prediction's folder goes; a training's keeps its model, summary and log. Everything else
+        (the checkpoint with pseudo-labels derived from the patients' volumes, the imported
+        predictions) is removed from the user's data folder."""
+        job = self.job
+        if job.kind == PREDICT:
+            shutil.rmtree(job.out_dir, ignore_errors=True)
+            return
+        keep = {p.resolve() for p in [*job.kept, job.out_dir / SUMMARY_FILE, job.log_path]}
+        for path in job.out_dir.iterdir():
+            if path.resolve() in keep:
+                continue
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                with contextlib.suppress(OSError):
+                    path.unlink()
+
+
+def read_summary(out_dir: Path) -> dict[str, Any]:
+    """The engine's one description of a run's outputs (engine/protocol.py: SUMMARY_FILE)."""
+    path = out_dir / SUMMARY_FILE
+    try:
+        summary = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise PLCLError(f"the engine wrote no {SUMMARY_FILE} in {out_dir}") from None
+    except (OSError, ValueError) as error:
+        raise PLCLError(f"{path}: not readable ({error})") from None
+    if not isinstance(summary, dict):
+        raise PLCLError(f"{path}: not a run summary")
+    return summary
+
+
+def output_path(out_dir: Path, reported: Any) -> Path | None:
+    """A file the summary names (relative paths are in the run folder), if it exists."""
+    if not reported:
+        return None
+    path = Path(str(reported))
+    path = path if path.is_absolute() else out_dir / path
+    return path if path.is_file() else None
