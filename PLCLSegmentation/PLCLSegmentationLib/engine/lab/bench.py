@@ -31,7 +31,17 @@ from ..evaluation.report import evaluate
 from ..events import EventSink
 from ..files.dataset import Dataset, read_dataset
 from ..files.volumes import atomic_path
-from ..protocol import BUDGETS, DEFAULT_BUDGET, DEFAULT_DEVICE, DEVICES
+from ..protocol import (
+    BUDGETS,
+    DEFAULT_BUDGET,
+    DEFAULT_DEVICE,
+    DEVICES,
+    MODEL_FILE,
+    PREDICTIONS_FOLDER,
+    SNAPSHOTS_FOLDER,
+    SUMMARY_FILE,
+    TRAINING_FILE,
+)
 from .child import run_child
 
 METHODS: dict[str, dict[str, Any]] = {
@@ -203,13 +213,13 @@ def run_method(method: str, spec: dict[str, Any], protocol: Protocol, dataset: D
     train += ["--iterations", str(args.iterations)] if args.iterations else ["--minutes", str(args.minutes)]
     sink.emit("stage", stage=f"bench:{method}:train", round=seed, total=0)
     trained = run_child(train, folder / "train.log")
-    training = json.loads((folder / "train" / "training.json").read_text())
+    training = json.loads((folder / "train" / TRAINING_FILE).read_text())
 
     images = [dataset.image(c) for c in protocol.evaluation]
     curve = []
-    snapshots = sorted((folder / "train" / "snapshots").glob("model_*.pt"))
-    for model in [*snapshots, folder / "train" / "model.pt"]:
-        final = model.name == "model.pt"
+    snapshots = sorted((folder / "train" / SNAPSHOTS_FOLDER).glob("model_*.pt"))
+    for model in [*snapshots, folder / "train" / MODEL_FILE]:
+        final = model.name == MODEL_FILE
         out = folder / ("predict" if final else f"predict_{model.stem}")
         sink.emit("stage", stage=f"bench:{method}:predict", round=seed, total=len(images))
         predicted = run_child(["predict", "--model", str(model), "--out", str(out), "--device", args.device, *images],
@@ -218,7 +228,7 @@ def run_method(method: str, spec: dict[str, Any], protocol: Protocol, dataset: D
         info_seconds = _model_train_seconds(model) if not final else training["train_seconds"]
         curve.append({"train_seconds": info_seconds, "mean_dice": report["mean"]["mean_dice"]})
         if final:
-            summary = json.loads((out / "summary.json").read_text())
+            summary = json.loads((out / SUMMARY_FILE).read_text())
             seconds = [v["seconds"] for v in summary["volumes"]]
             result = {
                 "method": method, "seed": seed,
@@ -229,10 +239,10 @@ def run_method(method: str, spec: dict[str, Any], protocol: Protocol, dataset: D
                 "iterations": training["iterations"], "slices_per_s": training["slices_per_s"],
                 "predict_seconds_per_volume": statistics.mean(seconds) if seconds else None,
                 "peak_rss_mb_train": trained["peak_rss_mb"], "peak_rss_mb_predict": predicted["peak_rss_mb"],
-                "predictions": str(out / "predictions"),
+                "predictions": str(out / PREDICTIONS_FOLDER),
             }
         else:
-            for path in (out / "predictions").glob("*"):  # keep only the scores of intermediate models
+            for path in (out / PREDICTIONS_FOLDER).glob("*"):  # keep only the scores of intermediate models
                 path.unlink()
     result["curve"] = curve
     return result
@@ -277,7 +287,7 @@ def run_bench(args: argparse.Namespace, sink: EventSink, cancel: threading.Event
         sink.emit("stage", stage="bench:throughput", round=0, total=0)
         throughput = measure_throughput(dataset, protocols[seeds[0]], args)
     propagation = None
-    model = args.propagation_model or (str(out / "runs" / f"seed{seeds[0]}" / methods[0] / "train" / "model.pt")
+    model = args.propagation_model or (str(out / "runs" / f"seed{seeds[0]}" / methods[0] / "train" / MODEL_FILE)
                                        if runs else None)
     if args.propagation_frames > 0 and model and not cancel.is_set():
         from .propagation import measure_propagation

@@ -19,6 +19,7 @@ from ..evaluation.report import evaluate
 from ..events import EventSink
 from ..files.dataset import read_dataset
 from ..files.volumes import ClassInfo, read_annotation, read_volume
+from ..protocol import JOB_FILE, MODEL_FILE, PREDICTIONS_FOLDER
 from ..request import TrainJob
 from ..run.training import run_training
 from .synthetic import make_synthetic_dataset
@@ -41,7 +42,7 @@ def run_demo(out: str, sink: EventSink, cancel: threading.Event, device: str = "
                                    patch_size=64).with_iterations(iterations or DEMO_ITERATIONS),
         class_names=dataset.label_names,
     )
-    if (Path(job.out) / "job.json").is_file():  # the demo's own earlier run: a new run needs a fresh folder
+    if (Path(job.out) / JOB_FILE).is_file():  # the demo's own earlier run: a new run needs a fresh folder
         shutil.rmtree(job.out)
     summary = run_training(job, sink, cancel)
     report = evaluate(job.out, data=str(data), split="val")
@@ -59,7 +60,7 @@ def run_demo(out: str, sink: EventSink, cancel: threading.Event, device: str = "
     if not cancel.is_set():
         from .demo_cine import run_cine_demo
 
-        run_cine_demo(root, Path(job.out) / "model.pt", sink, cancel, device=device)
+        run_cine_demo(root, Path(job.out) / MODEL_FILE, sink, cancel, device=device)
     return report
 
 
@@ -76,7 +77,7 @@ def _figure(dataset, cases: list[str], run: Path, summary: dict, path: Path) -> 
     for case in cases[:2]:
         volume = read_volume(dataset.image(case))
         truth, _ = read_annotation(dataset.label(case), volume)
-        predicted, segments = read_annotation(run / "predictions" / f"{case}.seg.nrrd", volume)
+        predicted, segments = read_annotation(run / PREDICTIONS_FOLDER / f"{case}.seg.nrrd", volume)
         by_name = {c.name: c.value for c in classes}
         values = {s.value: by_name[s.name] for s in segments}
         predicted = _remap(predicted, values)

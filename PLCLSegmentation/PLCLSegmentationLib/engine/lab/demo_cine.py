@@ -21,6 +21,7 @@ import SimpleITK as sitk
 from ..events import EventSink
 from ..files.outfolder import earlier_outputs
 from ..files.volumes import Grid, atomic_path, write_image
+from ..protocol import MODEL_FILE
 from ..request import TrainOptions, make_train_job
 from ..run.prediction import run_prediction
 from ..run.training import run_training
@@ -54,7 +55,7 @@ def run_cine_demo(root: Path, model: Path, sink: EventSink, cancel: threading.Ev
                            iterations=iterations or CINE_ITERATIONS, out=str(run), device=device)
     trained = run_training(make_train_job(options), sink, cancel)
     held_out = [str(data / known[n]["image"]) for n in roles["held_out"]]
-    summary = run_prediction(str(run / "model.pt"), held_out, str(predicted), device, sink, cancel)
+    summary = run_prediction(str(run / MODEL_FILE), held_out, str(predicted), device, sink, cancel)
 
     rows = [_compare(entry, known[entry["name"]], "held out") for entry in summary["sequences"]]
     rows += [_compare(entry, known[entry["name"]], "annotated" if entry["name"] == name else "unannotated")

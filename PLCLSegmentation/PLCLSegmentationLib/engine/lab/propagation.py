@@ -16,6 +16,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from ..protocol import SUMMARY_FILE
 from .synthetic_cine import make_cine_dataset
 
 #: The target's sequence: frames, slices, pixels per side, and its time limit on 2 CPU cores.
@@ -35,7 +36,7 @@ def measure_propagation(model: str | Path, folder: Path, device: str, frames: in
     child = run_child(["predict", "--model", str(model), "--out", str(out), "--device", device, "--events", "jsonl",
                        str(data / entry["image"])], folder / "predict.log")
     done = [e for e in _events(folder / "predict.log") if e.get("event") == "done"]
-    summary = json.loads((out / "summary.json").read_text())
+    summary = json.loads((out / SUMMARY_FILE).read_text())
     frame_seconds = sum(v["seconds"] for v in summary["volumes"])
     return {
         "model": str(model), "device": device, "frames": frames, "size": entry["size"],
