@@ -8,8 +8,11 @@ that ``slicer.util`` helpers work.
 
 from __future__ import annotations
 
+import atexit
+import functools
 import hashlib
 import os
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -186,14 +189,33 @@ def acdc_case(name: str) -> tuple[Path, Path]:
     return ACDC / "images" / f"{name}.nii.gz", ACDC / "labels" / f"{name}.nii.gz"
 
 
+@functools.cache
+def synthetic_data() -> Path:
+    """Six SYNTHETIC phantoms (the project's own generator: oblique, every second case stored with
+    permuted axes), made once per test process: the module's suites test the module, not accuracy,
+    so they run in a clone without the real data."""
+    from PLCLSegmentationLib.engine.lab.synthetic import make_synthetic_dataset
+
+    folder = Path(tempfile.mkdtemp(prefix="plcl-synthetic-"))
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    return make_synthetic_dataset(folder, n_cases=6, seed=0)
+
+
+def synthetic_case(name: str) -> tuple[Path, Path]:
+    """(image, label) of a SYNTHETIC case: synthetic_001 ... synthetic_006."""
+    data = synthetic_data()
+    return data / "images" / f"{name}.nii.gz", data / "labels" / f"{name}.nii.gz"
+
+
 def read_labels(path: Path) -> np.ndarray:
     import SimpleITK as sitk
 
     return sitk.GetArrayFromImage(sitk.ReadImage(str(path))).astype(np.uint8)
 
 
-ACDC_SEGMENTS = [("Right ventricle", (0.85, 0.4, 0.3), ""), ("Myocardium", (0.95, 0.84, 0.57), MYOCARDIUM_TERMINOLOGY),
-                 ("Left ventricle", (0.5, 0.68, 0.5), HEART_TERMINOLOGY)]
+CARDIAC_SEGMENTS = [("Right ventricle", (0.85, 0.4, 0.3), ""),
+                    ("Myocardium", (0.95, 0.84, 0.57), MYOCARDIUM_TERMINOLOGY),
+                    ("Left ventricle", (0.5, 0.68, 0.5), HEART_TERMINOLOGY)]
 
 
 def moving_phantom(frames: int = 5, shape_kji: tuple[int, int, int] = (4, 24, 20), seed: int = 0,

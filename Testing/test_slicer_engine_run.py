@@ -17,7 +17,7 @@ import pytest
 
 pytest.importorskip("slicer", reason="slicer-core is not installed")
 
-from slicer_support import ACDC, ACDC_SEGMENTS, LAUNCHER, ROOT, SlicerApp, acdc_case, read_labels, snapshot  # noqa: E402
+from slicer_support import ACDC, CARDIAC_SEGMENTS, LAUNCHER, ROOT, SlicerApp, acdc_case, read_labels, snapshot  # noqa: E402
 
 from PLCLSegmentationLib.jobs import JobState  # noqa: E402
 from PLCLSegmentationLib.logic import PLCLSegmentationLogic  # noqa: E402
@@ -43,7 +43,7 @@ ITERATIONS = 40
 def scene(tmp_path):
     app = SlicerApp()
     volumes = [app.load_volume(acdc_case(c)[0], c) for c in CASES]
-    annotation = app.add_segmentation(volumes[0], read_labels(acdc_case(CASES[0])[1]), ACDC_SEGMENTS, "Annotation")
+    annotation = app.add_segmentation(volumes[0], read_labels(acdc_case(CASES[0])[1]), CARDIAC_SEGMENTS, "Annotation")
     before = snapshot(annotation)
     logic = PLCLSegmentationLogic(app.services, models_dir=tmp_path / "models", environment=ENVIRONMENT,
                                   # through a launcher that forwards no signal, as PythonSlicer
@@ -72,8 +72,8 @@ def test_train_then_accept_and_retrain_faster(scene, record_property):
         assert record.role == PREDICTED and 0.0 <= record.score <= 1.0
         segments = record.segmentation.GetSegmentation()
         assert [segments.GetNthSegment(i).GetName() for i in range(segments.GetNumberOfSegments())] == \
-            [s[0] for s in ACDC_SEGMENTS]
-        assert segments.GetNthSegment(2).GetTerminology() == ACDC_SEGMENTS[2][2]
+            [s[0] for s in CARDIAC_SEGMENTS]
+        assert segments.GetNthSegment(2).GetTerminology() == CARDIAC_SEGMENTS[2][2]
         assert record.uncertainty is not None
     run_folder = job.out_dir
     assert sorted(p.name for p in run_folder.iterdir()) == ["engine.log", "model.pt", "summary.json"], \
@@ -135,7 +135,7 @@ def test_paint_three_slices_of_two_volumes_train_and_segment_every_other_volume(
         labels = read_labels(acdc_case(case)[1])
         few = labels * 0
         few[painted[case]] = labels[painted[case]]
-        segmentations[case] = app.add_segmentation(volumes[case], few, ACDC_SEGMENTS, f"{case} three slices")
+        segmentations[case] = app.add_segmentation(volumes[case], few, CARDIAC_SEGMENTS, f"{case} three slices")
         before[case] = snapshot(segmentations[case])
         logic.set_annotation(volumes[case], segmentations[case])
         assert logic.slice_summary(volumes[case]).annotated == painted[case]

@@ -15,15 +15,14 @@ import pytest
 pytest.importorskip("slicer", reason="slicer-core is not installed")
 
 from slicer_support import (  # noqa: E402
-    ACDC,
-    ACDC_SEGMENTS,
+    CARDIAC_SEGMENTS,
     FAKE_ENGINE,
     LAUNCHER,
     SlicerApp,
-    acdc_case,
     alive,
     read_labels,
     snapshot,
+    synthetic_case,
 )
 
 from PLCLSegmentationLib import scene_io  # noqa: E402
@@ -36,10 +35,8 @@ from PLCLSegmentationLib.services import OWNER_ATTRIBUTE, PLCLError  # noqa: E40
 
 pytestmark = pytest.mark.mrml
 
-if not (ACDC / "images").is_dir():
-    pytest.skip(f"ACDC data not found at {ACDC} (../shared/data/acdc)", allow_module_level=True)
 
-CASES = ["patient041_frame01", "patient041_frame02", "patient090_frame01"]
+CASES = ["synthetic_001", "synthetic_002", "synthetic_003"]
 
 
 def digest(path: Path) -> str:
@@ -47,24 +44,24 @@ def digest(path: Path) -> str:
 
 
 class Session:
-    """A scene with three ACDC volumes, the first annotated by the user (loaded from a .seg.nrrd file)."""
+    """A scene with three SYNTHETIC volumes, the first annotated by the user (loaded from a .seg.nrrd file)."""
 
     def __init__(self, tmp_path: Path, launcher: bool = False, **engine_env: str) -> None:
         self.tmp = tmp_path
         # As in Slicer, where PythonSlicer is a launcher that starts the real Python as its child.
         self.command = [sys.executable, str(LAUNCHER)] * launcher + [sys.executable, str(FAKE_ENGINE)]
         self.app = SlicerApp()
-        self.volumes = [self.app.load_volume(acdc_case(c)[0], c) for c in CASES]
-        image = volumes.read_volume(acdc_case(CASES[0])[0])
-        classes = [volumes.ClassInfo(v, name, color) for v, (name, color, _) in enumerate(ACDC_SEGMENTS, start=1)]
+        self.volumes = [self.app.load_volume(synthetic_case(c)[0], c) for c in CASES]
+        image = volumes.read_volume(synthetic_case(CASES[0])[0])
+        classes = [volumes.ClassInfo(v, name, color) for v, (name, color, _) in enumerate(CARDIAC_SEGMENTS, start=1)]
         self.annotation_file = tmp_path / "annotation.seg.nrrd"
-        volumes.write_segmentation(self.annotation_file, read_labels(acdc_case(CASES[0])[1]), image.grid, classes)
+        volumes.write_segmentation(self.annotation_file, read_labels(synthetic_case(CASES[0])[1]), image.grid, classes)
         self.user_segmentation = self.app.segmentations.LoadSegmentationFromFile(str(self.annotation_file), False,
                                                                                  "My annotation")
         assert self.user_segmentation is not None
         # A terminology the module must carry over to every prediction.
-        self.user_segmentation.GetSegmentation().GetNthSegment(2).SetTerminology(ACDC_SEGMENTS[2][2])
-        self.files = {p: digest(p) for p in [self.annotation_file, *(acdc_case(c)[0] for c in CASES)]}
+        self.user_segmentation.GetSegmentation().GetNthSegment(2).SetTerminology(CARDIAC_SEGMENTS[2][2])
+        self.files = {p: digest(p) for p in [self.annotation_file, *(synthetic_case(c)[0] for c in CASES)]}
         self.user_snapshot = snapshot(self.user_segmentation)
         self.environment = {**os.environ, "FAKE_ENGINE_STEP_S": "0.002", **engine_env}
         self.logic = self.make_logic()
@@ -124,7 +121,7 @@ def test_train_propagates_to_every_unannotated_volume(session):
             assert mine.GetTerminology() == theirs.GetTerminology()
         assert record.uncertainty is not None and record.uncertainty.GetDisplayNode().GetColorNode() is not None
     state = logic.state
-    assert Path(state.model_path).is_file() and [c["name"] for c in state.classes] == [s[0] for s in ACDC_SEGMENTS]
+    assert Path(state.model_path).is_file() and [c["name"] for c in state.classes] == [s[0] for s in CARDIAC_SEGMENTS]
     # Imported, then tidied: the run folder in the user's data folder keeps the model, the engine's
     # summary and the log; not the checkpoint (pseudo-labels derived from the patients' volumes).
     assert sorted(p.name for p in Path(state.model_path).parent.iterdir()) == \
@@ -259,18 +256,18 @@ def test_save_model_and_apply_it_to_newly_loaded_volumes(session, tmp_path):
     assert sorted(p.name for p in mine.parent.iterdir()) == ["heart.json", "heart.pt"]
     assert logic.state.model_path == saved
 
-    new_volume = session.app.load_volume(acdc_case("patient090_frame02")[0], "patient090_frame02")
+    new_volume = session.app.load_volume(synthetic_case("synthetic_004")[0], "synthetic_004")
     fresh = session.make_logic()  # e.g. after restarting Slicer
     fresh.load_model(saved)
     job = fresh.predict()
     assert job.argv[job.argv.index("--model") + 1] == saved
     fresh.wait(60)
     assert job.state == JobState.DONE, job.error
-    assert job.imported == ["patient090_frame02"]
+    assert job.imported == ["synthetic_004"]
     record = fresh.state.record_for(new_volume)
     assert record.role == PREDICTED
     names = [record.segmentation.GetSegmentation().GetNthSegment(n).GetName() for n in range(3)]
-    assert names == [s[0] for s in ACDC_SEGMENTS]
+    assert names == [s[0] for s in CARDIAC_SEGMENTS]
     assert not job.out_dir.exists()  # a prediction's files are removed once imported
     with pytest.raises(PLCLError, match="No volume to segment"):
         fresh.predict()

@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 import pytest
-from slicer_support import FAKE_ENGINE, LAUNCHER, ROOT, alive
+from slicer_support import FAKE_ENGINE, LAUNCHER, ROOT, alive, synthetic_case
 
 from PLCLSegmentationLib.process import EngineProcess, RunState
 
@@ -89,10 +89,8 @@ def test_a_missing_interpreter_fails_to_start():
 def test_cancel_ends_the_whole_process_tree(tmp_path):
     # A training run that spawns a grandchild (as a data loader might); cancel mid-run.
     grandchild = tmp_path / "grandchild.pid"
-    images = sorted((ROOT.parent / "shared" / "data" / "acdc" / "images").glob("patient041_frame0*.nii.gz"))
-    labels = ROOT.parent / "shared" / "data" / "acdc" / "labels" / "patient041_frame01.nii.gz"
-    if not images or not labels.exists():
-        pytest.skip("../shared/data/acdc is not available")
+    images = [synthetic_case("synthetic_001")[0], synthetic_case("synthetic_002")[0]]
+    labels = synthetic_case("synthetic_001")[1]
     environment = {**os.environ, "FAKE_ENGINE_STEP_S": "0.05", "FAKE_ENGINE_GRANDCHILD": str(grandchild)}
     process = EngineProcess([sys.executable, str(FAKE_ENGINE), "train", "--labeled", str(images[0]), str(labels),
                              "--unlabeled", str(images[1]), "--out", str(tmp_path / "out"), "--iterations", "1000",

@@ -21,20 +21,17 @@ import pytest
 pytest.importorskip("slicer", reason="slicer-core is not installed")
 
 from slicer_support import (  # noqa: E402
-    ACDC,
-    ACDC_SEGMENTS,
+    CARDIAC_SEGMENTS,
     FAKE_ENGINE,
     SlicerApp,
-    acdc_case,
     moving_phantom,
     read_labels,
     snapshot,
+    synthetic_case,
 )
 
 pytestmark = pytest.mark.mrml
 
-if not (ACDC / "images").is_dir():
-    pytest.skip(f"ACDC data not found at {ACDC} (../shared/data/acdc)", allow_module_level=True)
 
 
 class Signal:
@@ -187,9 +184,9 @@ def panel(tmp_path, monkeypatch):
     chart_shown = []
     slicer.modules.plots = types.SimpleNamespace(logic=lambda: types.SimpleNamespace(
         ShowChartInLayout=chart_shown.append))
-    volumes = [app.load_volume(acdc_case(c)[0], c) for c in ("patient041_frame01", "patient041_frame02",
-                                                               "patient090_frame01")]
-    annotation = app.add_segmentation(volumes[0], read_labels(acdc_case("patient041_frame01")[1]), ACDC_SEGMENTS,
+    volumes = [app.load_volume(synthetic_case(c)[0], c) for c in ("synthetic_001", "synthetic_002",
+                                                               "synthetic_003")]
+    annotation = app.add_segmentation(volumes[0], read_labels(synthetic_case("synthetic_001")[1]), CARDIAC_SEGMENTS,
                                       "Annotation")
     logic = PLCLSegmentationLogic(app.services, models_dir=tmp_path / "models",
                                   engine_command=[sys.executable, str(FAKE_ENGINE)],
@@ -223,7 +220,7 @@ def test_the_panel_drives_a_whole_session(panel):
     ui.annotatedSegmentationSelector._node = panel.annotation
     p.onAddAnnotated()
     assert not panel.errors, panel.errors
-    assert ui.annotatedTable.rowCount == 1 and ui.annotatedTable.item(0, 0).text == "patient041_frame01"
+    assert ui.annotatedTable.rowCount == 1 and ui.annotatedTable.item(0, 0).text == "synthetic_001"
     assert ui.annotatedTable.item(0, 2).text == "Right ventricle, Myocardium, Left ventricle"
     assert ui.trainButton.enabled is True
 
@@ -278,23 +275,24 @@ def test_the_panel_drives_a_whole_session(panel):
 
 def test_the_panel_shows_and_changes_the_annotated_slices(panel):
     p, ui, logic, volume = panel.panel, panel.ui, panel.logic, panel.volumes[0]
-    labels = read_labels(acdc_case("patient041_frame01")[1])
+    labels = read_labels(synthetic_case("synthetic_001")[1])
     few = np.zeros_like(labels)
     few[[1, 4]] = labels[[1, 4]]
-    sparse = panel.app.add_segmentation(volume, few, ACDC_SEGMENTS, "Two slices")
+    sparse = panel.app.add_segmentation(volume, few, CARDIAC_SEGMENTS, "Two slices")
     ui.annotatedVolumeSelector._node, ui.annotatedSegmentationSelector._node = volume, sparse
     p.onAddAnnotated()
     assert not panel.errors, panel.errors
-    assert ui.annotatedTable.item(0, 3).text == "2 of 6 slices (1, 4)"
+    slices = labels.shape[0]  # the first case is stored with its slices along k
+    assert ui.annotatedTable.item(0, 3).text == f"2 of {slices} slices (1, 4)"
     assert ui.annotatedSlicesComboBox.enabled is False  # no row selected yet
     ui.annotatedTable.selectRow(0)
     assert ui.annotatedSlicesComboBox.enabled is True and ui.annotatedSlicesComboBox.currentData == "auto"
     ui.annotatedSlicesComboBox.currentIndex = ui.annotatedSlicesComboBox.findData("all")
     p.onSliceModeChanged()
     assert logic.state.record_for(volume).slices == "all"
-    assert ui.annotatedTable.item(0, 3).text == "all 6 slices"
+    assert ui.annotatedTable.item(0, 3).text == f"all {slices} slices"
     row = next(r for r in range(ui.reviewTable.rowCount) if ui.reviewTable.item(r, 0).text == volume.GetName())
-    assert ui.reviewTable.item(row, 3).text == "all 6 slices"
+    assert ui.reviewTable.item(row, 3).text == f"all {slices} slices"
     # This bare scene has no slice view: the panel says what to do instead of failing.
     p.onMarkBackground()
     assert "set up the paint view first" in panel.errors[-1]
@@ -350,10 +348,10 @@ def test_importing_a_scene_during_a_run_does_not_drop_it(panel, tmp_path):
     assert panel.ui.trainButton.text == "Cancel"
     run_timer(p)
     assert job.state.value == "done", job.error
-    assert sorted(job.imported) == ["patient041_frame02", "patient090_frame01"]
+    assert sorted(job.imported) == ["synthetic_002", "synthetic_003"]
     assert not job.inputs_dir.exists()
     names = [r.name for r in logic.state.records()]
-    assert sorted(names) == ["imported volume", "patient041_frame01", "patient041_frame02", "patient090_frame01"]
+    assert sorted(names) == ["imported volume", "synthetic_001", "synthetic_002", "synthetic_003"]
     assert logic.state.budget == "quick", "the imported scene's settings replaced the user's"
     assert not job.warnings, job.warnings
 
@@ -418,7 +416,7 @@ def test_the_panel_annotates_frames_of_a_sequence_and_reviews_them_frame_by_fram
     nodes = {}
     for frame in (0, 2):
         browser.SetSelectedItemNumber(frame)
-        nodes[frame] = app.add_segmentation(proxy, labels[frame], ACDC_SEGMENTS[1:], f"frame {frame}")
+        nodes[frame] = app.add_segmentation(proxy, labels[frame], CARDIAC_SEGMENTS[1:], f"frame {frame}")
         ui.annotatedVolumeSelector._node, ui.annotatedSegmentationSelector._node = proxy, nodes[frame]
         p.onAddAnnotated()
         assert ui.statusLabel.text.startswith(f"Frame {frame} of 'Cine' is annotated by 'frame {frame}'.")
@@ -436,7 +434,7 @@ def test_the_panel_annotates_frames_of_a_sequence_and_reviews_them_frame_by_fram
     browser.SetSelectedItemNumber(2)
     p.onAddAnnotated()
 
-    # Train only on the frames (the ACDC volumes are not targets here).
+    # Train only on the frames (the 3D volumes are not targets here).
     for volume in panel.volumes:
         logic.set_role(volume, "excluded")
     ui.iterationsSpinBox.value = 6

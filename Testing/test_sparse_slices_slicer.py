@@ -11,7 +11,7 @@ import pytest
 
 pytest.importorskip("slicer", reason="slicer-core is not installed")
 
-from slicer_support import ACDC, ACDC_SEGMENTS, FAKE_ENGINE, SlicerApp, acdc_case, read_labels  # noqa: E402
+from slicer_support import CARDIAC_SEGMENTS, FAKE_ENGINE, SlicerApp, read_labels, synthetic_case  # noqa: E402
 
 from PLCLSegmentationLib import scene_io  # noqa: E402
 from PLCLSegmentationLib.engine.config import TrainConfig  # noqa: E402
@@ -23,11 +23,9 @@ from PLCLSegmentationLib.services import PLCLError  # noqa: E402
 
 pytestmark = pytest.mark.mrml
 
-if not (ACDC / "images").is_dir():
-    pytest.skip(f"ACDC data not found at {ACDC} (../shared/data/acdc)", allow_module_level=True)
 
-CASES = ["patient041_frame01", "patient090_frame01"]
-PAINTED = [1, 4]  # slices (k) of patient041_frame01 (6 slices, all with heart) left painted
+CASES = ["synthetic_001", "synthetic_003"]
+PAINTED = [1, 4]  # slices (k) of synthetic_001 (6 slices, all with heart) left painted
 
 
 @pytest.fixture
@@ -42,12 +40,12 @@ def scene(tmp_path):
     red.SetLayoutName("Red")
     red.SetSingletonTag("Red")
     red = app.scene.AddNode(red)
-    volumes = [app.load_volume(acdc_case(c)[0], c) for c in CASES]
-    labels = read_labels(acdc_case(CASES[0])[1])
+    volumes = [app.load_volume(synthetic_case(c)[0], c) for c in CASES]
+    labels = read_labels(synthetic_case(CASES[0])[1])
     few = np.zeros_like(labels)
     few[PAINTED] = labels[PAINTED]
     assert all(labels[k].any() for k in PAINTED)
-    segmentation = app.add_segmentation(volumes[0], few, ACDC_SEGMENTS, "Three slices")
+    segmentation = app.add_segmentation(volumes[0], few, CARDIAC_SEGMENTS, "Three slices")
     logic = PLCLSegmentationLogic(app.services, models_dir=tmp_path / "models",
                                   engine_command=[sys.executable, str(FAKE_ENGINE)],
                                   environment={**os.environ, "FAKE_ENGINE_STEP_S": "0.002"})
