@@ -10,6 +10,7 @@ order ``[k, j, i]``; physical space is LPS, as in ITK and Slicer files.
 from __future__ import annotations
 
 import contextlib
+import errno
 import math
 import os
 import re
@@ -23,7 +24,8 @@ import numpy as np
 import SimpleITK as sitk
 
 from ..errors import DISK_FULL_ERRNOS, InputError, OutputError
-from .integrity import DamagedFile, check_file_is_whole
+from .dicom import is_dicom_folder, read_dicom_stack
+from .integrity import DamagedFile, check_file_is_whole, non_finite_nifti
 
 _EXTENSIONS = (".seg.nrrd", ".seq.nrrd", ".seq.nhdr", ".nii.gz", ".nrrd", ".nii", ".mha", ".mhd", ".nhdr", ".vtk",
                ".hdr", ".img")
@@ -137,11 +139,15 @@ def volume_name(path: str | os.PathLike[str]) -> str:
 def _read_sitk(path: str) -> sitk.Image:
     if not os.path.exists(path):
         raise InputError(path, "file not found")
+    if is_dicom_folder(path):
+        return _read_dicom(path)
     if os.path.isdir(path):
         reader = sitk.ImageSeriesReader()
         files = reader.GetGDCMSeriesFileNames(path)
         if not files:
             raise InputError(path, "folder holds no DICOM series")
+        for name in files:  # GDCM fills a truncated file's missing pixels with zeros
+            check_whole(name)
         reader.SetFileNames(files)
         try:
             return reader.Execute()
@@ -154,6 +160,20 @@ def _read_sitk(path: str) -> sitk.Image:
         raise InputError(path, f"cannot be read as an image ({_first_line(error)})") from None
 
 
+def _read_dicom(path: str) -> sitk.Image:
+    """A DICOM folder of one phase, placed from its tags (dicom.py); a cine is read as a sequence (cine.py)."""
+    stack = read_dicom_stack(path)
+    if stack.phase_count > 1:
+        raise InputError(path, f"is a cine series ({stack.phase_count} phases at each of {stack.slice_count} slice "
+                               "positions); a 3D volume is needed here (a 4D image is taken by --unlabeled, "
+                               "--labeled-frame and plcl predict)")
+    image = sitk.GetImageFromArray(stack.read_phase(0))
+    image.SetOrigin(stack.origin)
+    image.SetSpacing(stack.spacing)
+    image.SetDirection(stack.direction)
+    return image
+
+
 def check_whole(path: str) -> None:
     try:
         check_file_is_whole(path)
@@ -161,6 +181,14 @@ def check_whole(path: str) -> None:
         raise InputError(path, str(error)) from None
     except OSError as error:
         raise InputError(path, f"cannot be read ({error.strerror or error})") from None
+
+
+def _non_finite_nifti(path: str) -> bool:
+    """ITK's NIfTI reader turns NaN and infinite voxels into zeros: look at the file's own values."""
+    try:
+        return non_finite_nifti(path)
+    except (OSError, EOFError, ValueError) as error:
+        raise InputError(path, f"cannot be read ({error})") from None
 
 
 def _first_line(error: BaseException) -> str:
@@ -195,7 +223,7 @@ def read_volume(path: str | os.PathLike[str]) -> Volume:
     _check_dimension(path, image)
     _check_spacing(path, image)
     array = sitk.GetArrayFromImage(image).astype(np.float32, copy=False)
-    if not np.isfinite(array).all():
+    if not np.isfinite(array).all() or (path.lower().endswith((".nii", ".nii.gz")) and _non_finite_nifti(path)):
         raise InputError(path, "contains NaN or infinite voxel values")
     return Volume(volume_name(path), path, array, Grid.of(image))
 
@@ -326,13 +354,16 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[str]:
         raise
 
 
-_DISK_FULL_TEXT = ("no space left on device", "disk quota exceeded", "file too large", "there is not enough space")
+_DISK_FULL_TEXT = ("no space left on device", "disk quota exceeded", "there is not enough space")
 
 
 def _raise_if_disk_full(path: Path, error: BaseException) -> None:
     if not isinstance(error, Exception):
         return
     text = str(error).lower()
+    if (isinstance(error, OSError) and error.errno == errno.EFBIG) or "file too large" in text:
+        raise OutputError(str(path), "could not be written: it would pass the largest file size allowed (a "
+                                     "file-size limit such as ulimit -f, or the file system's own)") from None
     if (isinstance(error, OSError) and error.errno in DISK_FULL_ERRNOS) or any(t in text for t in _DISK_FULL_TEXT):
         raise OutputError(str(path), "could not be written: no space left on the device (free some space or "
                                      "choose another --out folder)") from None

@@ -105,9 +105,41 @@ def _frame(value: Any) -> tuple[tuple[float, float, float], tuple[float, float, 
 
 def save_model(path: str | os.PathLike[str], model: torch.nn.Module, info: ModelInfo) -> None:
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    if _non_finite(state):  # a model that predicts nothing must never look like a result
+        raise InputError(str(path), "not written: the weights hold NaN or infinite values (the training diverged)")
     payload = {"format": FORMAT, "format_version": FORMAT_VERSION, "info": info.to_dict(), "state_dict": state}
-    with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
+    write_torch_file(path, payload)
+
+
+class _RecordingFile:
+    """A file whose write errors are kept: torch.save reports a failed write as a RuntimeError
+    ("unexpected pos ...") without the reason, which the OSError kept here gives (disk full, file too large)."""
+
+    def __init__(self, file: Any) -> None:
+        self._file = file
+        self.error: OSError | None = None
+
+    def write(self, data: bytes) -> int:
+        try:
+            return self._file.write(data)
+        except OSError as error:
+            self.error = error
+            raise
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._file, name)
+
+
+def write_torch_file(path: str | os.PathLike[str], payload: dict[str, Any]) -> None:
+    """``payload`` saved with torch.save, atomically; a failed write is an OutputError naming ``path``."""
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        recording = _RecordingFile(f)
+        try:
+            torch.save(payload, recording)
+        except RuntimeError:
+            if recording.error is not None:
+                raise recording.error from None
+            raise
 
 
 def read_model(path: str | os.PathLike[str]) -> tuple[ModelInfo, dict[str, torch.Tensor]]:
@@ -193,7 +225,15 @@ def _weights_problem(info: ModelInfo, state: Any) -> str | None:
     if found != expected:
         wrong = sorted(set(expected) ^ set(found)) or [k for k in expected if expected[k] != found[k]]
         return f"weights do not match the architecture the file describes ({wrong[0]})"
+    bad = _non_finite(state)
+    if bad:
+        return f"weights {bad} hold NaN or infinite values (a training that diverged?)"
     return None
+
+
+def _non_finite(state: dict[str, torch.Tensor]) -> str | None:
+    """The first floating-point tensor of ``state`` holding NaN or infinite values, or None."""
+    return next((k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())), None)
 
 
 def build_model(path: str | os.PathLike[str], info: ModelInfo, state: dict[str, torch.Tensor],

@@ -14,13 +14,13 @@ from typing import Any
 import torch
 
 from ..config import TrainConfig
-from ..errors import Cancelled
+from ..errors import Cancelled, InputError
 from ..events import EventSink
-from ..files.volumes import atomic_path
 from ..runtime import autocast_dtype
 from .batches import BackgroundBatches, Batch, BatchMaker, SliceAtlas
 from .consistency import cutmix, online_labels
 from .losses import IGNORE, local_contrastive_loss, segmentation_loss
+from .modelfile import write_torch_file
 from .network import UNet2D
 from .predict import keep_largest_components, predict_slices
 from .preprocess import PreparedVolume
@@ -55,8 +55,7 @@ class Checkpoint:
                    "pseudo_round": self.pseudo_round, "pseudo_labels": self.pseudo_labels,
                    "train_seconds": self.train_seconds, "teacher": self.teacher,
                    "loss_history": self.loss_history or []}
-        with atomic_path(path) as tmp:
-            torch.save(payload, tmp)
+        write_torch_file(path, payload)
 
     @classmethod
     def load(cls, path: Path) -> Checkpoint:
@@ -147,6 +146,7 @@ class Trainer:
 
     def save_checkpoint(self) -> str | None:
         self.flush_losses()
+        self.check_finite_weights()  # never replace a sound checkpoint with a diverged one
         if self.checkpoint_path is None:
             return None
         seconds = self.train_seconds + (time.monotonic() - self._session_start)
@@ -194,6 +194,8 @@ class Trainer:
             self.sink.emit("stage", stage="joint", round=round_index, total=self._estimated_total())
             self._train_until(self._stage_end(round_index - 1, rounds), end, stage="joint",
                               pseudo=self._pseudo_atlas())
+        self.flush_losses()
+        self.check_finite_weights()
         self._maybe_snapshot(final=True)
         self.save_checkpoint()
         return self.final_model
@@ -248,6 +250,8 @@ class Trainer:
             return
         while self._next_snapshot <= count and (
                 final or self._clock() >= self._end * self._next_snapshot / (count + 1)):
+            self.flush_losses()
+            self.check_finite_weights()
             self.on_snapshot(self._next_snapshot, self.iteration)
             self._next_snapshot += 1
 
@@ -344,16 +348,35 @@ class Trainer:
             else:
                 teacher.copy_(student)
 
+    def _diverged(self, what: str) -> InputError:
+        folder = None if self.checkpoint_path is None else str(Path(self.checkpoint_path).parent)
+        return InputError(folder, f"training diverged at iteration {self.iteration}: {what} (a learning_rate of "
+                                  f"{self.config.learning_rate:g} may be too high); no model was saved")
+
+    def check_finite_weights(self) -> None:
+        """A diverged training ends with an error, not a model that predicts nothing."""
+        for name, network in (("weights", self.model), ("teacher's weights", self.teacher)):
+            if network is None:
+                continue
+            tensors = [t for t in network.state_dict().values() if t.is_floating_point()]
+            if tensors and not bool(torch.stack([torch.isfinite(t).all() for t in tensors]).all()):
+                raise self._diverged(f"the {name} hold NaN or infinite values")
+
     def flush_losses(self) -> None:
-        """Read the pending losses back from the device in one transfer, into the history."""
+        """Read the pending losses back from the device in one transfer, into the history; a loss
+        that is no longer finite ends the training (InputError naming the run folder)."""
         if not self._pending_losses:
             return
         keys = sorted({key for _, losses in self._pending_losses for key in losses})
-        nan = torch.tensor(float("nan"), device=self.device)
-        table = torch.stack([torch.stack([losses.get(key, nan).float() for key in keys])
+        absent = torch.tensor(float("nan"), device=self.device)
+        table = torch.stack([torch.stack([losses.get(key, absent).float() for key in keys])
                              for _, losses in self._pending_losses]).tolist()
-        for (iteration, _), values in zip(self._pending_losses, table):
-            losses = {key: value for key, value in zip(keys, values) if value == value}  # drop NaN: absent
+        for (iteration, given), values in zip(self._pending_losses, table):
+            losses = {key: value for key, value in zip(keys, values) if key in given}
+            bad = next((key for key, value in losses.items() if not math.isfinite(value)), None)
+            if bad is not None:
+                self._pending_losses.clear()
+                raise self._diverged(f"the {bad} loss became {losses[bad]} at iteration {iteration}")
             for key, value in losses.items():  # smoothed for display
                 self._running[key] = value if key not in self._running else 0.9 * self._running[key] + 0.1 * value
             self.loss_history.append({"iteration": iteration, **losses})
