@@ -89,7 +89,15 @@ def build_parser() -> argparse.ArgumentParser:
     predict = commands.add_parser("predict", help="segment volumes with a saved model")
     predict.add_argument("--model", required=True, metavar="MODEL")
     predict.add_argument("--out", required=True, metavar="DIR")
-    predict.add_argument("images", nargs="+", metavar="IMAGE")
+    predict.add_argument("images", nargs="*", metavar="IMAGE")
+    # A cohort (docs/cli.md, "Cohorts"): a list of inputs, split into shards that run as array tasks.
+    predict.add_argument("--inputs", metavar="LIST", help="the images to segment: a text file of paths (one a "
+                         "line), a CSV file with a 'path' column, or a folder; writes a cohort folder")
+    predict.add_argument("--shard", metavar="I/N|auto", help="segment only inputs p with p mod N = I (0-based); "
+                         "auto: I and N from SLURM_ARRAY_TASK_ID or JOB_COMPLETION_INDEX, and PLCL_SHARD_COUNT "
+                         "or SLURM_ARRAY_TASK_COUNT")
+    predict.add_argument("--skip-existing", action="store_true", help="leave out inputs whose outputs are complete "
+                         "(all files written and recorded in a results file of the cohort folder)")
     _add_common(predict)
 
     evaluate = commands.add_parser("evaluate", help="Dice and HD95 of predictions against reference labels")
@@ -134,6 +142,13 @@ def _run(args: argparse.Namespace, sink: EventSink, cancel: threading.Event) -> 
         job = make_train_job(TrainOptions.from_namespace(args))
         run_training(job, sink, cancel, resume=bool(args.resume))
     elif args.command == "predict":
+        if args.inputs or args.shard or args.skip_existing:
+            from .run.cohort_prediction import run_cohort_prediction
+
+            return run_cohort_prediction(args.model, args.images, args.inputs, args.shard, args.skip_existing,
+                                         args.out, args.device or DEFAULT_DEVICE, sink, cancel)
+        if not args.images:
+            raise ConfigError("plcl predict: give the images to segment (IMAGE ... or --inputs LIST)")
         run_prediction(args.model, args.images, args.out, args.device or DEFAULT_DEVICE, sink, cancel)
     elif args.command == "evaluate":
         from .evaluation.report import run_evaluation
@@ -164,10 +179,22 @@ def _install_signal_handlers(cancel: threading.Event) -> None:
 
 
 def watch_stop_file(path: Path, cancel: threading.Event, interval_s: float = 0.2) -> threading.Thread:
-    """Set ``cancel`` when ``path`` appears: a stop request, handled exactly like SIGINT (events.STOP_FILE)."""
+    """Set ``cancel`` when ``path`` appears: a stop request, handled exactly like SIGINT (events.STOP_FILE).
+    A request left over from an earlier run, there before this one started, is not this run's: it is
+    ignored (and removed once the run holds its folder, outfolder.py) unless it is written again."""
+    def identity(file: Path) -> tuple[int, int] | None:
+        try:
+            status = file.stat()
+        except OSError:
+            return None
+        return status.st_ino, status.st_mtime_ns
+
+    leftover = identity(path)
+
     def watch() -> None:
         while not cancel.wait(interval_s):
-            if path.exists():
+            now = identity(path)
+            if now is not None and now != leftover:
                 cancel.set()
 
     thread = threading.Thread(target=watch, daemon=True, name="plcl-stop-file")

@@ -12,6 +12,7 @@ from typing import Any
 EXIT_OK = 0
 EXIT_ERROR = 1  # one line naming the file and the problem
 EXIT_USAGE = 2  # a command-line usage error
+EXIT_DONE_WITH_FAILURES = 3  # a cohort shard finished; some inputs failed (listed in its failures file)
 EXIT_CANCELLED = 130  # SIGINT, SIGTERM or the stop file
 
 # --- events (``--events jsonl``: one JSON object a line on stdout) ----------------------------
@@ -72,6 +73,36 @@ def frame_name(name: str, index: int, count: int) -> str:
     zero-padded to the width of the last index, at least 2 digits (NAME_t00 ... NAME_t29)."""
     width = max(2, len(str(max(0, count - 1))))
     return f"{name}_t{index:0{width}d}"
+
+
+# --- the cohort folder: ``plcl predict --inputs/--shard/--skip-existing`` and ``plcl cohort`` -----
+# Several shards (array tasks) write one cohort folder at once; beside predictions/, uncertainty/
+# and sequences/ (as in a run folder) it holds:
+#   cohort.json                         the model (path, sha256, classes), the input list, the shard count
+#   shards/shard-I-of-N.results.jsonl   one record per input done (appended after its files are written)
+#   shards/shard-I-of-N.failures.jsonl  one record per input that failed (path, one-line reason)
+#   shards/.shard-I-of-N.lock           held while that shard runs
+#   cohort.sbatch, logs/                the Slurm array script of ``plcl cohort slurm`` and its logs
+#   cohort.csv, cohort.parquet, cohort_qc.png   ``plcl cohort collect``'s table and QC page
+COHORT_FILE = "cohort.json"
+SHARDS_FOLDER = "shards"
+RESULTS_SUFFIX = ".results.jsonl"
+FAILURES_SUFFIX = ".failures.jsonl"
+SBATCH_FILE = "cohort.sbatch"
+LOGS_FOLDER = "logs"
+COHORT_TABLE = "cohort.csv"
+COHORT_PARQUET = "cohort.parquet"
+COHORT_QC = "cohort_qc.png"
+#: ``--shard auto``: the task's index (Slurm arrays, Kubernetes Indexed Jobs) and the shard count
+#: (PLCL_SHARD_COUNT first, as the script of ``plcl cohort slurm`` sets it, else Slurm's array size).
+SHARD_INDEX_VARIABLES = ("SLURM_ARRAY_TASK_ID", "JOB_COMPLETION_INDEX")
+SHARD_COUNT_VARIABLES = ("PLCL_SHARD_COUNT", "SLURM_ARRAY_TASK_COUNT")
+
+
+def shard_name(index: int, count: int) -> str:
+    """The name of shard ``index`` (0-based) of ``count``: shard-0003-of-0010 (widths of at least 4 digits)."""
+    width = max(4, len(str(count)))
+    return f"shard-{index:0{width}d}-of-{count:0{width}d}"
 
 
 # --- devices and budgets ----------------------------------------------------------------------
