@@ -23,6 +23,7 @@ import SimpleITK as sitk
 
 from ..errors import InputError
 from ..protocol import frame_name
+from .dicom import is_dicom_folder, read_dicom_stack
 from .volumes import SPACING_RANGE_MM, Grid, Volume, _first_line, check_whole, volume_name
 
 #: NIfTI ``xyzt_units`` time codes (bits 3-5).
@@ -82,6 +83,11 @@ def is_sequence(path: str | os.PathLike[str]) -> bool:
     """Whether ``path`` is a 4D image file (only its header is read; an unreadable file is not,
     so that the usual reader reports what is wrong with it)."""
     path = str(path)
+    if is_dicom_folder(path):  # a cine series, or a study of one series per slice location
+        try:
+            return read_dicom_stack(path).phase_count > 1
+        except InputError:
+            return False
     if not os.path.isfile(path):
         return False
     if _is_nrrd(path):
@@ -107,10 +113,13 @@ def is_sequence(path: str | os.PathLike[str]) -> bool:
 def read_sequence(path: str | os.PathLike[str]) -> Sequence:
     """Read and check a 4D image: frames on one grid, a uniform time axis, finite voxel values."""
     path = str(path)
-    if not os.path.isfile(path):
-        raise InputError(path, "file not found")
-    check_whole(path)
-    sequence = _read_nrrd(path) if _is_nrrd(path) else _read_sitk(path)
+    if is_dicom_folder(path):
+        sequence = _read_dicom(path)
+    else:
+        if not os.path.isfile(path):
+            raise InputError(path, "file not found")
+        check_whole(path)
+        sequence = _read_nrrd(path) if _is_nrrd(path) else _read_sitk(path)
     low, high = SPACING_RANGE_MM
     if not all(math.isfinite(s) and low <= s <= high for s in sequence.grid.spacing):
         raise InputError(path, f"has voxel spacing {'x'.join(f'{s:g}' for s in sequence.grid.spacing)} mm; "
@@ -118,6 +127,16 @@ def read_sequence(path: str | os.PathLike[str]) -> Sequence:
     if sequence.array.dtype.kind == "f" and not np.isfinite(sequence.array).all():
         raise InputError(path, "contains NaN or infinite voxel values")
     return sequence
+
+
+def _read_dicom(path: str) -> Sequence:
+    """A DICOM cine: phases ordered by trigger time, slices placed from their tags (dicom.py)."""
+    stack = read_dicom_stack(path)
+    if stack.phase_count < 2:
+        raise InputError(path, "is a DICOM series of one phase; a cine (several phases per slice position) is needed")
+    grid = Grid(stack.size, stack.spacing, stack.origin, stack.direction)
+    step = stack.time_step_ms()
+    return Sequence(volume_name(path), path, grid, stack.read_all(), step, "ms" if step else None)
 
 
 def _read_sitk(path: str) -> Sequence:

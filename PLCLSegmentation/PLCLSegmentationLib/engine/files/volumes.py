@@ -24,6 +24,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from ..errors import DISK_FULL_ERRNOS, InputError, OutputError
+from .dicom import is_dicom_folder, read_dicom_stack
 from .integrity import DamagedFile, check_file_is_whole, non_finite_nifti
 
 _EXTENSIONS = (".seg.nrrd", ".seq.nrrd", ".seq.nhdr", ".nii.gz", ".nrrd", ".nii", ".mha", ".mhd", ".nhdr", ".vtk",
@@ -138,6 +139,8 @@ def volume_name(path: str | os.PathLike[str]) -> str:
 def _read_sitk(path: str) -> sitk.Image:
     if not os.path.exists(path):
         raise InputError(path, "file not found")
+    if is_dicom_folder(path):
+        return _read_dicom(path)
     if os.path.isdir(path):
         reader = sitk.ImageSeriesReader()
         files = reader.GetGDCMSeriesFileNames(path)
@@ -155,6 +158,20 @@ def _read_sitk(path: str) -> sitk.Image:
         return sitk.ReadImage(path)
     except RuntimeError as error:
         raise InputError(path, f"cannot be read as an image ({_first_line(error)})") from None
+
+
+def _read_dicom(path: str) -> sitk.Image:
+    """A DICOM folder of one phase, placed from its tags (dicom.py); a cine is read as a sequence (cine.py)."""
+    stack = read_dicom_stack(path)
+    if stack.phase_count > 1:
+        raise InputError(path, f"is a cine series ({stack.phase_count} phases at each of {stack.slice_count} slice "
+                               "positions); a 3D volume is needed here (a 4D image is taken by --unlabeled, "
+                               "--labeled-frame and plcl predict)")
+    image = sitk.GetImageFromArray(stack.read_phase(0))
+    image.SetOrigin(stack.origin)
+    image.SetSpacing(stack.spacing)
+    image.SetDirection(stack.direction)
+    return image
 
 
 def check_whole(path: str) -> None:
