@@ -20,6 +20,7 @@ def test_patients_group_the_frames_of_one_patient():
     assert patient_of("case7_ES") == "case7"
 
 
+@pytest.mark.slow  # an end-to-end run: `make test-fast` leaves it out
 def test_bench_on_an_oblique_synthetic_dataset_writes_table_figures_and_results(tmp_path):
     data = make_synthetic_dataset(tmp_path / "data", n_cases=6, seed=3)
     out = tmp_path / "bench"

@@ -10,12 +10,14 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 import SimpleITK as sitk
 from conftest import REPO, case_of, events, run_plcl
 
 FAST = ["--budget", "quick", "--set", "patch_size=64", "--set", "inference_tile=128", "--device", "cpu"]
 
 
+@pytest.mark.slow  # an end-to-end run: `make test-fast` leaves it out
 def test_train_writes_predictions_on_each_input_grid_then_predict_and_evaluate(synthetic, tmp_path):
     out = tmp_path / "run"
     unlabeled = ["synthetic_002", "synthetic_003"]
@@ -60,6 +62,7 @@ def test_train_writes_predictions_on_each_input_grid_then_predict_and_evaluate(s
     assert report["n_cases"] == 1 and 0 <= report["mean"]["mean_dice"] <= 1
 
 
+@pytest.mark.slow  # an end-to-end run: `make test-fast` leaves it out
 def test_cancel_saves_a_checkpoint_and_resume_finishes(synthetic, tmp_path):
     out = tmp_path / "run"
     image, label = case_of(synthetic, "synthetic_001")
@@ -115,6 +118,7 @@ def test_seg_nrrd_annotation_names_colours_and_terminology_reach_the_outputs(syn
     assert seg["segments"][0]["terminology"]["type"] == terminology["type"]
 
 
+@pytest.mark.slow  # an end-to-end run: `make test-fast` leaves it out
 def test_wall_clock_budget_and_snapshots(synthetic, tmp_path):
     """--minutes trains for that long (pseudo-labelling included) and snapshots land in between."""
     out = tmp_path / "run"

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import threading
 
+import pytest
 from conftest import run_plcl
 
 from PLCLSegmentationLib.engine.events import RecordingSink
@@ -15,6 +16,7 @@ from PLCLSegmentationLib.engine.lab.synthetic import make_synthetic_dataset
 FRAMES = 4
 
 
+@pytest.mark.slow  # an end-to-end run: `make test-fast` leaves it out
 def test_cine_demo_reports_predicted_against_known_volumes_and_runs_twice(tmp_path):
     # The warm start: a model of the 3D demo's configuration, barely trained (the plumbing is tested here).
     data = make_synthetic_dataset(tmp_path / "data", n_cases=1, seed=1)

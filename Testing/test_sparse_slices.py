@@ -241,6 +241,7 @@ def test_whole_volumes_at_the_same_budget_or_a_clear_error():
         whole_volumes(data, ["a1"], list(sizes), 5, 0, sizes.get)
 
 
+@pytest.mark.slow  # an end-to-end run: `make test-fast` leaves it out
 def test_bench_with_labeled_slices_trains_on_k_slices_of_each_case_end_to_end(tmp_path):
     from PLCLSegmentationLib.engine.lab.slice_curve import write_curve
     from PLCLSegmentationLib.engine.lab.synthetic import make_synthetic_dataset
