@@ -48,6 +48,7 @@ SLICER_5_8: dict[str, str] = {
     "GetItemParent": "Libs/MRML/Core/vtkMRMLSubjectHierarchyNode.h",
     "GetLabelValue": "Libs/vtkSegmentationCore/vtkSegment.h",
     "GetLayoutName": "Libs/MRML/Core/vtkMRMLAbstractViewNode.h",
+    "GetMatrixTransformBetweenNodes": "Libs/MRML/Core/vtkMRMLTransformNode.h",
     "GetName": "Libs/MRML/Core/vtkMRMLScene.h",
     "GetNodeByID": "Libs/MRML/Core/vtkMRMLScene.h",
     "GetNodeReference": "Libs/MRML/Core/vtkMRMLNode.h",
@@ -68,6 +69,7 @@ SLICER_5_8: dict[str, str] = {
     "GetNumberOfSegments": "Libs/vtkSegmentationCore/vtkSegmentation.h",
     "GetNumberOfStorageNodes": "Libs/MRML/Core/vtkMRMLStorableNode.h",
     "GetParameter": "Libs/MRML/Core/vtkMRMLScriptedModuleNode.h",
+    "GetParentTransformNode": "Libs/MRML/Core/vtkMRMLTransformableNode.h",
     "GetProxyNode": "Modules/Loadable/Sequences/MRML/vtkMRMLSequenceBrowserNode.h",
     "GetRASToIJKMatrix": "Libs/MRML/Core/vtkMRMLVolumeNode.h",
     "GetReferenceImageGeometryReferenceRole": "Libs/MRML/Core/vtkMRMLSegmentationNode.h",
@@ -89,6 +91,7 @@ SLICER_5_8: dict[str, str] = {
     "GetTableNodeID": "Libs/MRML/Core/vtkMRMLPlotSeriesNode.h",
     "GetTag": "Libs/vtkSegmentationCore/vtkSegment.h",
     "GetTerminologyEntryTagName": "Libs/vtkSegmentationCore/vtkSegment.h",
+    "GetTransformBetweenNodes": "Libs/MRML/Core/vtkMRMLTransformNode.h",
     "GetTransformNodeID": "Libs/MRML/Core/vtkMRMLTransformableNode.h",
     "HasParameter": "Libs/MRML/Core/vtkMRMLScriptedModuleNode.h",
     "HasTag": "Libs/vtkSegmentationCore/vtkSegment.h",
@@ -127,6 +130,7 @@ SLICER_5_8: dict[str, str] = {
     "SetLabelValue": "Libs/vtkSegmentationCore/vtkSegment.h",
     "SetLabelVolumeID": "Libs/MRML/Core/vtkMRMLSliceCompositeNode.h",
     "SetMarkerStyle": "Libs/MRML/Core/vtkMRMLPlotSeriesNode.h",
+    "SetMatrixTransformToParent": "Libs/MRML/Core/vtkMRMLTransformNode.h",
     "SetName": "Libs/MRML/Core/vtkMRMLScene.h",
     "SetNodeReferenceID": "Libs/MRML/Core/vtkMRMLNode.h",
     "SetNumberOfColors": "Libs/MRML/Core/vtkMRMLColorTableNode.h",
@@ -172,6 +176,7 @@ SLICER_UTIL_5_8 = frozenset({
     "startupEnvironment",
     "updateSegmentBinaryLabelmapFromArray",
     "updateVolumeFromArray",
+    "vtkMatrixFromArray",
 })
 
 #: Classes and globals of the slicer module (MRML/segmentation classes declared at v5.8.0).
@@ -191,6 +196,7 @@ SLICER_NAMES_5_8 = frozenset({
     "vtkMRMLSequenceNode",
     "vtkMRMLSubjectHierarchyNode",
     "vtkMRMLTableNode",
+    "vtkMRMLTransformNode",
     "vtkMRMLVolumeArchetypeStorageNode",
     "vtkSegment",
     "vtkSegmentation",
@@ -207,7 +213,8 @@ OTHER = frozenset({
     "QApplication", "QFileDialog", "QSettings", "QTableWidgetItem", "QTimer", "Qt",
     "Queue", "RUNNING", "RemoveObserver", "SIGKILL", "SIGTERM", "Thread",
     "TimeoutExpired", "Timer", "UnRegister", "Unchecked", "UserRole", "WaitCursor",
-    "AllocateScalars", "Fill", "GetItemAsObject", "GetNumberOfItems", "SetDimensions", "VTK_FLOAT",
+    "AllocateScalars", "Fill", "SetExtent", "TransformPoint",
+    "GetItemAsObject", "GetNumberOfItems", "SetDimensions", "VTK_FLOAT",
     # this package's own names (cine.Export, scene_io.SceneTransaction, plots' and sequences' owner kinds)
     "Export", "FrameRow", "SceneTransaction", "CURVE_CHART", "CURVE_RECORD_ATTRIBUTE", "CURVE_SERIES", "CURVE_TABLE",
     "SEGMENTATION_SEQUENCE", "UNCERTAINTY_SEQUENCE",

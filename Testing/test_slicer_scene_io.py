@@ -205,3 +205,25 @@ def test_round_trip_through_files_keeps_voxels_geometry_and_metadata(oblique, tm
             (original.GetName(), original.GetColor(), original.GetTerminology())
         back = slicer.util.arrayFromSegmentBinaryLabelmap(node, node.GetSegmentation().GetNthSegmentID(index), volume)
         np.testing.assert_array_equal(back.astype(bool), labels == index + 1)
+
+
+def test_an_export_adds_nothing_to_the_users_segmentation(oblique, tmp_path):
+    """As a file loads or a model is imported: no display node, a closed surface as source. An export
+    works on a copy: the user's node gets no binary labelmap and no display node."""
+    app, volume, segmentation, labels = oblique
+    node = app.scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "Surfaces")
+    node.GetSegmentation().DeepCopy(segmentation.GetSegmentation())
+    assert node.GetSegmentation().CreateRepresentation("Closed surface")
+    node.GetSegmentation().SetSourceRepresentationName("Closed surface")
+    node.GetSegmentation().RemoveRepresentation("Binary labelmap")
+    node.SetReferenceImageGeometryParameterFromVolumeNode(volume)
+    mtimes = (node.GetMTime(), node.GetSegmentation().GetMTime())
+    count = app.scene.GetNumberOfNodes()
+    ids = scene_io.segment_ids(node)
+    classes = scene_io.classes_from_segments(node, ids)
+    scene_io.write_annotation(app.services, node, ids, volume, classes, str(tmp_path / "label.seg.nrrd"))
+    assert scene_io.annotation_labels(app.services, node, ids, volume).any()
+    assert not node.GetSegmentation().ContainsRepresentation("Binary labelmap")
+    assert node.GetDisplayNode() is None
+    assert (node.GetMTime(), node.GetSegmentation().GetMTime()) == mtimes
+    assert app.scene.GetNumberOfNodes() == count

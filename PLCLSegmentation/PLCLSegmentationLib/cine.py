@@ -146,6 +146,17 @@ def annotation_node(record: VolumeRecord, frame: int) -> Any:
     return sequences.frame_segmentation(info.source, record.sequence, frame)
 
 
+def annotation_placement(record: VolumeRecord, frame: int) -> Any:
+    """The node of the scene whose parent transform applies to the annotation of ``frame``: a segmentation
+    node itself, or the proxy of the segmentation sequence that holds it (the module's results: the
+    record's)."""
+    info = record.frames.get(frame)
+    source = info.source if info is not None and info.role == ANNOTATED else record.segmentation
+    if sequences.is_segmentation_sequence(source):
+        return record.browser.GetProxyNode(source)
+    return source
+
+
 def slices_text(record: VolumeRecord) -> str:
     """Which frames of a sequence are annotated, for the panel."""
     count = sequences.frame_count(record.sequence) if record.sequence is not None else 0
@@ -229,8 +240,10 @@ def export(services: SlicerServices, record: VolumeRecord, inputs: Path, classes
         ids = scene_io.match_segments(node, classes, info.segment_ids)
         label = inputs / "labels" / f"{record.key}_frame{frame}.seg.nrrd"
         label.parent.mkdir(exist_ok=True)
+        # A frame and a segmentation sequence's item are not in the scene: their proxies carry the transforms.
         scene_io.write_annotation(services, node, ids, sequences.frame_volume(record.sequence, frame), classes,
-                                  str(label))
+                                  str(label), segmentation_placed=annotation_placement(record, frame),
+                                  volume_placed=record.volume)
         result.labels[frame] = label
     return result
 

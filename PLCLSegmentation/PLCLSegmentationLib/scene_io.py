@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from . import scratch
 from .engine import slicing
 from .services import OWNER_ATTRIBUTE, PLCLError, SlicerServices, is_owned, mark_owned
 
@@ -149,57 +150,65 @@ def write_volume(volume_node: Any, path: str) -> None:
 
 
 def _export_labelmap(services: SlicerServices, segmentation_node: Any, ids: Sequence[str], reference_volume: Any,
-                     classes: Sequence[SegmentClass] | None = None) -> tuple[Any, Any]:
+                     classes: Sequence[SegmentClass] | None = None, segmentation_placed: Any = None,
+                     volume_placed: Any = None) -> tuple[Any, Any]:
     """Export segments ``ids`` (``ids[i]`` as label value ``i + 1``) to a label map exactly on
-    ``reference_volume``'s grid, in a private scratch scene: (scratch scene, label map node).
+    ``reference_volume``'s own lattice (no parent transform), in a private scratch scene:
+    (scratch copy, label map node).
 
-    The scene holds a colour table (naming the values after ``classes``, so that the label map imports
-    back with their names) and a display node, else the export would add a colour table to the user's
-    scene or look for a default one there. The user's node is only read.
+    The export works on a copy of the segmentation placed on the volume's lattice (scratch.py), so the
+    user's node gets no representation or display node, and a transform between the volume and the
+    segmentation is resampled once. The scene holds a colour table (naming the values after ``classes``,
+    so that the label map imports back with their names) and a display node, else the export would add
+    a colour table to the user's scene or look for a default one there. ``*_placed``: see
+    scratch.on_volume_lattice.
     """
     import slicer
     import vtk
 
-    scratch = slicer.vtkMRMLScene()
-    colors = scratch.AddNewNodeByClass("vtkMRMLColorTableNode")
+    copy = scratch.on_volume_lattice(segmentation_node, reference_volume, segmentation_placed, volume_placed)
+    colors = copy.scene.AddNewNodeByClass("vtkMRMLColorTableNode")
     colors.SetTypeToUser()
     colors.SetNumberOfColors(len(ids) + 1)
     if classes is not None:
         colors.SetColor(0, "background", 0.0, 0.0, 0.0, 0.0)
         for value, info in enumerate(classes, start=1):
             colors.SetColor(value, info.name, *info.color, 1.0)
-    labelmap = scratch.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode")
-    display = scratch.AddNewNodeByClass("vtkMRMLLabelMapVolumeDisplayNode")
+    labelmap = copy.scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode")
+    display = copy.scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeDisplayNode")
     display.SetAndObserveColorNodeID(colors.GetID())
     labelmap.SetAndObserveDisplayNodeID(display.GetID())
     id_array = vtk.vtkStringArray()
     for segment_id in ids:
         id_array.InsertNextValue(segment_id)
     if not ids or not services.segmentations.ExportSegmentsToLabelmapNode(
-            segmentation_node, id_array, labelmap, reference_volume, slicer.vtkSegmentation.EXTENT_REFERENCE_GEOMETRY):
+            copy.segmentation, id_array, labelmap, copy.volume, slicer.vtkSegmentation.EXTENT_REFERENCE_GEOMETRY):
         raise PLCLError(f"Could not export the segments of '{segmentation_node.GetName()}' "
                         f"on the grid of '{reference_volume.GetName()}'.")
-    return scratch, labelmap
+    return copy, labelmap
 
 
 def write_annotation(services: SlicerServices, segmentation_node: Any, ids: Sequence[str], reference_volume: Any,
-                     classes: Sequence[SegmentClass], path: str) -> None:
+                     classes: Sequence[SegmentClass], path: str, segmentation_placed: Any = None,
+                     volume_placed: Any = None) -> None:
     """Write the segments ``ids`` of ``segmentation_node`` as a ``.seg.nrrd`` exactly on ``reference_volume``'s
     grid, segment ``ids[i]`` as label value ``i + 1`` with the name, colour and terminology of ``classes[i]``.
 
     The user's segmentation node is only read: the label map is exported into a private scratch scene.
+    ``*_placed``: see scratch.on_volume_lattice (a frame of a sequence: its browser's proxy nodes).
     """
     import slicer
 
     if len(ids) != len(classes) or not ids:
         raise PLCLError(f"Segmentation '{segmentation_node.GetName()}': {len(ids)} segments for "
                         f"{len(classes)} classes.")
-    scratch, labelmap = _export_labelmap(services, segmentation_node, ids, reference_volume, classes)
+    copy, labelmap = _export_labelmap(services, segmentation_node, ids, reference_volume, classes,
+                                      segmentation_placed, volume_placed)
     image = labelmap.GetImageData()
     if image is None or image.GetScalarRange()[1] <= 0:
         raise PLCLError(f"Segmentation '{segmentation_node.GetName()}' has nothing painted on "
                         f"'{reference_volume.GetName()}' in the segments to learn.")
-    target = scratch.AddNewNodeByClass("vtkMRMLSegmentationNode")
+    target = copy.scene.AddNewNodeByClass("vtkMRMLSegmentationNode")
     if not services.segmentations.ImportLabelmapToSegmentationNode(labelmap, target):
         raise PLCLError(f"Could not convert the segments of '{segmentation_node.GetName()}'.")
     segmentation = target.GetSegmentation()
@@ -218,7 +227,7 @@ def write_annotation(services: SlicerServices, segmentation_node: Any, ids: Sequ
         segment.SetColor(*info.color)
         if info.terminology:
             set_terminology(segment, info.terminology)
-    target.SetReferenceImageGeometryParameterFromVolumeNode(reference_volume)
+    target.SetReferenceImageGeometryParameterFromVolumeNode(copy.volume)  # the lattice, no transform
     storage = slicer.vtkMRMLSegmentationStorageNode()
     storage.SetFileName(str(path))
     storage.SetCropToMinimumExtent(False)  # exactly the volume's grid
@@ -267,8 +276,8 @@ def read_segmentation(path: str) -> Any:
     """Read a ``.seg.nrrd`` into a new ``vtkSegmentation`` (no scene involved)."""
     import slicer
 
-    scratch = slicer.vtkMRMLScene()
-    node = scratch.AddNewNodeByClass("vtkMRMLSegmentationNode")
+    scene = slicer.vtkMRMLScene()
+    node = scene.AddNewNodeByClass("vtkMRMLSegmentationNode")
     storage = slicer.vtkMRMLSegmentationStorageNode()
     storage.SetFileName(str(path))
     if not storage.ReadData(node):
@@ -319,8 +328,10 @@ def add_prediction(services: SlicerServices, transaction: SceneTransaction, volu
     mark_owned(node, PREDICTION)
     node = transaction.add(node)
     node.CreateDefaultDisplayNodes()
-    node.SetReferenceImageGeometryParameterFromVolumeNode(volume)
+    # Under the volume's transform first: the reference geometry is then the volume's own lattice (set
+    # before, it would fold the transform in, and Segment Editor edits would land on a shifted grid).
     node.SetAndObserveTransformNodeID(volume.GetTransformNodeID())
+    node.SetReferenceImageGeometryParameterFromVolumeNode(volume)
     place_next_to(services, node, volume)
     return node
 
@@ -457,8 +468,8 @@ def volume_axes(volume: Any) -> slicing.Canonical:
 
 def annotation_labels(services: SlicerServices, segmentation_node: Any, ids: Sequence[str],
                       reference_volume: Any) -> np.ndarray:
-    """The segments ``ids`` as a label map [k, j, i] on ``reference_volume``'s grid (segment n: value n + 1).
-    The user's node is only read: the label map lives in a private scratch scene."""
+    """The segments ``ids`` as a label map [k, j, i] on ``reference_volume``'s own lattice (segment n: value
+    n + 1). The user's node is only read: the label map lives in a private scratch scene."""
     import slicer
 
     _, labelmap = _export_labelmap(services, segmentation_node, ids, reference_volume)
@@ -514,10 +525,10 @@ def current_slice(scene: Any, volume: Any) -> int | None:
     node = slice_node(scene, VIEW_LAYOUTS[axes.view][0])
     if node is None:
         return None
-    centre = node.GetSliceToRAS().MultiplyPoint((0.0, 0.0, 0.0, 1.0))
+    centre = node.GetSliceToRAS().MultiplyPoint((0.0, 0.0, 0.0, 1.0))  # world
     ras_to_ijk = vtk.vtkMatrix4x4()
-    volume.GetRASToIJKMatrix(ras_to_ijk)
-    ijk = ras_to_ijk.MultiplyPoint(centre)
+    volume.GetRASToIJKMatrix(ras_to_ijk)  # the volume's own RAS, before its parent transform
+    ijk = ras_to_ijk.MultiplyPoint((*scratch.world_to_local(volume, centre[:3]), 1.0))
     index = int(round(ijk[2 - axes.slice_axis]))  # array axis a is ITK index axis 2 - a
     size = volume.GetImageData().GetDimensions()[2 - axes.slice_axis]
     return index if 0 <= index < size else None
