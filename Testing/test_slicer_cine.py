@@ -267,6 +267,12 @@ def test_a_segmentation_sequence_of_the_browser_annotates_its_frames(cine):
     cine.app.sequences.UpdateProxyNodesFromSequences(cine.browser)
     proxy = cine.browser.GetProxyNode(segmentation)
     cine.browser.SetSelectedItemNumber(1)
+    # Slicer's default: "save changes" off, the painting would never reach the frame. Refused, then turned on.
+    assert not cine.browser.GetSaveChanges(segmentation)
+    with pytest.raises(PLCLError, match="does not keep what is painted"):
+        cine.logic.set_annotation(cine.proxy, proxy)
+    assert not cine.logic.record(cine.proxy).frames
+    cine.browser.SetSaveChanges(segmentation, True)
     cine.logic.set_annotation(cine.proxy, proxy)
     cine.browser.SetSelectedItemNumber(4)
     cine.logic.set_annotation(cine.proxy, proxy)
@@ -478,3 +484,41 @@ def test_a_browser_deleted_or_frames_cut_during_the_run_skip_those_sequences_onl
     assert any("'Cine' got frames added or removed" in w for w in job.warnings), job.warnings
     assert cine.record().segmentation is None
     cine.digests[cine.sequence.GetID()] = sequences.sequence_digest(cine.sequence)  # the user's own change
+
+
+def test_one_plain_segmentation_cannot_annotate_two_frames_and_is_never_proposed_for_another(cine):
+    """A plain segmentation node does not follow the browser: added for two frames, both would train on
+    whatever was painted last. Refused, and not proposed once it annotates a frame."""
+    cine.browser.SetSelectedItemNumber(0)
+    cine.logic.set_annotation(cine.proxy, cine.annotations[0])
+    assert cine.logic.proposed_segmentation(cine.proxy).GetID() == cine.annotations[0].GetID()
+    cine.browser.SetSelectedItemNumber(3)
+    proposed = cine.logic.proposed_segmentation(cine.proxy)
+    assert proposed is None or proposed.GetID() != cine.annotations[0].GetID()
+    with pytest.raises(PLCLError, match="already annotates frame 0 of 'Cine': use one segmentation per frame"):
+        cine.logic.set_annotation(cine.proxy, cine.annotations[0])
+    assert cine.logic.record(cine.proxy).training_frames() == [0]
+    cine.browser.SetSelectedItemNumber(0)
+    cine.logic.set_annotation(cine.proxy, cine.annotations[0])  # the same frame again: fine
+
+
+def test_only_a_browsers_master_volume_sequence_is_a_record(cine):
+    """The browser's frame number counts the items of its master sequence: another volume sequence of the
+    same browser (other items) is not taken as a sequence of its own."""
+    import slicer
+
+    extra = slicer.vtkMRMLSequenceNode()
+    extra.SetName("Fewer frames")
+    extra.SetIndexName("time")
+    extra.SetIndexUnit("s")
+    for index, array in enumerate(moving_phantom(3, seed=4)[0]):
+        volume = slicer.vtkMRMLScalarVolumeNode()
+        slicer.util.updateVolumeFromArray(volume, array)
+        extra.SetDataNodeAtValue(volume, f"{0.08 * index:g}")
+    extra = cine.app.scene.AddNode(extra)
+    cine.browser.AddSynchronizedSequenceNodeID(extra.GetID())
+    cine.app.sequences.UpdateProxyNodesFromSequences(cine.browser)
+    assert cine.browser.GetProxyNode(extra) is not None
+    records = cine.logic.refresh()
+    assert sorted(r.name for r in records if r.cine) == ["Cine", "Cine 2"]
+    assert cine.browser.GetProxyNode(extra).GetID() not in {r.volume.GetID() for r in records}

@@ -21,7 +21,6 @@ from typing import Any
 
 from . import plots, scene_io, sequences
 from .engine.protocol import frame_name
-from .engine_run import RunResults
 from .parameters import (
     ANNOTATED,
     EXCLUDED,
@@ -33,6 +32,7 @@ from .parameters import (
     ModuleState,
     VolumeRecord,
 )
+from .run_results import RunResults
 from .scene_io import SceneTransaction, SegmentClass
 from .services import OWNER_ATTRIBUTE, PLCLError, SlicerServices, is_owned
 
@@ -102,7 +102,18 @@ def set_frame_annotation(scene: Any, record: VolumeRecord, frame: int, segmentat
         browser, sequence = found
         if browser.GetID() != record.browser.GetID() or not sequences.is_segmentation_sequence(sequence):
             raise PLCLError(f"'{segmentation.GetName()}' belongs to another sequence browser than '{record.name}'.")
+        # With "save changes" off (Slicer's default) the painting stays in the proxy, never in the frame.
+        if not browser.GetSaveChanges(sequence):
+            raise PLCLError(f"'{sequence.GetName()}' does not keep what is painted (its browser's \"save changes\" is "
+                            "off): turn it on in the Sequences module, paint the frame, then add it.")
         source = sequence
+    else:
+        # A plain segmentation node does not follow the browser: one node for two frames would train both
+        # on whatever was painted last.
+        other = next((f for f in annotated_by(record, segmentation) if f != frame), None)
+        if other is not None:
+            raise PLCLError(f"'{segmentation.GetName()}' already annotates frame {other} of '{record.name}': use one "
+                            "segmentation per frame, or a segmentation sequence in the sequence browser.")
     node = sequences.frame_segmentation(source, record.sequence, frame)
     ids = list(segment_ids) if segment_ids else scene_io.segment_ids(node)
     if not ids:
@@ -110,6 +121,13 @@ def set_frame_annotation(scene: Any, record: VolumeRecord, frame: int, segmentat
     scene_io.classes_from_segments(node, ids)  # checks the IDs and names
     record.frames[frame] = FrameRecord(ANNOTATED, source, ids)
     record.role = ANNOTATED
+
+
+def annotated_by(record: VolumeRecord, node: Any) -> list[int]:
+    """The frames of ``record`` that the plain segmentation node ``node`` annotates."""
+    return [f for f, info in sorted(record.frames.items())
+            if info.role == ANNOTATED and info.source is not None and node is not None
+            and info.source.GetID() == node.GetID()]
 
 
 def remove_frame(record: VolumeRecord, frame: int) -> None:
@@ -197,7 +215,7 @@ def annotated_rows(record: VolumeRecord) -> list[FrameRow]:
 @dataclass
 class Export:
     """What a run got of a sequence: its 4D file, its frame count, its annotated frames' label files.
-    What the run brings back for it (engine_run.Expected): a segmentation of every frame."""
+    What the run brings back for it (run_results.Expected): a segmentation of every frame."""
 
     key: str
     image: Path

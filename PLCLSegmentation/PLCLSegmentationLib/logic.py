@@ -162,7 +162,11 @@ class PLCLSegmentationLogic:
         frame's), else the user's segmentation drawn on it."""
         record = self.state.record_for(volume)
         proposed = self.item(record).proposed_annotation() if record is not None else None
-        return proposed if proposed is not None else scene_io.user_segmentation_of(self.scene, volume)
+        if proposed is not None:
+            return proposed
+        # Never a node that annotates another frame already (a plain node does not follow the browser).
+        taken = [f.source for f in record.frames.values() if f.source is not None] if record is not None else []
+        return scene_io.user_segmentation_of(self.scene, volume, exclude=taken)
 
     def not_targets(self, records: Sequence[VolumeRecord]) -> list[str]:
         """IDs of the scalar volumes that cannot be segmented: training data, this module's, not grayscale."""

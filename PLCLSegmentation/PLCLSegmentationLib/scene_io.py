@@ -534,11 +534,13 @@ def current_slice(scene: Any, volume: Any) -> int | None:
     return index if 0 <= index < size else None
 
 
-def user_segmentation_of(scene: Any, volume: Any) -> Any:
-    """A segmentation the user drew on ``volume`` (its reference geometry), if any; not this module's."""
+def user_segmentation_of(scene: Any, volume: Any, exclude: Sequence[Any] = ()) -> Any:
+    """A segmentation the user drew on ``volume`` (its reference geometry), if any; not this module's, nor
+    one of ``exclude``."""
+    excluded = {node.GetID() for node in exclude}
     for index in range(scene.GetNumberOfNodesByClass("vtkMRMLSegmentationNode")):
         node = scene.GetNthNodeByClass(index, "vtkMRMLSegmentationNode")
-        if is_owned(node):  # this module's results are accepted, not added as annotations
+        if is_owned(node) or node.GetID() in excluded:  # this module's results are accepted, not added
             continue
         if node.GetNodeReferenceID(node.GetReferenceImageGeometryReferenceRole()) == volume.GetID():
             return node

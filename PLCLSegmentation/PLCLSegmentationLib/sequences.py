@@ -53,16 +53,18 @@ class VolumeSequence:
 
 
 def volume_sequences(scene: Any) -> list[VolumeSequence]:
-    """Every grayscale volume sequence of every browser in the scene (not the ones this module added)."""
+    """The grayscale volume sequence of every browser whose master sequence it is (not the ones this module
+    added). Only the master: the browser's frame number counts the master's items, and a frame is a number
+    here (another sequence of the browser may have other items, matched by index value)."""
     found = []
     for index in range(scene.GetNumberOfNodesByClass("vtkMRMLSequenceBrowserNode")):
         browser = scene.GetNthNodeByClass(index, "vtkMRMLSequenceBrowserNode")
-        for sequence in synchronized(browser):
-            if is_owned(sequence) or sequence.GetDataNodeClassName() != "vtkMRMLScalarVolumeNode":
-                continue
-            proxy = browser.GetProxyNode(sequence)
-            if proxy is not None and not is_owned(proxy) and scene_io.is_grayscale_volume(proxy):
-                found.append(VolumeSequence(browser, sequence, proxy))
+        sequence = browser.GetMasterSequenceNode()
+        if sequence is None or is_owned(sequence) or sequence.GetDataNodeClassName() != "vtkMRMLScalarVolumeNode":
+            continue
+        proxy = browser.GetProxyNode(sequence)
+        if proxy is not None and not is_owned(proxy) and scene_io.is_grayscale_volume(proxy):
+            found.append(VolumeSequence(browser, sequence, proxy))
     return found
 
 

@@ -204,8 +204,9 @@ class PLCLSegmentationPanel:
             record = self.logic.set_annotation(volume, segmentation, ids or None)
             frame = self.logic.current_frame(volume)
             if frame is not None:  # a sequence's shown frame: say which, so that a wrong one is seen
-                text = _("Frame {frame} of '{sequence}' is annotated by '{segmentation}'. Move the sequence browser "
-                         "to another frame to annotate it too.")
+                text = _("Frame {frame} of '{sequence}' is annotated by '{segmentation}'. To annotate another "
+                         "frame, move the sequence browser there and paint it in a new segmentation (or in a "
+                         "segmentation sequence of the browser).")
                 self.ui.statusLabel.text = text.format(frame=frame, sequence=record.name,
                                                        segmentation=segmentation.GetName())
             else:
