@@ -10,7 +10,6 @@ in one transaction. Cancel or failure leave the scene as it was; the run's files
 from __future__ import annotations
 
 import contextlib
-import json
 import shutil
 import tempfile
 import time
@@ -18,7 +17,7 @@ import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Protocol
+from typing import Any, Callable
 
 from . import scene_io
 from .engine import slicing
@@ -27,46 +26,9 @@ from .jobs import PREDICT, TRAIN, Job, JobState
 from .parameters import ModuleState, VolumeRecord
 from .plots import LOSS_CHART, LOSS_SERIES, LOSS_TABLE
 from .process import EngineProcess, Message, RunState
-from .scene_io import SceneTransaction, SegmentClass
+from .run_results import Expected, Imported, RunResults, read_summary
+from .scene_io import SceneTransaction
 from .services import OWNER_ATTRIBUTE, PLCLError, SlicerServices
-
-
-@dataclass
-class RunResults:
-    """What the engine wrote: its run folder, its summary, and the classes the run segments."""
-
-    out_dir: Path
-    summary: dict[str, Any]
-    classes: list[SegmentClass]
-
-    def path(self, reported: Any) -> Path | None:
-        return output_path(self.out_dir, reported)
-
-    def volume(self, name: str) -> dict[str, Any]:
-        """The summary's entry of the volume the engine named ``name`` (empty if none)."""
-        by_name = {str(v.get("name")): v for v in self.summary.get("volumes", []) if isinstance(v, dict)}
-        return by_name.get(name, {})
-
-
-class Imported(Protocol):
-    """One record's new results: in the scene (inside the run's transaction) but not yet in its record."""
-
-    record: VolumeRecord
-    kind: str  # parameters.VOLUME or parameters.SEQUENCE
-
-    def apply(self, services: SlicerServices, warnings: list[str]) -> None:
-        """The run succeeded: the record takes its new results (its previous ones are removed)."""
-
-
-class Expected(Protocol):
-    """What a run brings back for one exported record."""
-
-    key: str  # the record's key
-    order: int  # volumes are imported (and listed) before sequences
-
-    def take(self, services: SlicerServices, transaction: SceneTransaction, record: VolumeRecord | None,
-             results: RunResults, warnings: list[str]) -> Imported | None:
-        """Add the results to the scene; None (with a warning) when the record went away during the run."""
 
 
 @dataclass
@@ -316,26 +278,3 @@ class EngineRun:
             else:
                 with contextlib.suppress(OSError):
                     path.unlink()
-
-
-def read_summary(out_dir: Path) -> dict[str, Any]:
-    """The engine's one description of a run's outputs (engine/protocol.py: SUMMARY_FILE)."""
-    path = out_dir / SUMMARY_FILE
-    try:
-        summary = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise PLCLError(f"the engine wrote no {SUMMARY_FILE} in {out_dir}") from None
-    except (OSError, ValueError) as error:
-        raise PLCLError(f"{path}: not readable ({error})") from None
-    if not isinstance(summary, dict):
-        raise PLCLError(f"{path}: not a run summary")
-    return summary
-
-
-def output_path(out_dir: Path, reported: Any) -> Path | None:
-    """A file the summary names (relative paths are in the run folder), if it exists."""
-    if not reported:
-        return None
-    path = Path(str(reported))
-    path = path if path.is_absolute() else out_dir / path
-    return path if path.is_file() else None

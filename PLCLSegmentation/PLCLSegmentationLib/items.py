@@ -15,7 +15,7 @@ from typing import Any
 
 from . import cine, scene_io, sequences
 from .engine.protocol import frame_name
-from .engine_run import RunInputs, RunResults
+from .engine_run import RunInputs
 from .parameters import (
     ANNOTATED,
     EXCLUDED,
@@ -31,6 +31,7 @@ from .parameters import (
     VOLUME,
     VolumeRecord,
 )
+from .run_results import RunResults
 from .scene_io import SceneTransaction, SegmentClass
 from .services import PLCLError, SlicerServices, is_owned
 from .slices import PaintedSlices, SliceSummary
@@ -317,7 +318,7 @@ class VolumeItem(Item):
 
 @dataclass
 class VolumeExport:
-    """What a run brings back for a volume to segment (engine_run.Expected): its segmentation, named
+    """What a run brings back for a volume to segment (run_results.Expected): its segmentation, named
     after the exported file (KEY.nrrd is KEY), and its uncertainty map."""
 
     key: str
@@ -343,7 +344,7 @@ class VolumeExport:
 
 @dataclass
 class VolumeResult:
-    """A volume's new prediction (engine_run.Imported)."""
+    """A volume's new prediction (run_results.Imported)."""
 
     record: VolumeRecord
     segmentation: Any

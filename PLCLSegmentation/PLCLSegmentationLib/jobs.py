@@ -47,7 +47,7 @@ class Job:
     argv: list[str]
     inputs_dir: Path  # private temporary folder with the exported volumes (always deleted)
     out_dir: Path  # the engine's --out (kept for a trained model; deleted after a prediction)
-    expected: dict[str, Any]  # record key -> what the run brings back for it (engine_run.Expected)
+    expected: dict[str, Any]  # record key -> what the run brings back for it (run_results.Expected)
     classes: list[SegmentClass]
     warm_start: bool = False
     model_path: str = ""  # predict: the model used
