@@ -227,3 +227,35 @@ def test_an_export_adds_nothing_to_the_users_segmentation(oblique, tmp_path):
     assert node.GetDisplayNode() is None
     assert (node.GetMTime(), node.GetSegmentation().GetMTime()) == mtimes
     assert app.scene.GetNumberOfNodes() == count
+
+
+def test_the_uncertainty_colours_are_saved_with_the_scene_and_rebuilt_if_lost(oblique, tmp_path):
+    """File > Save offers only storable nodes not hidden from editors (qSlicerSaveDataDialog at v5.8.0):
+    the colour table must be one, else a scene saved as .mrml reopens with a table without colours."""
+    import slicer
+
+    app, volume, _, labels = oblique
+    scene_io.write_volume(volume, str(tmp_path / "image.nrrd"))
+    image = volumes.read_volume(tmp_path / "image.nrrd")
+    volumes.write_image(tmp_path / "unc.nrrd", np.linspace(0, 1, labels.size, dtype=np.float32).reshape(labels.shape),
+                        image.grid)
+    uncertainty = scene_io.add_uncertainty(app.services, scene_io.SceneTransaction(app.scene), volume,
+                                           str(tmp_path / "unc.nrrd"))
+    table = uncertainty.GetDisplayNode().GetColorNode()
+    assert not table.GetHideFromEditors() and table.GetSaveWithScene()
+    colours = [table.GetLookupTable().GetTableValue(i) for i in (0, 128, 255)]
+
+    # A scene whose table file was not written (the scene file alone): the table comes back without its colours.
+    app.scene.SetURL(str(tmp_path / "scene.mrml"))
+    assert app.scene.Commit()
+    reopened = slicer.vtkMRMLScene()
+    reopened.SetURL(str(tmp_path / "scene.mrml"))
+    assert reopened.Import()
+    found = [reopened.GetNthNodeByClass(i, "vtkMRMLColorTableNode")
+             for i in range(reopened.GetNumberOfNodesByClass("vtkMRMLColorTableNode"))]
+    found = [n for n in found if n.GetAttribute(OWNER_ATTRIBUTE) == scene_io.COLOR_TABLE]
+    assert len(found) == 1
+    assert [found[0].GetLookupTable().GetTableValue(i) for i in (0, 128, 255)] != colours
+    table = scene_io.uncertainty_color_table(reopened)
+    assert table.GetID() == found[0].GetID() and table.GetNumberOfColors() == 256
+    np.testing.assert_allclose([table.GetLookupTable().GetTableValue(i) for i in (0, 128, 255)], colours, atol=1e-6)

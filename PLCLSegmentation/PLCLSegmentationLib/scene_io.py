@@ -383,16 +383,42 @@ def uncertainty_color_table(scene: Any, transaction: SceneTransaction | None = N
     for index in range(scene.GetNumberOfNodesByClass("vtkMRMLColorTableNode")):
         node = scene.GetNthNodeByClass(index, "vtkMRMLColorTableNode")
         if node.GetAttribute(OWNER_ATTRIBUTE) == COLOR_TABLE:
+            if not _has_uncertainty_colors(node):  # a scene saved without the table's file
+                _fill_uncertainty_colors(node)
+            node.SetHideFromEditors(False)
             return node
     table = slicer.vtkMRMLColorTableNode()
     table.SetName(UNCERTAINTY_COLORS_NAME)
     table.SetTypeToUser()
-    table.SetNumberOfColors(256)
-    for i in range(256):
-        t = i / 255.0
-        table.SetColor(i, f"{t:.2f}", 1.0 - 0.45 * t, 0.95 * (1.0 - t), 0.55 * (1.0 - t) ** 2, 1.0)
+    # Shown to the Save dialog (colour nodes are hidden by default): File > Save writes its colours.
+    table.SetHideFromEditors(False)
+    _fill_uncertainty_colors(table)
     mark_owned(table, COLOR_TABLE)
     return transaction.add(table) if transaction is not None else scene.AddNode(table)
+
+
+#: Entries of the uncertainty colour table (values 0 to 1 in 256 steps).
+UNCERTAINTY_COLORS = 256
+
+
+def _uncertainty_color(index: int) -> tuple[float, float, float]:
+    t = index / (UNCERTAINTY_COLORS - 1.0)
+    return 1.0 - 0.45 * t, 0.95 * (1.0 - t), 0.55 * (1.0 - t) ** 2
+
+
+def _fill_uncertainty_colors(table: Any) -> None:
+    table.SetNumberOfColors(UNCERTAINTY_COLORS)
+    for i in range(UNCERTAINTY_COLORS):
+        table.SetColor(i, f"{i / (UNCERTAINTY_COLORS - 1.0):.2f}", *_uncertainty_color(i), 1.0)
+
+
+def _has_uncertainty_colors(table: Any) -> bool:
+    """Whether ``table`` holds the module's colours (a table reopened without its file has others)."""
+    if table.GetNumberOfColors() != UNCERTAINTY_COLORS:
+        return False
+    lookup = table.GetLookupTable()
+    return all(np.allclose(lookup.GetTableValue(i)[:3], _uncertainty_color(i), atol=1e-3)
+               for i in range(0, UNCERTAINTY_COLORS, 15))
 
 
 def place_next_to(services: SlicerServices, node: Any, volume: Any) -> None:
