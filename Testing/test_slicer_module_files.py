@@ -167,8 +167,9 @@ def test_catalog_entry_for_the_extensions_index_agrees_with_cmake_and_s4ext():
     assert entry["category"] == value["EXTENSION_CATEGORY"]
     assert entry["build_dependencies"] == value["EXTENSION_DEPENDS"].split(";") == ["PyTorch"]
     assert entry["scm_url"] == repository + ".git"
-    assert value["EXTENSION_HOMEPAGE"].startswith("${EXTENSION_REPOSITORY}")
-    assert value["EXTENSION_ICONURL"].startswith("${EXTENSION_REPOSITORY}")
+    assert value["EXTENSION_HOMEPAGE"] == repository
+    owner_and_name = repository.removeprefix("https://github.com/")
+    assert value["EXTENSION_ICONURL"].startswith(f"https://raw.githubusercontent.com/{owner_and_name}/")
     s4ext = dict(line.split(" ", 1) for line in (ROOT / "PLCLSegmentation.s4ext").read_text().splitlines()
                  if line.strip() and not line.startswith("#") and " " in line)
     assert s4ext["scmurl"] == entry["scm_url"] and s4ext["homepage"] == repository
