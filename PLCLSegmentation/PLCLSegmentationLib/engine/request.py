@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
 import json
 import os
 from dataclasses import dataclass, field
@@ -13,7 +14,7 @@ from typing import Any
 from . import slicing
 from .config import TrainConfig, parse_overrides
 from .errors import ConfigError, InputError
-from .protocol import ANNOTATED_SLICES_ORDER, DEFAULT_BUDGET
+from .protocol import ANNOTATED_SLICES_ORDER, BUDGETS, DEFAULT_BUDGET
 
 
 @dataclass
@@ -68,6 +69,15 @@ class TrainJob:
                                    labeled_frames=[(full(a), f, full(b)) for a, f, b in self.labeled_frames],
                                    unlabeled=[full(p) for p in self.unlabeled], out=full(self.out),
                                    init_model=full(self.init_model) if self.init_model else None)
+
+
+def job_digest(job: TrainJob) -> str:
+    """What makes a run this run: its inputs, settings and classes (not where its folder lies, nor the
+    device it continues on); a checkpoint records it, so that --resume refuses another run's."""
+    record = job.to_dict()
+    record.pop("out")
+    record["config"] = {k: v for k, v in record["config"].items() if k != "device"}
+    return hashlib.sha256(json.dumps(record, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def read_job(folder: str | os.PathLike[str]) -> TrainJob:
@@ -180,9 +190,20 @@ def annotated_slice_specs(values: list[str], count: int) -> list[str]:
                           f"for all of them or one per volume ({', then '.join(ANNOTATED_SLICES_ORDER)})")
     specs = values * count if len(values) == 1 else list(values) or [slicing.ALL] * count
     try:
-        return [slicing.spec_text(slicing.parse_spec(spec)) for spec in specs]
+        return [_normal_spec(spec) for spec in specs]
     except slicing.SliceSpecError as error:
         raise ConfigError(str(error)) from None
+
+
+def _normal_spec(spec: str) -> str:
+    """The value in its usual form, its syntax checked; a list longer than any volume's slices is left
+    as given (expanding it could exhaust memory): it is refused against the image when that is read."""
+    if spec.strip().lower() in (slicing.ALL, slicing.LABELLED, "labeled"):
+        return slicing.spec_text(slicing.parse_spec(spec))
+    ranges = slicing.parse_ranges(spec)
+    if sum(high - low + 1 for low, high in ranges) > slicing.EXPAND_LIMIT:
+        return ",".join(f"{low}-{high}" if high > low else str(low) for low, high in ranges)
+    return slicing.spec_text(slicing.parse_spec(spec))
 
 
 def train_config(options: TrainOptions, has_unlabeled: bool = True) -> TrainConfig:
@@ -192,6 +213,9 @@ def train_config(options: TrainOptions, has_unlabeled: bool = True) -> TrainConf
     # The options win over --set of the same field (one dict: a field given twice is no TypeError).
     named = {"seed": options.seed, "device": options.device}
     overrides = {**parse_overrides(options.overrides), **{k: v for k, v in named.items() if v is not None}}
+    if "budget" in overrides:  # a preset, not a field: it sets many fields at once
+        raise ConfigError(f"--set budget={overrides['budget']!r}: the budget is chosen with --budget "
+                          f"({', '.join(BUDGETS)})")
     config = TrainConfig.from_budget(options.budget or DEFAULT_BUDGET, **overrides)
     if options.iterations is not None:
         config = config.with_iterations(options.iterations)
@@ -201,6 +225,8 @@ def train_config(options: TrainOptions, has_unlabeled: bool = True) -> TrainConf
         config = dataclasses.replace(config, time_budget_s=60.0 * options.minutes)
     if not has_unlabeled:
         config = config.supervised_only()
+    if not config.time_budget_s and config.snapshots > config.total_iterations:
+        config = dataclasses.replace(config, snapshots=config.total_iterations)  # one model per iteration at most
     return config.validated()
 
 
@@ -208,16 +234,28 @@ def check_train_arguments(options: TrainOptions) -> None:
     """Values argparse cannot check by type alone: a usage error (exit 2) before anything is read."""
     if options.iterations is not None and options.iterations < 1:
         raise ConfigError(f"--iterations {options.iterations}: must be at least 1")
-    if options.minutes is not None and not (0 < options.minutes < 60 * 24 * 366):
-        raise ConfigError(f"--minutes {options.minutes:g}: must be a number of minutes greater than 0")
+    low, high = MINUTES_RANGE
+    if options.minutes is not None and not (low <= options.minutes <= high):  # NaN fails too
+        raise ConfigError(f"--minutes {options.minutes:g}: must be from {low:g} to {high:g} minutes (a year)")
     if options.iterations is not None and options.minutes is not None:
         raise ConfigError("give --iterations or --minutes, not both")
     if options.n_unlabeled is not None and options.n_unlabeled < 0:
         raise ConfigError(f"--n-unlabeled {options.n_unlabeled}: must be 0 or more")
-    given = (options.labeled, options.labeled_frame, options.unlabeled, options.data, options.init_model,
-             options.overrides, options.iterations is not None, options.minutes is not None, options.budget)
-    if options.resume and any(given):
-        raise ConfigError("--resume DIR continues a run as it was started; give it alone (with --device, --events)")
+    given = {"--labeled": options.labeled, "--labeled-frame": options.labeled_frame,
+             "--unlabeled": options.unlabeled, "--data": options.data, "--init-model": options.init_model,
+             "--set": options.overrides, "--iterations": options.iterations is not None,
+             "--minutes": options.minutes is not None, "--budget": options.budget, "--out": options.out,
+             "--seed": options.seed is not None, "--annotated-slices": options.annotated_slices,
+             "--labeled-cases": options.labeled_cases, "--unlabeled-split": options.unlabeled_split,
+             "--unlabeled-cases": options.unlabeled_cases, "--n-unlabeled": options.n_unlabeled is not None}
+    extra = [name for name, value in given.items() if value]
+    if options.resume and extra:
+        raise ConfigError(f"--resume DIR continues a run as it was started (in DIR, with its job.json); "
+                          f"{', '.join(extra)} cannot change it: give --resume alone (with --device, --events)")
+
+
+#: --minutes: below 6 seconds a training ends after its first step, a model that has learnt nothing.
+MINUTES_RANGE = (0.1, 60.0 * 24 * 366)
 
 
 def fine_tuning_schedule(config: TrainConfig) -> TrainConfig:

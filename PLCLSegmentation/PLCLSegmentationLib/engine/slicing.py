@@ -73,13 +73,27 @@ def canonical(direction: np.ndarray, spacing: Sequence[float]) -> Canonical:
     return Canonical(tuple(axes), tuple(flips), tuple(spacings), slice_position)
 
 
-def parse_spec(text: str) -> str | list[int]:
-    """``all``, ``labelled`` (or ``labeled``), or slice indices such as ``0,4,7-9`` (sorted, unique)."""
+def parse_spec(text: str, count: int | None = None, axis: str = "") -> str | list[int]:
+    """``all``, ``labelled`` (or ``labeled``), or slice indices such as ``0,4,7-9`` (sorted, unique).
+
+    With ``count`` (the image's slices along its slicing ``axis``: k, j or i) every index is checked against it
+    before a range is expanded: ``0-999999999999`` is an error, not a list too large for memory."""
     value = text.strip().lower()
     if value in (ALL, LABELLED, "labeled"):
         return ALL if value == ALL else LABELLED
+    ranges = parse_ranges(text)
+    if count is not None:
+        check_in_range(ranges, count, axis)
     indices: set[int] = set()
-    for part in value.split(","):
+    for low, high in ranges:
+        indices.update(range(low, high + 1))
+    return sorted(indices)
+
+
+def parse_ranges(text: str) -> list[tuple[int, int]]:
+    """The (first, last) ranges of a list of slice indices such as ``0,4,7-9``, not expanded."""
+    ranges = []
+    for part in text.strip().lower().split(","):
         first, dash, last = part.strip().partition("-")
         try:
             low = int(first)
@@ -90,8 +104,20 @@ def parse_spec(text: str) -> str | list[int]:
         if low < 0 or high < low:
             raise SliceSpecError(f"--annotated-slices {text!r}: {part.strip()!r} is not a slice index or an "
                                  "increasing range of them")
-        indices.update(range(low, high + 1))
-    return sorted(indices)
+        ranges.append((low, high))
+    return ranges
+
+
+def check_in_range(ranges: list[tuple[int, int]], count: int, axis: str = "") -> None:
+    beyond = sorted(high for _, high in ranges if high >= count)
+    if beyond:
+        along = f" along its {axis} axis" if axis else ""
+        raise SliceSpecError(f"slice {beyond[-1]} is out of range: the image has {count} slices{along} "
+                             f"(0-based indices 0-{count - 1})")
+
+
+#: More slice indices than any volume has: a list this long is kept as given and checked against the image.
+EXPAND_LIMIT = 1 << 16
 
 
 def spec_text(spec: str | list[int]) -> str:

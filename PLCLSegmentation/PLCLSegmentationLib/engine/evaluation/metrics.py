@@ -153,7 +153,13 @@ def _read_reference(path: str) -> tuple[Volume, np.ndarray, list[ClassInfo] | No
 def _to_class_values(path: str, labels: np.ndarray, segments: list[ClassInfo] | None,
                      classes: Sequence[ClassInfo], warnings: list[str]) -> np.ndarray:
     """Label values of ``classes`` from a file's own numbering; segments are matched by name."""
-    if segments is None:  # a plain label map: its values are the class values
+    if segments is None:  # a plain label map: its values are the class values, and only those
+        allowed = {0} | {c.value for c in classes}
+        outside = sorted(set(np.unique(labels).tolist()) - allowed)
+        if outside:
+            raise InputError(path, f"has label values {', '.join(map(str, outside))} outside the classes "
+                                   f"{', '.join(f'{c.value} {c.name}' for c in classes)} (they would count as "
+                                   "background)")
         return labels
     by_name = {_normalise_name(c.name): c.value for c in classes}
     lookup = np.zeros(256, dtype=np.uint8)

@@ -36,8 +36,30 @@ def _classes(pred: Path, label_names: dict[int, str] | None) -> list[ClassInfo]:
         return [ClassInfo(v, n, (1.0, 1.0, 1.0)) for v, n in sorted(label_names.items()) if v > 0]
     summary = pred / SUMMARY_FILE
     if summary.is_file():
-        return [ClassInfo.from_dict(c) for c in json.loads(summary.read_text())["classes"]]
+        return _summary_classes(summary)
     raise ConfigError(f"cannot tell the classes of {pred}: it has no summary.json; give --data DIR --split SPLIT")
+
+
+def _summary_classes(summary: Path) -> list[ClassInfo]:
+    """The classes a run's summary.json lists, every entry checked (a damaged file names itself)."""
+    try:
+        entries = json.loads(summary.read_text()).get("classes")
+    except (OSError, ValueError, AttributeError) as error:
+        reason = "it is not a JSON object" if isinstance(error, AttributeError) else error
+        raise InputError(str(summary), f"cannot be read as a run summary ({reason})") from None
+    if not isinstance(entries, list) or not entries:
+        raise InputError(str(summary), "lists no classes (\"classes\" must be a non-empty list); give --data DIR "
+                                       "--split SPLIT for the classes")
+    try:
+        classes = [ClassInfo.from_dict(c) for c in entries]
+    except (KeyError, TypeError, ValueError, AttributeError) as error:
+        raise InputError(str(summary), f"has a malformed class entry ({type(error).__name__}: {error})") from None
+    values = [c.value for c in classes]
+    names = [c.name.casefold() for c in classes]
+    if any(not 1 <= v <= 255 for v in values) or len(set(values)) != len(values) or len(set(names)) != len(names):
+        raise InputError(str(summary), f"lists classes {[(c.value, c.name) for c in classes]}; distinct values "
+                                       "from 1 to 255 with distinct names expected")
+    return classes
 
 
 def evaluate(pred: str, labels: str | None = None, data: str | None = None,
@@ -72,6 +94,8 @@ def check_report_path(out: Path) -> None:
         raise ConfigError(f"--json {out}: the report is a .json file; give a name ending in .json")
     if out.is_dir():
         raise InputError(str(out), "is a folder; --json needs a file name")
+    if not out.parent.is_dir():  # found out now, not after the work
+        raise InputError(str(out.parent), "folder not found; --json FILE must lie in an existing folder")
     if out.exists():
         try:
             earlier = json.loads(out.read_text())

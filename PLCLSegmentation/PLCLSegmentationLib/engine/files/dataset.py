@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +20,9 @@ class Dataset:
     cases: dict[str, list[str]]
 
     def _find(self, folder: str, case: str) -> Path | None:
+        if not case or case in (".", "..") or "/" in case or "\\" in case or os.path.isabs(case):
+            raise InputError(str(self.root / folder), f"case {case!r} is not a case name of this dataset (a file "
+                                                      "name in images/ and labels/, without folders)")
         for suffix in _SUFFIXES:
             path = self.root / folder / f"{case}{suffix}"
             if path.is_file():
@@ -62,11 +66,32 @@ def read_dataset(path: str | Path) -> Dataset:
         meta = json.loads(meta_path.read_text())
     except (OSError, json.JSONDecodeError) as error:
         raise InputError(str(meta_path), f"is not valid JSON ({error})") from None
+    if not isinstance(meta, dict):
+        raise InputError(str(meta_path), f"must hold a JSON object with 'labels' and 'cases', not a "
+                                         f"{type(meta).__name__}")
+    labels = meta.get("labels", {})
     try:
-        names = {int(k): str(v) for k, v in meta.get("labels", {}).items()}
+        if not isinstance(labels, dict):
+            raise ValueError
+        names = {int(k): str(v) for k, v in labels.items()}
     except ValueError:
-        raise InputError(str(meta_path), "'labels' must map integer label values to names") from None
+        raise InputError(str(meta_path), "'labels' must map integer label values to names, e.g. "
+                                         "{\"0\": \"background\", \"1\": \"left ventricle\"}") from None
     cases = meta.get("cases", {})
     if not isinstance(cases, dict) or not all(isinstance(v, list) for v in cases.values()):
         raise InputError(str(meta_path), "'cases' must map split names to lists of case names")
+    for split, names_of_split in cases.items():
+        for case in names_of_split:
+            _check_case_name(meta_path, split, case)
     return Dataset(root, str(meta.get("name", root.name)), names, {k: [str(c) for c in v] for k, v in cases.items()})
+
+
+def _check_case_name(meta_path: Path, split: str, case: object) -> None:
+    """A case is a file name in images/ and labels/: never a path that reaches outside the dataset."""
+    if not isinstance(case, (str, int)) or isinstance(case, bool):
+        raise InputError(str(meta_path), f"split '{split}' lists {case!r}; case names are strings")
+    text = str(case)
+    if not text or text in (".", "..") or "/" in text or "\\" in text or os.path.isabs(text) or "\0" in text:
+        raise InputError(str(meta_path), f"split '{split}' lists case {text!r}; a case name is a file name in "
+                                         "images/ and labels/, without folders (it may not reach outside the "
+                                         "dataset)")

@@ -14,7 +14,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from ..errors import InputError
-from ..protocol import LOCK_FILE, RUN_FILES, RUN_FOLDERS
+from ..protocol import LOCK_FILE, RUN_FILES, RUN_FOLDERS, STOP_FILE
 from .volumes import check_writable_folder
 
 
@@ -91,6 +91,8 @@ def hold_output_folder(out: Path, inputs: Sequence[str] = (), resume: bool = Fal
                     out.rmdir()
             raise
         remove_partial_files(out)
+        with contextlib.suppress(OSError):  # a stop request left by an earlier run is not this run's
+            (out / STOP_FILE).unlink()
         yield
     finally:
         if not handle.closed:

@@ -237,6 +237,11 @@ def read_annotation(path: str | os.PathLike[str], volume: Volume) -> tuple[np.nd
     path = str(path)
     if path.lower().endswith(".seg.nrrd"):
         return _read_seg_nrrd(path, volume)
+    return _read_label_map(path, volume), None
+
+
+def _read_label_map(path: str, volume: Volume) -> np.ndarray:
+    """A plain label map's values on ``volume``'s grid."""
     image = _read_sitk(path)
     _check_dimension(path, image)
     values = sitk.GetArrayFromImage(image)
@@ -244,8 +249,7 @@ def read_annotation(path: str | os.PathLike[str], volume: Volume) -> tuple[np.nd
         raise InputError(path, "has non-integer voxel values; a label map of whole numbers is needed")
     if values.min() < 0 or values.max() > 255:
         raise InputError(path, f"has label values from {values.min():g} to {values.max():g}; 0 to 255 are supported")
-    labels = _on_grid(path, values.astype(np.uint8), Grid.of(image), volume, allow_subgrid=False)
-    return labels, None
+    return _on_grid(path, values.astype(np.uint8), Grid.of(image), volume, allow_subgrid=False)
 
 
 def _read_seg_nrrd(path: str, volume: Volume) -> tuple[np.ndarray, list[ClassInfo]]:
@@ -262,6 +266,9 @@ def _read_seg_nrrd(path: str, volume: Volume) -> tuple[np.ndarray, list[ClassInf
     if voxels.ndim not in (3, 4):
         raise InputError(path, f"segmentation has {voxels.ndim} dimensions; 3 (or 4 with layers) are supported")
     segments = segmentation.get("segments", [])
+    if not segments:  # a plain label map saved under a .seg.nrrd name: its values are the classes
+        return _read_label_map(path, volume), None
+    _check_declared_values(path, voxels, segments)
     if len(segments) > 255:
         raise InputError(path, f"has {len(segments)} segments; at most 255 are supported")
     spatial = voxels.shape[-3:]
@@ -286,6 +293,21 @@ def _read_seg_nrrd(path: str, volume: Volume) -> tuple[np.ndarray, list[ClassInf
     grid = Grid.from_ijk_to_lps(spatial, segmentation["ijkToLPS"])
     labels = _on_grid(path, merged.transpose(2, 1, 0), grid, volume, allow_subgrid=True)
     return labels, classes
+
+
+def _check_declared_values(path: str, voxels: np.ndarray, segments: list[dict[str, Any]]) -> None:
+    """Every non-zero voxel value of each layer belongs to a segment (else it would read as background)."""
+    declared: dict[int, set[int]] = {}
+    for segment in segments:
+        declared.setdefault(int(segment.get("layer", 0) or 0), set()).add(int(segment.get("labelValue", 1)))
+    layers = voxels[None] if voxels.ndim == 3 else voxels
+    for index, layer in enumerate(layers):
+        stray = sorted(set(np.unique(layer).tolist()) - {0} - declared.get(index, set()))
+        if stray:
+            where = f" of layer {index}" if len(layers) > 1 else ""
+            raise InputError(path, f"has voxel values {', '.join(map(str, stray[:10]))}{where} that no segment "
+                                   f"declares (segments: {', '.join(repr(s.get('name')) for s in segments)}); "
+                                   "they would be read as background")
 
 
 def _on_grid(path: str, labels: np.ndarray, grid: Grid, volume: Volume, allow_subgrid: bool) -> np.ndarray:

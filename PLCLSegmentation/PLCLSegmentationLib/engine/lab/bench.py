@@ -109,6 +109,8 @@ def parse_variants(items: list[str], budget: str) -> dict[str, dict[str, Any]]:
             raise ConfigError(f"--variant {item}: the name {name!r} is given twice")
         # Commas separate settings only where a KEY= follows, so list values keep theirs.
         overrides = parse_overrides(re.split(r",(?=[A-Za-z_]+=)", settings), "--variant")
+        if "budget" in overrides:  # a preset of many fields, not a field: bench --budget sets it for all
+            raise ConfigError(f"--variant {item}: the budget is chosen with --budget, for every method")
         TrainConfig.from_budget(budget, **overrides)  # a bad value fails now, not after other runs
         variants[name] = overrides
     return variants
@@ -126,6 +128,28 @@ def method_specs(methods: list[str], variants: dict[str, dict[str, Any]]) -> dic
         specs[f"plcl+{name}"] = {**base, "label": f"{base['label']} + {name} ({settings})",
                                  "set": {**base["set"], **overrides}, "variant_of": "plcl"}
     return specs
+
+
+def check_method_configs(specs: dict[str, dict[str, Any]], args: argparse.Namespace, seeds: list[int],
+                         sparse: bool) -> None:
+    """Each method's training configuration as its child run will build it (budget, --iterations or
+    --minutes, --set, the method's and the variant's settings), checked before any run: a variant
+    that cannot run fails now, not after the runs before it."""
+    from ..request import TrainOptions, check_train_arguments, train_config
+
+    for method, spec in specs.items():
+        own = [f"{key}={json.dumps(value)}" for key, value in spec["set"].items()]
+        overrides = [f"snapshots={args.snapshots}", *args.set, *own]
+        for seed in seeds:
+            options = TrainOptions(out="-", budget=args.budget, iterations=args.iterations or None,
+                                   minutes=None if args.iterations else args.minutes, seed=seed, device=args.device,
+                                   overrides=overrides)
+            try:
+                check_train_arguments(options)
+                train_config(options, has_unlabeled=bool(spec["unlabeled"]) or sparse)
+            except ConfigError as error:
+                name = f"--variant {method[len('plcl+'):]}" if spec.get("variant_of") else f"method {method}"
+                raise ConfigError(f"{name}: {error}") from None
 
 
 # --- cases ----------------------------------------------------------------------------------------
@@ -269,6 +293,7 @@ def run_bench(args: argparse.Namespace, sink: EventSink, cancel: threading.Event
 
         read_model(args.propagation_model)
     chosen = {seed: choose_cases(dataset, args, seed) for seed in seeds}  # every check before any output
+    check_method_configs(specs, args, seeds, any(p.slices is not None for p in chosen.values()))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     sink.emit("start", command="bench", version=__version__, device=args.device, out=str(out))

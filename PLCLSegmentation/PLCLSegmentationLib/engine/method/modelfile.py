@@ -83,7 +83,7 @@ class ModelInfo:
             base_channels=int(arch["base_channels"]),
             levels=int(arch["levels"]),
             embedding_dim=int(arch["embedding_dim"]),
-            intensity_percentiles=tuple(d["normalisation"]["percentiles"]),
+            intensity_percentiles=_numbers(d["normalisation"]["percentiles"], "normalisation percentiles"),
             inference_tile=int(d.get("inference_tile", 256)),
             inference_overlap=float(d.get("inference_overlap", 0.25)),
             largest_component=bool(d.get("largest_component", False)),
@@ -94,12 +94,26 @@ class ModelInfo:
         )
 
 
+def _numbers(value: Any, name: str) -> tuple[float, ...]:
+    """A list of numbers, as numbers: text such as "1.0" is a malformed file, not a number."""
+    if not isinstance(value, (list, tuple)) or not all(
+            isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) for x in value):
+        raise ValueError(f"{name} {value!r}: a list of finite numbers expected")
+    return tuple(float(x) for x in value)
+
+
 def _frame(value: Any) -> tuple[tuple[float, float, float], tuple[float, float, float]] | None:
+    """Two orthogonal unit 3-vectors (world directions of rows and columns), or None."""
     if value is None:
         return None
-    row, column = (tuple(float(x) for x in axis) for axis in value)
+    if not isinstance(value, (list, tuple)) or len(value) != 2:
+        raise ValueError(f"in_plane_reference {value!r}: two 3-vectors expected")
+    row, column = (_numbers(axis, "in_plane_reference") for axis in value)
     if len(row) != 3 or len(column) != 3:
-        raise ValueError("in_plane_reference must be two 3-vectors")
+        raise ValueError(f"in_plane_reference {value!r}: two 3-vectors expected")
+    norms = [math.sqrt(sum(x * x for x in axis)) for axis in (row, column)]
+    if any(abs(n - 1.0) > 1e-3 for n in norms) or abs(sum(a * b for a, b in zip(row, column))) > 1e-3:
+        raise ValueError(f"in_plane_reference {value!r}: two orthogonal unit vectors expected")
     return row, column
 
 
@@ -150,6 +164,8 @@ def read_model(path: str | os.PathLike[str]) -> tuple[ModelInfo, dict[str, torch
         raise InputError(path, "model file not found")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
+    except OSError as error:  # unreadable (permission denied, ...), not damaged
+        raise InputError(path, f"cannot be read ({error.strerror or error})") from None
     except Exception as error:  # unpickling errors have many types
         raise InputError(path, f"is not a PLCLSegmentation model file ({_load_problem(error)})") from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:

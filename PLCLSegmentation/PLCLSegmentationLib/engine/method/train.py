@@ -49,19 +49,22 @@ class Checkpoint:
     teacher: dict[str, torch.Tensor] | None = None
     #: Losses of every iteration so far, so a resumed run's training.json has the whole history.
     loss_history: list[dict[str, float]] | None = None
+    #: The run that wrote it (request.job_digest): --resume refuses another run's checkpoint.
+    run: str | None = None
 
     def save(self, path: Path) -> None:
         payload = {"iteration": self.iteration, "model": self.model, "optimizer": self.optimizer,
                    "pseudo_round": self.pseudo_round, "pseudo_labels": self.pseudo_labels,
                    "train_seconds": self.train_seconds, "teacher": self.teacher,
-                   "loss_history": self.loss_history or []}
+                   "loss_history": self.loss_history or [], "run": self.run}
         write_torch_file(path, payload)
 
     @classmethod
     def load(cls, path: Path) -> Checkpoint:
         p = torch.load(path, map_location="cpu", weights_only=True)
         return cls(int(p["iteration"]), p["model"], p["optimizer"], int(p["pseudo_round"]), list(p["pseudo_labels"]),
-                   float(p.get("train_seconds", 0.0)), p.get("teacher"), list(p.get("loss_history") or []))
+                   float(p.get("train_seconds", 0.0)), p.get("teacher"), list(p.get("loss_history") or []),
+                   p.get("run"))
 
 
 def _annotated_part(stack: torch.Tensor, volume: PreparedVolume) -> torch.Tensor:
@@ -92,6 +95,7 @@ class Trainer:
         self._unannotated_atlas: SliceAtlas | None = None
         self.sink = sink
         self.checkpoint_path = checkpoint_path
+        self.run_tag: str | None = None  # recorded in the checkpoints (Checkpoint.run)
         self.cancel = cancel or threading.Event()
         torch.manual_seed(config.seed)
         self.model = UNet2D(num_classes, config.base_channels, config.levels, config.embedding_dim)
@@ -153,7 +157,7 @@ class Trainer:
         Checkpoint(self.iteration, self.model.state_dict(), self.optimizer.state_dict(), self.pseudo_round,
                    self.pseudo_labels, seconds,
                    None if self.teacher is None else self.teacher.state_dict(),
-                   self.loss_history).save(self.checkpoint_path)
+                   self.loss_history, self.run_tag).save(self.checkpoint_path)
         return str(self.checkpoint_path)
 
     # --- schedule -------------------------------------------------------------------------------

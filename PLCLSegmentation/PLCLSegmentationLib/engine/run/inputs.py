@@ -127,6 +127,10 @@ def read_training_inputs(job: TrainJob) -> TrainingInputs:
                                        for key, frames in annotated_frames.items()])
     present = set().union(*(set(np.unique(_slices_of(lbl, volume, rows)).tolist())
                             for (volume, lbl), rows in zip(inputs.annotated, chosen)))
+    if present <= {0}:  # annotated slices of background only: a model that segments nothing
+        raise InputError(job.labeled[0][1] if job.labeled else job.labeled_frames[0][2],
+                         "none of the annotated slices (--annotated-slices) holds a label; annotate at least "
+                         "one structure on them")
     for index, c in enumerate(classes, start=1):
         if index not in present:
             inputs.warnings.append(f"class '{c.name}' appears in no annotated volume; it will not be learnt")
@@ -171,13 +175,15 @@ def _annotated_sequences(job: TrainJob) -> tuple[dict[str, Sequence], dict[str, 
 
 def _annotated_slices(volume: Volume, label_path: str, labels: np.ndarray, text: str) -> list[int] | None:
     """The file slice indices ``text`` marks as annotated (None: every slice), checked."""
+    axes = slicing.canonical(volume.grid.direction_matrix, volume.grid.spacing)
+    count = labels.shape[axes.slice_axis]
     try:
-        spec = slicing.parse_spec(text)
+        # Checked against the image before a range is expanded.
+        spec = slicing.parse_spec(text, count, "kji"[axes.slice_axis])
     except slicing.SliceSpecError as error:
-        raise ConfigError(f"{volume.path}: {error}") from None
+        raise ConfigError(f"--annotated-slices for {volume.path}: {error}") from None
     if spec == slicing.ALL:
         return None
-    axes = slicing.canonical(volume.grid.direction_matrix, volume.grid.spacing)
     try:
         rows = slicing.annotated_slices(spec, labels, axes.slice_axis)
     except slicing.SliceSpecError as error:

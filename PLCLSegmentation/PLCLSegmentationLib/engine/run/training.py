@@ -24,7 +24,7 @@ from ..method.predictor import Predictor
 from ..method.preprocess import InPlaneFrame, PreparedVolume, in_plane_frame, prepare_volume, slice_layout, stack_mask
 from ..method.train import Checkpoint, Trainer
 from ..protocol import CHECKPOINT_FILE, JOB_FILE, MODEL_FILE, SNAPSHOTS_FOLDER, TRAINING_FILE
-from ..request import TrainJob
+from ..request import TrainJob, job_digest
 from ..runtime import autocast_dtype, precision_name, resolve_device
 from .inputs import TrainingInputs, read_training_inputs, slice_count
 from .prediction import check_slice_sizes, write_predictions
@@ -55,6 +55,10 @@ def run_training(job: TrainJob, sink: EventSink, cancel: threading.Event | None 
     with hold_output_folder(out, read, resume):
         return _train(job, inputs, sink, cancel, device, spacing, reference, initial, checkpoint)
 
+    if checkpoint is not None and checkpoint.run not in (None, job_digest(job)):
+        raise InputError(str(out / CHECKPOINT_FILE), "was written by another run (its inputs or settings differ "
+                                                     "from this folder's job.json); start a new run with another "
+                                                     "--out folder")
 
 def _train(job: TrainJob, inputs: TrainingInputs, sink: EventSink, cancel: threading.Event, device: torch.device,
            spacing: float, reference: InPlaneFrame, initial: dict[str, torch.Tensor] | None,
@@ -88,8 +92,14 @@ def _train(job: TrainJob, inputs: TrainingInputs, sink: EventSink, cancel: threa
     trainer = Trainer(config, num_classes, annotated, unannotated, sink, device,
                       checkpoint_path=out / CHECKPOINT_FILE, cancel=cancel, initial_weights=initial)
     if checkpoint is not None:
-        trainer.restore(checkpoint)
+        try:
+            trainer.restore(checkpoint)
+        except (RuntimeError, KeyError, ValueError, TypeError, IndexError):
+            raise InputError(str(out / CHECKPOINT_FILE), "does not fit this run's network and volumes (another "
+                                                         "run's checkpoint?); start a new run with another --out "
+                                                         "folder") from None
     train_started = time.monotonic()
+    trainer.run_tag = job_digest(job)
     start_iteration = trainer.iteration
 
     def model_info() -> ModelInfo:

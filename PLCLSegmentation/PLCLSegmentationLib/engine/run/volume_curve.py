@@ -36,7 +36,7 @@ def curve_from_counts(counts: Iterable[Mapping[str, int]], spacing: Sequence[flo
 def curve_summary(curve: Mapping[str, Sequence[float]]) -> dict[str, dict[str, float | int | None]]:
     """Per class: the largest and smallest volume and their frames, and the ejection fraction
     100 * (max - min) / max in percent (meaningful for cavities such as the ventricles; None when
-    the class is absent from every frame)."""
+    the class is absent from every frame, or when the sequence has one frame: no change to measure)."""
     summary: dict[str, dict[str, float | int | None]] = {}
     for name, values in curve.items():
         array = np.asarray(values, dtype=float)
@@ -45,5 +45,5 @@ def curve_summary(curve: Mapping[str, Sequence[float]]) -> dict[str, dict[str, f
         largest, smallest = int(np.argmax(array)), int(np.argmin(array))
         top, bottom = float(array[largest]), float(array[smallest])
         summary[name] = {"max_ml": top, "max_frame": largest, "min_ml": bottom, "min_frame": smallest,
-                         "ejection_fraction": 100.0 * (top - bottom) / top if top > 0 else None}
+                         "ejection_fraction": 100.0 * (top - bottom) / top if top > 0 and array.size > 1 else None}
     return summary
