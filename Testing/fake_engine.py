@@ -235,7 +235,7 @@ def main(argv: list[str]) -> int:
             sink.emit("stage", stage="predict", round=None, total=len(args.images))
             write_outputs(sink, out, list(args.images), classes, args.model, "predict")
     except KeyboardInterrupt as stop:
-        sink.emit("cancelled", checkpoint=str(stop), message="stopped on request")
+        sink.emit("cancelled", checkpoint=str(stop), message=f"stopped on request; resume with --resume {out}")
         return EXIT_CANCELLED
     except errors.InputError as error:
         sink.emit("error", message=str(error), file=error.path)

@@ -163,6 +163,8 @@ def test_cancel_mid_run_leaves_no_partial_nodes_and_no_process(tmp_path):
     assert any(line.startswith("cancelled: stopped on request") for line in job.log), \
         "the engine was killed instead of stopping after its step"
     assert job.process.returncode == 130
+    # The run's folder is removed on cancel: nothing to --resume, so the engine's hint is not shown.
+    assert not any("--resume" in line for line in job.log), [line for line in job.log if "resume" in line]
     assert session.app.nodes() == nodes_before
     assert logic.state.node.GetParameter("volumes") == records_before
     assert logic.state.model_path == ""
@@ -328,3 +330,26 @@ def test_a_saved_scene_reopens_where_the_user_left_off(session, tmp_path):
     logic2.wait(60)
     assert job.state == JobState.DONE, job.error
     assert job.imported == [CASES[2]]
+
+
+def test_inputs_left_by_a_crashed_slicer_are_removed_at_start_up(tmp_path, monkeypatch):
+    """A killed Slicer cannot tidy up: the next one removes the patients' volumes it exported, never the
+    inputs of a Slicer that still runs."""
+    import socket
+    import subprocess
+    import tempfile
+
+    from PLCLSegmentationLib import engine_run
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    stale, running = tmp_path / "plcl-inputs-stale", tmp_path / "plcl-inputs-running"
+    for folder, pid in ((stale, gone.pid), (running, os.getpid())):
+        (folder / "images").mkdir(parents=True)
+        (folder / "images" / "case.nrrd").write_bytes(b"patient")
+        (folder / engine_run.OWNER_FILE).write_text(f"{pid} {socket.gethostname()}")
+    with engine_run.RunInputs.exporting() as inputs:  # a run's own folder names its owner
+        assert (inputs.folder / engine_run.OWNER_FILE).read_text().split()[0] == str(os.getpid())
+    PLCLSegmentationLogic(SlicerApp().services, models_dir=tmp_path / "models")
+    assert not stale.exists() and running.exists() and inputs.folder.exists()

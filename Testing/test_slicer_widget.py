@@ -239,6 +239,10 @@ def test_the_panel_drives_a_whole_session(panel):
     assert ui.trainButton.text == "Train" and ui.progressBar.value == ui.progressBar.maximum == 12
     assert ui.statusLabel.text.startswith("Training finished")
     assert ui.reviewTable.rowCount == 3 and ui.reviewTable.item(0, 1).text == "predicted"
+    # The run's uncertainty maps are volumes too: the annotated-volume selector hides them.
+    maps = [r.uncertainty.GetID() for r in logic.state.records() if r.uncertainty is not None]
+    assert maps and set(maps) <= set(ui.annotatedVolumeSelector.sortFilterProxyModel().hiddenNodeIDs)
+    assert panel.volumes[0].GetID() not in ui.annotatedVolumeSelector.sortFilterProxyModel().hiddenNodeIDs
     logged = [c.args[0] for c in ui.logTextEdit.appendPlainText.call_args_list]
     assert any("stage: warmup" in line for line in logged)
 

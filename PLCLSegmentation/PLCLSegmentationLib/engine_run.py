@@ -10,7 +10,9 @@ in one transaction. Cancel or failure leave the scene as it was; the run's files
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
+import socket
 import tempfile
 import time
 import uuid
@@ -44,9 +46,10 @@ class RunInputs:
     @classmethod
     @contextlib.contextmanager
     def exporting(cls) -> Iterator[RunInputs]:
-        """A new folder, removed again if the export fails."""
-        inputs = cls(Path(tempfile.mkdtemp(prefix="plcl-inputs-")))
+        """A new folder, removed again if the export fails; it names its owner (remove_stale_inputs)."""
+        inputs = cls(Path(tempfile.mkdtemp(prefix=INPUTS_PREFIX)))
         try:
+            (inputs.folder / OWNER_FILE).write_text(f"{os.getpid()} {socket.gethostname()}", encoding="utf-8")
             yield inputs
         except BaseException:
             shutil.rmtree(inputs.folder, ignore_errors=True)
@@ -78,6 +81,45 @@ class RunInputs:
         if self.unlabeled:
             argv += ["--unlabeled", *(str(path) for path in self.unlabeled)]
         return argv
+
+
+#: A run's exported inputs: a folder in the temporary folder, and the file in it naming its Slicer process.
+INPUTS_PREFIX = "plcl-inputs-"
+OWNER_FILE = "owner.txt"
+#: Where a process cannot be asked whether it runs (Windows), a folder older than this is stale.
+STALE_AFTER_S = 7 * 24 * 3600.0
+
+
+def remove_stale_inputs(folder: Path | None = None) -> list[Path]:
+    """Remove the exported inputs (patients' volumes) that a crashed or killed Slicer left behind: folders
+    whose owner process on this machine no longer runs. Returns the folders removed."""
+    removed = []
+    for path in Path(folder or tempfile.gettempdir()).glob(f"{INPUTS_PREFIX}*"):
+        if path.is_dir() and not path.is_symlink() and _stale(path):
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+    return removed
+
+
+def _stale(path: Path) -> bool:
+    try:
+        pid_text, host = (path / OWNER_FILE).read_text(encoding="utf-8").split(maxsplit=1)
+        pid = int(pid_text)
+    except (OSError, ValueError):  # no owner written (an older version, or killed while creating it)
+        pid, host = 0, ""
+    if pid and host.strip() != socket.gethostname():
+        return False  # a shared temporary folder: another machine's run
+    if pid and os.name == "posix":
+        try:
+            os.kill(pid, 0)  # signal 0 only asks (on Windows os.kill would end the process)
+        except ProcessLookupError:
+            return True
+        except OSError:
+            return False
+        return False
+    with contextlib.suppress(OSError):
+        return time.time() - path.stat().st_mtime > STALE_AFTER_S
+    return False
 
 
 def new_run_folder(models_dir: Path, kind: str) -> Path:

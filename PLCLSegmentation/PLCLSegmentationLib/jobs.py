@@ -14,6 +14,7 @@ it was before the run.
 from __future__ import annotations
 
 import collections
+import re
 import time
 from dataclasses import dataclass, field
 from enum import Enum
@@ -114,6 +115,9 @@ class Job:
         return ", ".join(parts)
 
     def add_log(self, line: str) -> None:
+        # A cancelled run's folder is removed (its checkpoint holds data derived from the patients'
+        # volumes): the engine's "resume with --resume DIR" would name a folder that is gone.
+        line = RESUME_HINT.sub("", line)
         self.log.append(line)
         self.pending.append(line)
 
@@ -151,6 +155,10 @@ class Job:
         elif kind == "done":
             self.add_log(f"engine done in {format_duration(_float(event.get('elapsed_s')) or 0.0)}")
         return None
+
+
+#: The engine's hint after a stop (engine/cli.py), dropped from what the panel shows.
+RESUME_HINT = re.compile(r";?\s*resume with --resume\s+\S+")
 
 
 def format_duration(seconds: float) -> str:

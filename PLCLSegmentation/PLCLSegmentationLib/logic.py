@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from . import cine, dependencies, models, scene_io
-from .engine_run import EngineRun, RunInputs, new_run_folder
+from .engine_run import EngineRun, RunInputs, new_run_folder, remove_stale_inputs
 from .items import AnnotatedRow, Item, ReviewRow, item_for
 from .jobs import PREDICT, TRAIN, Job
 from .parameters import (
@@ -53,6 +53,7 @@ class PLCLSegmentationLogic:
         self.interpreters = dependencies.InterpreterChecks()
         self._before_import: dict[str, Any] | None = None
         self.painted = PaintedSlices(self.services)
+        remove_stale_inputs()  # patients' volumes exported by a Slicer that crashed or was killed
 
     @property
     def scene(self) -> Any:
@@ -167,6 +168,11 @@ class PLCLSegmentationLogic:
         # Never a node that annotates another frame already (a plain node does not follow the browser).
         taken = [f.source for f in record.frames.values() if f.source is not None] if record is not None else []
         return scene_io.user_segmentation_of(self.scene, volume, exclude=taken)
+
+    def not_annotatable(self) -> list[str]:
+        """IDs of the scalar volumes the annotated-volume selector hides: this module's (uncertainty maps)
+        and those that are not grayscale."""
+        return scene_io.not_segmentable(self.scene)
 
     def not_targets(self, records: Sequence[VolumeRecord]) -> list[str]:
         """IDs of the scalar volumes that cannot be segmented: training data, this module's, not grayscale."""

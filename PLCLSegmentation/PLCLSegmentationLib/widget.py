@@ -308,6 +308,8 @@ class PLCLSegmentationPanel:
             self._setRow(table, index, row.cells, row.record.volume.GetID(), row.frame)
 
     def _fillTargets(self, records: list[Any]) -> None:
+        # The module's own maps (uncertainty) and other non-grayscale volumes are never annotated.
+        self.ui.annotatedVolumeSelector.sortFilterProxyModel().hiddenNodeIDs = self.logic.not_annotatable()
         selector = self.ui.unannotatedVolumesSelector
         selector.sortFilterProxyModel().hiddenNodeIDs = self.logic.not_targets(records)
         for record in records:
