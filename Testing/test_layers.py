@@ -20,7 +20,7 @@ RANK = {
     "files": 2,
     "method": 3, "evaluation": 3, "request": 3,
     "run": 4,
-    "lab": 5,
+    "lab": 5, "cohort": 5,
     "cli": 6,
     "__main__": 7,
 }
