@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pydicom
+import SimpleITK as sitk
 from pydicom.dataset import FileDataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
 
@@ -81,3 +82,13 @@ def write_series(folder: Path, volume: np.ndarray, spacing, origin, direction: n
                     instance=t * len(slices) + k + 1,
                     trigger_ms=None if trigger_ms is None else trigger_ms[t])
     return folder
+
+
+def on_grid(array: np.ndarray, source, target) -> np.ndarray:
+    """``array`` on grid ``source`` moved voxel for voxel onto grid ``target`` (nearest neighbour: exact
+    where the grids share their voxel centres, which is checked)."""
+    to_source = np.linalg.inv(source.ijk_to_lps()) @ target.ijk_to_lps()
+    assert np.allclose(to_source, np.round(to_source), atol=1e-3), to_source
+    image = source.apply_to(sitk.GetImageFromArray(array))
+    reference = target.apply_to(sitk.GetImageFromArray(np.zeros(target.size[::-1], array.dtype)))
+    return sitk.GetArrayFromImage(sitk.Resample(image, reference, sitk.Transform(), sitk.sitkNearestNeighbor))

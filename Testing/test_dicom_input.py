@@ -10,24 +10,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import SimpleITK as sitk
-from dicom_series import write_series
+from dicom_series import on_grid, write_series
 
 from PLCLSegmentationLib.engine.errors import InputError
 from PLCLSegmentationLib.engine.files.cine import is_sequence, read_sequence
 from PLCLSegmentationLib.engine.files.volumes import Grid, read_volume
 from PLCLSegmentationLib.engine.lab.synthetic import _case
 from PLCLSegmentationLib.engine.lab.synthetic_cine import make_sequence
-
-
-def on_grid(array: np.ndarray, source: Grid, target: Grid) -> np.ndarray:
-    """``array`` on ``source`` moved voxel for voxel onto ``target`` (nearest neighbour: exact where the
-    grids share their voxel centres); checks that they do."""
-    to_source = np.linalg.inv(source.ijk_to_lps()) @ target.ijk_to_lps()
-    assert np.allclose(to_source, np.round(to_source), atol=1e-3), to_source
-    image = source.apply_to(sitk.GetImageFromArray(array))
-    reference = target.apply_to(sitk.GetImageFromArray(np.zeros(target.size[::-1], array.dtype)))
-    return sitk.GetArrayFromImage(sitk.Resample(image, reference, sitk.Transform(), sitk.sitkNearestNeighbor))
 
 
 def flipped_k(grid: Grid) -> Grid:

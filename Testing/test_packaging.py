@@ -16,8 +16,9 @@ ROOT = Path(__file__).resolve().parents[1]
 LIB = ROOT / "PLCLSegmentation" / "PLCLSegmentationLib"
 #: Import name -> distribution name, where they differ.
 DISTRIBUTIONS = {"nrrd": "pynrrd", "SimpleITK": "SimpleITK", "matplotlib": "matplotlib"}
-#: Imported only where present, with a fallback (curve_plot.py: no PNG without matplotlib).
-OPTIONAL = {"matplotlib"}
+#: Imported only where present, with a fallback (curve_plot.py: no PNG without matplotlib), or lazily with a
+#: one-line message naming the extra (files/dicom_seg.py: --format dicom-seg needs the [dicom] extra).
+OPTIONAL = {"matplotlib", "highdicom", "pydicom", "pyarrow"}  # pyarrow: Parquet only where it is
 STANDARD = set(sys.stdlib_module_names)
 
 

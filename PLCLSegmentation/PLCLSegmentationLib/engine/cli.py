@@ -19,11 +19,13 @@ from .protocol import (
     BUDGETS,
     DEFAULT_BUDGET,
     DEFAULT_DEVICE,
+    DEFAULT_DICOM_SEG_FRAMES,
     DEVICES,
     EXIT_CANCELLED,
     EXIT_ERROR,
     EXIT_OK,
     EXIT_USAGE,
+    OUTPUT_FORMATS,
     STOP_FILE,
 )
 from .request import TrainOptions, make_train_job
@@ -34,6 +36,17 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
                         help=f"where to run (default: {DEFAULT_DEVICE} = CUDA, else Apple MPS, else CPU)")
     parser.add_argument("--events", choices=["jsonl"], default=None,
                         help="print one JSON object per line on stdout for programs (schema: docs/protocol.md)")
+
+
+def _add_outputs(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--format", action="append", default=[], choices=list(OUTPUT_FORMATS),
+                        help="how each segmentation is written (repeatable; default seg.nrrd): seg.nrrd (Slicer), "
+                        "nifti (a .nii.gz label map of the class values), dicom-seg (DICOM SEG, for DICOM inputs; "
+                        "needs the [dicom] extra)")
+    parser.add_argument("--dicom-seg-frames", metavar="ed,es|all|LIST", default=None,
+                        help="with --format dicom-seg, the frames of a cine that get a DICOM SEG: ed and es (the "
+                        f"default, {DEFAULT_DICOM_SEG_FRAMES}: end-diastole and end-systole from the predicted "
+                        "volumes), all, or 0-based frame indices")
 
 
 def has_lab() -> bool:
@@ -84,6 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "a quarter of the warm-up and one pseudo-label round of the schedule; same classes)")
     train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                        help="override a configuration field (see config.py), e.g. --set contrastive_weight=0")
+    _add_outputs(train)
     _add_common(train)
 
     predict = commands.add_parser("predict", help="segment volumes with a saved model")
@@ -98,6 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
                          "or SLURM_ARRAY_TASK_COUNT")
     predict.add_argument("--skip-existing", action="store_true", help="leave out inputs whose outputs are complete "
                          "(all files written and recorded in a results file of the cohort folder)")
+    _add_outputs(predict)
     _add_common(predict)
 
     evaluate = commands.add_parser("evaluate", help="Dice and HD95 of predictions against reference labels")
@@ -139,17 +154,24 @@ def _run(args: argparse.Namespace, sink: EventSink, cancel: threading.Event) -> 
     from .run.training import run_training
 
     if args.command == "train":
+        if args.resume and (args.format or args.dicom_seg_frames):
+            raise ConfigError("--resume DIR continues a run as it was started: its --format and --dicom-seg-frames "
+                              "are those of its job.json")
         job = make_train_job(TrainOptions.from_namespace(args))
         run_training(job, sink, cancel, resume=bool(args.resume))
     elif args.command == "predict":
         if args.inputs or args.shard or args.skip_existing:
+            if args.format or args.dicom_seg_frames:
+                raise ConfigError("--format and --dicom-seg-frames are not taken with --inputs, --shard or "
+                                  "--skip-existing yet: a cohort folder holds .seg.nrrd files")
             from .run.cohort_prediction import run_cohort_prediction
 
             return run_cohort_prediction(args.model, args.images, args.inputs, args.shard, args.skip_existing,
                                          args.out, args.device or DEFAULT_DEVICE, sink, cancel)
         if not args.images:
             raise ConfigError("plcl predict: give the images to segment (IMAGE ... or --inputs LIST)")
-        run_prediction(args.model, args.images, args.out, args.device or DEFAULT_DEVICE, sink, cancel)
+        run_prediction(args.model, args.images, args.out, args.device or DEFAULT_DEVICE, sink, cancel,
+                       formats=args.format, seg_frames=args.dicom_seg_frames or DEFAULT_DICOM_SEG_FRAMES)
     elif args.command == "evaluate":
         from .evaluation.report import run_evaluation
 

@@ -60,6 +60,12 @@ PREDICTIONS_FOLDER = "predictions"  # <name>.seg.nrrd on each input's grid
 UNCERTAINTY_FOLDER = "uncertainty"  # <name>.nrrd, normalised predictive entropy per voxel
 SEQUENCES_FOLDER = "sequences"  # <name>.seq.nrrd and <name>.curve.png of each 4D input
 SNAPSHOTS_FOLDER = "snapshots"  # model_<i>.pt, intermediate models (--set snapshots=N)
+#: ``--format`` values: how each segmentation is written into predictions/ (run/writers.py owns the table):
+#: NAME.seg.nrrd, NAME.nii.gz (a label map of class values), NAME.seg.dcm (DICOM SEG, DICOM inputs only).
+OUTPUT_FORMATS = ("seg.nrrd", "nifti", "dicom-seg")
+DEFAULT_OUTPUT_FORMATS = ("seg.nrrd",)
+#: ``--dicom-seg-frames`` default: a cine's DICOM SEGs of its end-diastolic and end-systolic frames.
+DEFAULT_DICOM_SEG_FRAMES = "ed,es"
 #: Keys of summary.json's ``outputs`` (a path, or null when the run wrote no such file), and their files.
 OUTPUT_FILES = {"model": MODEL_FILE, "checkpoint": CHECKPOINT_FILE, "training": TRAINING_FILE, "job": JOB_FILE}
 OUTPUT_KINDS = tuple(OUTPUT_FILES)

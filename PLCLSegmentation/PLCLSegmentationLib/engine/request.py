@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import slicing
+from . import protocol, slicing
 from .config import TrainConfig, parse_overrides
 from .errors import ConfigError, InputError
 from .protocol import ANNOTATED_SLICES_ORDER, BUDGETS, DEFAULT_BUDGET
@@ -32,6 +32,9 @@ class TrainJob:
     annotated_slices: list[str] = field(default_factory=list)
     #: Annotated frames of 4D images (IMAGE, FRAME, LABEL): ``--labeled-frame``.
     labeled_frames: list[tuple[str, int, str]] = field(default_factory=list)
+    #: ``--format``: how the final predictions are written (run/writers.py); ``--dicom-seg-frames``.
+    formats: list[str] = field(default_factory=lambda: list(protocol.DEFAULT_OUTPUT_FORMATS))
+    dicom_seg_frames: str = protocol.DEFAULT_DICOM_SEG_FRAMES
 
     def annotated_count(self) -> int:
         return len(self.labeled) + len(self.labeled_frames)
@@ -43,7 +46,8 @@ class TrainJob:
         return {"labeled": [list(p) for p in self.labeled], "unlabeled": self.unlabeled, "out": self.out,
                 "labeled_frames": [[image, int(frame), label] for image, frame, label in self.labeled_frames],
                 "config": self.config.to_dict(), "init_model": self.init_model,
-                "annotated_slices": self.slice_specs(),
+                "annotated_slices": self.slice_specs(), "formats": list(self.formats),
+                "dicom_seg_frames": self.dicom_seg_frames,
                 "class_names": None if self.class_names is None else {str(k): v for k, v in self.class_names.items()}}
 
     @classmethod
@@ -52,7 +56,9 @@ class TrainJob:
         frames = [(str(image), int(frame), str(label)) for image, frame, label in d.get("labeled_frames") or []]
         return cls([tuple(p) for p in d["labeled"]], list(d["unlabeled"]), d["out"],
                    TrainConfig.from_dict(d["config"]), None if names is None else {int(k): v for k, v in names.items()},
-                   d.get("init_model"), list(d.get("annotated_slices") or []), frames)
+                   d.get("init_model"), list(d.get("annotated_slices") or []), frames,
+                   list(d.get("formats") or protocol.DEFAULT_OUTPUT_FORMATS),
+                   str(d.get("dicom_seg_frames") or protocol.DEFAULT_DICOM_SEG_FRAMES))
 
     def inputs(self) -> list[str]:
         """Every file the job reads."""
@@ -117,6 +123,8 @@ class TrainOptions:
     init_model: str | None = None
     overrides: list[str] = field(default_factory=list)  # --set KEY=VALUE
     device: str | None = None
+    format: list[str] = field(default_factory=list)  # --format (repeatable); none: the default
+    dicom_seg_frames: str | None = None
 
     @classmethod
     def from_namespace(cls, args: argparse.Namespace) -> TrainOptions:
@@ -168,7 +176,8 @@ def make_train_job(options: TrainOptions):
     # The other frames of an annotated 4D image are unannotated volumes.
     has_unlabeled = bool(unlabeled) or bool(frames) or sparse
     return TrainJob(labeled, unlabeled, options.out, train_config(options, has_unlabeled), names,
-                    options.init_model, specs, frames).absolute()
+                    options.init_model, specs, frames, list(options.format or protocol.DEFAULT_OUTPUT_FORMATS),
+                    options.dicom_seg_frames or protocol.DEFAULT_DICOM_SEG_FRAMES).absolute()
 
 
 def frame_index(text: str) -> int:

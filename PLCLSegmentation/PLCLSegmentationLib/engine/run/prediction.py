@@ -17,7 +17,7 @@ from ..errors import Cancelled, InputError
 from ..events import EventSink
 from ..files.cine import Sequence, is_sequence, read_sequence
 from ..files.outfolder import check_output_folder, hold_output_folder
-from ..files.volumes import Volume, read_volume, volume_name, write_image, write_segmentation
+from ..files.volumes import Volume, read_volume, volume_name, write_image
 from ..method.modelfile import ModelInfo
 from ..method.predictor import Prediction, Predictor, prepare
 from ..method.preprocess import InPlaneFrame, PreparedVolume, slice_layout
@@ -25,6 +25,7 @@ from ..protocol import PREDICTIONS_FOLDER, SEQUENCES_FOLDER, UNCERTAINTY_FOLDER
 from ..runtime import resolve_device
 from .sequence_outputs import LabelSequenceWriter, sequence_entry
 from .summary import write_summary
+from .writers import DEFAULT_SEG_FRAMES, SegmentationWriters, check_outputs, output_formats
 
 # --- checks made before anything is written (training makes them too) --------------------------
 
@@ -60,9 +61,11 @@ def check_slice_sizes(volumes: list[Volume], spacing: float, reference: InPlaneF
 
 
 def run_prediction(model_path: str, images: list[str], out: str, device_name: str, sink: EventSink,
-                   cancel: threading.Event | None = None) -> dict[str, Any]:
+                   cancel: threading.Event | None = None, formats: list[str] | None = None,
+                   seg_frames: str = DEFAULT_SEG_FRAMES) -> dict[str, Any]:
     cancel = cancel or threading.Event()
     started = time.monotonic()
+    check_outputs(formats, seg_frames, images)  # --format: a usage error before anything is read
     device = resolve_device(device_name)
     # A damaged or malformed model file: an error before any image is read. Loaded once for all images.
     predictor = Predictor.load(model_path, device)
@@ -81,6 +84,8 @@ def run_prediction(model_path: str, images: list[str], out: str, device_name: st
         volume.array = np.empty((0, 0, 0), np.float32)
         checked.append(volume)
     check_unique_names(checked)
+    check_outputs(formats, seg_frames, images, [sequence for sequence, _ in sequences])
+    outputs = SegmentationWriters(output_formats(formats), info.classes, model_path, seg_frames)
     out_path = Path(out)
     inputs = list(images) + [model_path]
     check_output_folder(out_path, inputs)
@@ -90,7 +95,7 @@ def run_prediction(model_path: str, images: list[str], out: str, device_name: st
                   precision=predictor.precision, out=str(out_path))
         # ... then read, predicted and written one at a time: memory stays flat for any number of images.
         entries, sequence_entries = write_predictions(predictor, _prepared_one_by_one(images, info, sink),
-                                                      len(checked), out_path, sink, cancel, sequences)
+                                                      len(checked), out_path, sink, cancel, sequences, outputs)
         summary = write_summary("predict", out_path, info.classes, entries, sink,
                                 extra={"model": str(Path(model_path).resolve()), "sequences": sequence_entries})
         sink.emit("done", out=str(out_path), elapsed_s=round(time.monotonic() - started, 2))
@@ -114,7 +119,8 @@ def _prepared_one_by_one(images: list[str], info: ModelInfo, sink: EventSink) ->
 
 def write_predictions(predictor: Predictor, volumes: Iterable[PreparedVolume], count: int, out: Path,
                       sink: EventSink, cancel: threading.Event,
-                      sequences: list[tuple[Sequence, list[int]]] | None = None
+                      sequences: list[tuple[Sequence, list[int]]] | None = None,
+                      outputs: SegmentationWriters | None = None
                       ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Predict each volume and write its segmentation and uncertainty map; returns the summary's
     ``volumes`` and ``sequences`` entries.
@@ -122,8 +128,10 @@ def write_predictions(predictor: Predictor, volumes: Iterable[PreparedVolume], c
     ``volumes`` may be a generator: each volume is then read, predicted, written and dropped before
     the next is read, so memory does not grow with the number of volumes. The frames of each of
     ``sequences`` (4D inputs, with their annotated frames) come among them, in frame order.
+    ``outputs`` writes each segmentation in the formats asked for (run/writers.py; default .seg.nrrd).
     """
     sequences = sequences or []
+    outputs = outputs or SegmentationWriters.default(predictor.classes, model_file=None)
     if not count:
         return [], []
     (out / PREDICTIONS_FOLDER).mkdir(parents=True, exist_ok=True)
@@ -150,9 +158,10 @@ def write_predictions(predictor: Predictor, volumes: Iterable[PreparedVolume], c
                 raise RuntimeError(f"frames of {sequence.name} out of order: {[p.volume.name for p in group]}")
         # Each volume is mapped onto its grid and written before the next is mapped.
         for prepared, prediction in zip(group, predictor.predict_group(group)):
-            entry = _write_one(predictor, prepared.volume, prediction, out, sink)
-            if entry["name"] in frame_of:
-                sequence, frame = frame_of[entry["name"]]
+            frame_info = frame_of.get(prepared.volume.name)
+            entry = _write_one(prepared.volume, prediction, out, sink, outputs, frame_info)
+            if frame_info is not None:
+                sequence, frame = frame_info
                 entry.update(sequence=sequence.name, frame=frame)
                 writer = writers.setdefault(sequence.name, LabelSequenceWriter(
                     out / SEQUENCES_FOLDER / f"{sequence.name}.seq.nrrd", sequence))
@@ -160,6 +169,8 @@ def write_predictions(predictor: Predictor, volumes: Iterable[PreparedVolume], c
                     written[sequence.name] = writer.path
                     sink.emit("output", kind="sequence", path=str(writer.path), name=sequence.name)
             entries.append(entry)
+            if frame_info is not None and frame_info[1] == frame_info[0].frame_count - 1:  # its SEGs, if asked
+                outputs.finish_sequence(frame_info[0], {e["name"]: e for e in entries}, out, sink)
             sink.emit("progress", stage="predict", iteration=len(entries), total=count, losses={},
                       elapsed_s=0.0, eta_s=0.0, slices_per_s=0.0)
         del group  # before the next volumes are read
@@ -169,17 +180,15 @@ def write_predictions(predictor: Predictor, volumes: Iterable[PreparedVolume], c
                      for sequence, annotated in sequences]
 
 
-def _write_one(predictor: Predictor, volume: Volume, prediction: Prediction, out: Path,
-               sink: EventSink) -> dict[str, Any]:
-    """Write one volume's segmentation and uncertainty on its grid; returns its summary entry."""
+def _write_one(volume: Volume, prediction: Prediction, out: Path, sink: EventSink, outputs: SegmentationWriters,
+               frame: tuple[Sequence, int] | None = None) -> dict[str, Any]:
+    """Write one volume's segmentation (in each format) and uncertainty on its grid; returns its summary entry."""
     started = time.monotonic()
-    seg_path = out / PREDICTIONS_FOLDER / f"{volume.name}.seg.nrrd"
     unc_path = out / UNCERTAINTY_FOLDER / f"{volume.name}.nrrd"
-    write_segmentation(seg_path, prediction.labels, volume.grid, predictor.classes)
-    sink.emit("output", kind="prediction", path=str(seg_path), name=volume.name)
+    files = outputs.write(volume, prediction.labels, out, sink, frame)
     # Two decimals are plenty for review and make the map compress several times smaller.
     write_image(unc_path, np.round(prediction.uncertainty, 2), volume.grid)
     sink.emit("output", kind="uncertainty", path=str(unc_path), name=volume.name)
-    return {"name": volume.name, "image": volume.path, "segmentation": str(seg_path),
-            "uncertainty": str(unc_path), "uncertainty_score": round(prediction.score, 5),
+    return {"name": volume.name, "image": volume.path, "segmentation": files.get("seg.nrrd", [None])[0],
+            "files": files, "uncertainty": str(unc_path), "uncertainty_score": round(prediction.score, 5),
             "voxels": prediction.voxels, "seconds": round(prediction.seconds + time.monotonic() - started, 3)}

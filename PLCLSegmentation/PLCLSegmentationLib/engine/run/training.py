@@ -29,6 +29,7 @@ from ..runtime import autocast_dtype, precision_name, resolve_device
 from .inputs import TrainingInputs, read_training_inputs, slice_count
 from .prediction import check_slice_sizes, write_predictions
 from .summary import write_json, write_summary
+from .writers import SegmentationWriters, check_outputs, output_formats
 
 
 def target_spacing(config: TrainConfig, volumes: list[Volume]) -> float:
@@ -44,6 +45,8 @@ def run_training(job: TrainJob, sink: EventSink, cancel: threading.Event | None 
     config = job.config
     device = resolve_device(config.device)
     inputs = read_training_inputs(job)
+    check_outputs(job.formats, job.dicom_seg_frames, job.unlabeled + [image for image, _, _ in job.labeled_frames],
+                  [sequence for sequence, _ in inputs.sequences])
     out = Path(job.out)
     read = job.inputs()
     check_output_folder(out, read, resume)
@@ -139,8 +142,9 @@ def _train(job: TrainJob, inputs: TrainingInputs, sink: EventSink, cancel: threa
     by_name = {p.volume.name: p for p in annotated + unannotated}
     to_predict = [p for p in unannotated if p.volume.name not in frame_names]
     to_predict += [by_name[n] for sequence, _ in inputs.sequences for n in sequence.frame_names()]
+    outputs = SegmentationWriters(output_formats(job.formats), info.classes, out / MODEL_FILE, job.dicom_seg_frames)
     entries, sequences = write_predictions(Predictor(model, info, device), to_predict, len(to_predict), out, sink,
-                                           cancel, inputs.sequences)
+                                           cancel, inputs.sequences, outputs)
     summary = write_summary("train", out, info.classes, entries, sink,
                             extra={"train_seconds": round(train_seconds, 2), "iterations": trainer.iteration,
                                    "annotated_slices": slice_record, "sequences": sequences})
