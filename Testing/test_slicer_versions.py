@@ -192,3 +192,28 @@ def test_every_slicer_api_the_module_calls_exists_in_slicer_5_8():
     assert not unchecked, f"check these at Slicer's tag v5.8.0, then list them in slicer_api.py: {sorted(unchecked)}"
     assert util <= slicer_api.SLICER_UTIL_5_8, sorted(util - slicer_api.SLICER_UTIL_5_8)
     assert names <= slicer_api.SLICER_NAMES_5_8, sorted(names - slicer_api.SLICER_NAMES_5_8)
+
+
+def test_each_listed_api_is_declared_in_its_header_at_v5_8_0():
+    """slicer_api.py names the header of each call; with a Slicer source checkout (SLICER_SOURCE, a git
+    clone of Slicer/Slicer with the tag v5.8.0) each header must declare it: as a method, or through a
+    vtk Set/Get/Boolean macro of its base name."""
+    import re
+    import subprocess
+
+    import slicer_api
+
+    source = os.environ.get("SLICER_SOURCE")
+    if not source:
+        pytest.skip("set SLICER_SOURCE to a clone of Slicer/Slicer to check the attributions")
+    wrong = []
+    for name, header in slicer_api.SLICER_5_8.items():
+        text = subprocess.run(["git", "-C", source, "show", f"v5.8.0:{header}"], capture_output=True,
+                              text=True).stdout
+        text = re.sub(r"//.*", "", text)  # declarations, not comments
+        base = re.sub(r"^(Get|Set)|(On|Off)$", "", name)
+        declared = re.search(rf"\b{name}\s*\(", text) or re.search(rf"Macro\s*\(\s*{base}\b", text) \
+            or re.search(rf"\b{name}\b\s*[=,}}]", text)  # an enum constant
+        if not declared:
+            wrong.append(f"{name}: {header}")
+    assert not wrong, wrong
