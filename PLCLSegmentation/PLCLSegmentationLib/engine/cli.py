@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import __version__
+from .cohort.commands import add_cohort_arguments
 from .errors import DISK_FULL_ERRNOS, ConfigError, InputError
 from .events import EventSink, JsonLinesSink
 from .protocol import (
@@ -124,6 +125,10 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--json", metavar="FILE", help="where to write the report (default PRED/metrics.json)")
     evaluate.add_argument("--events", choices=["jsonl"], default=None)
 
+    cohort = commands.add_parser("cohort", help="segment a cohort on a Slurm cluster (slurm), follow it (status), "
+                                 "gather its results in one table (collect)")
+    add_cohort_arguments(cohort)
+
     demo = commands.add_parser("demo", help="generate a small synthetic dataset, train, segment and evaluate")
     demo.add_argument("--out", default="demo_output", metavar="DIR")
     demo.add_argument("--iterations", type=int, default=None)
@@ -172,6 +177,10 @@ def _run(args: argparse.Namespace, sink: EventSink, cancel: threading.Event) -> 
             raise ConfigError("plcl predict: give the images to segment (IMAGE ... or --inputs LIST)")
         run_prediction(args.model, args.images, args.out, args.device or DEFAULT_DEVICE, sink, cancel,
                        formats=args.format, seg_frames=args.dicom_seg_frames or DEFAULT_DICOM_SEG_FRAMES)
+    elif args.command == "cohort":
+        from .cohort.commands import run_cohort
+
+        return run_cohort(args, sink)
     elif args.command == "evaluate":
         from .evaluation.report import run_evaluation
 
