@@ -423,6 +423,407 @@ CASES = [
 ]
 
 
+# --- issue 26 (round two): every format's truncation, models, evaluate, datasets, resume, bench ---------
+
+
+def write_as(d: Path, name: str, compress: bool = False, array: np.ndarray | None = None) -> None:
+    """img.nii.gz's voxels (or ``array``) in the format of ``name`` (Analyze, MetaImage, NRRD, ...)."""
+    write_volume(d, name, array, compress=compress)
+
+
+def cut(d: Path, name: str, keep: float = 0.7) -> None:
+    truncate(d, name, keep)
+
+
+def dicom_series(d: Path, folder: str = "dcm") -> None:
+    """The image as a DICOM series of one file per slice, sharing one series (positions in the tags)."""
+    image = sitk.Cast(make_image(phantom()[0]), sitk.sitkInt16)
+    (d / folder).mkdir()
+    writer = sitk.ImageFileWriter()
+    writer.KeepOriginalImageUIDOn()
+    tags = {"0020|000e": "1.2.826.0.1.3680043.2.1125.42", "0020|000d": "1.2.826.0.1.3680043.2.1125.43",
+            "0008|0060": "MR", "0020|0037": "1\\0\\0\\0\\1\\0", "0010|0010": "SYNTHETIC"}
+    for k in range(image.GetDepth()):
+        frame = image[:, :, k]
+        for tag, value in tags.items():
+            frame.SetMetaData(tag, value)
+        frame.SetMetaData("0020|0013", str(k + 1))
+        frame.SetMetaData("0020|0032", "\\".join(map(str, image.TransformIndexToPhysicalPoint((0, 0, k)))))
+        frame.SetMetaData("0008|0018", f"1.2.826.0.1.3680043.2.1125.44.{k + 1}")
+        writer.SetFileName(str(d / folder / f"slice{k:03d}.dcm"))
+        writer.Execute(frame)
+
+
+def float_nifti(d: Path, name: str, bad: float) -> None:
+    array = phantom()[0].astype(np.float32)
+    array[3, 20, 20] = bad
+    write_volume(d, name, array, compress=name.endswith(".gz"))
+
+
+def undeclared_segment_value(d: Path) -> None:
+    """A .seg.nrrd whose voxels hold a value (5) that no segment declares."""
+    import slicerio
+
+    seg_nrrd(d, "stray.seg.nrrd", [("ring", phantom()[1] == 1)])
+    segmentation = slicerio.read_segmentation(str(d / "stray.seg.nrrd"))
+    voxels = np.array(segmentation["voxels"])
+    voxels[20, 24, 3] = 5
+    segmentation["voxels"] = voxels
+    slicerio.write_segmentation(str(d / "stray.seg.nrrd"), segmentation)
+
+
+def summary_text(d: Path, text: str) -> None:
+    prediction_folder(d)
+    (d / "pred" / "summary.json").write_text(text)
+
+
+def reference_with(d: Path, value: int, where: str = "refs") -> None:
+    prediction_folder(d)
+    labels = phantom()[1]
+    labels[3, 2:6, 2:6] = value
+    write_volume(d, f"{where}/lbl.nii.gz", labels)
+
+
+def dataset_meta(d: Path, meta) -> None:
+    dataset(d)
+    (d / "ds" / "dataset.json").write_text(json.dumps(meta))
+
+
+def foreign_checkpoint(d: Path, run: str | None, state_of_another_network: bool) -> None:
+    """The run folder of _job, with a checkpoint.pt written by another run."""
+    from PLCLSegmentationLib.engine.method.train import Checkpoint
+
+    (d / "run").mkdir()
+    (d / "run" / "job.json").write_text(json.dumps(_job(d)))
+    state = torch.load(d / "model.pt", weights_only=True)["state_dict"] if state_of_another_network else {}
+    Checkpoint(1, state, {}, 0, [], run=run).save(d / "run" / "checkpoint.pt")
+
+
+def no_label_on_slice_0(d: Path) -> None:
+    labels = phantom()[1]
+    labels[0] = 0
+    write_volume(d, "lbl0.nii.gz", labels)
+
+
+def bench(d: Path, *extra: str) -> list[str]:
+    return ["bench", "--data", str(d / "ds"), "--out", str(d / "bench"), "--iterations", "2", "--seeds", "0",
+            "--set", "patch_size=32", "--device", "cpu", *extra]
+
+
+def model_field(name: str, change: Callable[[dict], None]) -> Callable[[Path], None]:
+    return lambda d: model_variant(d, name, change)
+
+
+def _nan_first_weight(payload: dict, value: float = float("nan")) -> None:
+    key = next(k for k, v in payload["state_dict"].items() if v.is_floating_point())
+    payload["state_dict"][key] = torch.full_like(payload["state_dict"][key], value)
+
+
+def _resume(d: Path, *extra: str) -> list[str]:
+    return ["train", "--resume", str(d / "earlier"), *extra]
+
+
+def _evaluate(d: Path, *extra: str) -> list[str]:
+    return ["evaluate", "--pred", str(d / "pred"), "--labels", str(d / "refs"), *extra]
+
+
+def _setting(key: str, value: str, *fragments: str) -> Case:
+    case = _set(key, value, 2, *fragments, point="26-settings")
+    return dataclasses.replace(case, id=f"26_{case.id}")
+
+
+P = predict
+CASES += [
+    # 1. truncation, for every format the readers accept
+    Case("analyze_img_cut_short", "26.1", lambda d: P(d, "a.hdr"), 1, ("a.hdr", "truncated", "a.img"),
+         lambda d: (write_as(d, "a.hdr"), cut(d, "a.img"))),
+    Case("analyze_img_cut_short_given_as_img", "26.1", lambda d: P(d, "a.img"), 1, ("a.img", "truncated"),
+         lambda d: (write_as(d, "a.hdr"), cut(d, "a.img"))),
+    Case("analyze_without_its_img", "26.1", lambda d: P(d, "a.hdr"), 1, ("a.hdr", ".img file is not there"),
+         lambda d: (write_as(d, "a.hdr"), (d / "a.img").unlink())),
+    Case("analyze_cut_short_as_unlabeled", "26.1", lambda d: train(d)[:5] + [str(d / "a.hdr")] + train(d)[6:], 1,
+         ("a.hdr", "truncated"), lambda d: (write_as(d, "a.hdr"), cut(d, "a.img"))),
+    Case("mha_cut_short", "26.1", lambda d: P(d, "v.mha"), 1, ("v.mha", "truncated", "header describes"),
+         lambda d: (write_as(d, "v.mha"), cut(d, "v.mha"))),
+    Case("mha_compressed_cut_short", "26.1", lambda d: P(d, "v.mha"), 1, ("v.mha", "truncated"),
+         lambda d: (write_as(d, "v.mha", compress=True), cut(d, "v.mha"))),
+    Case("mha_label_cut_short", "26.1", lambda d: train(d, "img.nii.gz", "l.mha"), 1, ("l.mha", "truncated"),
+         lambda d: (write_as(d, "l.mha", array=phantom()[1]), cut(d, "l.mha"))),
+    Case("mhd_raw_cut_short", "26.1", lambda d: P(d, "v.mhd"), 1, ("v.mhd", "truncated", "v.raw"),
+         lambda d: (write_as(d, "v.mhd"), cut(d, "v.raw"))),
+    Case("mhd_compressed_cut_short", "26.1", lambda d: P(d, "v.mhd"), 1, ("v.mhd", "truncated"),
+         lambda d: (write_as(d, "v.mhd", compress=True), cut(d, "v.zraw"))),
+    Case("mhd_without_its_raw", "26.1", lambda d: P(d, "v.mhd"), 1, ("v.mhd", "v.raw that is not there"),
+         lambda d: (write_as(d, "v.mhd"), (d / "v.raw").unlink())),
+    Case("nrrd_raw_cut_short", "26.1", lambda d: P(d, "v.nrrd"), 1, ("v.nrrd", "truncated", "header describes"),
+         lambda d: (write_as(d, "v.nrrd"), cut(d, "v.nrrd"))),
+    Case("nrrd_gzip_cut_short", "26.1", lambda d: P(d, "v.nrrd"), 1, ("v.nrrd", "truncated"),
+         lambda d: (write_as(d, "v.nrrd", compress=True), cut(d, "v.nrrd"))),
+    Case("nrrd_raw_label_cut_short", "26.1", lambda d: train(d, "img.nii.gz", "l.nrrd"), 1, ("l.nrrd", "truncated"),
+         lambda d: (write_as(d, "l.nrrd", array=phantom()[1]), cut(d, "l.nrrd", 0.9))),
+    Case("nhdr_raw_cut_short", "26.1", lambda d: P(d, "v.nhdr"), 1, ("v.nhdr", "truncated", "v.raw"),
+         lambda d: (write_as(d, "v.nhdr"), cut(d, "v.raw"))),
+    Case("nhdr_gzip_cut_short", "26.1", lambda d: P(d, "v.nhdr"), 1, ("v.nhdr", "truncated"),
+         lambda d: (write_as(d, "v.nhdr", compress=True), cut(d, "v.raw.gz"))),
+    Case("nhdr_without_its_data_file", "26.1", lambda d: P(d, "v.nhdr"), 1, ("v.nhdr", "not there"),
+         lambda d: (write_as(d, "v.nhdr"), (d / "v.raw").unlink())),
+    Case("dicom_series_with_a_slice_cut_short", "26.1", lambda d: P(d, "dcm"), 1, ("slice003.dcm",),
+         lambda d: (dicom_series(d), cut(d, "dcm/slice003.dcm", 0.8))),
+    Case("dicom_series_cut_short_as_labeled_image", "26.1", lambda d: train(d, "dcm", "lbl.nii.gz"), 1,
+         ("slice000.dcm",), lambda d: (dicom_series(d), cut(d, "dcm/slice000.dcm", 0.6))),
+    Case("sequence_nrrd_cut_short", "26.1", lambda d: P(d, "cine.seq.nrrd"), 1, ("cine.seq.nrrd", "truncated"),
+         lambda d: (seq_nrrd(d, "cine.seq.nrrd"), cut(d, "cine.seq.nrrd", 0.6))),
+    Case("cine_nifti_cut_short_labeled_frame", "26.1", lambda d: labeled_frame(d, "0"), 1, ("cine.nii.gz", "truncated"),
+         lambda d: (cine(d), cut(d, "cine.nii.gz", 0.6))),
+    # 2. non-finite weights
+    Case("model_nan_weights", "26.2", lambda d: P(d, model="m.pt"), 1, ("m.pt", "NaN or infinite"),
+         model_field("m.pt", _nan_first_weight)),
+    Case("model_inf_weights", "26.2", lambda d: P(d, model="m.pt"), 1, ("m.pt", "NaN or infinite"),
+         model_field("m.pt", lambda p: _nan_first_weight(p, float("inf")))),
+    Case("init_model_nan_weights", "26.2", lambda d: train(d, "img.nii.gz", "lbl.nii.gz", "--init-model",
+                                                           str(d / "m.pt")), 1, ("m.pt", "NaN or infinite"),
+         model_field("m.pt", _nan_first_weight)),
+    # 4. --annotated-slices: ranges checked against the image before they are expanded
+    Case("annotated_slices_range_of_a_trillion", "26.4",
+         lambda d: train(d, "img.nii.gz", "lbl.nii.gz", "--annotated-slices", "0-999999999999"), 2,
+         ("img.nii.gz", "slice 999999999999 is out of range", "7 slices")),
+    Case("annotated_slices_huge_single_index", "26.4",
+         lambda d: train(d, "img.nii.gz", "lbl.nii.gz", "--annotated-slices", "2,99999999999999999999"), 2,
+         ("img.nii.gz", "out of range")),
+    Case("annotated_slices_decreasing_range", "26.4",
+         lambda d: train(d, "img.nii.gz", "lbl.nii.gz", "--annotated-slices", "5-3"), 2, ("'5-3'", "increasing")),
+    Case("annotated_slices_negative", "26.4",
+         lambda d: train(d, "img.nii.gz", "lbl.nii.gz", "--annotated-slices", "-2"), 2, ("--annotated-slices",)),
+    Case("annotated_slices_count_mismatch", "26.4",
+         lambda d: train(d, "img.nii.gz", "lbl.nii.gz", "--annotated-slices", "1", "--annotated-slices", "2"), 2,
+         ("2 --annotated-slices values for 1 annotated volumes",)),
+    # 5. --set budget
+    Case("set_budget", "26.5", lambda d: train(d, "img.nii.gz", "lbl.nii.gz", "--set", "budget=quick"), 2,
+         ("--set budget='quick'", "--budget")),
+    Case("set_budget_unknown", "26.5", lambda d: train(d, "img.nii.gz", "lbl.nii.gz", "--set", "budget=3"), 2,
+         ("--set budget=3",)),
+    # 6. bench: every method's and variant's whole configuration before any run
+    Case("bench_variant_levels_against_the_set_patch_size", "26.6", lambda d: bench(d, "--variant", "deep:levels=7"),
+         2, ("--variant deep", "patch_size 32 must be a multiple of 64"), dataset),
+    Case("bench_variant_budget", "26.6", lambda d: bench(d, "--variant", 'b:budget="full"'), 2,
+         ("--variant b:budget", "--budget"), dataset),
+    Case("bench_variant_unknown_key", "26.6", lambda d: bench(d, "--variant", "x:no_such=1"), 2, ("--variant",),
+         dataset),
+    Case("bench_variant_bad_value", "26.6", lambda d: bench(d, "--variant", "x:batch_size=0"), 2,
+         ("batch_size=0",), dataset),
+    Case("bench_variant_name_twice", "26.6", lambda d: bench(d, "--variant", "x:rounds=1", "--variant", "x:rounds=2"),
+         2, ("given twice",), dataset),
+    Case("bench_variant_without_settings", "26.6", lambda d: bench(d, "--variant", "x"), 2, ("NAME:KEY=VALUE",),
+         dataset),
+    Case("bench_set_for_all_methods_wrong", "26.6", lambda d: bench(d, "--set", "levels=9"), 2,
+         ("method", "levels=9"), dataset),
+    Case("bench_unknown_method", "26.6", lambda d: bench(d, "--methods", "plcl,magic"), 2, ("unknown methods",),
+         dataset),
+    Case("bench_labeled_slices_0", "26.6", lambda d: bench(d, "--labeled-slices", "0"), 2, ("--labeled-slices",),
+         dataset),
+    Case("bench_whole_volumes_alone", "26.6", lambda d: bench(d, "--as-whole-volumes"), 2, ("--as-whole-volumes",),
+         dataset),
+    Case("bench_propagation_frames_2", "26.6", lambda d: bench(d, "--propagation-frames", "2"), 2,
+         ("--propagation-frames 2",), dataset),
+    Case("bench_minutes_too_short", "26.6", lambda d: bench(d, "--iterations", "0", "--minutes", "0.01"), 2,
+         ("--minutes 0.01",), dataset),
+    # 7. evaluate: a damaged summary.json, or one without classes
+    Case("evaluate_summary_not_json", "26.7", lambda d: _evaluate(d), 1, ("summary.json", "cannot be read"),
+         lambda d: summary_text(d, "{ this is not json")),
+    Case("evaluate_summary_classes_empty", "26.7", lambda d: _evaluate(d), 1, ("summary.json", "lists no classes"),
+         lambda d: summary_text(d, json.dumps({"classes": []}))),
+    Case("evaluate_summary_without_classes", "26.7", lambda d: _evaluate(d), 1, ("summary.json", "lists no classes"),
+         lambda d: summary_text(d, json.dumps({"volumes": []}))),
+    Case("evaluate_summary_a_list", "26.7", lambda d: _evaluate(d), 1, ("summary.json", "not a JSON object"),
+         lambda d: summary_text(d, "[1, 2]")),
+    Case("evaluate_summary_class_without_name", "26.7", lambda d: _evaluate(d), 1, ("summary.json", "malformed"),
+         lambda d: summary_text(d, json.dumps({"classes": [{"value": 1, "color": [1, 0, 0]}]}))),
+    Case("evaluate_summary_class_value_0", "26.7", lambda d: _evaluate(d), 1, ("summary.json", "distinct values"),
+         lambda d: summary_text(d, json.dumps({"classes": [{"value": 0, "name": "x", "color": [1, 0, 0]}]}))),
+    # 8. values outside the classes are refused, not counted as background
+    Case("evaluate_reference_value_outside_the_classes", "26.8", lambda d: _evaluate(d), 1,
+         ("refs/lbl.nii.gz", "label values 3 outside the classes"), lambda d: reference_with(d, 3)),
+    Case("evaluate_prediction_value_outside_the_classes", "26.8", lambda d: _evaluate(d), 1,
+         ("pred/lbl.nii.gz", "label values 9 outside the classes"), lambda d: reference_with(d, 9, "pred")),
+    Case("seg_nrrd_voxel_value_no_segment_declares", "26.8", lambda d: train(d, "img.nii.gz", "stray.seg.nrrd"), 1,
+         ("stray.seg.nrrd", "voxel values 5", "no segment declares"), undeclared_segment_value),
+    Case("evaluate_seg_nrrd_reference_with_an_undeclared_value", "26.8", lambda d: _evaluate(d), 1,
+         ("lbl.seg.nrrd", "voxel values 5"),
+         lambda d: (prediction_folder(d), undeclared_segment_value(d), (d / "refs" / "lbl.nii.gz").unlink(),
+                    shutil.move(d / "stray.seg.nrrd", d / "refs" / "lbl.seg.nrrd"))),
+    # 9. model fields, dataset.json and --out paths that used to end in a traceback
+    Case("model_percentiles_as_strings", "26.9", lambda d: P(d, model="m.pt"), 1, ("m.pt", "percentiles"),
+         model_field("m.pt", lambda p: p["info"]["normalisation"].update(percentiles=["1.0", "99.0"]))),
+    Case("model_percentiles_not_a_list", "26.9", lambda d: P(d, model="m.pt"), 1, ("m.pt", "percentiles"),
+         model_field("m.pt", lambda p: p["info"]["normalisation"].update(percentiles=5))),
+    Case("model_percentiles_reversed", "26.9", lambda d: P(d, model="m.pt"), 1, ("m.pt", "percentiles"),
+         model_field("m.pt", lambda p: p["info"]["normalisation"].update(percentiles=[99.0, 1.0]))),
+    Case("dataset_json_a_list", "26.9", lambda d: ["train", "--data", str(d / "ds"), "--labeled-cases", "a", "--out",
+                                                   str(d / "out"), *TINY], 1, ("dataset.json", "JSON object"),
+         lambda d: dataset_meta(d, [1, 2, 3])),
+    Case("dataset_labels_a_list", "26.9", lambda d: ["train", "--data", str(d / "ds"), "--labeled-cases", "a",
+                                                     "--out", str(d / "out"), *TINY], 1, ("dataset.json", "'labels'"),
+         lambda d: dataset_meta(d, {"labels": ["bg", "ring"], "cases": {"train": ["a"]}})),
+    Case("dataset_labels_not_numbers", "26.9", lambda d: ["evaluate", "--pred", str(d / "pred"), "--data",
+                                                          str(d / "ds"), "--split", "val"], 1,
+         ("dataset.json", "'labels'"),
+         lambda d: (prediction_folder(d), dataset_meta(d, {"labels": {"x": "bg"}, "cases": {"val": ["a"]}}))),
+    Case("dataset_cases_a_list", "26.9", lambda d: ["train", "--data", str(d / "ds"), "--labeled-cases", "a",
+                                                    "--out", str(d / "out"), *TINY], 1, ("dataset.json", "'cases'"),
+         lambda d: dataset_meta(d, {"labels": {"0": "bg"}, "cases": ["a"]})),
+    Case("out_through_a_symlink_loop_train", "26.9", lambda d: train(d, out="loop/out"), 1, ("loop/out",),
+         lambda d: (d / "loop").symlink_to(d / "loop")),
+    Case("out_through_a_symlink_loop_predict", "26.9", lambda d: P(d, out="loop/out"), 1, ("loop/out",),
+         lambda d: (d / "loop").symlink_to(d / "loop")),
+    # 10. NaN/Inf voxels: the same rule for NIfTI as for NRRD and MHA
+    Case("nan_voxel_nii_gz", "26.10", lambda d: P(d, "nan.nii.gz"), 1, ("nan.nii.gz", "NaN or infinite"),
+         lambda d: float_nifti(d, "nan.nii.gz", float("nan"))),
+    Case("inf_voxel_nii", "26.10", lambda d: P(d, "inf.nii"), 1, ("inf.nii", "NaN or infinite"),
+         lambda d: float_nifti(d, "inf.nii", float("inf"))),
+    Case("nan_voxel_nii_gz_annotated_image", "26.10", lambda d: train(d, "nan.nii.gz"), 1,
+         ("nan.nii.gz", "NaN or infinite"), lambda d: float_nifti(d, "nan.nii.gz", float("nan"))),
+    Case("nan_voxel_mha", "26.10", lambda d: P(d, "nan.mha"), 1, ("nan.mha", "NaN"),
+         lambda d: write_volume(d, "nan.mha", np.full((7, 48, 40), np.nan, np.float32))),
+    # 11. case names never reach outside the dataset
+    Case("dataset_case_with_dotdot", "26.11", lambda d: ["train", "--data", str(d / "ds"), "--labeled-cases", "a",
+                                                         "--out", str(d / "out"), *TINY], 1,
+         ("dataset.json", "'../img'", "outside"),
+         lambda d: dataset_meta(d, {"labels": {"0": "bg"}, "cases": {"train": ["a", "../img"]}})),
+    Case("dataset_case_absolute", "26.11", lambda d: ["train", "--data", str(d / "ds"), "--labeled-cases", "a",
+                                                      "--out", str(d / "out"), *TINY], 1, ("dataset.json", "outside"),
+         lambda d: dataset_meta(d, {"labels": {"0": "bg"}, "cases": {"train": [str(d / "img")]}})),
+    Case("labeled_cases_with_dotdot", "26.11", lambda d: ["train", "--data", str(d / "ds"), "--labeled-cases",
+                                                          "../../img", "--out", str(d / "out"), *TINY], 1,
+         ("images", "'../../img' is not a case name"), dataset),
+    Case("unlabeled_cases_absolute", "26.11", lambda d: ["train", "--data", str(d / "ds"), "--labeled-cases", "a",
+                                                         "--unlabeled-cases", str(d / "other"), "--out",
+                                                         str(d / "out"), *TINY], 1, ("is not a case name",), dataset),
+    # 13. misleading or missing
+    Case("annotated_slices_holding_no_label", "26.13",
+         lambda d: train(d, "img.nii.gz", "lbl0.nii.gz", "--annotated-slices", "0"), 1,
+         ("lbl0.nii.gz", "none of the annotated slices"), no_label_on_slice_0),
+    Case("minutes_0.001", "26.13", lambda d: train(d, "img.nii.gz", "lbl.nii.gz", "--minutes", "0.001"), 2,
+         ("--minutes 0.001", "from 0.1")),
+    Case("minutes_two_years", "26.13", lambda d: train(d, "img.nii.gz", "lbl.nii.gz", "--minutes", "1051200"), 2,
+         ("--minutes 1.0512e+06", "to 527040")),
+    Case("minutes_nan", "26.13", lambda d: train(d, "img.nii.gz", "lbl.nii.gz", "--minutes", "nan"), 2,
+         ("--minutes nan",)),
+    Case("evaluate_json_into_a_missing_folder", "26.13", lambda d: _evaluate(d, "--json", str(d / "no" / "r.json")),
+         1, ("no", "folder not found"), prediction_folder),
+    Case("model_in_plane_reference_parallel", "26.13", lambda d: P(d, model="m.pt"), 1, ("m.pt", "in_plane_reference"),
+         model_field("m.pt", lambda p: p["info"].update(in_plane_reference=[[1, 0, 0], [1, 0, 0]]))),
+    Case("model_in_plane_reference_zero", "26.13", lambda d: P(d, model="m.pt"), 1, ("m.pt", "in_plane_reference"),
+         model_field("m.pt", lambda p: p["info"].update(in_plane_reference=[[0, 0, 0], [0, 1, 0]]))),
+    Case("model_in_plane_reference_short", "26.13", lambda d: P(d, model="m.pt"), 1, ("m.pt", "in_plane_reference"),
+         model_field("m.pt", lambda p: p["info"].update(in_plane_reference=[[1, 0], [0, 1]]))),
+    Case("model_in_plane_reference_text", "26.13", lambda d: P(d, model="m.pt"), 1, ("m.pt", "in_plane_reference"),
+         model_field("m.pt", lambda p: p["info"].update(in_plane_reference="axial"))),
+    # 14. --resume
+    Case("resume_with_out", "26.14", lambda d: _resume(d, "--out", str(d / "elsewhere")), 2, ("--out",), earlier_run),
+    Case("resume_with_seed", "26.14", lambda d: _resume(d, "--seed", "3"), 2, ("--seed",), earlier_run),
+    Case("resume_with_annotated_slices", "26.14", lambda d: _resume(d, "--annotated-slices", "1"), 2,
+         ("--annotated-slices",), earlier_run),
+    Case("resume_with_data", "26.14", lambda d: _resume(d, "--data", str(d / "ds")), 2, ("--data",), earlier_run),
+    Case("resume_with_labeled_cases", "26.14", lambda d: _resume(d, "--labeled-cases", "a"), 2, ("--labeled-cases",),
+         earlier_run),
+    Case("resume_another_runs_checkpoint", "26.14", lambda d: ["train", "--resume", str(d / "run")], 1,
+         ("checkpoint.pt", "another run"), lambda d: foreign_checkpoint(d, "0123456789abcdef", False)),
+    Case("resume_a_checkpoint_of_another_network", "26.14", lambda d: ["train", "--resume", str(d / "run")], 1,
+         ("checkpoint.pt", "does not fit"), lambda d: foreign_checkpoint(d, None, True)),
+    Case("resume_a_damaged_job_json", "26.14", lambda d: ["train", "--resume", str(d / "run")], 1,
+         ("job.json", "not a job file"),
+         lambda d: ((d / "run").mkdir(), (d / "run" / "job.json").write_text('{"labeled": 3}'))),
+    # every option of every command: settings
+    _setting("patch_size", "7", "patch_size=7"),
+    _setting("base_channels", "0", "base_channels=0"),
+    _setting("embedding_dim", "2000", "embedding_dim=2000"),
+    _setting("contrastive_images", "0", "contrastive_images=0"),
+    _setting("warmup_iterations", "0", "warmup_iterations=0"),
+    _setting("rounds", "-1", "rounds=-1"),
+    _setting("teacher_ema", "1", "teacher_ema=1"),
+    _setting("pseudo_label_confidence", "2", "pseudo_label_confidence=2"),
+    _setting("temperature", "0", "temperature=0"),
+    _setting("inference_tile", "8", "inference_tile=8"),
+    _setting("inference_overlap", "0.95", "inference_overlap=0.95"),
+    _setting("snapshots", "-1", "snapshots=-1"),
+    _setting("checkpoint_every", "0", "checkpoint_every=0"),
+    _setting("segmentation_loss", "bce", "segmentation_loss must be"),
+    _setting("augmentation", "wild", "augmentation must be"),
+    _setting("precision", "fp16", "precision must be"),
+    _setting("intensity_percentiles", "[99, 1]", "intensity_percentiles"),
+    _setting("rotation_degrees", "200", "rotation_degrees=200"),
+    _setting("target_spacing_mm", "0", "target_spacing_mm=0"),
+    _setting("contrast_range", "[0, 1]", "contrast_range"),
+    _setting("time_budget_s", "0", "time_budget_s=0"),
+    _setting("compile", "1", "compile=1", "true or false"),
+    # every option of every command: train, predict, evaluate
+    Case("iterations_and_minutes", "26-options", lambda d: train(d, "img.nii.gz", "lbl.nii.gz", "--minutes", "1"),
+         2, ("not both",)),
+    Case("iterations_negative", "26-options", lambda d: train(d, "img.nii.gz", "lbl.nii.gz", "--iterations", "-5"),
+         2, ("--iterations -5",)),
+    Case("n_unlabeled_negative", "26-options", lambda d: ["train", "--data", str(d / "ds"), "--labeled-cases", "a",
+                                                          "--n-unlabeled", "-1", "--out", str(d / "out"), *TINY], 2,
+         ("--n-unlabeled -1",), dataset),
+    Case("data_folder_without_dataset_json", "26-options",
+         lambda d: ["train", "--data", str(d), "--labeled-cases", "a", "--out", str(d / "out"), *TINY], 1,
+         ("dataset.json", "not found")),
+    Case("labeled_case_not_in_the_dataset", "26-options",
+         lambda d: ["train", "--data", str(d / "ds"), "--labeled-cases", "zz", "--out", str(d / "out"), *TINY], 1,
+         ("zz", "no image file"), dataset),
+    Case("unlabeled_split_unknown", "26-options",
+         lambda d: ["train", "--data", str(d / "ds"), "--labeled-cases", "a", "--unlabeled-split", "test", "--out",
+                    str(d / "out"), *TINY], 1, ("dataset.json", "no split 'test'"), dataset),
+    Case("init_model_missing", "26-options", lambda d: train(d, "img.nii.gz", "lbl.nii.gz", "--init-model",
+                                                             str(d / "none.pt")), 1, ("none.pt", "not found")),
+    Case("missing_labeled_image", "26-options", lambda d: train(d, "nowhere.nii.gz"), 1,
+         ("nowhere.nii.gz", "not found")),
+    Case("missing_unlabeled_image", "26-options", lambda d: train(d)[:5] + [str(d / "gone.nrrd")] + train(d)[6:], 1,
+         ("gone.nrrd", "not found")),
+    Case("labeled_frame_negative", "26-options", lambda d: labeled_frame(d, "-1"), 2, ("FRAME '-1'",), cine),
+    Case("label_negative_values", "26-options", lambda d: train(d, "img.nii.gz", "neg.nii.gz"), 1,
+         ("neg.nii.gz", "label values from -1"),
+         lambda d: write_volume(d, "neg.nii.gz", phantom()[1].astype(np.int16) - 1)),
+    Case("label_fractional_values", "26-options", lambda d: train(d, "img.nii.gz", "half.nii.gz"), 1,
+         ("half.nii.gz", "non-integer"),
+         lambda d: write_volume(d, "half.nii.gz", phantom()[1].astype(np.float32) / 2)),
+    Case("label_2d", "26-options", lambda d: train(d, "img.nii.gz", "flat.nrrd"), 1, ("flat.nrrd", "2D image"),
+         lambda d: sitk.WriteImage(sitk.GetImageFromArray(np.zeros((48, 40), np.uint8)), str(d / "flat.nrrd"))),
+    Case("predict_unknown_device", "26-options", lambda d: P(d)[:-3] + ["--device", "tpu", str(d / "other.nii.gz")], 2,
+         ("invalid choice",)),
+    Case("model_is_a_folder", "26-options", lambda d: P(d, model="folder.pt"), 1, ("folder.pt", "not found"),
+         lambda d: (d / "folder.pt").mkdir()),
+    Case("model_empty_file", "26-options", lambda d: P(d, model="empty.pt"), 1,
+         ("empty.pt", "not a PLCLSegmentation model"), lambda d: (d / "empty.pt").write_bytes(b"")),
+    Case("model_of_a_newer_format", "26-options", lambda d: P(d, model="m.pt"), 1, ("m.pt", "newer"),
+         model_field("m.pt", lambda p: p.update(format_version=99))),
+    Case("model_of_another_format", "26-options", lambda d: P(d, model="m.pt"), 1, ("m.pt", "not a PLCLSegmentation"),
+         model_field("m.pt", lambda p: p.update(format="something-else"))),
+    Case("model_without_classes", "26-options", lambda d: P(d, model="m.pt"), 1, ("m.pt", "classes"),
+         model_field("m.pt", lambda p: p["info"].update(classes=[]))),
+    Case("model_inference_overlap_0.95", "26-options", lambda d: P(d, model="m.pt"), 1, ("m.pt", "inference_overlap"),
+         model_field("m.pt", lambda p: p["info"].update(inference_overlap=0.95))),
+    Case("model_weights_not_tensors", "26-options", lambda d: P(d, model="m.pt"), 1, ("m.pt", "state_dict"),
+         model_field("m.pt", lambda p: p.update(state_dict={"w": [1, 2]}))),
+    Case("evaluate_data_without_split", "26-options",
+         lambda d: ["evaluate", "--pred", str(d / "pred"), "--data", str(d / "ds")], 2, ("--split",),
+         lambda d: (prediction_folder(d), dataset(d))),
+    Case("evaluate_without_references", "26-options", lambda d: ["evaluate", "--pred", str(d / "pred")], 2,
+         ("--labels DIR",), prediction_folder),
+    Case("evaluate_missing_label_folder", "26-options", lambda d: ["evaluate", "--pred", str(d / "pred"), "--labels",
+                                                                   str(d / "nolabels")], 1,
+         ("nolabels", "not found"), prediction_folder),
+    Case("evaluate_unknown_split", "26-options",
+         lambda d: ["evaluate", "--pred", str(d / "pred"), "--data", str(d / "ds"), "--split", "test"], 1,
+         ("no split 'test'",), lambda d: (prediction_folder(d), dataset(d))),
+    Case("evaluate_without_summary_or_data", "26-options", _evaluate, 2, ("cannot tell the classes",),
+         lambda d: (prediction_folder(d), (d / "pred" / "summary.json").unlink())),
+    Case("evaluate_prediction_without_reference", "26-options", _evaluate, 1, ("extra.nii.gz", "no reference"),
+         lambda d: (prediction_folder(d), shutil.copy(d / "lbl.nii.gz", d / "pred" / "extra.nii.gz"))),
+    Case("evaluate_prediction_on_another_grid", "26-options", _evaluate, 1, ("pred/lbl.nii.gz", "not on the grid"),
+         lambda d: (prediction_folder(d), write_volume(d, "pred/lbl.nii.gz", phantom()[1], origin=(0.0, 0.0, 0.0)))),
+]
+
+
 def _job(d: Path) -> dict:
     return {"labeled": [[str(d / "img.nii.gz"), str(d / "lbl.nii.gz")]], "unlabeled": [str(d / "other.nii.gz")],
             "out": str(d / "run"), "config": {"patch_size": 32, "levels": 3, "warmup_iterations": 2, "rounds": 0,
@@ -471,6 +872,13 @@ def test_every_point_of_issue_11_that_a_table_can_show_has_cases():
     points = {c.point for c in CASES}
     assert {"1", "2", "3", "4", "5", "6", "7", "9", "10", "held", "cine"} <= points
     assert len({c.id for c in CASES}) == len(CASES)
+
+
+def test_every_point_of_issue_26_that_a_table_can_show_has_cases():
+    """Points 3 (file-size limits) and 12 (a one-frame sequence) are fault tests in test_faults.py."""
+    points = {c.point for c in CASES}
+    assert {f"26.{n}" for n in (1, 2, 4, 5, 6, 7, 8, 9, 10, 11, 13, 14)} <= points
+    assert len(CASES) >= 150
 
 
 # --- faults and behaviours a table cannot show --------------------------------------------------

@@ -21,6 +21,11 @@ from .volumes import check_writable_folder
 def check_inputs_outside_outputs(out: Path, inputs: Sequence[str]) -> None:
     """Outputs are only ever written to OUT's own files and folders: refuse an --out where that
     would replace an input (an annotation, an image, the model a training starts from)."""
+    try:
+        out.resolve()
+    except (RuntimeError, OSError) as error:  # Python < 3.13 raises RuntimeError for a symbolic link loop
+        raise InputError(str(out), f"cannot be used as the output folder: its path cannot be followed ({error}; a "
+                                   "symbolic link that points to itself?)") from None
     own = {(out / n).resolve() for n in RUN_FILES}
     folders = {(out / n).resolve() for n in RUN_FOLDERS}
     for path in inputs:
