@@ -6,11 +6,16 @@ model trained through the command line."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
-from conftest import case_of, run_plcl
+from conftest import REPO, case_of, run_plcl
 
 from PLCLSegmentationLib.engine.errors import ConfigError, InputError
 from PLCLSegmentationLib.engine.files.input_list import check_unique_names, read_inputs
@@ -163,20 +168,29 @@ def test_shards_split_the_cohort_record_failures_and_skip_what_is_done(synthetic
     assert (out / "predictions" / "subject_003.seg.nrrd").is_file() and len(records(out, "failures")) == 2
 
 
-def test_a_stop_request_finishes_the_volume_under_way_and_a_rerun_resumes(synthetic, model, tmp_path):
-    listing = make_cohort(synthetic, tmp_path / "cohort", 4)
+def test_sigterm_finishes_the_volume_under_way_and_a_rerun_resumes(synthetic, model, tmp_path):
+    count = 16
+    listing = make_cohort(synthetic, tmp_path / "cohort", count)
     out = tmp_path / "out"
-    out.mkdir()
-    (out / "stop.request").write_text("")  # as SIGTERM: the shard stops before its first volume
-    stopped = run_plcl("predict", "--model", model, "--inputs", str(listing), "--out", str(out), "--skip-existing",
-                       "--device", "cpu")
-    assert stopped.returncode == EXIT_CANCELLED, stopped.stderr
-    (out / "stop.request").unlink()
-    assert not records(out)
+    environment = {**os.environ, "PYTHONPATH": str(REPO / "PLCLSegmentation")}
+    process = subprocess.Popen([sys.executable, "-m", "PLCLSegmentationLib.engine", "predict", "--model", model,
+                                "--inputs", str(listing), "--out", str(out), "--skip-existing", "--device", "cpu"],
+                               env=environment, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not records(out):  # as a scheduler does: SIGTERM once the shard is under way
+        assert time.monotonic() < deadline and process.poll() is None, process.stderr.read()
+        time.sleep(0.05)
+    process.send_signal(signal.SIGTERM)
+    stderr = process.communicate(timeout=120)[1]
+    assert process.returncode == EXIT_CANCELLED, stderr
+    stopped = [r["name"] for r in records(out)]
+    assert 1 <= len(stopped) < count, "the shard ended before the signal: a bigger cohort is needed"
+    assert all((out / f).is_file() for r in records(out) for f in r["files"])  # the last volume finished
     resumed = run_plcl("predict", "--model", model, "--inputs", str(listing), "--out", str(out), "--skip-existing",
                        "--device", "cpu")
     assert resumed.returncode == EXIT_OK, resumed.stderr
-    assert len(records(out)) == 4
+    names = [r["name"] for r in records(out)]
+    assert sorted(names) == [f"subject_{i:03d}" for i in range(count)] and len(names) == count
 
 
 def test_a_cohort_folder_of_another_model_or_shard_count_is_refused(synthetic, model, tmp_path):
