@@ -173,3 +173,31 @@ def test_a_model_with_nan_weights_is_refused(base, tmp_path):
     line = error_line(result)
     assert "nan.pt" in line and "NaN or infinite" in line, line
     assert not (tmp_path / "out").exists()
+
+
+def test_a_leftover_stop_request_does_not_cancel_a_new_run(base, tmp_path):
+    """A stop.request left in a folder before a run starts is not that run's: ignored, then removed."""
+    from PLCLSegmentationLib.engine.cli import main
+
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "stop.request").write_text("")
+    assert main(["predict", "--model", str(base / "model.pt"), "--out", str(out), "--device", "cpu",
+                 str(base / "other.nii.gz")]) == 0
+    assert (out / "predictions" / "other.seg.nrrd").is_file() and not (out / "stop.request").exists()
+
+
+def test_a_one_frame_sequence_has_no_ejection_fraction():
+    from PLCLSegmentationLib.engine.run.volume_curve import curve_summary
+
+    assert curve_summary({"cavity": [52.0]})["cavity"]["ejection_fraction"] is None
+    assert curve_summary({"cavity": [100.0, 40.0]})["cavity"]["ejection_fraction"] == 60.0
+
+
+def test_a_plain_label_map_named_seg_nrrd_is_read_as_a_label_map(base, tmp_path):
+    from PLCLSegmentationLib.engine.files.volumes import read_annotation, read_volume
+
+    labels = phantom()[1]
+    sitk.WriteImage(make_image(labels), str(tmp_path / "plain.seg.nrrd"))
+    read, segments = read_annotation(tmp_path / "plain.seg.nrrd", read_volume(base / "img.nii.gz"))
+    assert segments is None and (read == labels).all()
