@@ -1063,13 +1063,13 @@ def test_predict_holds_one_volume_at_a_time(base, tmp_path, monkeypatch):
     import weakref
 
     from PLCLSegmentationLib.engine.method import predictor
-    from PLCLSegmentationLib.engine.run import prediction
+    from PLCLSegmentationLib.engine.run import prediction, writers
 
     arrays: list = []
     prepared: list = []
     alive_at_writes: list[tuple[int, int]] = []
     read_volume, prepare_volume, write_segmentation = (prediction.read_volume, predictor.prepare_volume,
-                                                       prediction.write_segmentation)
+                                                       writers.write_segmentation)
 
     def reading(path):
         volume = read_volume(path)
