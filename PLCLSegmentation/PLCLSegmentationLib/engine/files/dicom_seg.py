@@ -58,7 +58,17 @@ def write_dicom_seg(path: str | os.PathLike[str], labels: np.ndarray, grid: Grid
     segment_of = np.zeros(256, dtype=np.uint8)  # class value -> segment number 1..n
     for number, info in enumerate(classes, start=1):
         segment_of[info.value] = number
-    frames = np.stack([segment_of[labels[_slice_of(f, ds, grid)]] for f, ds in zip(source_files, sources)])
+    slices = [_slice_of(f, ds, grid) for f, ds in zip(source_files, sources)]
+    frames = np.stack([segment_of[labels[k]] for k in slices])
+    source_images, further = sources, None
+    series = [ds.SeriesInstanceUID for ds in sources]
+    if len(set(series)) > 1:  # one series per slice location: highdicom takes the slices as a volume in space
+        if sorted(slices) != list(range(grid.size[2])):
+            raise InputError(source_files[0], "the images of its study do not cover every slice of the segmentation")
+        affine = grid.ijk_to_lps()[:, [2, 1, 0, 3]]  # (slice, row, column) indices to LPS
+        frames = hd.Volume(segment_of[labels], affine, "PATIENT", str(sources[0].FrameOfReferenceUID))
+        source_images = [ds for ds in sources if ds.SeriesInstanceUID == series[0]]
+        further = [ds for ds in sources if ds.SeriesInstanceUID != series[0]]
     family = codes.cid7162.ArtificialIntelligence
     identification = hd.AlgorithmIdentificationSequence(name=algorithm.name, family=family,
                                                          version=algorithm.version,
@@ -76,7 +86,8 @@ def write_dicom_seg(path: str | os.PathLike[str], labels: np.ndarray, grid: Grid
     # The source's own SOP class and transfer syntax are kept by highdicom; frames left in even where empty
     # (one per image and segment), so every image has its frames.
     segmentation = hd.seg.Segmentation(
-        source_images=sources, pixel_array=frames, segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+        source_images=source_images, further_source_images=further, pixel_array=frames,
+        segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
         segment_descriptions=descriptions, series_instance_uid=hd.UID(), series_number=series_number,
         sop_instance_uid=hd.UID(), instance_number=1, manufacturer=algorithm.name,
         manufacturer_model_name=algorithm.name, software_versions=algorithm.version, device_serial_number="none",
