@@ -16,7 +16,7 @@ PACKAGE = "PLCLSegmentationLib.engine"
 #: Bottom to top: the contract, the settings and sinks, files, the method and the request, runs, the lab, the command.
 RANK = {
     "protocol": 0, "errors": 0, "slicing": 0,
-    "config": 1, "events": 1, "runtime": 1,
+    "config": 1, "events": 1, "runtime": 1, "parent_pipe": 1,
     "files": 2,
     "method": 3, "evaluation": 3, "request": 3,
     "run": 4,

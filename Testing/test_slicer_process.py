@@ -173,3 +173,49 @@ def test_cancel_through_a_launcher_stops_the_real_engine_cleanly(tmp_path):
     assert cancelled[0]["checkpoint"] and Path(cancelled[0]["checkpoint"]).is_file()
     assert time.monotonic() - started < 30, "the engine took longer than a step to stop"
     assert not alive(process.pid)
+
+
+KILLED_PARENT = """\
+import json, os, signal, sys, time
+from PLCLSegmentationLib.process import EngineProcess
+process = EngineProcess(json.loads(sys.argv[1]), stop_file=sys.argv[2])
+process.start()
+print(process.pid, flush=True)
+deadline = time.monotonic() + 180
+while not any(m.kind == "event" and m.data["event"] == "progress" for m in process.poll()):
+    if process.state.finished or time.monotonic() > deadline:
+        sys.exit("the engine did not start training: " + "; ".join(process.tail))
+    time.sleep(0.05)
+os.kill(os.getpid(), signal.SIGKILL)  # Slicer crashes (or is killed) in the middle of a training
+"""
+
+
+def test_the_engine_stops_by_itself_when_slicer_is_killed(tmp_path):
+    """A crashed Slicer leaves no engine training: started the module's way (through a launcher that
+    forwards stdin, like PythonSlicer), the engine sees its stdin pipe end, saves a checkpoint and exits."""
+    import importlib.util
+    import json
+    import subprocess
+
+    if importlib.util.find_spec("torch") is None:
+        pytest.skip("torch is not installed: the real engine cannot run")
+    image, label, other = tiny_case(tmp_path / "data")
+    out = tmp_path / "out"
+    argv = [sys.executable, str(LAUNCHER), sys.executable, "-m", "PLCLSegmentationLib.engine", "train",
+            "--labeled", image, label, "--unlabeled", other, "--out", str(out), "--budget", "quick",
+            "--iterations", "100000", "--device", "cpu", "--events", "jsonl", "--set", "patch_size=64",
+            "--set", "batch_size=2", "--set", "contrastive_images=2"]
+    environment = {**os.environ, "PYTHONPATH": str(ROOT / "PLCLSegmentation")}
+    slicer = subprocess.Popen([sys.executable, "-c", KILLED_PARENT, json.dumps(argv), str(out / "stop.request")],
+                              env=environment, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    engine = int(slicer.stdout.readline())
+    try:
+        assert slicer.wait(240) == -9, slicer.stderr.read()
+        killed = time.monotonic()
+        while alive(engine):
+            assert time.monotonic() - killed < 60, "the engine trains on after Slicer was killed"
+            time.sleep(0.1)
+        assert (out / "checkpoint.pt").is_file(), "the engine was not stopped cleanly (no checkpoint)"
+    finally:
+        if alive(engine):
+            os.killpg(engine, 9)

@@ -21,6 +21,10 @@ the engine with it, without a checkpoint), and on Windows CTRL_BREAK cannot reac
 without a console. Without a stop file (any other command), cancel sends SIGTERM to the group. If
 the child is still alive after ``grace_s`` seconds, the whole tree is killed. Whatever the
 outcome, processes left in the group after the child exits are killed.
+
+The child's stdin is a pipe this process keeps open and never writes to, with ``PLCL_PARENT_PIPE=1``
+(engine/parent_pipe.py): if Slicer crashes or is killed, the system closes its end and the engine stops
+as on a stop request instead of training on, unseen, until its budget ends.
 """
 
 from __future__ import annotations
@@ -40,7 +44,7 @@ from enum import Enum
 from pathlib import Path
 from typing import Any, Callable
 
-from .engine.protocol import EXIT_CANCELLED
+from .engine.protocol import EXIT_CANCELLED, PARENT_PIPE_ENV
 
 
 class RunState(str, Enum):
@@ -107,10 +111,12 @@ class EngineProcess:
             kwargs["creationflags"] = subprocess.CREATE_NEW_PROCESS_GROUP | getattr(subprocess, "CREATE_NO_WINDOW", 0)
         else:
             kwargs["start_new_session"] = True  # own session and process group: cancel reaches the whole tree
+        # The engine ends with this process: the end of its stdin pipe (ours closed by the system) stops it.
+        env = {**(os.environ if self.env is None else self.env), PARENT_PIPE_ENV: "1"}
         try:
             self._process = subprocess.Popen(
-                self.argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                env=self.env, cwd=self.cwd, text=True, encoding="utf-8", errors="replace", bufsize=1, **kwargs)
+                self.argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                env=env, cwd=self.cwd, text=True, encoding="utf-8", errors="replace", bufsize=1, **kwargs)
         except OSError as error:
             self._close_log()
             self.state = RunState.FAILED
@@ -243,6 +249,9 @@ class EngineProcess:
                 os.killpg(self._process.pid, signal.SIGKILL)
         for reader in readers:
             reader.join(timeout=10)
+        if self._process.stdin is not None:
+            with contextlib.suppress(OSError):
+                self._process.stdin.close()
         self._close_log()
         self._queue.put(Message("exit", returncode))
 

@@ -15,6 +15,7 @@ from .. import __version__
 from .cohort.commands import add_cohort_arguments
 from .errors import DISK_FULL_ERRNOS, ConfigError, InputError
 from .events import EventSink, JsonLinesSink
+from .parent_pipe import watch_parent_pipe
 from .protocol import (
     ANNOTATED_SLICES_ORDER,
     BUDGETS,
@@ -250,6 +251,7 @@ def main(argv: list[str] | None = None) -> int:
         if getattr(args, "resume", None):
             stop_file.unlink(missing_ok=True)  # the request that stopped the run being resumed
         watch_stop_file(stop_file, cancel)
+    watch_parent_pipe(cancel)  # only where the caller asked (PLCL_PARENT_PIPE=1): its death stops the run
     from .errors import Cancelled
 
     try:

@@ -50,6 +50,9 @@ OUTPUT_EVENT_KINDS = ("model", "snapshot", "prediction", "uncertainty", "sequenc
 # A new run needs a folder without an earlier run's outputs; --resume continues a training in its own.
 SUMMARY_FILE = "summary.json"  # classes, outputs and uncertainty scores (least certain first)
 STOP_FILE = "stop.request"  # its appearance is handled like SIGINT
+#: Set to "1" by a caller that keeps a pipe on the engine's stdin: its end of file (the caller exited, crashed
+#: or was killed) is then handled like SIGINT (parent_pipe.py). Unset, stdin is never read.
+PARENT_PIPE_ENV = "PLCL_PARENT_PIPE"
 MODEL_FILE = "model.pt"
 CHECKPOINT_FILE = "checkpoint.pt"  # training state, also written on cancel
 JOB_FILE = "job.json"  # the training request, for --resume
