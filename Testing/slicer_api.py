@@ -215,7 +215,7 @@ OTHER = frozenset({
     "PIPE", "PREPARING", "PathLike", "Popen", "PyTorchUtilsLogic", "QAbstractItemView",
     "QApplication", "QFileDialog", "QSettings", "QTableWidgetItem", "QTimer", "Qt",
     "Queue", "RUNNING", "RemoveObserver", "SIGKILL", "SIGTERM", "Thread",
-    "TimeoutExpired", "Timer", "UnRegister", "Unchecked", "UserRole", "WaitCursor",
+    "TemporaryFile", "TimeoutExpired", "Timer", "UnRegister", "Unchecked", "UserRole", "WaitCursor", "X_OK",
     "AllocateScalars", "Fill", "SetExtent", "TransformPoint", "GetTableValue", "GetScalarRange",
     "ModifiedEvent",
     "GetItemAsObject", "GetNumberOfItems", "SetDimensions", "VTK_FLOAT",

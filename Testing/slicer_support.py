@@ -175,6 +175,15 @@ class SlicerApp:
         return app
 
 
+def slow_interpreter(folder: Path) -> tuple[str, Path]:
+    """A Python that takes a second to start and counts its runs (in ``runs``)."""
+    runs = folder / "runs.txt"
+    script = folder / "slow-python"
+    script.write_text(f"#!/bin/sh\necho run >> '{runs}'\nsleep 1\nexec '{sys.executable}' \"$@\"\n")
+    script.chmod(0o755)
+    return str(script), runs
+
+
 def alive(pid: int) -> bool:
     """Whether process ``pid`` runs (a zombie, dead but not yet reaped, does not)."""
     try:

@@ -117,27 +117,29 @@ def test_the_engine_interpreter_is_this_machines_setting_never_the_scenes(tmp_pa
     assert PLCLSegmentationLogic(other.services, models_dir=tmp_path).python == str(tmp_path / "my-python")
 
 
-def slow_interpreter(tmp_path) -> tuple[str, object]:
-    """A Python that takes a second to start and counts its runs."""
-    import sys
-
-    runs = tmp_path / "runs.txt"
-    script = tmp_path / "slow-python"
-    script.write_text(f"#!/bin/sh\necho run >> '{runs}'\nsleep 1\nexec '{sys.executable}' \"$@\"\n")
-    script.chmod(0o755)
-    return str(script), runs
-
-
 def test_an_external_python_is_probed_once_in_the_background(tmp_path):
+    import threading
     import time
 
+    from slicer_support import slow_interpreter
+
+    from PLCLSegmentationLib import dependencies
     from PLCLSegmentationLib.dependencies import InterpreterChecks
 
     python, runs = slow_interpreter(tmp_path)
-    checks = InterpreterChecks()
+    built_by = []
+
+    def environment() -> dict:  # (Slicer's startup environment is a PythonQt call: the main thread's only)
+        built_by.append(threading.current_thread())
+        return dependencies.child_environment(True)
+
+    checks = InterpreterChecks(environment)
+    threads = set(threading.enumerate())
     started = time.monotonic()
-    assert checks.check(python) is None  # being probed
+    assert checks.check(python) is None and checks.poll()  # being probed
     assert time.monotonic() - started < 0.5, "the probe blocked the caller"
+    assert set(threading.enumerate()) <= threads, "the probe runs in a Python thread"
+    assert built_by == [threading.main_thread()]
     deadline = time.monotonic() + 60
     while checks.check(python) is None:
         assert time.monotonic() < deadline

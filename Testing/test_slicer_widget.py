@@ -117,6 +117,17 @@ class FakeCombo:
         return self.items[self.currentIndex][1] if self.currentIndex >= 0 else None
 
 
+class FakeLineEdit:
+    """The QLineEdit inside a ctkPathLineEdit: its end of editing, and whether it has the focus."""
+
+    def __init__(self) -> None:
+        self.editingFinished = Signal()
+        self.focused = False
+
+    def hasFocus(self) -> bool:  # noqa: N802
+        return self.focused
+
+
 class FakeNodeCombo(mock.MagicMock):
     def currentNode(self):  # noqa: N802
         return getattr(self, "_node", None)
@@ -150,6 +161,7 @@ def fake_ui() -> types.SimpleNamespace:
                  "markBackgroundButton"):
         setattr(ui, name, mock.MagicMock(name=name))
     ui.pythonPathLineEdit.currentPath = ""
+    ui.pythonPathLineEdit.comboBox.return_value.lineEdit.return_value = FakeLineEdit()
     ui.segmentsTableView.selectedSegmentIDs.return_value = []
     ui.unannotatedVolumesSelector.checkedNodes.return_value = []
     return ui
@@ -374,24 +386,38 @@ def test_closing_the_scene_during_a_run_ends_it_and_removes_its_files(panel):
     assert not alive(job.process.pid)
 
 
-def test_train_never_waits_for_the_probe_of_an_external_python(panel, tmp_path):
-    from PLCLSegmentationLib.dependencies import InterpreterChecks
+def type_python(ui, path: str) -> None:
+    """The user types ``path`` into Training > Python, letter by letter (ctkPathLineEdit says
+    currentPathChanged on each), with the focus in the field."""
+    edit = ui.pythonPathLineEdit.comboBox().lineEdit()
+    changed = [c.args[1] for c in ui.pythonPathLineEdit.connect.call_args_list
+               if c.args[0] == "currentPathChanged(QString)"]
+    edit.focused = True
+    for end in range(1, len(path) + 1):
+        ui.pythonPathLineEdit.currentPath = path[:end]
+        for slot in changed:
+            slot(path[:end])
+
+
+def test_the_python_field_probes_once_when_editing_finishes_without_a_thread(panel, tmp_path):
+    """Typing a path probes nothing; the end of editing keeps it and starts one probe, a child process
+    polled by the panel's timer (Slicer holds the GIL while idle: a thread would hardly run); the status
+    says what the Python can do when it answers; Train never waits for it."""
+    import threading
+
+    from slicer_support import slow_interpreter
 
     p, ui, logic = panel.panel, panel.ui, panel.logic
     logic.set_annotation(panel.volumes[0], panel.annotation)
-    python, runs = str(tmp_path / "python"), tmp_path / "runs.txt"
-
-    def slow_probe(path: str) -> dict:  # (the real probe is tested in test_slicer_versions.py)
-        with open(runs, "a") as log:
-            log.write("run\n")
-        time.sleep(1.0)
-        return {"missing": [], "python": "3.9.10"}
-
-    logic.interpreters = InterpreterChecks(probe=slow_probe)
     logic.state.set("iterations", 10)
-    ui.pythonPathLineEdit.currentPath = python
-    p.onSettingsChanged()  # the user chose it: probed now, in the background
+    python, runs = slow_interpreter(tmp_path)
+    threads = set(threading.enumerate())
+    type_python(ui, python)
+    assert logic.python == "" and not runs.exists(), "a probe started while the path was being typed"
+    ui.pythonPathLineEdit.comboBox().lineEdit().editingFinished.emit()
     assert logic.python == python and logic.state.node.GetParameter("python") == ""
+    assert set(threading.enumerate()) <= threads, "the probe runs in a Python thread"
+    assert ui.statusLabel.text.startswith("Checking the chosen Python") and p.probeTimer.active
     started = time.monotonic()
     p.onTrainOrCancel()
     p.onRetrain()
@@ -399,14 +425,31 @@ def test_train_never_waits_for_the_probe_of_an_external_python(panel, tmp_path):
     assert time.monotonic() - started < 0.5, "the GUI froze while probing the interpreter"
     assert not logic.busy and "Checking the chosen Python" in ui.statusLabel.text
     deadline = time.monotonic() + 60
-    while logic.interpreters.check(python) is None:
-        assert time.monotonic() < deadline
+    while p.probeTimer.active:  # Slicer's timer: the status changes when the probe answers
+        assert time.monotonic() < deadline, "the probe never answered"
+        p.probeTimer.timeout.emit()
         time.sleep(0.05)
+    assert ui.statusLabel.text.startswith(f"{python}: Python 3.") and "torch" in ui.statusLabel.text
     p.onTrainOrCancel()
     assert logic.busy, panel.errors
     run_timer(p)
     assert logic.job.state.value == "done", logic.job.error
     assert runs.read_text().count("run") == 1, "the interpreter was probed more than once"
+
+
+def test_a_python_path_that_is_no_executable_is_never_run(panel, tmp_path):
+    p, ui, logic = panel.panel, panel.ui, panel.logic
+    not_executable = tmp_path / "python"
+    not_executable.write_text("#!/bin/sh\necho run > ran.txt\n")
+    for path, message in ((str(tmp_path / "missing" / "python"), "not found"), (str(not_executable), "not found")):
+        type_python(ui, path)
+        ui.pythonPathLineEdit.comboBox().lineEdit().editingFinished.emit()
+        assert logic.python == path and message in ui.statusLabel.text and not p.probeTimer.active
+    # The browse button sets the path while the field has no focus: taken at once.
+    ui.pythonPathLineEdit.comboBox().lineEdit().focused = False
+    ui.pythonPathLineEdit.currentPath = ""
+    p.onPythonPathChanged("")
+    assert logic.python == "" and ui.statusLabel.text == "The engine runs in Slicer's own Python."
 
 
 def test_the_panel_annotates_frames_of_a_sequence_and_reviews_them_frame_by_frame(panel):

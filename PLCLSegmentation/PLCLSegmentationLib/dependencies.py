@@ -20,7 +20,8 @@ import os
 import shutil
 import subprocess
 import sys
-import threading
+import tempfile
+import time
 from pathlib import Path
 from typing import Any, Callable
 
@@ -112,56 +113,122 @@ _PROBE = (
 )
 
 
+def find_interpreter(python: str) -> str | None:
+    """The executable file ``python`` names (a path, or a bare name on PATH), or None."""
+    if not python:
+        return None
+    if os.path.isfile(python):
+        return python if os.access(python, os.X_OK) else None
+    if os.path.basename(python) == python:
+        return shutil.which(python)
+    return None
+
+
 def probe_interpreter(python: str, env: dict[str, str] | None = None, timeout_s: float = 120.0) -> dict[str, Any]:
     """Ask an interpreter which packages it lacks and what torch can use: {missing, python, torch, cuda, mps}.
+    Blocks (scripts); the panel uses :class:`InterpreterChecks`.
 
     Raises RuntimeError with one clear line if it cannot be run.
     """
-    if not python:
-        raise RuntimeError("No Python interpreter given.")
-    if not (Path(python).is_file() or shutil.which(python)):
-        raise RuntimeError(f"Python interpreter not found: {python}")
-    try:
-        completed = subprocess.run([python, "-c", _PROBE, json.dumps(list(REQUIREMENTS))], capture_output=True,
-                                   text=True, timeout=timeout_s, env=env, check=False)
-    except (OSError, subprocess.TimeoutExpired) as error:
-        raise RuntimeError(f"Could not run {python}: {error}") from None
-    lines = [ln for ln in completed.stdout.splitlines() if ln.startswith("{")]
-    if completed.returncode != 0 or not lines:
-        detail = (completed.stderr.strip().splitlines() or ["no output"])[-1]
-        raise RuntimeError(f"{python} is not a usable Python interpreter: {detail}")
-    return json.loads(lines[-1])
+    probe = Probe.start(python, env)
+    while (result := probe.answer(timeout_s)) is None:  # answer() gives up after timeout_s itself
+        time.sleep(0.05)
+    if "error" in result:
+        raise RuntimeError(result["error"])
+    return result
+
+
+class Probe:
+    """One run of the probe script in a child process, started without a thread: :meth:`answer` looks
+    whether it has exited (never waits). Its output goes to temporary files, so the child never blocks
+    on a full pipe that nobody reads."""
+
+    def __init__(self, python: str, process: subprocess.Popen[bytes] | None, out: Any, err: Any,
+                 error: str = "") -> None:
+        self.python = python
+        self.process = process
+        self.started = time.monotonic()
+        self._out, self._err = out, err
+        self._result: dict[str, Any] | None = {"error": error} if error else None
+
+    @classmethod
+    def start(cls, python: str, env: dict[str, str] | None) -> Probe:
+        found = find_interpreter(python)
+        if found is None:
+            return cls(python, None, None, None, error=f"Python interpreter not found: {python}" if python
+                       else "No Python interpreter given.")
+        out, err = tempfile.TemporaryFile(), tempfile.TemporaryFile()  # noqa: SIM115 (closed by answer())
+        kwargs: dict[str, Any] = {}
+        if sys.platform == "win32":
+            kwargs["creationflags"] = getattr(subprocess, "CREATE_NO_WINDOW", 0)
+        try:
+            process = subprocess.Popen([found, "-c", _PROBE, json.dumps(list(REQUIREMENTS))], stdin=subprocess.DEVNULL,
+                                       stdout=out, stderr=err, env=env, **kwargs)
+        except OSError as error:
+            out.close()
+            err.close()
+            return cls(python, None, None, None, error=f"Could not run {python}: {error.strerror or error}")
+        return cls(python, process, out, err)
+
+    def answer(self, timeout_s: float) -> dict[str, Any] | None:
+        """{missing, python, torch, ...} or {"error": one line} once the child has exited; None before."""
+        if self._result is not None:
+            return self._result
+        assert self.process is not None
+        returncode = self.process.poll()
+        if returncode is None:
+            if time.monotonic() - self.started <= timeout_s:
+                return None
+            self.process.kill()
+            self.process.wait()
+            self._result = {"error": f"{self.python} did not answer within {timeout_s:.0f} s"}
+        else:
+            self._result = self._read(returncode)
+        self._out.close()
+        self._err.close()
+        return self._result
+
+    def _read(self, returncode: int) -> dict[str, Any]:
+        self._out.seek(0)
+        self._err.seek(0)
+        stdout = self._out.read().decode("utf-8", "replace")
+        stderr = self._err.read().decode("utf-8", "replace")
+        lines = [ln for ln in stdout.splitlines() if ln.startswith("{")]
+        if returncode != 0 or not lines:
+            detail = (stderr.strip().splitlines() or ["no output"])[-1]
+            return {"error": f"{self.python} is not a usable Python interpreter: {detail}"}
+        try:
+            return json.loads(lines[-1])
+        except json.JSONDecodeError:
+            return {"error": f"{self.python} is not a usable Python interpreter: {lines[-1][:200]}"}
 
 
 class InterpreterChecks:
-    """Probes of external interpreters, each run once in a background thread and remembered.
+    """Probes of external interpreters, each run once as a child process and remembered.
 
     :meth:`check` never blocks: it returns the probe's answer ({missing, python, torch, ...} or
-    {"error": message}), or None while the probe runs. An interpreter that changed on disk (its
+    {"error": message}), or None while the probe runs. No Python thread is involved (Slicer holds the
+    interpreter's lock while idle, so a thread would hardly run): the probe is a child process whose exit
+    each call looks at, and the panel calls :meth:`poll` from a ``qt.QTimer`` until the answer comes. Its
+    environment is built by the caller's (the main) thread. An interpreter that changed on disk (its
     modification time) is probed again.
     """
 
-    def __init__(self, probe: Callable[[str], dict[str, Any]] | None = None) -> None:
-        self._probe = probe or (lambda python: probe_interpreter(python, env=child_environment(True)))
-        self._results: dict[tuple[str, float], dict[str, Any] | None] = {}
-        self._lock = threading.Lock()
+    def __init__(self, environment: Callable[[], dict[str, str]] | None = None, timeout_s: float = 120.0) -> None:
+        self._environment = environment or (lambda: child_environment(True))
+        self.timeout_s = timeout_s
+        self._probes: dict[tuple[str, float], Probe] = {}
 
     def check(self, python: str) -> dict[str, Any] | None:
         key = (python, _mtime(python))
-        with self._lock:
-            if key in self._results:
-                return self._results[key]
-            self._results[key] = None
-        threading.Thread(target=self._run, args=(key,), daemon=True, name="plcl-probe").start()
-        return None
+        probe = self._probes.get(key)
+        if probe is None:
+            probe = self._probes[key] = Probe.start(python, self._environment())
+        return probe.answer(self.timeout_s)
 
-    def _run(self, key: tuple[str, float]) -> None:
-        try:
-            result = self._probe(key[0])
-        except Exception as error:  # one clear line for the user
-            result = {"error": str(error)}
-        with self._lock:
-            self._results[key] = result
+    def poll(self) -> bool:
+        """Look at every running probe; True while one still runs."""
+        return any(probe.answer(self.timeout_s) is None for probe in list(self._probes.values()))
 
 
 def _mtime(path: str) -> float:

@@ -49,7 +49,7 @@ class PLCLSegmentationLogic:
         self.grace_s = grace_s
         #: The latest run (its job stays after it finished, for the panel).
         self.run: EngineRun | None = None
-        #: What each chosen interpreter can do, probed once in the background.
+        #: What each chosen interpreter can do, probed once in a child process (never a thread).
         self.interpreters = dependencies.InterpreterChecks()
         self._before_import: dict[str, Any] | None = None
         self.painted = PaintedSlices(self.services)
@@ -391,7 +391,23 @@ class PLCLSegmentationLogic:
     def set_python(self, path: str) -> None:
         self.services.settings.setValue(PYTHON_SETTING, str(path or "").strip())
         if self.python:
-            self.interpreters.check(self.python)  # in the background, so that Train finds the answer
+            self.interpreters.check(self.python)  # the probe starts now (a child process): Train finds the answer
+
+    def python_status(self) -> str | None:
+        """One line on the chosen Python: its versions and devices, what it lacks, or why it cannot run the
+        engine; None while it is probed; "" without one (Slicer's own runs the engine)."""
+        python = self.python
+        if not python:
+            return ""
+        info = self.interpreters.check(python)
+        if info is None:
+            return None
+        if info.get("error"):
+            return str(info["error"])
+        if info.get("missing"):
+            return f"{python} lacks these packages: {', '.join(info['missing'])}"
+        devices = [name for name, key in (("CUDA", "cuda"), ("Apple MPS", "mps")) if info.get(key)] or ["CPU only"]
+        return f"{python}: Python {info.get('python')}, torch {info.get('torch')} ({', '.join(devices)})"
 
     def install_slicer_packages(self, confirm: Callable[[str], bool], log: Callable[[str], None]) -> bool:
         """Without a chosen Python: whether Slicer's own has the engine's packages, installed once the user

@@ -34,6 +34,8 @@ from .parameters import (
 from .services import PLCLError
 
 POLL_INTERVAL_MS = 200
+#: How often the panel looks whether the probe of a chosen Python has answered.
+PROBE_INTERVAL_MS = 250
 #: Item data role of a table row's frame (a frame of a sequence; -1: the whole volume).
 FRAME_ROLE_OFFSET = 1
 DEFAULT_MODEL_FILE = "PLCLSegmentation-model.pt"
@@ -84,6 +86,9 @@ class PLCLSegmentationPanel:
         self.timer = qt.QTimer()
         self.timer.setInterval(POLL_INTERVAL_MS)
         self.timer.timeout.connect(self.onTimer)
+        self.probeTimer = qt.QTimer()
+        self.probeTimer.setInterval(PROBE_INTERVAL_MS)
+        self.probeTimer.timeout.connect(self.onProbeTimer)
 
         for value in BUDGETS:
             ui.budgetComboBox.addItem(_(BUDGET_LABELS.get(value, value)), value)
@@ -105,7 +110,13 @@ class PLCLSegmentationPanel:
         ui.budgetComboBox.currentIndexChanged.connect(self.onSettingsChanged)
         ui.deviceComboBox.currentIndexChanged.connect(self.onSettingsChanged)
         ui.iterationsSpinBox.valueChanged.connect(self.onSettingsChanged)
-        ui.pythonPathLineEdit.connect("currentPathChanged(QString)", self.onSettingsChanged)
+        # The Python is taken when its editing finishes (ctkPathLineEdit says currentPathChanged on every
+        # keystroke), or at once when the browse button sets it.
+        ui.pythonPathLineEdit.currentPath = self.logic.python  # an application setting: shown once, kept
+        ui.pythonPathLineEdit.connect("currentPathChanged(QString)", self.onPythonPathChanged)
+        self._pythonEdit = self._lineEditOf(ui.pythonPathLineEdit)
+        if self._pythonEdit is not None:
+            self._pythonEdit.editingFinished.connect(self.onPythonEdited)
         ui.showUncertaintyCheckBox.toggled.connect(self.onShowUncertainty)
         ui.trainButton.clicked.connect(self.onTrainOrCancel)
         ui.showPlotButton.clicked.connect(self.onShowPlot)
@@ -143,8 +154,6 @@ class PLCLSegmentationPanel:
             self._setCombo(self.ui.budgetComboBox, state.budget)
             self._setCombo(self.ui.deviceComboBox, state.device)
             self.ui.iterationsSpinBox.value = state.iterations
-            if self.ui.pythonPathLineEdit.currentPath != self.logic.python:
-                self.ui.pythonPathLineEdit.currentPath = self.logic.python
             self.ui.showUncertaintyCheckBox.checked = state.show_uncertainty
             self.ui.modelPathLineEdit.text = state.model_path
             self._fillAnnotatedTable([r for r in records if r.role in TRAINING_ROLES])
@@ -168,12 +177,50 @@ class PLCLSegmentationPanel:
     def onSettingsChanged(self, *_args: Any) -> None:
         if self._updating:
             return
-        python = self.ui.pythonPathLineEdit.currentPath.strip()  # read before the node refreshes the GUI
-        if python != self.logic.python:
-            self.logic.set_python(python)  # this machine's setting; probed now, in the background
         self.logic.set_run_settings(self.ui.budgetComboBox.currentData or DEFAULT_BUDGET,
                                     self.ui.deviceComboBox.currentData or DEFAULT_DEVICE,
                                     int(self.ui.iterationsSpinBox.value))
+
+    # --- the engine's Python ---------------------------------------------------------------------
+    @staticmethod
+    def _lineEditOf(pathLineEdit: Any) -> Any:  # noqa: N803 (Qt style)
+        """The QLineEdit inside a ctkPathLineEdit (in its history combo box; None without one)."""
+        combo = pathLineEdit.comboBox()
+        return combo.lineEdit() if combo is not None else None
+
+    def onPythonPathChanged(self, *_args: Any) -> None:
+        """A path typed letter by letter waits for the end of editing; one set while the field has no
+        focus (the browse button, the history) is taken at once."""
+        if self._updating:
+            return
+        if self._pythonEdit is None or not self._pythonEdit.hasFocus():
+            self.onPythonEdited()
+
+    def onPythonEdited(self) -> None:
+        """Keep the chosen Python (this machine's setting) and probe it if it is an executable file."""
+        python = self.ui.pythonPathLineEdit.currentPath.strip()
+        if self._updating or python == self.logic.python:
+            return
+        self.logic.set_python(python)
+        self._showPythonStatus()
+
+    def _showPythonStatus(self) -> None:
+        status = self.logic.python_status()
+        if status is None:  # being probed: the timer looks again until it answers
+            text = _("Checking the chosen Python ({python})...")
+            self.ui.statusLabel.text = text.format(python=self.logic.python)
+            self.probeTimer.start()
+            return
+        self.probeTimer.stop()
+        self.ui.statusLabel.text = status or _("The engine runs in Slicer's own Python.")
+
+    def onProbeTimer(self) -> None:
+        try:
+            self.logic.interpreters.poll()
+            self._showPythonStatus()
+        except Exception:  # never let an exception escape a timer slot
+            logging.exception("PLCLSegmentation: probing the chosen Python failed")
+            self.probeTimer.stop()
 
     @staticmethod
     def _setCombo(combo: Any, value: str) -> None:
@@ -348,13 +395,15 @@ class PLCLSegmentationPanel:
         self.timer.start()
 
     def _dependenciesReady(self) -> bool:
+        self.onPythonEdited()  # a path chosen but not yet taken (still in the field) is the one to use
         python = self.logic.python
         try:
             if python:
-                info = self.logic.interpreters.check(python)  # never blocks: probed once, in the background
+                info = self.logic.interpreters.check(python)  # never blocks: probed once, in a child process
                 if info is None:
                     text = _("Checking the chosen Python ({python}); try again in a moment.")
                     self.ui.statusLabel.text = text.format(python=python)
+                    self.probeTimer.start()  # the status says when it has answered
                     return False
                 if info.get("error"):
                     raise PLCLError(info["error"])
@@ -566,6 +615,7 @@ class PLCLSegmentationPanel:
 
     def cleanup(self) -> None:
         self.timer.stop()
+        self.probeTimer.stop()
         self.logic.shutdown()
         self._forgetScene()
         if self._observed is not None and self._observer_tag is not None:
