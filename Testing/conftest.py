@@ -4,6 +4,7 @@ small oblique test volumes."""
 from __future__ import annotations
 
 import json
+import locale
 import os
 import subprocess
 import sys
@@ -17,6 +18,15 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "PLCLSegmentation"))  # the package without installing it
 DATA = REPO.parent / "shared" / "data"
 ACDC = DATA / "acdc"
+
+
+@pytest.fixture(autouse=True)
+def _the_locale_is_left_as_found():
+    """A library that switches the process to the C locale (ITK's DICOM writer does) would make every
+    later test read and write text as ASCII: name the test that did it, here."""
+    before = locale.getpreferredencoding(False)
+    yield
+    assert locale.getpreferredencoding(False) == before, "this test left the process in another locale"
 
 
 @pytest.fixture(scope="session")

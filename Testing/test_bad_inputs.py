@@ -13,6 +13,7 @@ import dataclasses
 import errno
 import gzip
 import json
+import locale
 import os
 import pickle
 import shutil
@@ -437,6 +438,16 @@ def cut(d: Path, name: str, keep: float = 0.7) -> None:
 
 def dicom_series(d: Path, folder: str = "dcm") -> None:
     """The image as a DICOM series of one file per slice, sharing one series (positions in the tags)."""
+    # ITK's GDCM writer leaves the process in the C locale (text files would then be read and written as
+    # ASCII by every later test of this process): put the locale back.
+    saved = locale.setlocale(locale.LC_ALL)
+    try:
+        _write_dicom_series(d, folder)
+    finally:
+        locale.setlocale(locale.LC_ALL, saved)
+
+
+def _write_dicom_series(d: Path, folder: str) -> None:
     image = sitk.Cast(make_image(phantom()[0]), sitk.sitkInt16)
     (d / folder).mkdir()
     writer = sitk.ImageFileWriter()
