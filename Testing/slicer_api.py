@@ -209,7 +209,7 @@ SLICER_NAMES_5_8 = frozenset({
 OTHER = frozenset({
     "ALL", "AddObserver", "CANCELLED", "Canonical", "GetDimensions", "GetElement", "GetMTime", "MultiplyPoint",
     "CANCELLING", "CREATE_NEW_PROCESS_GROUP", "CTRL_BREAK_EVENT", "Checked",
-    "DEVNULL", "DONE", "Empty", "ExtendedSelection", "FAILED", "GetExtent",
+    "DEVNULL", "DONE", "Empty", "ExcludeUserInputEvents", "ExtendedSelection", "FAILED", "GetExtent", "QEventLoop",
     "GetNumberOfScalarComponents", "GetNumberOfTuples", "GetPointData", "GetScalars", "GetValue", "IDLE",
     "IMPORTING", "InsertNextValue", "InterpreterChecks", "IsA", "JSONDecodeError", "Lock",
     "PIPE", "PREPARING", "PathLike", "Popen", "PyTorchUtilsLogic", "QAbstractItemView",

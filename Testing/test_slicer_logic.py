@@ -353,3 +353,24 @@ def test_inputs_left_by_a_crashed_slicer_are_removed_at_start_up(tmp_path, monke
         assert (inputs.folder / engine_run.OWNER_FILE).read_text().split()[0] == str(os.getpid())
     PLCLSegmentationLogic(SlicerApp().services, models_dir=tmp_path / "models")
     assert not stale.exists() and running.exists() and inputs.folder.exists()
+
+
+def test_exports_and_imports_say_how_far_they_are_and_refuse_other_actions_meanwhile(session):
+    """Risk 8 of issue 25: the panel shows these steps and lets Slicer repaint between volumes."""
+    logic, said = session.logic, []
+
+    def progress(text: str, done: int, total: int) -> None:
+        with pytest.raises(PLCLError, match="in progress"):  # a click let through by a repaint does nothing
+            logic.train()
+        said.append((text, done, total))
+
+    logic.progress = progress
+    job = logic.train()
+    exports = [(f"Exporting {n} of 3 volumes...", n - 1, 3) for n in (1, 2, 3)]
+    assert said == exports
+    assert logic.wait(60).state == JobState.DONE, job.error
+    assert said[3:] == [(f"Adding {n} of 2 results to the scene...", n - 1, 2) for n in (1, 2)]
+    said.clear()
+    logic.predict([session.volumes[1]])
+    assert said == [("Exporting 1 of 1 volumes...", 0, 1)]
+    logic.wait(60)

@@ -142,6 +142,7 @@ def fake_qt() -> types.ModuleType:
     qt.QFileDialog = mock.MagicMock()
     qt.QApplication = mock.MagicMock()
     qt.Qt.WaitCursor = 3
+    qt.QEventLoop = types.SimpleNamespace(ExcludeUserInputEvents=1)
     return qt
 
 
@@ -188,6 +189,12 @@ def panel(tmp_path, monkeypatch):
                         lambda text, **kwargs: errors.append(text)), ("resetSliceViews", lambda: None),
                         ("confirmOkCancelDisplay", lambda text: True)):
         monkeypatch.setattr(slicer.util, name, value, raising=False)
+    repaints: list[str] = []  # the progress bar's text each time the panel let Slicer repaint
+    ui_box: list = []
+    monkeypatch.setattr(slicer, "app", types.SimpleNamespace(
+        processEvents=lambda flags=None: repaints.append(ui_box[0].progressBar.format), testingEnabled=lambda: True,
+        startupEnvironment=lambda: types.SimpleNamespace(keys=lambda: list(os.environ), value=os.environ.get)),
+        raising=False)
     monkeypatch.delitem(sys.modules, "PLCLSegmentationLib.widget", raising=False)
     from PLCLSegmentationLib.logic import PLCLSegmentationLogic
     from PLCLSegmentationLib.widget import PLCLSegmentationPanel
@@ -204,10 +211,11 @@ def panel(tmp_path, monkeypatch):
                                   engine_command=[sys.executable, str(FAKE_ENGINE)],
                                   environment={**os.environ, "FAKE_ENGINE_STEP_S": "0.01"})
     ui = fake_ui()
+    ui_box.append(ui)
     panel = PLCLSegmentationPanel(ui, logic)
     before = snapshot(annotation)
     yield types.SimpleNamespace(panel=panel, ui=ui, logic=logic, app=app, volumes=volumes, annotation=annotation,
-                                errors=errors, charts=chart_shown)
+                                errors=errors, charts=chart_shown, repaints=repaints)
     panel.cleanup()
     if annotation.GetScene() is not None:  # (not after a scene close)
         assert snapshot(annotation) == before
@@ -509,3 +517,15 @@ def test_the_panel_annotates_frames_of_a_sequence_and_reviews_them_frame_by_fram
     assert logic.state.record_for(proxy).frames[frame].role == "reviewed"
     annotated = [ui.annotatedTable.item(r, 0).text for r in range(ui.annotatedTable.rowCount)]
     assert f"Cine_t{frame:02d}" in annotated
+
+
+def test_the_panel_shows_exports_and_imports_volume_by_volume_and_repaints(panel):
+    p, ui, logic = panel.panel, panel.ui, panel.logic
+    logic.set_annotation(panel.volumes[0], panel.annotation)
+    logic.state.set("iterations", 10)
+    p.onTrainOrCancel()
+    assert panel.repaints == [f"Exporting {n} of 3 volumes..." for n in (1, 2, 3)], panel.errors
+    run_timer(p)
+    assert logic.job.state.value == "done", logic.job.error
+    assert panel.repaints[3:] == [f"Adding {n} of 2 results to the scene..." for n in (1, 2)]
+    assert ui.progressBar.format == "done" and ui.reviewTable.rowCount == 3

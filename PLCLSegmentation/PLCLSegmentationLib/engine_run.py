@@ -132,8 +132,10 @@ class EngineRun:
     """One run: ``job`` says what it is; the scene of ``services`` gets its results."""
 
     def __init__(self, services: SlicerServices, job: Job, process_factory: Callable[..., EngineProcess],
-                 environment: dict[str, str] | None, grace_s: float) -> None:
+                 environment: dict[str, str] | None, grace_s: float,
+                 progress: Callable[[str, int, int], None] | None = None) -> None:
         self.services = services
+        self.progress = progress  # (text with {done} and {total}, index, total) before each result is added
         self.job = job
         self.process_factory = process_factory
         self.environment = environment
@@ -265,7 +267,10 @@ class EngineRun:
         transaction = SceneTransaction(self.services.scene)
         imported: list[Imported] = []
         try:
-            for expected in sorted(job.expected.values(), key=lambda e: e.order):
+            ordered = sorted(job.expected.values(), key=lambda e: e.order)
+            for index, expected in enumerate(ordered):
+                if self.progress is not None:
+                    self.progress("Adding {done} of {total} results to the scene...", index, len(ordered))
                 result = expected.take(self.services, transaction, records.get(expected.key), results, job.warnings)
                 if result is not None:
                     imported.append(result)

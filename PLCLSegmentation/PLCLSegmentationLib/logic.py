@@ -8,8 +8,9 @@ was. The user's own segmentation nodes are only ever read.
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, Callable
 
@@ -52,6 +53,10 @@ class PLCLSegmentationLogic:
         #: What each chosen interpreter can do, probed once in a child process (never a thread).
         self.interpreters = dependencies.InterpreterChecks()
         self._before_import: dict[str, Any] | None = None
+        #: Called with (text, done, total) before each volume is exported or each result added to the scene;
+        #: the panel shows it and lets Slicer repaint (these steps run on the GUI thread).
+        self.progress: Callable[[str, int, int], None] | None = None
+        self._exporting = False  # while a run's inputs are written: no other action (the GUI repaints meanwhile)
         self.painted = PaintedSlices(self.services)
         remove_stale_inputs()  # patients' volumes exported by a Slicer that crashed or was killed
 
@@ -69,7 +74,7 @@ class PLCLSegmentationLogic:
 
     @property
     def busy(self) -> bool:
-        return self.run is not None and not self.run.finished
+        return self._exporting or (self.run is not None and not self.run.finished)
 
     # --- volumes and roles ----------------------------------------------------------------------
     def refresh(self) -> list[VolumeRecord]:
@@ -223,8 +228,9 @@ class PLCLSegmentationLogic:
             if not init_model or not Path(init_model).is_file():
                 raise PLCLError("Retrain needs a trained model: train first, or load a model.")
         classes = self._training_classes(taken, warm_start)
-        with RunInputs.exporting() as inputs:
-            for item in taken:
+        with self._exporting_inputs() as inputs:
+            for index, item in enumerate(taken):
+                self.report_progress("Exporting {done} of {total} volumes...", index, len(taken))
                 item.export_for_training(inputs, classes)
             out = new_run_folder(self.models_dir, TRAIN)
         argv = self._command() + ["train", *inputs.train_arguments(), "--out", str(out), "--budget", state.budget,
@@ -257,8 +263,9 @@ class PLCLSegmentationLogic:
             targets = [r for r in records if r.role == UNANNOTATED]
         if not targets:
             raise PLCLError("No volume to segment: load volumes first (annotated ones are left as they are).")
-        with RunInputs.exporting() as inputs:
-            for record in targets:
+        with self._exporting_inputs() as inputs:
+            for index, record in enumerate(targets):
+                self.report_progress("Exporting {done} of {total} volumes...", index, len(targets))
                 self.item(record).export_for_prediction(inputs)
         out = new_run_folder(self.models_dir, PREDICT)
         argv = self._command() + ["predict", "--model", str(model), "--out", str(out), "--device", self.state.device,
@@ -415,6 +422,20 @@ class PLCLSegmentationLogic:
         return dependencies.ensure_slicer_packages(confirm=confirm, log=log)
 
     # --- internals ------------------------------------------------------------------------------
+    def report_progress(self, text: str, index: int, total: int) -> None:
+        """Say that item ``index`` (from 0) of ``total`` is under way: ``text`` names it as {done} of {total}."""
+        if self.progress is not None:
+            self.progress(text.format(done=index + 1, total=total), index, total)
+
+    @contextlib.contextmanager
+    def _exporting_inputs(self) -> Iterator[RunInputs]:
+        self._exporting = True
+        try:
+            with RunInputs.exporting() as inputs:
+                yield inputs
+        finally:
+            self._exporting = False
+
     def _check_idle(self) -> None:
         if self.busy:
             raise PLCLError("A run is in progress: wait for it to finish or cancel it.")
@@ -438,7 +459,8 @@ class PLCLSegmentationLogic:
         environment = self.environment
         if environment is None:
             environment = dependencies.child_environment(external_python=bool(self.python))
-        run = EngineRun(self.services, job, self.process_factory, environment, self.grace_s)
+        run = EngineRun(self.services, job, self.process_factory, environment, self.grace_s,
+                        progress=self.report_progress)
         run.start()
         self.run = run
         return job

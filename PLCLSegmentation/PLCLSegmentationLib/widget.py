@@ -89,6 +89,7 @@ class PLCLSegmentationPanel:
         self.probeTimer = qt.QTimer()
         self.probeTimer.setInterval(PROBE_INTERVAL_MS)
         self.probeTimer.timeout.connect(self.onProbeTimer)
+        logic.progress = self.onWorkProgress  # exports and imports say how far they are
 
         for value in BUDGETS:
             ui.budgetComboBox.addItem(_(BUDGET_LABELS.get(value, value)), value)
@@ -438,6 +439,17 @@ class PLCLSegmentationPanel:
             self._finished(job)
         self.updateButtons()
 
+    def onWorkProgress(self, text: str, done: int, total: int) -> None:
+        """A volume is being exported, or a result added to the scene (on this thread, between volumes):
+        show it, and let Slicer repaint. User input waits until the step ends, so that no click acts on
+        a half-written run."""
+        self.ui.statusLabel.text = text
+        bar = self.ui.progressBar
+        bar.maximum = max(1, total)
+        bar.value = min(done, bar.maximum)
+        bar.format = text
+        slicer.app.processEvents(qt.QEventLoop.ExcludeUserInputEvents)
+
     def _showProgress(self, job: Any) -> None:
         """Stage, iteration and time left on the bar itself (the status line repeats them in words)."""
         bar = self.ui.progressBar
@@ -614,6 +626,7 @@ class PLCLSegmentationPanel:
         self.scheduleUpdate()
 
     def cleanup(self) -> None:
+        self.logic.progress = None
         self.timer.stop()
         self.probeTimer.stop()
         self.logic.shutdown()
