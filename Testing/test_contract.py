@@ -48,10 +48,16 @@ def test_the_contract_names():
     assert set(OUTPUT_KINDS) == {"model", "checkpoint", "training", "job"}
 
 
-def test_predict_stops_on_the_stop_file(tmp_path, synthetic):
-    """plcl predict is stopped by the stop file before its first volume (no signal involved)."""
+def test_predict_stops_on_the_stop_file_written_after_it_started(tmp_path, synthetic):
+    """plcl predict is stopped by a stop file written once it runs (no signal involved); one left over from an
+    earlier run is not this run's request: it is ignored."""
     pytest.importorskip("torch")
-    from conftest import case_of, run_plcl
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    from conftest import REPO, case_of, run_plcl
 
     train = tmp_path / "train"
     result = run_plcl("train", "--data", str(synthetic), "--labeled-cases", "synthetic_001", "--out", str(train),
@@ -61,13 +67,34 @@ def test_predict_stops_on_the_stop_file(tmp_path, synthetic):
     summary = json.loads((train / SUMMARY_FILE).read_text())
     assert summary["outputs"]["model"] == str(train / "model.pt")
     assert summary["outputs"]["checkpoint"] == str(train / "checkpoint.pt")
+    images = []
+    for index in range(12):  # enough volumes that the request arrives while they are segmented
+        images.append(str(tmp_path / f"v{index:02d}.nii.gz"))
+        shutil.copy(case_of(synthetic, "synthetic_002")[0], images[-1])
+
+    leftover = tmp_path / "leftover"
+    leftover.mkdir()
+    (leftover / STOP_FILE).touch()  # an earlier run's request
+    result = run_plcl("predict", "--model", str(train / "model.pt"), "--out", str(leftover), "--device", "cpu",
+                      "--events", "jsonl", images[0])
+    assert result.returncode == 0, result.stderr
+    assert not (leftover / STOP_FILE).exists() and (leftover / "predictions" / "v00.seg.nrrd").is_file()
+
     out = tmp_path / "predict"
-    out.mkdir()
-    (out / STOP_FILE).touch()  # asked to stop before it starts
-    result = run_plcl("predict", "--model", str(train / "model.pt"), "--out", str(out), "--device", "cpu",
-                      "--events", "jsonl", case_of(synthetic, "synthetic_002")[0])
-    assert result.returncode == 130, result.stderr
-    assert '"event": "cancelled"' in result.stdout and not list(out.glob("predictions/*.seg.nrrd"))
+    environment = {**os.environ, "PYTHONPATH": str(REPO / "PLCLSegmentation")}
+    child = subprocess.Popen([sys.executable, "-m", "PLCLSegmentationLib.engine", "predict", "--model",
+                              str(train / "model.pt"), "--out", str(out), "--device", "cpu", "--events", "jsonl",
+                              *images], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=environment)
+    seen = []
+    for line in child.stdout:
+        seen.append(json.loads(line))
+        if seen[-1]["event"] == "start":
+            (out / STOP_FILE).touch()  # asked to stop once it runs
+            break
+    rest, stderr = child.communicate(timeout=300)
+    assert child.returncode == 130, stderr
+    assert '"event": "cancelled"' in rest
+    assert len(list(out.glob("predictions/*.seg.nrrd"))) < len(images)
 
 
 def test_every_output_event_kind_the_engine_emits_is_in_the_protocol():
