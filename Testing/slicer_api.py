@@ -227,3 +227,60 @@ OTHER = frozenset({
 #: Newer than 5.8: never call these (vtkSegment terminology helpers first shipped in 5.10; use the
 #: segment tag vtkSegment.GetTerminologyEntryTagName(), as scene_io does).
 NEWER_THAN_5_8 = frozenset({"HasTerminology", "GetTerminology", "SetTerminology"})
+
+#: Where the panel's widget classes are declared: Slicer's headers at v5.8.0, CTK's at the commit Slicer v5.8.0
+#: builds (SuperBuild/External_CTK.cmake: 82cae5781621845486bad2697aed095f04cfbe76), Qt 5's documented classes.
+_MRML_WIDGETS = "Libs/MRML/Widgets/"
+_SEGMENTATION_WIDGETS = "Modules/Loadable/Segmentations/Widgets/"
+_CTK = "CTK@82cae57:Libs/Widgets/"
+
+#: The panel's widgets (the classes of Resources/UI/PLCLSegmentation.ui) and each member widget.py uses on
+#: them, with the file that declares it (inherited members: the base class's). Signals are listed as
+#: widget.py names them (a connect() string for the C++ signatures). Members used through local
+#: variables (a table, the progress bar, the proxy model, the path field's line edit) are listed too.
+WIDGET_API: dict[str, dict[str, str]] = {
+    "qMRMLNodeComboBox": {
+        "connect": "Qt5 QObject",
+        "currentNode": _MRML_WIDGETS + "qMRMLNodeComboBox.h",
+        "setCurrentNode": _MRML_WIDGETS + "qMRMLNodeComboBox.h",
+        "sortFilterProxyModel": _MRML_WIDGETS + "qMRMLNodeComboBox.h",
+        "currentNodeChanged(vtkMRMLNode*)": _MRML_WIDGETS + "qMRMLNodeComboBox.h",
+    },
+    "qMRMLCheckableNodeComboBox": {
+        "connect": "Qt5 QObject",
+        "checkedNodes": _MRML_WIDGETS + "qMRMLCheckableNodeComboBox.h",
+        "checkedNodesChanged()": _MRML_WIDGETS + "qMRMLCheckableNodeComboBox.h",
+        "setCheckState": _MRML_WIDGETS + "qMRMLCheckableNodeComboBox.h",
+        "sortFilterProxyModel": _MRML_WIDGETS + "qMRMLNodeComboBox.h",
+    },
+    "qMRMLSortFilterProxyModel": {"hiddenNodeIDs": _MRML_WIDGETS + "qMRMLSortFilterProxyModel.h"},
+    "qMRMLSegmentsTableView": {
+        "selectedSegmentIDs": _SEGMENTATION_WIDGETS + "qMRMLSegmentsTableView.h",
+        "setSegmentationNode": _SEGMENTATION_WIDGETS + "qMRMLSegmentsTableView.h",
+        "setSelectionMode": _SEGMENTATION_WIDGETS + "qMRMLSegmentsTableView.h",
+    },
+    "qMRMLSegmentEditorWidget": {
+        "setSegmentationNode": _SEGMENTATION_WIDGETS + "qMRMLSegmentEditorWidget.h",
+        "setSourceVolumeNode": _SEGMENTATION_WIDGETS + "qMRMLSegmentEditorWidget.h",
+    },
+    "ctkPathLineEdit": {
+        "connect": "Qt5 QObject",
+        "currentPath": _CTK + "ctkPathLineEdit.h",
+        "currentPathChanged(QString)": _CTK + "ctkPathLineEdit.h",
+        "comboBox": _CTK + "ctkPathLineEdit.h",
+    },
+    "ctkCollapsibleButton": {"enabled": "Qt5 QWidget"},
+    "QComboBox": {"addItem": "Qt5 QComboBox", "currentData": "Qt5 QComboBox", "currentIndex": "Qt5 QComboBox",
+                  "currentIndexChanged": "Qt5 QComboBox", "findData": "Qt5 QComboBox", "lineEdit": "Qt5 QComboBox",
+                  "enabled": "Qt5 QWidget"},
+    "QLineEdit": {"text": "Qt5 QLineEdit", "editingFinished": "Qt5 QLineEdit", "hasFocus": "Qt5 QWidget"},
+    "QLabel": {"text": "Qt5 QLabel"},
+    "QCheckBox": {"checked": "Qt5 QAbstractButton", "toggled": "Qt5 QAbstractButton"},
+    "QPushButton": {"clicked": "Qt5 QAbstractButton", "text": "Qt5 QAbstractButton", "enabled": "Qt5 QWidget"},
+    "QSpinBox": {"value": "Qt5 QSpinBox", "valueChanged": "Qt5 QSpinBox"},
+    "QProgressBar": {"format": "Qt5 QProgressBar", "maximum": "Qt5 QProgressBar", "value": "Qt5 QProgressBar"},
+    "QPlainTextEdit": {"appendPlainText": "Qt5 QPlainTextEdit", "clear": "Qt5 QPlainTextEdit"},
+    "QTableWidget": {"currentRow": "Qt5 QTableWidget", "item": "Qt5 QTableWidget",
+                     "itemSelectionChanged": "Qt5 QTableWidget", "rowCount": "Qt5 QTableWidget",
+                     "selectRow": "Qt5 QTableView", "setItem": "Qt5 QTableWidget", "setRowCount": "Qt5 QTableWidget"},
+}

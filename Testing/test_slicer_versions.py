@@ -218,4 +218,43 @@ def test_each_listed_api_is_declared_in_its_header_at_v5_8_0():
             or re.search(rf"\b{name}\b\s*[=,}}]", text)  # an enum constant
         if not declared:
             wrong.append(f"{name}: {header}")
+    for members in slicer_api.WIDGET_API.values():  # the panel's Slicer widgets (CTK and Qt: not in this clone)
+        for member, header in members.items():
+            if header.startswith(("Libs/", "Modules/")):
+                text = subprocess.run(["git", "-C", source, "show", f"v5.8.0:{header}"], capture_output=True,
+                                      text=True).stdout
+                if not re.search(rf"\b{re.escape(member.split('(')[0])}\b", re.sub(r"//.*", "", text)):
+                    wrong.append(f"{member}: {header}")
     assert not wrong, wrong
+
+
+def widget_calls() -> set[tuple[str, str]]:
+    """(class, member) for each ``ui.NAME.MEMBER`` of widget.py and each ``ui.NAME.connect("SIGNAL")``, the
+    class being NAME's in the module's .ui."""
+    import ast
+    import xml.etree.ElementTree as ET
+
+    from slicer_support import ROOT
+
+    ui = {w.get("name"): w.get("class") for w in ET.parse(
+        ROOT / "PLCLSegmentation" / "Resources" / "UI" / "PLCLSegmentation.ui").iter("widget")}
+    tree = ast.parse((ROOT / "PLCLSegmentation" / "PLCLSegmentationLib" / "widget.py").read_text())
+    used = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Attribute) \
+                and ast.unparse(node.value.value) in ("ui", "self.ui"):
+            used.add((ui[node.value.attr], node.attr))
+            if node.attr == "connect":
+                calls = [c for c in ast.walk(tree) if isinstance(c, ast.Call) and c.func is node]
+                used |= {(ui[node.value.attr], c.args[0].value) for c in calls if isinstance(c.args[0], ast.Constant)}
+    return used
+
+
+def test_every_widget_api_the_panel_uses_is_listed_with_its_class():
+    """widget.py's calls on the .ui's widgets, each listed in slicer_api.WIDGET_API (checked at v5.8.0)."""
+    import slicer_api
+
+    used = widget_calls()
+    assert ("qMRMLNodeComboBox", "currentNodeChanged(vtkMRMLNode*)") in used, "the test looks in the wrong place"
+    unlisted = sorted(f"{cls}.{member}" for cls, member in used if member not in slicer_api.WIDGET_API.get(cls, {}))
+    assert not unlisted, f"check these at Slicer's tag v5.8.0 (CTK: its pinned commit), then list them: {unlisted}"
