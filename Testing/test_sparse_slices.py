@@ -276,6 +276,8 @@ def test_labelled_slices_of_a_volume_labelled_everywhere_train_the_whole_schedul
     stages = [e["stage"] for e in events(result.stdout) if e["event"] == "stage"]
     assert "pseudo_labels" not in stages
     assert json.loads((out / "training.json").read_text())["iterations"] == 4
+    warnings = [e["message"] for e in events(result.stdout) if e["event"] == "warning"]
+    assert any("supervised only" in w for w in warnings), warnings  # said, as with no unannotated volume
 
 
 def test_the_curve_pools_the_seeds_of_one_point_over_bench_folders(tmp_path):

@@ -18,6 +18,10 @@ from ..method.modelfile import ModelInfo, read_model
 from ..request import TrainJob
 from .prediction import check_unique_names
 
+#: Said wherever a run finds nothing to pseudo-label: no unannotated volume, and no unannotated slice.
+SUPERVISED_ONLY_WARNING = ("nothing unannotated to learn from (no unannotated volume or slice): training "
+                           "supervised only (no pseudo-labels, no contrastive loss)")
+
 
 @dataclass
 class TrainingInputs:
@@ -141,8 +145,7 @@ def read_training_inputs(job: TrainJob) -> TrainingInputs:
             inputs.warnings.append(f"{label_path}: the labels of slices {', '.join(map(str, ignored))} are not in "
                                    "--annotated-slices; those slices are trained on as unannotated")
     if not unannotated and all(rows is None for rows in chosen):
-        inputs.warnings.append("no unannotated volume: training supervised only (no pseudo-labels, no "
-                               "contrastive loss)")
+        inputs.warnings.append(SUPERVISED_ONLY_WARNING)
     return inputs
 
 

@@ -26,7 +26,7 @@ from ..method.train import Checkpoint, Trainer
 from ..protocol import CHECKPOINT_FILE, JOB_FILE, MODEL_FILE, SNAPSHOTS_FOLDER, TRAINING_FILE
 from ..request import TrainJob, job_digest
 from ..runtime import autocast_dtype, precision_name, resolve_device
-from .inputs import TrainingInputs, read_training_inputs, slice_count
+from .inputs import SUPERVISED_ONLY_WARNING, TrainingInputs, read_training_inputs, slice_count
 from .prediction import check_slice_sizes, write_predictions
 from .summary import write_json, write_summary
 from .writers import SegmentationWriters, check_outputs, output_formats
@@ -55,13 +55,13 @@ def run_training(job: TrainJob, sink: EventSink, cancel: threading.Event | None 
     reference = reference_frame([v for v, _ in inputs.annotated], initial_info)
     check_slice_sizes([v for v, _ in inputs.annotated] + inputs.unannotated, spacing, reference)
     checkpoint = _read_checkpoint(out / CHECKPOINT_FILE) if resume and (out / CHECKPOINT_FILE).exists() else None
-    with hold_output_folder(out, read, resume):
-        return _train(job, inputs, sink, cancel, device, spacing, reference, initial, checkpoint)
-
     if checkpoint is not None and checkpoint.run not in (None, job_digest(job)):
         raise InputError(str(out / CHECKPOINT_FILE), "was written by another run (its inputs or settings differ "
                                                      "from this folder's job.json); start a new run with another "
                                                      "--out folder")
+    with hold_output_folder(out, read, resume):
+        return _train(job, inputs, sink, cancel, device, spacing, reference, initial, checkpoint)
+
 
 def _train(job: TrainJob, inputs: TrainingInputs, sink: EventSink, cancel: threading.Event, device: torch.device,
            spacing: float, reference: InPlaneFrame, initial: dict[str, torch.Tensor] | None,
@@ -91,9 +91,12 @@ def _train(job: TrainJob, inputs: TrainingInputs, sink: EventSink, cancel: threa
     if config.rounds and not unannotated and not any(v.partial for v in annotated):
         # Nothing to pseudo-label (e.g. "labelled" on volumes labelled on every slice): supervised only.
         config = config.supervised_only()
+        if inputs.annotated_slices and any(rows is not None for rows in inputs.annotated_slices):
+            sink.emit("warning", message=SUPERVISED_ONLY_WARNING)
 
     trainer = Trainer(config, num_classes, annotated, unannotated, sink, device,
                       checkpoint_path=out / CHECKPOINT_FILE, cancel=cancel, initial_weights=initial)
+    trainer.run_tag = job_digest(job)
     if checkpoint is not None:
         try:
             trainer.restore(checkpoint)
@@ -102,7 +105,6 @@ def _train(job: TrainJob, inputs: TrainingInputs, sink: EventSink, cancel: threa
                                                          "run's checkpoint?); start a new run with another --out "
                                                          "folder") from None
     train_started = time.monotonic()
-    trainer.run_tag = job_digest(job)
     start_iteration = trainer.iteration
 
     def model_info() -> ModelInfo:
