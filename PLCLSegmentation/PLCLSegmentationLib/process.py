@@ -14,8 +14,10 @@ States::
                          +--cancel()--> cancelling --exit--> cancelled
 
 ``cancel()`` asks the engine itself to stop: it creates the engine's stop file (``stop_file``,
-engine/events.py: STOP_FILE), which the engine handles like SIGINT: it finishes its step, saves a
-checkpoint, says ``cancelled`` and exits 130. A signal would not do: Slicer's ``PythonSlicer`` is a
+engine/protocol.py: STOP_FILE), which the engine handles like SIGINT: it finishes its step, saves a
+checkpoint, says ``cancelled`` and exits 130. The engine takes a stop file that was there before it
+started for an earlier run's, so a cancel before the engine's ``start`` event writes it when that
+event comes (the kill after ``grace_s`` still applies). A signal would not do: Slicer's ``PythonSlicer`` is a
 launcher that starts the real Python and does not forward signals (SIGTERM ends the launcher and
 the engine with it, without a checkpoint), and on Windows CTRL_BREAK cannot reach a process started
 without a console. Without a stop file (any other command), cancel sends SIGTERM to the group. If
@@ -91,6 +93,11 @@ class EngineProcess:
         self._queue: queue.Queue[Message] = queue.Queue()
         self._process: subprocess.Popen[str] | None = None
         self._cancel_requested = False
+        # The engine ignores a stop file that was there before it started (an earlier run's): a
+        # request made before its ``start`` event is written when that event comes.
+        self._started = False
+        self._stop_pending = False
+        self._stop_lock = threading.Lock()
         self._kill_timer: threading.Timer | None = None
         self._log_lock = threading.Lock()
         self._log_file: Any = None
@@ -136,16 +143,24 @@ class EngineProcess:
         self._cancel_requested = True
         self.state = RunState.CANCELLING
         if self.stop_file is not None:
-            try:
-                self.stop_file.parent.mkdir(parents=True, exist_ok=True)
-                self.stop_file.touch()
-            except OSError:  # the folder is gone or read-only: the signal is better than nothing
-                self._signal_group(terminate=True)
+            with self._stop_lock:
+                if self._started:
+                    self._write_stop_file()
+                else:
+                    self._stop_pending = True
         else:
             self._signal_group(terminate=True)
         self._kill_timer = threading.Timer(self.grace_s, self.kill)
         self._kill_timer.daemon = True
         self._kill_timer.start()
+
+    def _write_stop_file(self) -> None:
+        assert self.stop_file is not None
+        try:
+            self.stop_file.parent.mkdir(parents=True, exist_ok=True)
+            self.stop_file.touch()
+        except OSError:  # the folder is gone or read-only: the signal is better than nothing
+            self._signal_group(terminate=True)
 
     def kill(self) -> None:
         """End the whole process tree now."""
@@ -221,6 +236,11 @@ class EngineProcess:
             line = raw.rstrip("\r\n")
             event = _parse_event(line)
             if event is not None:
+                if event.get("event") == "start":
+                    with self._stop_lock:
+                        self._started = True
+                        if self._stop_pending:
+                            self._write_stop_file()
                 self._queue.put(Message("event", event))
             elif line.strip():
                 self.tail.append(line)
