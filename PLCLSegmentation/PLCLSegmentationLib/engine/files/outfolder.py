@@ -119,7 +119,7 @@ def _acquire(out: Path):  # -> an open file, or None when another process holds 
     path = out / LOCK_FILE
     while True:
         handle = open(path, "a+")  # noqa: SIM115 - held open for the whole run: the lock lives with it
-        if not _lock(handle):
+        if not try_lock(handle):
             handle.close()
             return None
         # The holder before us may have removed the file between our open and our lock: then we
@@ -147,7 +147,8 @@ def _release(out: Path, handle, remove: bool) -> None:
 if os.name == "nt":  # pragma: no cover - Windows
     import msvcrt
 
-    def _lock(handle) -> bool:
+    def try_lock(handle) -> bool:
+        """Take an exclusive lock on an open file without waiting; False if another process holds it."""
         try:
             handle.seek(0)
             msvcrt.locking(handle.fileno(), msvcrt.LK_NBLCK, 1)
@@ -157,7 +158,7 @@ if os.name == "nt":  # pragma: no cover - Windows
 else:
     import fcntl
 
-    def _lock(handle) -> bool:
+    def try_lock(handle) -> bool:
         try:
             fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
             return True

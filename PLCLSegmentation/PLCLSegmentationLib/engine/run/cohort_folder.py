@@ -23,7 +23,7 @@ from typing import Any
 
 from ... import __version__
 from ..errors import InputError
-from ..files.outfolder import earlier_outputs
+from ..files.outfolder import earlier_outputs, try_lock
 from ..files.volumes import atomic_path
 from ..protocol import COHORT_FILE, FAILURES_SUFFIX, RESULTS_SUFFIX, SHARDS_FOLDER
 from .shard import Shard
@@ -152,7 +152,7 @@ def lock_path(out: Path, shard: Shard) -> Path:
 def hold_shard(out: Path, shard: Shard) -> Iterator[None]:
     """Hold the shard's lock for the run; refused while another process runs the same shard."""
     with open(lock_path(out, shard), "a+") as handle:
-        if not _try_lock(handle):
+        if not try_lock(handle):
             raise InputError(str(out), f"shard {shard} is being run by another process; wait for it to finish")
         handle.seek(0)
         handle.truncate()
@@ -167,25 +167,4 @@ def shard_is_running(out: Path, shard: Shard) -> bool:
     if not path.is_file():
         return False
     with open(path, "a+") as handle:
-        return not _try_lock(handle)  # the lock, if taken here, goes with the handle
-
-
-if os.name == "nt":  # pragma: no cover - Windows
-    import msvcrt
-
-    def _try_lock(handle) -> bool:
-        try:
-            handle.seek(0)
-            msvcrt.locking(handle.fileno(), msvcrt.LK_NBLCK, 1)
-            return True
-        except OSError:
-            return False
-else:
-    import fcntl
-
-    def _try_lock(handle) -> bool:
-        try:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-            return True
-        except OSError:
-            return False
+        return not try_lock(handle)  # the lock, if taken here, goes with the handle

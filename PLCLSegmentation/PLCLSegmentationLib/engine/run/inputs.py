@@ -19,8 +19,8 @@ from ..request import TrainJob
 from .prediction import check_unique_names
 
 #: Said wherever a run finds nothing to pseudo-label: no unannotated volume, and no unannotated slice.
-SUPERVISED_ONLY_WARNING = ("nothing unannotated to learn from (no unannotated volume or slice): training "
-                           "supervised only (no pseudo-labels, no contrastive loss)")
+SUPERVISED_ONLY_WARNING = ("no unannotated volume or slice to learn from: training supervised only (no "
+                           "pseudo-labels, no contrastive loss)")
 
 
 @dataclass
