@@ -194,6 +194,18 @@ def alive(pid: int) -> bool:
     return not (stat.exists() and stat.read_text().split(")")[-1].split()[0] == "Z")
 
 
+def red_slice_view(app: SlicerApp) -> Any:
+    """The application's Red slice view and its orientation presets, absent from slicer-core's bare scene."""
+    import slicer
+
+    slicer.vtkMRMLSliceNode.AddDefaultSliceOrientationPresets(app.scene)
+    red = app.scene.CreateNodeByClass("vtkMRMLSliceNode")
+    red.UnRegister(None)
+    red.SetLayoutName("Red")
+    red.SetSingletonTag("Red")
+    return app.scene.AddNode(red)
+
+
 def acdc_case(name: str) -> tuple[Path, Path]:
     return ACDC / "images" / f"{name}.nii.gz", ACDC / "labels" / f"{name}.nii.gz"
 

@@ -15,7 +15,7 @@ import pytest
 
 pytest.importorskip("slicer", reason="slicer-core is not installed")
 
-from slicer_support import MYOCARDIUM_TERMINOLOGY, SlicerApp, moving_phantom, snapshot  # noqa: E402
+from slicer_support import MYOCARDIUM_TERMINOLOGY, SlicerApp, moving_phantom, red_slice_view, snapshot  # noqa: E402
 
 from PLCLSegmentationLib import cine, scene_io, sequences  # noqa: E402
 from PLCLSegmentationLib.engine.files import volumes  # noqa: E402
@@ -165,12 +165,7 @@ def test_mark_background_finds_the_paint_views_slice_in_the_volumes_own_coordina
     import vtk
 
     app, volume, labels = transformed
-    slicer.vtkMRMLSliceNode.AddDefaultSliceOrientationPresets(app.scene)
-    red = app.scene.CreateNodeByClass("vtkMRMLSliceNode")
-    red.UnRegister(None)
-    red.SetLayoutName("Red")
-    red.SetSingletonTag("Red")
-    red = app.scene.AddNode(red)
+    red = red_slice_view(app)
     segmentation = paint(app, volume, labels, "My annotation", under_transform=False)
     logic = PLCLSegmentationLogic(app.services, models_dir=tmp_path / "models")
     logic.refresh()

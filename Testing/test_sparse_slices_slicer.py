@@ -11,7 +11,7 @@ import pytest
 
 pytest.importorskip("slicer", reason="slicer-core is not installed")
 
-from slicer_support import CARDIAC_SEGMENTS, FAKE_ENGINE, SlicerApp, read_labels, synthetic_case  # noqa: E402
+from slicer_support import CARDIAC_SEGMENTS, FAKE_ENGINE, SlicerApp, read_labels, red_slice_view, synthetic_case  # noqa: E402
 
 from PLCLSegmentationLib import scene_io  # noqa: E402
 from PLCLSegmentationLib.engine.config import TrainConfig  # noqa: E402
@@ -30,16 +30,9 @@ PAINTED = [1, 4]  # slices (k) of synthetic_001 (6 slices, all with heart) left 
 
 @pytest.fixture
 def scene(tmp_path):
-    import slicer
 
     app = SlicerApp()
-    # The application's Red view and its orientation presets, absent from slicer-core's bare scene.
-    slicer.vtkMRMLSliceNode.AddDefaultSliceOrientationPresets(app.scene)
-    red = app.scene.CreateNodeByClass("vtkMRMLSliceNode")
-    red.UnRegister(None)
-    red.SetLayoutName("Red")
-    red.SetSingletonTag("Red")
-    red = app.scene.AddNode(red)
+    red = red_slice_view(app)
     volumes = [app.load_volume(synthetic_case(c)[0], c) for c in CASES]
     labels = read_labels(synthetic_case(CASES[0])[1])
     few = np.zeros_like(labels)
