@@ -251,7 +251,7 @@ def test_bench_with_labeled_slices_trains_on_k_slices_of_each_case_end_to_end(tm
     result = run_plcl("bench", "--data", str(data), "--out", str(out), "--iterations", "2", "--seeds", "0",
                       "--methods", "plcl", "--n-labeled-patients", "2", "--labeled-slices", "2",
                       "--n-unlabeled", "1", "--snapshots", "0", "--throughput-iterations", "0",
-                      "--budget", "quick", "--set", "patch_size=32", "--set", "levels=3",
+                      "--propagation-frames", "0", "--budget", "quick", "--set", "patch_size=32", "--set", "levels=3",
                       "--set", "inference_tile=64", "--device", "cpu")
     assert result.returncode == 0, result.stderr + result.stdout
     results = json.loads((out / "results.json").read_text())
