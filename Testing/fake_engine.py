@@ -12,6 +12,12 @@ Slicer writes a volume sequence) or NIfTI (time last) given to --unlabeled, pred
 --labeled-frame IMAGE FRAME LABEL; every frame not annotated is predicted as NAME_tXX with
 "sequence" and "frame" in its summary entry, and summary.json gets a "sequences" entry per 4D input.
 
+Each prediction's summary entry carries the review contract (docs/protocol.md): ``slice_axis`` (the
+engine's rule, slicing.canonical), ``structures`` (an estimated Dice per class, worst first, null where
+the class is predicted nowhere) and ``slices`` (least certain first), and a ``quality`` event follows
+its output events. The values are plausible, not learnt: the uncertainty map's level differs from
+slice to slice so that the slices have a clear order.
+
 It stops like the engine: on SIGINT/SIGTERM or when OUT/stop.request appears (events.STOP_FILE).
 
 Behaviour switches (environment variables), for the tests of the Slicer module:
@@ -39,7 +45,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "PLCLSegmentation"))
 
-from PLCLSegmentationLib.engine import cli, errors, request  # noqa: E402
+from PLCLSegmentationLib.engine import cli, errors, request, slicing  # noqa: E402
 from PLCLSegmentationLib.engine.events import JsonLinesSink
 from PLCLSegmentationLib.engine.files import volumes  # noqa: E402
 from PLCLSegmentationLib.engine.protocol import EXIT_CANCELLED, EXIT_ERROR, OUTPUT_KINDS, STOP_FILE, SUMMARY_FILE
@@ -99,22 +105,63 @@ def time_axis(path: str) -> tuple[float | None, str | None]:
     return times[1] - times[0], (units[0] if units else None) or None
 
 
+def fake_uncertainty(volume: volumes.Volume, axis: int) -> np.ndarray:
+    """Smooth noise in [0, 0.5), scaled by a level of its own on each slice along ``axis``."""
+    rng = np.random.default_rng(zlib.crc32(volume.name.encode()))
+    uncertainty = rng.random(volume.array.shape, dtype=np.float32) * 0.5
+    shape = [1, 1, 1]
+    shape[axis] = volume.array.shape[axis]
+    levels = rng.permutation(volume.array.shape[axis]).astype(np.float32) + 1.0
+    return uncertainty * (levels / levels.max()).reshape(shape)
+
+
+def review(labels: np.ndarray, uncertainty: np.ndarray, classes: list[volumes.ClassInfo],
+           axis: int) -> tuple[list[dict], list[dict]]:
+    """(structures worst first, slices least certain first) as the review contract has them."""
+    structures = []
+    for info in classes:
+        mask = labels == info.value
+        mean = float(uncertainty[mask].mean()) if mask.any() else None
+        structures.append({"name": info.name, "value": info.value,
+                           "estimated_dice": None if mean is None else round(1.0 - mean, 4),
+                           "uncertainty": 1.0 if mean is None else round(mean, 4)})
+    structures.sort(key=lambda s: (s["estimated_dice"] is None, s["estimated_dice"] or 0.0))
+    slices = []
+    for index in range(labels.shape[axis]):
+        cut = [slice(None)] * 3
+        cut[axis] = index
+        here, certainty = labels[tuple(cut)], uncertainty[tuple(cut)]
+        counted = (here > 0) | (certainty > 0.1)
+        if not counted.any():
+            continue
+        per = {info.name: round(float(certainty[here == info.value].mean()), 4) for info in classes
+               if (here == info.value).any()}
+        slices.append({"index": index, "uncertainty": round(float(certainty[counted].mean()), 4),
+                       "structure": max(per, key=per.get) if per else None, "structures": per})
+    slices.sort(key=lambda s: (-s["uncertainty"], s["index"]))
+    return structures, slices
+
+
 def predict_volume(sink: JsonLinesSink, out: Path, volume: volumes.Volume, classes: list[volumes.ClassInfo],
-                   labels: np.ndarray | None = None) -> dict:
+                   labels: np.ndarray | None = None, frame: int | None = None) -> dict:
     """Write one volume's (fake) prediction and uncertainty; its summary entry."""
     seg = out / "predictions" / f"{volume.name}.seg.nrrd"
     unc = out / "uncertainty" / f"{volume.name}.nrrd"
     seg.parent.mkdir(parents=True, exist_ok=True)
     unc.parent.mkdir(parents=True, exist_ok=True)
-    volumes.write_segmentation(seg, fake_prediction(volume, classes) if labels is None else labels, volume.grid,
-                               classes)
-    rng = np.random.default_rng(zlib.crc32(volume.name.encode()))
-    uncertainty = rng.random(volume.array.shape, dtype=np.float32) * 0.5
+    labels = fake_prediction(volume, classes) if labels is None else labels
+    volumes.write_segmentation(seg, labels, volume.grid, classes)
+    axis = slicing.canonical(volume.grid.direction_matrix, volume.grid.spacing).slice_axis
+    uncertainty = fake_uncertainty(volume, axis)
     volumes.write_image(unc, uncertainty, volume.grid)
     sink.emit("output", kind="prediction", path=str(seg), name=volume.name)
     sink.emit("output", kind="uncertainty", path=str(unc), name=volume.name)
+    structures, slices = review(labels, uncertainty, classes, axis)
+    sink.emit("quality", name=volume.name, frame=frame, structures=structures,
+              worst_slice=slices[0]["index"] if slices else None)
     return {"name": volume.name, "image": volume.path, "segmentation": str(seg), "uncertainty": str(unc),
-            "uncertainty_score": float(uncertainty.mean())}
+            "uncertainty_score": float(uncertainty.mean()), "slice_axis": "kji"[axis], "structures": structures,
+            "slices": slices}
 
 
 def write_outputs(sink: JsonLinesSink, out: Path, images: list[str], classes: list[volumes.ClassInfo],
@@ -130,8 +177,8 @@ def write_outputs(sink: JsonLinesSink, out: Path, images: list[str], classes: li
             for index, frame in enumerate(frames):
                 labels = known.get(index)
                 if labels is None:
-                    entry = {**predict_volume(sink, out, frame, classes), "sequence": volumes.volume_name(path),
-                             "frame": index}
+                    entry = {**predict_volume(sink, out, frame, classes, frame=index),
+                             "sequence": volumes.volume_name(path), "frame": index}
                     if str(index) != os.environ.get("FAKE_ENGINE_DROP_FRAME"):
                         entries.append(entry)
                     labels = fake_prediction(frame, classes)
@@ -151,7 +198,9 @@ def write_outputs(sink: JsonLinesSink, out: Path, images: list[str], classes: li
         entries.append(predict_volume(sink, out, volumes.read_volume(path), classes))
     summary = {"version": "fake", "command": command, "model": model, "classes": [c.to_dict() for c in classes],
                "outputs": {kind: (outputs or {}).get(kind) for kind in OUTPUT_KINDS},
-               "uncertainty_measure": "normalised predictive entropy (fake)", "volumes": entries,
+               "uncertainty_measure": "normalised predictive entropy (fake)",
+               "quality_measure": "1 - the mean uncertainty over each structure's predicted voxels (fake)",
+               "volumes": entries,
                "sequences": sequences}
     (out / SUMMARY_FILE).write_text(json.dumps(summary, indent=1))
     sink.emit("output", kind="summary", path=str(out / SUMMARY_FILE))

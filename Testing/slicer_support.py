@@ -206,6 +206,24 @@ def red_slice_view(app: SlicerApp) -> Any:
     return app.scene.AddNode(red)
 
 
+def slice_views(app: SlicerApp) -> dict[str, Any]:
+    """The application's Red, Yellow and Green slice views in their default orientations (Axial, Sagittal,
+    Coronal), by orientation; absent from slicer-core's bare scene."""
+    import slicer
+
+    slicer.vtkMRMLSliceNode.AddDefaultSliceOrientationPresets(app.scene)
+    nodes = {}
+    for layout, orientation in (("Red", "Axial"), ("Yellow", "Sagittal"), ("Green", "Coronal")):
+        node = app.scene.CreateNodeByClass("vtkMRMLSliceNode")
+        node.UnRegister(None)
+        node.SetLayoutName(layout)
+        node.SetSingletonTag(layout)
+        node = app.scene.AddNode(node)
+        node.SetOrientation(orientation)
+        nodes[orientation] = node
+    return nodes
+
+
 def acdc_case(name: str) -> tuple[Path, Path]:
     return ACDC / "images" / f"{name}.nii.gz", ACDC / "labels" / f"{name}.nii.gz"
 
