@@ -13,6 +13,7 @@ SLICER_5_8: dict[str, str] = {
     "AddEmptySegment": "Libs/vtkSegmentationCore/vtkSegmentation.h",
     "AddNewNodeByClass": "Libs/MRML/Core/vtkMRMLScene.h",
     "AddNode": "Libs/MRML/Core/vtkMRMLScene.h",
+    "AddRepresentation": "Libs/vtkSegmentationCore/vtkSegment.h",
     "AddSegment": "Libs/vtkSegmentationCore/vtkSegmentation.h",
     "AddSynchronizedSequenceNodeID": "Modules/Loadable/Sequences/MRML/vtkMRMLSequenceBrowserNode.h",
     "AutoThresholdOff": "Libs/MRML/Core/vtkMRMLScalarVolumeDisplayNode.h",
@@ -23,6 +24,7 @@ SLICER_5_8: dict[str, str] = {
     "CreateDefaultDisplayNodes": "Libs/MRML/Core/vtkMRMLDisplayableNode.h",
     "CreateItem": "Libs/MRML/Core/vtkMRMLSubjectHierarchyNode.h",
     "CreateNodeByClass": "Libs/MRML/Core/vtkMRMLScene.h",
+    "CreateOrientedImageDataFromVolumeNode": "Modules/Loadable/Segmentations/Logic/vtkSlicerSegmentationsModuleLogic.h",
     "DeepCopy": "Libs/vtkSegmentationCore/vtkSegmentation.h",
     "EXTENT_REFERENCE_GEOMETRY": "Libs/vtkSegmentationCore/vtkSegmentation.h",
     "EndCloseEvent": "Libs/MRML/Core/vtkMRMLScene.h",
@@ -31,6 +33,7 @@ SLICER_5_8: dict[str, str] = {
     "ExportSegmentsToLabelmapNode": "Modules/Loadable/Segmentations/Logic/vtkSlicerSegmentationsModuleLogic.h",
     "GenerateUniqueName": "Libs/MRML/Core/vtkMRMLScene.h",
     "GetAttribute": "Libs/MRML/Core/vtkMRMLNode.h",
+    "GetBinaryLabelmapRepresentationName": "Libs/vtkSegmentationCore/vtkSegmentationConverter.h",
     "GetClassName": "Libs/MRML/Core/vtkMRMLNode.h",
     "GetColor": "Libs/vtkSegmentationCore/vtkSegment.h",
     "GetDataNodeAtValue": "Libs/MRML/Core/vtkMRMLSequenceNode.h",
@@ -81,7 +84,10 @@ SLICER_5_8: dict[str, str] = {
     "GetScene": "Libs/MRML/Core/vtkMRMLNode.h",
     "GetSceneItemID": "Libs/MRML/Core/vtkMRMLSubjectHierarchyNode.h",
     "GetSegment": "Libs/vtkSegmentationCore/vtkSegmentation.h",
+    "GetSegmentIdBySegmentName": "Libs/vtkSegmentationCore/vtkSegmentation.h",
+    "GetSegmentVisibility": "Libs/MRML/Core/vtkMRMLSegmentationDisplayNode.h",
     "GetSegmentation": "Libs/MRML/Core/vtkMRMLSegmentationNode.h",
+    "GetSegmentationNode": "Modules/Loadable/Segmentations/MRML/vtkMRMLSegmentEditorNode.h",
     "GetSelectedItemNumber": "Modules/Loadable/Sequences/MRML/vtkMRMLSequenceBrowserNode.h",
     "GetSequenceNode": "Modules/Loadable/Sequences/MRML/vtkMRMLSequenceBrowserNode.h",
     "GetSingletonNode": "Libs/MRML/Core/vtkMRMLScene.h",
@@ -102,6 +108,7 @@ SLICER_5_8: dict[str, str] = {
     "IsClosing": "Libs/MRML/Core/vtkMRMLScene.h",
     "IsImporting": "Libs/MRML/Core/vtkMRMLScene.h",
     "IsProxyNodeID": "Modules/Loadable/Sequences/MRML/vtkMRMLSequenceBrowserNode.h",
+    "JumpSliceByOffsetting": "Libs/MRML/Core/vtkMRMLSliceNode.h",
     "MarkerStyleNone": "Libs/MRML/Core/vtkMRMLPlotSeriesNode.h",
     "Modified": "Libs/MRML/Core/vtkMRMLNode.h",
     "NodeAddedEvent": "Libs/MRML/Core/vtkMRMLScene.h",
@@ -111,6 +118,7 @@ SLICER_5_8: dict[str, str] = {
     "RemoveNode": "Libs/MRML/Core/vtkMRMLScene.h",
     "RemoveNodeReferenceIDs": "Libs/MRML/Core/vtkMRMLNode.h",
     "RemoveSynchronizedSequenceNode": "Modules/Loadable/Sequences/MRML/vtkMRMLSequenceBrowserNode.h",
+    "RotateToAxes": "Libs/MRML/Core/vtkMRMLSliceNode.h",
     "RotateToVolumePlane": "Libs/MRML/Core/vtkMRMLSliceNode.h",
     "SetAndObserveColorNodeID": "Libs/MRML/Core/vtkMRMLDisplayNode.h",
     "SetAndObserveDisplayNodeID": "Libs/MRML/Core/vtkMRMLDisplayableNode.h",
@@ -142,7 +150,9 @@ SLICER_5_8: dict[str, str] = {
     "SetPlotType": "Libs/MRML/Core/vtkMRMLPlotSeriesNode.h",
     "SetReferenceImageGeometryParameterFromVolumeNode": "Libs/MRML/Core/vtkMRMLSegmentationNode.h",
     "SetSaveChanges": "Modules/Loadable/Sequences/MRML/vtkMRMLSequenceBrowserNode.h",
+    "SetSegmentVisibility": "Libs/MRML/Core/vtkMRMLSegmentationDisplayNode.h",
     "SetSelectedItemNumber": "Modules/Loadable/Sequences/MRML/vtkMRMLSequenceBrowserNode.h",
+    "SetSelectedSegmentID": "Modules/Loadable/Segmentations/MRML/vtkMRMLSegmentEditorNode.h",
     "SetSingletonTag": "Libs/MRML/Core/vtkMRMLNode.h",
     "SetTag": "Libs/vtkSegmentationCore/vtkSegment.h",
     "SetThreshold": "Libs/MRML/Core/vtkMRMLScalarVolumeDisplayNode.h",
@@ -160,6 +170,7 @@ SLICER_5_8: dict[str, str] = {
     "StartCloseEvent": "Libs/MRML/Core/vtkMRMLScene.h",
     "StartImportEvent": "Libs/MRML/Core/vtkMRMLScene.h",
     "StartModify": "Libs/MRML/Core/vtkMRMLNode.h",
+    "UnsetParameter": "Libs/MRML/Core/vtkMRMLScriptedModuleNode.h",
     "UpdateProxyNodesFromSequences": "Modules/Loadable/Sequences/Logic/vtkSlicerSequencesLogic.h",
     "UpdateSequencesFromProxyNodes": "Modules/Loadable/Sequences/Logic/vtkSlicerSequencesLogic.h",
     "WriteData": "Libs/MRML/Core/vtkMRMLStorageNode.h",
@@ -168,6 +179,7 @@ SLICER_5_8: dict[str, str] = {
 #: slicer.util functions (Base/Python/slicer/util.py at v5.8.0).
 SLICER_UTIL_5_8 = frozenset({
     "arrayFromVolume",
+    "arrayFromVolumeModified",
     "childWidgetVariables",
     "confirmOkCancelDisplay",
     "errorDisplay",
@@ -203,6 +215,7 @@ SLICER_NAMES_5_8 = frozenset({
     "vtkMRMLVolumeArchetypeStorageNode",
     "vtkSegment",
     "vtkSegmentation",
+    "vtkSegmentationConverter",
 })
 
 #: Not Slicer-versioned: VTK core, Qt (PythonQt), Python's standard library, this package, PyTorch extension.
@@ -222,6 +235,8 @@ OTHER = frozenset({
     # this package's own names (cine.Export, scene_io.SceneTransaction, plots' and sequences' owner kinds)
     "Export", "FrameRow", "SceneTransaction", "CURVE_CHART", "CURVE_RECORD_ATTRIBUTE", "CURVE_SERIES", "CURVE_TABLE",
     "SEGMENTATION_SEQUENCE", "UNCERTAINTY_SEQUENCE",
+    # the review's (review.py's SliceStop and VOLUME_KEY, scene_io's VIEW_LAYOUTS, slicing's VIEW_OF_AXIS)
+    "SliceStop", "VIEW_LAYOUTS", "VIEW_OF_AXIS", "VOLUME_KEY",
 })
 
 #: Newer than 5.8: never call these (vtkSegment terminology helpers first shipped in 5.10; use the

@@ -201,7 +201,7 @@ def test_two_annotated_frames_segment_every_frame_of_every_sequence_in_its_brows
     assert uncertainty.GetDisplayNode().GetColorNode().GetName() == scene_io.UNCERTAINTY_COLORS_NAME
 
 
-def test_review_orders_frames_by_uncertainty_and_an_accepted_frame_trains_whole(cine):
+def test_review_orders_frames_by_estimated_dice_and_an_accepted_frame_trains_whole(cine):
     import slicer
 
     cine.annotate()
@@ -210,8 +210,8 @@ def test_review_orders_frames_by_uncertainty_and_an_accepted_frame_trains_whole(
     rows = cine.logic.review_rows()
     predicted = [r for r in rows if r.role == PREDICTED]
     assert len(predicted) == (FRAMES - 2) + 4 + 1
-    scores = [r.score for r in predicted]
-    assert scores == sorted(scores, reverse=True)  # the least certain first, frames and volumes mixed
+    worst = [r.worst for r in predicted]
+    assert None not in worst and worst == sorted(worst)  # the lowest estimated Dice first, frames and volumes mixed
     assert rows[:len(predicted)] == predicted
     names = {r.name for r in rows if r.frame is not None}
     assert {"Cine_t00", "Cine_t01", "Cine 2_t03"} <= names

@@ -129,10 +129,10 @@ def test_train_propagates_to_every_unannotated_volume(session):
     # The loss plot grew with the progress events.
     assert job.plot.rows == 10 and set(job.plot.series) == {"dice", "contrastive"}
     assert job.plot.chart.GetAttribute(OWNER_ATTRIBUTE) == LOSS_CHART
-    # Review: every volume, the least certain first.
+    # Review: every volume, the lowest estimated Dice first.
     rows = logic.review_rows()
     assert [r.role for r in rows] == [PREDICTED, PREDICTED, ANNOTATED]
-    assert rows[0].score >= rows[1].score
+    assert rows[0].worst <= rows[1].worst
     # Clicking a row shows the volume with its prediction and the uncertainty overlay.
     logic.show(session.volumes[2])
     composite = session.app.nodes_by_class("vtkMRMLSliceCompositeNode")[0]

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import plots, scene_io, sequences
+from . import plots, review, scene_io, sequences
 from .engine.protocol import frame_name
 from .parameters import (
     ANNOTATED,
@@ -286,6 +286,7 @@ class Imported:
     uncertainty: Any  # the uncertainty volume sequence
     frames: dict[int, FrameRecord]
     chart: Any = None
+    review: dict[str, Any] = field(default_factory=dict)  # each predicted frame's slices to review (review.py)
     kind: str = SEQUENCE
 
     def apply(self, services: SlicerServices, warnings: list[str]) -> None:
@@ -311,6 +312,7 @@ def import_results(services: SlicerServices, transaction: SceneTransaction, reco
     uncertainty_sequence = sequences.new_sequence(services.scene, sequence, f"{record.name} uncertainty",
                                                   sequences.UNCERTAINTY_SEQUENCE)
     frames: dict[int, FrameRecord] = {}
+    slices: dict[str, Any] = {}
     for frame in range(count):
         label = exported.labels.get(frame)
         if label is not None:  # training data of this run: shown as the user gave it
@@ -329,7 +331,10 @@ def import_results(services: SlicerServices, transaction: SceneTransaction, reco
             uncertainty = scene_io.read_volume(str(uncertainty_path)) if uncertainty_path is not None \
                 else sequences.zero_volume(sequence, frame)
             score = entry.get("uncertainty_score")
-            frames[frame] = FrameRecord(PREDICTED, score=float(score) if score is not None else None)
+            frames[frame] = FrameRecord(PREDICTED, score=float(score) if score is not None else None,
+                                        structures=review.structures_of(entry))
+            if review.slices_of(entry):
+                slices[review.frame_key(frame)] = review.slices_of(entry)
         sequences.set_frame_segmentation(segmentation_sequence, sequence, frame, segmentation)
         sequences.set_frame_volume(uncertainty_sequence, sequence, frame, uncertainty)
     for frame, info in frames.items():
@@ -345,7 +350,7 @@ def import_results(services: SlicerServices, transaction: SceneTransaction, reco
                                                  record.volume, save_changes=False, default_display=False)
     scene_io.style_uncertainty(services, transaction, uncertainty_proxy)
     chart = _volume_curve(services, transaction, record, name, summary, classes)
-    return Imported(record, segmentation_sequence, uncertainty_sequence, frames, chart)
+    return Imported(record, segmentation_sequence, uncertainty_sequence, frames, chart, slices)
 
 
 def _volume_curve(services: SlicerServices, transaction: SceneTransaction, record: VolumeRecord, name: str,
@@ -463,6 +468,7 @@ def apply(imported: Imported, warnings: list[str], services: SlicerServices) -> 
     remove_old_curves(services.scene, record.key, keep)
     record.segmentation, record.uncertainty, record.frames = imported.segmentation, imported.uncertainty, \
         imported.frames
+    record.review = imported.review
     scores = [f.score for f in record.frames.values() if f.role == PREDICTED and f.score is not None]
     record.score = max(scores) if scores else None
     if record.role != EXCLUDED:

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
-from . import cine, scene_io, sequences
+from . import cine, review, scene_io, sequences
+from .engine import slicing
 from .engine.protocol import frame_name
 from .engine_run import RunInputs
 from .parameters import (
@@ -45,6 +46,12 @@ class ReviewRow:
     score: float | None
     slices: str = ""  # training volumes: which slices are annotated, e.g. "3 of 10 slices (2, 5, 8)"
     frame: int | None = None  # a frame of a sequence, or None: the whole record
+    structures: list[dict[str, Any]] = field(default_factory=list)  # estimated Dice, worst first (review.py)
+
+    @property
+    def worst(self) -> float | None:
+        """The lowest estimated Dice of its structures (review.worst_estimate)."""
+        return review.worst_estimate(self.structures)
 
 
 @dataclass
@@ -96,6 +103,11 @@ class Item(ABC):
     @abstractmethod
     def accept(self, frame: int | None) -> None:
         """The user reviewed (and corrected) the prediction (a sequence: of ``frame``): training data now."""
+
+    def accept_slice(self, index: int | None, frame: int | None) -> int:
+        """Slice ``index`` (default: the one the engine's view shows) of the prediction is correct: it alone
+        becomes training data. The segmentation is only read, at the next training."""
+        raise PLCLError(f"'{self.name}' is a sequence: accept a frame whole.")
 
     def role_of(self, frame: int | None) -> str:
         """The role of a row: of the frame where there is one, else of the record."""
@@ -175,7 +187,8 @@ class Item(ABC):
     # --- the panel ------------------------------------------------------------------------------
     def review_rows(self) -> list[ReviewRow]:
         record = self.record
-        return [ReviewRow(record, record.name, record.role, record.score, self.slices_text())]
+        return [ReviewRow(record, record.name, record.role, record.score, self.slices_text(),
+                          structures=record.structures if record.role == PREDICTED else [])]
 
     @abstractmethod
     def annotated_rows(self) -> list[AnnotatedRow]: ...
@@ -210,6 +223,7 @@ class VolumeItem(Item):
             return None
         if record.role in (PREDICTED, REVIEWED) and record.segmentation is None:  # the user deleted it
             record.role, record.uncertainty, record.score, record.fingerprint = UNANNOTATED, None, None, ""
+            record.structures, record.accepted = [], []
             return True
         if record.role == ANNOTATED and record.segmentation is None:
             record.role, record.segment_ids = UNANNOTATED, []
@@ -224,6 +238,7 @@ class VolumeItem(Item):
         record = self.record
         record.role, record.segmentation, record.segment_ids = ANNOTATED, segmentation, ids
         record.uncertainty, record.score, record.fingerprint = None, None, ""
+        record.structures, record.accepted = [], []
 
     def annotate_frame(self, frame: int | None, segmentation: Any, segment_ids: Sequence[str] | None) -> None:
         raise PLCLError(f"'{self.name}' is not a sequence.")
@@ -237,7 +252,7 @@ class VolumeItem(Item):
             return False  # already a target
         if record.segmentation is not None and not is_owned(record.segmentation):
             record.segmentation, record.segment_ids = None, []  # forget the user's annotation, never touch it
-        record.role, record.slices, record.background = role, SLICES_AUTO, []
+        record.role, record.slices, record.background, record.accepted = role, SLICES_AUTO, [], []
         return True
 
     def accept(self, frame: int | None) -> None:
@@ -246,7 +261,24 @@ class VolumeItem(Item):
             raise PLCLError(f"'{record.name}' has no prediction to accept.")
         record.role = REVIEWED
         record.segment_ids = scene_io.segment_ids(record.segmentation)
-        record.slices, record.background = SLICES_ALL, []  # the whole volume is annotated
+        record.slices, record.background, record.accepted = SLICES_ALL, [], []  # the whole volume is annotated
+
+    def accept_slice(self, index: int | None, frame: int | None) -> int:
+        record = self.record
+        if record.role != PREDICTED or record.segmentation is None:
+            raise PLCLError(f"'{record.name}' has no prediction to accept a slice of.")
+        axes = scene_io.volume_axes(record.volume)
+        if index is None:
+            index = scene_io.current_slice(self.services.scene, record.volume)
+            if index is None:
+                raise PLCLError(f"The {axes.view} view does not show a slice of '{record.name}'.")
+        total = int(record.volume.GetImageData().GetDimensions()[2 - axes.slice_axis])
+        if not 0 <= index < total:
+            raise PLCLError(f"'{record.name}' has no slice {index} (0 to {total - 1}).")
+        if index in record.accepted:
+            raise PLCLError(f"Slice {index} of '{record.name}' is accepted already.")
+        record.accepted = sorted({*record.accepted, int(index)})
+        return int(index)
 
     def proposed_annotation(self) -> Any:
         record = self.record
@@ -269,16 +301,26 @@ class VolumeItem(Item):
 
     @property
     def has_training_data(self) -> bool:
-        return self.record.is_training
+        return self.record.is_training or self.record.has_accepted_slices
 
     def class_source(self, role: str) -> tuple[Any, list[str]] | None:
         record = self.record
-        if record.role != role or not record.is_training:
+        accepted = role == REVIEWED and record.has_accepted_slices  # accepted slices: after accepted volumes
+        if not accepted and (record.role != role or not record.is_training):
             return None
         return record.segmentation, record.segment_ids or scene_io.segment_ids(record.segmentation)
 
     def export_for_training(self, inputs: RunInputs, classes: Sequence[SegmentClass]) -> None:
         record = self.record
+        if record.has_accepted_slices:  # those slices alone are annotated; its prediction stays as it is
+            image = inputs.image(record)
+            label = inputs.label(f"{record.key}.seg.nrrd")
+            ids = scene_io.match_segments(record.segmentation, classes, record.segment_ids)
+            axis = scene_io.volume_axes(record.volume).slice_axis
+            scene_io.write_annotation(self.services, record.segmentation, ids, record.volume, classes, str(label),
+                                      only_slices=(axis, record.accepted))
+            inputs.labeled.append((image, label, slicing.spec_text(record.accepted)))
+            return
         if not record.is_training:  # to segment: it teaches the model unlabeled
             self.export_for_prediction(inputs)
             return
@@ -301,6 +343,9 @@ class VolumeItem(Item):
                                       self.slices_text()])]
 
     def slices_text(self) -> str:
+        if self.record.has_accepted_slices:
+            accepted = self.record.accepted
+            return f"accepted slice{'s' if len(accepted) > 1 else ''} {', '.join(map(str, accepted))}"
         if not self.record.is_training or self.record.segmentation is None:
             return ""
         try:
@@ -339,7 +384,9 @@ class VolumeExport:
         if uncertainty_path is not None:
             uncertainty = scene_io.add_uncertainty(services, transaction, record.volume, str(uncertainty_path))
         score = info.get("uncertainty_score")
-        return VolumeResult(record, node, uncertainty, float(score) if score is not None else None)
+        slices = review.slices_of(info)
+        return VolumeResult(record, node, uncertainty, float(score) if score is not None else None,
+                            review.structures_of(info), {review.VOLUME_KEY: slices} if slices else {})
 
 
 @dataclass
@@ -350,6 +397,8 @@ class VolumeResult:
     segmentation: Any
     uncertainty: Any
     score: float | None
+    structures: list[dict[str, Any]] = field(default_factory=list)  # estimated Dice, worst first
+    review: dict[str, Any] = field(default_factory=dict)  # its slices to review (review.py)
     kind: str = VOLUME
 
     def apply(self, services: SlicerServices, warnings: list[str]) -> None:
@@ -364,6 +413,7 @@ class VolumeResult:
             scene_io.remove_node(services.scene, record.uncertainty)
         record.role, record.segmentation, record.uncertainty, record.score = \
             PREDICTED, self.segmentation, self.uncertainty, self.score
+        record.structures, record.review, record.accepted = self.structures, self.review, []
         record.segment_ids = scene_io.segment_ids(self.segmentation)
         record.fingerprint = scene_io.fingerprint(self.segmentation)
 
@@ -442,7 +492,9 @@ class SequenceItem(Item):
             return super().review_rows()
         count = sequences.frame_count(record.sequence)
         return [ReviewRow(record, frame_name(record.name, i, count), f.role, f.score,
-                          "whole frame" if f.is_training else "", frame=i) for i, f in sorted(record.frames.items())]
+                          "whole frame" if f.is_training else "", frame=i,
+                          structures=f.structures if f.role == PREDICTED else [])
+                for i, f in sorted(record.frames.items())]
 
     def annotated_rows(self) -> list[AnnotatedRow]:
         if self.record.sequence is None:

@@ -14,7 +14,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, Callable
 
-from . import cine, dependencies, models, scene_io
+from . import cine, dependencies, models, review, scene_io, slice_view
 from .engine_run import EngineRun, RunInputs, new_run_folder, remove_stale_inputs
 from .items import AnnotatedRow, Item, ReviewRow, item_for
 from .jobs import PREDICT, TRAIN, Job
@@ -58,6 +58,8 @@ class PLCLSegmentationLogic:
         self.progress: Callable[[str, int, int], None] | None = None
         self._exporting = False  # while a run's inputs are written: no other action (the GUI repaints meanwhile)
         self.painted = PaintedSlices(self.services)
+        #: Where "Next uncertain slice" went last (None: nowhere yet).
+        self.review_stop: review.SliceStop | None = None
         remove_stale_inputs()  # patients' volumes exported by a Slicer that crashed or was killed
 
     @property
@@ -257,8 +259,9 @@ class PLCLSegmentationLogic:
             raise PLCLError(f"Model file not found: {model}" if model else "Load or train a model first.")
         if volumes:
             targets = [self.record(v) for v in volumes]
-            if any(r.is_training for r in targets):
-                raise PLCLError("Annotated and reviewed volumes are not segmented again; choose other volumes.")
+            if any(r.is_training or r.has_accepted_slices for r in targets):
+                raise PLCLError("Annotated and reviewed volumes, and those with accepted slices, are not segmented "
+                                "again; choose other volumes.")
         else:
             targets = [r for r in records if r.role == UNANNOTATED]
         if not targets:
@@ -313,12 +316,35 @@ class PLCLSegmentationLogic:
 
     # --- review ---------------------------------------------------------------------------------
     def review_rows(self) -> list[ReviewRow]:
-        """Every volume with its role and uncertainty score, the least certain first. A sequence with
+        """Every volume with its role, its structures' estimated Dice and its uncertainty score: the lowest
+        estimated Dice first, then (predictions without estimates) the least certain. A sequence with
         results or annotations has one row per such frame (named like the engine names frames)."""
         rows = [row for record in self.refresh() for row in self.item(record).review_rows()]
         order = {PREDICTED: 0, UNANNOTATED: 1, REVIEWED: 2, ANNOTATED: 3, EXCLUDED: 4}
-        rows.sort(key=lambda row: (row.score is None, -(row.score or 0.0), order.get(row.role, 5), row.name))
+        rows.sort(key=lambda row: (row.worst is None, row.worst or 0.0, row.score is None, -(row.score or 0.0),
+                                   order.get(row.role, 5), row.name))
         return rows
+
+    def next_uncertain_slice(self, volume: Any = None, frame: int | None = None) -> review.SliceStop | None:
+        """Show the least certain slice not yet visited of the prediction of ``volume`` (a sequence: of
+        ``frame``), else of the next prediction in the review table's order, in the view of the engine's
+        slicing plane, its least certain structure visible and selected; None once every one was seen."""
+        record = self.state.record_for(volume) if volume is not None else None
+        stop = review.next_stop(self.state, self.review_rows(), record.key if record else None, frame)
+        if stop is not None:
+            shown = self.show(stop.record.volume, stop.frame)
+            stop.view, _ = slice_view.show_slice(self.scene, shown.volume, stop.axis, stop.index)
+            stop.segment_id = slice_view.highlight(self.scene, self.shown_segmentation(shown), stop.structure)
+        self.review_stop = stop
+        return stop
+
+    def accept_slice(self, volume: Any, index: int | None = None, frame: int | None = None) -> int:
+        """Slice ``index`` (default: the one shown in the view of the engine's slicing plane) of the prediction
+        of ``volume``, as corrected, is training data on its own (the engine's annotated slices); the rest
+        of the volume waits for review. The segmentation is read at the next Train or Retrain."""
+        accepted: list[int] = []
+        self._change(volume, lambda item: accepted.append(item.accept_slice(index, frame)))
+        return accepted[0]
 
     def annotated_rows(self) -> list[AnnotatedRow]:
         """One row per training volume, and per annotated or accepted frame of a sequence."""

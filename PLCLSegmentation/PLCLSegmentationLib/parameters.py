@@ -16,6 +16,10 @@ attribute), so it is saved and loaded with the scene:
   module's sequences synchronised in that browser; each frame the user annotated, accepted or got a
   prediction for is a *frame* of the record (``frames`` in the JSON), the annotation of frame i
   referenced as ``plclFrame_<key>_<i>`` (a segmentation node, or a segmentation sequence).
+* a prediction's review (review.py): each structure's estimated Dice in the record (and frame), the
+  slices of a predicted volume the user accepted alone (``accepted``), and, in a JSON parameter of
+  its own per record (``plclReview_<key>``, read only when needed), its slices least certain first
+  and those the user visited.
 
 Qt-free: works with slicer-core in tests and in the Slicer application.
 """
@@ -69,6 +73,7 @@ _UNCERTAINTY = "plclUncertainty_"
 _BROWSER = "plclBrowser_"
 _SEQUENCE = "plclSequence_"
 _FRAME = "plclFrame_"
+_REVIEW = "plclReview_"
 
 
 @dataclass
@@ -80,6 +85,7 @@ class FrameRecord:
     segment_ids: list[str] = field(default_factory=list)  # annotated: the segments to learn
     score: float | None = None  # predicted: uncertainty score
     fingerprint: str = ""  # predicted: of the frame's segmentation when imported
+    structures: list[dict[str, Any]] = field(default_factory=list)  # predicted: estimated Dice, worst first
 
     @property
     def is_training(self) -> bool:
@@ -104,6 +110,11 @@ class VolumeRecord:
     browser: Any = None  # a sequence: its vtkMRMLSequenceBrowserNode (volume is the browser's proxy volume)
     sequence: Any = None  # a sequence: the volume vtkMRMLSequenceNode
     frames: dict[int, FrameRecord] = field(default_factory=dict)  # a sequence: its frames, by frame index
+    structures: list[dict[str, Any]] = field(default_factory=list)  # predicted: estimated Dice, worst first
+    accepted: list[int] = field(default_factory=list)  # predicted: slices the user accepted alone (file indices)
+    #: New review data (review.py) to store with the record; None: what is stored stays (read it with
+    #: ModuleState.review).
+    review: dict[str, Any] | None = None
 
     @property
     def is_sequence(self) -> bool:
@@ -131,6 +142,11 @@ class VolumeRecord:
     @property
     def is_target(self) -> bool:
         return self.role in TARGET_ROLES
+
+    @property
+    def has_accepted_slices(self) -> bool:
+        """A prediction of which the user accepted some slices alone: those slices are training data."""
+        return self.role == PREDICTED and bool(self.accepted) and not self.cine
 
 
 class ModuleState:
@@ -229,7 +245,8 @@ class ModuleState:
                     continue
                 frames[int(index)] = FrameRecord(
                     frame["role"], node.GetNodeReference(f"{_FRAME}{key}_{int(index)}"),
-                    list(frame.get("segments", [])), frame.get("score"), frame.get("fingerprint", ""))
+                    list(frame.get("segments", [])), frame.get("score"), frame.get("fingerprint", ""),
+                    _structures(frame.get("structures")))
             result.append(VolumeRecord(
                 key=key, role=values.get("role", UNANNOTATED) if values.get("role") in ROLES else UNANNOTATED,
                 volume=volume, segmentation=node.GetNodeReference(_SEGMENTATION + key),
@@ -240,7 +257,8 @@ class ModuleState:
                 background=[int(i) for i in values.get("background", []) if isinstance(i, int)],
                 cine=bool(values.get("cine")), browser=node.GetNodeReference(_BROWSER + key),
                 sequence=node.GetNodeReference(_SEQUENCE + key),
-                frames=frames))
+                frames=frames, structures=_structures(values.get("structures")),
+                accepted=sorted({int(i) for i in values.get("accepted", []) if isinstance(i, int)})))
         return result
 
     def record_for(self, volume: Any) -> VolumeRecord | None:
@@ -272,7 +290,8 @@ class ModuleState:
                 old_frames = (table.get(record.key) or {}).get("frames") or {}
                 table[record.key] = {"role": record.role, "segments": list(record.segment_ids),
                                      "score": record.score, "fingerprint": record.fingerprint,
-                                     "slices": record.slices, "background": sorted(set(record.background))}
+                                     "slices": record.slices, "background": sorted(set(record.background)),
+                                     "structures": record.structures, "accepted": sorted(set(record.accepted))}
                 node.SetNodeReferenceID(_VOLUME + record.key, _id(record.volume))
                 node.SetNodeReferenceID(_SEGMENTATION + record.key, _id(record.segmentation))
                 node.SetNodeReferenceID(_UNCERTAINTY + record.key, _id(record.uncertainty))
@@ -280,13 +299,16 @@ class ModuleState:
                     table[record.key]["cine"] = True
                     table[record.key]["frames"] = {
                         str(i): {"role": f.role, "segments": list(f.segment_ids), "score": f.score,
-                                 "fingerprint": f.fingerprint} for i, f in sorted(record.frames.items())}
+                                 "fingerprint": f.fingerprint, "structures": f.structures}
+                        for i, f in sorted(record.frames.items())}
                     node.SetNodeReferenceID(_BROWSER + record.key, _id(record.browser))
                     node.SetNodeReferenceID(_SEQUENCE + record.key, _id(record.sequence))
                 for index in {int(i) for i in old_frames} - set(record.frames):
                     node.RemoveNodeReferenceIDs(f"{_FRAME}{record.key}_{index}")
                 for index, frame in record.frames.items():
                     node.SetNodeReferenceID(f"{_FRAME}{record.key}_{index}", _id(frame.source))
+                if record.review is not None:
+                    node.SetParameter(_REVIEW + record.key, json.dumps(record.review))
             node.SetParameter("volumes", json.dumps(table))
         finally:
             node.EndModify(was_modifying)
@@ -301,15 +323,24 @@ class ModuleState:
                 node.RemoveNodeReferenceIDs(prefix + key)
             for index in frames:
                 node.RemoveNodeReferenceIDs(f"{_FRAME}{key}_{index}")
+            node.UnsetParameter(_REVIEW + key)
             node.SetParameter("volumes", json.dumps(table))
         finally:
             node.EndModify(was_modifying)
 
+    def review(self, key: str) -> dict[str, Any]:
+        """The stored review data of record ``key`` (review.py reads it); {} if none."""
+        node = self.node
+        return _json(node.GetParameter(_REVIEW + key), {}) if node.HasParameter(_REVIEW + key) else {}
+
     def snapshot(self) -> dict[str, Any]:
         """The settings and records, to be merged back after a scene import (see :meth:`merge_import`)."""
         node = self.node
+        records = self.records()
+        for record in records:
+            record.review = self.review(record.key)
         return {"settings": {name: node.GetParameter(name) for name in SETTINGS if node.HasParameter(name)},
-                "records": self.records()}
+                "records": records}
 
     def merge_import(self, before: dict[str, Any]) -> None:
         """A scene imported with Add Data may carry this module's parameter node: being a singleton, its
@@ -334,6 +365,11 @@ class ModuleState:
         for key in list(self._table()):
             if node.GetNodeReference(_VOLUME + key) is None:
                 self.remove(key)
+
+
+def _structures(value: Any) -> list[dict[str, Any]]:
+    """A stored list of structures (review.py), without entries that are not objects."""
+    return [dict(s) for s in value if isinstance(s, dict)] if isinstance(value, list) else []
 
 
 def _id(node: Any) -> str | None:

@@ -190,12 +190,14 @@ def _export_labelmap(services: SlicerServices, segmentation_node: Any, ids: Sequ
 
 def write_annotation(services: SlicerServices, segmentation_node: Any, ids: Sequence[str], reference_volume: Any,
                      classes: Sequence[SegmentClass], path: str, segmentation_placed: Any = None,
-                     volume_placed: Any = None) -> None:
+                     volume_placed: Any = None, only_slices: tuple[int, Sequence[int]] | None = None) -> None:
     """Write the segments ``ids`` of ``segmentation_node`` as a ``.seg.nrrd`` exactly on ``reference_volume``'s
     grid, segment ``ids[i]`` as label value ``i + 1`` with the name, colour and terminology of ``classes[i]``.
 
     The user's segmentation node is only read: the label map is exported into a private scratch scene.
     ``*_placed``: see scratch.on_volume_lattice (a frame of a sequence: its browser's proxy nodes).
+    ``only_slices``: (array axis of [k, j, i], slice indices): only those slices' labels are written, the
+    others are 0 (slices accepted alone; they may hold background only).
     """
     import slicer
 
@@ -205,11 +207,21 @@ def write_annotation(services: SlicerServices, segmentation_node: Any, ids: Sequ
     copy, labelmap = _export_labelmap(services, segmentation_node, ids, reference_volume, classes,
                                       segmentation_placed, volume_placed)
     image = labelmap.GetImageData()
-    if image is None or image.GetScalarRange()[1] <= 0:
-        raise PLCLError(f"Segmentation '{segmentation_node.GetName()}' has nothing painted on "
-                        f"'{reference_volume.GetName()}' in the segments to learn.")
+    if image is not None and only_slices is not None:
+        axis, kept = only_slices
+        labels = slicer.util.arrayFromVolume(labelmap)  # a view of the scratch label map's voxels
+        outside = np.ones(labels.shape[axis], bool)
+        outside[[i for i in kept if 0 <= i < labels.shape[axis]]] = False
+        labels[(slice(None),) * axis + (outside,)] = 0
+        slicer.util.arrayFromVolumeModified(labelmap)
     target = copy.scene.AddNewNodeByClass("vtkMRMLSegmentationNode")
-    if not services.segmentations.ImportLabelmapToSegmentationNode(labelmap, target):
+    background = None  # nothing to write: background only, on the whole grid (accepted empty slices)
+    if image is None or image.GetScalarRange()[1] <= 0:
+        if only_slices is None or image is None:
+            raise PLCLError(f"Segmentation '{segmentation_node.GetName()}' has nothing painted on "
+                            f"'{reference_volume.GetName()}' in the segments to learn.")
+        background = services.segmentations.CreateOrientedImageDataFromVolumeNode(labelmap)
+    elif not services.segmentations.ImportLabelmapToSegmentationNode(labelmap, target):
         raise PLCLError(f"Could not convert the segments of '{segmentation_node.GetName()}'.")
     segmentation = target.GetSegmentation()
     by_value = {}
@@ -222,6 +234,9 @@ def write_annotation(services: SlicerServices, segmentation_node: Any, ids: Sequ
             segment = slicer.vtkSegment()
             segment.SetName(info.name)
             segment.SetLabelValue(value)
+            if background is not None:  # the grid's extent, so that the file is the whole volume's
+                segment.AddRepresentation(slicer.vtkSegmentationConverter.GetBinaryLabelmapRepresentationName(),
+                                          background)
             segmentation.AddSegment(segment)
         segment.SetName(info.name)
         segment.SetColor(*info.color)

@@ -61,6 +61,8 @@ def check_roles(logic: Any, annotated: Any, other: Any, segmentation: Any) -> No
     rows = logic.review_rows()
     assert [r.role for r in rows if r.name in (annotated.GetName(), other.GetName())] == [UNANNOTATED, ANNOTATED]
     _expect_error("has no prediction to accept", lambda: logic.accept(other))
+    _expect_error("no prediction to accept a slice of", lambda: logic.accept_slice(other, 0))
+    assert logic.next_uncertain_slice() is None, "a slice to review without any prediction"
 
 
 def cine_scene(scene: Any, sequences_logic: Any) -> tuple[Any, Any]:
@@ -100,4 +102,5 @@ def check_cine(logic: Any, proxy: Any, segmentation: Any) -> None:
     assert record.frames[1].source.GetID() == segmentation.GetID()
     _expect_error("has no frame 5", lambda: logic.set_frame_annotation(proxy, 5, segmentation))
     _expect_error("whole", lambda: logic.slice_summary(proxy))
+    _expect_error("accept a frame whole", lambda: logic.accept_slice(proxy, 0))
     assert logic.remove_frame(proxy, 1).role == UNANNOTATED

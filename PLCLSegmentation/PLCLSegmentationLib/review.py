@@ -1,0 +1,120 @@
+"""The review that guides the eye: each structure's estimated Dice, and the least certain slices first.
+
+The engine describes each prediction (a volume, or a frame of a sequence) in its summary entry
+(docs/protocol.md, "summary.json"): ``structures`` (estimated Dice per structure, worst first),
+``slice_axis`` (the file's voxel axis, i, j or k, its 2D slices lie across) and ``slices`` (least
+certain first). The record keeps the structures (the review table shows them) and, apart, the
+slices with those the user has visited (parameters.ModuleState.review); "Next uncertain slice"
+walks them in the review table's order. Qt-free.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from .parameters import PREDICTED, ModuleState, VolumeRecord
+
+#: The review data's key of a volume's prediction (a frame's is its index as text).
+VOLUME_KEY = "volume"
+#: The contract's slice axes: voxel axes of the file (IJK index 0, 1, 2).
+AXES = ("i", "j", "k")
+
+
+def frame_key(frame: int | None) -> str:
+    return VOLUME_KEY if frame is None else str(int(frame))
+
+
+def _number(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return float(value)
+
+
+def structures_of(entry: dict[str, Any]) -> list[dict[str, Any]]:
+    """A summary entry's structures, worst first (the engine's order; lowest estimate first, none last),
+    as the record keeps them: name, value, estimated_dice (or None), uncertainty."""
+    structures = []
+    for item in entry.get("structures") or []:
+        if isinstance(item, dict) and item.get("name") is not None:
+            structures.append({"name": str(item["name"]), "value": item.get("value"),
+                               "estimated_dice": _number(item.get("estimated_dice")),
+                               "uncertainty": _number(item.get("uncertainty"))})
+    structures.sort(key=lambda s: (s["estimated_dice"] is None, s["estimated_dice"] or 0.0))
+    return structures
+
+
+def slices_of(entry: dict[str, Any]) -> dict[str, Any] | None:
+    """A summary entry's slices to review, least certain first, as stored: {"axis", "slices": [[index,
+    uncertainty, structure], ...], "visited": []}; None when the entry has none (an older engine)."""
+    axis = entry.get("slice_axis")
+    if axis not in AXES or not isinstance(entry.get("slices"), list):
+        return None
+    slices = []
+    for item in entry["slices"]:
+        if not isinstance(item, dict) or isinstance(item.get("index"), bool) or not isinstance(item.get("index"), int):
+            continue
+        structure = item.get("structure")
+        slices.append([item["index"], _number(item.get("uncertainty")) or 0.0,
+                       str(structure) if structure is not None else None])
+    slices.sort(key=lambda s: (-s[1], s[0]))
+    return {"axis": axis, "slices": slices, "visited": []}
+
+
+def worst_estimate(structures: Sequence[dict[str, Any]]) -> float | None:
+    """The lowest estimated Dice of a prediction's structures (0 when none is found anywhere); None
+    without estimates."""
+    if not structures:
+        return None
+    estimates = [s["estimated_dice"] for s in structures if s.get("estimated_dice") is not None]
+    return min(estimates) if estimates else 0.0
+
+
+def structures_text(structures: Sequence[dict[str, Any]]) -> str:
+    """"Myocardium 0.71, Left ventricle 0.88, ..." worst first; a structure predicted nowhere says so."""
+    return ", ".join(f"{s['name']} {s['estimated_dice']:.2f}" if s.get("estimated_dice") is not None
+                     else f"{s['name']} not found" for s in structures)
+
+
+@dataclass
+class SliceStop:
+    """Where "Next uncertain slice" went: a slice of a volume (or of a frame of a sequence)."""
+
+    record: VolumeRecord
+    name: str  # the review table's name of the volume or frame
+    frame: int | None
+    index: int  # the file slice index along ``axis``
+    axis: str  # i, j or k
+    uncertainty: float
+    structure: str | None  # the least certain structure on the slice
+    remaining: int  # slices of this prediction not yet visited after this one
+    view: str = ""  # the slice view moved there (Axial, Coronal, Sagittal)
+    segment_id: str | None = None  # the structure's segment, highlighted
+
+
+
+def next_stop(state: ModuleState, rows: Sequence[Any], record_key: str | None = None,
+              frame: int | None = None) -> SliceStop | None:
+    """The least certain slice not yet visited of the row (``record_key``, ``frame``), else of the
+    rows after it in the review table's order (``rows``: logic.review_rows(), then from the top);
+    marked visited in the record. None when every predicted slice has been visited."""
+    rows = [r for r in rows if r.role == PREDICTED]
+    start = next((i for i, r in enumerate(rows) if r.record.key == record_key and r.frame == frame), 0)
+    for row in rows[start:] + rows[:start]:
+        record = row.record
+        review = state.review(record.key)
+        data = review.get(frame_key(row.frame))
+        if not isinstance(data, dict) or data.get("axis") not in AXES:
+            continue
+        skip = set(data.get("visited", [])) | (set(record.accepted) if row.frame is None else set())
+        waiting = [s for s in data.get("slices", []) if s[0] not in skip]
+        if not waiting:
+            continue
+        index, uncertainty, structure = waiting[0]
+        data["visited"] = sorted(set(data.get("visited", [])) | {index})
+        record.review = review
+        state.save(record)
+        return SliceStop(record, row.name, row.frame, int(index), data["axis"], float(uncertainty), structure,
+                         len(waiting) - 1)
+    return None
