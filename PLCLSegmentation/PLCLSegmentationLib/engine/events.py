@@ -47,6 +47,12 @@ class EventSink:
         elif event == "start":
             self._log(f"plcl {fields['command']} {fields['version']} on {fields['device']}")
 
+    def report(self, lines: list[str]) -> None:
+        """A short table for a person at the end of a run (the least certain volumes): on this sink's stream."""
+        if not self.quiet:
+            for line in lines:
+                self._log(line)
+
     def _log(self, line: str) -> None:
         if self._bar is not None:
             self._bar.write(line, file=self.stream)
@@ -89,6 +95,11 @@ class JsonLinesSink(EventSink):
         record = {"event": event, "time": round(time.time(), 3), **fields}
         self.stream.write(json.dumps(record, default=_jsonable) + "\n")
         self.stream.flush()
+
+    def report(self, lines: list[str]) -> None:
+        """Tables for a person go to stderr, with the logs: stdout holds only events."""
+        for line in lines:
+            print(line, file=sys.stderr, flush=True)
 
 
 class RecordingSink(EventSink):

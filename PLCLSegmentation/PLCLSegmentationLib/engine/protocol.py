@@ -22,6 +22,8 @@ EVENT_KEYS: dict[str, tuple[str, ...]] = {
     "stage": ("stage", "round", "total"),
     "progress": ("stage", "iteration", "total", "losses", "elapsed_s", "eta_s", "slices_per_s"),
     "output": ("kind", "path", "name"),
+    # per segmented volume or frame, after its output events: its structures worst first, its least certain slice
+    "quality": ("name", "frame", "structures", "worst_slice"),
     "warning": ("message",),
     "done": ("out", "elapsed_s"),
     "cancelled": ("checkpoint", "message"),

@@ -1,9 +1,10 @@
 """``plcl cohort collect DIR``: one table of a cohort's results, one row per input done.
 
 Columns: name, input, kind, frames, size, spacing_mm, uncertainty_score; per class of the model
-``CLASS_ml`` (a volume) and ``CLASS_ed_ml``, ``CLASS_es_ml``, ``CLASS_ef_percent`` (a sequence: the
-class's largest and smallest volume over the frames, end-diastole and end-systole for a
-ventricle, and the ejection fraction); ``review`` says why a case is worth a look first (a value
+``dice_est_CLASS`` (its estimated Dice, the lowest over a sequence's frames), ``CLASS_ml`` (a volume)
+and ``CLASS_ed_ml``, ``CLASS_es_ml``, ``CLASS_ef_percent`` (a sequence: the class's largest and
+smallest volume over the frames, end-diastole and end-systole for a ventricle, and the ejection
+fraction); ``review`` says why a case is worth a look first (a value
 far from the cohort's: more than 3.5 robust standard deviations from the median; among the 1 %
 least certain). Records are streamed twice (which record of each input is the last complete one,
 then the rows), so memory holds names and a few numbers per input, never the records.
@@ -29,7 +30,9 @@ OUTLIER_Z = 3.5
 
 def columns(classes: list[str]) -> list[str]:
     per_class = [f"{c}_{suffix}" for c in classes for suffix in ("ml", "ed_ml", "es_ml", "ef_percent")]
-    return ["name", "input", "kind", "frames", "size", "spacing_mm", "uncertainty_score", *per_class, "review"]
+    estimated = [f"dice_est_{c}" for c in classes]
+    return ["name", "input", "kind", "frames", "size", "spacing_mm", "uncertainty_score", *estimated, *per_class,
+            "review"]
 
 
 def row_of(record: dict[str, Any], classes: list[str]) -> dict[str, Any]:
@@ -37,7 +40,8 @@ def row_of(record: dict[str, Any], classes: list[str]) -> dict[str, Any]:
                            "frames": record.get("frames", 1), "size": "x".join(str(s) for s in record["size"]),
                            "spacing_mm": "x".join(f"{s:g}" for s in record["spacing_mm"]),
                            "uncertainty_score": record["uncertainty_score"]}
-    for c in classes:
+    for c in classes:  # records of engines before the estimates have none
+        row[f"dice_est_{c}"] = (record.get("dice_est") or {}).get(c)
         if record["kind"] == "sequence":
             summary = record["volume_summary"].get(c) or {}
             row[f"{c}_ed_ml"], row[f"{c}_es_ml"] = summary.get("max_ml"), summary.get("min_ml")

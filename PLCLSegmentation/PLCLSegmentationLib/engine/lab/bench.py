@@ -264,12 +264,21 @@ def run_method(method: str, spec: dict[str, Any], protocol: Protocol, dataset: D
                 "predict_seconds_per_volume": statistics.mean(seconds) if seconds else None,
                 "peak_rss_mb_train": trained["peak_rss_mb"], "peak_rss_mb_predict": predicted["peak_rss_mb"],
                 "predictions": str(out / PREDICTIONS_FOLDER),
+                "quality": _quality(summary, report),
             }
         else:
             for path in (out / PREDICTIONS_FOLDER).glob("*"):  # keep only the scores of intermediate models
                 path.unlink()
     result["curve"] = curve
     return result
+
+
+def _quality(summary: dict[str, Any], report: dict[str, Any]) -> dict[str, Any]:
+    """The estimated Dice of the final model's predictions against their true Dice (bench_quality.py)."""
+    from .bench_quality import quality_metrics, quality_pairs
+
+    pairs = quality_pairs(summary, report)
+    return {**quality_metrics(pairs), "points": pairs}
 
 
 def _model_train_seconds(path: Path) -> float:

@@ -8,6 +8,7 @@ from typing import Any
 
 from ..files.dataset import Dataset
 from ..files.volumes import atomic_path
+from .bench_quality import calibration_figure, quality_lines
 
 
 def _pm(stat: dict[str, Any], digits: int = 3, scale: float = 1.0) -> str:
@@ -53,6 +54,7 @@ def markdown(results: dict[str, Any]) -> str:
             lines.append("| " + " | ".join(row) + " |")
         lines.append("")
     lines += per_seed_lines(results)
+    lines += quality_lines(results)
     lines += ablation_lines(results)
     throughput = results.get("throughput")
     if throughput:
@@ -79,7 +81,8 @@ def markdown(results: dict[str, Any]) -> str:
     if results.get("pooled_from"):  # figures are drawn by each bench run, not from a pool
         return "\n".join(lines)
     lines += ["Figures: `dice_vs_time.png` (mean Dice of intermediate and final models against training time), "
-              "`examples.png` (one evaluation slice per method beside the ground truth).", ""]
+              "`examples.png` (one evaluation slice per method beside the ground truth), "
+              "`quality_calibration.png` (estimated against true Dice per volume and structure).", ""]
     return "\n".join(lines)
 
 
@@ -135,7 +138,8 @@ def _throughput_row(row: dict) -> str:
 
 
 def write_figures(out: Path, results: dict[str, Any], dataset: Dataset) -> list[Path]:
-    written = [path for path in [dice_time_figure(results, out / "dice_vs_time.png")] if path]
+    written = [path for path in [dice_time_figure(results, out / "dice_vs_time.png"),
+                                 calibration_figure(results, out / "quality_calibration.png")] if path]
     examples = _examples(out, results, dataset)
     if examples:
         written.append(examples)

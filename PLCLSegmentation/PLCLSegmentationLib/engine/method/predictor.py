@@ -20,6 +20,7 @@ from ..runtime import autocast_dtype, precision_name
 from .modelfile import ModelInfo, build_model, read_model
 from .predict import keep_largest_components, map_to_volume, predict_slices
 from .preprocess import InPlaneFrame, PreparedVolume, prepare_volume
+from .quality import VolumeQuality, volume_quality
 
 #: Slices of one network pass over consecutive frames of a 4D image (in batches of predict_slices'
 #: size): frames of ten slices would otherwise end each pass with a batch of two, at a quarter of
@@ -37,6 +38,7 @@ class Prediction:
     score: float  # mean uncertainty over the predicted foreground (1.0 when there is none)
     voxels: dict[str, int]  # voxels per class name
     seconds: float  # this volume's share of its network pass, and its mapping onto its grid
+    quality: VolumeQuality  # per structure and per slice: uncertainty and estimated Dice (method/quality.py)
 
 
 def prepare(volume: Volume, info: ModelInfo) -> tuple[PreparedVolume, bool]:
@@ -119,6 +121,9 @@ class Predictor:
             if info.largest_component:
                 labels = keep_largest_components(labels, info.num_classes)
             counts = np.bincount(labels.ravel(), minlength=info.num_classes)
+            quality = volume_quality(labels, result.uncertainty, result.confidence, result.soft,
+                                     prepared.layout.axes[0], [c.name for c in info.classes],
+                                     [c.value for c in info.classes], info.quality_calibration)
             yield Prediction(self._values[labels], result.uncertainty, result.score,
                              {c.name: int(counts[i]) for i, c in enumerate(info.classes, 1)},
-                             seconds + time.monotonic() - mapping_started)
+                             seconds + time.monotonic() - mapping_started, quality)

@@ -138,7 +138,8 @@ def predict_input(predictor: Predictor, entry: Entry, out: Path, sink: EventSink
     unit = voxel_volume_ml(volume.grid.spacing)
     return {"name": entry.name, "input": entry.path, "kind": "volume", "size": list(volume.grid.size),
             "spacing_mm": [round(s, 6) for s in volume.grid.spacing],
-            "uncertainty_score": result["uncertainty_score"], "voxels": result["voxels"],
+            "uncertainty_score": result["uncertainty_score"], "dice_est": estimates([result]),
+            "voxels": result["voxels"],
             "ml": {name: round(count * unit, 4) for name, count in result["voxels"].items()},
             "files": [_relative(result["segmentation"], out), _relative(result["uncertainty"], out)]}
 
@@ -159,8 +160,20 @@ def _sequence_record(entry: Entry, grid, volumes: list[dict[str, Any]], sequence
             "spacing_mm": [round(s, 6) for s in grid.spacing], "frames": len(volumes),
             "time_step": sequence["time_step"], "time_unit": sequence["time_unit"],
             "uncertainty_score": round(float(np.mean(scores)), 5), "frame_scores": scores,
+            "dice_est": estimates(volumes),
             "volume_curve_ml": {k: [round(v, 4) for v in values] for k, values in sequence["volume_curve_ml"].items()},
             "volume_summary": sequence["volume_summary"], "files": files}
+
+
+def estimates(entries: list[dict[str, Any]]) -> dict[str, float | None]:
+    """Each structure's estimated Dice (summary.json's ``structures``): the lowest over a sequence's frames;
+    None where no frame has it."""
+    found: dict[str, float | None] = {}
+    for entry in entries:
+        for structure in entry["structures"]:
+            value, known = structure["estimated_dice"], found.get(structure["name"])
+            found[structure["name"]] = value if known is None else known if value is None else min(known, value)
+    return found
 
 
 def _relative(path: str, out: Path) -> str:

@@ -171,6 +171,8 @@ def write_predictions(predictor: Predictor, volumes: Iterable[PreparedVolume], c
             entries.append(entry)
             if frame_info is not None and frame_info[1] == frame_info[0].frame_count - 1:  # its SEGs, if asked
                 outputs.finish_sequence(frame_info[0], {e["name"]: e for e in entries}, out, sink)
+            sink.emit("quality", name=entry["name"], frame=entry.get("frame"), structures=entry["structures"],
+                      worst_slice=prediction.quality.worst_slice)
             sink.emit("progress", stage="predict", iteration=len(entries), total=count, losses={},
                       elapsed_s=0.0, eta_s=0.0, slices_per_s=0.0)
         del group  # before the next volumes are read
@@ -191,4 +193,6 @@ def _write_one(volume: Volume, prediction: Prediction, out: Path, sink: EventSin
     sink.emit("output", kind="uncertainty", path=str(unc_path), name=volume.name)
     return {"name": volume.name, "image": volume.path, "segmentation": files.get("seg.nrrd", [None])[0],
             "files": files, "uncertainty": str(unc_path), "uncertainty_score": round(prediction.score, 5),
-            "voxels": prediction.voxels, "seconds": round(prediction.seconds + time.monotonic() - started, 3)}
+            "voxels": prediction.voxels, "seconds": round(prediction.seconds + time.monotonic() - started, 3),
+            "slice_axis": prediction.quality.slice_axis, "structures": prediction.quality.structures,
+            "slices": prediction.quality.slices}

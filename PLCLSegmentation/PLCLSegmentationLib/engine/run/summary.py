@@ -9,6 +9,7 @@ from typing import Any
 from ... import __version__
 from ..events import EventSink
 from ..files.volumes import ClassInfo, atomic_path
+from ..method.quality import QUALITY_MEASURE
 from ..protocol import MODEL_FILE, OUTPUT_FILES, SUMMARY_FILE
 
 UNCERTAINTY_MEASURE = ("normalised predictive entropy of the softmax, -sum(p log p) / log(C), per voxel in "
@@ -28,12 +29,39 @@ def write_summary(command: str, out: Path, classes: list[ClassInfo], entries: li
         "outputs": outputs,
         "classes": [c.to_dict() for c in classes],
         "uncertainty_measure": UNCERTAINTY_MEASURE,
+        "quality_measure": QUALITY_MEASURE,
         "volumes": sorted(entries, key=lambda e: -e["uncertainty_score"]),
         **extra,
     }
     write_json(out / SUMMARY_FILE, summary)
     sink.emit("output", kind="summary", path=str(out / SUMMARY_FILE), name=None)
+    sink.report(worst_lines(entries))
     return summary
+
+
+#: Volumes the end-of-run table lists.
+WORST_VOLUMES = 5
+
+
+def worst_lines(entries: list[dict[str, Any]], count: int = WORST_VOLUMES) -> list[str]:
+    """The volumes (and frames) of lowest estimated Dice, each with its worst structure and least certain
+    slice: where review pays first. [] when nothing was segmented."""
+    def lowest(entry: dict[str, Any]) -> float:
+        estimates = [s["estimated_dice"] for s in entry.get("structures", []) if s["estimated_dice"] is not None]
+        return min(estimates) if estimates else -1.0  # nothing found at all: first
+
+    ranked = sorted((e for e in entries if "structures" in e), key=lowest)[:count]
+    if not ranked:
+        return []
+    width = max(len("volume"), *(len(e["name"]) for e in ranked))
+    lines = [f"review first ({len(ranked)} of {len(entries)} volumes, lowest estimated Dice first):",
+             f"  {'volume':<{width}}  worst structures (estimated Dice)              least certain slice"]
+    for entry in ranked:
+        worst = ", ".join(_estimate_text(s) for s in entry["structures"][:2])
+        where = entry["slices"][0]["index"] if entry.get("slices") else None
+        slice_text = "-" if where is None else f"{entry['slice_axis']} = {where}"
+        lines.append(f"  {entry['name']:<{width}}  {worst:<45}  {slice_text}")
+    return lines
 
 
 def write_json(path: Path, data: dict[str, Any]) -> None:
@@ -41,3 +69,8 @@ def write_json(path: Path, data: dict[str, Any]) -> None:
     with atomic_path(path) as tmp, open(tmp, "w") as f:
         json.dump(data, f, indent=2)
         f.write("\n")
+
+
+def _estimate_text(structure: dict[str, Any]) -> str:
+    estimate = structure["estimated_dice"]
+    return f"{structure['name']} " + ("none found" if estimate is None else f"{estimate:.2f}")

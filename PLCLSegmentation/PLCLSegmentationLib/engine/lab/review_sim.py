@@ -1,0 +1,136 @@
+"""A simulated review: correct k slices of the unannotated volumes, accept them slice by slice, retrain once.
+
+``python -m PLCLSegmentationLib.engine.lab.review_sim RUN OUT --slices K [--arms uncertain,random]`` takes a
+``plcl bench`` method folder RUN (``runs/seedS/plcl``: its training run, whose summary.json ranks the
+slices of every unannotated volume it segmented, and its evaluation report) and, per arm, chooses K
+slices of those volumes: ``uncertain`` the K least certain slices of all (summary.json's ``slices``),
+``random`` K drawn by seed from the same slices. A reviewer who corrects a slice leaves the ground truth
+on it, so each chosen volume becomes annotated on exactly its chosen slices (``--annotated-slices``,
+the ground truth label file); the model is retrained once from the run's model (``--init-model``, the
+engine's warm-start schedule) with the run's annotated cases and the other volumes unannotated, the
+evaluation split segmented and scored. ``none`` retrains with no slice corrected (what the warm start
+alone changes). Writes OUT/review.json and OUT/review.md: mean Dice per arm, its gain over the run's
+model and the gain per corrected slice.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from .. import slicing
+from ..evaluation.report import evaluate
+from ..files.dataset import read_dataset
+from ..files.volumes import atomic_path
+from ..protocol import MODEL_FILE, SUMMARY_FILE
+from .child import run_child
+
+ARMS = ("uncertain", "random", "none")
+
+
+def candidate_slices(summary: dict[str, Any], cases: set[str]) -> list[tuple[str, int, float]]:
+    """(volume, slice index, uncertainty) of every listed slice of the volumes in ``cases``, least certain first."""
+    found = [(entry["name"], item["index"], item["uncertainty"]) for entry in summary["volumes"]
+             if entry["name"] in cases for item in entry.get("slices", [])]
+    return sorted(found, key=lambda s: (-s[2], s[0], s[1]))
+
+
+def choose(arm: str, candidates: list[tuple[str, int, float]], k: int, seed: int) -> dict[str, list[int]]:
+    """The slices an arm corrects, by volume."""
+    if arm == "uncertain":
+        picked = candidates[:k]
+    elif arm == "random":
+        picked = random.Random(seed + 5000).sample(candidates, min(k, len(candidates)))
+    else:
+        picked = []
+    chosen: dict[str, list[int]] = {}
+    for name, index, _ in picked:
+        chosen.setdefault(name, []).append(index)
+    return {name: sorted(indices) for name, indices in sorted(chosen.items())}
+
+
+def run_arm(arm: str, chosen: dict[str, list[int]], run: Path, results: dict[str, Any], data: str,
+            out: Path, args: argparse.Namespace) -> dict[str, Any]:
+    dataset = read_dataset(data)
+    seed = results["seed"]
+    cases = results["cases"]
+    folder = out / arm
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    labeled = list(cases["labeled"]) + list(chosen)
+    unlabeled = [c for c in cases["unlabeled"] if c not in chosen]
+    specs = ["all"] * len(cases["labeled"]) + [slicing.spec_text(chosen[c]) for c in chosen]
+    train = ["train", "--data", str(dataset.root), "--labeled-cases", ",".join(labeled),
+             "--unlabeled-cases", ",".join(unlabeled), "--init-model", str(run / "train" / MODEL_FILE),
+             "--out", str(folder / "train"), "--seed", str(seed), "--device", args.device,
+             *[a for spec in specs for a in ("--annotated-slices", spec)],
+             *(["--iterations", str(args.iterations)] if args.iterations else ["--minutes", str(args.minutes)])]
+    trained = run_child(train, folder / "train.log")
+    images = [dataset.image(c) for c in cases["evaluation"]]
+    run_child(["predict", "--model", str(folder / "train" / MODEL_FILE), "--out", str(folder / "predict"),
+               "--device", args.device, *images], folder / "predict.log")
+    report = evaluate(str(folder / "predict"), data=str(dataset.root), split=args.eval_split)
+    return {"arm": arm, "slices": sum(len(v) for v in chosen.values()), "chosen": chosen,
+            "mean_dice": report["mean"]["mean_dice"], "dice": report["mean"]["dice"],
+            "train_wall_seconds": trained["seconds"]}
+
+
+def markdown(review: dict[str, Any]) -> str:
+    lines = [f"# Simulated review: {review['run']}", "",
+             f"- Seed {review['seed']}; {review['k']} slices corrected per arm; base model mean Dice "
+             f"{review['base_mean_dice']:.3f} on split '{review['eval_split']}'; {review['date']}.", "",
+             "| arm | slices corrected | volumes | mean Dice | gain | gain per slice | retrain s |",
+             "|---|---|---|---|---|---|---|"]
+    for arm in review["arms"]:
+        gain = arm["mean_dice"] - review["base_mean_dice"]
+        per = f"{gain / arm['slices']:+.4f}" if arm["slices"] else "n/a"
+        lines.append(f"| {arm['arm']} | {arm['slices']} | {len(arm['chosen'])} | {arm['mean_dice']:.3f} | "
+                     f"{gain:+.3f} | {per} | {arm['train_wall_seconds']:.0f} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="review_sim", description=__doc__.splitlines()[0])
+    parser.add_argument("run", type=Path, help="a plcl bench method folder (runs/seedS/METHOD)")
+    parser.add_argument("out", type=Path)
+    parser.add_argument("--bench", type=Path, help="the bench folder (default: three levels above RUN)")
+    parser.add_argument("--slices", type=int, default=10, metavar="K")
+    parser.add_argument("--arms", default="uncertain,random")
+    parser.add_argument("--minutes", type=float, default=20.0)
+    parser.add_argument("--iterations", type=int)
+    parser.add_argument("--device", default="cpu")
+    args = parser.parse_args(argv)
+    arms = [a for a in args.arms.split(",") if a]
+    unknown = [a for a in arms if a not in ARMS]
+    if unknown or args.slices < 1:
+        parser.error(f"--arms from {', '.join(ARMS)}; --slices at least 1")
+    bench = json.loads(((args.bench or args.run.parents[2]) / "results.json").read_text())
+    seed = int(args.run.parent.name.removeprefix("seed"))
+    method = args.run.name
+    (base,) = [r for r in bench["runs"] if r["seed"] == seed and r["method"] == method]
+    cases = bench["protocol"]["cases"].get(str(seed)) or bench["protocol"]["cases"][seed]
+    args.eval_split = bench["protocol"]["eval_split"]
+    summary = json.loads((args.run / "train" / SUMMARY_FILE).read_text())
+    candidates = candidate_slices(summary, set(cases["unlabeled"]))
+    args.out.mkdir(parents=True, exist_ok=True)
+    review = {"run": str(args.run), "seed": seed, "k": args.slices, "eval_split": args.eval_split,
+              "base_mean_dice": base["mean_dice"], "date": time.strftime("%Y-%m-%d %H:%M"), "arms": []}
+    for arm in arms:
+        chosen = choose(arm, candidates, args.slices, seed)
+        review["arms"].append(run_arm(arm, chosen, args.run, {"seed": seed, "cases": cases}, bench["data"],
+                                      args.out, args))
+        for name, text in (("review.json", json.dumps(review, indent=2)), ("review.md", markdown(review))):
+            with atomic_path(args.out / name) as tmp, open(tmp, "w") as f:
+                f.write(text)
+    print(markdown(review))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

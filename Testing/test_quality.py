@@ -1,0 +1,274 @@
+"""The review's numbers: uncertainty per slice and structure, the estimated Dice and its calibration, the
+end-of-run table, the cohort's estimates, and the bench's measures of the estimate, on known arrays."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from PLCLSegmentationLib.engine.cohort.collect import columns, row_of
+from PLCLSegmentationLib.engine.lab.bench_quality import quality_metrics, quality_pairs, spearman, worst_caught
+from PLCLSegmentationLib.engine.method.quality import (
+    ENTROPY_FLOOR,
+    Calibration,
+    expected_dice,
+    fit_calibration,
+    slice_uncertainties,
+    volume_quality,
+)
+from PLCLSegmentationLib.engine.run.cohort_prediction import estimates
+from PLCLSegmentationLib.engine.run.summary import worst_lines
+
+NAMES, VALUES = ["ring", "disc"], [3, 7]
+
+
+def test_the_expected_dice_is_the_soft_dice_of_the_prediction_against_its_probabilities():
+    # Class 1: 4 voxels predicted at p = 0.5 each, and 2 more voxels elsewhere at p = 0.5: soft volume 3.
+    # Expected Dice 2 * 2 / (4 + 3). Class 2: certain and alone: 1. Class 3: predicted nowhere.
+    result = expected_dice(hits=[0, 2.0, 5.0, 0], counts=[10, 4, 5, 0], soft=[0, 3.0, 5.0, 0.4])
+    assert result[1] == pytest.approx(4 / 7) and result[2] == pytest.approx(1.0) and np.isnan(result[3])
+
+
+def _volume() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """[k, j, i] = [3, 4, 5]: the ring (class 1) on i = 1 and 2, the disc (class 2) on i = 3; a background voxel of
+    entropy 0.6 on i = 4; i = 0 holds nothing."""
+    labels = np.zeros((3, 4, 5), np.uint8)
+    labels[:, :2, 1] = 1
+    labels[:, 2:, 2] = 1
+    labels[0, 0, 3] = 2
+    entropy = np.zeros(labels.shape, np.float32)
+    entropy[:, :, 1] = 0.2
+    entropy[:, :, 2] = np.where(labels[:, :, 2] == 1, 0.4, 0.05)  # 0.05: background below the floor
+    entropy[0, 0, 3] = 0.1
+    entropy[1, 1, 4] = 0.6
+    confidence = np.full(labels.shape, 0.9, np.float32)
+    return labels, entropy, confidence
+
+
+def test_slices_along_the_slicing_axis_least_certain_first_with_their_structures():
+    labels, entropy, _ = _volume()
+    slices = slice_uncertainties(labels, entropy, 2, NAMES)
+    assert [s["index"] for s in slices] == [4, 2, 1, 3]  # i = 0: no foreground, no entropy above the floor
+    by_index = {s["index"]: s for s in slices}
+    assert by_index[4] == {"index": 4, "uncertainty": pytest.approx(0.6), "structure": None, "structures": {}}
+    # i = 2: six ring voxels at 0.4; the six background voxels at 0.05 are below the floor and do not count.
+    assert by_index[2]["uncertainty"] == pytest.approx(0.4) and by_index[2]["structures"] == {"ring": 0.4}
+    assert by_index[1]["structure"] == "ring" and by_index[1]["uncertainty"] == pytest.approx(0.2)
+    assert by_index[3]["structures"] == {"disc": pytest.approx(0.1)} and by_index[3]["structure"] == "disc"
+    assert ENTROPY_FLOOR == 0.1
+
+
+def test_a_slice_holding_two_structures_names_the_less_certain_one():
+    labels = np.zeros((2, 3, 3), np.uint8)
+    labels[1, 0, :] = 1
+    labels[1, 2, :] = 2
+    entropy = np.where(labels == 2, 0.5, np.where(labels == 1, 0.3, 0.0)).astype(np.float32)
+    (only,) = slice_uncertainties(labels, entropy, 0, NAMES)
+    assert only["index"] == 1 and only["structure"] == "disc"
+    assert only["structures"] == {"ring": pytest.approx(0.3), "disc": pytest.approx(0.5)}
+    assert only["uncertainty"] == pytest.approx(0.4)
+
+
+def test_structures_worst_first_with_those_predicted_nowhere_last():
+    labels, entropy, confidence = _volume()
+    # soft volumes: background, ring (12 voxels predicted at 0.9, plus 1.2 elsewhere), disc (exactly its voxel)
+    quality = volume_quality(labels, entropy, confidence, [0.0, 12 * 0.9 + 1.2, 0.9], 2, NAMES, VALUES)
+    assert quality.slice_axis == "i" and quality.worst_slice == 4
+    ring, disc = quality.structures  # ring 0.9, disc 0.947: the worst first
+    assert disc == {"name": "disc", "value": 7, "estimated_dice": pytest.approx(2 * 0.9 / 1.9, abs=1e-4),
+                    "uncertainty": pytest.approx(0.1)}
+    assert ring["estimated_dice"] == pytest.approx(2 * 10.8 / (12 + 12.0), abs=1e-4)
+    assert ring["uncertainty"] == pytest.approx((6 * 0.2 + 6 * 0.4) / 12, abs=1e-4)
+    nowhere = volume_quality(np.where(labels == 2, 0, labels), entropy, confidence, [0, 12.0, 0.2], 0, NAMES, VALUES)
+    assert [s["name"] for s in nowhere.structures] == ["ring", "disc"]
+    assert nowhere.structures[1]["estimated_dice"] is None and nowhere.structures[1]["uncertainty"] == 1.0
+    assert nowhere.slice_axis == "k" and nowhere.estimates() == {"ring": pytest.approx(0.9), "disc": None}
+
+
+def test_the_calibration_maps_raw_estimates_and_checks_its_knots():
+    assert Calibration().is_identity and Calibration.from_dict(None) == Calibration()
+    calibration = Calibration.from_dict({"raw": [0.0, 0.8, 1.0], "calibrated": [0.0, 0.6, 0.9]})
+    assert calibration(0.4) == pytest.approx(0.3) and calibration(0.9) == pytest.approx(0.75)
+    assert Calibration.from_dict(calibration.to_dict()) == calibration
+    labels, entropy, confidence = _volume()
+    calibrated = volume_quality(labels, entropy, confidence, [0, 12.0, 0.9], 2, NAMES, VALUES, calibration)
+    raw = volume_quality(labels, entropy, confidence, [0, 12.0, 0.9], 2, NAMES, VALUES)
+    for a, b in zip(calibrated.structures, raw.structures):
+        assert a["estimated_dice"] == pytest.approx(calibration(b["estimated_dice"]), abs=1e-4)
+    for bad in ({"raw": [0, 1]}, {"raw": [0.5, 0.2], "calibrated": [0, 1]}, {"raw": [0, 1], "calibrated": [1, 0]},
+                {"raw": [0, 1], "calibrated": [0, "1"]}, [0, 1]):
+        with pytest.raises(ValueError):
+            Calibration.from_dict(bad)
+
+
+def test_the_fitted_calibration_is_the_monotone_map_of_least_squares():
+    raw = np.linspace(0.5, 1.0, 51)
+    fitted = fit_calibration(raw, raw - 0.2)  # an estimate 0.2 too high throughout
+    assert fitted(0.75) == pytest.approx(0.55, abs=0.01) and fitted(1.0) == pytest.approx(0.8, abs=1e-6)
+    assert fitted(0.0) == 0.0 and fitted(0.25) == pytest.approx(0.15, abs=0.01)  # down to (0, 0) below the pairs
+    # A true Dice that falls while the estimate rises is pooled into one level, never a decreasing map.
+    pooled = fit_calibration([0.6, 0.7, 0.8, 0.9], [0.8, 0.6, 0.7, 0.9])
+    assert pooled(0.6) == pooled(0.7) == pytest.approx(0.7) and pooled(0.9) == pytest.approx(0.9)
+    assert all(b >= a for a, b in zip(pooled.calibrated, pooled.calibrated[1:]))
+    assert fit_calibration([0.5, 0.9], [0.1, 0.2]).is_identity  # too few pairs to fit anything
+
+
+def test_the_model_file_keeps_its_calibration_and_older_files_have_none(tmp_path):
+    torch = pytest.importorskip("torch")
+    from PLCLSegmentationLib.engine.errors import InputError
+    from PLCLSegmentationLib.engine.files.volumes import ClassInfo
+    from PLCLSegmentationLib.engine.method.modelfile import ModelInfo, read_model, save_model
+
+    info = ModelInfo(classes=[ClassInfo(3, "ring", (1.0, 0.0, 0.0))], target_spacing_mm=1.2, patch_size=32,
+                     base_channels=4, levels=3, embedding_dim=4, intensity_percentiles=(1.0, 99.0),
+                     quality_calibration=Calibration((0.0, 0.9, 1.0), (0.0, 0.7, 0.95)))
+    save_model(tmp_path / "new.pt", info.build_network(), info)
+    assert read_model(tmp_path / "new.pt")[0].quality_calibration == info.quality_calibration
+    payload = torch.load(tmp_path / "new.pt", weights_only=True)
+    del payload["info"]["quality_calibration"]  # as engines before the estimates wrote it
+    torch.save(payload, tmp_path / "old.pt")
+    assert read_model(tmp_path / "old.pt")[0].quality_calibration is None
+    payload["info"]["quality_calibration"] = {"raw": [0, 1], "calibrated": [0.5]}
+    torch.save(payload, tmp_path / "bad.pt")
+    with pytest.raises(InputError, match="bad.pt.*quality_calibration"):
+        read_model(tmp_path / "bad.pt")
+
+
+def _entry(name: str, estimates_: dict[str, float | None], worst_slice: int | None = 2) -> dict:
+    structures = [{"name": n, "value": 1, "estimated_dice": e, "uncertainty": 0.1} for n, e in estimates_.items()]
+    structures.sort(key=lambda s: (s["estimated_dice"] is None, s["estimated_dice"] or 0))
+    slices = [] if worst_slice is None else [{"index": worst_slice, "uncertainty": 0.3, "structure": None,
+                                              "structures": {}}]
+    return {"name": name, "slice_axis": "k", "structures": structures, "slices": slices}
+
+
+def test_the_end_of_run_table_lists_the_volumes_of_lowest_estimate_first():
+    entries = [_entry("good", {"ring": 0.95, "disc": 0.9}), _entry("bad", {"ring": 0.4, "disc": 0.93}, 5),
+               _entry("empty", {"ring": None, "disc": None}, None)]
+    lines = worst_lines(entries, count=2)
+    assert "2 of 3 volumes" in lines[0]
+    assert lines[2].split()[0] == "empty" and "ring none found" in lines[2] and lines[2].rstrip().endswith("-")
+    assert lines[3].split()[0] == "bad" and "ring 0.40, disc 0.93" in lines[3] and "k = 5" in lines[3]
+    assert worst_lines([]) == []
+
+
+def test_the_cohort_record_and_table_carry_each_structure_s_estimate():
+    frames = [_entry("c_t00", {"ring": 0.9, "disc": None}), _entry("c_t01", {"ring": 0.7, "disc": 0.8})]
+    assert estimates(frames) == {"ring": 0.7, "disc": 0.8}  # the lowest over the frames
+    assert estimates(frames[:1]) == {"ring": 0.9, "disc": None}
+    header = columns(["ring", "disc"])
+    assert header.index("dice_est_ring") < header.index("ring_ml")
+    record = {"name": "v", "input": "v.nii.gz", "kind": "volume", "size": [4, 4, 2], "spacing_mm": [1, 1, 2],
+              "uncertainty_score": 0.1, "ml": {"ring": 1.0, "disc": 0.5}, "dice_est": {"ring": 0.7, "disc": None}}
+    row = row_of(record, ["ring", "disc"])
+    assert row["dice_est_ring"] == 0.7 and row["dice_est_disc"] is None
+    del record["dice_est"]  # a record of an engine before the estimates
+    assert row_of(record, ["ring", "disc"])["dice_est_ring"] is None
+
+
+def test_the_bench_measures_rank_error_and_the_worst_cases_caught():
+    assert worst_caught([0.9, 0.2, 0.8, 0.5], [0.7, 0.8, 0.9, 0.1], share=0.5) == (1, 2)
+    assert worst_caught(list(range(20)), list(range(20))) == (2, 2)
+    assert spearman([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1.0)
+    assert spearman([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0) and spearman([1, 2], [1, 2]) is None
+    summary = {"volumes": [_entry("a", {"ring": 0.9, "disc": None}), _entry("b", {"ring": 0.5, "disc": 0.6}),
+                           _entry("c", {"ring": 0.8, "disc": 0.7})]}
+    report = {"cases": {"a": {"dice": {"ring": 0.8, "disc": 0.0}}, "b": {"dice": {"ring": 0.5, "disc": 0.4}},
+                        "c": {"dice": {"ring": 0.9, "disc": None}}}}
+    pairs = quality_pairs(summary, report)
+    # c's disc is absent from prediction and reference alike: left out; a's disc, predicted nowhere, estimates 0.
+    assert {(p["volume"], p["structure"]): (p["estimated"], p["true"]) for p in pairs} == {
+        ("a", "ring"): (0.9, 0.8), ("a", "disc"): (0.0, 0.0), ("b", "ring"): (0.5, 0.5), ("b", "disc"): (0.6, 0.4),
+        ("c", "ring"): (0.8, 0.9)}
+    metrics = quality_metrics(pairs)
+    assert metrics["pairs"] == 5 and metrics["volumes"] == 3
+    assert metrics["mae"] == pytest.approx((0.1 + 0 + 0 + 0.2 + 0.1) / 5)
+    assert metrics["bias"] == pytest.approx((0.1 + 0 + 0 + 0.2 - 0.1) / 5)
+    assert (metrics["worst_caught"], metrics["worst_count"]) == (1, 1)  # a's disc, by both
+    assert metrics["spearman"] == pytest.approx(0.8)
+    assert quality_metrics([])["spearman"] is None
+
+
+@pytest.mark.slow
+def test_a_run_writes_the_review_fields_and_quality_events(tmp_path, synthetic):
+    """A tiny training run on SYNTHETIC volumes: each segmented volume's summary entry has its slicing axis,
+    its structures worst first and its slices least certain first; a quality event follows its outputs and
+    carries the same structures; the person's log ends with the table of volumes to review first."""
+    import json
+
+    import SimpleITK as sitk
+    from conftest import events, run_plcl
+
+    from PLCLSegmentationLib.engine.slicing import canonical
+
+    out = tmp_path / "run"
+    result = run_plcl("train", "--data", str(synthetic), "--labeled-cases", "synthetic_001",
+                      "--unlabeled-cases", "synthetic_002,synthetic_003", "--out", str(out), "--iterations", "4",
+                      "--budget", "quick", "--set", "patch_size=64", "--device", "cpu", "--events", "jsonl")
+    assert result.returncode == 0, result.stderr
+    summary = json.loads((out / "summary.json").read_text())
+    assert "expected Dice" in summary["quality_measure"]
+    names = [c["name"] for c in summary["classes"]]
+    seen = events(result.stdout)
+    for entry in summary["volumes"]:
+        assert entry["slice_axis"] in ("i", "j", "k")
+        assert sorted(s["name"] for s in entry["structures"]) == sorted(names)
+        known = [s["estimated_dice"] for s in entry["structures"] if s["estimated_dice"] is not None]
+        assert known == sorted(known) and all(0 <= e <= 1 for e in known)
+        assert all(s["estimated_dice"] is None for s in entry["structures"][len(known):])
+        image = sitk.ReadImage(entry["image"])
+        axis = canonical(np.array(image.GetDirection()).reshape(3, 3), image.GetSpacing()).slice_axis
+        assert entry["slice_axis"] == "kji"[axis]  # the engine's own rule (slicing.py), on the file's axes
+        assert all(0 <= s["index"] < image.GetSize()["ijk".index(entry["slice_axis"])] for s in entry["slices"])
+        uncertainties = [s["uncertainty"] for s in entry["slices"]]
+        assert uncertainties == sorted(uncertainties, reverse=True)
+        assert len({s["index"] for s in entry["slices"]}) == len(entry["slices"])
+        kinds = [(e["event"], e.get("kind")) for e in seen if e.get("name") == entry["name"]]
+        assert kinds.index(("quality", None)) > max(i for i, k in enumerate(kinds) if k[0] == "output")
+        (quality,) = [e for e in seen if e["event"] == "quality" and e["name"] == entry["name"]]
+        assert quality["structures"] == entry["structures"] and quality["frame"] is None
+        assert quality["worst_slice"] == (entry["slices"][0]["index"] if entry["slices"] else None)
+    assert "review first" in result.stderr and summary["volumes"][0]["name"] in result.stderr
+
+
+def test_the_simulated_review_corrects_the_least_certain_slices_or_as_many_drawn_at_random():
+    from PLCLSegmentationLib.engine.lab.review_sim import candidate_slices, choose
+
+    summary = {"volumes": [
+        {"name": "a", "slices": [{"index": 3, "uncertainty": 0.5}, {"index": 1, "uncertainty": 0.2}]},
+        {"name": "b", "slices": [{"index": 0, "uncertainty": 0.4}, {"index": 7, "uncertainty": 0.1}]},
+        {"name": "annotated", "slices": [{"index": 2, "uncertainty": 0.9}]}]}
+    candidates = candidate_slices(summary, {"a", "b"})
+    assert candidates == [("a", 3, 0.5), ("b", 0, 0.4), ("a", 1, 0.2), ("b", 7, 0.1)]
+    assert choose("uncertain", candidates, 3, seed=0) == {"a": [1, 3], "b": [0]}
+    drawn = choose("random", candidates, 3, seed=0)
+    assert sum(map(len, drawn.values())) == 3 and drawn == choose("random", candidates, 3, seed=0)
+    assert choose("none", candidates, 3, seed=0) == {}
+
+
+def test_the_calibration_at_the_end_of_training_comes_from_harder_copies_of_the_annotated_slices():
+    """A 'model' that thresholds the image is exact on the annotated slices and errs on their harder copies: the
+    fitted map brings its raw estimates down to the Dice it reached there, and is the same on every run."""
+    torch = pytest.importorskip("torch")
+    from PLCLSegmentationLib.engine.method.calibrate import fit_on_annotated, perturb, stack_pairs
+    from PLCLSegmentationLib.engine.method.preprocess import PreparedVolume
+
+    rows, cols = np.meshgrid(np.arange(48), np.arange(48), indexing="ij")
+    disc = (np.hypot(rows - 24, cols - 24) < 12).astype(np.float32)
+    images = torch.from_numpy(np.stack([disc * 0.6 + 0.2] * 4))
+    labels = torch.from_numpy(np.stack([disc] * 4).astype(np.uint8))
+
+    def threshold(stack: torch.Tensor) -> torch.Tensor:
+        foreground = torch.sigmoid((stack - 0.5) * 12)
+        return torch.stack([1 - foreground, foreground], dim=1)
+
+    exact = stack_pairs(threshold(images).numpy(), labels.numpy(), 2, largest_component=False)
+    assert len(exact) == 1 and exact[0][1] == pytest.approx(1.0) and exact[0][0] > 0.9
+    annotated = torch.tensor([True, True, False, True])  # the third slice is not annotated: left out
+    volume = PreparedVolume(volume=None, layout=None, images=images, labels=labels, annotated=annotated)
+    calibration, pairs = fit_on_annotated(threshold, [volume], 2, largest_component=False, seed=3, copies=6)
+    assert pairs == 7
+    again, _ = fit_on_annotated(threshold, [volume], 2, largest_component=False, seed=3, copies=6)
+    assert again == calibration and not calibration.is_identity
+    harder = perturb(images, torch.Generator().manual_seed(0))
+    assert harder.shape == images.shape and not torch.equal(harder, images)
