@@ -28,6 +28,7 @@ import pytest
 import SimpleITK as sitk
 import torch
 from conftest import REPO, make_image, phantom, write_seq_nrrd
+from dicom_series import write_series
 
 from PLCLSegmentationLib.engine.cli import main
 from PLCLSegmentationLib.engine.files.volumes import ClassInfo
@@ -421,6 +422,75 @@ CASES = [
          ("invalid choice",)),
     Case("evaluate_missing_prediction_folder", "held",
          lambda d: ["evaluate", "--pred", str(d / "nowhere"), "--labels", str(d)], 1, ("nowhere", "not found")),
+]
+
+
+# --- issue 27: DICOM series and cine studies, and the output formats ------------------------------------
+
+
+def dicom_folder(d: Path, name: str = "dcm", slices: int = 4, phases: int = 1) -> Path:
+    """The phantom's first ``slices`` slices as a DICOM series, 2 mm apart (``phases`` > 1: a cine whose
+    phases are 40 ms apart), one file per image named IM00000.dcm ... in the order of slice, then phase."""
+    image = phantom()[0][:slices]
+    volume = np.stack([image] * phases) if phases > 1 else image
+    return write_series(d / name, volume, (1.0, 1.0, 2.0), (0.0, 0.0, 0.0), np.eye(3),
+                        trigger_ms=[40.0 * t for t in range(phases)] if phases > 1 else None)
+
+
+def edit_dicom(path: Path, **tags) -> None:
+    import pydicom
+
+    ds = pydicom.dcmread(path)
+    for name, value in tags.items():
+        setattr(ds, name, value)
+    ds.save_as(path)
+
+
+def two_series_in_one_folder(d: Path) -> None:
+    """Two series of the same slice positions (as when two acquisitions are exported together)."""
+    dicom_folder(d)
+    second = dicom_folder(d, "second")
+    for path in sorted(second.iterdir()):
+        edit_dicom(path, SeriesNumber=2, SeriesDescription="repeat")
+        path.rename(d / "dcm" / f"B{path.name}")
+    second.rmdir()
+
+
+CASES += [
+    Case("dicom_series_mixing_orientations", "27", lambda d: predict(d, "dcm"), 1,
+         ("dcm", "mixes slice orientations", "IM00001.dcm", "series 1 'synthetic'"),
+         lambda d: edit_dicom(dicom_folder(d) / "IM00001.dcm", ImageOrientationPatient=[0, 1, 0, 0, 0, -1])),
+    Case("dicom_series_missing_a_slice", "27", lambda d: predict(d, "dcm"), 1,
+         ("dcm", "missing or unevenly spaced slices", "4 mm between slice positions 0 and 4 mm", "IM00002.dcm",
+          "series 1 'synthetic'", "others are 2 mm apart"),
+         lambda d: (dicom_folder(d) / "IM00001.dcm").unlink()),
+    Case("dicom_cine_with_a_phase_missing_at_one_slice", "27", lambda d: predict(d, "dcm"), 1,
+         ("dcm", "inconsistent phases", "2 images at slice position 4 mm", "series 1 'synthetic'", "but 3"),
+         lambda d: (dicom_folder(d, phases=3) / "IM00006.dcm").unlink()),
+    Case("dicom_two_series_in_one_folder", "27", lambda d: predict(d, "dcm"), 1,
+         ("dcm", "holds 2 series", "series 1 'synthetic'", "series 2 'repeat'", "give the folder of one series"),
+         two_series_in_one_folder),
+    Case("format_dicom_seg_of_a_nifti", "27", lambda d: [*predict(d), "--format", "dicom-seg"], 2,
+         ("--format dicom-seg", "other.nii.gz", "not a DICOM series folder")),
+    Case("format_dicom_seg_of_a_nifti_train", "27", lambda d: train(d, "img.nii.gz", "lbl.nii.gz", "--format",
+                                                                     "dicom-seg"), 2,
+         ("--format dicom-seg", "other.nii.gz", "not a DICOM series folder")),
+    Case("dicom_seg_frames_beyond_the_cine", "27",
+         lambda d: [*predict(d, "dcm"), "--format", "dicom-seg", "--dicom-seg-frames", "99"], 2,
+         ("--dicom-seg-frames", "dcm", "no frame 99", "it has 10: 0 to 9"), lambda d: dicom_folder(d, slices=2,
+                                                                                                  phases=10)),
+    Case("resume_with_format", "27", lambda d: _resume(d, "--format", "nifti"), 2,
+         ("--resume DIR continues", "--format"), earlier_run),
+    Case("resume_with_dicom_seg_frames", "27", lambda d: _resume(d, "--dicom-seg-frames", "all"), 2,
+         ("--resume DIR continues", "--dicom-seg-frames"), earlier_run),
+    Case("format_with_shard", "27", lambda d: [*predict(d), "--shard", "0/1", "--format", "nifti"], 2,
+         ("--format", "--shard", "a cohort folder holds .seg.nrrd files")),
+    Case("format_with_skip_existing", "27", lambda d: [*predict(d), "--skip-existing", "--format", "seg.nrrd"], 2,
+         ("--format", "--skip-existing")),
+    Case("dicom_seg_frames_with_an_input_list", "27",
+         lambda d: ["predict", "--model", str(d / "model.pt"), "--inputs", str(d / "cohort.txt"), "--out",
+                    str(d / "out"), "--dicom-seg-frames", "all"], 2, ("--dicom-seg-frames", "--inputs"),
+         lambda d: (d / "cohort.txt").write_text("other.nii.gz\n")),
 ]
 
 

@@ -160,9 +160,6 @@ def _run(args: argparse.Namespace, sink: EventSink, cancel: threading.Event) -> 
     from .run.training import run_training
 
     if args.command == "train":
-        if args.resume and (args.format or args.dicom_seg_frames):
-            raise ConfigError("--resume DIR continues a run as it was started: its --format and --dicom-seg-frames "
-                              "are those of its job.json")
         job = make_train_job(TrainOptions.from_namespace(args))
         run_training(job, sink, cancel, resume=bool(args.resume))
     elif args.command == "predict":

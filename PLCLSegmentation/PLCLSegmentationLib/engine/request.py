@@ -256,7 +256,8 @@ def check_train_arguments(options: TrainOptions) -> None:
              "--minutes": options.minutes is not None, "--budget": options.budget, "--out": options.out,
              "--seed": options.seed is not None, "--annotated-slices": options.annotated_slices,
              "--labeled-cases": options.labeled_cases, "--unlabeled-split": options.unlabeled_split,
-             "--unlabeled-cases": options.unlabeled_cases, "--n-unlabeled": options.n_unlabeled is not None}
+             "--unlabeled-cases": options.unlabeled_cases, "--n-unlabeled": options.n_unlabeled is not None,
+             "--format": options.format, "--dicom-seg-frames": options.dicom_seg_frames}
     extra = [name for name, value in given.items() if value]
     if options.resume and extra:
         raise ConfigError(f"--resume DIR continues a run as it was started (in DIR, with its job.json); "

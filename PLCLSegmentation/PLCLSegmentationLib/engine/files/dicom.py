@@ -195,9 +195,10 @@ def _stack(folder: str, images: list[DicomImage]) -> DicomStack:
     first = images[0]
     for image in images[1:]:
         if np.abs(image.orientation - first.orientation).max() > _ORIENTATION:
-            raise InputError(folder, f"mixes slice orientations: {image.series_label} "
-                                     f"({_cosines(image.orientation)}) and {first.series_label} "
-                                     f"({_cosines(first.orientation)}); give one stack of parallel slices")
+            raise InputError(folder, f"mixes slice orientations: {_file(folder, image)} ({image.series_label}) "
+                                     f"is oriented {_cosines(image.orientation)}, {_file(folder, first)} "
+                                     f"({first.series_label}) {_cosines(first.orientation)}; give one stack of "
+                                     "parallel slices")
         if image.size != first.size or np.abs(np.subtract(image.pixel_spacing, first.pixel_spacing)).max() > 1e-4:
             raise InputError(folder, f"mixes image sizes or pixel spacings: {image.series_label} has "
                                      f"{image.size[0]}x{image.size[1]} pixels of {_pair(image.pixel_spacing)} mm, "
@@ -267,11 +268,14 @@ def _slice_gap(folder: str, depths: list[float], ordered: list[list[DicomImage]]
         return float(thickness) if thickness and thickness > 0 else 1.0
     gaps = np.diff(depths)
     step = float(np.median(gaps))
-    worst = int(np.argmax(np.abs(gaps - step)))
+    # The gap farthest from the usual one; of two as far, the wider (a missing slice widens a gap).
+    worst = max(range(len(gaps)), key=lambda i: (abs(gaps[i] - step), gaps[i]))
     if abs(gaps[worst] - step) > _GAP_TOLERANCE * step:
+        usual = float(np.median(np.delete(gaps, worst)))
         raise InputError(folder, f"has missing or unevenly spaced slices: {gaps[worst]:.4g} mm between slice "
                                  f"positions {depths[worst]:.4g} and {depths[worst + 1]:.4g} mm "
-                                 f"({ordered[worst + 1][0].series_label}) where the others are {step:.4g} mm apart")
+                                 f"({_file(folder, ordered[worst + 1][0])}, {ordered[worst + 1][0].series_label}) "
+                                 f"where the others are {usual:.4g} mm apart")
     return float(np.mean(gaps))
 
 
@@ -293,6 +297,11 @@ def _read_pixels(path: str) -> np.ndarray:
     if array.ndim != 2:
         raise InputError(path, f"holds {array.shape[0]} frames; single-frame DICOM images are read")
     return array
+
+
+def _file(folder: str, image: DicomImage) -> str:
+    """An image's file as messages name it: its path in the folder."""
+    return os.path.relpath(image.path, folder)
 
 
 def _cosines(values: np.ndarray) -> str:
