@@ -275,6 +275,7 @@ WIDGET_API: dict[str, dict[str, str]] = {
         "setSelectionMode": _SEGMENTATION_WIDGETS + "qMRMLSegmentsTableView.h",
     },
     "qMRMLSegmentEditorWidget": {
+        "setCurrentSegmentID": _SEGMENTATION_WIDGETS + "qMRMLSegmentEditorWidget.h",
         "setSegmentationNode": _SEGMENTATION_WIDGETS + "qMRMLSegmentEditorWidget.h",
         "setSourceVolumeNode": _SEGMENTATION_WIDGETS + "qMRMLSegmentEditorWidget.h",
     },

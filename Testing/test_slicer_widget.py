@@ -26,6 +26,7 @@ from slicer_support import (  # noqa: E402
     SlicerApp,
     moving_phantom,
     read_labels,
+    slice_views,
     snapshot,
     synthetic_case,
 )
@@ -164,6 +165,8 @@ def fake_ui() -> types.SimpleNamespace:
     ui.pythonPathLineEdit.currentPath = ""
     ui.pythonPathLineEdit.comboBox.return_value.lineEdit.return_value = FakeLineEdit()
     ui.segmentsTableView.selectedSegmentIDs.return_value = []
+    for name in ("nextSliceButton", "acceptSliceButton"):  # the review's slice by slice buttons
+        setattr(ui, name, mock.MagicMock(name=name))
     ui.unannotatedVolumesSelector.checkedNodes.return_value = []
     return ui
 
@@ -316,7 +319,7 @@ def test_the_panel_shows_and_changes_the_annotated_slices(panel):
     assert logic.state.record_for(volume).slices == "all"
     assert ui.annotatedTable.item(0, 3).text == f"all {slices} slices"
     row = next(r for r in range(ui.reviewTable.rowCount) if ui.reviewTable.item(r, 0).text == volume.GetName())
-    assert ui.reviewTable.item(row, 3).text == f"all {slices} slices"
+    assert ui.reviewTable.item(row, 4).text == f"all {slices} slices"
     # This bare scene has no slice view: the panel says what to do instead of failing.
     p.onMarkBackground()
     assert "set up the paint view first" in panel.errors[-1]
@@ -334,6 +337,45 @@ def test_errors_are_shown_not_raised(panel):
     assert panel.errors[-1].startswith("Could not start retraining.")
     assert "Choose at least one annotated volume" in panel.errors[-1]
     np.testing.assert_equal(p.timer.active, False)
+
+
+def test_the_panel_walks_the_uncertain_slices_and_accepts_one(panel):
+    from PLCLSegmentationLib.review import structures_text
+
+    p, ui, logic = panel.panel, panel.ui, panel.logic
+    slice_views(panel.app)
+    assert ui.nextSliceButton.enabled is False  # nothing predicted yet
+    logic.set_annotation(panel.volumes[0], panel.annotation)
+    logic.state.set("iterations", 4)
+    p.onTrainOrCancel()
+    run_timer(p)
+    rows = logic.review_rows()
+    # The table: each prediction's structures with their estimated Dice, worst first; the worst volume first.
+    assert [ui.reviewTable.item(r, 2).text for r in range(ui.reviewTable.rowCount)] == \
+        [structures_text(row.structures) for row in rows]
+    assert rows[0].worst <= rows[1].worst and ui.reviewTable.item(0, 2).text.split(" ")[0] != ""
+    assert ui.nextSliceButton.enabled is True and ui.reviewTable.currentRow() == 0
+    p.onNextSlice()
+    stop = logic.review_stop
+    assert stop.record.key == rows[0].record.key and ui.reviewTable.currentRow() == 0
+    assert ui.statusLabel.text.startswith(f"Slice {stop.index} of '{stop.name}' ({stop.view} view): uncertainty")
+    # From the second row: its slices first; the table's selection follows.
+    ui.reviewTable.selectRow(1)
+    p.onNextSlice()
+    stop = logic.review_stop
+    assert stop.record.key == rows[1].record.key and ui.reviewTable.currentRow() == 1
+    assert ui.acceptSliceButton.enabled is True
+    p.onAcceptSlice()
+    assert not panel.errors, panel.errors
+    assert logic.record(stop.record.volume).accepted == [stop.index]
+    assert ui.statusLabel.text.startswith(f"Slice {stop.index} of '{stop.record.name}' is training data now")
+    assert ui.reviewTable.currentRow() == 1 and ui.reviewTable.item(1, 4).text == f"accepted slice {stop.index}"
+    p.onAcceptSlice()  # the same slice again: said, not raised
+    assert "accepted already" in panel.errors[-1]
+    # Once every slice was seen, the panel says so.
+    while logic.review_stop is not None:
+        p.onNextSlice()
+    assert ui.statusLabel.text == "Every uncertain slice of the predictions has been shown."
 
 
 def start_slow_training(panel) -> None:

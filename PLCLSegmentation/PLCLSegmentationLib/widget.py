@@ -30,7 +30,9 @@ from .parameters import (
     SLICES_PAINTED,
     TRAINING_ROLES,
     UNANNOTATED,
+    VOLUME,
 )
+from .review import structures_text
 from .services import PLCLError
 
 POLL_INTERVAL_MS = 200
@@ -124,6 +126,8 @@ class PLCLSegmentationPanel:
         ui.reviewTable.itemSelectionChanged.connect(self.onReviewSelection)
         ui.editButton.clicked.connect(self.onEdit)
         ui.acceptButton.clicked.connect(self.onAccept)
+        ui.nextSliceButton.clicked.connect(self.onNextSlice)
+        ui.acceptSliceButton.clicked.connect(self.onAcceptSlice)
         ui.volumeCurveButton.clicked.connect(self.onVolumeCurve)
         ui.retrainButton.clicked.connect(self.onRetrain)
         ui.saveModelButton.clicked.connect(self.onSaveModel)
@@ -494,7 +498,8 @@ class PLCLSegmentationPanel:
         table.setRowCount(len(rows))
         for row, entry in enumerate(rows):
             score = "" if entry.score is None else f"{entry.score:.3f}"
-            self._setRow(table, row, [entry.name, _(ROLE_LABELS.get(entry.role, entry.role)), score, entry.slices],
+            self._setRow(table, row, [entry.name, _(ROLE_LABELS.get(entry.role, entry.role)),
+                                      structures_text(entry.structures), score, entry.slices],
                          entry.record.volume.GetID(), entry.frame)
             if selected is not None and entry.record.volume.GetID() == selected.GetID() \
                     and entry.frame == selected_frame:
@@ -520,6 +525,47 @@ class PLCLSegmentationPanel:
         self.logic.state.set("showUncertainty", bool(checked))
         self.onReviewSelection()
 
+    def _selectReviewRow(self, volume: Any, frame: Any) -> None:
+        """Select the review table's row of ``volume`` (and ``frame``) without showing it again (the views
+        stay where they are)."""
+        table = self.ui.reviewTable
+        for row in range(table.rowCount):
+            item = table.item(row, 0)
+            shown = item.data(qt.Qt.UserRole + FRAME_ROLE_OFFSET)
+            if item.data(qt.Qt.UserRole) == volume.GetID() and (-1 if frame is None else frame) == shown:
+                was, self._updating = self._updating, True
+                try:
+                    table.selectRow(row)
+                finally:
+                    self._updating = was
+                return
+
+    def onNextSlice(self) -> None:
+        """The least certain slice not yet seen: of the selected prediction, then of the next in the table."""
+        with showingErrors(_("Could not show the next uncertain slice.")):
+            stop = self.logic.next_uncertain_slice(self._selectedVolume(), self._selectedFrame())
+            if stop is None:
+                self.ui.statusLabel.text = _("Every uncertain slice of the predictions has been shown.")
+            else:
+                self._selectReviewRow(stop.record.volume, stop.frame)
+                text = _("Slice {index} of '{name}' ({view} view): uncertainty {uncertainty:.2f}{structure}; "
+                         "{remaining} more uncertain slices of it to see.")
+                self.ui.statusLabel.text = text.format(
+                    index=stop.index, name=stop.name, view=stop.view, uncertainty=stop.uncertainty,
+                    structure=_(", least certain: {name}").format(name=stop.structure) if stop.structure else "",
+                    remaining=stop.remaining)
+        self.updateButtons()
+
+    def onAcceptSlice(self) -> None:
+        """The slice shown in the view of the engine's slicing plane, as corrected, is training data."""
+        volume = self._selectedVolume()
+        with showingErrors(_("Could not accept this slice.")):
+            index = self.logic.accept_slice(volume, None, self._selectedFrame())
+            text = _("Slice {index} of '{name}' is training data now: Retrain learns from it (the rest of the "
+                     "volume waits for review).")
+            self.ui.statusLabel.text = text.format(index=index, name=volume.GetName())
+        self.updateFromState()
+
     def onEdit(self) -> None:
         volume = self._selectedVolume()
         if volume is None or self.logic.shown_segmentation(self.logic.record(volume)) is None:
@@ -530,6 +576,10 @@ class PLCLSegmentationPanel:
         editor = slicer.modules.segmenteditor.widgetRepresentation().self().editor
         editor.setSegmentationNode(self.logic.shown_segmentation(record))
         editor.setSourceVolumeNode(record.volume)
+        stop = self.logic.review_stop  # the structure Next uncertain slice pointed at, ready to paint
+        if stop is not None and stop.segment_id and stop.record.key == record.key \
+                and stop.frame == self._selectedFrame():
+            editor.setCurrentSegmentID(stop.segment_id)
 
     def onAccept(self) -> None:
         volume = self._selectedVolume()
@@ -581,7 +631,11 @@ class PLCLSegmentationPanel:
         ui.markBackgroundButton.enabled = painted
         ui.paintViewButton.enabled = selected is not None or ui.annotatedVolumeSelector.currentNode() is not None
         ui.retrainButton.enabled = not busy and has_model
-        ui.acceptButton.enabled = not busy and item is not None and item.role_of(self._selectedFrame()) == PREDICTED
+        predicted = item is not None and item.role_of(self._selectedFrame()) == PREDICTED
+        ui.acceptButton.enabled = not busy and predicted
+        ui.acceptSliceButton.enabled = not busy and predicted and item.kind == VOLUME
+        ui.nextSliceButton.enabled = any(r.role == PREDICTED or any(f.role == PREDICTED for f in r.frames.values())
+                                         for r in state.records())
         ui.editButton.enabled = item is not None and self.logic.editable_segmentation(record) is not None
         ui.volumeCurveButton.enabled = item is not None and item.volume_curve() is not None
         ui.saveModelButton.enabled = not busy and has_model
