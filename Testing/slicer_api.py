@@ -137,6 +137,7 @@ SLICER_5_8: dict[str, str] = {
     "SetForegroundVolumeID": "Libs/MRML/Core/vtkMRMLSliceCompositeNode.h",
     "SetHideFromEditors": "Libs/MRML/Core/vtkMRMLNode.h",
     "SetIJKToRASMatrix": "Libs/MRML/Core/vtkMRMLVolumeNode.h",
+    "SetItemAttribute": "Libs/MRML/Core/vtkMRMLSubjectHierarchyNode.h",
     "SetItemParent": "Libs/MRML/Core/vtkMRMLSubjectHierarchyNode.h",
     "SetLabelValue": "Libs/vtkSegmentationCore/vtkSegment.h",
     "SetLabelVolumeID": "Libs/MRML/Core/vtkMRMLSliceCompositeNode.h",
@@ -197,6 +198,7 @@ SLICER_UTIL_5_8 = frozenset({
 #: Classes and globals of the slicer module (MRML/segmentation classes declared at v5.8.0).
 SLICER_NAMES_5_8 = frozenset({
     "app",
+    "dicomDatabase",  # set by the DICOM module at start-up (Modules/Scripted/DICOM/DICOM.py); see DICOM_EXPORT_API
     "modules",
     "mrmlScene",
     "util",
@@ -237,6 +239,7 @@ OTHER = frozenset({
     "SEGMENTATION_SEQUENCE", "UNCERTAINTY_SEQUENCE",
     # the review's (review.py's SliceStop and VOLUME_KEY, scene_io's VIEW_LAYOUTS, slicing's VIEW_OF_AXIS)
     "SliceStop", "VIEW_LAYOUTS", "VIEW_OF_AXIS", "VOLUME_KEY",
+    "SegExport",  # dicom_export.SegExport
 })
 
 #: Newer than 5.8: never call these (vtkSegment terminology helpers first shipped in 5.10; use the
@@ -292,11 +295,30 @@ WIDGET_API: dict[str, dict[str, str]] = {
     "QLineEdit": {"text": "Qt5 QLineEdit", "editingFinished": "Qt5 QLineEdit", "hasFocus": "Qt5 QWidget"},
     "QLabel": {"text": "Qt5 QLabel"},
     "QCheckBox": {"checked": "Qt5 QAbstractButton", "toggled": "Qt5 QAbstractButton"},
-    "QPushButton": {"clicked": "Qt5 QAbstractButton", "text": "Qt5 QAbstractButton", "enabled": "Qt5 QWidget"},
+    "QPushButton": {"clicked": "Qt5 QAbstractButton", "text": "Qt5 QAbstractButton", "enabled": "Qt5 QWidget",
+                    "toolTip": "Qt5 QWidget"},
     "QSpinBox": {"value": "Qt5 QSpinBox", "valueChanged": "Qt5 QSpinBox"},
     "QProgressBar": {"format": "Qt5 QProgressBar", "maximum": "Qt5 QProgressBar", "value": "Qt5 QProgressBar"},
     "QPlainTextEdit": {"appendPlainText": "Qt5 QPlainTextEdit", "clear": "Qt5 QPlainTextEdit"},
     "QTableWidget": {"currentRow": "Qt5 QTableWidget", "item": "Qt5 QTableWidget",
                      "itemSelectionChanged": "Qt5 QTableWidget", "rowCount": "Qt5 QTableWidget",
                      "selectRow": "Qt5 QTableView", "setItem": "Qt5 QTableWidget", "setRowCount": "Qt5 QTableWidget"},
+}
+
+#: Slicer's DICOM SEG export as dicom_export.py drives it: the Python and CTK names it uses on
+#: ``slicer.modules``, the DICOM database, the plugin and its exportables, each with where it is at v5.8.0
+#: (CTK: at the commit Slicer v5.8.0 pins). Driven as Slicer's own DICOM export dialog does
+#: (qSlicerDICOMExportDialog.cxx: ``slicer.modules.dicomPlugins[pluginClass]()``, ``exportable.directory``,
+#: ``plugin.export(exportables)``) and as the script repository shows (Docs/developer_guide/script_repository/
+#: dicom.md, "Export a segmentation to DICOM segmentation object", the same at v5.8.0 and v5.12.0). The
+#: plugin is QuantitativeReporting's DICOMPlugins/DICOMSegmentationPlugin.py (QIICR/QuantitativeReporting)
+#: in Slicer 5.8 and 5.10 and Slicer's Modules/Scripted/DICOMPlugins/DICOMSegmentationPlugin.py from
+#: v5.12.0: one key, the same examineForExport(item) and export(exportables) returning "" or the error.
+DICOM_EXPORT_API: dict[str, str] = {
+    "dicomPlugins": "Modules/Scripted/DICOMLib/Widgets/qSlicerDICOMExportDialog.cxx",
+    "isOpen": "CTK@82cae57:Libs/DICOM/Core/ctkDICOMDatabase.h",
+    "fileForInstance": "CTK@82cae57:Libs/DICOM/Core/ctkDICOMDatabase.h",
+    "examineForExport": "Modules/Scripted/DICOMLib/DICOMPlugin.py",
+    "export": "Modules/Scripted/DICOMLib/DICOMPlugin.py",
+    "directory": "Modules/Scripted/DICOMLib/Widgets/qSlicerDICOMExportable.h",
 }

@@ -160,7 +160,7 @@ def fake_ui() -> types.SimpleNamespace:
                  "editButton", "acceptButton", "retrainButton", "saveModelButton", "loadModelButton",
                  "applyModelButton", "volumeCurveButton", "progressBar", "statusLabel", "logTextEdit",
                  "modelPathLineEdit", "inputsCollapsibleButton", "trainingCollapsibleButton", "paintViewButton",
-                 "markBackgroundButton"):
+                 "markBackgroundButton", "exportDicomSegButton"):
         setattr(ui, name, mock.MagicMock(name=name))
     ui.pythonPathLineEdit.currentPath = ""
     ui.pythonPathLineEdit.comboBox.return_value.lineEdit.return_value = FakeLineEdit()
@@ -337,6 +337,41 @@ def test_errors_are_shown_not_raised(panel):
     assert panel.errors[-1].startswith("Could not start retraining.")
     assert "Choose at least one annotated volume" in panel.errors[-1]
     np.testing.assert_equal(p.timer.active, False)
+
+
+def test_export_dicom_seg_is_offered_for_an_accepted_volume_from_dicom_and_says_why_not_otherwise(panel, tmp_path):
+    import qt
+
+    from PLCLSegmentationLib import dicom_export
+    from PLCLSegmentationLib.widget import DICOM_SEG_TIP
+
+    p, ui, logic = panel.panel, panel.ui, panel.logic
+    logic.set_annotation(panel.volumes[0], panel.annotation)
+    logic.state.set("iterations", 4)
+    p.onTrainOrCancel()
+    assert ui.exportDicomSegButton.enabled is False  # not during a run
+    run_timer(p)
+    row = next(r for r in range(ui.reviewTable.rowCount) if ui.reviewTable.item(r, 1).text == "predicted")
+    ui.reviewTable.selectRow(row)
+    volume = p._selectedVolume()
+    assert ui.exportDicomSegButton.enabled is False and "Accept it first" in ui.exportDicomSegButton.toolTip
+    p.onAccept()
+    assert p._selectedVolume() is volume
+    assert ui.exportDicomSegButton.enabled is False
+    assert "not loaded from Slicer's DICOM database" in ui.exportDicomSegButton.toolTip
+    # As Slicer's DICOM loader leaves a volume: one SOP instance UID per slice.
+    slices = volume.GetImageData().GetDimensions()[2]
+    uids = [f"1.2.826.0.1.3680043.2.1125.9.{k}" for k in range(slices)]
+    volume.SetAttribute(dicom_export.INSTANCE_UIDS, " ".join(uids))
+    p.updateButtons()
+    assert ui.exportDicomSegButton.enabled is True and ui.exportDicomSegButton.toolTip == DICOM_SEG_TIP
+    # The folder chosen, the export goes to Slicer's exporter: absent here, the panel says what to install.
+    qt.QFileDialog.getExistingDirectory.return_value = str(tmp_path)
+    p.onExportDicomSeg()
+    assert panel.errors[-1] == "Could not export DICOM SEG.\n\n" + dicom_export.PLUGIN_SOURCE
+    qt.QFileDialog.getExistingDirectory.return_value = ""  # cancelled: nothing happens
+    p.onExportDicomSeg()
+    assert len(panel.errors) == 1
 
 
 def test_the_panel_walks_the_uncertain_slices_and_accepts_one(panel):

@@ -14,7 +14,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, Callable
 
-from . import cine, dependencies, models, review, scene_io, slice_view
+from . import cine, dependencies, dicom_export, models, review, scene_io, slice_view
 from .engine_run import EngineRun, RunInputs, new_run_folder, remove_stale_inputs
 from .items import AnnotatedRow, Item, ReviewRow, item_for
 from .jobs import PREDICT, TRAIN, Job
@@ -391,6 +391,24 @@ class PLCLSegmentationLogic:
         """Each structure's largest and smallest volume over a sequence's frames and its ejection fraction
         (the engine's summary; meaningful for cavities such as the ventricles), one line each."""
         return self.item(volume).volume_summary()
+
+    # --- DICOM SEG ------------------------------------------------------------------------------
+    def dicom_seg_problem(self, volume: Any, frame: int | None = None) -> str | None:
+        """Why the review row of ``volume`` (``frame`` of a sequence) offers no DICOM SEG export, as one
+        line; None where it does: an accepted segmentation of a volume loaded from the DICOM database."""
+        record = self.state.record_for(volume) if volume is not None else None
+        return dicom_export.problem(record, frame)
+
+    def prepare_dicom_seg(self, volume: Any, frame: int | None = None) -> dicom_export.SegExport:
+        """Check the row (one line where it cannot be exported) and ready its segmentation for Slicer's
+        DICOM SEG exporter; the user's own nodes are never touched."""
+        self._check_idle()
+        return dicom_export.prepare(self.services, self.record(volume), frame)
+
+    def export_dicom_seg(self, volume: Any, directory: str | os.PathLike[str], frame: int | None = None) -> Path:
+        """Write the accepted segmentation of ``volume`` as DICOM SEG into ``directory`` through Slicer's
+        own exporter (which adds it to the DICOM database too); returns the file written."""
+        return dicom_export.run(self.prepare_dicom_seg(volume, frame), directory)
 
     # --- settings and models --------------------------------------------------------------------
     def set_run_settings(self, budget: str, device: str, iterations: int) -> None:

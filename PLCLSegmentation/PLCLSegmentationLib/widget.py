@@ -46,6 +46,8 @@ ROLE_LABELS = {ANNOTATED: "annotated", REVIEWED: "reviewed", PREDICTED: "predict
 #: Display labels of the engine's devices and budgets (engine/protocol.py names them).
 DEVICE_LABELS = {"auto": "automatic", "cpu": "CPU", "cuda": "GPU (CUDA)", "mps": "GPU (Apple MPS)"}
 BUDGET_LABELS = {"full": "full (GPU)"}
+DICOM_SEG_TIP = ("Write the accepted segmentation as DICOM SEG with Slicer's DICOM exporter and add it to the "
+                 "DICOM database.")
 SLICE_CHOICES = ((SLICES_AUTO, "automatic"), (SLICES_ALL, "all slices"), (SLICES_PAINTED, "only painted slices"))
 
 
@@ -129,6 +131,7 @@ class PLCLSegmentationPanel:
         ui.nextSliceButton.clicked.connect(self.onNextSlice)
         ui.acceptSliceButton.clicked.connect(self.onAcceptSlice)
         ui.volumeCurveButton.clicked.connect(self.onVolumeCurve)
+        ui.exportDicomSegButton.clicked.connect(self.onExportDicomSeg)
         ui.retrainButton.clicked.connect(self.onRetrain)
         ui.saveModelButton.clicked.connect(self.onSaveModel)
         ui.loadModelButton.clicked.connect(self.onLoadModel)
@@ -594,6 +597,18 @@ class PLCLSegmentationPanel:
             slicer.modules.plots.logic().ShowChartInLayout(chart)
             self.ui.statusLabel.text = self.logic.volume_summary(volume)
 
+    def onExportDicomSeg(self) -> None:
+        """Write the selected accepted segmentation as DICOM SEG through Slicer's own DICOM exporter."""
+        volume = self._selectedVolume()
+        if volume is None:
+            return
+        folder = qt.QFileDialog.getExistingDirectory(None, _("Export DICOM SEG into folder"))
+        if folder:
+            with showingErrors(_("Could not export DICOM SEG."), waitCursor=True):
+                path = self.logic.export_dicom_seg(volume, folder, self._selectedFrame())
+                self.ui.statusLabel.text = _("DICOM SEG written to {path} and added to the DICOM database.").format(
+                    path=path)
+
     # --- models ---------------------------------------------------------------------------------
     def onSaveModel(self) -> None:
         path = qt.QFileDialog.getSaveFileName(None, _("Save model"), DEFAULT_MODEL_FILE,
@@ -638,6 +653,10 @@ class PLCLSegmentationPanel:
                                          for r in state.records())
         ui.editButton.enabled = item is not None and self.logic.editable_segmentation(record) is not None
         ui.volumeCurveButton.enabled = item is not None and item.volume_curve() is not None
+        # Offered for an accepted segmentation of a volume from the DICOM database; else the tooltip says why.
+        dicom_seg_problem = self.logic.dicom_seg_problem(volume, self._selectedFrame())
+        ui.exportDicomSegButton.enabled = not busy and dicom_seg_problem is None
+        ui.exportDicomSegButton.toolTip = dicom_seg_problem or _(DICOM_SEG_TIP)
         ui.saveModelButton.enabled = not busy and has_model
         ui.loadModelButton.enabled = not busy
         ui.applyModelButton.enabled = not busy and has_model
