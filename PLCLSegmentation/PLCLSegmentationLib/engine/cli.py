@@ -18,7 +18,9 @@ from .events import EventSink, JsonLinesSink
 from .parent_pipe import watch_parent_pipe
 from .protocol import (
     ANNOTATED_SLICES_ORDER,
+    BACKENDS,
     BUDGETS,
+    DEFAULT_BACKEND,
     DEFAULT_BUDGET,
     DEFAULT_DEVICE,
     DEFAULT_DICOM_SEG_FRAMES,
@@ -28,6 +30,7 @@ from .protocol import (
     EXIT_OK,
     EXIT_USAGE,
     OUTPUT_FORMATS,
+    PRECISIONS,
     STOP_FILE,
 )
 from .request import TrainOptions, make_train_job
@@ -114,6 +117,12 @@ def build_parser() -> argparse.ArgumentParser:
                          "or SLURM_ARRAY_TASK_COUNT")
     predict.add_argument("--skip-existing", action="store_true", help="leave out inputs whose outputs are complete "
                          "(all files written and recorded in a results file of the cohort folder)")
+    predict.add_argument("--backend", default=None, choices=list(BACKENDS),
+                         help=f"what runs the network (default {DEFAULT_BACKEND}: see docs/cost-model.md): torch, or "
+                         "on the CPU an exported copy in onnxruntime or openvino (the [onnx] and [openvino] extras)")
+    predict.add_argument("--precision", default=None, choices=list(PRECISIONS),
+                         help="what the network computes in (default auto: bfloat16 where the device computes it "
+                         "natively, else float32)")
     _add_outputs(predict)
     _add_common(predict)
 
@@ -167,6 +176,9 @@ def _run(args: argparse.Namespace, sink: EventSink, cancel: threading.Event) -> 
             if args.format or args.dicom_seg_frames:
                 raise ConfigError("--format and --dicom-seg-frames are not taken with --inputs, --shard or "
                                   "--skip-existing yet: a cohort folder holds .seg.nrrd files")
+            if args.backend or args.precision:
+                raise ConfigError("--backend and --precision are not taken with --inputs, --shard or "
+                                  f"--skip-existing yet: a cohort runs with --backend {DEFAULT_BACKEND}")
             from .run.cohort_prediction import run_cohort_prediction
 
             return run_cohort_prediction(args.model, args.images, args.inputs, args.shard, args.skip_existing,
@@ -174,7 +186,8 @@ def _run(args: argparse.Namespace, sink: EventSink, cancel: threading.Event) -> 
         if not args.images:
             raise ConfigError("plcl predict: give the images to segment (IMAGE ... or --inputs LIST)")
         run_prediction(args.model, args.images, args.out, args.device or DEFAULT_DEVICE, sink, cancel,
-                       formats=args.format, seg_frames=args.dicom_seg_frames or DEFAULT_DICOM_SEG_FRAMES)
+                       formats=args.format, seg_frames=args.dicom_seg_frames or DEFAULT_DICOM_SEG_FRAMES,
+                       backend=args.backend or DEFAULT_BACKEND, precision=args.precision or "auto")
     elif args.command == "cohort":
         from .cohort.commands import run_cohort
 

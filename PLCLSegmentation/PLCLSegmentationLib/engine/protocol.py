@@ -120,6 +120,14 @@ def shard_name(index: int, count: int) -> str:
 #: ``--device`` values: auto = CUDA, else Apple MPS, else CPU (``cuda:N`` picks a GPU too).
 DEVICES = ("auto", "cpu", "cuda", "mps")
 DEFAULT_DEVICE = "auto"
+#: ``plcl predict --backend``: what runs the network. torch (eager, on any device); onnxruntime and
+#: openvino run an exported copy on the CPU (the [onnx] and [openvino] extras); auto: runtime.py's
+#: choice (docs/cost-model.md says why). The start event and summary.json name the one that ran.
+BACKENDS = ("auto", "torch", "onnxruntime", "openvino")
+DEFAULT_BACKEND = "auto"
+#: ``plcl predict --precision`` (and the ``precision`` setting of training): auto is bfloat16 where
+#: the device computes it natively, else float32.
+PRECISIONS = ("auto", "fp32", "bf16")
 
 #: Budget presets: overrides of TrainConfig. Times are measured on a 2-core CPU (docs/results).
 BUDGETS: dict[str, dict[str, Any]] = {

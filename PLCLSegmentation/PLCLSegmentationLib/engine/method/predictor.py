@@ -11,12 +11,15 @@ import os
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 import torch
 
 from ..files.volumes import ClassInfo, Volume
-from ..runtime import autocast_dtype, precision_name
+from ..protocol import DEFAULT_BACKEND
+from ..runtime import autocast_dtype, backend_precision, resolve_backend
+from .backends import export_network, fold_batch_norms
 from .modelfile import ModelInfo, build_model, read_model
 from .predict import keep_largest_components, map_to_volume, predict_slices
 from .preprocess import InPlaneFrame, PreparedVolume, prepare_volume
@@ -49,23 +52,33 @@ def prepare(volume: Volume, info: ModelInfo) -> tuple[PreparedVolume, bool]:
 
 class Predictor:
     """A network with the facts of its model file: classes, pixel size, in-plane reference,
-    sliding-window tile and overlap, largest-component clean-up, and the precision it runs at."""
+    sliding-window tile and overlap, largest-component clean-up, and what runs it (the backend:
+    torch, or an exported copy on the CPU, runtime.py) at which precision."""
 
     def __init__(self, model: torch.nn.Module, info: ModelInfo, device: torch.device,
-                 precision: str = "auto") -> None:
+                 precision: str = "auto", backend: str = "torch") -> None:
         self.model = model.to(memory_format=torch.channels_last)  # faster convolutions on CPUs and tensor cores
         self.model.eval()
         self.info = info
         self.device = device
-        self.autocast = autocast_dtype(precision, device)
+        self.backend = resolve_backend(backend, device)  # a ConfigError for one not installed or not for the device
+        self.precision = backend_precision(self.backend, precision, device)
+        self.autocast = autocast_dtype(precision, device) if self.backend == "torch" else None
+        self.network: Callable[[torch.Tensor], torch.Tensor] = self.model
+        if self.backend == "torch" and self.autocast is None:
+            self.network = fold_batch_norms(self.model).to(memory_format=torch.channels_last)  # the same labels, faster
+        elif self.backend != "torch":
+            exported = export_network(self.backend, self.model, self.precision)
+            self.network, self.precision = exported, exported.precision
         self._values = np.array([0] + [c.value for c in info.classes], dtype=np.uint8)
 
     @classmethod
-    def load(cls, path: str | os.PathLike[str], device: torch.device, precision: str = "auto") -> Predictor:
+    def load(cls, path: str | os.PathLike[str], device: torch.device, precision: str = "auto",
+             backend: str = DEFAULT_BACKEND) -> Predictor:
         """The model file at ``path``, checked (a damaged or malformed file is an InputError) and
-        loaded onto ``device``."""
+        loaded onto ``device``, run by ``backend`` (auto: runtime.resolve_backend's choice)."""
         info, state = read_model(path)
-        return cls(build_model(path, info, state, device), info, device, precision)
+        return cls(build_model(path, info, state, device), info, device, precision, backend)
 
     @property
     def classes(self) -> list[ClassInfo]:
@@ -84,10 +97,6 @@ class Predictor:
     def in_plane_reference(self) -> InPlaneFrame | None:
         return self.info.in_plane_reference
 
-    @property
-    def precision(self) -> str:
-        return precision_name(self.autocast)
-
     def prepare(self, volume: Volume) -> tuple[PreparedVolume, bool]:
         return prepare(volume, self.info)
 
@@ -98,6 +107,13 @@ class Predictor:
         return max(1, min(PASS_BATCHES * batch // max(1, slices),
                           PASS_FLOATS // max(1, slices * height * width * self.num_classes)))
 
+    def probabilities(self, images: torch.Tensor) -> torch.Tensor:
+        """The network's softmax [S, C, H, W] (on the CPU) for prepared slices [S, H, W]."""
+        info = self.info
+        return predict_slices(self.network, images, info.num_classes, info.inference_tile, info.inference_overlap,
+                              2 ** (info.levels - 1), self.device, channels_last=self.backend == "torch",
+                              autocast=self.autocast)
+
     def predict(self, prepared: PreparedVolume) -> Prediction:
         return next(self.predict_group([prepared]))
 
@@ -107,9 +123,7 @@ class Predictor:
         next holds one volume's result at a time."""
         info = self.info
         started = time.monotonic()
-        probs = predict_slices(self.model, torch.cat([p.images for p in group]), info.num_classes,
-                               info.inference_tile, info.inference_overlap, 2 ** (info.levels - 1), self.device,
-                               channels_last=True, autocast=self.autocast)
+        probs = self.probabilities(torch.cat([p.images for p in group]))
         seconds = (time.monotonic() - started) / len(group)
         offset = 0
         for prepared in group:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterable, Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -21,8 +22,8 @@ from ..files.volumes import Volume, read_volume, volume_name, write_image
 from ..method.modelfile import ModelInfo
 from ..method.predictor import Prediction, Predictor, prepare
 from ..method.preprocess import InPlaneFrame, PreparedVolume, slice_layout
-from ..protocol import PREDICTIONS_FOLDER, SEQUENCES_FOLDER, UNCERTAINTY_FOLDER
-from ..runtime import resolve_device
+from ..protocol import DEFAULT_BACKEND, PREDICTIONS_FOLDER, SEQUENCES_FOLDER, UNCERTAINTY_FOLDER
+from ..runtime import resolve_backend, resolve_device
 from .sequence_outputs import LabelSequenceWriter, sequence_entry
 from .summary import write_summary
 from .writers import DEFAULT_SEG_FRAMES, SegmentationWriters, check_outputs, output_formats
@@ -62,25 +63,35 @@ def check_slice_sizes(volumes: list[Volume], spacing: float, reference: InPlaneF
 
 def run_prediction(model_path: str, images: list[str], out: str, device_name: str, sink: EventSink,
                    cancel: threading.Event | None = None, formats: list[str] | None = None,
-                   seg_frames: str = DEFAULT_SEG_FRAMES) -> dict[str, Any]:
+                   seg_frames: str = DEFAULT_SEG_FRAMES, backend: str = DEFAULT_BACKEND,
+                   precision: str = "auto") -> dict[str, Any]:
     cancel = cancel or threading.Event()
     started = time.monotonic()
     check_outputs(formats, seg_frames, images)  # --format: a usage error before anything is read
     device = resolve_device(device_name)
-    # A damaged or malformed model file: an error before any image is read. Loaded once for all images.
-    predictor = Predictor.load(model_path, device)
+    # A damaged or malformed model file: an error before any image is read. Loaded once for all images;
+    # a backend that is not installed or not for this device is a usage error before that.
+    resolve_backend(backend, device)
+    predictor = Predictor.load(model_path, device, precision, backend)
     info = predictor.info
-    # Every image is read and checked first (one at a time, nothing kept but its name and grid) ...
+    # Every image is read and checked first (one at a time, nothing kept but its name and grid, and
+    # the first image's voxels: it is segmented first, so it is not read twice) ...
     checked: list[Volume] = []
     sequences: list[tuple[Sequence, list[int]]] = []
+    first: Sequence | Volume | None = None
     for path in images:
         if is_sequence(path):  # a 4D image: each frame is a volume
-            sequence = read_sequence(path).header_only()
+            whole = read_sequence(path)
+            first = whole if first is None else first
+            sequence = whole.header_only()
+            del whole
             sequences.append((sequence, []))
             checked += [Volume(name, path, np.empty((0, 0, 0), np.float32), sequence.grid)
                         for name in sequence.frame_names()]
             continue
         volume = read_volume(path)
+        if first is None:
+            first = replace(volume)
         volume.array = np.empty((0, 0, 0), np.float32)
         checked.append(volume)
     check_unique_names(checked)
@@ -92,19 +103,28 @@ def run_prediction(model_path: str, images: list[str], out: str, device_name: st
     check_slice_sizes(checked, info.target_spacing_mm, info.in_plane_reference)
     with hold_output_folder(out_path, inputs):
         sink.emit("start", command="predict", version=__version__, device=str(device),
-                  precision=predictor.precision, out=str(out_path))
+                  precision=predictor.precision, backend=predictor.backend, out=str(out_path))
         # ... then read, predicted and written one at a time: memory stays flat for any number of images.
-        entries, sequence_entries = write_predictions(predictor, _prepared_one_by_one(images, info, sink),
-                                                      len(checked), out_path, sink, cancel, sequences, outputs)
+        volumes = _prepared_one_by_one(images, info, sink, first)
+        del first  # the generator's reference is the only one: dropped once the first image is done
+        entries, sequence_entries = write_predictions(predictor, volumes, len(checked), out_path, sink, cancel,
+                                                      sequences, outputs)
         summary = write_summary("predict", out_path, info.classes, entries, sink,
-                                extra={"model": str(Path(model_path).resolve()), "sequences": sequence_entries})
+                                extra={"model": str(Path(model_path).resolve()), "sequences": sequence_entries,
+                                       "backend": predictor.backend, "precision": predictor.precision})
         sink.emit("done", out=str(out_path), elapsed_s=round(time.monotonic() - started, 2))
     return summary
 
 
-def _prepared_one_by_one(images: list[str], info: ModelInfo, sink: EventSink) -> Iterator[PreparedVolume]:
-    for path in images:
-        frames = read_sequence(path).frames() if is_sequence(path) else iter([read_volume(path)])
+def _prepared_one_by_one(images: list[str], info: ModelInfo, sink: EventSink,
+                         first: Sequence | Volume | None = None) -> Iterator[PreparedVolume]:
+    """Each image read (the first one as the checks read it), its volumes prepared one at a time."""
+    for index, path in enumerate(images):
+        read = first if index == 0 and first is not None else (read_sequence(path) if is_sequence(path)
+                                                               else read_volume(path))
+        first = None  # the caller's reference is the only one left: dropped with its frames
+        frames = read.frames() if isinstance(read, Sequence) else iter([read])
+        del read
         for volume in frames:  # a 4D image's voxels are read once, its frames made one at a time
             prepared, has_contrast = prepare(volume, info)
             if not has_contrast:
