@@ -52,8 +52,10 @@ class ModelInfo:
     def num_classes(self) -> int:
         return len(self.classes) + 1
 
-    def build_network(self) -> UNet2D:
-        return UNet2D(self.num_classes, self.base_channels, self.levels, self.embedding_dim)
+    def build_network(self, initialise: bool = True) -> UNet2D:
+        """The described network; ``initialise=False`` leaves the weights as allocated, for weights
+        that are loaded next (or shapes that are only compared)."""
+        return UNet2D(self.num_classes, self.base_channels, self.levels, self.embedding_dim, initialise=initialise)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -242,8 +244,8 @@ def _weights_problem(info: ModelInfo, state: Any) -> str | None:
     """Weights of exactly the described architecture, compared on the meta device (no memory)."""
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         return "state_dict is not a set of tensors"
-    with torch.device("meta"):
-        expected = {k: tuple(v.shape) for k, v in info.build_network().state_dict().items()}
+    with torch.device("meta"):  # not initialised: random draws on the meta device import torch's compiler (~1 s)
+        expected = {k: tuple(v.shape) for k, v in info.build_network(initialise=False).state_dict().items()}
     found = {k: tuple(v.shape) for k, v in state.items()}
     if found != expected:
         wrong = sorted(set(expected) ^ set(found)) or [k for k in expected if expected[k] != found[k]]
@@ -262,7 +264,7 @@ def _non_finite(state: dict[str, torch.Tensor]) -> str | None:
 def build_model(path: str | os.PathLike[str], info: ModelInfo, state: dict[str, torch.Tensor],
                 device: torch.device) -> UNet2D:
     """The network of a checked model file (see read_model), with its weights, ready to predict."""
-    model = info.build_network()
+    model = info.build_network(initialise=False)  # every weight is loaded next
     try:
         model.load_state_dict(state)
     except RuntimeError:

@@ -26,7 +26,7 @@ class UNet2D(nn.Module):
     a conv, skip concatenation and a double conv; heads at full resolution."""
 
     def __init__(self, num_classes: int, base_channels: int = 16, levels: int = 6, embedding_dim: int = 16,
-                 in_channels: int = 1) -> None:
+                 in_channels: int = 1, initialise: bool = True) -> None:
         super().__init__()
         channels = channel_plan(base_channels, levels)
         self.encoder = nn.ModuleList()
@@ -47,7 +47,8 @@ class UNet2D(nn.Module):
         self.projection_head = nn.Sequential(
             *_conv_bn_relu(previous, embedding_dim, kernel=1), nn.Conv2d(embedding_dim, embedding_dim, 1))
         self.divisor = 2 ** (levels - 1)
-        self._init_weights()
+        if initialise:
+            self._init_weights()
 
     def _init_weights(self) -> None:
         for module in self.modules():
