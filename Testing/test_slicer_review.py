@@ -189,6 +189,15 @@ def test_visited_slices_are_skipped_and_kept_with_the_scene(session, tmp_path):
     assert logic2.next_uncertain_slice(proxy).index == entry["slices"][3]["index"]
 
 
+def test_a_slice_that_cannot_be_shown_stays_to_be_seen(session):
+    app, logic, _, views, _ = session
+    first = logic.review_rows()[0].record
+    app.scene.RemoveNode(views[scene_io.volume_axes(first.volume).view])
+    with pytest.raises(PLCLError, match=r"There is no \w+ slice view to show slice \d+ of"):
+        logic.next_uncertain_slice(first.volume)
+    assert logic.state.review(first.key)["volume"]["visited"] == []
+
+
 def test_accept_slice_sends_those_slices_alone_to_the_retrain_and_leaves_the_segmentation_as_it_is(session):
     import slicer
 

@@ -335,6 +335,7 @@ class PLCLSegmentationLogic:
             shown = self.show(stop.record.volume, stop.frame)
             stop.view, _ = slice_view.show_slice(self.scene, shown.volume, stop.axis, stop.index)
             stop.segment_id = slice_view.highlight(self.scene, self.shown_segmentation(shown), stop.structure)
+            review.visit(self.state, stop)
         self.review_stop = stop
         return stop
 

@@ -97,8 +97,8 @@ class SliceStop:
 def next_stop(state: ModuleState, rows: Sequence[Any], record_key: str | None = None,
               frame: int | None = None) -> SliceStop | None:
     """The least certain slice not yet visited of the row (``record_key``, ``frame``), else of the
-    rows after it in the review table's order (``rows``: logic.review_rows(), then from the top);
-    marked visited in the record. None when every predicted slice has been visited."""
+    rows after it in the review table's order (``rows``: logic.review_rows(), then from the top).
+    None when every predicted slice has been visited. :func:`visit` marks it visited once shown."""
     rows = [r for r in rows if r.role == PREDICTED]
     start = next((i for i, r in enumerate(rows) if r.record.key == record_key and r.frame == frame), 0)
     for row in rows[start:] + rows[:start]:
@@ -112,9 +112,16 @@ def next_stop(state: ModuleState, rows: Sequence[Any], record_key: str | None = 
         if not waiting:
             continue
         index, uncertainty, structure = waiting[0]
-        data["visited"] = sorted(set(data.get("visited", [])) | {index})
-        record.review = review
-        state.save(record)
         return SliceStop(record, row.name, row.frame, int(index), data["axis"], float(uncertainty), structure,
                          len(waiting) - 1)
     return None
+
+
+def visit(state: ModuleState, stop: SliceStop) -> None:
+    """The slice of ``stop`` was shown: "Next uncertain slice" skips it from now on (kept in the scene)."""
+    review = state.review(stop.record.key)
+    data = review.get(frame_key(stop.frame))
+    if isinstance(data, dict):
+        data["visited"] = sorted(set(data.get("visited", [])) | {stop.index})
+        stop.record.review = review
+        state.save(stop.record)
