@@ -8,10 +8,28 @@ import json
 import pytest
 from conftest import events, run_plcl
 
+from PLCLSegmentationLib.engine.cli import main
 from PLCLSegmentationLib.engine.files.dataset import read_dataset
 from PLCLSegmentationLib.engine.lab.bench import add_bench_arguments, choose_cases, patient_of
 from PLCLSegmentationLib.engine.lab.bench_report import ablation_lines, per_seed_lines
 from PLCLSegmentationLib.engine.lab.synthetic import make_synthetic_dataset
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    """One small synthetic dataset for the refusals, which must fail before they read much of it."""
+    return make_synthetic_dataset(tmp_path_factory.mktemp("bench_data") / "data", n_cases=6, seed=3)
+
+
+def plcl_here(capsys, *argv: str) -> tuple[int, str]:
+    """``plcl ARGV`` in this process (a refusal needs no child process): its exit code and output."""
+    capsys.readouterr()
+    try:
+        code = main(list(argv))
+    except SystemExit as stop:  # argparse's own usage errors
+        code = stop.code
+    captured = capsys.readouterr()
+    return code, captured.out + captured.err
 
 
 def test_patients_group_the_frames_of_one_patient():
@@ -26,8 +44,8 @@ def test_bench_on_an_oblique_synthetic_dataset_writes_table_figures_and_results(
     out = tmp_path / "bench"
     result = run_plcl("bench", "--data", str(data), "--out", str(out), "--iterations", "2", "--seeds", "0",
                       "--methods", "supervised,plcl", "--n-unlabeled", "2", "--snapshots", "1",
-                      "--throughput-iterations", "1", "--budget", "quick", "--set", "patch_size=64",
-                      "--set", "inference_tile=128", "--propagation-frames", "4", "--device", "cpu",
+                      "--throughput-iterations", "1", "--budget", "quick", "--set", "patch_size=32",
+                      "--set", "levels=3", "--set", "inference_tile=64", "--propagation-frames", "4", "--device", "cpu",
                       "--variant", "w2s:online_pseudo_labels=true,cutmix_probability=0.5,scale_range=[0.9,1.1]")
     assert result.returncode == 0, result.stderr + result.stdout
     results = json.loads((out / "results.json").read_text())
@@ -35,7 +53,7 @@ def test_bench_on_an_oblique_synthetic_dataset_writes_table_figures_and_results(
     # The variant is the method with its settings on top of the bench's.
     job = json.loads((out / "runs" / "seed0" / "plcl+w2s" / "train" / "job.json").read_text())["config"]
     assert job["online_pseudo_labels"] is True and job["cutmix_probability"] == 0.5
-    assert job["scale_range"] == [0.9, 1.1] and job["patch_size"] == 64
+    assert job["scale_range"] == [0.9, 1.1] and job["patch_size"] == 32
     assert results["methods"]["plcl+w2s"]["variant_of"] == "plcl"
     for method in results["methods"].values():
         assert 0 <= method["mean_dice"]["mean"] <= 1 and method["peak_rss_mb_train"]["mean"] > 0
@@ -60,21 +78,21 @@ def test_bench_on_an_oblique_synthetic_dataset_writes_table_figures_and_results(
     assert (out / "dice_vs_time.png").stat().st_size > 1000 and (out / "examples.png").stat().st_size > 1000
 
 
-def test_bench_refuses_too_few_propagation_frames_before_any_work(tmp_path):
-    data = make_synthetic_dataset(tmp_path / "data", n_cases=2, seed=3)
-    result = run_plcl("bench", "--data", str(data), "--out", str(tmp_path / "bench"), "--propagation-frames", "2")
-    assert result.returncode == 2 and "--propagation-frames 2" in result.stdout + result.stderr
+def test_bench_refuses_too_few_propagation_frames_before_any_work(data, tmp_path, capsys):
+    code, output = plcl_here(capsys, "bench", "--data", str(data), "--out", str(tmp_path / "bench"),
+                             "--propagation-frames", "2")
+    assert code == 2 and "--propagation-frames 2" in output
     assert not (tmp_path / "bench").exists()
 
 
-def test_bench_refuses_an_unreadable_propagation_model_before_any_work(tmp_path):
-    data = make_synthetic_dataset(tmp_path / "data", n_cases=2, seed=3)
+def test_bench_refuses_an_unreadable_propagation_model_before_any_work(data, tmp_path, capsys):
     (tmp_path / "notes.pt").write_text("not a model")
     for model in (tmp_path / "missing.pt", tmp_path / "notes.pt"):
-        result = run_plcl("bench", "--data", str(data), "--out", str(tmp_path / "bench"), "--propagation-model",
-                          str(model), "--events", "jsonl")
-        errors = [e for e in events(result.stdout) if e["event"] == "error"]
-        assert result.returncode == 1 and len(errors) == 1 and str(model) in errors[0]["message"]
+        capsys.readouterr()
+        code = main(["bench", "--data", str(data), "--out", str(tmp_path / "bench"), "--propagation-model",
+                     str(model), "--events", "jsonl"])
+        errors = [e for e in events(capsys.readouterr().out) if e["event"] == "error"]
+        assert code == 1 and len(errors) == 1 and str(model) in errors[0]["message"]
         assert not (tmp_path / "bench").exists()
 
 
@@ -118,18 +136,17 @@ def test_the_per_seed_table_names_each_seeds_patient_and_the_best_point_of_its_c
     ("a:no_such_setting=1", "KEY one of"), ("a:teacher_ema=2", "teacher_ema=2: must be from 0"),
     ("a:online_pseudo_labels=1", "online_pseudo_labels=1: expected true or false"),
 ])
-def test_bench_refuses_a_bad_variant_before_any_work(tmp_path, variant, message):
-    data = make_synthetic_dataset(tmp_path / "data", n_cases=2, seed=3)
-    result = run_plcl("bench", "--data", str(data), "--out", str(tmp_path / "bench"), "--variant", variant)
-    assert result.returncode == 2 and message in result.stdout + result.stderr
+def test_bench_refuses_a_bad_variant_before_any_work(data, tmp_path, capsys, variant, message):
+    code, output = plcl_here(capsys, "bench", "--data", str(data), "--out", str(tmp_path / "bench"),
+                             "--variant", variant)
+    assert code == 2 and message in output
     assert not (tmp_path / "bench").exists()
 
 
-def test_bench_refuses_two_variants_of_one_name(tmp_path):
-    data = make_synthetic_dataset(tmp_path / "data", n_cases=2, seed=3)
-    result = run_plcl("bench", "--data", str(data), "--out", str(tmp_path / "bench"),
-                      "--variant", "a:teacher_ema=0.9", "--variant", "a:teacher_ema=0.99")
-    assert result.returncode == 2 and "given twice" in result.stdout + result.stderr
+def test_bench_refuses_two_variants_of_one_name(data, tmp_path, capsys):
+    code, output = plcl_here(capsys, "bench", "--data", str(data), "--out", str(tmp_path / "bench"),
+                             "--variant", "a:teacher_ema=0.9", "--variant", "a:teacher_ema=0.99")
+    assert code == 2 and "given twice" in output
 
 
 @pytest.mark.parametrize("options, message", [
@@ -137,10 +154,9 @@ def test_bench_refuses_two_variants_of_one_name(tmp_path):
     (["--labeled-slices", "0"], "--labeled-slices must be at least 1"),
     (["--n-labeled-patients", "9"], "only 4 labelled patients"),
 ])
-def test_bench_refuses_an_impossible_protocol_before_any_work(tmp_path, options, message):
-    data = make_synthetic_dataset(tmp_path / "data", n_cases=6, seed=3)
-    result = run_plcl("bench", "--data", str(data), "--out", str(tmp_path / "bench"), *options)
-    assert result.returncode == 2 and message in result.stdout + result.stderr
+def test_bench_refuses_an_impossible_protocol_before_any_work(data, tmp_path, capsys, options, message):
+    code, output = plcl_here(capsys, "bench", "--data", str(data), "--out", str(tmp_path / "bench"), *options)
+    assert code == 2 and message in output
     assert not (tmp_path / "bench").exists()
 
 
