@@ -33,6 +33,7 @@ from dicom_series import write_series
 from PLCLSegmentationLib.engine.cli import main
 from PLCLSegmentationLib.engine.files.volumes import ClassInfo
 from PLCLSegmentationLib.engine.method.modelfile import ModelInfo, save_model
+from PLCLSegmentationLib.engine.protocol import SHARD_COUNT_VARIABLES, SHARD_INDEX_VARIABLES
 
 TINY = ["--iterations", "2", "--budget", "quick", "--set", "patch_size=32", "--set", "levels=3", "--device", "cpu"]
 
@@ -222,6 +223,7 @@ class Case:
     fragments: tuple[str, ...]  # in the one error line
     prepare: Callable[[Path], None] | None = None
     never: tuple[str, ...] = ("Traceback",)  # nowhere in stderr
+    environment: dict[str, str | None] | None = None  # variables set for the case (None: unset)
 
 
 def _set(key: str, value: str, code: int = 2, *fragments: str, point: str = "9") -> Case:
@@ -907,6 +909,154 @@ CASES += [
 ]
 
 
+# --- issue 30: the options of a cohort (--inputs, --shard, --skip-existing, plcl cohort) ------------------
+
+
+def cohort(d: Path, *extra: str, inputs: str = "list.txt", out: str = "out", model: str = "model.pt") -> list[str]:
+    return ["predict", "--model", str(d / model), "--inputs", str(d / inputs), "--out", str(d / out), "--device",
+            "cpu", *extra]
+
+
+def cohort_slurm(d: Path, *extra: str, inputs: str = "list.txt", out: str = "out",
+                 model: str = "model.pt") -> list[str]:
+    return ["cohort", "slurm", "--model", str(d / model), "--inputs", str(d / inputs), "--out", str(d / out),
+            "--tasks", "2", *extra]
+
+
+def input_list(d: Path, text: str = "other.nii.gz\nimg.nii.gz\n", name: str = "list.txt") -> None:
+    (d / name).write_text(text)
+
+
+def cohort_folder_of(d: Path, model: str = "model.pt", shards: int = 1, out: str = "out") -> None:
+    """A cohort folder as a shard of ``model`` over list.txt in ``shards`` shards leaves it."""
+    from PLCLSegmentationLib.engine.run.cohort_folder import claim_cohort_folder, cohort_description
+
+    claim_cohort_folder(d / out, cohort_description(str(d / model), [c.to_dict() for c in tiny_model_info().classes],
+                                                    str(d / "list.txt"), [], shards))
+
+
+def another_models_cohort(d: Path) -> None:
+    """out/ holds a cohort segmented by another model (other weights, the same classes)."""
+    info = tiny_model_info()
+    torch.manual_seed(1)
+    save_model(d / "other_model.pt", info.build_network(), info)
+    input_list(d)
+    cohort_folder_of(d, "other_model.pt")
+    (d / "other_model.pt").unlink()
+
+
+def shard_running(d: Path) -> None:
+    fcntl = pytest.importorskip("fcntl")
+    input_list(d)
+    cohort_folder_of(d)
+    handle = open(d / "out" / "shards" / ".shard-0000-of-0001.lock", "a+")  # noqa: SIM115 - closed by the cleanup
+    handle.write("4242\n")
+    handle.flush()
+    fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    _held.append(handle)
+
+
+#: No scheduler around: what ``--shard auto`` reads is unset.
+NO_SCHEDULER = dict.fromkeys(SHARD_INDEX_VARIABLES + SHARD_COUNT_VARIABLES + ("SLURM_ARRAY_TASK_MIN",))
+
+
+def _shard(text: str, *fragments: str, point: str = "30") -> Case:
+    return Case(f"cohort_shard_{text.replace('/', '_of_')}", point, lambda d: cohort(d, f"--shard={text}"), 2,
+                (f"--shard {text}", *fragments), input_list, environment=NO_SCHEDULER)
+
+
+CASES += [
+    # --shard: I/N with 0 <= I < N (0-based), or auto from the scheduler's variables
+    _shard("4/4", "I must be 0 to N-1"),
+    _shard("5/4", "I must be 0 to N-1"),
+    _shard("0/0", "I must be 0 to N-1"),
+    _shard("-1/4", "I must be 0 to N-1"),
+    _shard("x/y", "expected I/N"),
+    _shard("3", "expected I/N"),
+    _shard("1.5/4", "expected I/N"),
+    Case("cohort_shard_auto_without_a_scheduler", "30", lambda d: cohort(d, "--shard", "auto"), 2,
+         ("--shard auto", "SLURM_ARRAY_TASK_ID", "give --shard I/N"), input_list, environment=NO_SCHEDULER),
+    Case("cohort_shard_auto_without_a_count", "30", lambda d: cohort(d, "--shard", "auto"), 2,
+         ("--shard auto", "PLCL_SHARD_COUNT"), input_list, environment={**NO_SCHEDULER, "SLURM_ARRAY_TASK_ID": "1"}),
+    Case("cohort_shard_auto_task_beyond_the_count", "30", lambda d: cohort(d, "--shard", "auto"), 2,
+         ("--shard auto", "task 5 of 4"), input_list,
+         environment={**NO_SCHEDULER, "SLURM_ARRAY_TASK_ID": "5", "PLCL_SHARD_COUNT": "4"}),
+    Case("cohort_shard_auto_not_numbers", "30", lambda d: cohort(d, "--shard", "auto"), 2,
+         ("--shard auto", "whole numbers"), input_list,
+         environment={**NO_SCHEDULER, "JOB_COMPLETION_INDEX": "first", "PLCL_SHARD_COUNT": "4"}),
+    # --inputs: the list is there, readable, and names files that are there, each once
+    Case("cohort_missing_list", "30", lambda d: cohort(d, inputs="nowhere.txt"), 1, ("nowhere.txt", "does not exist")),
+    Case("cohort_list_with_a_missing_file", "30", lambda d: cohort(d), 1,
+         ("gone.nii.gz", "does not exist", "list.txt:3"),
+         lambda d: input_list(d, "other.nii.gz\n# a comment\ngone.nii.gz\n")),
+    Case("cohort_csv_list_with_a_missing_file", "30", lambda d: cohort(d, inputs="list.csv"), 1,
+         ("gone.nii.gz", "does not exist", "list.csv:3"),
+         lambda d: input_list(d, "subject,path\ns1,other.nii.gz\ns2,gone.nii.gz\n", "list.csv")),
+    Case("cohort_list_missing_file_of_this_shard", "30", lambda d: cohort(d, "--shard", "1/2"), 1,
+         ("gone.nii.gz", "list.txt:2"), lambda d: input_list(d, "other.nii.gz\ngone.nii.gz\nimg.nii.gz\n")),
+    Case("cohort_list_empty", "30", lambda d: cohort(d), 1, ("list.txt", "lists no images"),
+         lambda d: input_list(d, "# nothing yet\n\n")),
+    Case("cohort_folder_without_images", "30", lambda d: cohort(d, inputs="empty"), 1, ("empty", "lists no images"),
+         lambda d: (d / "empty").mkdir()),
+    Case("cohort_csv_without_a_path_column", "30", lambda d: cohort(d, inputs="list.csv"), 1,
+         ("list.csv", "no 'path' column"), lambda d: input_list(d, "subject,file\ns1,other.nii.gz\n", "list.csv")),
+    Case("cohort_list_not_text", "30", lambda d: cohort(d, inputs="list.txt"), 1, ("list.txt", "not a text file"),
+         lambda d: (d / "list.txt").write_bytes(b"\xff\xfe\x00\x81" * 64)),
+    Case("cohort_list_is_an_image", "30", lambda d: cohort(d, inputs="other.nii.gz"), 1,
+         ("other.nii.gz", "not a text file")),
+    Case("cohort_list_naming_one_name_twice", "30", lambda d: cohort(d), 1,
+         ("list.txt:2", "same name 'other'", "list.txt:1"),
+         lambda d: (input_list(d, "other.nii.gz\nsub/other.nrrd\n"), (d / "sub").mkdir())),
+    Case("cohort_argument_and_list_naming_one_name_twice", "30", lambda d: cohort(d, str(d / "other.nii.gz")), 1,
+         ("list.txt:1", "same name 'other'", "argument"), input_list),
+    Case("cohort_list_with_an_input_inside_the_outputs", "30", lambda d: cohort(d, out="."), 1,
+         ("lies where outputs",), lambda d: (input_list(d, "predictions/p.nii.gz\n"), (d / "predictions").mkdir(),
+                                             shutil.copy(d / "other.nii.gz", d / "predictions" / "p.nii.gz"))),
+    # --out: a cohort folder of this model, list and shard count only
+    Case("cohort_out_of_another_model", "30", lambda d: cohort(d), 1, ("out", "cohort of another model"),
+         another_models_cohort),
+    Case("cohort_out_of_another_model_skip_existing", "30", lambda d: cohort(d, "--skip-existing"), 1,
+         ("out", "cohort of another model"), another_models_cohort),
+    Case("cohort_out_of_another_shard_count", "30", lambda d: cohort(d, "--shard", "0/3"), 1,
+         ("out", "another shard count"), lambda d: (input_list(d), cohort_folder_of(d, shards=2))),
+    Case("cohort_out_of_another_list", "30", lambda d: cohort(d, inputs="list2.txt"), 1, ("out", "another input list"),
+         lambda d: (input_list(d), input_list(d, name="list2.txt"), cohort_folder_of(d))),
+    Case("cohort_out_of_a_plain_run", "30", lambda d: cohort(d, out="earlier"), 1, ("earlier", "plain run"),
+         lambda d: (input_list(d), earlier_run(d))),
+    Case("cohort_description_damaged", "30", lambda d: cohort(d), 1, ("cohort.json", "not JSON"),
+         lambda d: (input_list(d), (d / "out").mkdir(), (d / "out" / "cohort.json").write_text("{ torn"))),
+    Case("cohort_shard_run_by_another_process", "30", lambda d: cohort(d), 1, ("out", "shard 0/1 is being run"),
+         shard_running),
+    Case("predict_into_a_cohort_folder", "30", lambda d: predict(d), 1, ("out", "is a cohort folder"),
+         lambda d: (input_list(d), cohort_folder_of(d))),
+    Case("train_into_a_cohort_folder", "30", train, 1, ("out", "is a cohort folder"),
+         lambda d: (input_list(d), cohort_folder_of(d))),
+    # options that do not go together
+    Case("cohort_with_format", "30", lambda d: cohort(d, "--format", "nifti"), 2, ("--format",), input_list),
+    Case("predict_without_images_or_list", "30", lambda d: predict(d)[:-1], 2, ("IMAGE ... or --inputs LIST",)),
+    # plcl cohort slurm checks the model, the whole list and the folder before writing its script
+    Case("cohort_slurm_tasks_0", "30", lambda d: cohort_slurm(d)[:-1] + ["0"], 2, ("--tasks 0",), input_list),
+    Case("cohort_slurm_missing_list", "30", lambda d: cohort_slurm(d, inputs="nowhere.txt"), 1,
+         ("nowhere.txt", "does not exist")),
+    Case("cohort_slurm_list_with_a_missing_file", "30", cohort_slurm, 1, ("gone.nii.gz", "list.txt:2"),
+         lambda d: input_list(d, "other.nii.gz\ngone.nii.gz\nimg.nii.gz\n")),
+    Case("cohort_slurm_out_of_another_model", "30", cohort_slurm, 1, ("out", "cohort of another model"),
+         another_models_cohort),
+    Case("cohort_slurm_damaged_model", "30", lambda d: cohort_slurm(d, model="m.pt"), 1, ("m.pt", "NaN or infinite"),
+         lambda d: (input_list(d), model_field("m.pt", _nan_first_weight)(d))),
+    Case("cohort_slurm_gpus_negative", "30", lambda d: cohort_slurm(d, "--gpus-per-task", "-1"), 2,
+         ("--gpus-per-task",), input_list),
+    # plcl cohort status and collect read a cohort folder
+    Case("cohort_status_of_a_plain_folder", "30", lambda d: ["cohort", "status", str(d)], 1,
+         ("is not a cohort folder",)),
+    Case("cohort_collect_of_a_missing_folder", "30", lambda d: ["cohort", "collect", str(d / "nowhere")], 1,
+         ("nowhere", "is not a cohort folder")),
+    Case("cohort_status_of_a_damaged_description", "30", lambda d: ["cohort", "status", str(d / "out")], 1,
+         ("cohort.json", "not JSON"),
+         lambda d: ((d / "out").mkdir(), (d / "out" / "cohort.json").write_text("[1, 2"))),
+]
+
+
 def _job(d: Path) -> dict:
     return {"labeled": [[str(d / "img.nii.gz"), str(d / "lbl.nii.gz")]], "unlabeled": [str(d / "other.nii.gz")],
             "out": str(d / "run"), "config": {"patch_size": 32, "levels": 3, "warmup_iterations": 2, "rounds": 0,
@@ -924,6 +1074,11 @@ def test_bad_input(case: Case, base: Path, tmp_path: Path, capsys, monkeypatch):
     d = tmp_path / "case"
     shutil.copytree(base, d)
     monkeypatch.chdir(d)
+    for name, value in (case.environment or {}).items():
+        if value is None:
+            monkeypatch.delenv(name, raising=False)
+        else:
+            monkeypatch.setenv(name, value)
     try:
         if case.prepare:
             case.prepare(d)

@@ -14,7 +14,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from ..errors import InputError
-from ..protocol import LOCK_FILE, RUN_FILES, RUN_FOLDERS, STOP_FILE
+from ..protocol import COHORT_FILE, LOCK_FILE, RUN_FILES, RUN_FOLDERS, STOP_FILE
 from .volumes import check_writable_folder
 
 
@@ -45,6 +45,9 @@ def earlier_outputs(out: Path) -> list[str]:
 def check_fresh_output_folder(out: Path) -> None:
     """A new run starts in a folder without an earlier run's outputs: mixing them would leave stale
     predictions beside a summary that does not list them, or replace an earlier model."""
+    if (out / COHORT_FILE).exists():
+        raise InputError(str(out), f"is a cohort folder ({COHORT_FILE}) of plcl predict --inputs or plcl cohort; "
+                                   "choose a new --out folder")
     found = earlier_outputs(out)
     if found:
         raise InputError(str(out), f"holds the outputs of an earlier run ({', '.join(found[:4])}); choose a new "
