@@ -67,7 +67,7 @@ def test_cancel_saves_a_checkpoint_and_resume_finishes(synthetic, tmp_path):
     out = tmp_path / "run"
     image, label = case_of(synthetic, "synthetic_001")
     command = [sys.executable, "-m", "PLCLSegmentationLib.engine", "train", "--labeled", image, label,
-               "--unlabeled", case_of(synthetic, "synthetic_002")[0], "--out", str(out), "--iterations", "40",
+               "--unlabeled", case_of(synthetic, "synthetic_002")[0], "--out", str(out), "--iterations", "12",
                "--events", "jsonl", *FAST]
     env = {**os.environ, "PYTHONPATH": str(REPO / "PLCLSegmentation")}
     child = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
@@ -84,12 +84,12 @@ def test_cancel_saves_a_checkpoint_and_resume_finishes(synthetic, tmp_path):
     assert cancelled["event"] == "cancelled" and cancelled["checkpoint"] == str(out / "checkpoint.pt")
     assert (out / "checkpoint.pt").is_file() and not (out / "model.pt").exists()
     stopped_at = max(e["iteration"] for e in seen if e["event"] == "progress")
-    assert stopped_at < 40
+    assert stopped_at < 12
 
     result = run_plcl("train", "--resume", str(out), "--events", "jsonl")
     assert result.returncode == 0, result.stderr
     resumed = [e for e in events(result.stdout) if e["event"] == "progress" and e["stage"] != "predict"]
-    assert resumed[0]["iteration"] > stopped_at and resumed[-1]["iteration"] == 40
+    assert resumed[0]["iteration"] > stopped_at and resumed[-1]["iteration"] == 12
     assert (out / "model.pt").is_file() and (out / "predictions" / "synthetic_002.seg.nrrd").is_file()
 
 
