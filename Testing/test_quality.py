@@ -1,5 +1,6 @@
-"""The review's numbers: uncertainty per slice and structure, the estimated Dice and its calibration, the
-end-of-run table, the cohort's estimates, and the bench's measures of the estimate, on known arrays."""
+"""The review's numbers: uncertainty per slice and structure, the estimated Dice (agreement with mirrored
+copies), the end-of-run table, the cohort's estimates, the bench's measures of the estimate and the simulated
+review's choice of slices, on known arrays; and a short run that carries them."""
 
 from __future__ import annotations
 
@@ -9,10 +10,9 @@ import pytest
 from PLCLSegmentationLib.engine.cohort.collect import columns, row_of
 from PLCLSegmentationLib.engine.lab.bench_quality import quality_metrics, quality_pairs, spearman, worst_caught
 from PLCLSegmentationLib.engine.method.quality import (
+    AGREEMENT_POWER,
     ENTROPY_FLOOR,
-    Calibration,
-    expected_dice,
-    fit_calibration,
+    agreement,
     slice_uncertainties,
     volume_quality,
 )
@@ -22,14 +22,18 @@ from PLCLSegmentationLib.engine.run.summary import worst_lines
 NAMES, VALUES = ["ring", "disc"], [3, 7]
 
 
-def test_the_expected_dice_is_the_soft_dice_of_the_prediction_against_its_probabilities():
-    # Class 1: 4 voxels predicted at p = 0.5 each, and 2 more voxels elsewhere at p = 0.5: soft volume 3.
-    # Expected Dice 2 * 2 / (4 + 3). Class 2: certain and alone: 1. Class 3: predicted nowhere.
-    result = expected_dice(hits=[0, 2.0, 5.0, 0], counts=[10, 4, 5, 0], soft=[0, 3.0, 5.0, 0.4])
-    assert result[1] == pytest.approx(4 / 7) and result[2] == pytest.approx(1.0) and np.isnan(result[3])
+def test_the_agreement_with_mirrored_copies_is_their_mean_dice_per_class():
+    labels = np.array([[1, 1, 2, 0]])
+    same = labels.copy()
+    shifted = np.array([[0, 1, 1, 0]])  # class 1: 1 voxel shared of 2 + 2; class 2 lost
+    result = agreement(labels, [same, shifted], 4)
+    assert result[1] == pytest.approx((1.0 + 0.5) / 2) and result[2] == pytest.approx((1.0 + 0.0) / 2)
+    assert result[3] == 1.0  # in no copy and not predicted: nothing to disagree on
+    found = agreement(np.zeros((2, 2), np.uint8), [np.eye(2, dtype=np.uint8)], 2)
+    assert found[1] == 0.0  # a copy finds what the prediction does not: no agreement
 
 
-def _volume() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _volume() -> tuple[np.ndarray, np.ndarray]:
     """[k, j, i] = [3, 4, 5]: the ring (class 1) on i = 1 and 2, the disc (class 2) on i = 3; a background voxel of
     entropy 0.6 on i = 4; i = 0 holds nothing."""
     labels = np.zeros((3, 4, 5), np.uint8)
@@ -41,12 +45,11 @@ def _volume() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     entropy[:, :, 2] = np.where(labels[:, :, 2] == 1, 0.4, 0.05)  # 0.05: background below the floor
     entropy[0, 0, 3] = 0.1
     entropy[1, 1, 4] = 0.6
-    confidence = np.full(labels.shape, 0.9, np.float32)
-    return labels, entropy, confidence
+    return labels, entropy
 
 
 def test_slices_along_the_slicing_axis_least_certain_first_with_their_structures():
-    labels, entropy, _ = _volume()
+    labels, entropy = _volume()
     slices = slice_uncertainties(labels, entropy, 2, NAMES)
     assert [s["index"] for s in slices] == [4, 2, 1, 3]  # i = 0: no foreground, no entropy above the floor
     by_index = {s["index"]: s for s in slices}
@@ -70,68 +73,21 @@ def test_a_slice_holding_two_structures_names_the_less_certain_one():
 
 
 def test_structures_worst_first_with_those_predicted_nowhere_last():
-    labels, entropy, confidence = _volume()
-    # soft volumes: background, ring (12 voxels predicted at 0.9, plus 1.2 elsewhere), disc (exactly its voxel)
-    quality = volume_quality(labels, entropy, confidence, [0.0, 12 * 0.9 + 1.2, 0.9], 2, NAMES, VALUES)
+    labels, entropy = _volume()
+    quality = volume_quality(labels, entropy, [1.0, 0.9, 0.95], 2, NAMES, VALUES)
     assert quality.slice_axis == "i" and quality.worst_slice == 4
-    ring, disc = quality.structures  # ring 0.9, disc 0.947: the worst first
-    assert disc == {"name": "disc", "value": 7, "estimated_dice": pytest.approx(2 * 0.9 / 1.9, abs=1e-4),
-                    "uncertainty": pytest.approx(0.1)}
-    assert ring["estimated_dice"] == pytest.approx(2 * 10.8 / (12 + 12.0), abs=1e-4)
-    assert ring["uncertainty"] == pytest.approx((6 * 0.2 + 6 * 0.4) / 12, abs=1e-4)
-    nowhere = volume_quality(np.where(labels == 2, 0, labels), entropy, confidence, [0, 12.0, 0.2], 0, NAMES, VALUES)
+    ring, disc = quality.structures  # the worst first
+    assert ring == {"name": "ring", "value": 3, "estimated_dice": pytest.approx(0.9 ** AGREEMENT_POWER, abs=1e-4),
+                    "uncertainty": pytest.approx((6 * 0.2 + 6 * 0.4) / 12, abs=1e-4)}
+    assert disc["estimated_dice"] == pytest.approx(0.95 ** AGREEMENT_POWER, abs=1e-4)
+    assert disc["uncertainty"] == pytest.approx(0.1)
+    # The disc predicted nowhere (what its copies found does not matter): no estimate, uncertainty 1, last.
+    nowhere = volume_quality(np.where(labels == 2, 0, labels), entropy, [1.0, 0.8, 0.0], 0, NAMES, VALUES)
     assert [s["name"] for s in nowhere.structures] == ["ring", "disc"]
     assert nowhere.structures[1]["estimated_dice"] is None and nowhere.structures[1]["uncertainty"] == 1.0
-    assert nowhere.slice_axis == "k" and nowhere.estimates() == {"ring": pytest.approx(0.9), "disc": None}
-
-
-def test_the_calibration_maps_raw_estimates_and_checks_its_knots():
-    assert Calibration().is_identity and Calibration.from_dict(None) == Calibration()
-    calibration = Calibration.from_dict({"raw": [0.0, 0.8, 1.0], "calibrated": [0.0, 0.6, 0.9]})
-    assert calibration(0.4) == pytest.approx(0.3) and calibration(0.9) == pytest.approx(0.75)
-    assert Calibration.from_dict(calibration.to_dict()) == calibration
-    labels, entropy, confidence = _volume()
-    calibrated = volume_quality(labels, entropy, confidence, [0, 12.0, 0.9], 2, NAMES, VALUES, calibration)
-    raw = volume_quality(labels, entropy, confidence, [0, 12.0, 0.9], 2, NAMES, VALUES)
-    for a, b in zip(calibrated.structures, raw.structures):
-        assert a["estimated_dice"] == pytest.approx(calibration(b["estimated_dice"]), abs=1e-4)
-    for bad in ({"raw": [0, 1]}, {"raw": [0.5, 0.2], "calibrated": [0, 1]}, {"raw": [0, 1], "calibrated": [1, 0]},
-                {"raw": [0, 1], "calibrated": [0, "1"]}, [0, 1]):
-        with pytest.raises(ValueError):
-            Calibration.from_dict(bad)
-
-
-def test_the_fitted_calibration_is_the_monotone_map_of_least_squares():
-    raw = np.linspace(0.5, 1.0, 51)
-    fitted = fit_calibration(raw, raw - 0.2)  # an estimate 0.2 too high throughout
-    assert fitted(0.75) == pytest.approx(0.55, abs=0.01) and fitted(1.0) == pytest.approx(0.8, abs=1e-6)
-    assert fitted(0.0) == 0.0 and fitted(0.25) == pytest.approx(0.15, abs=0.01)  # down to (0, 0) below the pairs
-    # A true Dice that falls while the estimate rises is pooled into one level, never a decreasing map.
-    pooled = fit_calibration([0.6, 0.7, 0.8, 0.9], [0.8, 0.6, 0.7, 0.9])
-    assert pooled(0.6) == pooled(0.7) == pytest.approx(0.7) and pooled(0.9) == pytest.approx(0.9)
-    assert all(b >= a for a, b in zip(pooled.calibrated, pooled.calibrated[1:]))
-    assert fit_calibration([0.5, 0.9], [0.1, 0.2]).is_identity  # too few pairs to fit anything
-
-
-def test_the_model_file_keeps_its_calibration_and_older_files_have_none(tmp_path):
-    torch = pytest.importorskip("torch")
-    from PLCLSegmentationLib.engine.errors import InputError
-    from PLCLSegmentationLib.engine.files.volumes import ClassInfo
-    from PLCLSegmentationLib.engine.method.modelfile import ModelInfo, read_model, save_model
-
-    info = ModelInfo(classes=[ClassInfo(3, "ring", (1.0, 0.0, 0.0))], target_spacing_mm=1.2, patch_size=32,
-                     base_channels=4, levels=3, embedding_dim=4, intensity_percentiles=(1.0, 99.0),
-                     quality_calibration=Calibration((0.0, 0.9, 1.0), (0.0, 0.7, 0.95)))
-    save_model(tmp_path / "new.pt", info.build_network(), info)
-    assert read_model(tmp_path / "new.pt")[0].quality_calibration == info.quality_calibration
-    payload = torch.load(tmp_path / "new.pt", weights_only=True)
-    del payload["info"]["quality_calibration"]  # as engines before the estimates wrote it
-    torch.save(payload, tmp_path / "old.pt")
-    assert read_model(tmp_path / "old.pt")[0].quality_calibration is None
-    payload["info"]["quality_calibration"] = {"raw": [0, 1], "calibrated": [0.5]}
-    torch.save(payload, tmp_path / "bad.pt")
-    with pytest.raises(InputError, match="bad.pt.*quality_calibration"):
-        read_model(tmp_path / "bad.pt")
+    assert nowhere.slice_axis == "k"
+    assert nowhere.estimates() == {"ring": pytest.approx(0.8 ** AGREEMENT_POWER, abs=1e-4), "disc": None}
+    assert AGREEMENT_POWER == 3  # the power measured in docs/results/2026-12-03-review-estimates.md
 
 
 def _entry(name: str, estimates_: dict[str, float | None], worst_slice: int | None = 2) -> dict:
@@ -207,7 +163,7 @@ def test_a_run_writes_the_review_fields_and_quality_events(tmp_path, synthetic):
                       "--budget", "quick", "--set", "patch_size=64", "--device", "cpu", "--events", "jsonl")
     assert result.returncode == 0, result.stderr
     summary = json.loads((out / "summary.json").read_text())
-    assert "expected Dice" in summary["quality_measure"]
+    assert "mirrored copies" in summary["quality_measure"]
     names = [c["name"] for c in summary["classes"]]
     seen = events(result.stdout)
     for entry in summary["volumes"]:
@@ -244,31 +200,3 @@ def test_the_simulated_review_corrects_the_least_certain_slices_or_as_many_drawn
     drawn = choose("random", candidates, 3, seed=0)
     assert sum(map(len, drawn.values())) == 3 and drawn == choose("random", candidates, 3, seed=0)
     assert choose("none", candidates, 3, seed=0) == {}
-
-
-def test_the_calibration_at_the_end_of_training_comes_from_harder_copies_of_the_annotated_slices():
-    """A 'model' that thresholds the image is exact on the annotated slices and errs on their harder copies: the
-    fitted map brings its raw estimates down to the Dice it reached there, and is the same on every run."""
-    torch = pytest.importorskip("torch")
-    from PLCLSegmentationLib.engine.method.calibrate import fit_on_annotated, perturb, stack_pairs
-    from PLCLSegmentationLib.engine.method.preprocess import PreparedVolume
-
-    rows, cols = np.meshgrid(np.arange(48), np.arange(48), indexing="ij")
-    disc = (np.hypot(rows - 24, cols - 24) < 12).astype(np.float32)
-    images = torch.from_numpy(np.stack([disc * 0.6 + 0.2] * 4))
-    labels = torch.from_numpy(np.stack([disc] * 4).astype(np.uint8))
-
-    def threshold(stack: torch.Tensor) -> torch.Tensor:
-        foreground = torch.sigmoid((stack - 0.5) * 12)
-        return torch.stack([1 - foreground, foreground], dim=1)
-
-    exact = stack_pairs(threshold(images).numpy(), labels.numpy(), 2, largest_component=False)
-    assert len(exact) == 1 and exact[0][1] == pytest.approx(1.0) and exact[0][0] > 0.9
-    annotated = torch.tensor([True, True, False, True])  # the third slice is not annotated: left out
-    volume = PreparedVolume(volume=None, layout=None, images=images, labels=labels, annotated=annotated)
-    calibration, pairs = fit_on_annotated(threshold, [volume], 2, largest_component=False, seed=3, copies=6)
-    assert pairs == 7
-    again, _ = fit_on_annotated(threshold, [volume], 2, largest_component=False, seed=3, copies=6)
-    assert again == calibration and not calibration.is_identity
-    harder = perturb(images, torch.Generator().manual_seed(0))
-    assert harder.shape == images.shape and not torch.equal(harder, images)

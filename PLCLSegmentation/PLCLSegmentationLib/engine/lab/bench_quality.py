@@ -130,9 +130,9 @@ def calibration_figure(results: dict[str, Any], path: Path) -> Path | None:
     ax.set_ylabel("estimated Dice")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="upper left")
-    seeds = ", ".join(str(s) for s in sorted({r["seed"] for r, _ in pairs}))
-    ax.set_title(f"{results['dataset']}: estimated vs true Dice per volume and structure\n(seeds {seeds})",
-                 fontsize=9)
+    seeds = sorted({r["seed"] for r, _ in pairs})
+    ax.set_title(f"{results['dataset']}: estimated vs true Dice per volume and structure\n"
+                 f"(seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))})", fontsize=9)
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=110, format="png")

@@ -18,7 +18,6 @@ from ... import __version__
 from ..errors import InputError
 from ..files.volumes import ClassInfo, atomic_path
 from .network import UNet2D
-from .quality import Calibration
 
 FORMAT = "plcl-segmentation-model"
 FORMAT_VERSION = 1
@@ -44,9 +43,6 @@ class ModelInfo:
     in_plane_reference: tuple[tuple[float, float, float], tuple[float, float, float]] | None = None
     training: dict[str, Any] = field(default_factory=dict)
     engine_version: str = __version__
-    #: Maps the raw estimated Dice of a structure to a calibrated one (method/quality.py); None in older
-    #: model files and where none was fitted: the identity.
-    quality_calibration: Calibration | None = None
 
     @property
     def num_classes(self) -> int:
@@ -77,7 +73,6 @@ class ModelInfo:
             "background_name": self.background_name,
             "training": self.training,
             "engine_version": self.engine_version,
-            "quality_calibration": None if self.quality_calibration is None else self.quality_calibration.to_dict(),
         }
 
     @classmethod
@@ -98,8 +93,6 @@ class ModelInfo:
             in_plane_reference=_frame(d.get("in_plane_reference")),
             training=d.get("training", {}),
             engine_version=d.get("engine_version", "unknown"),
-            quality_calibration=None if d.get("quality_calibration") is None
-            else Calibration.from_dict(d["quality_calibration"]),
         )
 
 

@@ -84,8 +84,6 @@ class VolumePrediction:
     labels: np.ndarray  # uint8 [k, j, i], class indices
     uncertainty: np.ndarray  # float32 [k, j, i], normalised entropy in [0, 1]
     score: float  # mean uncertainty over the predicted foreground
-    confidence: np.ndarray  # float32 [k, j, i], the probability of each voxel's predicted class
-    soft: np.ndarray  # float64 [C], each class's probability summed over all voxels (soft volume)
 
 
 def map_to_volume(prepared: PreparedVolume, probs: torch.Tensor) -> VolumePrediction:
@@ -94,22 +92,16 @@ def map_to_volume(prepared: PreparedVolume, probs: torch.Tensor) -> VolumePredic
     num_classes = probs.shape[1]
     labels = np.empty(layout.native_shape, dtype=np.uint8)
     entropy = np.empty(layout.native_shape, dtype=np.float32)
-    confidence = np.empty(layout.native_shape, dtype=np.float32)
-    soft = np.zeros(num_classes, dtype=np.float64)
     for start in range(0, probs.shape[0], 16):  # chunks bound memory on large volumes
         p = resize_probabilities(probs[start:start + 16], layout.native_shape[1:]).clamp_min(1e-8)
-        array = p.numpy()
-        chunk = array.argmax(1)  # numpy's: 3-4x faster than torch's across channels
-        labels[start:start + 16] = chunk
-        confidence[start:start + 16] = np.take_along_axis(array, chunk[:, None], 1)[:, 0]
-        soft += array.sum(axis=(0, 2, 3), dtype=np.float64)
+        labels[start:start + 16] = p.numpy().argmax(1)  # numpy's: 3-4x faster than torch's across channels
         h = -(p * p.log()).sum(1) / math.log(num_classes)
         entropy[start:start + 16] = h.clamp(0, 1).numpy()
     labels_kji = layout.from_stack(labels)
     entropy_kji = layout.from_stack(entropy)
     foreground = labels_kji > 0
     score = float(entropy_kji[foreground].mean()) if foreground.any() else 1.0
-    return VolumePrediction(labels_kji, entropy_kji, score, layout.from_stack(confidence), soft)
+    return VolumePrediction(labels_kji, entropy_kji, score)
 
 
 def keep_largest_components(labels: np.ndarray, num_classes: int) -> np.ndarray:

@@ -23,13 +23,16 @@ from .backends import export_network, fold_batch_norms
 from .modelfile import ModelInfo, build_model, read_model
 from .predict import keep_largest_components, map_to_volume, predict_slices
 from .preprocess import InPlaneFrame, PreparedVolume, prepare_volume
-from .quality import VolumeQuality, volume_quality
+from .quality import VolumeQuality, agreement, volume_quality
 
 #: Slices of one network pass over consecutive frames of a 4D image (in batches of predict_slices'
 #: size): frames of ten slices would otherwise end each pass with a batch of two, at a quarter of
 #: the throughput on a CPU. Bounded also by the probabilities it holds (floats).
 PASS_BATCHES = 5
 PASS_FLOATS = 2 ** 26
+#: The mirrored copies of each stack ([S, H, W] axes flipped) whose labels, mirrored back, the prediction is
+#: compared with for the quality estimate (method/quality.py): left-right, up-down, and both.
+MIRRORS = ((2,), (1,), (1, 2))
 
 
 @dataclass
@@ -114,6 +117,14 @@ class Predictor:
                               2 ** (info.levels - 1), self.device, channels_last=self.backend == "torch",
                               autocast=self.autocast)
 
+    def _agreements(self, labels: torch.Tensor, copies: list[torch.Tensor]) -> np.ndarray:
+        """Each class's agreement (quality.agreement) of a stack's labels with its mirrored copies' labels, each
+        cleaned up as the segmentation is (its islands would otherwise count as disagreement)."""
+        stacks = [labels.numpy()] + [copy.numpy() for copy in copies]
+        if self.info.largest_component:
+            stacks = [keep_largest_components(stack, self.info.num_classes) for stack in stacks]
+        return agreement(stacks[0], stacks[1:], self.info.num_classes)
+
     def predict(self, prepared: PreparedVolume) -> Prediction:
         return next(self.predict_group([prepared]))
 
@@ -123,21 +134,26 @@ class Predictor:
         next holds one volume's result at a time."""
         info = self.info
         started = time.monotonic()
-        probs = self.probabilities(torch.cat([p.images for p in group]))
+        images = torch.cat([p.images for p in group])
+        probs = self.probabilities(images)
+        # The quality estimate's mirrored copies: their labels only, one copy's probabilities at a time.
+        mirrored = [self.probabilities(images.flip(dims)).flip([d + 1 for d in dims]).argmax(1).to(torch.uint8)
+                    for dims in MIRRORS]
         seconds = (time.monotonic() - started) / len(group)
         offset = 0
         for prepared in group:
             mapping_started = time.monotonic()
             slices = prepared.images.shape[0]
             result = map_to_volume(prepared, probs[offset:offset + slices])
+            agreements = self._agreements(probs[offset:offset + slices].argmax(1).to(torch.uint8),
+                                          [m[offset:offset + slices] for m in mirrored])
             offset += slices
             labels = result.labels
             if info.largest_component:
                 labels = keep_largest_components(labels, info.num_classes)
             counts = np.bincount(labels.ravel(), minlength=info.num_classes)
-            quality = volume_quality(labels, result.uncertainty, result.confidence, result.soft,
-                                     prepared.layout.axes[0], [c.name for c in info.classes],
-                                     [c.value for c in info.classes], info.quality_calibration)
+            quality = volume_quality(labels, result.uncertainty, agreements, prepared.layout.axes[0],
+                                     [c.name for c in info.classes], [c.value for c in info.classes])
             yield Prediction(self._values[labels], result.uncertainty, result.score,
                              {c.name: int(counts[i]) for i, c in enumerate(info.classes, 1)},
                              seconds + time.monotonic() - mapping_started, quality)
