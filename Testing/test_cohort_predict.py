@@ -104,6 +104,29 @@ def test_a_torn_last_record_is_skipped_and_the_next_starts_on_its_own_line(tmp_p
     assert [r["name"] for r in read_records(path)] == ["a", "c"]
 
 
+def _resident_mb() -> float:
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:")) / 1024
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the C heap's free pages are trimmed on Linux only")
+def test_the_free_pages_of_an_input_go_back_to_the_system():
+    """A shard calls release_freed_memory after each input: memory freed inside the heap (below a block
+    still in use, as a long run leaves it) leaves the process, so the next input does not add to it."""
+    import numpy as np
+
+    from PLCLSegmentationLib.engine.run.memory import release_freed_memory
+
+    blocks = [np.ones(12_000) for _ in range(2_000)]  # 96 KB each: on the heap, not mapped on their own
+    kept = np.ones(12_000)  # above them: the heap cannot just shrink from its top
+    del blocks
+    before = _resident_mb()
+    if not release_freed_memory():
+        pytest.skip("no malloc_trim in this C library")
+    assert before - _resident_mb() > 100, "the 190 MB freed stayed in the process"
+    assert kept.sum() == 12_000
+
+
 # --- end to end ---------------------------------------------------------------------------------
 
 

@@ -62,7 +62,7 @@ def _list_entries(list_path: str) -> Iterator[tuple[str, str]]:
     if not path.is_file():
         raise InputError(list_path, "does not exist (--inputs takes a text file of paths, a CSV file with a "
                                     "'path' column, or a folder of images)")
-    base = path.resolve().parent
+    base = str(path.resolve().parent)
     try:
         with open(path, newline="", encoding="utf-8") as f:
             if path.suffix.lower() == ".csv":
@@ -71,13 +71,21 @@ def _list_entries(list_path: str) -> Iterator[tuple[str, str]]:
                 for number, line in enumerate(f, 1):
                     text = line.strip()
                     if text and not text.startswith("#"):
-                        yield f"{list_path}:{number}", str(base / text)
+                        yield f"{list_path}:{number}", joined(base, text)
     except UnicodeDecodeError:
         raise InputError(list_path, "is not a text file (--inputs takes a text file of paths, a CSV file with "
                                     "a 'path' column, or a folder of images)") from None
 
 
-def _csv_entries(list_path: str, f, base: Path) -> Iterator[tuple[str, str]]:
+def joined(base: str, text: str) -> str:
+    """``str(Path(base) / text)`` without pathlib's cost where the plain join is already that path."""
+    path = os.path.join(base, text)
+    if os.sep != "/" or "//" in path or "/." in path or path.endswith("/"):
+        return str(Path(path))
+    return path
+
+
+def _csv_entries(list_path: str, f, base: str) -> Iterator[tuple[str, str]]:
     reader = csv.reader(f)
     header = next(reader, None)
     columns = [c.strip().lower() for c in header or []]
@@ -88,7 +96,7 @@ def _csv_entries(list_path: str, f, base: Path) -> Iterator[tuple[str, str]]:
         number = reader.line_num
         text = row[column].strip() if column < len(row) else ""
         if text:
-            yield f"{list_path}:{number}", str(base / text)
+            yield f"{list_path}:{number}", joined(base, text)
 
 
 def _is_image(name: str) -> bool:

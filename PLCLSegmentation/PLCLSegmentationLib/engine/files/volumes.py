@@ -128,12 +128,13 @@ class Annotation:
 def volume_name(path: str | os.PathLike[str]) -> str:
     """The file name without its (possibly double) extension: ``a/b/case01.nii.gz`` -> ``case01``
     (and Slicer's volume sequence ``cine.seq.nrrd`` -> ``cine``)."""
-    name = Path(path).name
-    lower = name.lower()
+    text = os.fspath(path)
+    name = os.path.basename(text.rstrip("/" + os.sep)) if text.endswith(("/", os.sep)) else os.path.basename(text)
+    lower = name.lower()  # os.path, not pathlib: a list of 10^5 inputs names each one
     for ext in _EXTENSIONS:
         if lower.endswith(ext):
             return name[: -len(ext)]
-    return Path(name).stem
+    return os.path.splitext(name)[0]
 
 
 def _read_sitk(path: str) -> sitk.Image:

@@ -40,6 +40,7 @@ from .cohort_folder import (
     hold_shard,
     results_path,
 )
+from .memory import release_freed_memory
 from .prediction import check_slice_sizes, write_predictions
 from .shard import parse_shard
 from .volume_curve import voxel_volume_ml
@@ -106,9 +107,11 @@ def run_cohort_prediction(model_path: str, images: list[str], inputs: str | None
                                                                "shard": str(shard)})
                 sink.emit("warning", message=f"{entry.path}: {reason} (recorded in "
                                              f"{failures_path(out_path, shard)}; going on)")
+                release_freed_memory()
                 continue
             record.update(shard=str(shard), seconds=round(time.monotonic() - input_started, 3))
             append_record(results_path(out_path, shard), record)
+            release_freed_memory()  # the next input starts from a heap without this one's free pages
             elapsed = time.monotonic() - started
             sink.emit("progress", stage="predict", iteration=number, total=len(todo), losses={},
                       elapsed_s=round(elapsed, 2), eta_s=round(elapsed / number * (len(todo) - number), 1),
