@@ -14,6 +14,7 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -149,3 +150,33 @@ def _wait_for_idle_node(cluster: Cluster, host: str, timeout: float = 45) -> Non
             return
         time.sleep(0.5)
     raise SlurmUnavailable(f"the node did not become idle in {timeout:.0f} s (state {state!r}):\n{cluster.logs()}")
+
+
+def main(argv: list[str]) -> int:
+    """``python Testing/slurm_support.py DIR``: start a cluster under DIR for a benchmark, print its
+    SLURM_CONF, and keep it until interrupted (Ctrl-C or SIGTERM)."""
+    import signal
+
+    if len(argv) != 1:
+        print("usage: python Testing/slurm_support.py DIR", file=sys.stderr)
+        return 2
+    try:
+        cluster = start_cluster(Path(argv[0]).resolve())
+    except SlurmUnavailable as reason:
+        print(f"slurm_support: Slurm cannot start here: {reason}", file=sys.stderr)
+        return 1
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    print(f"export SLURM_CONF={cluster.env['SLURM_CONF']}", flush=True)
+    try:
+        while all(p.poll() is None for p in cluster.processes):
+            time.sleep(1)
+        print(f"slurm_support: a daemon stopped:\n{cluster.logs()}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        cluster.stop()
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))

@@ -1,0 +1,60 @@
+"""The cohort-scale benchmark's report (lab/cohort_scale.py) as Markdown tables."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def _yes(value: bool) -> str:
+    return "yes" if value else "**no**"
+
+
+def report_markdown(report: dict[str, Any]) -> str:
+    plain, small, large = report["plain"], report["task_small"], report["task_large"]
+    sharded, resumed, listing, targets = report["sharded"], report["resumed"], report["list"], report["targets"]
+    machine = report["machine"]
+    lines = [
+        f"# Cohort scale: {report['volumes']} SYNTHETIC volumes and one corrupt file",
+        "",
+        f"Machine: {machine['cpu']}, {machine['cores']} cores, Python {machine['python']}.",
+        "",
+        "| measurement | value | target | met |",
+        "|---|---|---|---|",
+        f"| plain loop (`plcl predict IMAGE ...`, one process) | {plain['seconds']} s, {plain['volumes_per_s']} "
+        "volumes/s | | |",
+        f"| sharded (`plcl cohort slurm --tasks {sharded['tasks']} --cpus-per-task {sharded['cpus_per_task']} "
+        f"--submit`, to the array's end) | {sharded['seconds']} s, {sharded['volumes_per_s']} volumes/s | | |",
+        f"| sharded / plain throughput | {targets['throughput_ratio']} | >= 0.95 | {_yes(targets['throughput_met'])} |",
+        f"| one task's peak memory, {small['volumes']} volumes | {small['peak_rss_mb']} MB | | |",
+        f"| one task's peak memory, {large['volumes']} volumes | {large['peak_rss_mb']} MB | | |",
+        f"| growth from {small['volumes']} to {large['volumes']} volumes | {targets['memory_growth'] * 100:+.1f} % | "
+        f"within 10 % | {_yes(targets['memory_met'])} |",
+        f"| {listing['lines']:,}-line list read, names checked | {listing['read_and_check_names_s']} s | | |",
+        f"| ... and shard {listing['shard']} taken ({listing['shard_inputs']:,} files looked up) | "
+        f"{listing['read_check_and_shard_s']} s | < 2 s | {_yes(targets['list_met'])} |",
+        "",
+        "| check | sharded run | resumed run |",
+        "|---|---|---|",
+    ]
+    first, second = sharded["checks"], resumed["checks"]
+    for key, what in (("all_segmented", "every volume segmented"), ("none_twice", "no volume recorded twice"),
+                      ("only_the_corrupt_failed", "the failures: the corrupt file only, with its reason")):
+        lines.append(f"| {what} | {_yes(first[key])} | {_yes(second[key])} |")
+    lines.append(f"| files of a record missing | {first['files_missing']} | {second['files_missing']} |")
+    lines.append(f"| only the missing volumes redone after the resubmission | | "
+                 f"{_yes(second['only_the_missing_redone'])} |")
+    lines += [
+        "",
+        f"Failure reasons: {'; '.join(first['failure_reasons'])}.",
+        "",
+        f"Resumption: task {resumed['killed_task']} cancelled after half of its {resumed['share_of_killed_task']} "
+        f"inputs; {resumed['missing_before_resubmission']} volumes were missing; the resubmission did "
+        + ", ".join(f"{name}: {count}" for name, count in resumed["done_by_resubmission"].items())
+        + f" in {resumed['resubmission_seconds']} s.",
+        "",
+        "```",
+        sharded["status"].rstrip(),
+        "```",
+        "",
+    ]
+    return "\n".join(lines)
