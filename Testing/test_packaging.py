@@ -18,7 +18,9 @@ LIB = ROOT / "PLCLSegmentation" / "PLCLSegmentationLib"
 DISTRIBUTIONS = {"nrrd": "pynrrd", "SimpleITK": "SimpleITK", "matplotlib": "matplotlib"}
 #: Imported only where present, with a fallback (curve_plot.py: no PNG without matplotlib), or lazily with a
 #: one-line message naming the extra (files/dicom_seg.py: --format dicom-seg needs the [dicom] extra).
-OPTIONAL = {"matplotlib", "highdicom", "pydicom", "pyarrow"}  # pyarrow: Parquet only where it is
+#: method/backends.py: --backend onnxruntime|openvino needs the [onnx] or [openvino] extra (exit 2 without it).
+OPTIONAL = {"matplotlib", "highdicom", "pydicom", "pyarrow",  # pyarrow: Parquet only where it is
+            "onnxruntime", "onnx", "openvino"}
 STANDARD = set(sys.stdlib_module_names)
 
 
