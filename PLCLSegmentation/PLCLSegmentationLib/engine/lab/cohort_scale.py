@@ -272,17 +272,26 @@ def run(out: Path, volumes: int, distinct: int, tasks: int, cpus: int, kill_task
     report["model"] = model_path
     report["list"] = list_timing(out / "list100k")
     shutil.rmtree(out / "list100k")
+    _save(out, report)
     report["plain"] = plain_loop(model_path, cohort, names, out / "plain")
+    _save(out, report)
     small = cohort / "first.txt"
     write_list(small, names[:memory_small])
     clean = cohort / "clean.txt"
     write_list(clean, names)
     report["task_small"] = one_task(model_path, small, out / "task_small", memory_small)
     report["task_large"] = one_task(model_path, clean, out / "task_large", volumes)
+    _save(out, report)
     report["sharded"] = sharded_run(slurm, model_path, listing, names, out / "sharded", tasks, cpus)
+    _save(out, report)
     report["resumed"] = resumed_run(slurm, model_path, listing, names, out / "resumed", tasks, cpus, kill_task)
     report["targets"] = targets(report)
     return report
+
+
+def _save(out: Path, report: dict[str, Any]) -> None:
+    """What is measured so far (cohort_scale.json), in case the run is stopped before its end."""
+    (out / "cohort_scale.json").write_text(json.dumps(report, indent=2) + "\n")
 
 
 def targets(report: dict[str, Any]) -> dict[str, Any]:
@@ -317,7 +326,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--kill-task must be 0 to --tasks - 1, --memory-small 1 to --volumes - 1")
     report = run(out, args.volumes, args.distinct, args.tasks, args.cpus_per_task, args.kill_task, args.model,
                  args.memory_small)
-    (out / "cohort_scale.json").write_text(json.dumps(report, indent=2) + "\n")
+    _save(out, report)
     (out / "cohort_scale.md").write_text(report_markdown(report))
     print(report_markdown(report))
     return 0 if report["targets"]["checks_passed"] else 1
