@@ -150,3 +150,15 @@ def test_predict_names_its_backend_and_precision_in_the_start_event_and_summary(
     assert (start["backend"], start["precision"]) == ("torch", "fp32")
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert (summary["backend"], summary["precision"]) == ("torch", "fp32")
+
+
+def test_predict_without_the_estimate_says_so_and_orders_the_review_by_uncertainty(model_file, tmp_path):
+    image = tmp_path / "v.nrrd"
+    sitk.WriteImage(make_image(phantom()[0]), str(image))
+    result = run_plcl("predict", "--model", model_file, "--out", str(tmp_path / "out"), "--estimate", "off",
+                      "--device", "cpu", str(image))
+    assert result.returncode == 0, result.stdout + result.stderr
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["estimate"] == "off" and "not computed" in summary["quality_measure"]
+    assert all(s["estimated_dice"] is None for v in summary["volumes"] for s in v["structures"])
+    assert "most uncertain first" in result.stderr

@@ -29,9 +29,9 @@ def cluster(tmp_path_factory):
     started.stop()
 
 
-def submit(cluster, model_path: str, listing: Path, out: Path, tasks: int) -> str:
+def submit(cluster, model_path: str, listing: Path, out: Path, tasks: int, *options: str) -> str:
     result = run_plcl("cohort", "slurm", "--model", model_path, "--inputs", str(listing), "--out", str(out),
-                      "--tasks", str(tasks), "--cpus-per-task", "1", "--submit", env=cluster.env)
+                      "--tasks", str(tasks), "--cpus-per-task", "1", "--submit", *options, env=cluster.env)
     assert result.returncode == 0, result.stderr
     return result.stdout.split("submitted job ")[1].split(";")[0]
 
@@ -47,13 +47,14 @@ def wait_for_records(out: Path, shard: str, count: int, timeout: float = 120) ->
 def test_an_array_segments_the_cohort_and_lists_the_corrupt_file(cluster, synthetic, model, tmp_path):  # noqa: F811
     listing = make_cohort(synthetic, tmp_path / "cohort", 8, corrupt="corrupt.nii.gz")
     out = tmp_path / "out"
-    job = submit(cluster, model, listing, out, tasks=2)
+    job = submit(cluster, model, listing, out, 2, "--estimate", "off")  # a CPU cohort's one-pass prediction
     script = (out / "cohort.sbatch").read_text()
     assert "#SBATCH --array=0-1" in script and "#SBATCH --requeue" in script and "--signal=B:USR1@" in script
-    assert "--shard auto --skip-existing" in script
+    assert "--shard auto --skip-existing" in script and "--estimate off" in script
     cluster.wait(job)
     done = Counter(r["name"] for r in records(out))
     assert sorted(done) == [f"subject_{i:03d}" for i in range(8)] and set(done.values()) == {1}
+    assert all(value is None for r in records(out) for value in r["dice_est"].values())
     [failure] = records(out, "failures")
     assert failure["name"] == "corrupt" and failure["reason"]
     status = run_plcl("cohort", "status", str(out))

@@ -66,3 +66,34 @@ def test_a_group_in_one_pass_gives_each_volume_its_own_result(model_file):
         alone = predictor.predict(p)
         np.testing.assert_array_equal(result.labels, alone.labels)
         np.testing.assert_allclose(result.uncertainty, alone.uncertainty, atol=1e-4)
+
+
+class _CountingPredictor(Predictor):
+    """The real predictor, counting its network passes (each one a call of ``probabilities``)."""
+
+    passes = 0
+
+    def probabilities(self, images: torch.Tensor) -> torch.Tensor:
+        self.passes += 1
+        return super().probabilities(images)
+
+
+def test_the_estimate_costs_one_pass_per_mirrored_copy_and_never_changes_the_segmentation(model_file):
+    """--estimate full, fast, off: 4, 2 and 1 network passes a volume; the same labels and uncertainty;
+    estimates from three copies, one copy, or none (every estimated_dice None, the structures ordered by
+    uncertainty)."""
+    results = {}
+    for estimate, passes in (("full", 4), ("fast", 2), ("off", 1)):
+        predictor = _CountingPredictor.load(model_file, torch.device("cpu"), precision="fp32", estimate=estimate)
+        results[estimate] = predictor.predict(predictor.prepare(_volume("a", 0))[0])
+        assert predictor.passes == passes, estimate
+        assert ("three mirrored" in predictor.quality_measure) == (estimate == "full")
+        assert ("one mirrored" in predictor.quality_measure) == (estimate == "fast")
+    for estimate in ("fast", "off"):
+        np.testing.assert_array_equal(results[estimate].labels, results["full"].labels)
+        np.testing.assert_array_equal(results[estimate].uncertainty, results["full"].uncertainty)
+    found = [s for s in results["full"].quality.structures if results["full"].voxels[s["name"]]]
+    assert found and all(s["estimated_dice"] is not None for s in found)
+    off = results["off"].quality.structures
+    assert all(s["estimated_dice"] is None for s in off)
+    assert [s["uncertainty"] for s in off] == sorted((s["uncertainty"] for s in off), reverse=True)

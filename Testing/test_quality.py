@@ -53,7 +53,9 @@ def test_slices_along_the_slicing_axis_least_certain_first_with_their_structures
     slices = slice_uncertainties(labels, entropy, 2, NAMES)
     assert [s["index"] for s in slices] == [4, 2, 1, 3]  # i = 0: no foreground, no entropy above the floor
     by_index = {s["index"]: s for s in slices}
-    assert by_index[4] == {"index": 4, "uncertainty": pytest.approx(0.6), "structure": None, "structures": {}}
+    assert by_index[4] == {"index": 4, "uncertainty": pytest.approx(0.6), "uncertain_voxels": pytest.approx(0.6),
+                           "structure": None, "structures": {}}
+    assert by_index[2]["uncertain_voxels"] == pytest.approx(6 * 0.4)  # about how many voxels are wrong there
     # i = 2: six ring voxels at 0.4; the six background voxels at 0.05 are below the floor and do not count.
     assert by_index[2]["uncertainty"] == pytest.approx(0.4) and by_index[2]["structures"] == {"ring": 0.4}
     assert by_index[1]["structure"] == "ring" and by_index[1]["uncertainty"] == pytest.approx(0.2)
@@ -106,6 +108,18 @@ def test_the_end_of_run_table_lists_the_volumes_of_lowest_estimate_first():
     assert lines[2].split()[0] == "empty" and "ring none found" in lines[2] and lines[2].rstrip().endswith("-")
     assert lines[3].split()[0] == "bad" and "ring 0.40, disc 0.93" in lines[3] and "k = 5" in lines[3]
     assert worst_lines([]) == []
+
+
+def test_without_estimates_the_end_of_run_table_lists_the_most_uncertain_volumes_first():
+    entries = [_entry("calm", {"ring": None, "disc": None}), _entry("unsure", {"ring": None, "disc": None}, 2)]
+    entries[0]["uncertainty_score"], entries[1]["uncertainty_score"] = 0.1, 0.4
+    for entry, values in zip(entries, ((0.05, 0.2), (0.5, 0.3))):
+        entry["structures"] = [{"name": n, "estimated_dice": None, "uncertainty": u} for n, u in zip(("ring", "disc"),
+                                                                                                    values)]
+    lines = worst_lines(entries, estimated=False)
+    assert "most uncertain first" in lines[0] and "worst structures (uncertainty)" in lines[1]
+    assert lines[2].split()[0] == "unsure" and "ring 0.50, disc 0.30" in lines[2] and "k = 2" in lines[2]
+    assert lines[3].split()[0] == "calm" and "none found" not in lines[3]
 
 
 def test_the_cohort_record_and_table_carry_each_structure_s_estimate():
@@ -190,13 +204,14 @@ def test_a_run_writes_the_review_fields_and_quality_events(tmp_path, synthetic):
 def test_the_simulated_review_corrects_the_least_certain_slices_or_as_many_drawn_at_random():
     from PLCLSegmentationLib.engine.lab.review_sim import candidate_slices, choose
 
-    summary = {"volumes": [
-        {"name": "a", "slices": [{"index": 3, "uncertainty": 0.5}, {"index": 1, "uncertainty": 0.2}]},
-        {"name": "b", "slices": [{"index": 0, "uncertainty": 0.4}, {"index": 7, "uncertainty": 0.1}]},
-        {"name": "annotated", "slices": [{"index": 2, "uncertainty": 0.9}]}]}
-    candidates = candidate_slices(summary, {"a", "b"})
-    assert candidates == [("a", 3, 0.5), ("b", 0, 0.4), ("a", 1, 0.2), ("b", 7, 0.1)]
+    def item(index: int, uncertainty: float, voxels: float) -> dict:
+        return {"index": index, "uncertainty": uncertainty, "uncertain_voxels": voxels}
+
+    candidates = candidate_slices({"a": [item(3, 0.5, 10.0), item(1, 0.2, 90.0)],
+                                   "b": [item(0, 0.4, 50.0), item(7, 0.1, 5.0)]})
+    assert [(name, index) for name, index, _ in candidates] == [("a", 3), ("a", 1), ("b", 0), ("b", 7)]
     assert choose("uncertain", candidates, 3, seed=0) == {"a": [1, 3], "b": [0]}
+    assert choose("uncertain_voxels", candidates, 2, seed=0) == {"a": [1], "b": [0]}
     drawn = choose("random", candidates, 3, seed=0)
     assert sum(map(len, drawn.values())) == 3 and drawn == choose("random", candidates, 3, seed=0)
     assert choose("none", candidates, 3, seed=0) == {}

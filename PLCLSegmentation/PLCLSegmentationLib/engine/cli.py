@@ -24,7 +24,9 @@ from .protocol import (
     DEFAULT_BUDGET,
     DEFAULT_DEVICE,
     DEFAULT_DICOM_SEG_FRAMES,
+    DEFAULT_ESTIMATE,
     DEVICES,
+    ESTIMATES,
     EXIT_CANCELLED,
     EXIT_ERROR,
     EXIT_OK,
@@ -123,6 +125,10 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--precision", default=None, choices=list(PRECISIONS),
                          help="what the network computes in (default auto: bfloat16 where the device computes it "
                          "natively, else float32)")
+    predict.add_argument("--estimate", default=DEFAULT_ESTIMATE, choices=list(ESTIMATES),
+                         help=f"the estimated Dice per structure (default {DEFAULT_ESTIMATE}): full compares the "
+                         "prediction with three mirrored copies of the input (4 network passes a volume), fast "
+                         "with one (2 passes), off leaves it out (1 pass; uncertainty stays)")
     _add_outputs(predict)
     _add_common(predict)
 
@@ -182,12 +188,13 @@ def _run(args: argparse.Namespace, sink: EventSink, cancel: threading.Event) -> 
             from .run.cohort_prediction import run_cohort_prediction
 
             return run_cohort_prediction(args.model, args.images, args.inputs, args.shard, args.skip_existing,
-                                         args.out, args.device or DEFAULT_DEVICE, sink, cancel)
+                                         args.out, args.device or DEFAULT_DEVICE, sink, cancel, args.estimate)
         if not args.images:
             raise ConfigError("plcl predict: give the images to segment (IMAGE ... or --inputs LIST)")
         run_prediction(args.model, args.images, args.out, args.device or DEFAULT_DEVICE, sink, cancel,
                        formats=args.format, seg_frames=args.dicom_seg_frames or DEFAULT_DICOM_SEG_FRAMES,
-                       backend=args.backend or DEFAULT_BACKEND, precision=args.precision or "auto")
+                       backend=args.backend or DEFAULT_BACKEND, precision=args.precision or "auto",
+                       estimate=args.estimate)
     elif args.command == "cohort":
         from .cohort.commands import run_cohort
 

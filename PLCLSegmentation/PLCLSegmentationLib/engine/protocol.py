@@ -128,6 +128,12 @@ DEFAULT_BACKEND = "auto"
 #: ``plcl predict --precision`` (and the ``precision`` setting of training): auto is bfloat16 where
 #: the device computes it natively, else float32.
 PRECISIONS = ("auto", "fp32", "bf16")
+#: ``plcl predict --estimate`` (and ``plcl cohort slurm``'s tasks): how many mirrored copies of the input the
+#: quality estimate compares a prediction with (method/quality.py), each one network pass more: full (3,
+#: left-right, up-down, both), fast (1, left-right), off (none: estimated_dice is null, uncertainty stays).
+#: docs/cost-model.md gives what each costs; docs/results/2026-12-03-review-estimates.md how good each is.
+ESTIMATES = {"full": 3, "fast": 1, "off": 0}
+DEFAULT_ESTIMATE = "full"
 
 #: Budget presets: overrides of TrainConfig. Times are measured on a 2-core CPU (docs/results).
 BUDGETS: dict[str, dict[str, Any]] = {

@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from ..events import EventSink
-from ..protocol import COHORT_QC, DEVICES, EXIT_OK
+from ..protocol import COHORT_QC, DEFAULT_ESTIMATE, DEVICES, ESTIMATES, EXIT_OK
 
 
 def add_cohort_arguments(parser: argparse.ArgumentParser) -> None:
@@ -23,6 +23,9 @@ def add_cohort_arguments(parser: argparse.ArgumentParser) -> None:
     slurm.add_argument("--partition", default=None, metavar="NAME")
     slurm.add_argument("--device", default=None, choices=list(DEVICES),
                        help="the tasks' device (default: cuda with --gpus-per-task, else cpu)")
+    slurm.add_argument("--estimate", default=DEFAULT_ESTIMATE, choices=list(ESTIMATES),
+                       help=f"the tasks' estimated Dice per structure (plcl predict --estimate; default "
+                       f"{DEFAULT_ESTIMATE}; fast or off for a CPU cohort: see docs/cost-model.md)")
     slurm.add_argument("--submit", action="store_true", help="submit the script with sbatch")
     status = commands.add_parser("status", help="done, failed and pending inputs per shard")
     status.add_argument("out", metavar="DIR")
@@ -61,7 +64,7 @@ def _slurm(args: argparse.Namespace, out: Path) -> int:
 
     device = args.device or ("cuda" if args.gpus_per_task else "cpu")
     script = sbatch_script(args.model, args.inputs, str(out), args.tasks, device, args.gpus_per_task,
-                           args.cpus_per_task, args.time, args.partition)
+                           args.cpus_per_task, args.time, args.partition, estimate=args.estimate)
     info, _ = read_model(args.model)  # a damaged model: refused before anything is written
     count = check_unique_names(read_inputs([], args.inputs), args.inputs)
     for entry in read_inputs([], args.inputs):  # once here, so no task finds a missing file hours later

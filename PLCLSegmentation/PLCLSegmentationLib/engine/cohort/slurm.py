@@ -19,7 +19,7 @@ from pathlib import Path
 
 from ... import __version__
 from ..errors import ConfigError, InputError
-from ..protocol import EXIT_CANCELLED, LOGS_FOLDER, SBATCH_FILE
+from ..protocol import DEFAULT_ESTIMATE, EXIT_CANCELLED, LOGS_FOLDER, SBATCH_FILE
 
 #: Seconds before the time limit at which Slurm signals a task: enough to finish one cine subject on a CPU.
 SIGNAL_SECONDS = 120
@@ -32,7 +32,7 @@ def package_root() -> Path:
 
 def sbatch_script(model: str, inputs: str, out: str, tasks: int, device: str, gpus_per_task: int = 0,
                   cpus_per_task: int | None = None, time_limit: str | None = None, partition: str | None = None,
-                  python: str | None = None) -> str:
+                  python: str | None = None, estimate: str = DEFAULT_ESTIMATE) -> str:
     """The array script (bash). Paths are absolute: the script runs from any folder on any node."""
     if tasks < 1:
         raise ConfigError(f"--tasks {tasks}: at least 1")
@@ -54,6 +54,8 @@ def sbatch_script(model: str, inputs: str, out: str, tasks: int, device: str, gp
     command = [python or sys.executable, "-m", "PLCLSegmentationLib.engine", "predict",
                "--model", os.path.abspath(model), "--inputs", os.path.abspath(inputs),
                "--out", str(out_path), "--shard", "auto", "--skip-existing", "--device", device]
+    if estimate != DEFAULT_ESTIMATE:
+        command += ["--estimate", estimate]
     lines = [
         "#!/bin/bash",
         f"# Written by plcl cohort slurm (plcl {__version__}): the inputs of the list, segmented into",

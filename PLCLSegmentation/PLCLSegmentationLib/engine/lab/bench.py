@@ -246,8 +246,10 @@ def run_method(method: str, spec: dict[str, Any], protocol: Protocol, dataset: D
         final = model.name == MODEL_FILE
         out = folder / ("predict" if final else f"predict_{model.stem}")
         sink.emit("stage", stage=f"bench:{method}:predict", round=seed, total=len(images))
-        predicted = run_child(["predict", "--model", str(model), "--out", str(out), "--device", args.device, *images],
-                              folder / f"{out.name}.log")
+        # An intermediate model is scored only: its predictions skip the quality estimate's mirrored passes.
+        estimate = [] if final else ["--estimate", "off"]
+        predicted = run_child(["predict", "--model", str(model), "--out", str(out), "--device", args.device,
+                               *estimate, *images], folder / f"{out.name}.log")
         report = evaluate(str(out), data=str(dataset.root), split=args.eval_split)
         info_seconds = _model_train_seconds(model) if not final else training["train_seconds"]
         curve.append({"train_seconds": info_seconds, "mean_dice": report["mean"]["mean_dice"]})

@@ -24,7 +24,9 @@ FRAMES, SLICES, PIXELS, TARGET_SECONDS = 30, 10, 224, 5.0
 
 
 def measure_propagation(model: str | Path, folder: Path, device: str, frames: int = FRAMES, slices: int = SLICES,
-                        pixels: int = PIXELS) -> dict[str, Any]:
+                        pixels: int = PIXELS, estimate: str = "off") -> dict[str, Any]:
+    """The cine target's time: ``plcl predict`` of one SYNTHETIC cine, by default without the quality estimate
+    (one network pass a frame, as the target was set; ``estimate``: plcl predict --estimate)."""
     from .child import run_child
 
     folder.mkdir(parents=True, exist_ok=True)
@@ -34,12 +36,12 @@ def measure_propagation(model: str | Path, folder: Path, device: str, frames: in
     out = folder / "predict"
     shutil.rmtree(out, ignore_errors=True)  # this measurement's own earlier run: predict needs a fresh folder
     child = run_child(["predict", "--model", str(model), "--out", str(out), "--device", device, "--events", "jsonl",
-                       str(data / entry["image"])], folder / "predict.log")
+                       "--estimate", estimate, str(data / entry["image"])], folder / "predict.log")
     done = [e for e in _events(folder / "predict.log") if e.get("event") == "done"]
     summary = json.loads((out / SUMMARY_FILE).read_text())
     frame_seconds = sum(v["seconds"] for v in summary["volumes"])
     return {
-        "model": str(model), "device": device, "frames": frames, "size": entry["size"],
+        "model": str(model), "device": device, "estimate": estimate, "frames": frames, "size": entry["size"],
         "spacing_mm": entry["spacing_mm"], "process_seconds": child["seconds"],
         # CPU time of the whole process (all threads): on a busy machine a steadier measure than wall time
         "process_cpu_seconds": child["cpu_seconds"],

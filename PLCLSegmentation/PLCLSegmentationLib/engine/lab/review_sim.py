@@ -1,16 +1,18 @@
 """A simulated review: correct k slices of the unannotated volumes, accept them slice by slice, retrain once.
 
 ``python -m PLCLSegmentationLib.engine.lab.review_sim RUN OUT --slices K [--arms uncertain,random]`` takes a
-``plcl bench`` method folder RUN (``runs/seedS/plcl``: its training run, whose summary.json ranks the
-slices of every unannotated volume it segmented, and its evaluation report) and, per arm, chooses K
-slices of those volumes: ``uncertain`` the K least certain slices of all (summary.json's ``slices``),
-``random`` K drawn by seed from the same slices. A reviewer who corrects a slice leaves the ground truth
-on it, so each chosen volume becomes annotated on exactly its chosen slices (``--annotated-slices``,
-the ground truth label file); the model is retrained once from the run's model (``--init-model``, the
-engine's warm-start schedule) with the run's annotated cases and the other volumes unannotated, the
-evaluation split segmented and scored. ``none`` retrains with no slice corrected (what the warm start
-alone changes). Writes OUT/review.json and OUT/review.md: mean Dice per arm, its gain over the run's
-model and the gain per corrected slice.
+``plcl bench`` method folder RUN (``runs/seedS/plcl``: its training run, which segmented every
+unannotated volume, and its evaluation report) and, per arm, chooses K slices of those volumes, as
+the engine's own quality.slice_uncertainties lists them from the run's predictions and uncertainty
+maps (so a run made before a change of that function is ranked as the engine ranks now):
+``uncertain`` the K slices of highest mean uncertainty, ``uncertain_voxels`` the K of most uncertain
+voxels (the sum of their entropy), ``random`` K drawn by seed from the same slices. A reviewer who
+corrects a slice leaves the ground truth on it, so each chosen volume becomes annotated on exactly
+its chosen slices (``--annotated-slices``, the ground truth label file); the model is retrained once
+from the run's model (``--init-model``, the engine's warm-start schedule) with the run's annotated
+cases and the other volumes unannotated, the evaluation split segmented and scored. ``none``
+retrains with no slice corrected (what the warm start alone changes). Writes OUT/review.json and
+OUT/review.md: mean Dice per arm, its gain over the run's model and the gain per corrected slice.
 """
 
 from __future__ import annotations
@@ -24,27 +26,50 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from .. import slicing
 from ..evaluation.report import evaluate
 from ..files.dataset import read_dataset
-from ..files.volumes import atomic_path
+from ..files.volumes import atomic_path, read_annotation, read_volume
+from ..method.quality import AXIS_NAMES, slice_uncertainties
 from ..protocol import MODEL_FILE, SUMMARY_FILE
 from .child import run_child
 
-ARMS = ("uncertain", "random", "none")
+#: The arms, and the slice item's field the ranked ones order by (highest first).
+RANKED = {"uncertain": "uncertainty", "uncertain_voxels": "uncertain_voxels"}
+ARMS = (*RANKED, "random", "none")
 
 
-def candidate_slices(summary: dict[str, Any], cases: set[str]) -> list[tuple[str, int, float]]:
-    """(volume, slice index, uncertainty) of every listed slice of the volumes in ``cases``, least certain first."""
-    found = [(entry["name"], item["index"], item["uncertainty"]) for entry in summary["volumes"]
-             if entry["name"] in cases for item in entry.get("slices", [])]
-    return sorted(found, key=lambda s: (-s[2], s[0], s[1]))
+def ranked_slices(summary: dict[str, Any], cases: set[str]) -> dict[str, list[dict[str, Any]]]:
+    """Each volume of ``cases``: its slice items as the engine lists them now, from the run's segmentation and
+    uncertainty map (summary.json's ``files`` and ``uncertainty``)."""
+    names = [c["name"] for c in summary["classes"]]
+    found = {}
+    for entry in summary["volumes"]:
+        if entry["name"] not in cases:
+            continue
+        volume = read_volume(entry["image"])
+        values, segments = read_annotation(entry["segmentation"], volume)
+        index_of = {s.value: names.index(s.name) + 1 for s in segments or []}
+        labels = np.zeros(values.shape, np.uint8)
+        for value, index in index_of.items():
+            labels[values == value] = index
+        uncertainty = read_volume(entry["uncertainty"]).array
+        found[entry["name"]] = slice_uncertainties(labels, uncertainty, AXIS_NAMES.index(entry["slice_axis"]), names)
+    return found
 
 
-def choose(arm: str, candidates: list[tuple[str, int, float]], k: int, seed: int) -> dict[str, list[int]]:
+def candidate_slices(slices: dict[str, list[dict[str, Any]]]) -> list[tuple[str, int, dict[str, Any]]]:
+    """(volume, slice index, its item) of every listed slice, in a fixed order."""
+    return [(name, item["index"], item) for name in sorted(slices) for item in slices[name]]
+
+
+def choose(arm: str, candidates: list[tuple[str, int, dict[str, Any]]], k: int, seed: int) -> dict[str, list[int]]:
     """The slices an arm corrects, by volume."""
-    if arm == "uncertain":
-        picked = candidates[:k]
+    if arm in RANKED:
+        field = RANKED[arm]
+        picked = sorted(candidates, key=lambda c: (-c[2][field], c[0], c[1]))[:k]
     elif arm == "random":
         picked = random.Random(seed + 5000).sample(candidates, min(k, len(candidates)))
     else:
@@ -74,7 +99,7 @@ def run_arm(arm: str, chosen: dict[str, list[int]], run: Path, results: dict[str
     trained = run_child(train, folder / "train.log")
     images = [dataset.image(c) for c in cases["evaluation"]]
     run_child(["predict", "--model", str(folder / "train" / MODEL_FILE), "--out", str(folder / "predict"),
-               "--device", args.device, *images], folder / "predict.log")
+               "--device", args.device, "--estimate", "off", *images], folder / "predict.log")  # scored only
     report = evaluate(str(folder / "predict"), data=str(dataset.root), split=args.eval_split)
     return {"arm": arm, "slices": sum(len(v) for v in chosen.values()), "chosen": chosen,
             "mean_dice": report["mean"]["mean_dice"], "dice": report["mean"]["dice"],
@@ -117,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
     cases = bench["protocol"]["cases"].get(str(seed)) or bench["protocol"]["cases"][seed]
     args.eval_split = bench["protocol"]["eval_split"]
     summary = json.loads((args.run / "train" / SUMMARY_FILE).read_text())
-    candidates = candidate_slices(summary, set(cases["unlabeled"]))
+    candidates = candidate_slices(ranked_slices(summary, set(cases["unlabeled"])))
     args.out.mkdir(parents=True, exist_ok=True)
     review = {"run": str(args.run), "seed": seed, "k": args.slices, "eval_split": args.eval_split,
               "base_mean_dice": base["mean_dice"], "date": time.strftime("%Y-%m-%d %H:%M"), "arms": []}

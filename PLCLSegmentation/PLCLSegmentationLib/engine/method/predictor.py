@@ -17,13 +17,13 @@ import numpy as np
 import torch
 
 from ..files.volumes import ClassInfo, Volume
-from ..protocol import DEFAULT_BACKEND
+from ..protocol import DEFAULT_BACKEND, DEFAULT_ESTIMATE, ESTIMATES
 from ..runtime import autocast_dtype, backend_precision, resolve_backend
 from .backends import export_network, fold_batch_norms
 from .modelfile import ModelInfo, build_model, read_model
 from .predict import keep_largest_components, map_to_volume, predict_slices
 from .preprocess import InPlaneFrame, PreparedVolume, prepare_volume
-from .quality import VolumeQuality, agreement, volume_quality
+from .quality import VolumeQuality, agreement, quality_measure, volume_quality
 
 #: Slices of one network pass over consecutive frames of a 4D image (in batches of predict_slices'
 #: size): frames of ten slices would otherwise end each pass with a batch of two, at a quarter of
@@ -31,7 +31,8 @@ from .quality import VolumeQuality, agreement, volume_quality
 PASS_BATCHES = 5
 PASS_FLOATS = 2 ** 26
 #: The mirrored copies of each stack ([S, H, W] axes flipped) whose labels, mirrored back, the prediction is
-#: compared with for the quality estimate (method/quality.py): left-right, up-down, and both.
+#: compared with for the quality estimate (method/quality.py): left-right, up-down, and both; the first
+#: protocol.ESTIMATES[estimate] of them.
 MIRRORS = ((2,), (1,), (1, 2))
 
 
@@ -55,11 +56,12 @@ def prepare(volume: Volume, info: ModelInfo) -> tuple[PreparedVolume, bool]:
 
 class Predictor:
     """A network with the facts of its model file: classes, pixel size, in-plane reference,
-    sliding-window tile and overlap, largest-component clean-up, and what runs it (the backend:
-    torch, or an exported copy on the CPU, runtime.py) at which precision."""
+    sliding-window tile and overlap, largest-component clean-up, what runs it (the backend:
+    torch, or an exported copy on the CPU, runtime.py) at which precision, and how many mirrored
+    copies the quality estimate costs (``estimate``, protocol.ESTIMATES)."""
 
     def __init__(self, model: torch.nn.Module, info: ModelInfo, device: torch.device,
-                 precision: str = "auto", backend: str = "torch") -> None:
+                 precision: str = "auto", backend: str = "torch", estimate: str = DEFAULT_ESTIMATE) -> None:
         self.model = model.to(memory_format=torch.channels_last)  # faster convolutions on CPUs and tensor cores
         self.model.eval()
         self.info = info
@@ -74,14 +76,21 @@ class Predictor:
             exported = export_network(self.backend, self.model, self.precision)
             self.network, self.precision = exported, exported.precision
         self._values = np.array([0] + [c.value for c in info.classes], dtype=np.uint8)
+        self.estimate = estimate
+        self.mirrors = MIRRORS[:ESTIMATES[estimate]]
 
     @classmethod
     def load(cls, path: str | os.PathLike[str], device: torch.device, precision: str = "auto",
-             backend: str = DEFAULT_BACKEND) -> Predictor:
+             backend: str = DEFAULT_BACKEND, estimate: str = DEFAULT_ESTIMATE) -> Predictor:
         """The model file at ``path``, checked (a damaged or malformed file is an InputError) and
         loaded onto ``device``, run by ``backend`` (auto: runtime.resolve_backend's choice)."""
         info, state = read_model(path)
-        return cls(build_model(path, info, state, device), info, device, precision, backend)
+        return cls(build_model(path, info, state, device), info, device, precision, backend, estimate)
+
+    @property
+    def quality_measure(self) -> str:
+        """How this predictor's estimates are made (summary.json's ``quality_measure``)."""
+        return quality_measure(len(self.mirrors))
 
     @property
     def classes(self) -> list[ClassInfo]:
@@ -138,7 +147,7 @@ class Predictor:
         probs = self.probabilities(images)
         # The quality estimate's mirrored copies: their labels only, one copy's probabilities at a time.
         mirrored = [self.probabilities(images.flip(dims)).flip([d + 1 for d in dims]).argmax(1).to(torch.uint8)
-                    for dims in MIRRORS]
+                    for dims in self.mirrors]
         seconds = (time.monotonic() - started) / len(group)
         offset = 0
         for prepared in group:
@@ -146,7 +155,7 @@ class Predictor:
             slices = prepared.images.shape[0]
             result = map_to_volume(prepared, probs[offset:offset + slices])
             agreements = self._agreements(probs[offset:offset + slices].argmax(1).to(torch.uint8),
-                                          [m[offset:offset + slices] for m in mirrored])
+                                          [m[offset:offset + slices] for m in mirrored]) if mirrored else None
             offset += slices
             labels = result.labels
             if info.largest_component:

@@ -28,12 +28,23 @@ AGREEMENT_POWER = 3
 AXIS_NAMES = ("k", "j", "i")
 DIGITS = 4
 
-QUALITY_MEASURE = (
-    "estimated_dice: the mean Dice of the structure's prediction with the predictions of three mirrored copies of "
-    f"the input (left-right, up-down, both; mirrored back), to the power {AGREEMENT_POWER}; the power was chosen "
-    "once on the unannotated training volumes of ACDC, no label of the volumes segmented here is used; "
-    "uncertainty: mean normalised entropy over the structure's predicted voxels (1.0 when none); a slice's "
-    f"uncertainty: mean entropy over its predicted foreground and its voxels of entropy above {ENTROPY_FLOOR}")
+#: What the copies are, by their number (protocol.ESTIMATES): predictor.MIRRORS in that order.
+COPIES_TEXT = {3: "three mirrored copies of the input (left-right, up-down, both; mirrored back)",
+               1: "one mirrored copy of the input (left-right; mirrored back)"}
+
+
+def quality_measure(copies: int = 3) -> str:
+    """summary.json's ``quality_measure``: how the estimates of a run with ``copies`` mirrored copies were made."""
+    estimate = (f"estimated_dice: the mean Dice of the structure's prediction with the predictions of "
+                f"{COPIES_TEXT[copies]}, to the power {AGREEMENT_POWER}; the power was chosen once on the unannotated "
+                "training volumes of ACDC, no label of the volumes segmented here is used; "
+                if copies else "estimated_dice: not computed (--estimate off), null; ")
+    return (estimate + "uncertainty: mean normalised entropy over the structure's predicted voxels (1.0 when none); "
+            f"a slice's uncertainty: mean entropy over its predicted foreground and its voxels of entropy above "
+            f"{ENTROPY_FLOOR}")
+
+
+QUALITY_MEASURE = quality_measure()
 
 
 @dataclass
@@ -66,10 +77,11 @@ def agreement(labels: np.ndarray, copies: Sequence[np.ndarray], num_classes: int
     return np.where(counted > 0, totals / np.maximum(counted, 1), 1.0)
 
 
-def volume_quality(labels: np.ndarray, uncertainty: np.ndarray, agreements: Sequence[float], slice_axis: int,
-                   names: Sequence[str], values: Sequence[int]) -> VolumeQuality:
+def volume_quality(labels: np.ndarray, uncertainty: np.ndarray, agreements: Sequence[float] | None,
+                   slice_axis: int, names: Sequence[str], values: Sequence[int]) -> VolumeQuality:
     """``labels``: class indices [k, j, i] (0 background, c for ``names[c - 1]``); ``uncertainty``: normalised
-    entropy; ``agreements``: each class's agreement with the mirrored copies (background first, ``agreement``);
+    entropy; ``agreements``: each class's agreement with the mirrored copies (background first, ``agreement``;
+    None: no estimate, every estimated_dice None);
     ``slice_axis``: the array axis of [k, j, i] the engine slices along."""
     n_classes = len(names) + 1
     flat = labels.reshape(-1).astype(np.int64)
@@ -77,11 +89,13 @@ def volume_quality(labels: np.ndarray, uncertainty: np.ndarray, agreements: Sequ
     entropy_sums = np.bincount(flat, weights=uncertainty.reshape(-1), minlength=n_classes)[:n_classes]
     structures = []
     for c, (name, value) in enumerate(zip(names, values), 1):
-        estimate = round(float(np.clip(agreements[c], 0, 1)) ** AGREEMENT_POWER, DIGITS) if counts[c] else None
+        estimate = (round(float(np.clip(agreements[c], 0, 1)) ** AGREEMENT_POWER, DIGITS)
+                    if counts[c] and agreements is not None else None)
         mean_entropy = float(entropy_sums[c] / counts[c]) if counts[c] else 1.0
         structures.append({"name": name, "value": int(value), "estimated_dice": estimate,
                            "uncertainty": round(mean_entropy, DIGITS)})
-    structures.sort(key=lambda s: (s["estimated_dice"] is None, s["estimated_dice"] or 0.0))
+    # Worst first: the lowest estimate; without estimates (--estimate off), the highest uncertainty.
+    structures.sort(key=lambda s: (s["estimated_dice"] is None, s["estimated_dice"] or 0.0, -s["uncertainty"]))
     return VolumeQuality(AXIS_NAMES[slice_axis], structures,
                          slice_uncertainties(labels, uncertainty, slice_axis, names))
 
@@ -89,7 +103,8 @@ def volume_quality(labels: np.ndarray, uncertainty: np.ndarray, agreements: Sequ
 def slice_uncertainties(labels: np.ndarray, uncertainty: np.ndarray, slice_axis: int,
                         names: Sequence[str]) -> list[dict[str, Any]]:
     """One item per slice along ``slice_axis`` with predicted foreground or entropy above the floor, least
-    certain first: its index, uncertainty, the structure of highest mean entropy there and every one's."""
+    certain first: its index, uncertainty, its uncertain voxels (the sum of their entropy: about how many
+    voxels are wrong), the structure of highest mean entropy there and every one's."""
     n_classes = len(names) + 1
     stack_labels = np.moveaxis(labels, slice_axis, 0).reshape(labels.shape[slice_axis], -1)
     stack_entropy = np.moveaxis(uncertainty, slice_axis, 0).reshape(labels.shape[slice_axis], -1)
@@ -109,6 +124,6 @@ def slice_uncertainties(labels: np.ndarray, uncertainty: np.ndarray, slice_axis:
                for c in range(1, n_classes) if class_counts[s, c]}
         worst = max(per, key=lambda n: per[n]) if per else None
         items.append({"index": int(s), "uncertainty": round(float(total[s] / count[s]), DIGITS),
-                      "structure": worst, "structures": per})
+                      "uncertain_voxels": round(float(total[s]), 1), "structure": worst, "structures": per})
     items.sort(key=lambda item: (-item["uncertainty"], item["index"]))
     return items

@@ -29,7 +29,14 @@ from ..files.input_list import Entry, check_entry, check_unique_names, read_inpu
 from ..files.outfolder import check_inputs_outside_outputs
 from ..files.volumes import Volume, check_writable_folder, read_volume
 from ..method.predictor import Predictor, prepare
-from ..protocol import EXIT_DONE_WITH_FAILURES, EXIT_OK, PREDICTIONS_FOLDER, SEQUENCES_FOLDER, UNCERTAINTY_FOLDER
+from ..protocol import (
+    DEFAULT_ESTIMATE,
+    EXIT_DONE_WITH_FAILURES,
+    EXIT_OK,
+    PREDICTIONS_FOLDER,
+    SEQUENCES_FOLDER,
+    UNCERTAINTY_FOLDER,
+)
 from ..runtime import resolve_device
 from .cohort_folder import (
     append_record,
@@ -61,7 +68,7 @@ class _PerInputSink(EventSink):
 
 def run_cohort_prediction(model_path: str, images: list[str], inputs: str | None, shard_text: str | None,
                           skip_existing: bool, out: str, device_name: str, sink: EventSink,
-                          cancel: threading.Event | None = None) -> int:
+                          cancel: threading.Event | None = None, estimate: str = DEFAULT_ESTIMATE) -> int:
     """Segment this shard's inputs into ``out``; EXIT_OK, or EXIT_DONE_WITH_FAILURES when some failed."""
     cancel = cancel or threading.Event()
     started = time.monotonic()
@@ -73,7 +80,7 @@ def run_cohort_prediction(model_path: str, images: list[str], inputs: str | None
     for entry in mine:
         check_entry(entry)
     device = resolve_device(device_name)
-    predictor = Predictor.load(model_path, device)  # a damaged model: an error before any output
+    predictor = Predictor.load(model_path, device, estimate=estimate)  # a damaged model: an error before any output
     check_inputs_outside_outputs(out_path, [e.path for e in mine] + [model_path])
     check_writable_folder(out_path)
     wanted = cohort_description(model_path, [c.to_dict() for c in predictor.classes], inputs, images, shard.count)

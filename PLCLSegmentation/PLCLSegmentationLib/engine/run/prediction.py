@@ -22,7 +22,7 @@ from ..files.volumes import Volume, read_volume, volume_name, write_image
 from ..method.modelfile import ModelInfo
 from ..method.predictor import Prediction, Predictor, prepare
 from ..method.preprocess import InPlaneFrame, PreparedVolume, slice_layout
-from ..protocol import DEFAULT_BACKEND, PREDICTIONS_FOLDER, SEQUENCES_FOLDER, UNCERTAINTY_FOLDER
+from ..protocol import DEFAULT_BACKEND, DEFAULT_ESTIMATE, PREDICTIONS_FOLDER, SEQUENCES_FOLDER, UNCERTAINTY_FOLDER
 from ..runtime import resolve_backend, resolve_device
 from .sequence_outputs import LabelSequenceWriter, sequence_entry
 from .summary import write_summary
@@ -64,7 +64,7 @@ def check_slice_sizes(volumes: list[Volume], spacing: float, reference: InPlaneF
 def run_prediction(model_path: str, images: list[str], out: str, device_name: str, sink: EventSink,
                    cancel: threading.Event | None = None, formats: list[str] | None = None,
                    seg_frames: str = DEFAULT_SEG_FRAMES, backend: str = DEFAULT_BACKEND,
-                   precision: str = "auto") -> dict[str, Any]:
+                   precision: str = "auto", estimate: str = DEFAULT_ESTIMATE) -> dict[str, Any]:
     cancel = cancel or threading.Event()
     started = time.monotonic()
     check_outputs(formats, seg_frames, images)  # --format: a usage error before anything is read
@@ -72,7 +72,7 @@ def run_prediction(model_path: str, images: list[str], out: str, device_name: st
     # A damaged or malformed model file: an error before any image is read. Loaded once for all images;
     # a backend that is not installed or not for this device is a usage error before that.
     resolve_backend(backend, device)
-    predictor = Predictor.load(model_path, device, precision, backend)
+    predictor = Predictor.load(model_path, device, precision, backend, estimate)
     info = predictor.info
     # Every image is read and checked first (one at a time, nothing kept but its name and grid, and
     # the first image's voxels: it is segmented first, so it is not read twice) ...
@@ -111,7 +111,9 @@ def run_prediction(model_path: str, images: list[str], out: str, device_name: st
                                                       sequences, outputs)
         summary = write_summary("predict", out_path, info.classes, entries, sink,
                                 extra={"model": str(Path(model_path).resolve()), "sequences": sequence_entries,
-                                       "backend": predictor.backend, "precision": predictor.precision})
+                                       "backend": predictor.backend, "precision": predictor.precision,
+                                       "estimate": predictor.estimate,
+                                       "quality_measure": predictor.quality_measure})
         sink.emit("done", out=str(out_path), elapsed_s=round(time.monotonic() - started, 2))
     return summary
 

@@ -35,7 +35,7 @@ def write_summary(command: str, out: Path, classes: list[ClassInfo], entries: li
     }
     write_json(out / SUMMARY_FILE, summary)
     sink.emit("output", kind="summary", path=str(out / SUMMARY_FILE), name=None)
-    sink.report(worst_lines(entries))
+    sink.report(worst_lines(entries, estimated=summary.get("estimate") != "off"))
     return summary
 
 
@@ -43,21 +43,26 @@ def write_summary(command: str, out: Path, classes: list[ClassInfo], entries: li
 WORST_VOLUMES = 5
 
 
-def worst_lines(entries: list[dict[str, Any]], count: int = WORST_VOLUMES) -> list[str]:
-    """The volumes (and frames) of lowest estimated Dice, each with its worst structure and least certain
-    slice: where review pays first. [] when nothing was segmented."""
+def worst_lines(entries: list[dict[str, Any]], count: int = WORST_VOLUMES, estimated: bool = True) -> list[str]:
+    """The volumes (and frames) of lowest estimated Dice (without estimates, ``--estimate off``: of highest
+    uncertainty), each with its worst structures and least certain slice: where review pays first. [] when
+    nothing was segmented."""
     def lowest(entry: dict[str, Any]) -> float:
         estimates = [s["estimated_dice"] for s in entry.get("structures", []) if s["estimated_dice"] is not None]
         return min(estimates) if estimates else -1.0  # nothing found at all: first
 
-    ranked = sorted((e for e in entries if "structures" in e), key=lowest)[:count]
+    def uncertain(entry: dict[str, Any]) -> float:
+        return -entry["uncertainty_score"]
+
+    ranked = sorted((e for e in entries if "structures" in e), key=lowest if estimated else uncertain)[:count]
     if not ranked:
         return []
     width = max(len("volume"), *(len(e["name"]) for e in ranked))
-    lines = [f"review first ({len(ranked)} of {len(entries)} volumes, lowest estimated Dice first):",
-             f"  {'volume':<{width}}  worst structures (estimated Dice)              least certain slice"]
+    order, measure = ("lowest estimated Dice", "estimated Dice") if estimated else ("most uncertain", "uncertainty")
+    lines = [f"review first ({len(ranked)} of {len(entries)} volumes, {order} first):",
+             f"  {'volume':<{width}}  {f'worst structures ({measure})':<45}  least certain slice"]
     for entry in ranked:
-        worst = ", ".join(_estimate_text(s) for s in entry["structures"][:2])
+        worst = ", ".join(_estimate_text(s) if estimated else _uncertainty_text(s) for s in entry["structures"][:2])
         where = entry["slices"][0]["index"] if entry.get("slices") else None
         slice_text = "-" if where is None else f"{entry['slice_axis']} = {where}"
         lines.append(f"  {entry['name']:<{width}}  {worst:<45}  {slice_text}")
@@ -74,3 +79,8 @@ def write_json(path: Path, data: dict[str, Any]) -> None:
 def _estimate_text(structure: dict[str, Any]) -> str:
     estimate = structure["estimated_dice"]
     return f"{structure['name']} " + ("none found" if estimate is None else f"{estimate:.2f}")
+
+
+def _uncertainty_text(structure: dict[str, Any]) -> str:
+    return f"{structure['name']} " + ("none found" if structure["uncertainty"] >= 1.0 else
+                                      f"{structure['uncertainty']:.2f}")
