@@ -211,7 +211,8 @@ def test_the_simulated_review_corrects_the_least_certain_slices_or_as_many_drawn
                                    "b": [item(0, 0.4, 50.0), item(7, 0.1, 5.0)]})
     assert [(name, index) for name, index, _ in candidates] == [("a", 3), ("a", 1), ("b", 0), ("b", 7)]
     assert choose("uncertain", candidates, 3, seed=0) == {"a": [1, 3], "b": [0]}
-    assert choose("uncertain_voxels", candidates, 2, seed=0) == {"a": [1], "b": [0]}
+    assert choose("uncertain_voxels", candidates, 2, seed=0) == {"a": [1], "b": [0]}  # one slice a volume first
+    assert choose("uncertain_voxels", candidates, 3, seed=0) == {"a": [1, 3], "b": [0]}
     drawn = choose("random", candidates, 3, seed=0)
     assert sum(map(len, drawn.values())) == 3 and drawn == choose("random", candidates, 3, seed=0)
     assert choose("none", candidates, 3, seed=0) == {}

@@ -5,8 +5,9 @@
 unannotated volume, and its evaluation report) and, per arm, chooses K slices of those volumes, as
 the engine's own quality.slice_uncertainties lists them from the run's predictions and uncertainty
 maps (so a run made before a change of that function is ranked as the engine ranks now):
-``uncertain`` the K slices of highest mean uncertainty, ``uncertain_voxels`` the K of most uncertain
-voxels (the sum of their entropy), ``random`` K drawn by seed from the same slices. A reviewer who
+``uncertain`` the K slices of highest mean uncertainty, ``uncertain_voxels`` the slice of most
+uncertain voxels (the sum of their entropy) of each of the K volumes whose such slice is highest
+(one slice a volume, then a second, ...), ``random`` K drawn by seed from the same slices. A reviewer who
 corrects a slice leaves the ground truth on it, so each chosen volume becomes annotated on exactly
 its chosen slices (``--annotated-slices``, the ground truth label file); the model is retrained once
 from the run's model (``--init-model``, the engine's warm-start schedule) with the run's annotated
@@ -38,6 +39,8 @@ from .child import run_child
 
 #: The arms, and the slice item's field the ranked ones order by (highest first).
 RANKED = {"uncertain": "uncertainty", "uncertain_voxels": "uncertain_voxels"}
+#: Ranked arms that take one slice per volume before a second of any (a reviewer goes on to the next volume).
+SPREAD = {"uncertain_voxels"}
 ARMS = (*RANKED, "random", "none")
 
 
@@ -69,7 +72,15 @@ def choose(arm: str, candidates: list[tuple[str, int, dict[str, Any]]], k: int, 
     """The slices an arm corrects, by volume."""
     if arm in RANKED:
         field = RANKED[arm]
-        picked = sorted(candidates, key=lambda c: (-c[2][field], c[0], c[1]))[:k]
+        ranked = sorted(candidates, key=lambda c: (-c[2][field], c[0], c[1]))
+        if arm in SPREAD:  # each volume's top slice first, then each one's second, ...
+            taken: dict[str, int] = {}
+            turns = []
+            for name, _, _ in ranked:
+                turns.append(taken.get(name, 0))
+                taken[name] = turns[-1] + 1
+            ranked = [c for _, c in sorted(zip(turns, ranked), key=lambda pair: pair[0])]
+        picked = ranked[:k]
     elif arm == "random":
         picked = random.Random(seed + 5000).sample(candidates, min(k, len(candidates)))
     else:
