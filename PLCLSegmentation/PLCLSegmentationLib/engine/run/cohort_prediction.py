@@ -118,6 +118,7 @@ def run_cohort_prediction(model_path: str, images: list[str], inputs: str | None
                 continue
             record.update(shard=str(shard), seconds=round(time.monotonic() - input_started, 3))
             append_record(results_path(out_path, shard), record)
+            # write_predictions trimmed its group's arrays; this input's voxels were held here until now.
             release_freed_memory()  # the next input starts from a heap without this one's free pages
             elapsed = time.monotonic() - started
             sink.emit("progress", stage="predict", iteration=number, total=len(todo), losses={},

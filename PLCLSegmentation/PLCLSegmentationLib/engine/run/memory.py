@@ -4,9 +4,11 @@ A shard segments thousands of inputs in one process. Each input's arrays (hundre
 for a large volume) are freed when it is done, but glibc keeps freed heap memory in the process
 and the heap fragments as volumes of other sizes come and go: a task's resident memory, and its
 peak, crept up with the number of inputs (about +11 % from 100 to 1,000 SYNTHETIC volumes,
-docs/results/2026-12-03-cohort-scale.md). ``malloc_trim(0)`` after each input returns the free
-pages, so the peak is set by the largest input, not by how many came before it. Elsewhere (macOS,
-Windows, musl) it does nothing.
+docs/results/2026-12-03-cohort-scale.md). ``malloc_trim(0)`` returns the free pages, so the peak is
+set by the largest input, not by how many came before it: run/prediction.py's write_predictions
+calls it after each group of volumes (``plcl predict``, a training run's final predictions, each
+input of a shard), and a shard once more after each input, when the input's own voxels are dropped
+too. Elsewhere (macOS, Windows, musl) it does nothing.
 """
 
 from __future__ import annotations

@@ -24,6 +24,7 @@ from ..method.predictor import Prediction, Predictor, prepare
 from ..method.preprocess import InPlaneFrame, PreparedVolume, slice_layout
 from ..protocol import DEFAULT_BACKEND, DEFAULT_ESTIMATE, PREDICTIONS_FOLDER, SEQUENCES_FOLDER, UNCERTAINTY_FOLDER
 from ..runtime import resolve_backend, resolve_device
+from .memory import release_freed_memory
 from .sequence_outputs import LabelSequenceWriter, sequence_entry
 from .summary import write_summary
 from .writers import DEFAULT_SEG_FRAMES, SegmentationWriters, check_outputs, output_formats
@@ -197,7 +198,8 @@ def write_predictions(predictor: Predictor, volumes: Iterable[PreparedVolume], c
                       worst_slice=prediction.quality.worst_slice)
             sink.emit("progress", stage="predict", iteration=len(entries), total=count, losses={},
                       elapsed_s=0.0, eta_s=0.0, slices_per_s=0.0)
-        del group  # before the next volumes are read
+        del group, prepared, prediction  # before the next volumes are read
+        release_freed_memory()  # the group's arrays' free pages: the next group starts without them
     by_name = {e["name"]: e for e in entries}
     return entries, [sequence_entry(sequence, annotated, by_name, predictor.classes, written.get(sequence.name), out,
                                     sink)
