@@ -56,7 +56,7 @@ def run_cohort(args: argparse.Namespace, sink: EventSink) -> int:
 
 
 def _slurm(args: argparse.Namespace, out: Path) -> int:
-    from ..files.input_list import check_entry, check_unique_names, read_inputs
+    from ..files.input_list import check_entry, read_inputs, unique_inputs
     from ..files.volumes import check_writable_folder
     from ..method.modelfile import read_model
     from ..run.cohort_folder import claim_cohort_folder, cohort_description
@@ -66,8 +66,8 @@ def _slurm(args: argparse.Namespace, out: Path) -> int:
     script = sbatch_script(args.model, args.inputs, str(out), args.tasks, device, args.gpus_per_task,
                            args.cpus_per_task, args.time, args.partition, estimate=args.estimate)
     info, _ = read_model(args.model)  # a damaged model: refused before anything is written
-    count = check_unique_names(read_inputs([], args.inputs), args.inputs)
-    for entry in read_inputs([], args.inputs):  # once here, so no task finds a missing file hours later
+    count, entries = unique_inputs(read_inputs([], args.inputs), args.inputs, lambda entry: True)
+    for entry in entries:  # once here, so no task finds a missing file hours later
         check_entry(entry)
     check_writable_folder(out)
     claim_cohort_folder(out, cohort_description(args.model, [c.to_dict() for c in info.classes], args.inputs, [],

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import csv
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -113,8 +113,18 @@ def check_entry(entry: Entry) -> None:
 
 def check_unique_names(entries: Iterator[Entry], listed_in: str | None) -> int:
     """Outputs are named after their inputs: two inputs of one name would overwrite each other.
-    Holds the names only (strings), never an image; returns how many inputs there are."""
+    Returns how many inputs there are (unique_inputs, keeping none of them)."""
+    count, _ = unique_inputs(entries, listed_in, lambda entry: False)
+    return count
+
+
+def unique_inputs(entries: Iterator[Entry], listed_in: str | None,
+                  keep: Callable[[Entry], bool]) -> tuple[int, list[Entry]]:
+    """One pass over the inputs: their names differ (or an InputError naming both places), and the
+    entries ``keep`` holds (a shard's) are kept, in order; also returns how many inputs there are.
+    Holds each name's first entry (for the message), never an image."""
     seen: dict[str, Entry] = {}
+    kept: list[Entry] = []
     count = 0
     for entry in entries:
         count += 1
@@ -122,6 +132,8 @@ def check_unique_names(entries: Iterator[Entry], listed_in: str | None) -> int:
         if earlier is not entry:
             raise InputError(entry.path, f"(at {entry.origin}) has the same name '{entry.name}' as {earlier.path} "
                                          f"(at {earlier.origin}); input file names must differ")
+        if keep(entry):
+            kept.append(entry)
     if not count:
         raise InputError(listed_in, "lists no images")
-    return count
+    return count, kept

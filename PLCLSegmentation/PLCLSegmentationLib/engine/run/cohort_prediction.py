@@ -25,7 +25,7 @@ from ... import __version__
 from ..errors import DISK_FULL_ERRNOS, Cancelled, InputError, OutputError
 from ..events import EventSink
 from ..files.cine import is_sequence, read_sequence
-from ..files.input_list import Entry, check_entry, check_unique_names, read_inputs
+from ..files.input_list import Entry, check_entry, read_inputs, unique_inputs
 from ..files.outfolder import check_inputs_outside_outputs
 from ..files.volumes import Volume, check_writable_folder, read_volume
 from ..method.predictor import Predictor, prepare
@@ -75,8 +75,7 @@ def run_cohort_prediction(model_path: str, images: list[str], inputs: str | None
     shard = parse_shard(shard_text)
     out_path = Path(out)
     # Checks before anything is written: the list (names of all inputs unique), this shard's files there.
-    check_unique_names(read_inputs(images, inputs), inputs)
-    mine = [entry for entry in read_inputs(images, inputs) if shard.holds(entry.position)]
+    _, mine = unique_inputs(read_inputs(images, inputs), inputs, lambda entry: shard.holds(entry.position))
     for entry in mine:
         check_entry(entry)
     device = resolve_device(device_name)
