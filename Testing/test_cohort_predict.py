@@ -186,6 +186,7 @@ def test_shards_split_the_cohort_record_failures_and_skip_what_is_done(synthetic
                      "--skip-existing", "--device", "cpu", "--events", "jsonl")
     assert again.returncode == EXIT_DONE_WITH_FAILURES, again.stderr
     written = [json.loads(line) for line in again.stdout.splitlines()]
+    assert [e["backend"] for e in written if e["event"] == "start"] == ["torch"]  # as docs/protocol.md says
     assert sorted(e["name"] for e in written if e["event"] == "output" and e["kind"] == "prediction") == [
         "subject_003"]
     assert (out / "predictions" / "subject_003.seg.nrrd").is_file() and len(records(out, "failures")) == 2

@@ -90,7 +90,7 @@ def run_cohort_prediction(model_path: str, images: list[str], inputs: str | None
         done = completed_names(out_path, names) if skip_existing else set()
         todo = [entry for entry in mine if entry.name not in done]
         sink.emit("start", command="predict", version=__version__, device=str(device),
-                  precision=predictor.precision, out=str(out_path))
+                  precision=predictor.precision, backend=predictor.backend, out=str(out_path))
         if done:
             sink.emit("warning", message=f"shard {shard}: {len(done)} of {len(mine)} inputs are complete already "
                                          f"(--skip-existing); doing the other {len(todo)}")
