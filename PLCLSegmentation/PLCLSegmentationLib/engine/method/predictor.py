@@ -62,12 +62,15 @@ class Predictor:
 
     def __init__(self, model: torch.nn.Module, info: ModelInfo, device: torch.device,
                  precision: str = "auto", backend: str = "torch", estimate: str = DEFAULT_ESTIMATE) -> None:
+        """``backend`` as runtime.resolve_backend resolved it (torch, onnxruntime or openvino)."""
         self.model = model.to(memory_format=torch.channels_last)  # faster convolutions on CPUs and tensor cores
         self.model.eval()
         self.info = info
         self.device = device
-        self.backend = resolve_backend(backend, device)  # a ConfigError for one not installed or not for the device
-        self.precision = backend_precision(self.backend, precision, device)
+        if backend == "auto":
+            raise ValueError("Predictor takes a resolved backend: Predictor.load resolves one")
+        self.backend = backend
+        self.precision = backend_precision(backend, precision, device)
         self.autocast = autocast_dtype(precision, device) if self.backend == "torch" else None
         self.network: Callable[[torch.Tensor], torch.Tensor] = self.model
         if self.backend == "torch" and self.autocast is None:
@@ -83,7 +86,11 @@ class Predictor:
     def load(cls, path: str | os.PathLike[str], device: torch.device, precision: str = "auto",
              backend: str = DEFAULT_BACKEND, estimate: str = DEFAULT_ESTIMATE) -> Predictor:
         """The model file at ``path``, checked (a damaged or malformed file is an InputError) and
-        loaded onto ``device``, run by ``backend`` (auto: runtime.resolve_backend's choice)."""
+        loaded onto ``device``, run by ``backend`` (auto: runtime.resolve_backend's choice). A backend
+        not installed or not for ``device``, or a precision it cannot compute in, is a ConfigError
+        before the model is read."""
+        backend = resolve_backend(backend, device)
+        backend_precision(backend, precision, device)  # its refusals only: the Predictor takes the value
         info, state = read_model(path)
         return cls(build_model(path, info, state, device), info, device, precision, backend, estimate)
 

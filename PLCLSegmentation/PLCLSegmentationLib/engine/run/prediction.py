@@ -23,7 +23,7 @@ from ..method.modelfile import ModelInfo
 from ..method.predictor import Prediction, Predictor, prepare
 from ..method.preprocess import InPlaneFrame, PreparedVolume, slice_layout
 from ..protocol import DEFAULT_BACKEND, DEFAULT_ESTIMATE, PREDICTIONS_FOLDER, SEQUENCES_FOLDER, UNCERTAINTY_FOLDER
-from ..runtime import resolve_backend, resolve_device
+from ..runtime import resolve_device
 from .memory import release_freed_memory
 from .sequence_outputs import LabelSequenceWriter, sequence_entry
 from .summary import write_summary
@@ -71,8 +71,7 @@ def run_prediction(model_path: str, images: list[str], out: str, device_name: st
     check_outputs(formats, seg_frames, images)  # --format: a usage error before anything is read
     device = resolve_device(device_name)
     # A damaged or malformed model file: an error before any image is read. Loaded once for all images;
-    # a backend that is not installed or not for this device is a usage error before that.
-    resolve_backend(backend, device)
+    # a backend that is not installed or not for this device is a usage error before that (Predictor.load).
     predictor = Predictor.load(model_path, device, precision, backend, estimate)
     info = predictor.info
     # Every image is read and checked first (one at a time, nothing kept but its name and grid, and
