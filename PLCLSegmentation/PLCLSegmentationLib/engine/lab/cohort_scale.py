@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import os
 import platform
 import shutil
@@ -45,9 +44,11 @@ from pathlib import Path
 from typing import Any
 
 from ..files.input_list import check_entry, read_inputs, unique_inputs
+from ..files.volumes import atomic_path
 from ..protocol import DEFAULT_ESTIMATE, ESTIMATES, FAILURES_SUFFIX, RESULTS_SUFFIX, SHARDS_FOLDER
 from ..run.cohort_folder import read_records
 from ..run.shard import Shard
+from ..run.summary import write_json
 from .child import run_child
 from .cohort_scale_report import STAGES, report_markdown
 from .synthetic import make_synthetic_dataset
@@ -87,7 +88,8 @@ def make_cohort(folder: Path, volumes: int, distinct: int) -> tuple[Path, list[s
 
 
 def write_list(path: Path, names: list[str]) -> None:
-    path.write_text("# SYNTHETIC cohort of the cohort-scale benchmark\n" + "".join(f"{n}\n" for n in names))
+    with atomic_path(path) as tmp, open(tmp, "w") as f:
+        f.write("# SYNTHETIC cohort of the cohort-scale benchmark\n" + "".join(f"{n}\n" for n in names))
 
 
 def train_model(folder: Path, out: Path) -> str:
@@ -302,7 +304,7 @@ def run(out: Path, volumes: int, distinct: int, tasks: int, cpus: int, kill_task
 
 def _save(out: Path, report: dict[str, Any]) -> None:
     """What is measured so far (cohort_scale.json), in case the run is stopped before its end."""
-    (out / "cohort_scale.json").write_text(json.dumps(report, indent=2) + "\n")
+    write_json(out / "cohort_scale.json", report)
 
 
 def targets(report: dict[str, Any]) -> dict[str, Any]:
@@ -352,7 +354,8 @@ def main(argv: list[str] | None = None) -> int:
     report = run(out, args.volumes, args.distinct, args.tasks, args.cpus_per_task, args.kill_task, args.model,
                  args.memory_small, stages, args.estimate)
     _save(out, report)
-    (out / "cohort_scale.md").write_text(report_markdown(report))
+    with atomic_path(out / "cohort_scale.md") as tmp, open(tmp, "w") as f:
+        f.write(report_markdown(report))
     print(report_markdown(report))
     return 0 if report["targets"]["checks_passed"] else 1
 

@@ -16,7 +16,6 @@ Writes OUT/inference.json and OUT/inference.md; never asserts anything.
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,9 +26,10 @@ import torch
 
 from ..evaluation.metrics import dice_per_class
 from ..files.dataset import read_dataset
-from ..files.volumes import read_volume
+from ..files.volumes import atomic_path, read_volume
 from ..method.predictor import Predictor
 from ..method.preprocess import PreparedVolume
+from ..run.summary import write_json
 from ..runtime import autocast_dtype, backend_installed, native_cpu_bf16, precision_name, resolve_device
 
 #: The rule for making a backend the default of ``--backend auto`` (runtime.AUTO_CPU_BACKENDS).
@@ -195,9 +195,10 @@ def main(argv: list[str] | None = None) -> int:
     result = measure(args.model, images, args.device, chosen, references)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "inference.json").write_text(json.dumps(result, indent=2) + "\n")
+    write_json(out / "inference.json", result)
     text = markdown(result)
-    (out / "inference.md").write_text("\n".join(text) + "\n")
+    with atomic_path(out / "inference.md") as tmp, open(tmp, "w") as f:
+        f.write("\n".join(text) + "\n")
     print("\n".join(text))
     return 0
 

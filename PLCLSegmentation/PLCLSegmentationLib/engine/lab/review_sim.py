@@ -35,6 +35,7 @@ from ..files.dataset import read_dataset
 from ..files.volumes import atomic_path, read_annotation, read_volume
 from ..method.quality import AXIS_NAMES, slice_uncertainties
 from ..protocol import MODEL_FILE, SUMMARY_FILE
+from ..run.summary import write_json
 from .child import run_child
 
 #: The arms, and the slice item's field the ranked ones order by (highest first).
@@ -161,9 +162,9 @@ def main(argv: list[str] | None = None) -> int:
         chosen = choose(arm, candidates, args.slices, seed)
         review["arms"].append(run_arm(arm, chosen, args.run, {"seed": seed, "cases": cases}, bench["data"],
                                       args.out, args))
-        for name, text in (("review.json", json.dumps(review, indent=2)), ("review.md", markdown(review))):
-            with atomic_path(args.out / name) as tmp, open(tmp, "w") as f:
-                f.write(text)
+        write_json(args.out / "review.json", review)
+        with atomic_path(args.out / "review.md") as tmp, open(tmp, "w") as f:
+            f.write(markdown(review))
     print(markdown(review))
     return 0
 
