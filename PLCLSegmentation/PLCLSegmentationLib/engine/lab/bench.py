@@ -43,6 +43,7 @@ from ..protocol import (
     TRAINING_FILE,
 )
 from .child import run_child
+from .machine import cpu_name
 
 METHODS: dict[str, dict[str, Any]] = {
     # No pseudo-label rounds: also none on the unannotated slices of partly annotated cases.
@@ -366,17 +367,11 @@ def aggregate(runs: list[dict[str, Any]], specs: dict[str, dict[str, Any]]) -> d
 def machine_description() -> str:
     import torch
 
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
     from ..runtime import native_cpu_bf16
 
     gpu = f", GPU {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""
     bf16 = "native bf16" if native_cpu_bf16() else "no native bf16"
-    return f"{cpu} ({bf16}), {os.cpu_count()} cores{gpu}, torch {torch.__version__}, {platform.system()}"
+    return f"{cpu_name()} ({bf16}), {os.cpu_count()} cores{gpu}, torch {torch.__version__}, {platform.system()}"
 
 
 def _write_results(out: Path, args: argparse.Namespace, dataset: Dataset, specs: dict[str, dict[str, Any]],

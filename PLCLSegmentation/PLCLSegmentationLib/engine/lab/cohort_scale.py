@@ -33,12 +33,10 @@ memory figures are measurements, reported against the issue's targets, not check
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import platform
 import shutil
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -49,23 +47,15 @@ from ..protocol import DEFAULT_ESTIMATE, ESTIMATES, FAILURES_SUFFIX, RESULTS_SUF
 from ..run.cohort_folder import read_records
 from ..run.shard import Shard
 from ..run.summary import write_json
-from .child import run_child
+from .child import engine_command, engine_environment, run_child
 from .cohort_scale_report import STAGES, report_markdown
+from .machine import cpu_name
 from .synthetic import make_synthetic_dataset
 
 #: The issue's targets: sharded throughput against the plain loop, memory of 1,000 against 100 volumes, list time.
 THROUGHPUT_TARGET, MEMORY_TARGET, LIST_SECONDS_TARGET = 0.95, 0.10, 2.0
 CORRUPT = "subject_corrupt.nii.gz"
 TRAIN = ["--iterations", "30", "--budget", "quick", "--set", "patch_size=32", "--set", "levels=3", "--device", "cpu"]
-
-
-def engine_command(*arguments: str) -> list[str]:
-    return [sys.executable, "-m", "PLCLSegmentationLib.engine", *arguments]
-
-
-def engine_environment() -> dict[str, str]:
-    root = str(Path(__file__).resolve().parents[3])
-    return {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)}
 
 
 # --- 1. the cohort and the model ----------------------------------------------------------------------------
@@ -251,14 +241,6 @@ def resumed_run(slurm: Slurm, model: str, listing: Path, names: list[str], out: 
             "done_before_resubmission": done_before, "missing_before_resubmission": missing,
             "done_by_resubmission": redone, "resubmission_seconds": round(time.monotonic() - started, 2),
             "checks": checks}
-
-
-def cpu_name() -> str:
-    with contextlib.suppress(OSError), open("/proc/cpuinfo") as f:
-        for line in f:
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
 
 
 # --- the whole benchmark ----------------------------------------------------------------------------------------
