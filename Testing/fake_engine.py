@@ -1,7 +1,8 @@
 """A test double of ``python -m PLCLSegmentationLib.engine``: same command line, same events and files.
 
 Built on the engine's own torch-free parts: its argument parser and training schedule (cli.py), its
-event writer, stop-file watcher and output description (events.py), its volume files (volumes.py).
+event writer, stop-file watcher and output description (events.py), its volume files (volumes.py),
+its slice axes (slicing.py) and its least certain slices (method/quality.py's slice_uncertainties).
 
 It learns nothing: the prediction of a volume is a few boxes (one per class) placed in its middle,
 the uncertainty map is smooth noise. It reads its inputs and writes its outputs with the engine's
@@ -48,6 +49,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "PLCLSegmentation")
 from PLCLSegmentationLib.engine import cli, errors, request, slicing  # noqa: E402
 from PLCLSegmentationLib.engine.events import JsonLinesSink
 from PLCLSegmentationLib.engine.files import volumes  # noqa: E402
+from PLCLSegmentationLib.engine.method.quality import slice_uncertainties
 from PLCLSegmentationLib.engine.protocol import EXIT_CANCELLED, EXIT_ERROR, OUTPUT_KINDS, STOP_FILE, SUMMARY_FILE
 
 _cancel = threading.Event()
@@ -126,20 +128,9 @@ def review(labels: np.ndarray, uncertainty: np.ndarray, classes: list[volumes.Cl
                            "estimated_dice": None if mean is None else round(1.0 - mean, 4),
                            "uncertainty": 1.0 if mean is None else round(mean, 4)})
     structures.sort(key=lambda s: (s["estimated_dice"] is None, s["estimated_dice"] or 0.0))
-    slices = []
-    for index in range(labels.shape[axis]):
-        cut = [slice(None)] * 3
-        cut[axis] = index
-        here, certainty = labels[tuple(cut)], uncertainty[tuple(cut)]
-        counted = (here > 0) | (certainty > 0.1)
-        if not counted.any():
-            continue
-        per = {info.name: round(float(certainty[here == info.value].mean()), 4) for info in classes
-               if (here == info.value).any()}
-        slices.append({"index": index, "uncertainty": round(float(certainty[counted].mean()), 4),
-                       "structure": max(per, key=per.get) if per else None, "structures": per})
-    slices.sort(key=lambda s: (-s["uncertainty"], s["index"]))
-    return structures, slices
+    indices = np.zeros(256, np.uint8)  # the engine's slice review takes class indices, not label values
+    indices[[info.value for info in classes]] = np.arange(1, len(classes) + 1)
+    return structures, slice_uncertainties(indices[labels], uncertainty, axis, [info.name for info in classes])
 
 
 def predict_volume(sink: JsonLinesSink, out: Path, volume: volumes.Volume, classes: list[volumes.ClassInfo],
@@ -160,8 +151,8 @@ def predict_volume(sink: JsonLinesSink, out: Path, volume: volumes.Volume, class
     sink.emit("quality", name=volume.name, frame=frame, structures=structures,
               worst_slice=slices[0]["index"] if slices else None)
     return {"name": volume.name, "image": volume.path, "segmentation": str(seg), "uncertainty": str(unc),
-            "uncertainty_score": float(uncertainty.mean()), "slice_axis": "kji"[axis], "structures": structures,
-            "slices": slices}
+            "uncertainty_score": float(uncertainty.mean()), "slice_axis": slicing.AXIS_NAMES[axis],
+            "structures": structures, "slices": slices}
 
 
 def write_outputs(sink: JsonLinesSink, out: Path, images: list[str], classes: list[volumes.ClassInfo],

@@ -14,12 +14,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from .engine.slicing import AXIS_NAMES
 from .parameters import PREDICTED, ModuleState, VolumeRecord
 
 #: The review data's key of a volume's prediction (a frame's is its index as text).
 VOLUME_KEY = "volume"
-#: The contract's slice axes: voxel axes of the file (IJK index 0, 1, 2).
-AXES = ("i", "j", "k")
 
 
 def frame_key(frame: int | None) -> str:
@@ -49,7 +48,7 @@ def slices_of(entry: dict[str, Any]) -> dict[str, Any] | None:
     """A summary entry's slices to review, least certain first, as stored: {"axis", "slices": [[index,
     uncertainty, structure], ...], "visited": []}; None when the entry has none (an older engine)."""
     axis = entry.get("slice_axis")
-    if axis not in AXES or not isinstance(entry.get("slices"), list):
+    if axis not in AXIS_NAMES or not isinstance(entry.get("slices"), list):
         return None
     slices = []
     for item in entry["slices"]:
@@ -105,7 +104,7 @@ def next_stop(state: ModuleState, rows: Sequence[Any], record_key: str | None = 
         record = row.record
         review = state.review(record.key)
         data = review.get(frame_key(row.frame))
-        if not isinstance(data, dict) or data.get("axis") not in AXES:
+        if not isinstance(data, dict) or data.get("axis") not in AXIS_NAMES:
             continue
         skip = set(data.get("visited", [])) | (set(record.accepted) if row.frame is None else set())
         waiting = [s for s in data.get("slices", []) if s[0] not in skip]

@@ -20,8 +20,8 @@ from . import scene_io
 from .engine import slicing
 from .services import PLCLError
 
-#: The IJK index of each of the engine's slice axes.
-IJK = {"i": 0, "j": 1, "k": 2}
+#: The IJK index of each of the engine's slice axes (the array axis of [k, j, i] is 2 - IJK index).
+IJK = {name: 2 - axis for axis, name in enumerate(slicing.AXIS_NAMES)}
 #: The Segment Editor's parameter node (Modules/Scripted/SegmentEditor/SegmentEditor.py).
 SEGMENT_EDITOR_TAG = "SegmentEditor"
 

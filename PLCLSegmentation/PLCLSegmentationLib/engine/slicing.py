@@ -19,6 +19,9 @@ import numpy as np
 #: ``--annotated-slices`` values besides an explicit list of slice indices.
 ALL = "all"
 LABELLED = "labelled"
+#: The contract's names of a file's voxel axes (summary.json's ``slice_axis``), by the array axis of
+#: [k, j, i]: array axis a is IJK (ITK index) axis 2 - a.
+AXIS_NAMES = ("k", "j", "i")
 #: Slicer's names of the views, by the world axis (L, P, S) a slice is perpendicular to.
 VIEW_OF_AXIS = {0: "Sagittal", 1: "Coronal", 2: "Axial"}
 #: A stroke is "thin" along an in-plane axis when fewer of its voxels than this share have a labelled
@@ -140,7 +143,7 @@ def annotated_slices(spec: str | list[int], labels: np.ndarray, slice_axis: int)
     outside = [i for i in spec if i >= count]
     if outside:
         raise SliceSpecError(f"slice {outside[0]} is out of range: the image has {count} slices along its "
-                             f"{'kji'[slice_axis]} axis (0-based indices 0-{count - 1})")
+                             f"{AXIS_NAMES[slice_axis]} axis (0-based indices 0-{count - 1})")
     return list(spec)
 
 

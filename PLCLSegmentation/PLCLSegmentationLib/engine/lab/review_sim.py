@@ -33,7 +33,7 @@ from .. import slicing
 from ..evaluation.report import evaluate
 from ..files.dataset import read_dataset
 from ..files.volumes import atomic_path, read_annotation, read_volume
-from ..method.quality import AXIS_NAMES, slice_uncertainties
+from ..method.quality import slice_uncertainties
 from ..protocol import MODEL_FILE, SUMMARY_FILE
 from ..run.summary import write_json
 from .child import run_child
@@ -60,7 +60,8 @@ def ranked_slices(summary: dict[str, Any], cases: set[str]) -> dict[str, list[di
         for value, index in index_of.items():
             labels[values == value] = index
         uncertainty = read_volume(entry["uncertainty"]).array
-        found[entry["name"]] = slice_uncertainties(labels, uncertainty, AXIS_NAMES.index(entry["slice_axis"]), names)
+        axis = slicing.AXIS_NAMES.index(entry["slice_axis"])
+        found[entry["name"]] = slice_uncertainties(labels, uncertainty, axis, names)
     return found
 
 

@@ -20,12 +20,12 @@ from typing import Any
 
 import numpy as np
 
+from ..slicing import AXIS_NAMES
+
 #: A background voxel counts for a slice's uncertainty when its entropy is above this.
 ENTROPY_FLOOR = 0.1
 #: The estimated Dice is the agreement with the mirrored copies to this power.
 AGREEMENT_POWER = 3
-#: Slice axis names by the array axis of [k, j, i].
-AXIS_NAMES = ("k", "j", "i")
 DIGITS = 4
 
 #: What the copies are, by their number (protocol.ESTIMATES): predictor.MIRRORS in that order.

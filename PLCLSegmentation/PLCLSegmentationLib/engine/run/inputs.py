@@ -182,7 +182,7 @@ def _annotated_slices(volume: Volume, label_path: str, labels: np.ndarray, text:
     count = labels.shape[axes.slice_axis]
     try:
         # Checked against the image before a range is expanded.
-        spec = slicing.parse_spec(text, count, "kji"[axes.slice_axis])
+        spec = slicing.parse_spec(text, count, slicing.AXIS_NAMES[axes.slice_axis])
     except slicing.SliceSpecError as error:
         raise ConfigError(f"--annotated-slices for {volume.path}: {error}") from None
     if spec == slicing.ALL:
