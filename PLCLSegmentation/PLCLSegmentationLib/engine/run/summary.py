@@ -43,10 +43,10 @@ def write_summary(command: str, out: Path, classes: list[ClassInfo], entries: li
 WORST_VOLUMES = 5
 
 
-def worst_lines(entries: list[dict[str, Any]], count: int = WORST_VOLUMES, estimated: bool = True) -> list[str]:
-    """The volumes (and frames) of lowest estimated Dice (without estimates, ``--estimate off``: of highest
-    uncertainty), each with its worst structures and least certain slice: where review pays first. [] when
-    nothing was segmented."""
+def review_order(entries: list[dict[str, Any]], estimated: bool = True) -> list[dict[str, Any]]:
+    """The entries with review data (``structures``) in the order review pays first: lowest estimated
+    Dice first, a volume where no structure was found at all before every other; without estimates
+    (``--estimate off``) the highest uncertainty first."""
     def lowest(entry: dict[str, Any]) -> float:
         estimates = [s["estimated_dice"] for s in entry.get("structures", []) if s["estimated_dice"] is not None]
         return min(estimates) if estimates else -1.0  # nothing found at all: first
@@ -54,7 +54,14 @@ def worst_lines(entries: list[dict[str, Any]], count: int = WORST_VOLUMES, estim
     def uncertain(entry: dict[str, Any]) -> float:
         return -entry["uncertainty_score"]
 
-    ranked = sorted((e for e in entries if "structures" in e), key=lowest if estimated else uncertain)[:count]
+    return sorted((e for e in entries if "structures" in e), key=lowest if estimated else uncertain)
+
+
+def worst_lines(entries: list[dict[str, Any]], count: int = WORST_VOLUMES, estimated: bool = True) -> list[str]:
+    """The volumes (and frames) of lowest estimated Dice (without estimates, ``--estimate off``: of highest
+    uncertainty), each with its worst structures and least certain slice: where review pays first. [] when
+    nothing was segmented."""
+    ranked = review_order(entries, estimated)[:count]
     if not ranked:
         return []
     width = max(len("volume"), *(len(e["name"]) for e in ranked))
