@@ -4,10 +4,10 @@ Columns: name, input, kind, frames, size, spacing_mm, uncertainty_score; per cla
 ``dice_est_CLASS`` (its estimated Dice, the lowest over a sequence's frames), ``CLASS_ml`` (a volume)
 and ``CLASS_ed_ml``, ``CLASS_es_ml``, ``CLASS_ef_percent`` (a sequence: the class's largest and
 smallest volume over the frames, end-diastole and end-systole for a ventricle, and the ejection
-fraction); ``review`` says why a case is worth a look first (a value
-far from the cohort's: more than 3.5 robust standard deviations from the median; among the 1 %
-least certain). Records are streamed twice (which record of each input is the last complete one,
-then the rows), so memory holds names and a few numbers per input, never the records.
+fraction); ``review`` says why a case is worth a look first (a value far from the cohort's: more
+than 3.5 robust standard deviations from the median, and below it for an estimated Dice; among the
+1 % least certain). Records are streamed twice (which record of each input is the last complete
+one, then the rows), so memory holds names and a few numbers per input, never the records.
 """
 
 from __future__ import annotations
@@ -61,7 +61,8 @@ def collect(out: Path) -> dict[str, Any]:
     cohort = read_description(out)
     classes = [c["name"] for c in cohort["classes"]]
     header = columns(classes)
-    numeric = [h for h in header if h.endswith(("_ml", "_percent")) or h == "uncertainty_score"]
+    numeric = [h for h in header
+               if h.endswith(("_ml", "_percent")) or h == "uncertainty_score" or h.startswith("dice_est_")]
     # Pass 1: the last complete record of each input, and its numbers.
     last: dict[str, int] = {}
     values: dict[str, list[float]] = {}
@@ -83,8 +84,8 @@ def collect(out: Path) -> dict[str, Any]:
         for name in names:
             writer.writerow(rows.pop(name))
     parquet = _write_parquet(out)
-    return {"rows": len(names), "names": names, "numeric": numeric, "table": table, "flags": flags,
-            "csv": out / COHORT_TABLE, "parquet": parquet}
+    return {"rows": len(names), "names": names, "classes": classes, "numeric": numeric, "table": table,
+            "flags": flags, "csv": out / COHORT_TABLE, "parquet": parquet}
 
 
 def _review_flags(names: list[str], table: np.ndarray, numeric: list[str]) -> dict[str, list[str]]:
@@ -103,7 +104,10 @@ def _review_flags(names: list[str], table: np.ndarray, numeric: list[str]) -> di
         if spread <= 0 or not math.isfinite(spread):
             continue
         z = (data - median) / spread
-        for i in np.flatnonzero(np.abs(np.nan_to_num(z)) > OUTLIER_Z):
+        far = np.abs(np.nan_to_num(z)) > OUTLIER_Z
+        if name.startswith("dice_est_"):  # an estimate above the cohort's is no reason to look
+            far &= np.nan_to_num(z) < 0
+        for i in np.flatnonzero(far):
             flags.setdefault(names[i], []).append(f"{name} {'high' if z[i] > 0 else 'low'} ({data[i]:.4g})")
     return flags
 
