@@ -216,3 +216,16 @@ def test_the_simulated_review_corrects_the_least_certain_slices_or_as_many_drawn
     drawn = choose("random", candidates, 3, seed=0)
     assert sum(map(len, drawn.values())) == 3 and drawn == choose("random", candidates, 3, seed=0)
     assert choose("none", candidates, 3, seed=0) == {}
+
+
+def test_the_review_study_compares_each_arm_with_the_warm_start_alone_seed_by_seed():
+    from PLCLSegmentationLib.engine.lab.review_study import arm_means
+
+    rows = [{"seed": 0, "arm": "none", "gain": -0.010}, {"seed": 1, "arm": "none", "gain": 0.002},
+            {"seed": 0, "arm": "random", "gain": 0.004}, {"seed": 1, "arm": "random", "gain": 0.010},
+            {"seed": 2, "arm": "random", "gain": 0.5}]  # seed 2 has no none: in the mean gain, not the paired one
+    means = arm_means(rows)
+    assert means["random"]["seeds"] == "0, 1, 2"
+    assert means["random"]["gain"] == pytest.approx((0.004 + 0.010 + 0.5) / 3)
+    assert means["random"]["against_none"] == pytest.approx(((0.004 + 0.010) - (-0.010 + 0.002)) / 2)
+    assert means["none"]["against_none"] is None

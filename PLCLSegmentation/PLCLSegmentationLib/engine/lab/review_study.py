@@ -1,0 +1,154 @@
+"""The review study over seeds (issue 28): the estimate's figures per seed and pooled, the simulated review.
+
+``python -m PLCLSegmentationLib.engine.lab.review_study OUT --data DATA --split val
+--predictions SEED=DIR ... [--reviews SEED=DIR ...]`` scores each seed's ``plcl predict`` folder of the
+evaluation split against its reference labels (evaluation/report.py) and its summary.json's estimates
+against those Dice (lab/bench_quality.py: Spearman, MAE, bias, the worst 10 % caught), then all seeds'
+pairs pooled; draws the calibration figure of every seed's pairs; and gathers ``review_sim`` folders
+(each an arm's OUT/review.json; several folders of one seed are one seed's arms) into a table of mean
+Dice and gain per corrected slice, arm by arm and seed by seed, and a figure of the gains. Writes
+OUT/review_study.json, OUT/review_study.md, OUT/calibration.png and OUT/simulated_review.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+from pathlib import Path
+from typing import Any
+
+from ..evaluation.report import evaluate
+from ..files.volumes import atomic_path
+from ..protocol import SUMMARY_FILE
+from ..run.summary import write_json
+from .bench_quality import calibration_figure, quality_metrics, quality_pairs
+
+
+def seed_folders(values: list[str], option: str) -> list[tuple[int, Path]]:
+    found = []
+    for value in values:
+        seed, _, folder = value.partition("=")
+        if not seed.isdigit() or not folder:
+            raise SystemExit(f"review_study: {option} {value}: give SEED=FOLDER")
+        found.append((int(seed), Path(folder)))
+    return found
+
+
+def estimate_runs(predictions: list[tuple[int, Path]], data: str, split: str) -> list[dict[str, Any]]:
+    runs = []
+    for seed, folder in predictions:
+        summary = json.loads((folder / SUMMARY_FILE).read_text())
+        report = evaluate(str(folder), data=data, split=split)
+        pairs = quality_pairs(summary, report)
+        runs.append({"method": "plcl", "seed": seed, "folder": str(folder), "mean_dice": report["mean"]["mean_dice"],
+                     "quality": {**quality_metrics(pairs), "points": pairs}})
+    return runs
+
+
+def review_arms(reviews: list[tuple[int, Path]]) -> list[dict[str, Any]]:
+    """One row per seed and arm: slices corrected, mean Dice, gain over the seed's model, gain per slice."""
+    rows = []
+    for seed, folder in reviews:
+        review = json.loads((folder / "review.json").read_text())
+        for arm in review["arms"]:
+            gain = arm["mean_dice"] - review["base_mean_dice"]
+            rows.append({"seed": seed, "arm": arm["arm"], "slices": arm["slices"], "base": review["base_mean_dice"],
+                         "mean_dice": arm["mean_dice"], "gain": gain,
+                         "gain_per_slice": gain / arm["slices"] if arm["slices"] else None})
+    return sorted(rows, key=lambda r: (r["arm"], r["seed"]))
+
+
+def _f(value: float | None, signed: bool = False) -> str:
+    return "n/a" if value is None else f"{value:+.4f}" if signed else f"{value:.3f}"
+
+
+def markdown(study: dict[str, Any]) -> str:
+    lines = ["| seed | pairs | mean Dice | Spearman | MAE | bias | worst 10 % pairs caught | volumes: Spearman | "
+             "worst 10 % volumes caught |", "|---|---|---|---|---|---|---|---|---|"]
+    for run in [*study["runs"], study["pooled"]]:
+        q = run["quality"]
+        lines.append(f"| {run['seed']} | {q['pairs']} | {_f(run.get('mean_dice'))} | {_f(q['spearman'])} | "
+                     f"{_f(q['mae'])} | {_f(q['bias'], True)} | {q['worst_caught']} of {q['worst_count']} | "
+                     f"{_f(q['volume_spearman'])} | {q['volume_worst_caught']} of {q['volume_worst_count']} |")
+    if study["arms"]:
+        lines += ["", "| arm | seed | slices corrected | model's mean Dice | after the retrain | gain | "
+                  "gain per slice |", "|---|---|---|---|---|---|---|"]
+        for row in study["arms"]:
+            lines.append(f"| {row['arm']} | {row['seed']} | {row['slices']} | {row['base']:.3f} | "
+                         f"{row['mean_dice']:.3f} | {row['gain']:+.3f} | {_f(row['gain_per_slice'], True)} |")
+        lines += ["", "| arm | seeds | mean gain | against none (the warm start alone), mean |", "|---|---|---|---|"]
+        for arm, summary in study["arm_means"].items():
+            lines.append(f"| {arm} | {summary['seeds']} | {summary['gain']:+.4f} | "
+                         f"{_f(summary['against_none'], True)} |")
+    return "\n".join(lines) + "\n"
+
+
+def arm_means(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Per arm: its mean gain over the seeds, and over the seeds that ran ``none``, its mean gain over none's."""
+    none = {r["seed"]: r["gain"] for r in rows if r["arm"] == "none"}
+    found = {}
+    for arm in sorted({r["arm"] for r in rows}):
+        mine = [r for r in rows if r["arm"] == arm]
+        paired = [r["gain"] - none[r["seed"]] for r in mine if r["seed"] in none]
+        found[arm] = {"seeds": ", ".join(str(r["seed"]) for r in mine),
+                      "gain": statistics.mean(r["gain"] for r in mine),
+                      "against_none": statistics.mean(paired) if paired and arm != "none" else None}
+    return found
+
+
+def review_figure(rows: list[dict[str, Any]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    arms = sorted({r["arm"] for r in rows})
+    seeds = sorted({r["seed"] for r in rows})
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    width = 0.8 / max(1, len(seeds))
+    for s, seed in enumerate(seeds):
+        gains = [next((r["gain"] for r in rows if r["arm"] == arm and r["seed"] == seed), float("nan")) for arm in arms]
+        ax.bar([a + s * width for a in range(len(arms))], gains, width, label=f"seed {seed}", color=f"C{s}")
+    ax.axhline(0, color="0.3", linewidth=0.8)
+    ax.set_xticks([a + width * (len(seeds) - 1) / 2 for a in range(len(arms))], arms)
+    ax.set_ylabel("mean Dice after the retrain\nminus the model's")
+    ax.set_title("Simulated review: 10 slices corrected, accepted slice by slice, one retrain", fontsize=9)
+    ax.legend(fontsize=8)
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="review_study", description=__doc__.splitlines()[0])
+    parser.add_argument("out", type=Path)
+    parser.add_argument("--data", required=True)
+    parser.add_argument("--split", default="val")
+    parser.add_argument("--predictions", nargs="+", required=True, metavar="SEED=DIR")
+    parser.add_argument("--reviews", nargs="*", default=[], metavar="SEED=DIR")
+    args = parser.parse_args(argv)
+    runs = estimate_runs(seed_folders(args.predictions, "--predictions"), args.data, args.split)
+    # A volume of one seed's evaluation is another volume than the same case of another seed's.
+    pooled_pairs = [{**p, "volume": f"{run['seed']}:{p['volume']}"} for run in runs for p in run["quality"]["points"]]
+    pooled = {"seed": "all", "mean_dice": statistics.mean(r["mean_dice"] for r in runs),
+              "quality": quality_metrics(pooled_pairs)}
+    rows = review_arms(seed_folders(args.reviews, "--reviews"))
+    study = {"runs": runs, "pooled": pooled, "arms": rows, "arm_means": arm_means(rows) if rows else {}}
+    args.out.mkdir(parents=True, exist_ok=True)
+    write_json(args.out / "review_study.json", study)
+    with atomic_path(args.out / "review_study.md") as tmp, open(tmp, "w") as f:
+        f.write(markdown(study))
+    calibration_figure({"runs": runs, "protocol": {"eval_split": args.split}, "dataset": Path(args.data).name},
+                       args.out / "calibration.png")
+    if rows:
+        review_figure(rows, args.out / "simulated_review.png")
+    print(markdown(study))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
