@@ -984,6 +984,17 @@ CASES += [
     Case("cohort_shard_auto_not_numbers", "30", lambda d: cohort(d, "--shard", "auto"), 2,
          ("--shard auto", "whole numbers"), input_list,
          environment={**NO_SCHEDULER, "JOB_COMPLETION_INDEX": "first", "PLCL_SHARD_COUNT": "4"}),
+    # what runs the network, and the quality estimate: a value of their choices; a cohort runs torch for now
+    Case("backend_not_a_choice", "30", lambda d: [*predict(d), "--backend", "tensorrt"], 2,
+         ("--backend", "invalid choice", "tensorrt")),
+    Case("precision_not_a_choice", "30", lambda d: [*predict(d), "--precision", "fp16"], 2,
+         ("--precision", "invalid choice", "fp16")),
+    Case("estimate_not_a_choice", "30", lambda d: [*predict(d), "--estimate", "maybe"], 2,
+         ("--estimate", "invalid choice", "maybe")),
+    Case("cohort_with_a_backend", "30", lambda d: cohort(d, "--backend", "onnxruntime"), 2,
+         ("--backend and --precision", "--inputs"), input_list),
+    Case("cohort_with_a_precision", "30", lambda d: cohort(d, "--precision", "fp32"), 2,
+         ("--backend and --precision", "--inputs"), input_list),
     # --inputs: the list is there, readable, and names files that are there, each once
     Case("cohort_missing_list", "30", lambda d: cohort(d, inputs="nowhere.txt"), 1, ("nowhere.txt", "does not exist")),
     Case("cohort_list_with_a_missing_file", "30", lambda d: cohort(d), 1,
