@@ -9,8 +9,16 @@ import pytest
 from conftest import events, run_plcl
 
 from PLCLSegmentationLib.engine.cli import main
+from PLCLSegmentationLib.engine.errors import ConfigError
 from PLCLSegmentationLib.engine.files.dataset import read_dataset
-from PLCLSegmentationLib.engine.lab.bench import add_bench_arguments, choose_cases, patient_of
+from PLCLSegmentationLib.engine.lab.bench import (
+    METHODS,
+    add_bench_arguments,
+    choose_cases,
+    method_specs,
+    parse_variants,
+    patient_of,
+)
 from PLCLSegmentationLib.engine.lab.bench_report import ablation_lines, per_seed_lines
 from PLCLSegmentationLib.engine.lab.synthetic import make_synthetic_dataset
 
@@ -170,3 +178,109 @@ def test_the_protocol_offers_every_other_case_of_the_split_unless_told_how_many(
     assert every.unlabeled == sorted(rest) and len(rest) >= 2
     two = choose_cases(dataset, parser.parse_args(["--data", str(data), "--out", "x", "--n-unlabeled", "2"]), 0)
     assert len(two.unlabeled) == 2 and set(two.unlabeled) <= set(rest)
+
+
+# --- named protocols (issue 29) ------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def cine_like(tmp_path_factory):
+    """A fabricated two-frame dataset from SYNTHETIC phantoms: patients p1-p3 with frames _frame01 and
+    _frame02 in train, p4 in val, marked by dataset.json; and a marker-free copy of the same files."""
+    source = make_synthetic_dataset(tmp_path_factory.mktemp("cine_like") / "source", n_cases=8, seed=5)
+    phantoms = read_dataset(source)
+    cases = phantoms.split("train") + phantoms.split("val")
+    root = tmp_path_factory.mktemp("cine_like") / "data"
+    names = [f"p{i // 2 + 1}_frame0{i % 2 + 1}" for i in range(len(cases))]
+    for folder in ("images", "labels"):
+        (root / folder).mkdir(parents=True)
+        for case, name in zip(cases, names):
+            (root / folder / f"{name}.nii.gz").symlink_to(source / folder / f"{case}.nii.gz")
+    meta = json.loads((source / "dataset.json").read_text())
+    meta.update(cases={"train": names[:6], "val": names[6:]}, end_diastole="_frame01")
+    (root / "dataset.json").write_text(json.dumps(meta))
+    unmarked = tmp_path_factory.mktemp("unmarked")
+    for folder in ("images", "labels"):
+        (unmarked / folder).symlink_to(root / folder)
+    meta.pop("end_diastole")
+    (unmarked / "dataset.json").write_text(json.dumps(meta))
+    return root, unmarked
+
+
+def bench_args(data, *options: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    add_bench_arguments(parser)
+    return parser.parse_args(["--data", str(data), "--out", "x", *options])
+
+
+def test_one_volume_annotates_the_end_diastolic_frame_of_the_seeds_patient_only(cine_like):
+    data, _ = cine_like
+    dataset = read_dataset(data)
+    for seed in (0, 1, 2):
+        patient = choose_cases(dataset, bench_args(data), seed)
+        one = choose_cases(dataset, bench_args(data, "--protocol", "one-volume"), seed)
+        assert one.labeled == [c for c in patient.labeled if c.endswith("_frame01")] and len(one.labeled) == 1
+        assert one.slices is None
+        # The rest of the split is unannotated, the patient's end-systolic frame included.
+        assert one.unlabeled == sorted(c for c in dataset.split("train") if c not in one.labeled)
+    two = choose_cases(dataset, bench_args(data, "--n-labeled-volumes", "2"), 0)
+    assert len(two.labeled) == 2 and all(c.endswith("_frame01") for c in two.labeled)
+    assert len({patient_of(c) for c in two.labeled}) == 2
+
+
+def test_one_patient_annotates_both_frames_and_few_slices_three_slices_of_each(cine_like):
+    data, _ = cine_like
+    dataset = read_dataset(data)
+    both = choose_cases(dataset, bench_args(data, "--protocol", "one-patient"), 1)
+    assert both == choose_cases(dataset, bench_args(data), 1)  # the bench's default, by name
+    assert len(both.labeled) == 2 and len({patient_of(c) for c in both.labeled}) == 1 and both.slices is None
+    assert not {patient_of(c) for c in both.unlabeled} & {patient_of(c) for c in both.labeled}
+    few = choose_cases(dataset, bench_args(data, "--protocol", "few-slices"), 1)
+    assert few.labeled == both.labeled and few.unlabeled == both.unlabeled
+    assert set(few.slices) == set(both.labeled) and all(len(s) == 3 for s in few.slices.values())
+    assert few.slices == choose_cases(dataset, bench_args(data, "--labeled-slices", "3"), 1).slices
+
+
+@pytest.mark.parametrize("options, message", [
+    (["--protocol", "one-volume", "--labeled-cases", "p1_frame01"], "leave out --labeled-cases"),
+    (["--protocol", "one-patient", "--n-labeled-patients", "2"], "leave out --n-labeled-patients 2"),
+    (["--protocol", "few-slices", "--labeled-slices", "5"], "3 slices per case; leave out --labeled-slices 5"),
+    (["--protocol", "one-volume", "--labeled-slices", "3"], "annotates whole volumes; leave out --labeled-slices 3"),
+    (["--protocol", "few-slices", "--as-whole-volumes"], "leave out --as-whole-volumes"),
+    (["--protocol", "one-volume", "--n-labeled-volumes", "2"], "give one of them"),
+    (["--n-labeled-volumes", "0"], "--n-labeled-volumes 0: must be at least 1"),
+])
+def test_a_protocol_with_an_option_it_fixes_otherwise_is_one_line_before_any_work(cine_like, tmp_path, capsys,
+                                                                                   options, message):
+    data, _ = cine_like
+    code, output = plcl_here(capsys, "bench", "--data", str(data), "--out", str(tmp_path / "bench"), *options)
+    assert code == 2 and message in output and len(output.strip().splitlines()) == 1
+    assert not (tmp_path / "bench").exists()
+    # The same options one by one are still the bench's own (only the combination is refused).
+    assert choose_cases(read_dataset(data), bench_args(data, "--protocol", "few-slices", "--labeled-slices", "3"), 0)
+
+
+def test_an_end_diastolic_protocol_on_a_dataset_without_a_marker_names_dataset_json(cine_like, tmp_path, capsys):
+    _, unmarked = cine_like
+    code, output = plcl_here(capsys, "bench", "--data", str(unmarked), "--out", str(tmp_path / "bench"),
+                             "--protocol", "one-volume")
+    assert code == 2 and str(unmarked / "dataset.json") in output and "no end-diastole marker" in output
+    assert not (tmp_path / "bench").exists()
+    # ACDC is known by its name: its end-diastolic frame is _frame01.
+    acdc = tmp_path / "acdc"
+    acdc.mkdir()
+    for folder in ("images", "labels"):
+        (acdc / folder).symlink_to(unmarked / folder)
+    meta = json.loads((unmarked / "dataset.json").read_text())
+    (acdc / "dataset.json").write_text(json.dumps({**meta, "name": "ACDC (fabricated from SYNTHETIC phantoms)"}))
+    one = choose_cases(read_dataset(acdc), bench_args(acdc, "--protocol", "one-volume"), 0)
+    assert len(one.labeled) == 1 and one.labeled[0].endswith("_frame01")
+
+
+def test_a_variant_of_another_method_is_scored_against_that_method():
+    specs = method_specs(["plcl_paper"], parse_variants(["plcl_paper+no_cl:contrastive_weight=0", "x:rounds=1"],
+                                                         "quick"))
+    assert specs["plcl_paper+no_cl"]["variant_of"] == "plcl_paper" and specs["plcl+x"]["variant_of"] == "plcl"
+    assert specs["plcl_paper+no_cl"]["set"] == {**METHODS["plcl_paper"]["set"], "contrastive_weight": 0}
+    with pytest.raises(ConfigError, match="unknown method 'magic'"):
+        parse_variants(["magic+a:rounds=1"], "quick")

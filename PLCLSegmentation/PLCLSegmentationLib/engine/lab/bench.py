@@ -42,6 +42,7 @@ from ..protocol import (
     SUMMARY_FILE,
     TRAINING_FILE,
 )
+from .bench_protocol import add_protocol_arguments, annotation, end_diastolic
 from .child import run_child
 from .machine import cpu_name
 
@@ -71,6 +72,7 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--as-whole-volumes", action="store_true",
                         help="with --labeled-slices: annotate whole volumes holding at most as many slices in "
                         "all instead (the same cases first), to compare at the same number of slices")
+    add_protocol_arguments(parser)
     parser.add_argument("--seeds", default="0,1", metavar="S,T", help="seeds: training, and patient choice")
     parser.add_argument("--unlabeled-split", default="train", metavar="SPLIT")
     parser.add_argument("--n-unlabeled", type=int, metavar="K",
@@ -84,9 +86,9 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"of {', '.join(METHODS)}")
     parser.add_argument("--snapshots", type=int, default=3, help="intermediate models for the Dice-time curve")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="configuration for all methods")
-    parser.add_argument("--variant", action="append", default=[], metavar="NAME:KEY=VALUE[,KEY=VALUE]",
-                        help="also run this method with these settings, as method plcl+NAME: an ablation, "
-                        "scored per seed against plcl in results.md (repeatable)")
+    parser.add_argument("--variant", action="append", default=[], metavar="[METHOD+]NAME:KEY=VALUE[,KEY=VALUE]",
+                        help="also run METHOD (default plcl) with these settings, as method METHOD+NAME: an "
+                        "ablation, scored per seed against METHOD in results.md (repeatable)")
     parser.add_argument("--throughput-iterations", type=int, default=12,
                         help="iterations per variant of the throughput comparison (0: skip)")
     parser.add_argument("--propagation-frames", type=int, default=30, metavar="N",
@@ -99,13 +101,18 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def parse_variants(items: list[str], budget: str) -> dict[str, dict[str, Any]]:
-    """``NAME:KEY=VALUE,KEY=VALUE`` of --variant as {NAME: overrides}, every setting checked."""
+    """``[METHOD+]NAME:KEY=VALUE,KEY=VALUE`` of --variant as {METHOD+NAME: overrides} (METHOD: plcl
+    unless named), every setting checked."""
     variants: dict[str, dict[str, Any]] = {}
     for item in items:
         name, sep, settings = item.partition(":")
-        if not sep or not re.fullmatch(r"[A-Za-z0-9_-]+", name) or not settings:
-            raise ConfigError(f"--variant {item}: expected NAME:KEY=VALUE[,KEY=VALUE] with NAME of letters, "
-                              "digits, _ or -")
+        if not sep or not re.fullmatch(r"([A-Za-z0-9_]+\+)?[A-Za-z0-9_-]+", name) or not settings:
+            raise ConfigError(f"--variant {item}: expected NAME:KEY=VALUE[,KEY=VALUE] (or METHOD+NAME:...) with "
+                              "NAME of letters, digits, _ or -")
+        name = name if "+" in name else f"plcl+{name}"
+        if name.split("+")[0] not in METHODS:
+            raise ConfigError(f"--variant {item}: unknown method {name.split('+')[0]!r}; choose from "
+                              f"{', '.join(METHODS)}")
         if name in variants:
             raise ConfigError(f"--variant {item}: the name {name!r} is given twice")
         # Commas separate settings only where a KEY= follows, so list values keep theirs.
@@ -123,11 +130,12 @@ def method_specs(methods: list[str], variants: dict[str, dict[str, Any]]) -> dic
     if unknown:
         raise ConfigError(f"unknown methods {unknown}; choose from {', '.join(METHODS)}")
     specs = {m: METHODS[m] for m in methods}
-    base = METHODS["plcl"]
     for name, overrides in variants.items():
+        method, short = name.split("+", 1)
+        base = METHODS[method]
         settings = ", ".join(f"{k}={json.dumps(v)}" for k, v in overrides.items())
-        specs[f"plcl+{name}"] = {**base, "label": f"{base['label']} + {name} ({settings})",
-                                 "set": {**base["set"], **overrides}, "variant_of": "plcl"}
+        specs[name] = {**base, "label": f"{base['label']} + {short} ({settings})",
+                       "set": {**base["set"], **overrides}, "variant_of": method}
     return specs
 
 
@@ -149,7 +157,8 @@ def check_method_configs(specs: dict[str, dict[str, Any]], args: argparse.Namesp
                 check_train_arguments(options)
                 train_config(options, has_unlabeled=bool(spec["unlabeled"]) or sparse)
             except ConfigError as error:
-                name = f"--variant {method[len('plcl+'):]}" if spec.get("variant_of") else f"method {method}"
+                short = method[len("plcl+"):] if method.startswith("plcl+") else method
+                name = f"--variant {short}" if spec.get("variant_of") else f"method {method}"
                 raise ConfigError(f"{name}: {error}") from None
 
 
@@ -174,21 +183,25 @@ class Protocol:
 
 def choose_cases(dataset: Dataset, args: argparse.Namespace, seed: int) -> Protocol:
     pool = dataset.split(args.unlabeled_split)
+    wanted = annotation(args)  # --protocol and --n-labeled-volumes as the options they stand for
     if args.labeled_cases:
         labeled = [c for c in args.labeled_cases.split(",") if c]
     else:
-        patients = sorted({patient_of(c) for c in pool if dataset.label(c)})
-        if len(patients) < args.n_labeled_patients:
+        candidates = pool
+        if wanted.ed_only:
+            candidates = end_diastolic(dataset, [c for c in pool if dataset.label(c)])
+        patients = sorted({patient_of(c) for c in candidates if dataset.label(c)})
+        if len(patients) < wanted.n_patients:
             raise ConfigError(f"only {len(patients)} labelled patients in split '{args.unlabeled_split}'")
-        chosen = set(random.Random(seed).sample(patients, args.n_labeled_patients))
-        labeled = [c for c in pool if patient_of(c) in chosen]
+        chosen = set(random.Random(seed).sample(patients, wanted.n_patients))
+        labeled = [c for c in candidates if patient_of(c) in chosen]
     slices, total = None, None
-    if args.labeled_slices is not None:
+    if wanted.labeled_slices is not None:
         from .bench_slices import case_slices, sparse_slices, whole_volumes
 
-        if args.labeled_slices < 1:
+        if wanted.labeled_slices < 1:
             raise ConfigError("--labeled-slices must be at least 1")
-        slices = sparse_slices(dataset, labeled, args.labeled_slices, seed)
+        slices = sparse_slices(dataset, labeled, wanted.labeled_slices, seed)
         total = sum(len(v) for v in slices.values())
         if args.as_whole_volumes:
             sizes: dict[str, int] = {}
@@ -201,8 +214,10 @@ def choose_cases(dataset: Dataset, args: argparse.Namespace, seed: int) -> Proto
         from .bench_slices import case_slices
 
         total = sum(case_slices(dataset, case)[0] for case in labeled)
+    # The rest of the split; an end-diastolic protocol leaves the patient's other frames unannotated in it.
     labeled_patients = {patient_of(c) for c in labeled}
-    rest = [c for c in pool if patient_of(c) not in labeled_patients]
+    rest = ([c for c in pool if c not in labeled] if wanted.ed_only
+            else [c for c in pool if patient_of(c) not in labeled_patients])
     if args.n_unlabeled is not None and args.n_unlabeled < 0:
         raise ConfigError(f"--n-unlabeled {args.n_unlabeled}: must be 0 or more")
     count = len(rest) if args.n_unlabeled is None else min(args.n_unlabeled, len(rest))
@@ -378,6 +393,7 @@ def _write_results(out: Path, args: argparse.Namespace, dataset: Dataset, specs:
                    seeds: list[int],
                    protocols: dict[int, Any], runs: list[dict[str, Any]], throughput: dict[str, Any] | None,
                    propagation: dict[str, Any] | None = None) -> dict[str, Any]:
+    wanted = annotation(args)
     results = {
         "version": __version__, "date": time.strftime("%Y-%m-%d %H:%M"), "machine": machine_description(),
         "command": "plcl bench " + " ".join(sys.argv[2:]) if sys.argv[1:2] == ["bench"] else None,
@@ -385,9 +401,10 @@ def _write_results(out: Path, args: argparse.Namespace, dataset: Dataset, specs:
         "protocol": {"eval_split": args.eval_split, "budget_minutes": None if args.iterations else args.minutes,
                      "budget_iterations": args.iterations, "preset": args.budget, "seeds": seeds,
                      "checkpoint": "the last model (no validation-based selection)", "cases": protocols,
-                     "n_labeled_patients": None if args.labeled_cases else args.n_labeled_patients,
+                     "name": wanted.name, "end_diastole_only": wanted.ed_only,
+                     "n_labeled_patients": None if args.labeled_cases else wanted.n_patients,
                      "n_unlabeled": args.n_unlabeled,
-                     "labeled_slices": args.labeled_slices, "as_whole_volumes": bool(args.as_whole_volumes)},
+                     "labeled_slices": wanted.labeled_slices, "as_whole_volumes": bool(args.as_whole_volumes)},
         "methods": aggregate(runs, specs), "runs": runs, "throughput": throughput, "propagation": propagation,
     }
     save_results(out, results)

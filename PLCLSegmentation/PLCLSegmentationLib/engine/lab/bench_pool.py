@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Any
 
 #: Protocol fields that must agree for runs to be compared in one table.
-_SHARED = ("eval_split", "budget_minutes", "budget_iterations", "preset", "n_labeled_patients", "n_unlabeled",
-           "labeled_slices", "as_whole_volumes")
+_SHARED = ("eval_split", "budget_minutes", "budget_iterations", "preset", "name", "n_labeled_patients",
+           "n_unlabeled", "labeled_slices", "as_whole_volumes")
 
 
 class PoolError(ValueError):

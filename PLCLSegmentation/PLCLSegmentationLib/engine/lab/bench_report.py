@@ -8,6 +8,7 @@ from typing import Any
 
 from ..files.dataset import Dataset
 from ..files.volumes import atomic_path
+from .bench_protocol import describe
 from .bench_quality import calibration_figure, quality_lines
 
 
@@ -24,6 +25,8 @@ def markdown(results: dict[str, Any]) -> str:
     budget = (f"{protocol['budget_minutes']:g} min" if protocol["budget_minutes"] is not None
               else f"{protocol['budget_iterations']} iterations")
     cases = next(iter(protocol["cases"].values()), {"labeled": [], "unlabeled": [], "evaluation": []})
+    named = describe(protocol)
+    named = f"{named}: " if named else ""
     lines = [
         f"# Benchmark: {results['dataset']}",
         "",
@@ -32,7 +35,7 @@ def markdown(results: dict[str, Any]) -> str:
         f"- Command: `{results['command']}`" if results.get("command")
         else f"- Pooled from: {', '.join(results['pooled_from'])}" if results.get("pooled_from")
         else "- Command: (library call)",
-        f"- Protocol: {len(cases['labeled'])} annotated cases ({', '.join(cases['labeled'])} for seed "
+        f"- Protocol: {named}{len(cases['labeled'])} annotated cases ({', '.join(cases['labeled'])} for seed "
         f"{protocol['seeds'][0]}), {len(cases['unlabeled'])} unannotated, evaluation on split "
         f"'{protocol['eval_split']}' ({len(cases['evaluation'])} cases); training budget {budget} per method "
         f"(preset '{protocol['preset']}'); {protocol['checkpoint']}; mean ± std over seeds "
