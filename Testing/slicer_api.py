@@ -237,8 +237,8 @@ OTHER = frozenset({
     # this package's own names (cine.Export, scene_io.SceneTransaction, plots' and sequences' owner kinds)
     "Export", "FrameRow", "SceneTransaction", "CURVE_CHART", "CURVE_RECORD_ATTRIBUTE", "CURVE_SERIES", "CURVE_TABLE",
     "SEGMENTATION_SEQUENCE", "UNCERTAINTY_SEQUENCE",
-    # the review's (review.py's SliceStop and VOLUME_KEY, scene_io's VIEW_LAYOUTS, slicing's VIEW_OF_AXIS)
-    "SliceStop", "VIEW_LAYOUTS", "VIEW_OF_AXIS", "VOLUME_KEY",
+    # the review's (review.py's SliceStop and VOLUME_KEY, scene_io's VIEW_LAYOUTS, slicing's VIEW_OF_AXIS, AXIS_NAMES)
+    "SliceStop", "VIEW_LAYOUTS", "VIEW_OF_AXIS", "VOLUME_KEY", "AXIS_NAMES",
     "SegExport",  # dicom_export.SegExport
 })
 

@@ -15,7 +15,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 LIB = ROOT / "PLCLSegmentation" / "PLCLSegmentationLib"
 #: Import name -> distribution name, where they differ.
-DISTRIBUTIONS = {"nrrd": "pynrrd", "SimpleITK": "SimpleITK", "matplotlib": "matplotlib"}
+DISTRIBUTIONS = {"nrrd": "pynrrd", "SimpleITK": "SimpleITK", "matplotlib": "matplotlib", "PIL": "pillow"}
 #: Imported only where present, with a fallback (curve_plot.py: no PNG without matplotlib), or lazily with a
 #: one-line message naming the extra (files/dicom_seg.py: --format dicom-seg needs the [dicom] extra).
 #: method/backends.py: --backend onnxruntime|openvino needs the [onnx] or [openvino] extra (exit 2 without it).
