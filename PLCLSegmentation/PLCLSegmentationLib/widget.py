@@ -654,7 +654,9 @@ class PLCLSegmentationPanel:
         ui.editButton.enabled = item is not None and self.logic.editable_segmentation(record) is not None
         ui.volumeCurveButton.enabled = item is not None and item.volume_curve() is not None
         # Offered for an accepted segmentation of a volume from the DICOM database; else the tooltip says why.
-        dicom_seg_problem = self.logic.dicom_seg_problem(volume, self._selectedFrame())
+        # Not checked while a job runs (the button is off then, and this runs at every poll of the job: the
+        # check reads the segments' voxels).
+        dicom_seg_problem = None if busy else self.logic.dicom_seg_problem(volume, self._selectedFrame())
         ui.exportDicomSegButton.enabled = not busy and dicom_seg_problem is None
         ui.exportDicomSegButton.toolTip = dicom_seg_problem or _(DICOM_SEG_TIP)
         ui.saveModelButton.enabled = not busy and has_model
