@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 # The CPU build of torch; on a GPU machine install the CUDA build into .venv first.
 TORCH ?= torch==2.13.0
 
-.PHONY: demo test test-fast bench bench-slices lint clean gpu-check
+.PHONY: demo test test-fast bench bench-slices bench-contrastive lint clean gpu-check
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -43,6 +43,26 @@ bench-slices: $(VENV)/.installed
 	done
 	$(PY) -m PLCLSegmentationLib.engine.lab.slice_curve bench_slices
 
+# Issue 29: does the local contrastive loss pay, in the paper's protocol and ours? Each protocol (docs/cli.md,
+# "Protocols"; 2-volumes is --n-labeled-volumes 2) x methods plcl, self_training, plcl_paper and plcl_paper without
+# its contrastive term x seeds, at the default budget, one folder per protocol and seed, then each protocol pooled
+# into bench_contrastive/PROTOCOL/pooled. 4 protocols x 4 methods x 3 seeds = 48 runs of about 16 min of training
+# and 4 min of prediction each on 2 CPU cores: about 16 hours in all (a protocol: 4 hours, a seed of it: 80 min).
+CONTRASTIVE_PROTOCOLS ?= one-volume 2-volumes one-patient few-slices
+CONTRASTIVE_SEEDS ?= 0 1 2
+CONTRASTIVE_ARGS ?= --methods plcl,self_training,plcl_paper --variant plcl_paper+no_contrastive:contrastive_weight=0 \
+	--throughput-iterations 0 --propagation-frames 0
+bench-contrastive: $(VENV)/.installed
+	for P in $(CONTRASTIVE_PROTOCOLS); do \
+	  case $$P in 2-volumes) O="--n-labeled-volumes 2";; *) O="--protocol $$P";; esac; \
+	  for S in $(CONTRASTIVE_SEEDS); do \
+	    $(VENV)/bin/plcl bench --data ../shared/data/acdc $$O --seeds $$S --out bench_contrastive/$$P/seed$$S \
+	      $(CONTRASTIVE_ARGS) || exit 1; \
+	  done; \
+	  $(PY) -m PLCLSegmentationLib.engine.lab.bench_pool bench_contrastive/$$P/pooled \
+	    $(foreach S,$(CONTRASTIVE_SEEDS),bench_contrastive/$$P/seed$(S)) || exit 1; \
+	done
+
 # On a machine with an NVIDIA GPU, with the machine's own CUDA torch (not .venv): docs/development.md, "GPU check".
 GPU_PYTHON ?= python3
 gpu-check:
@@ -52,4 +72,4 @@ lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check PLCLSegmentation Testing
 
 clean:
-	rm -rf $(VENV) demo_output bench_output bench_slices
+	rm -rf $(VENV) demo_output bench_output bench_slices bench_contrastive
