@@ -221,11 +221,64 @@ def test_the_simulated_review_corrects_the_least_certain_slices_or_as_many_drawn
 def test_the_review_study_compares_each_arm_with_the_warm_start_alone_seed_by_seed():
     from PLCLSegmentationLib.engine.lab.review_study import arm_means
 
-    rows = [{"seed": 0, "arm": "none", "gain": -0.010}, {"seed": 1, "arm": "none", "gain": 0.002},
-            {"seed": 0, "arm": "random", "gain": 0.004}, {"seed": 1, "arm": "random", "gain": 0.010},
-            {"seed": 2, "arm": "random", "gain": 0.5}]  # seed 2 has no none: in the mean gain, not the paired one
+    rows = [{"seed": 0, "arm": "none", "gain": -0.010, "cohort_gain": 0.001},
+            {"seed": 1, "arm": "none", "gain": 0.002, "cohort_gain": 0.003},
+            {"seed": 0, "arm": "random", "gain": 0.004, "cohort_gain": 0.020},
+            {"seed": 1, "arm": "random", "gain": 0.010, "cohort_gain": 0.030},
+            {"seed": 2, "arm": "random", "gain": 0.5, "cohort_gain": 0.4}]  # no none for seed 2: not paired
     means = arm_means(rows)
     assert means["random"]["seeds"] == "0, 1, 2"
     assert means["random"]["gain"] == pytest.approx((0.004 + 0.010 + 0.5) / 3)
     assert means["random"]["against_none"] == pytest.approx(((0.004 + 0.010) - (-0.010 + 0.002)) / 2)
-    assert means["none"]["against_none"] is None
+    assert means["random"]["cohort_gain"] == pytest.approx((0.020 + 0.030 + 0.4) / 3)
+    assert means["random"]["cohort_against_none"] == pytest.approx(((0.020 + 0.030) - (0.001 + 0.003)) / 2)
+    assert means["none"]["against_none"] is None and means["none"]["cohort_against_none"] is None
+
+
+def test_the_cohort_after_a_review_keeps_the_corrected_slices_and_takes_the_retrain_s_segmentation(tmp_path):
+    """review_sim.cohort_dice: corrected volumes are the run's segmentation with the corrected slices set to the
+    reference; the others, the retrain's segmentation; each volume's mean Dice over its structures."""
+    import json
+
+    import SimpleITK as sitk
+
+    from PLCLSegmentationLib.engine.lab.review_sim import cohort_dice
+
+    data = tmp_path / "data"
+    for folder in ("images", "labels"):
+        (data / folder).mkdir(parents=True)
+    (data / "dataset.json").write_text(json.dumps({"name": "t", "labels": {"0": "background", "1": "a", "2": "b"},
+                                                   "cases": {"train": ["u", "v"]}}))
+    reference = np.zeros((4, 8, 8), np.uint8)
+    reference[:, 2:6, 2:6] = 1
+    reference[:, 0:2, 0:2] = 2
+
+    def write(array: np.ndarray, path) -> str:
+        sitk.WriteImage(sitk.GetImageFromArray(array), str(path))
+        return str(path)
+
+    for case in ("u", "v"):
+        write(np.ones((4, 8, 8), np.uint16), data / "images" / f"{case}.nii.gz")
+        write(reference, data / "labels" / f"{case}.nii.gz")
+    wrong_first_slice = reference.copy()
+    wrong_first_slice[0] = 0  # both structures missed on slice 0
+    missing_b = reference.copy()
+    missing_b[reference == 2] = 0
+
+    def run(folder, segmentations: dict[str, np.ndarray]):
+        folder.mkdir(parents=True)
+        volumes = [{"name": case, "image": str(data / "images" / f"{case}.nii.gz"), "slice_axis": "k",
+                    "segmentation": write(labels, folder / f"{case}.nii.gz")} for case, labels in segmentations.items()]
+        (folder / "summary.json").write_text(json.dumps({"classes": [{"value": 1, "name": "a"},
+                                                                     {"value": 2, "name": "b"}], "volumes": volumes}))
+
+    run(tmp_path / "run" / "train", {"u": wrong_first_slice, "v": missing_b})
+    run(tmp_path / "arm", {"v": reference})  # the retrain segments v right; u was corrected, not segmented
+
+    a, b = 2 * 48 / (48 + 64), 2 * 12 / (12 + 16)  # u's structures with slice 0 missed
+    assert cohort_dice(tmp_path / "run", None, {}, str(data)) == pytest.approx(((a + b) / 2 + (1 + 0) / 2) / 2)
+    # u corrected on slice 0: whole; v from the retrain: whole.
+    assert cohort_dice(tmp_path / "run", tmp_path / "arm", {"u": [0]}, str(data)) == pytest.approx(1.0)
+    # u corrected on slice 1 only: slice 0 still missed.
+    after = cohort_dice(tmp_path / "run", tmp_path / "arm", {"u": [1]}, str(data))
+    assert after == pytest.approx(((a + b) / 2 + 1) / 2)

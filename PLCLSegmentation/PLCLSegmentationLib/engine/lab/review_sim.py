@@ -12,8 +12,11 @@ corrects a slice leaves the ground truth on it, so each chosen volume becomes an
 its chosen slices (``--annotated-slices``, the ground truth label file); the model is retrained once
 from the run's model (``--init-model``, the engine's warm-start schedule) with the run's annotated
 cases and the other volumes unannotated, the evaluation split segmented and scored. ``none``
-retrains with no slice corrected (what the warm start alone changes). Writes OUT/review.json and
-OUT/review.md: mean Dice per arm, its gain over the run's model and the gain per corrected slice.
+retrains with no slice corrected (what the warm start alone changes). Two measures per arm: the mean
+Dice on the evaluation split (what the retrain learned, on volumes nobody reviewed) and on the cohort
+(the unannotated volumes as the reviewer holds them afterwards: the corrected slices kept, the rest
+segmented by the retrain; ``cohort_dice``). Writes OUT/review.json and OUT/review.md: both per arm, their
+gains over the run's model and the gains per corrected slice.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from typing import Any
 import numpy as np
 
 from .. import slicing
+from ..evaluation.metrics import dice_per_class
 from ..evaluation.report import evaluate
 from ..files.dataset import read_dataset
 from ..files.volumes import atomic_path, read_annotation, read_volume
@@ -45,6 +49,19 @@ SPREAD = {"uncertain_voxels"}
 ARMS = (*RANKED, "random", "none")
 
 
+def segmentation_classes(entry: dict[str, Any], classes: list[dict[str, Any]]) -> np.ndarray:
+    """A summary entry's segmentation as class indices (1 for ``classes[0]``, ...) on its image's grid: a
+    .seg.nrrd's segments by name, a label map's values by the classes' values."""
+    values, segments = read_annotation(entry["segmentation"], read_volume(entry["image"]))
+    names = [c["name"] for c in classes]
+    index_of = ({s.value: names.index(s.name) + 1 for s in segments} if segments is not None
+                else {c["value"]: i for i, c in enumerate(classes, 1)})
+    labels = np.zeros(values.shape, np.uint8)
+    for value, index in index_of.items():
+        labels[values == value] = index
+    return labels
+
+
 def ranked_slices(summary: dict[str, Any], cases: set[str]) -> dict[str, list[dict[str, Any]]]:
     """Each volume of ``cases``: its slice items as the engine lists them now, from the run's segmentation and
     uncertainty map (summary.json's ``files`` and ``uncertainty``)."""
@@ -53,12 +70,7 @@ def ranked_slices(summary: dict[str, Any], cases: set[str]) -> dict[str, list[di
     for entry in summary["volumes"]:
         if entry["name"] not in cases:
             continue
-        volume = read_volume(entry["image"])
-        values, segments = read_annotation(entry["segmentation"], volume)
-        index_of = {s.value: names.index(s.name) + 1 for s in segments or []}
-        labels = np.zeros(values.shape, np.uint8)
-        for value, index in index_of.items():
-            labels[values == value] = index
+        labels = segmentation_classes(entry, summary["classes"])
         uncertainty = read_volume(entry["uncertainty"]).array
         axis = slicing.AXIS_NAMES.index(entry["slice_axis"])
         found[entry["name"]] = slice_uncertainties(labels, uncertainty, axis, names)
@@ -116,20 +128,57 @@ def run_arm(arm: str, chosen: dict[str, list[int]], run: Path, results: dict[str
     report = evaluate(str(folder / "predict"), data=str(dataset.root), split=args.eval_split)
     return {"arm": arm, "slices": sum(len(v) for v in chosen.values()), "chosen": chosen,
             "mean_dice": report["mean"]["mean_dice"], "dice": report["mean"]["dice"],
+            "cohort_mean_dice": cohort_dice(run, folder / "train", chosen, data),
             "train_wall_seconds": trained["seconds"]}
+
+
+def cohort_dice(run: Path, arm_train: Path | None, chosen: dict[str, list[int]], data: str) -> float:
+    """The mean Dice of the run's unannotated volumes as a reviewer holds them after an arm: the retrain's
+    segmentation of each volume it segmented (``arm_train``'s summary; None: the run's own, nothing reviewed),
+    and for each volume the arm corrected, the run's segmentation with the corrected slices set to the ground
+    truth (the retrain learns from them and leaves them as accepted). Each volume's mean over its structures
+    present in the segmentation or the reference, as ``plcl evaluate``."""
+    dataset = read_dataset(data)
+    base = json.loads((run / "train" / SUMMARY_FILE).read_text())
+    index_of = {c["value"]: i for i, c in enumerate(base["classes"], 1)}
+    retrained = {} if arm_train is None else {
+        e["name"]: e for e in json.loads((arm_train / SUMMARY_FILE).read_text())["volumes"]}
+    means = []
+    for entry in base["volumes"]:
+        name = entry["name"]
+        reference_values = read_volume(dataset.label(name)).array
+        reference = np.zeros(reference_values.shape, np.uint8)
+        for value, index in index_of.items():
+            reference[reference_values == value] = index
+        if name in chosen:
+            labels = segmentation_classes(entry, base["classes"])
+            axis = slicing.AXIS_NAMES.index(entry["slice_axis"])
+            for index in chosen[name]:
+                where = [slice(None)] * labels.ndim
+                where[axis] = index
+                labels[tuple(where)] = reference[tuple(where)]
+        else:
+            labels = segmentation_classes(retrained.get(name, entry), base["classes"])
+        dice = [d for d in dice_per_class(labels, reference, range(1, len(index_of) + 1)).values() if d is not None]
+        if dice:
+            means.append(float(np.mean(dice)))
+    return float(np.mean(means))
 
 
 def markdown(review: dict[str, Any]) -> str:
     lines = [f"# Simulated review: {review['run']}", "",
              f"- Seed {review['seed']}; {review['k']} slices corrected per arm; base model mean Dice "
              f"{review['base_mean_dice']:.3f} on split '{review['eval_split']}'; {review['date']}.", "",
-             "| arm | slices corrected | volumes | mean Dice | gain | gain per slice | retrain s |",
-             "|---|---|---|---|---|---|---|"]
+             f"Cohort (the unannotated volumes): {review['base_cohort_dice']:.3f} before the review.", "",
+             "| arm | slices corrected | volumes | mean Dice | gain | gain per slice | cohort mean Dice | "
+             "cohort gain | retrain s |", "|---|---|---|---|---|---|---|---|---|"]
     for arm in review["arms"]:
         gain = arm["mean_dice"] - review["base_mean_dice"]
         per = f"{gain / arm['slices']:+.4f}" if arm["slices"] else "n/a"
+        cohort_gain = arm["cohort_mean_dice"] - review["base_cohort_dice"]
         lines.append(f"| {arm['arm']} | {arm['slices']} | {len(arm['chosen'])} | {arm['mean_dice']:.3f} | "
-                     f"{gain:+.3f} | {per} | {arm['train_wall_seconds']:.0f} |")
+                     f"{gain:+.3f} | {per} | {arm['cohort_mean_dice']:.3f} | {cohort_gain:+.4f} | "
+                     f"{arm['train_wall_seconds']:.0f} |")
     return "\n".join(lines) + "\n"
 
 
@@ -158,7 +207,8 @@ def main(argv: list[str] | None = None) -> int:
     candidates = candidate_slices(ranked_slices(summary, set(cases["unlabeled"])))
     args.out.mkdir(parents=True, exist_ok=True)
     review = {"run": str(args.run), "seed": seed, "k": args.slices, "eval_split": args.eval_split,
-              "base_mean_dice": base["mean_dice"], "date": time.strftime("%Y-%m-%d %H:%M"), "arms": []}
+              "base_mean_dice": base["mean_dice"], "base_cohort_dice": cohort_dice(args.run, None, {}, bench["data"]),
+              "date": time.strftime("%Y-%m-%d %H:%M"), "arms": []}
     for arm in arms:
         chosen = choose(arm, candidates, args.slices, seed)
         review["arms"].append(run_arm(arm, chosen, args.run, {"seed": seed, "cases": cases}, bench["data"],

@@ -24,6 +24,7 @@ from ..files.volumes import atomic_path
 from ..protocol import SUMMARY_FILE
 from ..run.summary import write_json
 from .bench_quality import calibration_figure, quality_metrics, quality_pairs
+from .review_sim import cohort_dice
 
 
 def seed_folders(values: list[str], option: str) -> list[tuple[int, Path]]:
@@ -47,16 +48,33 @@ def estimate_runs(predictions: list[tuple[int, Path]], data: str, split: str) ->
     return runs
 
 
-def review_arms(reviews: list[tuple[int, Path]]) -> list[dict[str, Any]]:
-    """One row per seed and arm: slices corrected, mean Dice, gain over the seed's model, gain per slice."""
+def _per_slice(gain: float, slices: int) -> float | None:
+    return gain / slices if slices else None
+
+
+def review_arms(reviews: list[tuple[int, Path]], data: str) -> list[dict[str, Any]]:
+    """One row per seed and arm: slices corrected, mean Dice on the evaluation split and on the cohort
+    (review_sim.cohort_dice; scored here for a folder made before review_sim wrote it), their gains over the
+    seed's model and per corrected slice."""
     rows = []
+    bases: dict[str, float] = {}
     for seed, folder in reviews:
         review = json.loads((folder / "review.json").read_text())
+        run = Path(review["run"])
+        if "base_cohort_dice" in review:
+            bases[review["run"]] = review["base_cohort_dice"]
+        elif review["run"] not in bases:
+            bases[review["run"]] = cohort_dice(run, None, {}, data)
         for arm in review["arms"]:
             gain = arm["mean_dice"] - review["base_mean_dice"]
+            cohort = arm.get("cohort_mean_dice")
+            if cohort is None:
+                cohort = cohort_dice(run, folder / arm["arm"] / "train", arm["chosen"], data)
+            cohort_gain = cohort - bases[review["run"]]
             rows.append({"seed": seed, "arm": arm["arm"], "slices": arm["slices"], "base": review["base_mean_dice"],
-                         "mean_dice": arm["mean_dice"], "gain": gain,
-                         "gain_per_slice": gain / arm["slices"] if arm["slices"] else None})
+                         "mean_dice": arm["mean_dice"], "gain": gain, "gain_per_slice": _per_slice(gain, arm["slices"]),
+                         "cohort_base": bases[review["run"]], "cohort_dice": cohort, "cohort_gain": cohort_gain,
+                         "cohort_gain_per_slice": _per_slice(cohort_gain, arm["slices"])})
     return sorted(rows, key=lambda r: (r["arm"], r["seed"]))
 
 
@@ -74,27 +92,33 @@ def markdown(study: dict[str, Any]) -> str:
                      f"{_f(q['volume_spearman'])} | {q['volume_worst_caught']} of {q['volume_worst_count']} |")
     if study["arms"]:
         lines += ["", "| arm | seed | slices corrected | model's mean Dice | after the retrain | gain | "
-                  "gain per slice |", "|---|---|---|---|---|---|---|"]
+                  "gain per slice | cohort before | cohort after | cohort gain | cohort gain per slice |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|"]
         for row in study["arms"]:
             lines.append(f"| {row['arm']} | {row['seed']} | {row['slices']} | {row['base']:.3f} | "
-                         f"{row['mean_dice']:.3f} | {row['gain']:+.3f} | {_f(row['gain_per_slice'], True)} |")
-        lines += ["", "| arm | seeds | mean gain | against none (the warm start alone), mean |", "|---|---|---|---|"]
+                         f"{row['mean_dice']:.3f} | {row['gain']:+.3f} | {_f(row['gain_per_slice'], True)} | "
+                         f"{row['cohort_base']:.3f} | {row['cohort_dice']:.3f} | {row['cohort_gain']:+.4f} | "
+                         f"{_f(row['cohort_gain_per_slice'], True)} |")
+        lines += ["", "| arm | seeds | mean gain | against none (the warm start alone), mean | cohort: mean gain | "
+                  "cohort: against none |", "|---|---|---|---|---|---|"]
         for arm, summary in study["arm_means"].items():
             lines.append(f"| {arm} | {summary['seeds']} | {summary['gain']:+.4f} | "
-                         f"{_f(summary['against_none'], True)} |")
+                         f"{_f(summary['against_none'], True)} | {summary['cohort_gain']:+.4f} | "
+                         f"{_f(summary['cohort_against_none'], True)} |")
     return "\n".join(lines) + "\n"
 
 
 def arm_means(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     """Per arm: its mean gain over the seeds, and over the seeds that ran ``none``, its mean gain over none's."""
-    none = {r["seed"]: r["gain"] for r in rows if r["arm"] == "none"}
-    found = {}
+    found: dict[str, dict[str, Any]] = {}
     for arm in sorted({r["arm"] for r in rows}):
         mine = [r for r in rows if r["arm"] == arm]
-        paired = [r["gain"] - none[r["seed"]] for r in mine if r["seed"] in none]
-        found[arm] = {"seeds": ", ".join(str(r["seed"]) for r in mine),
-                      "gain": statistics.mean(r["gain"] for r in mine),
-                      "against_none": statistics.mean(paired) if paired and arm != "none" else None}
+        found[arm] = {"seeds": ", ".join(str(r["seed"]) for r in mine)}
+        for field, name in (("gain", "against_none"), ("cohort_gain", "cohort_against_none")):
+            none = {r["seed"]: r[field] for r in rows if r["arm"] == "none"}
+            paired = [r[field] - none[r["seed"]] for r in mine if r["seed"] in none]
+            found[arm][field] = statistics.mean(r[field] for r in mine)
+            found[arm][name] = statistics.mean(paired) if paired and arm != "none" else None
     return found
 
 
@@ -136,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
     pooled_pairs = [{**p, "volume": f"{run['seed']}:{p['volume']}"} for run in runs for p in run["quality"]["points"]]
     pooled = {"seed": "all", "mean_dice": statistics.mean(r["mean_dice"] for r in runs),
               "quality": quality_metrics(pooled_pairs)}
-    rows = review_arms(seed_folders(args.reviews, "--reviews"))
+    rows = review_arms(seed_folders(args.reviews, "--reviews"), args.data)
     study = {"runs": runs, "pooled": pooled, "arms": rows, "arm_means": arm_means(rows) if rows else {}}
     args.out.mkdir(parents=True, exist_ok=True)
     write_json(args.out / "review_study.json", study)
