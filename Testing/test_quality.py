@@ -11,6 +11,7 @@ from PLCLSegmentationLib.engine.cohort.collect import columns, row_of
 from PLCLSegmentationLib.engine.lab.bench_quality import quality_metrics, quality_pairs, spearman, worst_caught
 from PLCLSegmentationLib.engine.method.quality import (
     AGREEMENT_POWER,
+    expected_dice,
     ENTROPY_FLOOR,
     agreement,
     slice_uncertainties,
@@ -90,6 +91,26 @@ def test_structures_worst_first_with_those_predicted_nowhere_last():
     assert nowhere.slice_axis == "k"
     assert nowhere.estimates() == {"ring": pytest.approx(0.8 ** AGREEMENT_POWER, abs=1e-4), "disc": None}
     assert AGREEMENT_POWER == 3  # the power measured in docs/results/2026-12-03-review-estimates.md
+
+
+def test_the_expected_dice_is_what_the_probabilities_expect_of_the_labels():
+    labels = np.array([[1, 1, 0, 0]])
+    probabilities = np.stack([1 - np.array([[0.9, 0.7, 0.2, 0.0]]), np.array([[0.9, 0.7, 0.2, 0.0]])])
+    # Class 1: 2 * (0.9 + 0.7) / (2 + 1.8); a certain prediction expects 1.
+    assert expected_dice(labels, probabilities)[1] == pytest.approx(3.2 / 3.8)
+    certain = np.stack([1.0 - labels, labels.astype(float)])
+    assert expected_dice(labels, certain) == pytest.approx([1.0, 1.0])
+    assert expected_dice(np.zeros((1, 4), np.int64), probabilities)[1] == 0.0  # predicted nowhere
+
+
+def test_a_confident_prediction_keeps_its_estimate_where_its_mirrored_copies_fail():
+    """The estimate is the higher of the agreement and the expected Dice, each to the power."""
+    labels, entropy = _volume()
+    alone = volume_quality(labels, entropy, [1.0, 0.0, 0.5], 2, NAMES, VALUES)
+    both = volume_quality(labels, entropy, [1.0, 0.0, 0.5], 2, NAMES, VALUES, expected=[1.0, 0.9, 0.4])
+    assert alone.estimates() == {"ring": 0.0, "disc": pytest.approx(0.5 ** AGREEMENT_POWER, abs=1e-4)}
+    assert both.estimates() == {"ring": pytest.approx(0.9 ** AGREEMENT_POWER, abs=1e-4),
+                                "disc": pytest.approx(0.5 ** AGREEMENT_POWER, abs=1e-4)}
 
 
 def _entry(name: str, estimates_: dict[str, float | None], worst_slice: int | None = 2) -> dict:

@@ -23,7 +23,7 @@ from .backends import export_network, fold_batch_norms
 from .modelfile import ModelInfo, build_model, read_model
 from .predict import keep_largest_components, map_to_volume, predict_slices
 from .preprocess import InPlaneFrame, PreparedVolume, prepare_volume
-from .quality import VolumeQuality, agreement, quality_measure, volume_quality
+from .quality import VolumeQuality, agreement, expected_dice, quality_measure, volume_quality
 
 #: Slices of one network pass over consecutive frames of a 4D image (in batches of predict_slices'
 #: size): frames of ten slices would otherwise end each pass with a batch of two, at a quarter of
@@ -133,13 +133,15 @@ class Predictor:
                               2 ** (info.levels - 1), self.device, channels_last=self.backend == "torch",
                               autocast=self.autocast)
 
-    def _agreements(self, labels: torch.Tensor, copies: list[torch.Tensor]) -> np.ndarray:
+    def _estimates(self, probs: torch.Tensor, copies: list[torch.Tensor]) -> tuple[np.ndarray, np.ndarray]:
         """Each class's agreement (quality.agreement) of a stack's labels with its mirrored copies' labels, each
-        cleaned up as the segmentation is (its islands would otherwise count as disagreement)."""
-        stacks = [labels.numpy()] + [copy.numpy() for copy in copies]
+        cleaned up as the segmentation is (its islands would otherwise count as disagreement), and its expected
+        Dice (quality.expected_dice) from the stack's probabilities [S, C, H, W]."""
+        stacks = [probs.argmax(1).to(torch.uint8).numpy()] + [copy.numpy() for copy in copies]
         if self.info.largest_component:
             stacks = [keep_largest_components(stack, self.info.num_classes) for stack in stacks]
-        return agreement(stacks[0], stacks[1:], self.info.num_classes)
+        expected = expected_dice(stacks[0], probs.transpose(0, 1).float().numpy())
+        return agreement(stacks[0], stacks[1:], self.info.num_classes), expected
 
     def predict(self, prepared: PreparedVolume) -> Prediction:
         return next(self.predict_group([prepared]))
@@ -161,15 +163,16 @@ class Predictor:
             mapping_started = time.monotonic()
             slices = prepared.images.shape[0]
             result = map_to_volume(prepared, probs[offset:offset + slices])
-            agreements = self._agreements(probs[offset:offset + slices].argmax(1).to(torch.uint8),
-                                          [m[offset:offset + slices] for m in mirrored]) if mirrored else None
+            agreements, expected = (self._estimates(probs[offset:offset + slices],
+                                                    [m[offset:offset + slices] for m in mirrored])
+                                    if mirrored else (None, None))
             offset += slices
             labels = result.labels
             if info.largest_component:
                 labels = keep_largest_components(labels, info.num_classes)
             counts = np.bincount(labels.ravel(), minlength=info.num_classes)
             quality = volume_quality(labels, result.uncertainty, agreements, prepared.layout.axes[0],
-                                     [c.name for c in info.classes], [c.value for c in info.classes])
+                                     [c.name for c in info.classes], [c.value for c in info.classes], expected)
             yield Prediction(self._values[labels], result.uncertainty, result.score,
                              {c.name: int(counts[i]) for i, c in enumerate(info.classes, 1)},
                              seconds + time.monotonic() - mapping_started, quality)

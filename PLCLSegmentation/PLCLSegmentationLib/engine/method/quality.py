@@ -1,12 +1,16 @@
 """Where a segmentation is least certain, and how good each structure probably is (numpy only).
 
-Per structure: the mean normalised entropy over its predicted voxels, and an estimated Dice: its
-agreement with the predictions of mirrored copies of the input (left-right, up-down and both,
-mirrored back; the mean of their Dice with the prediction), raised to ``AGREEMENT_POWER``. A model
-that errs on an image errs differently on its mirror images, so where the copies disagree the
-prediction is poor; the power maps that self-agreement, always higher than the true Dice, to the
-true Dice's scale (docs/results/2026-12-03-review-estimates.md: chosen on the unannotated training
-volumes of ACDC, measured on its validation split). Per slice along the engine's slicing axis: the
+Per structure: the mean normalised entropy over its predicted voxels, and an estimated Dice from two
+signals, each raised to ``AGREEMENT_POWER``, the higher one: its agreement with the predictions of
+mirrored copies of the input (left-right, up-down and both, mirrored back; the mean of their Dice
+with the prediction), and the network's own confidence, the Dice its probabilities expect
+(``expected_dice``). A model that errs on an image errs differently on its mirror images, so where
+the copies disagree the prediction is usually poor; but a copy can fail wholesale on a mirrored image
+whose original the network segments well, and there its confident probabilities are the better
+witness. The power maps both, always higher than the true Dice, to the true Dice's scale
+(docs/results/2026-12-03-review-estimates.md: the power and the combination chosen on the
+unannotated training volumes of ACDC over three seeds, then measured on its validation split).
+Per slice along the engine's slicing axis: the
 mean entropy over the voxels that matter for review (predicted foreground, or entropy above
 ``ENTROPY_FLOOR``) and each structure's mean entropy there. The summary's ``structures``, ``slices``
 and the ``quality`` event are built here (docs/protocol.md).
@@ -24,7 +28,8 @@ from ..slicing import AXIS_NAMES
 
 #: A background voxel counts for a slice's uncertainty when its entropy is above this.
 ENTROPY_FLOOR = 0.1
-#: The estimated Dice is the agreement with the mirrored copies to this power.
+#: The estimated Dice is the higher of the agreement with the mirrored copies and the expected Dice, each to
+#: this power.
 AGREEMENT_POWER = 3
 DIGITS = 4
 
@@ -35,9 +40,10 @@ COPIES_TEXT = {3: "three mirrored copies of the input (left-right, up-down, both
 
 def quality_measure(copies: int = 3) -> str:
     """summary.json's ``quality_measure``: how the estimates of a run with ``copies`` mirrored copies were made."""
-    estimate = (f"estimated_dice: the mean Dice of the structure's prediction with the predictions of "
-                f"{COPIES_TEXT[copies]}, to the power {AGREEMENT_POWER}; the power was chosen once on the unannotated "
-                "training volumes of ACDC, no label of the volumes segmented here is used; "
+    estimate = (f"estimated_dice: the higher of the mean Dice of the structure's prediction with the predictions of "
+                f"{COPIES_TEXT[copies]} and the Dice the network's probabilities expect, each to the power "
+                f"{AGREEMENT_POWER}; the power and the combination were chosen once on the unannotated training "
+                "volumes of ACDC, no label of the volumes segmented here is used; "
                 if copies else "estimated_dice: not computed (--estimate off), null; ")
     return (estimate + "uncertainty: mean normalised entropy over the structure's predicted voxels (1.0 when none); "
             f"a slice's uncertainty: mean entropy over its predicted foreground and its voxels of entropy above "
@@ -77,19 +83,40 @@ def agreement(labels: np.ndarray, copies: Sequence[np.ndarray], num_classes: int
     return np.where(counted > 0, totals / np.maximum(counted, 1), 1.0)
 
 
+def expected_dice(labels: np.ndarray, probabilities: np.ndarray) -> np.ndarray:
+    """Per class: the Dice the probabilities [C, ...] expect of ``labels`` [...] (class indices), were each voxel
+    of class c with probability p_c: 2 * (the sum of p_c over the voxels labelled c) / (their count + the sum of
+    p_c over all voxels); 0.0 where the class is predicted nowhere."""
+    num_classes = probabilities.shape[0]
+    flat = labels.reshape(-1).astype(np.int64)
+    count = np.bincount(flat, minlength=num_classes)[:num_classes]
+    stack = probabilities.reshape(num_classes, -1)
+    hits = np.array([stack[c][flat == c].sum(dtype=np.float64) for c in range(num_classes)])
+    soft = stack.sum(axis=1, dtype=np.float64)
+    return np.where(count > 0, 2.0 * hits / np.maximum(count + soft, 1e-9), 0.0)
+
+
+def estimated_dice(agreement: float, expected: float | None) -> float:
+    """A structure's estimated Dice from its agreement with the mirrored copies and, where given, its expected
+    Dice (module docstring)."""
+    higher = max(agreement, expected) if expected is not None else agreement
+    return round(float(np.clip(higher, 0, 1)) ** AGREEMENT_POWER, DIGITS)
+
+
 def volume_quality(labels: np.ndarray, uncertainty: np.ndarray, agreements: Sequence[float] | None,
-                   slice_axis: int, names: Sequence[str], values: Sequence[int]) -> VolumeQuality:
+                   slice_axis: int, names: Sequence[str], values: Sequence[int],
+                   expected: Sequence[float] | None = None) -> VolumeQuality:
     """``labels``: class indices [k, j, i] (0 background, c for ``names[c - 1]``); ``uncertainty``: normalised
     entropy; ``agreements``: each class's agreement with the mirrored copies (background first, ``agreement``;
-    None: no estimate, every estimated_dice None);
-    ``slice_axis``: the array axis of [k, j, i] the engine slices along."""
+    None: no estimate, every estimated_dice None); ``expected``: each class's expected Dice (``expected_dice``;
+    None: the agreement alone); ``slice_axis``: the array axis of [k, j, i] the engine slices along."""
     n_classes = len(names) + 1
     flat = labels.reshape(-1).astype(np.int64)
     counts = np.bincount(flat, minlength=n_classes)[:n_classes]
     entropy_sums = np.bincount(flat, weights=uncertainty.reshape(-1), minlength=n_classes)[:n_classes]
     structures = []
     for c, (name, value) in enumerate(zip(names, values), 1):
-        estimate = (round(float(np.clip(agreements[c], 0, 1)) ** AGREEMENT_POWER, DIGITS)
+        estimate = (estimated_dice(agreements[c], None if expected is None else expected[c])
                     if counts[c] and agreements is not None else None)
         mean_entropy = float(entropy_sums[c] / counts[c]) if counts[c] else 1.0
         structures.append({"name": name, "value": int(value), "estimated_dice": estimate,
