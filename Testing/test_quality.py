@@ -11,9 +11,9 @@ from PLCLSegmentationLib.engine.cohort.collect import columns, row_of
 from PLCLSegmentationLib.engine.lab.bench_quality import quality_metrics, quality_pairs, spearman, worst_caught
 from PLCLSegmentationLib.engine.method.quality import (
     AGREEMENT_POWER,
-    expected_dice,
     ENTROPY_FLOOR,
     agreement,
+    expected_dice,
     slice_uncertainties,
     volume_quality,
 )
@@ -23,13 +23,17 @@ from PLCLSegmentationLib.engine.run.summary import worst_lines
 NAMES, VALUES = ["ring", "disc"], [3, 7]
 
 
-def test_the_agreement_with_mirrored_copies_is_their_mean_dice_per_class():
+def test_the_agreement_with_mirrored_copies_is_their_median_dice_per_class():
     labels = np.array([[1, 1, 2, 0]])
     same = labels.copy()
     shifted = np.array([[0, 1, 1, 0]])  # class 1: 1 voxel shared of 2 + 2; class 2 lost
     result = agreement(labels, [same, shifted], 4)
     assert result[1] == pytest.approx((1.0 + 0.5) / 2) and result[2] == pytest.approx((1.0 + 0.0) / 2)
     assert result[3] == 1.0  # in no copy and not predicted: nothing to disagree on
+    # Three copies, one failing wholesale: the median keeps the two that agree.
+    lost = np.array([[0, 0, 0, 0]])
+    assert agreement(labels, [same, shifted, lost], 4)[1] == pytest.approx(0.5)
+    assert agreement(labels, [same, same, lost], 4)[1] == pytest.approx(1.0)
     found = agreement(np.zeros((2, 2), np.uint8), [np.eye(2, dtype=np.uint8)], 2)
     assert found[1] == 0.0  # a copy finds what the prediction does not: no agreement
 

@@ -2,7 +2,7 @@
 
 Per structure: the mean normalised entropy over its predicted voxels, and an estimated Dice from two
 signals, each raised to ``AGREEMENT_POWER``, the higher one: its agreement with the predictions of
-mirrored copies of the input (left-right, up-down and both, mirrored back; the mean of their Dice
+mirrored copies of the input (left-right, up-down and both, mirrored back; the median of their Dice
 with the prediction), and the network's own confidence, the Dice its probabilities expect
 (``expected_dice``). A model that errs on an image errs differently on its mirror images, so where
 the copies disagree the prediction is usually poor; but a copy can fail wholesale on a mirrored image
@@ -40,7 +40,7 @@ COPIES_TEXT = {3: "three mirrored copies of the input (left-right, up-down, both
 
 def quality_measure(copies: int = 3) -> str:
     """summary.json's ``quality_measure``: how the estimates of a run with ``copies`` mirrored copies were made."""
-    estimate = (f"estimated_dice: the higher of the mean Dice of the structure's prediction with the predictions of "
+    estimate = (f"estimated_dice: the higher of the median Dice of the structure's prediction with the predictions of "
                 f"{COPIES_TEXT[copies]} and the Dice the network's probabilities expect, each to the power "
                 f"{AGREEMENT_POWER}; the power and the combination were chosen once on the unannotated training "
                 "volumes of ACDC, no label of the volumes segmented here is used; "
@@ -68,19 +68,21 @@ class VolumeQuality:
 
 
 def agreement(labels: np.ndarray, copies: Sequence[np.ndarray], num_classes: int) -> np.ndarray:
-    """Per class: the mean Dice between ``labels`` and each of ``copies`` (the labels of mirrored copies of the
-    input, mirrored back), over the copies where either holds the class; 1.0 where none does."""
+    """Per class: the median Dice between ``labels`` and each of ``copies`` (the labels of mirrored copies of the
+    input, mirrored back), over the copies where either holds the class; 1.0 where none does. The median: one
+    copy that fails alone does not pull the agreement down."""
     flat = labels.reshape(-1).astype(np.int64)
     size = np.bincount(flat, minlength=num_classes)[:num_classes]
-    totals, counted = np.zeros(num_classes), np.zeros(num_classes)
-    for copy in copies:
+    dice = np.full((max(1, len(copies)), num_classes), np.nan)
+    for row, copy in enumerate(copies):
         other = copy.reshape(-1).astype(np.int64)
         both = np.bincount(flat[flat == other], minlength=num_classes)[:num_classes]
         sizes = size + np.bincount(other, minlength=num_classes)[:num_classes]
         present = sizes > 0
-        totals[present] += 2.0 * both[present] / sizes[present]
-        counted += present
-    return np.where(counted > 0, totals / np.maximum(counted, 1), 1.0)
+        dice[row, present] = 2.0 * both[present] / sizes[present]
+    counted = ~np.isnan(dice).all(axis=0)
+    median = np.nanmedian(np.where(counted, dice, 1.0), axis=0)  # a column of NaN only where none is counted
+    return np.where(counted, median, 1.0)
 
 
 def expected_dice(labels: np.ndarray, probabilities: np.ndarray) -> np.ndarray:
