@@ -77,7 +77,7 @@ def test_a_signalled_task_requeues_and_a_cancelled_one_is_finished_by_resubmitti
     count = 40
     listing = make_cohort(synthetic, tmp_path / "cohort", count)
     out = tmp_path / "out"
-    job = submit(cluster, model, listing, out, tasks=2)
+    job = submit(cluster, model, listing, out, 2, "--estimate", "off")  # requeueing does not depend on it
     wait_for_records(out, "shard-0000-of-0002", 2)
     # Slurm's --signal (as before a time limit) reaches the batch shell: plcl stops after the volume under way
     # and the task requeues itself.
@@ -98,7 +98,7 @@ def test_a_signalled_task_requeues_and_a_cancelled_one_is_finished_by_resubmitti
     log0 = "".join(p.read_text() for p in (out / "logs").glob(f"{job}_0.log"))
     assert "stopping after the current step" in log0 and "complete already (--skip-existing)" in log0
     # Submitted again: task 0 has nothing left, task 1 does only the volumes it had not done.
-    again = submit(cluster, model, listing, out, tasks=2)
+    again = submit(cluster, model, listing, out, 2, "--estimate", "off")
     cluster.wait(again)
     done = Counter(r["name"] for r in records(out))
     assert sorted(done) == [f"subject_{i:03d}" for i in range(count)]
