@@ -32,8 +32,8 @@ def test_the_agreement_with_mirrored_copies_is_their_median_dice_per_class():
     assert result[3] == 1.0  # in no copy and not predicted: nothing to disagree on
     # Three copies, one failing wholesale: the median keeps the two that agree.
     lost = np.array([[0, 0, 0, 0]])
-    assert agreement(labels, [same, shifted, lost], 4)[1] == pytest.approx(0.5)
-    assert agreement(labels, [same, same, lost], 4)[1] == pytest.approx(1.0)
+    assert agreement(labels, [same, same, lost], 4)[1] == pytest.approx(1.0)  # the mean: 0.67
+    assert agreement(labels, [same, lost, lost], 4)[1] == pytest.approx(0.0)  # the mean: 0.33
     found = agreement(np.zeros((2, 2), np.uint8), [np.eye(2, dtype=np.uint8)], 2)
     assert found[1] == 0.0  # a copy finds what the prediction does not: no agreement
 
@@ -98,11 +98,12 @@ def test_structures_worst_first_with_those_predicted_nowhere_last():
 
 
 def test_the_expected_dice_is_what_the_probabilities_expect_of_the_labels():
-    labels = np.array([[1, 1, 0, 0]])
-    probabilities = np.stack([1 - np.array([[0.9, 0.7, 0.2, 0.0]]), np.array([[0.9, 0.7, 0.2, 0.0]])])
+    labels = np.array([[1, 1, 0, 0]])  # [S, H]; the probabilities [S, C, H], as the network gives them
+    p1 = np.array([[0.9, 0.7, 0.2, 0.0]])
+    probabilities = np.stack([1 - p1, p1], axis=1)
     # Class 1: 2 * (0.9 + 0.7) / (2 + 1.8); a certain prediction expects 1.
     assert expected_dice(labels, probabilities)[1] == pytest.approx(3.2 / 3.8)
-    certain = np.stack([1.0 - labels, labels.astype(float)])
+    certain = np.stack([1.0 - labels, labels.astype(float)], axis=1)
     assert expected_dice(labels, certain) == pytest.approx([1.0, 1.0])
     assert expected_dice(np.zeros((1, 4), np.int64), probabilities)[1] == 0.0  # predicted nowhere
 
@@ -272,11 +273,11 @@ def test_the_cohort_after_a_review_keeps_the_corrected_slices_and_takes_the_retr
     data = tmp_path / "data"
     for folder in ("images", "labels"):
         (data / folder).mkdir(parents=True)
-    (data / "dataset.json").write_text(json.dumps({"name": "t", "labels": {"0": "background", "1": "a", "2": "b"},
+    (data / "dataset.json").write_text(json.dumps({"name": "t", "labels": {"0": "background", "3": "a", "7": "b"},
                                                    "cases": {"train": ["u", "v"]}}))
-    reference = np.zeros((4, 8, 8), np.uint8)
-    reference[:, 2:6, 2:6] = 1
-    reference[:, 0:2, 0:2] = 2
+    reference = np.zeros((4, 8, 8), np.uint8)  # label values 3 and 7: not the class indices 1 and 2
+    reference[:, 2:6, 2:6] = 3
+    reference[:, 0:2, 0:2] = 7
 
     def write(array: np.ndarray, path) -> str:
         sitk.WriteImage(sitk.GetImageFromArray(array), str(path))
@@ -288,14 +289,14 @@ def test_the_cohort_after_a_review_keeps_the_corrected_slices_and_takes_the_retr
     wrong_first_slice = reference.copy()
     wrong_first_slice[0] = 0  # both structures missed on slice 0
     missing_b = reference.copy()
-    missing_b[reference == 2] = 0
+    missing_b[reference == 7] = 0
 
     def run(folder, segmentations: dict[str, np.ndarray]):
         folder.mkdir(parents=True)
         volumes = [{"name": case, "image": str(data / "images" / f"{case}.nii.gz"), "slice_axis": "k",
                     "segmentation": write(labels, folder / f"{case}.nii.gz")} for case, labels in segmentations.items()]
-        (folder / "summary.json").write_text(json.dumps({"classes": [{"value": 1, "name": "a"},
-                                                                     {"value": 2, "name": "b"}], "volumes": volumes}))
+        (folder / "summary.json").write_text(json.dumps({"classes": [{"value": 3, "name": "a"},
+                                                                     {"value": 7, "name": "b"}], "volumes": volumes}))
 
     run(tmp_path / "run" / "train", {"u": wrong_first_slice, "v": missing_b})
     run(tmp_path / "arm", {"v": reference})  # the retrain segments v right; u was corrected, not segmented
@@ -307,3 +308,5 @@ def test_the_cohort_after_a_review_keeps_the_corrected_slices_and_takes_the_retr
     # u corrected on slice 1 only: slice 0 still missed.
     after = cohort_dice(tmp_path / "run", tmp_path / "arm", {"u": [1]}, str(data))
     assert after == pytest.approx(((a + b) / 2 + 1) / 2)
+    with pytest.raises(RuntimeError, match="did not segment u"):  # neither corrected nor segmented again
+        cohort_dice(tmp_path / "run", tmp_path / "arm", {}, str(data))

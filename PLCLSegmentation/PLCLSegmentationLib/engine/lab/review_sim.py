@@ -146,7 +146,7 @@ def cohort_dice(run: Path, arm_train: Path | None, chosen: dict[str, list[int]],
     means = []
     for entry in base["volumes"]:
         name = entry["name"]
-        reference_values = read_volume(dataset.label(name)).array
+        reference_values, _ = read_annotation(dataset.label(name), read_volume(entry["image"]))
         reference = np.zeros(reference_values.shape, np.uint8)
         for value, index in index_of.items():
             reference[reference_values == value] = index
@@ -158,6 +158,8 @@ def cohort_dice(run: Path, arm_train: Path | None, chosen: dict[str, list[int]],
                 where[axis] = index
                 labels[tuple(where)] = reference[tuple(where)]
         else:
+            if arm_train is not None and name not in retrained:
+                raise RuntimeError(f"{arm_train / SUMMARY_FILE}: the retrain did not segment {name}")
             labels = segmentation_classes(retrained.get(name, entry), base["classes"])
         dice = [d for d in dice_per_class(labels, reference, range(1, len(index_of) + 1)).values() if d is not None]
         if dice:

@@ -140,7 +140,7 @@ class Predictor:
         stacks = [probs.argmax(1).to(torch.uint8).numpy()] + [copy.numpy() for copy in copies]
         if self.info.largest_component:
             stacks = [keep_largest_components(stack, self.info.num_classes) for stack in stacks]
-        expected = expected_dice(stacks[0], probs.transpose(0, 1).float().numpy())
+        expected = expected_dice(stacks[0], probs.numpy())
         return agreement(stacks[0], stacks[1:], self.info.num_classes), expected
 
     def predict(self, prepared: PreparedVolume) -> Prediction:

@@ -86,15 +86,14 @@ def agreement(labels: np.ndarray, copies: Sequence[np.ndarray], num_classes: int
 
 
 def expected_dice(labels: np.ndarray, probabilities: np.ndarray) -> np.ndarray:
-    """Per class: the Dice the probabilities [C, ...] expect of ``labels`` [...] (class indices), were each voxel
-    of class c with probability p_c: 2 * (the sum of p_c over the voxels labelled c) / (their count + the sum of
-    p_c over all voxels); 0.0 where the class is predicted nowhere."""
-    num_classes = probabilities.shape[0]
-    flat = labels.reshape(-1).astype(np.int64)
-    count = np.bincount(flat, minlength=num_classes)[:num_classes]
-    stack = probabilities.reshape(num_classes, -1)
-    hits = np.array([stack[c][flat == c].sum(dtype=np.float64) for c in range(num_classes)])
-    soft = stack.sum(axis=1, dtype=np.float64)
+    """Per class: the Dice the probabilities [S, C, ...] (the network's layout) expect of ``labels`` [S, ...]
+    (class indices), were each voxel of class c with probability p_c: 2 * (the sum of p_c over the voxels
+    labelled c) / (their count + the sum of p_c over all voxels); 0.0 where the class is predicted nowhere.
+    Class by class on views of the probabilities: no copy of them is made."""
+    num_classes = probabilities.shape[1]
+    count = np.bincount(labels.reshape(-1).astype(np.int64), minlength=num_classes)[:num_classes]
+    hits = np.array([probabilities[:, c][labels == c].sum(dtype=np.float64) for c in range(num_classes)])
+    soft = np.array([probabilities[:, c].sum(dtype=np.float64) for c in range(num_classes)])
     return np.where(count > 0, 2.0 * hits / np.maximum(count + soft, 1e-9), 0.0)
 
 
