@@ -52,7 +52,8 @@ def test_bench_on_an_oblique_synthetic_dataset_writes_table_figures_and_results(
     out = tmp_path / "bench"
     result = run_plcl("bench", "--data", str(data), "--out", str(out), "--iterations", "2", "--seeds", "0",
                       "--methods", "supervised,plcl", "--n-unlabeled", "2", "--snapshots", "1",
-                      "--throughput-iterations", "1", "--budget", "quick", "--set", "patch_size=32",
+                      "--throughput-iterations", "1", "--no-throughput-compile", "--budget", "quick",
+                      "--set", "patch_size=32",
                       "--set", "levels=3", "--set", "inference_tile=64", "--propagation-frames", "4", "--device", "cpu",
                       "--variant", "w2s:online_pseudo_labels=true,cutmix_probability=0.5,scale_range=[0.9,1.1]")
     assert result.returncode == 0, result.stderr + result.stdout
@@ -69,9 +70,10 @@ def test_bench_on_an_oblique_synthetic_dataset_writes_table_figures_and_results(
         assert len(run["curve"]) == 2 and run["predict_seconds_per_volume"] > 0
     variants = results["throughput"]["variants"]
     assert variants[0]["variant"].startswith("eager") and variants[0]["speedup"] == 1.0
-    # torch.compile is measured too; where the toolchain cannot compile, the row says why instead.
-    assert variants[-1]["compile"] and (variants[-1]["slices_per_s"] or 0) > 0 or variants[-1]["error"]
+    # --no-throughput-compile leaves torch.compile's row out (its compilation alone is half a minute here).
+    assert len(variants) > 2 and not any(v.get("compile") for v in variants)
     assert results["throughput"]["profile"]
+    assert results["throughput"]["patch_size"] == 32  # the bench's --set reaches the comparison too
     table = (out / "results.md").read_text()
     assert "| supervised only |" in table and "slowest" in table.lower()
     assert "## Ablation" in table and "+ w2s (online_pseudo_labels=true" in table

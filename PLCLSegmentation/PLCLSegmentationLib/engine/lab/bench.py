@@ -85,12 +85,15 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--methods", default=",".join(DEFAULT_METHODS), metavar="M,N",
                         help=f"of {', '.join(METHODS)}")
     parser.add_argument("--snapshots", type=int, default=3, help="intermediate models for the Dice-time curve")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="configuration for all methods")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="configuration for all methods and the throughput comparison")
     parser.add_argument("--variant", action="append", default=[], metavar="[METHOD+]NAME:KEY=VALUE[,KEY=VALUE]",
                         help="also run METHOD (default plcl) with these settings, as method METHOD+NAME: an "
                         "ablation, scored per seed against METHOD in results.md (repeatable)")
     parser.add_argument("--throughput-iterations", type=int, default=12,
                         help="iterations per variant of the throughput comparison (0: skip)")
+    parser.add_argument("--throughput-compile", action=argparse.BooleanOptionalAction, default=True,
+                        help="time torch.compile too (its compilation alone takes about half a minute on a CPU)")
     parser.add_argument("--propagation-frames", type=int, default=30, metavar="N",
                         help="time plcl predict on a SYNTHETIC N-frame cine sequence of 10 x 224 x 224 voxels "
                         "(at least 4; 0: skip)")

@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from ..config import TrainConfig
+from ..config import TrainConfig, parse_overrides
 from ..events import RecordingSink
 from ..files.dataset import Dataset
 from ..method.augment import random_appearance, random_intensity
@@ -26,23 +26,27 @@ from ..run.inputs import read_training_inputs
 from ..run.training import target_spacing
 from ..runtime import autocast_dtype, native_cpu_bf16, precision_name, resolve_device
 
-#: (name, settings): TrainConfig overrides, plus "per_sample" (batches cut one sample at a time, the
+#: (name, settings): TrainConfig overrides (compile named in each, so that a bench's --set compile=true
+#: compiles its own row only), plus "per_sample" (batches cut one sample at a time, the
 #: loss read back every step: the straightforward loop) which only this measurement knows.
 VARIANTS: list[tuple[str, dict[str, Any]]] = [
     ("eager baseline (NCHW, fp32, samples cut one at a time inline, loss read every step, plain Adam)",
      {"per_sample": True, "channels_last": False, "fused_optimizer": False, "background_batches": False,
-      "precision": "fp32"}),
+      "precision": "fp32", "compile": False}),
     ("+ channels-last memory",
      {"per_sample": True, "channels_last": True, "fused_optimizer": False, "background_batches": False,
-      "precision": "fp32"}),
+      "precision": "fp32", "compile": False}),
     ("+ whole batch cut on the device at once, losses read back in bulk",
-     {"channels_last": True, "fused_optimizer": False, "background_batches": False, "precision": "fp32"}),
+     {"channels_last": True, "fused_optimizer": False, "background_batches": False, "precision": "fp32",
+      "compile": False}),
     ("+ fused Adam", {"channels_last": True, "fused_optimizer": True, "background_batches": False,
-                      "precision": "fp32"}),
+                      "precision": "fp32", "compile": False}),
     ("+ bfloat16 autocast where native (the engine's defaults)",
-     {"channels_last": True, "fused_optimizer": True, "background_batches": False, "precision": "auto"}),
+     {"channels_last": True, "fused_optimizer": True, "background_batches": False, "precision": "auto",
+      "compile": False}),
     ("engine's defaults + batches built in a background thread (off by default)",
-     {"channels_last": True, "fused_optimizer": True, "background_batches": True, "precision": "auto"}),
+     {"channels_last": True, "fused_optimizer": True, "background_batches": True, "precision": "auto",
+      "compile": False}),
     ("engine's defaults + torch.compile (inductor; off by default, `--set compile=true`)",
      {"channels_last": True, "fused_optimizer": True, "background_batches": False, "precision": "auto",
       "compile": True}),
@@ -114,7 +118,8 @@ def _profile(config: TrainConfig, annotated, pseudo: SliceAtlas, num_classes: in
 
 def measure_throughput(dataset: Dataset, protocol: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
     labeled = [dataset.labeled_pair(c) for c in protocol["labeled"]]
-    base = TrainConfig.from_budget(args.budget, device=args.device)
+    # The bench's --set applies here too: the comparison times the configuration the bench trains.
+    base = TrainConfig.from_budget(args.budget, **{**parse_overrides(args.set), "device": args.device})
     job = TrainJob(labeled, [], "", base, dataset.label_names)
     inputs = read_training_inputs(job)
     spacing = target_spacing(base, [v for v, _ in inputs.annotated])
@@ -130,6 +135,8 @@ def measure_throughput(dataset: Dataset, protocol: dict[str, Any], args: argpars
     pseudo = SliceAtlas.pack([v.images for v in annotated], [v.labels for v in annotated], device)
     rows = []
     for name, overrides in VARIANTS:
+        if overrides.get("compile") and not args.throughput_compile:
+            continue
         settings = {k: v for k, v in overrides.items() if k != "per_sample"}
         config = dataclasses.replace(base, **settings)
         row: dict[str, Any] = {"variant": name, **overrides}
