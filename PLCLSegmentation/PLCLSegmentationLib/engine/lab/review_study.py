@@ -123,6 +123,7 @@ def arm_means(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
 
 
 def review_figure(rows: list[dict[str, Any]], path: Path) -> None:
+    """Each arm's gain seed by seed: left on the evaluation split, right on the cohort as the reviewer holds it."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -130,17 +131,23 @@ def review_figure(rows: list[dict[str, Any]], path: Path) -> None:
 
     arms = sorted({r["arm"] for r in rows})
     seeds = sorted({r["seed"] for r in rows})
-    fig, ax = plt.subplots(figsize=(6, 3.6))
+    slices = max(r["slices"] for r in rows)
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), sharey=True)
     width = 0.8 / max(1, len(seeds))
-    for s, seed in enumerate(seeds):
-        gains = [next((r["gain"] for r in rows if r["arm"] == arm and r["seed"] == seed), float("nan")) for arm in arms]
-        ax.bar([a + s * width for a in range(len(arms))], gains, width, label=f"seed {seed}", color=f"C{s}")
-    ax.axhline(0, color="0.3", linewidth=0.8)
-    ax.set_xticks([a + width * (len(seeds) - 1) / 2 for a in range(len(arms))], arms)
-    ax.set_ylabel("mean Dice after the retrain\nminus the model's")
-    ax.set_title("Simulated review: 10 slices corrected, accepted slice by slice, one retrain", fontsize=9)
-    ax.legend(fontsize=8)
-    ax.grid(axis="y", alpha=0.3)
+    for ax, field, title in ((axes[0], "gain", "evaluation split (volumes nobody reviewed)"),
+                             (axes[1], "cohort_gain", "the cohort: corrected slices kept, the rest retrained")):
+        for s, seed in enumerate(seeds):
+            gains = [next((r[field] for r in rows if r["arm"] == arm and r["seed"] == seed), float("nan"))
+                     for arm in arms]
+            ax.bar([a + s * width for a in range(len(arms))], gains, width, label=f"seed {seed}", color=f"C{s}")
+        ax.axhline(0, color="0.3", linewidth=0.8)
+        ax.set_xticks([a + width * (len(seeds) - 1) / 2 for a in range(len(arms))], arms, fontsize=8)
+        ax.set_title(title, fontsize=9)
+        ax.grid(axis="y", alpha=0.3)
+    axes[0].set_ylabel("mean Dice after the retrain\nminus the model's")
+    axes[0].legend(fontsize=8)
+    fig.suptitle(f"Simulated review: up to {slices} slices corrected, accepted slice by slice, one retrain",
+                 fontsize=10)
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=110, format="png")
