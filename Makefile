@@ -44,13 +44,16 @@ bench-slices: $(VENV)/.installed
 	$(PY) -m PLCLSegmentationLib.engine.lab.slice_curve bench_slices
 
 # Issue 29: does the local contrastive loss pay, in the paper's protocol and ours? Each protocol (docs/cli.md,
-# "Protocols"; 2-volumes is --n-labeled-volumes 2) x methods plcl, self_training, plcl_paper and plcl_paper without
-# its contrastive term x seeds, at the default budget, one folder per protocol and seed, then each protocol pooled
-# into bench_contrastive/PROTOCOL/pooled. 4 protocols x 4 methods x 3 seeds = 48 runs of about 16 min of training
-# and 4 min of prediction each on 2 CPU cores: about 16 hours in all (a protocol: 4 hours, a seed of it: 80 min).
+# "Protocols"; 2-volumes is --n-labeled-volumes 2) x methods plcl, self_training, plcl_paper, plcl_paper without its
+# contrastive term (the paper's recipe then learns from the annotated slices alone) and the paper's recipe as
+# self-training (its pseudo-labels in the segmentation loss instead: the paper's own baseline) x seeds, at the
+# default budget, one folder per protocol and seed, then each protocol pooled into bench_contrastive/PROTOCOL/pooled.
+# 4 protocols x 5 methods x 3 seeds = 60 runs of about 20 min of training and 4 min of prediction each on 2 CPU
+# cores: about 24 hours in all (a protocol: 6 hours, a seed of it: 2 hours).
 CONTRASTIVE_PROTOCOLS ?= one-volume 2-volumes one-patient few-slices
 CONTRASTIVE_SEEDS ?= 0 1 2
 CONTRASTIVE_ARGS ?= --methods plcl,self_training,plcl_paper --variant plcl_paper+no_contrastive:contrastive_weight=0 \
+	--variant plcl_paper+self_training:contrastive_weight=0,pseudo_segmentation_weight=1 \
 	--throughput-iterations 0 --propagation-frames 0
 bench-contrastive: $(VENV)/.installed
 	for P in $(CONTRASTIVE_PROTOCOLS); do \
