@@ -104,3 +104,27 @@ def test_dice_loss_is_zero_for_a_perfect_prediction_and_ignores_ignored_pixels()
     wrong[:, :2] = IGNORE
     logits[:, :, :2] = torch.randn_like(logits[:, :, :2])
     assert soft_dice_loss(logits, wrong).item() == pytest.approx(0.0, abs=1e-4)
+
+
+def test_class_means_from_target_embeddings_carry_no_gradient():
+    """With a teacher's embeddings as targets the means are theirs: the loss then depends on the
+    student's embeddings through the anchors alone, and equals the plain loss when both agree."""
+    labels = _labels()
+    z = _clustered_embeddings(labels, noise=0.3).requires_grad_(True)
+    pairs = torch.tensor([(0, 1), (2, 3)])
+
+    def loss_of(student, targets):
+        return local_contrastive_loss(student, labels, pairs, num_classes=4,
+                                      generator=torch.Generator().manual_seed(5), target_embeddings=targets)
+
+    same = loss_of(z, z.detach().clone())
+    assert same.item() == pytest.approx(loss_of(z, None).item(), rel=1e-5)
+    # Targets clustered by class pull the anchors' loss down; targets of noise leave it high.
+    noise = torch.randn(z.shape, generator=torch.Generator().manual_seed(9))
+    assert loss_of(z, _clustered_embeddings(labels, noise=0.0)) < loss_of(z, noise)
+    targets = z.detach().clone().requires_grad_(True)
+    loss_of(z, targets).backward()
+    assert targets.grad is None and z.grad is not None and z.grad.abs().sum() > 0
+    # Only anchor pixels get a gradient: 3 per foreground class and image at most.
+    touched = (z.grad.abs().sum(1) > 0).sum().item()
+    assert 0 < touched <= 4 * 3 * 3

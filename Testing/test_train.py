@@ -12,6 +12,7 @@ import torch
 from conftest import make_image, phantom
 
 from PLCLSegmentationLib.engine.config import TrainConfig
+from PLCLSegmentationLib.engine.errors import ConfigError
 from PLCLSegmentationLib.engine.events import RecordingSink
 from PLCLSegmentationLib.engine.files.volumes import Grid, Volume
 from PLCLSegmentationLib.engine.method.batches import Batch, BatchMaker, SliceAtlas
@@ -220,3 +221,29 @@ def test_a_short_cpu_run_and_a_short_cuda_run_give_the_same_loss_curve(monkeypat
             curve.append(float(trainer.step(batch)["segmentation"]))
         curves.append(curve)
     np.testing.assert_allclose(curves[0], curves[1], rtol=5e-3, atol=5e-3)
+
+
+def test_the_contrastive_class_means_can_come_from_the_mean_teacher(tmp_path, monkeypatch):
+    """contrastive_targets='teacher': every contrastive loss gets the teacher's embeddings of the same
+    views as its targets; the teacher is not trained by them and stays in evaluation mode."""
+    from PLCLSegmentationLib.engine.method import train as train_module
+
+    seen = []
+    real = train_module.local_contrastive_loss
+
+    def recording(embeddings, *args, **kwargs):
+        targets = args[6] if len(args) > 6 else kwargs.get("target_embeddings")
+        seen.append((embeddings.shape, None if targets is None else (targets.shape, targets.requires_grad)))
+        return real(embeddings, *args, **kwargs)
+
+    monkeypatch.setattr(train_module, "local_contrastive_loss", recording)
+    annotated, unannotated = _volumes()
+    config = dataclasses.replace(TINY, teacher_ema=0.5, contrastive_targets="teacher")
+    trainer = Trainer(config, 3, [annotated], [unannotated], RecordingSink(), torch.device("cpu"), tmp_path / "c.pt")
+    trainer.run()
+    assert len(seen) == 4  # the joint iterations of both rounds
+    assert all(targets == (shape, False) for shape, targets in seen)
+    assert not trainer.teacher.training and all(not p.requires_grad for p in trainer.teacher.parameters())
+    assert {"contrastive"} <= set(trainer.loss_history[-1])
+    with pytest.raises(ConfigError, match="mean teacher"):
+        dataclasses.replace(TINY, teacher_ema=0.0, contrastive_targets="teacher").validated()

@@ -53,6 +53,11 @@ class TrainConfig:
     contrastive_weight: float = 0.1  # lambda
     temperature: float = 0.1  # tau
     anchors_per_class: int = 3  # P
+    #: "student" (the paper: class means from the trained network's own embeddings) or "teacher":
+    #: the class means from the mean teacher's embeddings of the same views, without gradient
+    #: (stable targets, as in MoCo and BYOL; needs teacher_ema > 0; one more forward pass of the
+    #: contrastive views per step). Issue 29's candidate; measured in docs/results.
+    contrastive_targets: str = "student"
     #: Weight of a segmentation loss on pseudo-labelled slices. The paper uses 0 (segmentation loss
     #: on annotated slices only); 1 measured +0.04 mean Dice on ACDC with one annotated patient
     #: (docs/results). With contrastive_weight 0 this is plain self-training.
@@ -169,6 +174,10 @@ class TrainConfig:
         if self.learning_rate_schedule not in ("constant", "cosine"):
             raise ConfigError("learning_rate_schedule must be 'constant' or 'cosine', "
                               f"not {self.learning_rate_schedule!r}")
+        if self.contrastive_targets not in ("student", "teacher"):
+            raise ConfigError(f"contrastive_targets must be 'student' or 'teacher', not {self.contrastive_targets!r}")
+        if self.contrastive_targets == "teacher" and self.teacher_ema <= 0:
+            raise ConfigError("contrastive_targets='teacher' needs a mean teacher (teacher_ema > 0)")
         if self.augmentation not in ("paper", "strong"):
             raise ConfigError(f"augmentation must be 'paper' or 'strong', not {self.augmentation!r}")
         if self.precision not in ("auto", "fp32", "bf16"):

@@ -36,11 +36,14 @@ def segmentation_loss(logits: torch.Tensor, target: torch.Tensor, kind: str = "d
 
 def local_contrastive_loss(embeddings: torch.Tensor, labels: torch.Tensor, pairs: torch.Tensor,
                            num_classes: int, temperature: float = 0.1, anchors_per_class: int = 3,
-                           generator: torch.Generator | None = None) -> torch.Tensor:
+                           generator: torch.Generator | None = None,
+                           target_embeddings: torch.Tensor | None = None) -> torch.Tensor:
     """Local contrastive loss over pairs of images.
 
     embeddings: [N, D, H, W] projections; labels: [N, H, W] class per pixel (ground truth or
-    pseudo-label; IGNORE is left out); pairs: [M, 2] indices into N.
+    pseudo-label; IGNORE is left out); pairs: [M, 2] indices into N. ``target_embeddings`` (same
+    shape, e.g. a mean teacher's of the same views): where given, the class means come from them,
+    without gradient (stable targets); the anchors are always ``embeddings``.
 
     For an anchor u of foreground class c in image a of a pair (a, b), with
     D(u) = sum over foreground classes k present and both images j of exp(sim(u, mu_k^j)):
@@ -54,7 +57,8 @@ def local_contrastive_loss(embeddings: torch.Tensor, labels: torch.Tensor, pairs
     fg_classes = torch.arange(1, num_classes, device=labels.device)
     member = flat_labels.unsqueeze(1) == fg_classes.view(1, -1, 1)  # [N, K, HW] foreground classes only
     counts = member.sum(-1)  # [N, K]
-    sums = torch.bmm(member.to(z.dtype), z.transpose(1, 2))  # [N, K, D]
+    targets = z if target_embeddings is None else F.normalize(target_embeddings.detach().float().flatten(2), dim=1)
+    sums = torch.bmm(member.to(z.dtype), targets.transpose(1, 2))  # [N, K, D]
     means = F.normalize(sums / counts.clamp(min=1).unsqueeze(-1), dim=-1)
     present = counts > 0
 

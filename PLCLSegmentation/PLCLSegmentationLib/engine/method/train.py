@@ -289,7 +289,8 @@ class Trainer:
             if cfg.contrastive_weight > 0:
                 contrastive = local_contrastive_loss(
                     embeddings[n_seg:], labels, batch.pairs.to(self.device), self.num_classes,
-                    cfg.temperature, cfg.anchors_per_class, self.contrastive_generator)
+                    cfg.temperature, cfg.anchors_per_class, self.contrastive_generator,
+                    self.teacher_embeddings(x[n_seg:]) if cfg.contrastive_targets == "teacher" else None)
                 loss = loss + cfg.contrastive_weight * contrastive
                 losses["contrastive"] = contrastive.detach()
             if cfg.pseudo_segmentation_weight > 0:
@@ -305,6 +306,15 @@ class Trainer:
             self._update_teacher()
         losses["total"] = loss.detach()
         return losses
+
+    @torch.no_grad()
+    def teacher_embeddings(self, views: torch.Tensor) -> torch.Tensor:
+        """The mean teacher's embeddings of the contrastive views, in evaluation mode (its BatchNorm
+        statistics, not the batch's, as when it predicts)."""
+        self.teacher.eval()
+        with torch.autocast(self.device.type, dtype=self.autocast or torch.bfloat16, enabled=self.autocast is not None):
+            _, embeddings = self.teacher(views, with_embedding=True)
+        return embeddings
 
     def contrastive_views(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
         """The contrastive views and their labels on the device: with online pseudo-labels, the
