@@ -329,6 +329,7 @@ CASES = [
     _set("fused_optimizer", '"yes"', 2, "fused_optimizer='yes'", "true or false", point="new"),
     _set("background_batches", "2", 2, "background_batches=2", "true or false", point="new"),
     _set("cutmix_probability", "1.5", 2, "cutmix_probability=1.5", "must be from 0", point="new"),
+    _set("contrastive_targets", "momentum", 2, "contrastive_targets must be", "not 'momentum'", point="new"),
     _set("online_pseudo_labels", "1", 2, "online_pseudo_labels=1", "true or false", point="new"),
     _set("orientation_augmentation", "yes", 2, "orientation_augmentation='yes'", "true or false", point="new"),
     _set("learning_rate_schedule", "linear", 2, "learning_rate_schedule must be", "'cosine'", point="new"),
