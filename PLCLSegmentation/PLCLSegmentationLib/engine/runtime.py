@@ -48,6 +48,12 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     return None
 
 
+def autocast_to(device: torch.device, dtype: torch.dtype | None) -> torch.autocast:
+    """The autocast context of a precision chosen by ``autocast_dtype``: ``dtype`` where given, off
+    (float32) where None."""
+    return torch.autocast(device.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None)
+
+
 def precision_name(dtype: torch.dtype | None) -> str:
     """How the ``start`` event and training.json name the precision a run computes in."""
     return "bf16" if dtype == torch.bfloat16 else "fp32"

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import torch
 
+from ..runtime import autocast_to
 from .losses import IGNORE
 
 
@@ -24,7 +25,7 @@ def online_labels(teacher: torch.nn.Module, weak: torch.Tensor, confidence: floa
     was_training = teacher.training
     teacher.eval()
     try:
-        with torch.autocast(weak.device.type, dtype=autocast or torch.bfloat16, enabled=autocast is not None):
+        with autocast_to(weak.device, autocast):
             logits = teacher(weak)
     finally:
         teacher.train(was_training)

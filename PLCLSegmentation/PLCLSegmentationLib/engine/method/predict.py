@@ -9,6 +9,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..runtime import autocast_to
 from .preprocess import PreparedVolume, resize_probabilities
 
 
@@ -65,7 +66,7 @@ def predict_slices(model: torch.nn.Module, images: torch.Tensor, num_classes: in
             x = torch.stack([padded[s, r:r + tile_h, c:c + tile_w] for s, r, c in chunk])[:, None]
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        with torch.autocast(device.type, dtype=autocast or torch.bfloat16, enabled=autocast is not None):
+        with autocast_to(device, autocast):
             logits = model(x)
         probs = logits.float().softmax(dim=1)
         if single:

@@ -16,7 +16,7 @@ import torch
 from ..config import TrainConfig
 from ..errors import Cancelled, InputError
 from ..events import EventSink
-from ..runtime import autocast_dtype
+from ..runtime import autocast_dtype, autocast_to
 from .batches import BackgroundBatches, Batch, BatchMaker, SliceAtlas
 from .consistency import cutmix, online_labels
 from .losses import IGNORE, local_contrastive_loss, segmentation_loss
@@ -281,7 +281,7 @@ class Trainer:
         if cfg.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         y = batch.labels.to(self.device)
-        with torch.autocast(self.device.type, dtype=self.autocast or torch.bfloat16, enabled=self.autocast is not None):
+        with autocast_to(self.device, self.autocast):
             logits, embeddings = self.training_forward(x, with_embedding=True)
         loss = segmentation_loss(logits[:n_seg], y, cfg.segmentation_loss)
         losses = {"segmentation": loss.detach()}
@@ -312,7 +312,7 @@ class Trainer:
         """The mean teacher's embeddings of the contrastive views, in evaluation mode (its BatchNorm
         statistics, not the batch's, as when it predicts)."""
         self.teacher.eval()
-        with torch.autocast(self.device.type, dtype=self.autocast or torch.bfloat16, enabled=self.autocast is not None):
+        with autocast_to(self.device, self.autocast):
             _, embeddings = self.teacher(views, with_embedding=True)
         return embeddings
 
