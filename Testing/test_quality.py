@@ -227,7 +227,7 @@ def test_a_run_writes_the_review_fields_and_quality_events(tmp_path, synthetic):
     assert "review first" in result.stderr and summary["volumes"][0]["name"] in result.stderr
 
 
-def test_the_simulated_review_corrects_the_least_certain_slices_or_as_many_drawn_at_random():
+def test_the_simulated_review_corrects_the_least_certain_slices_the_review_table_s_or_as_many_drawn_at_random():
     from PLCLSegmentationLib.engine.lab.review_sim import candidate_slices, choose
 
     def item(index: int, uncertainty: float, voxels: float) -> dict:
@@ -242,6 +242,11 @@ def test_the_simulated_review_corrects_the_least_certain_slices_or_as_many_drawn
     drawn = choose("random", candidates, 3, seed=0)
     assert sum(map(len, drawn.values())) == 3 and drawn == choose("random", candidates, 3, seed=0)
     assert choose("none", candidates, 3, seed=0) == {}
+    # The review table puts b first: the reviewer corrects b's slices, least certain first, then a's.
+    assert choose("review_path", candidates, 3, seed=0, table=["b", "a"]) == {"a": [3], "b": [0, 7]}
+    assert choose("worst_volumes", candidates, 3, seed=0, table=["b", "a"]) == {"a": [3], "b": [0]}
+    assert choose("worst_volumes", candidates, 1, seed=0, table=["a", "b"]) == {"a": [3]}
+    assert choose("review_path", candidates, 3, seed=0, table=["b"]) == {"b": [0, 7]}  # only the table's volumes
 
 
 def test_the_review_study_compares_each_arm_with_the_warm_start_alone_seed_by_seed():

@@ -7,7 +7,11 @@ the engine's own quality.slice_uncertainties lists them from the run's predictio
 maps (so a run made before a change of that function is ranked as the engine ranks now):
 ``uncertain`` the K slices of highest mean uncertainty, ``uncertain_voxels`` the slice of most
 uncertain voxels (the sum of their entropy) of each of the K volumes whose such slice is highest
-(one slice a volume, then a second, ...), ``random`` K drawn by seed from the same slices. A reviewer who
+(one slice a volume, then a second, ...), ``random`` K drawn by seed from the same slices. Two arms follow
+the review table as the module shows it (the run's volumes in ``run.summary.review_order``: lowest estimated
+Dice first): ``review_path`` is a reviewer who presses "Next uncertain slice" and corrects every slice it
+shows (the first volume's slices, least certain first, then the next volume's) until K are corrected;
+``worst_volumes`` corrects the least certain slice of each of the K first volumes. A reviewer who
 corrects a slice leaves the ground truth on it, so each chosen volume becomes annotated on exactly
 its chosen slices (``--annotated-slices``, the ground truth label file); the model is retrained once
 from the run's model (``--init-model``, the engine's warm-start schedule) with the run's annotated
@@ -27,6 +31,7 @@ import random
 import shutil
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -39,14 +44,16 @@ from ..files.dataset import read_dataset
 from ..files.volumes import atomic_path, read_annotation, read_volume
 from ..method.quality import slice_uncertainties
 from ..protocol import MODEL_FILE, SUMMARY_FILE
-from ..run.summary import write_json
+from ..run.summary import review_order, write_json
 from .child import run_child
 
 #: The arms, and the slice item's field the ranked ones order by (highest first).
 RANKED = {"uncertain": "uncertainty", "uncertain_voxels": "uncertain_voxels"}
 #: Ranked arms that take one slice per volume before a second of any (a reviewer goes on to the next volume).
 SPREAD = {"uncertain_voxels"}
-ARMS = (*RANKED, "random", "none")
+#: Arms that follow the review table's order of volumes (module docstring).
+TABLE_ARMS = ("review_path", "worst_volumes")
+ARMS = (*RANKED, *TABLE_ARMS, "random", "none")
 
 
 def segmentation_classes(entry: dict[str, Any], classes: list[dict[str, Any]]) -> np.ndarray:
@@ -82,9 +89,17 @@ def candidate_slices(slices: dict[str, list[dict[str, Any]]]) -> list[tuple[str,
     return [(name, item["index"], item) for name in sorted(slices) for item in slices[name]]
 
 
-def choose(arm: str, candidates: list[tuple[str, int, dict[str, Any]]], k: int, seed: int) -> dict[str, list[int]]:
-    """The slices an arm corrects, by volume."""
-    if arm in RANKED:
+def choose(arm: str, candidates: list[tuple[str, int, dict[str, Any]]], k: int, seed: int,
+           table: Sequence[str] = ()) -> dict[str, list[int]]:
+    """The slices an arm corrects, by volume; ``table``: the volumes in the review table's order (the table arms)."""
+    if arm in TABLE_ARMS:
+        walks = {name: [] for name in table}
+        for candidate in sorted(candidates, key=lambda c: (-c[2]["uncertainty"], c[1])):  # Next uncertain slice
+            if candidate[0] in walks:
+                walks[candidate[0]].append(candidate)
+        shown = [walk if arm == "review_path" else walk[:1] for walk in walks.values()]
+        picked = [c for walk in shown for c in walk][:k]
+    elif arm in RANKED:
         field = RANKED[arm]
         ranked = sorted(candidates, key=lambda c: (-c[2][field], c[0], c[1]))
         if arm in SPREAD:  # each volume's top slice first, then each one's second, ...
@@ -207,12 +222,14 @@ def main(argv: list[str] | None = None) -> int:
     args.eval_split = bench["protocol"]["eval_split"]
     summary = json.loads((args.run / "train" / SUMMARY_FILE).read_text())
     candidates = candidate_slices(ranked_slices(summary, set(cases["unlabeled"])))
+    table = [e["name"] for e in review_order(summary["volumes"], summary.get("estimate") != "off")
+             if e["name"] in set(cases["unlabeled"])]
     args.out.mkdir(parents=True, exist_ok=True)
     review = {"run": str(args.run), "seed": seed, "k": args.slices, "eval_split": args.eval_split,
               "base_mean_dice": base["mean_dice"], "base_cohort_dice": cohort_dice(args.run, None, {}, bench["data"]),
               "date": time.strftime("%Y-%m-%d %H:%M"), "arms": []}
     for arm in arms:
-        chosen = choose(arm, candidates, args.slices, seed)
+        chosen = choose(arm, candidates, args.slices, seed, table)
         review["arms"].append(run_arm(arm, chosen, args.run, {"seed": seed, "cases": cases}, bench["data"],
                                       args.out, args))
         write_json(args.out / "review.json", review)
