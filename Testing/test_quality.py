@@ -249,6 +249,20 @@ def test_the_simulated_review_corrects_the_least_certain_slices_the_review_table
     assert choose("review_path", candidates, 3, seed=0, table=["b"]) == {"b": [0, 7]}  # only the table's volumes
 
 
+def test_the_simulated_review_s_retrain_keeps_the_protocol_s_annotated_slices():
+    from PLCLSegmentationLib.engine import slicing
+    from PLCLSegmentationLib.engine.lab.review_sim import annotated_after_review
+
+    whole = {"labeled": ["p1", "p2"], "unlabeled": ["a", "b"]}
+    expected = (["p1", "p2", "b"], ["all", "all", slicing.spec_text([0, 7])])
+    assert annotated_after_review(whole, {"b": [0, 7]}) == expected
+    few = {**whole, "slices": {"p1": [1, 2, 5], "p2": [1, 2, 4]}}
+    labeled, specs = annotated_after_review(few, {"a": [3]})
+    assert labeled == ["p1", "p2", "a"]
+    assert specs == [slicing.spec_text([1, 2, 5]), slicing.spec_text([1, 2, 4]), slicing.spec_text([3])]
+    assert "all" not in specs
+
+
 def test_the_review_study_compares_each_arm_with_the_warm_start_alone_seed_by_seed():
     from PLCLSegmentationLib.engine.lab.review_study import arm_means
 

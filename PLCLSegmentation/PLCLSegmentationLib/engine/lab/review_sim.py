@@ -120,6 +120,14 @@ def choose(arm: str, candidates: list[tuple[str, int, dict[str, Any]]], k: int, 
     return {name: sorted(indices) for name, indices in sorted(chosen.items())}
 
 
+def annotated_after_review(cases: dict[str, Any], chosen: dict[str, list[int]]) -> tuple[list[str], list[str]]:
+    """The retrain's annotated cases and their ``--annotated-slices`` specs: the protocol's (whole volumes, or
+    its annotated slices where it has them, ``cases["slices"]``), then each corrected volume on its chosen slices."""
+    annotated = cases.get("slices") or {}
+    specs = [slicing.spec_text(annotated[c]) if c in annotated else "all" for c in cases["labeled"]]
+    return list(cases["labeled"]) + list(chosen), specs + [slicing.spec_text(chosen[c]) for c in chosen]
+
+
 def run_arm(arm: str, chosen: dict[str, list[int]], run: Path, results: dict[str, Any], data: str,
             out: Path, args: argparse.Namespace) -> dict[str, Any]:
     dataset = read_dataset(data)
@@ -128,9 +136,8 @@ def run_arm(arm: str, chosen: dict[str, list[int]], run: Path, results: dict[str
     folder = out / arm
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True)
-    labeled = list(cases["labeled"]) + list(chosen)
+    labeled, specs = annotated_after_review(cases, chosen)
     unlabeled = [c for c in cases["unlabeled"] if c not in chosen]
-    specs = ["all"] * len(cases["labeled"]) + [slicing.spec_text(chosen[c]) for c in chosen]
     train = ["train", "--data", str(dataset.root), "--labeled-cases", ",".join(labeled),
              "--unlabeled-cases", ",".join(unlabeled), "--init-model", str(run / "train" / MODEL_FILE),
              "--out", str(folder / "train"), "--seed", str(seed), "--device", args.device,
