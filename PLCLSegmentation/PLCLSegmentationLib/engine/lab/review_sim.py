@@ -94,7 +94,7 @@ def choose(arm: str, candidates: list[tuple[str, int, dict[str, Any]]], k: int, 
     """The slices an arm corrects, by volume; ``table``: the volumes in the review table's order (the table arms)."""
     if arm in TABLE_ARMS:
         walks = {name: [] for name in table}
-        for candidate in sorted(candidates, key=lambda c: (-c[2]["uncertainty"], c[1])):  # Next uncertain slice
+        for candidate in candidates:  # each volume's slices in the engine's order, the one Next uncertain slice walks
             if candidate[0] in walks:
                 walks[candidate[0]].append(candidate)
         shown = [walk if arm == "review_path" else walk[:1] for walk in walks.values()]
