@@ -268,10 +268,17 @@ def test_the_review_study_compares_each_arm_with_the_warm_start_alone_seed_by_se
 
     rows = [{"seed": 0, "arm": "none", "gain": -0.010, "cohort_gain": 0.001},
             {"seed": 1, "arm": "none", "gain": 0.002, "cohort_gain": 0.003},
-            {"seed": 0, "arm": "random", "gain": 0.004, "cohort_gain": 0.020},
-            {"seed": 1, "arm": "random", "gain": 0.010, "cohort_gain": 0.030},
-            {"seed": 2, "arm": "random", "gain": 0.5, "cohort_gain": 0.4}]  # no none for seed 2: not paired
+            {"seed": 0, "arm": "random", "gain": 0.004, "cohort_gain": 0.020,
+             "corrections": 0.2, "others_vs_none": 0.01},
+            {"seed": 1, "arm": "random", "gain": 0.010, "cohort_gain": 0.030,
+             "corrections": 0.4, "others_vs_none": 0.03},
+            {"seed": 2, "arm": "random", "gain": 0.5, "cohort_gain": 0.4, "corrections": 0.9,  # no none for seed 2
+             "others_vs_none": None}]
+    for row in rows[:2]:
+        row.update(corrections=0.0, others_vs_none=None)
     means = arm_means(rows)
+    assert means["random"]["corrections"] == pytest.approx((0.2 + 0.4 + 0.9) / 3)
+    assert means["random"]["others_vs_none"] == pytest.approx((0.01 + 0.03) / 2)  # the seeds with a none arm
     assert means["random"]["seeds"] == "0, 1, 2"
     assert means["random"]["gain"] == pytest.approx((0.004 + 0.010 + 0.5) / 3)
     assert means["random"]["against_none"] == pytest.approx(((0.004 + 0.010) - (-0.010 + 0.002)) / 2)
@@ -281,13 +288,13 @@ def test_the_review_study_compares_each_arm_with_the_warm_start_alone_seed_by_se
 
 
 def test_the_cohort_after_a_review_keeps_the_corrected_slices_and_takes_the_retrain_s_segmentation(tmp_path):
-    """review_sim.cohort_dice: corrected volumes are the run's segmentation with the corrected slices set to the
+    """review_sim.cohort_volume_dice: corrected volumes are the run's segmentation with the corrected slices set to the
     reference; the others, the retrain's segmentation; each volume's mean Dice over its structures."""
     import json
 
     import SimpleITK as sitk
 
-    from PLCLSegmentationLib.engine.lab.review_sim import cohort_dice
+    from PLCLSegmentationLib.engine.lab.review_sim import cohort_volume_dice
 
     data = tmp_path / "data"
     for folder in ("images", "labels"):
@@ -321,11 +328,27 @@ def test_the_cohort_after_a_review_keeps_the_corrected_slices_and_takes_the_retr
     run(tmp_path / "arm", {"v": reference})  # the retrain segments v right; u was corrected, not segmented
 
     a, b = 2 * 48 / (48 + 64), 2 * 12 / (12 + 16)  # u's structures with slice 0 missed
-    assert cohort_dice(tmp_path / "run", None, {}, str(data)) == pytest.approx(((a + b) / 2 + (1 + 0) / 2) / 2)
+    before = cohort_volume_dice(tmp_path / "run", None, {}, str(data))
+    assert before == pytest.approx({"u": (a + b) / 2, "v": (1 + 0) / 2})
     # u corrected on slice 0: whole; v from the retrain: whole.
-    assert cohort_dice(tmp_path / "run", tmp_path / "arm", {"u": [0]}, str(data)) == pytest.approx(1.0)
+    assert cohort_volume_dice(tmp_path / "run", tmp_path / "arm", {"u": [0]}, str(data)) == pytest.approx(
+        {"u": 1.0, "v": 1.0})
     # u corrected on slice 1 only: slice 0 still missed.
-    after = cohort_dice(tmp_path / "run", tmp_path / "arm", {"u": [1]}, str(data))
-    assert after == pytest.approx(((a + b) / 2 + 1) / 2)
+    after = cohort_volume_dice(tmp_path / "run", tmp_path / "arm", {"u": [1]}, str(data))
+    assert after == pytest.approx({"u": (a + b) / 2, "v": 1.0})
     with pytest.raises(RuntimeError, match="did not segment u"):  # neither corrected nor segmented again
-        cohort_dice(tmp_path / "run", tmp_path / "arm", {}, str(data))
+        cohort_volume_dice(tmp_path / "run", tmp_path / "arm", {}, str(data))
+
+
+def test_a_review_s_cohort_gain_splits_into_the_corrections_own_and_the_retrain_s_on_the_others():
+    from PLCLSegmentationLib.engine.lab.review_sim import split_gain
+
+    before = {"a": 0.5, "b": 0.6, "c": 0.7, "d": 0.8}
+    none = {"a": 0.4, "b": 0.6, "c": 0.75, "d": 0.8}  # the warm start alone moves a and c
+    after = {"a": 0.9, "b": 0.8, "c": 0.7, "d": 0.9}  # a and b corrected
+    split = split_gain(before, after, {"a": [1], "b": [2, 3]}, none)
+    assert split["corrections"] == pytest.approx(0.4 + 0.2)  # summed over the corrected volumes
+    assert split["others"] == pytest.approx((0.0 + 0.1) / 2)  # c and d against the run
+    assert split["others_vs_none"] == pytest.approx((-0.05 + 0.1) / 2)  # c and d against the retrain alone
+    assert split_gain(before, none, {})["others_vs_none"] is None  # no none arm to compare with
+    assert split_gain(before, before, {})["corrections"] == 0.0

@@ -19,8 +19,10 @@ cases and the other volumes unannotated, the evaluation split segmented and scor
 retrains with no slice corrected (what the warm start alone changes). Two measures per arm: the mean
 Dice on the evaluation split (what the retrain learned, on volumes nobody reviewed) and on the cohort
 (the unannotated volumes as the reviewer holds them afterwards: the corrected slices kept, the rest
-segmented by the retrain; ``cohort_dice``). Writes OUT/review.json and OUT/review.md: both per arm, their
-gains over the run's model and the gains per corrected slice.
+segmented by the retrain; ``cohort_volume_dice``), the cohort's gain taken apart (``split_gain``): what the
+corrected slices add to their own volumes, and what the retrain changes on the volumes nobody corrected.
+Writes OUT/review.json and OUT/review.md: both per arm, their gains over the run's model and the gains per
+corrected slice.
 """
 
 from __future__ import annotations
@@ -148,24 +150,25 @@ def run_arm(arm: str, chosen: dict[str, list[int]], run: Path, results: dict[str
     run_child(["predict", "--model", str(folder / "train" / MODEL_FILE), "--out", str(folder / "predict"),
                "--device", args.device, "--estimate", "off", *images], folder / "predict.log")  # scored only
     report = evaluate(str(folder / "predict"), data=str(dataset.root), split=args.eval_split)
+    cohort = cohort_volume_dice(run, folder / "train", chosen, data)
     return {"arm": arm, "slices": sum(len(v) for v in chosen.values()), "chosen": chosen,
             "mean_dice": report["mean"]["mean_dice"], "dice": report["mean"]["dice"],
-            "cohort_mean_dice": cohort_dice(run, folder / "train", chosen, data),
+            "cohort_mean_dice": float(np.mean(list(cohort.values()))), "cohort_volumes": cohort,
             "train_wall_seconds": trained["seconds"]}
 
 
-def cohort_dice(run: Path, arm_train: Path | None, chosen: dict[str, list[int]], data: str) -> float:
-    """The mean Dice of the run's unannotated volumes as a reviewer holds them after an arm: the retrain's
+def cohort_volume_dice(run: Path, arm_train: Path | None, chosen: dict[str, list[int]], data: str) -> dict[str, float]:
+    """Each of the run's unannotated volumes' mean Dice as a reviewer holds it after an arm: the retrain's
     segmentation of each volume it segmented (``arm_train``'s summary; None: the run's own, nothing reviewed),
     and for each volume the arm corrected, the run's segmentation with the corrected slices set to the ground
-    truth (the retrain learns from them and leaves them as accepted). Each volume's mean over its structures
-    present in the segmentation or the reference, as ``plcl evaluate``."""
+    truth (the retrain learns from them and leaves them as accepted). A volume's mean is over its structures
+    present in the segmentation or the reference, as ``plcl evaluate``; volumes with neither are left out."""
     dataset = read_dataset(data)
     base = json.loads((run / "train" / SUMMARY_FILE).read_text())
     index_of = {c["value"]: i for i, c in enumerate(base["classes"], 1)}
     retrained = {} if arm_train is None else {
         e["name"]: e for e in json.loads((arm_train / SUMMARY_FILE).read_text())["volumes"]}
-    means = []
+    found = {}
     for entry in base["volumes"]:
         name = entry["name"]
         reference_values, _ = read_annotation(dataset.label(name), read_volume(entry["image"]))
@@ -185,8 +188,23 @@ def cohort_dice(run: Path, arm_train: Path | None, chosen: dict[str, list[int]],
             labels = segmentation_classes(retrained.get(name, entry), base["classes"])
         dice = [d for d in dice_per_class(labels, reference, range(1, len(index_of) + 1)).values() if d is not None]
         if dice:
-            means.append(float(np.mean(dice)))
-    return float(np.mean(means))
+            found[name] = float(np.mean(dice))
+    return found
+
+
+def split_gain(before: dict[str, float], after: dict[str, float], chosen: dict[str, list[int]],
+               none: dict[str, float] | None = None) -> dict[str, float | None]:
+    """An arm's cohort gain taken apart: ``corrections``, the Dice the corrected slices add to their own
+    volumes, summed over those volumes (``before`` is the run's segmentation, ``after`` the arm's, where a
+    corrected volume keeps the run's segmentation but for its corrected slices); ``others``, the retrain's
+    mean change on the volumes nobody corrected, against the run (``others_vs_none``: against the retrain
+    with nothing corrected, ``none``, which takes the warm start's own change out)."""
+    corrected = [n for n in chosen if n in after and n in before]
+    others = [n for n in after if n not in chosen and n in before]
+    against_none = [n for n in others if none is not None and n in none]
+    return {"corrections": float(sum(after[n] - before[n] for n in corrected)),
+            "others": float(np.mean([after[n] - before[n] for n in others])) if others else None,
+            "others_vs_none": float(np.mean([after[n] - none[n] for n in against_none])) if against_none else None}
 
 
 def markdown(review: dict[str, Any]) -> str:
@@ -194,15 +212,20 @@ def markdown(review: dict[str, Any]) -> str:
              f"- Seed {review['seed']}; {review['k']} slices corrected per arm; base model mean Dice "
              f"{review['base_mean_dice']:.3f} on split '{review['eval_split']}'; {review['date']}.", "",
              f"Cohort (the unannotated volumes): {review['base_cohort_dice']:.3f} before the review.", "",
+             "Corrections: the Dice the corrected slices add to their own volumes, summed over them; others: "
+             "the retrain's mean change on the volumes nobody corrected, against the retrain with none corrected.", "",
              "| arm | slices corrected | volumes | mean Dice | gain | gain per slice | cohort mean Dice | "
-             "cohort gain | retrain s |", "|---|---|---|---|---|---|---|---|---|"]
+             "cohort gain | corrections | others | retrain s |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    none = next((a["cohort_volumes"] for a in review["arms"] if a["arm"] == "none"), None)
     for arm in review["arms"]:
+        split = split_gain(review["base_cohort_volumes"], arm["cohort_volumes"], arm["chosen"], none)
+        others = "n/a" if split["others_vs_none"] is None or arm["arm"] == "none" else f"{split['others_vs_none']:+.4f}"
         gain = arm["mean_dice"] - review["base_mean_dice"]
         per = f"{gain / arm['slices']:+.4f}" if arm["slices"] else "n/a"
         cohort_gain = arm["cohort_mean_dice"] - review["base_cohort_dice"]
         lines.append(f"| {arm['arm']} | {arm['slices']} | {len(arm['chosen'])} | {arm['mean_dice']:.3f} | "
                      f"{gain:+.3f} | {per} | {arm['cohort_mean_dice']:.3f} | {cohort_gain:+.4f} | "
-                     f"{arm['train_wall_seconds']:.0f} |")
+                     f"{split['corrections']:+.3f} | {others} | {arm['train_wall_seconds']:.0f} |")
     return "\n".join(lines) + "\n"
 
 
@@ -232,8 +255,10 @@ def main(argv: list[str] | None = None) -> int:
     table = [e["name"] for e in review_order(summary["volumes"], summary.get("estimate") != "off")
              if e["name"] in set(cases["unlabeled"])]
     args.out.mkdir(parents=True, exist_ok=True)
+    before = cohort_volume_dice(args.run, None, {}, bench["data"])
     review = {"run": str(args.run), "seed": seed, "k": args.slices, "eval_split": args.eval_split,
-              "base_mean_dice": base["mean_dice"], "base_cohort_dice": cohort_dice(args.run, None, {}, bench["data"]),
+              "base_mean_dice": base["mean_dice"], "base_cohort_dice": float(np.mean(list(before.values()))),
+              "base_cohort_volumes": before,
               "date": time.strftime("%Y-%m-%d %H:%M"), "arms": []}
     for arm in arms:
         chosen = choose(arm, candidates, args.slices, seed, table)

@@ -24,7 +24,7 @@ from ..files.volumes import atomic_path
 from ..protocol import SUMMARY_FILE
 from ..run.summary import write_json
 from .bench_quality import calibration_figure, quality_metrics, quality_pairs
-from .review_sim import cohort_dice
+from .review_sim import cohort_volume_dice, split_gain
 
 
 def seed_folders(values: list[str], option: str) -> list[tuple[int, Path]]:
@@ -54,27 +54,34 @@ def _per_slice(gain: float, slices: int) -> float | None:
 
 def review_arms(reviews: list[tuple[int, Path]], data: str) -> list[dict[str, Any]]:
     """One row per seed and arm: slices corrected, mean Dice on the evaluation split and on the cohort
-    (review_sim.cohort_dice; scored here for a folder made before review_sim wrote it), their gains over the
-    seed's model and per corrected slice."""
+    (review_sim.cohort_volume_dice, scored here for a folder made before review_sim kept it), their gains over
+    the seed's model and per corrected slice, and the cohort's gain taken apart (review_sim.split_gain: the
+    corrections' own, the retrain's on the other volumes against the seed's ``none`` arm)."""
     rows = []
-    bases: dict[str, float] = {}
+    bases: dict[str, dict[str, float]] = {}
     for seed, folder in reviews:
         review = json.loads((folder / "review.json").read_text())
         run = Path(review["run"])
-        if "base_cohort_dice" in review:
-            bases[review["run"]] = review["base_cohort_dice"]
-        elif review["run"] not in bases:
-            bases[review["run"]] = cohort_dice(run, None, {}, data)
+        if review["run"] not in bases:
+            bases[review["run"]] = (review.get("base_cohort_volumes")
+                                    or cohort_volume_dice(run, None, {}, data))
+        before = bases[review["run"]]
         for arm in review["arms"]:
             gain = arm["mean_dice"] - review["base_mean_dice"]
-            cohort = arm.get("cohort_mean_dice")
-            if cohort is None:
-                cohort = cohort_dice(run, folder / arm["arm"] / "train", arm["chosen"], data)
-            cohort_gain = cohort - bases[review["run"]]
-            rows.append({"seed": seed, "arm": arm["arm"], "slices": arm["slices"], "base": review["base_mean_dice"],
+            after = arm.get("cohort_volumes") or cohort_volume_dice(run, folder / arm["arm"] / "train", arm["chosen"],
+                                                                    data)
+            cohort_base, cohort = statistics.mean(before.values()), statistics.mean(after.values())
+            rows.append({"seed": seed, "run": review["run"], "arm": arm["arm"], "slices": arm["slices"],
+                         "chosen": arm["chosen"], "volumes": after, "base": review["base_mean_dice"],
                          "mean_dice": arm["mean_dice"], "gain": gain, "gain_per_slice": _per_slice(gain, arm["slices"]),
-                         "cohort_base": bases[review["run"]], "cohort_dice": cohort, "cohort_gain": cohort_gain,
-                         "cohort_gain_per_slice": _per_slice(cohort_gain, arm["slices"])})
+                         "cohort_base": cohort_base, "cohort_dice": cohort, "cohort_gain": cohort - cohort_base,
+                         "cohort_gain_per_slice": _per_slice(cohort - cohort_base, arm["slices"])})
+    for row in rows:
+        none = next((r["volumes"] for r in rows if r["arm"] == "none" and r["run"] == row["run"]), None)
+        split = split_gain(bases[row["run"]], row["volumes"], row["chosen"], None if row["arm"] == "none" else none)
+        row.update(corrections=split["corrections"], others_vs_none=split["others_vs_none"])
+    for row in rows:
+        del row["volumes"], row["chosen"]
     return sorted(rows, key=lambda r: (r["arm"], r["seed"]))
 
 
@@ -92,19 +99,21 @@ def markdown(study: dict[str, Any]) -> str:
                      f"{_f(q['volume_spearman'])} | {q['volume_worst_caught']} of {q['volume_worst_count']} |")
     if study["arms"]:
         lines += ["", "| arm | seed | slices corrected | model's mean Dice | after the retrain | gain | "
-                  "gain per slice | cohort before | cohort after | cohort gain | cohort gain per slice |",
-                  "|---|---|---|---|---|---|---|---|---|---|---|"]
+                  "gain per slice | cohort before | cohort after | cohort gain | cohort gain per slice | "
+                  "corrections | others against none |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for row in study["arms"]:
             lines.append(f"| {row['arm']} | {row['seed']} | {row['slices']} | {row['base']:.3f} | "
                          f"{row['mean_dice']:.3f} | {row['gain']:+.3f} | {_f(row['gain_per_slice'], True)} | "
                          f"{row['cohort_base']:.3f} | {row['cohort_dice']:.3f} | {row['cohort_gain']:+.4f} | "
-                         f"{_f(row['cohort_gain_per_slice'], True)} |")
+                         f"{_f(row['cohort_gain_per_slice'], True)} | {row['corrections']:+.3f} | "
+                         f"{_f(row['others_vs_none'], True)} |")
         lines += ["", "| arm | seeds | mean gain | against none (the warm start alone), mean | cohort: mean gain | "
-                  "cohort: against none |", "|---|---|---|---|---|---|"]
+                  "cohort: against none | corrections | others against none |", "|---|---|---|---|---|---|---|---|"]
         for arm, summary in study["arm_means"].items():
             lines.append(f"| {arm} | {summary['seeds']} | {summary['gain']:+.4f} | "
                          f"{_f(summary['against_none'], True)} | {summary['cohort_gain']:+.4f} | "
-                         f"{_f(summary['cohort_against_none'], True)} |")
+                         f"{_f(summary['cohort_against_none'], True)} | {summary['corrections']:+.3f} | "
+                         f"{_f(summary['others_vs_none'], True)} |")
     return "\n".join(lines) + "\n"
 
 
@@ -119,6 +128,9 @@ def arm_means(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
             paired = [r[field] - none[r["seed"]] for r in mine if r["seed"] in none]
             found[arm][field] = statistics.mean(r[field] for r in mine)
             found[arm][name] = statistics.mean(paired) if paired and arm != "none" else None
+        found[arm]["corrections"] = statistics.mean(r["corrections"] for r in mine)
+        others = [r["others_vs_none"] for r in mine if r["others_vs_none"] is not None]
+        found[arm]["others_vs_none"] = statistics.mean(others) if others else None
     return found
 
 
