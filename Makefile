@@ -55,12 +55,14 @@ CONTRASTIVE_SEEDS ?= 0 1 2
 CONTRASTIVE_ARGS ?= --methods plcl,self_training,plcl_paper --variant plcl_paper+no_contrastive:contrastive_weight=0 \
 	--variant plcl_paper+self_training:contrastive_weight=0,pseudo_segmentation_weight=1 \
 	--throughput-iterations 0 --propagation-frames 0
+# On a GPU: CONTRASTIVE_DEVICE_ARGS="--device cuda --iterations 2400" (the CPU's 20 minutes, in iterations).
+CONTRASTIVE_DEVICE_ARGS ?=
 bench-contrastive: $(VENV)/.installed
 	for P in $(CONTRASTIVE_PROTOCOLS); do \
 	  case $$P in 2-volumes) O="--n-labeled-volumes 2";; *) O="--protocol $$P";; esac; \
 	  for S in $(CONTRASTIVE_SEEDS); do \
 	    $(VENV)/bin/plcl bench --data ../shared/data/acdc $$O --seeds $$S --out bench_contrastive/$$P/seed$$S \
-	      $(CONTRASTIVE_ARGS) || exit 1; \
+	      $(CONTRASTIVE_ARGS) $(CONTRASTIVE_DEVICE_ARGS) || exit 1; \
 	  done; \
 	  $(PY) -m PLCLSegmentationLib.engine.lab.bench_pool bench_contrastive/$$P/pooled \
 	    $(foreach S,$(CONTRASTIVE_SEEDS),bench_contrastive/$$P/seed$(S)) || exit 1; \
