@@ -218,8 +218,9 @@ def markdown(review: dict[str, Any]) -> str:
              "cohort gain | corrections | others | retrain s |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     none = next((a["cohort_volumes"] for a in review["arms"] if a["arm"] == "none"), None)
     for arm in review["arms"]:
-        split = split_gain(review["base_cohort_volumes"], arm["cohort_volumes"], arm["chosen"], none)
-        others = "n/a" if split["others_vs_none"] is None or arm["arm"] == "none" else f"{split['others_vs_none']:+.4f}"
+        split = split_gain(review["base_cohort_volumes"], arm["cohort_volumes"], arm["chosen"],
+                           None if arm["arm"] == "none" else none)
+        others = "n/a" if split["others_vs_none"] is None else f"{split['others_vs_none']:+.4f}"
         gain = arm["mean_dice"] - review["base_mean_dice"]
         per = f"{gain / arm['slices']:+.4f}" if arm["slices"] else "n/a"
         cohort_gain = arm["cohort_mean_dice"] - review["base_cohort_dice"]

@@ -58,6 +58,7 @@ def review_arms(reviews: list[tuple[int, Path]], data: str) -> list[dict[str, An
     the seed's model and per corrected slice, and the cohort's gain taken apart (review_sim.split_gain: the
     corrections' own, the retrain's on the other volumes against the seed's ``none`` arm)."""
     rows = []
+    cohorts: list[tuple[dict[str, float], dict[str, list[int]]]] = []  # each row's cohort per volume, its corrections
     bases: dict[str, dict[str, float]] = {}
     for seed, folder in reviews:
         review = json.loads((folder / "review.json").read_text())
@@ -71,17 +72,16 @@ def review_arms(reviews: list[tuple[int, Path]], data: str) -> list[dict[str, An
             after = arm.get("cohort_volumes") or cohort_volume_dice(run, folder / arm["arm"] / "train", arm["chosen"],
                                                                     data)
             cohort_base, cohort = statistics.mean(before.values()), statistics.mean(after.values())
+            cohorts.append((after, arm["chosen"]))
             rows.append({"seed": seed, "run": review["run"], "arm": arm["arm"], "slices": arm["slices"],
-                         "chosen": arm["chosen"], "volumes": after, "base": review["base_mean_dice"],
+                         "base": review["base_mean_dice"],
                          "mean_dice": arm["mean_dice"], "gain": gain, "gain_per_slice": _per_slice(gain, arm["slices"]),
                          "cohort_base": cohort_base, "cohort_dice": cohort, "cohort_gain": cohort - cohort_base,
                          "cohort_gain_per_slice": _per_slice(cohort - cohort_base, arm["slices"])})
-    for row in rows:
-        none = next((r["volumes"] for r in rows if r["arm"] == "none" and r["run"] == row["run"]), None)
-        split = split_gain(bases[row["run"]], row["volumes"], row["chosen"], None if row["arm"] == "none" else none)
+    nones = {row["run"]: after for row, (after, _) in zip(rows, cohorts) if row["arm"] == "none"}
+    for row, (after, chosen) in zip(rows, cohorts):
+        split = split_gain(bases[row["run"]], after, chosen, None if row["arm"] == "none" else nones.get(row["run"]))
         row.update(corrections=split["corrections"], others_vs_none=split["others_vs_none"])
-    for row in rows:
-        del row["volumes"], row["chosen"]
     return sorted(rows, key=lambda r: (r["arm"], r["seed"]))
 
 
