@@ -330,6 +330,7 @@ CASES = [
     _set("background_batches", "2", 2, "background_batches=2", "true or false", point="new"),
     _set("cutmix_probability", "1.5", 2, "cutmix_probability=1.5", "must be from 0", point="new"),
     _set("contrastive_targets", "momentum", 2, "contrastive_targets must be", "not 'momentum'", point="new"),
+    _set("anchor_sampling", "hardest", 2, "anchor_sampling must be", "not 'hardest'", point="new"),
     _set("online_pseudo_labels", "1", 2, "online_pseudo_labels=1", "true or false", point="new"),
     _set("orientation_augmentation", "yes", 2, "orientation_augmentation='yes'", "true or false", point="new"),
     _set("learning_rate_schedule", "linear", 2, "learning_rate_schedule must be", "'cosine'", point="new"),

@@ -128,3 +128,28 @@ def test_class_means_from_target_embeddings_carry_no_gradient():
     # Only anchor pixels get a gradient: 3 per foreground class and image at most.
     touched = (z.grad.abs().sum(1) > 0).sum().item()
     assert 0 < touched <= 4 * 3 * 3
+
+
+def test_hard_anchors_are_the_pixels_placed_worst():
+    """anchor_sampling='hard': where a few pixels of each class sit far from their class mean, they are
+    the anchors (their loss is high); uniform anchors land on the typical pixels (loss near log 2).
+    With the means held fixed (targets without gradient) only the anchors get a gradient: the outliers."""
+    labels = _labels()
+    z = _clustered_embeddings(labels, noise=0.0)
+    outliers = torch.zeros(labels.shape, dtype=torch.bool)
+    outliers[:, ::4, ::4] = True  # 4 x 4 of each 16 x 16 image: 4 pixels of each class band
+    z = torch.where(outliers.unsqueeze(1), torch.randn(z.shape, generator=torch.Generator().manual_seed(3)), z)
+    z.requires_grad_(True)
+    pairs = torch.tensor([(0, 1), (2, 3)])
+
+    def loss_of(hard: bool, seed: int) -> torch.Tensor:
+        return local_contrastive_loss(z, labels, pairs, num_classes=4, anchors_per_class=3,
+                                      generator=torch.Generator().manual_seed(seed), hard_anchors=hard,
+                                      target_embeddings=z.detach())
+
+    uniform = torch.stack([loss_of(False, s) for s in range(5)]).mean()
+    hard = torch.stack([loss_of(True, s) for s in range(5)]).mean()
+    assert hard > uniform + 1.0
+    loss_of(True, 0).backward()
+    touched = z.grad.abs().sum(1) > 0
+    assert touched.sum().item() <= 4 * 3 * 3 and (touched & ~outliers).sum().item() == 0

@@ -37,13 +37,17 @@ def segmentation_loss(logits: torch.Tensor, target: torch.Tensor, kind: str = "d
 def local_contrastive_loss(embeddings: torch.Tensor, labels: torch.Tensor, pairs: torch.Tensor,
                            num_classes: int, temperature: float = 0.1, anchors_per_class: int = 3,
                            generator: torch.Generator | None = None,
-                           target_embeddings: torch.Tensor | None = None) -> torch.Tensor:
+                           target_embeddings: torch.Tensor | None = None,
+                           hard_anchors: bool = False) -> torch.Tensor:
     """Local contrastive loss over pairs of images.
 
     embeddings: [N, D, H, W] projections; labels: [N, H, W] class per pixel (ground truth or
     pseudo-label; IGNORE is left out); pairs: [M, 2] indices into N. ``target_embeddings`` (same
     shape, e.g. a mean teacher's of the same views): where given, the class means come from them,
-    without gradient (stable targets); the anchors are always ``embeddings``.
+    without gradient (stable targets); the anchors are always ``embeddings``. ``hard_anchors``: the P
+    anchors of a class are drawn without replacement with weights 1 - cos(u, own class mean), so the
+    pixels the embedding places worst are the likeliest anchors (weighted sampling by the keys
+    log(U) / w of Efraimidis and Spirakis); otherwise uniformly, as the paper.
 
     For an anchor u of foreground class c in image a of a pair (a, b), with
     D(u) = sum over foreground classes k present and both images j of exp(sim(u, mu_k^j)):
@@ -62,12 +66,16 @@ def local_contrastive_loss(embeddings: torch.Tensor, labels: torch.Tensor, pairs
     means = F.normalize(sums / counts.clamp(min=1).unsqueeze(-1), dim=-1)
     present = counts > 0
 
-    # P random anchors per class and image: the top-P of random scores among the class's pixels.
+    # P anchors per class and image: the top-P of random keys among the class's pixels.
     device = generator.device if generator is not None else labels.device
-    scores = torch.rand(flat_labels.shape, generator=generator, device=device).to(labels.device)
-    masked = torch.where(member, scores.unsqueeze(1), torch.full_like(scores.unsqueeze(1), -1.0))
+    keys = torch.rand(flat_labels.shape, generator=generator, device=device).to(labels.device).unsqueeze(1)
+    if hard_anchors:
+        with torch.no_grad():
+            own_similarity = torch.einsum("nkd,ndh->nkh", means, z)  # [N, K, HW]
+            keys = keys.clamp(min=1e-12).log() / (1.0 - own_similarity).clamp(min=1e-6)
+    masked = torch.where(member, keys, torch.full_like(keys, -float("inf")))
     top_values, top_index = masked.topk(min(anchors_per_class, masked.shape[-1]), dim=-1)  # [N, K, P]
-    anchor_valid = top_values >= 0
+    anchor_valid = top_values > -float("inf")
     anchors = torch.gather(z.unsqueeze(1).expand(-1, member.shape[1], -1, -1), 3,
                            top_index.unsqueeze(2).expand(-1, -1, dim, -1))  # [N, K, D, P]
     anchors = anchors.permute(0, 1, 3, 2)  # [N, K, P, D]

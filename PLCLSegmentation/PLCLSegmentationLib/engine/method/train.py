@@ -290,7 +290,8 @@ class Trainer:
                 contrastive = local_contrastive_loss(
                     embeddings[n_seg:], labels, batch.pairs.to(self.device), self.num_classes,
                     cfg.temperature, cfg.anchors_per_class, self.contrastive_generator,
-                    self.teacher_embeddings(x[n_seg:]) if cfg.contrastive_targets == "teacher" else None)
+                    self.teacher_embeddings(x[n_seg:]) if cfg.contrastive_targets == "teacher" else None,
+                    hard_anchors=cfg.anchor_sampling == "hard")
                 loss = loss + cfg.contrastive_weight * contrastive
                 losses["contrastive"] = contrastive.detach()
             if cfg.pseudo_segmentation_weight > 0:
