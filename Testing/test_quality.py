@@ -8,7 +8,14 @@ import numpy as np
 import pytest
 
 from PLCLSegmentationLib.engine.cohort.collect import columns, row_of
-from PLCLSegmentationLib.engine.lab.bench_quality import quality_metrics, quality_pairs, spearman, worst_caught
+from PLCLSegmentationLib.engine.lab.bench_quality import (
+    pooled_quality,
+    quality_lines,
+    quality_metrics,
+    quality_pairs,
+    spearman,
+    worst_caught,
+)
 from PLCLSegmentationLib.engine.method.quality import (
     AGREEMENT_POWER,
     ENTROPY_FLOOR,
@@ -183,6 +190,27 @@ def test_the_bench_measures_rank_error_and_the_worst_cases_caught():
     assert (metrics["worst_caught"], metrics["worst_count"]) == (1, 1)  # a's disc, by both
     assert metrics["spearman"] == pytest.approx(0.8)
     assert quality_metrics([])["spearman"] is None
+
+
+
+def test_the_bench_table_pools_the_seeds_of_a_method_into_one_row():
+    def run(method, seed, points):
+        pairs = [{"volume": v, "structure": "ring", "true": t, "estimated": e} for v, t, e in points]
+        return {"method": method, "seed": seed, "quality": {**quality_metrics(pairs), "points": pairs}}
+
+    seed0 = run("plcl", 0, [("a", 0.9, 0.8), ("b", 0.2, 0.7)])
+    seed1 = run("plcl", 1, [("a", 0.5, 0.5), ("b", 0.8, 0.9)])
+    alone = run("other", 0, [("a", 0.9, 0.9), ("b", 0.1, 0.1)])
+    pooled = pooled_quality([seed0, seed1])
+    # Four pairs of four volumes: the same case under two seeds is two volumes.
+    assert (pooled["pairs"], pooled["volumes"]) == (4, 4)
+    assert pooled["mae"] == pytest.approx((0.1 + 0.5 + 0.0 + 0.1) / 4)
+    assert pooled["bias"] == pytest.approx((-0.1 + 0.5 + 0.0 + 0.1) / 4)
+    rows = [line for line in quality_lines({"runs": [seed0, alone, seed1]}) if line.startswith("| plcl")
+            or line.startswith("| other")]
+    assert [row.split(" | ")[:2] for row in rows] == [["| plcl", "0"], ["| plcl", "1"], ["| plcl", "all (pooled)"],
+                                                      ["| other", "0"]]
+    assert rows[2].startswith("| plcl | all (pooled) | 4 | ") and f"| {pooled['mae']:.3f} |" in rows[2]
 
 
 @pytest.mark.slow

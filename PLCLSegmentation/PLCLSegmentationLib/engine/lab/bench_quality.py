@@ -78,20 +78,33 @@ def quality_metrics(pairs: list[dict[str, Any]]) -> dict[str, Any]:
             "volume_worst_caught": volume_caught, "volume_worst_count": volume_count}
 
 
+def pooled_quality(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The quality figures of several seeds' runs as one sample: their pairs together, each volume named with
+    its seed (one seed's evaluation of a case is another volume than another seed's)."""
+    return quality_metrics([{**p, "volume": f"{run['seed']}:{p['volume']}"}
+                            for run in runs for p in run["quality"].get("points", [])])
+
+
 def quality_lines(results: dict[str, Any]) -> list[str]:
-    """The benchmark's table of the estimates, one row per run with estimates."""
+    """The benchmark's table of the estimates, one row per run with estimates, and one per method of several
+    seeds with all their pairs pooled (a target over several seeds is read from that row)."""
     runs = [r for r in results["runs"] if (r.get("quality") or {}).get("pairs")]
     if not runs:
         return []
+    rows = []
+    for method in dict.fromkeys(run["method"] for run in runs):  # a method's seeds together, then their pool
+        seeds = [run for run in runs if run["method"] == method]
+        rows += [(method, str(run["seed"]), run["quality"]) for run in seeds]
+        if len([run for run in seeds if run["quality"].get("points")]) > 1:
+            rows.append((method, "all (pooled)", pooled_quality(seeds)))
     lines = ["## Estimated Dice against true Dice (evaluation split)", "",
              "Per volume and structure: Spearman's rank correlation, mean absolute error (and mean signed "
              "error), and how many of the truly worst 10 % the estimate's worst 10 % hold; the same catch for "
              "whole volumes (mean over structures).", "",
              "| method | seed | pairs | Spearman | MAE | bias | worst 10 % caught | volumes: Spearman | "
              "worst 10 % volumes caught |", "|---|---|---|---|---|---|---|---|---|"]
-    for run in runs:
-        q = run["quality"]
-        lines.append(f"| {run['method']} | {run['seed']} | {q['pairs']} | {_number(q['spearman'])} | "
+    for method, seed, q in rows:
+        lines.append(f"| {method} | {seed} | {q['pairs']} | {_number(q['spearman'])} | "
                      f"{_number(q['mae'])} | {_number(q['bias'], signed=True)} | "
                      f"{q['worst_caught']} of {q['worst_count']} | {_number(q['volume_spearman'])} | "
                      f"{q['volume_worst_caught']} of {q['volume_worst_count']} |")

@@ -23,7 +23,7 @@ from ..evaluation.report import evaluate
 from ..files.volumes import atomic_path
 from ..protocol import SUMMARY_FILE
 from ..run.summary import write_json
-from .bench_quality import calibration_figure, quality_metrics, quality_pairs
+from .bench_quality import calibration_figure, pooled_quality, quality_metrics, quality_pairs
 from .review_sim import cohort_volume_dice, split_gain
 
 
@@ -175,10 +175,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--reviews", nargs="*", default=[], metavar="SEED=DIR")
     args = parser.parse_args(argv)
     runs = estimate_runs(seed_folders(args.predictions, "--predictions"), args.data, args.split)
-    # A volume of one seed's evaluation is another volume than the same case of another seed's.
-    pooled_pairs = [{**p, "volume": f"{run['seed']}:{p['volume']}"} for run in runs for p in run["quality"]["points"]]
     pooled = {"seed": "all", "mean_dice": statistics.mean(r["mean_dice"] for r in runs),
-              "quality": quality_metrics(pooled_pairs)}
+              "quality": pooled_quality(runs)}
     rows = review_arms(seed_folders(args.reviews, "--reviews"), args.data)
     study = {"runs": runs, "pooled": pooled, "arms": rows, "arm_means": arm_means(rows) if rows else {}}
     args.out.mkdir(parents=True, exist_ok=True)
