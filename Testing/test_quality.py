@@ -19,8 +19,13 @@ from PLCLSegmentationLib.engine.lab.bench_quality import (
 from PLCLSegmentationLib.engine.method.quality import (
     AGREEMENT_POWER,
     ENTROPY_FLOOR,
+    NEIGHBOUR_FLOOR,
     agreement,
+    annotated_neighbour_shares,
+    estimated_dice,
     expected_dice,
+    neighbour_counts,
+    neighbour_overlap,
     slice_uncertainties,
     volume_quality,
 )
@@ -123,6 +128,43 @@ def test_a_confident_prediction_keeps_its_estimate_where_its_mirrored_copies_fai
     assert alone.estimates() == {"ring": 0.0, "disc": pytest.approx(0.5 ** AGREEMENT_POWER, abs=1e-4)}
     assert both.estimates() == {"ring": pytest.approx(0.9 ** AGREEMENT_POWER, abs=1e-4),
                                 "disc": pytest.approx(0.5 ** AGREEMENT_POWER, abs=1e-4)}
+
+
+def test_neighbours_count_each_in_plane_border_both_ways_on_the_annotated_slices_only():
+    stack = np.zeros((2, 3, 3), np.uint8)
+    stack[0, 1, 1] = 2  # a disc in the middle of slice 0: 4 borders with the background
+    stack[0, 1, 2] = 1  # ... one of them now with class 1, which has 2 more with the background
+    stack[1] = 255  # slice 1 unannotated (an ignore value): counted nowhere
+    counts = neighbour_counts(stack, 3)
+    assert counts.tolist() == [[0, 2, 3], [2, 0, 1], [3, 1, 0]]
+    shares = annotated_neighbour_shares([(stack, np.array([True, False]))], 3)
+    assert shares[2] == pytest.approx((0.75, 0.25, 0.0)) and shares[1] == pytest.approx((2 / 3, 0.0, 1 / 3), abs=1e-4)
+    stack[1] = 1  # a slice of class 1 alone, counted only where the mask takes it
+    assert annotated_neighbour_shares([(stack, np.array([True, False]))], 3) == shares
+
+
+def test_a_structure_bordering_none_of_its_annotated_neighbours_is_estimated_in_the_wrong_place():
+    """In the annotations the cavity (class 2) lies inside the ring (class 1); predicted alone on the background
+    its estimate falls to the share it keeps, however much the mirrored copies agree."""
+    annotated = np.zeros((1, 7, 7), np.uint8)
+    annotated[0, 1:6, 1:6] = 1
+    annotated[0, 2:5, 2:5] = 2
+    reference = np.array(annotated_neighbour_shares([(annotated, None)], 3))
+    assert reference[2].tolist() == [0.0, 1.0, 0.0]
+    astray = np.zeros((1, 7, 7), np.uint8)
+    astray[0, 0:3, 0:3] = 1
+    astray[0, 4:6, 4:6] = 2
+    overlap = neighbour_overlap(neighbour_counts(astray, 3), reference)
+    assert overlap[2] == 0.0 and overlap[1] == pytest.approx(1.0 - reference[1][2])
+    assert estimated_dice(1.0, 0.95, overlap[2]) == 0.0
+    assert estimated_dice(0.9, None, NEIGHBOUR_FLOOR) == pytest.approx(0.9 ** AGREEMENT_POWER, abs=1e-4)
+    assert estimated_dice(0.9, None, NEIGHBOUR_FLOOR / 2) == pytest.approx(0.9 ** AGREEMENT_POWER / 20, abs=1e-4)
+    in_place = neighbour_overlap(neighbour_counts(annotated, 3), reference)
+    assert in_place == pytest.approx([1.0, 1.0, 1.0])
+    quality = volume_quality(astray, np.zeros(astray.shape, np.float32), [1.0, 0.9, 1.0], 0, NAMES, VALUES,
+                             overlaps=overlap)
+    assert quality.estimates() == {"ring": pytest.approx(0.9 ** AGREEMENT_POWER, abs=1e-4), "disc": 0.0}
+    assert neighbour_overlap(neighbour_counts(np.zeros((1, 3, 3), np.uint8), 3), reference).tolist() == [1, 1, 1]
 
 
 def _entry(name: str, estimates_: dict[str, float | None], worst_slice: int | None = 2) -> dict:
@@ -253,6 +295,16 @@ def test_a_run_writes_the_review_fields_and_quality_events(tmp_path, synthetic):
         assert quality["structures"] == entry["structures"] and quality["frame"] is None
         assert quality["worst_slice"] == (entry["slices"][0]["index"] if entry["slices"] else None)
     assert "review first" in result.stderr and summary["volumes"][0]["name"] in result.stderr
+    # The model holds what each structure borders in the annotations; the lab computes the same from the run
+    # folder for a model trained before model files held it.
+    from PLCLSegmentationLib.engine.lab.model_neighbours import with_neighbour_shares
+    from PLCLSegmentationLib.engine.method.modelfile import read_model
+
+    info, _ = read_model(out / "model.pt")
+    assert len(info.neighbour_shares) == len(names) + 1 and "borders" in summary["quality_measure"]
+    assert any(share > 0 for share in info.neighbour_shares[0][1:])  # the background borders the structures
+    assert with_neighbour_shares(out, tmp_path / "copy.pt") == info.neighbour_shares
+    assert read_model(tmp_path / "copy.pt")[0].neighbour_shares == info.neighbour_shares
 
 
 def test_the_simulated_review_corrects_the_least_certain_slices_the_review_table_s_or_as_many_drawn_at_random():

@@ -41,6 +41,10 @@ class ModelInfo:
     #: World directions of the rows and columns of the training slices; new volumes are sliced to
     #: match (None in models of engine 0.1.0 before it existed: the canonical layout).
     in_plane_reference: tuple[tuple[float, float, float], tuple[float, float, float]] | None = None
+    #: Per class (background first), the shares of its outline that border each class in the annotated
+    #: slices of the training (quality.neighbour_shares): what a structure's place looks like, for the
+    #: quality estimate (None in models before it existed: not used).
+    neighbour_shares: tuple[tuple[float, ...], ...] | None = None
     training: dict[str, Any] = field(default_factory=dict)
     engine_version: str = __version__
 
@@ -67,6 +71,8 @@ class ModelInfo:
                        "turned to match in_plane_reference (world directions of rows and columns)",
             "in_plane_reference": None if self.in_plane_reference is None
             else [[float(x) for x in axis] for axis in self.in_plane_reference],
+            "neighbour_shares": None if self.neighbour_shares is None
+            else [[float(x) for x in row] for row in self.neighbour_shares],
             "inference_tile": int(self.inference_tile),
             "inference_overlap": float(self.inference_overlap),
             "largest_component": bool(self.largest_component),
@@ -91,6 +97,7 @@ class ModelInfo:
             largest_component=bool(d.get("largest_component", False)),
             background_name=d.get("background_name", "background"),
             in_plane_reference=_frame(d.get("in_plane_reference")),
+            neighbour_shares=_shares(d.get("neighbour_shares"), len(d["classes"]) + 1),
             training=d.get("training", {}),
             engine_version=d.get("engine_version", "unknown"),
         )
@@ -102,6 +109,18 @@ def _numbers(value: Any, name: str) -> tuple[float, ...]:
             isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) for x in value):
         raise ValueError(f"{name} {value!r}: a list of finite numbers expected")
     return tuple(float(x) for x in value)
+
+
+def _shares(value: Any, num_classes: int) -> tuple[tuple[float, ...], ...] | None:
+    """A square table of shares in [0, 1], one row and column per class, or None."""
+    if value is None:
+        return None
+    if not isinstance(value, (list, tuple)) or len(value) != num_classes:
+        raise ValueError(f"neighbour_shares: {num_classes} rows expected")
+    rows = tuple(_numbers(row, "neighbour_shares") for row in value)
+    if any(len(row) != num_classes or not all(0.0 <= x <= 1.0 for x in row) for row in rows):
+        raise ValueError(f"neighbour_shares: rows of {num_classes} shares between 0 and 1 expected")
+    return rows
 
 
 def _frame(value: Any) -> tuple[tuple[float, float, float], tuple[float, float, float]] | None:

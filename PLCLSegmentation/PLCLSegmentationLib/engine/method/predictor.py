@@ -23,7 +23,15 @@ from .backends import export_network, fold_batch_norms
 from .modelfile import ModelInfo, build_model, read_model
 from .predict import keep_largest_components, map_to_volume, predict_slices
 from .preprocess import InPlaneFrame, PreparedVolume, prepare_volume
-from .quality import VolumeQuality, agreement, expected_dice, quality_measure, volume_quality
+from .quality import (
+    VolumeQuality,
+    agreement,
+    expected_dice,
+    neighbour_counts,
+    neighbour_overlap,
+    quality_measure,
+    volume_quality,
+)
 
 #: Slices of one network pass over consecutive frames of a 4D image (in batches of predict_slices'
 #: size): frames of ten slices would otherwise end each pass with a batch of two, at a quarter of
@@ -97,7 +105,7 @@ class Predictor:
     @property
     def quality_measure(self) -> str:
         """How this predictor's estimates are made (summary.json's ``quality_measure``)."""
-        return quality_measure(len(self.mirrors))
+        return quality_measure(len(self.mirrors), self.info.neighbour_shares is not None)
 
     @property
     def classes(self) -> list[ClassInfo]:
@@ -133,15 +141,22 @@ class Predictor:
                               2 ** (info.levels - 1), self.device, channels_last=self.backend == "torch",
                               autocast=self.autocast)
 
-    def _estimates(self, probs: torch.Tensor, copies: list[torch.Tensor]) -> tuple[np.ndarray, np.ndarray]:
+    def _estimates(self, probs: torch.Tensor,
+                   copies: list[torch.Tensor]) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
         """Each class's agreement (quality.agreement) of a stack's labels with its mirrored copies' labels, each
-        cleaned up as the segmentation is (its islands would otherwise count as disagreement), and its expected
-        Dice (quality.expected_dice) from the stack's probabilities [S, C, H, W]."""
+        cleaned up as the segmentation is (its islands would otherwise count as disagreement), its expected
+        Dice (quality.expected_dice) from the stack's probabilities [S, C, H, W], and the overlap of its
+        neighbours with those of the model's annotations (quality.neighbour_overlap; None where the model
+        holds none)."""
+        num_classes = self.info.num_classes
         stacks = [probs.argmax(1).to(torch.uint8).numpy()] + [copy.numpy() for copy in copies]
         if self.info.largest_component:
-            stacks = [keep_largest_components(stack, self.info.num_classes) for stack in stacks]
+            stacks = [keep_largest_components(stack, num_classes) for stack in stacks]
         expected = expected_dice(stacks[0], probs.numpy())
-        return agreement(stacks[0], stacks[1:], self.info.num_classes), expected
+        reference = self.info.neighbour_shares
+        overlaps = (None if reference is None
+                    else neighbour_overlap(neighbour_counts(stacks[0], num_classes), np.array(reference)))
+        return agreement(stacks[0], stacks[1:], num_classes), expected, overlaps
 
     def predict(self, prepared: PreparedVolume) -> Prediction:
         return next(self.predict_group([prepared]))
@@ -163,16 +178,17 @@ class Predictor:
             mapping_started = time.monotonic()
             slices = prepared.images.shape[0]
             result = map_to_volume(prepared, probs[offset:offset + slices])
-            agreements, expected = (self._estimates(probs[offset:offset + slices],
-                                                    [m[offset:offset + slices] for m in mirrored])
-                                    if mirrored else (None, None))
+            agreements, expected, overlaps = (self._estimates(probs[offset:offset + slices],
+                                                              [m[offset:offset + slices] for m in mirrored])
+                                              if mirrored else (None, None, None))
             offset += slices
             labels = result.labels
             if info.largest_component:
                 labels = keep_largest_components(labels, info.num_classes)
             counts = np.bincount(labels.ravel(), minlength=info.num_classes)
             quality = volume_quality(labels, result.uncertainty, agreements, prepared.layout.axes[0],
-                                     [c.name for c in info.classes], [c.value for c in info.classes], expected)
+                                     [c.name for c in info.classes], [c.value for c in info.classes], expected,
+                                     overlaps)
             yield Prediction(self._values[labels], result.uncertainty, result.score,
                              {c.name: int(counts[i]) for i, c in enumerate(info.classes, 1)},
                              seconds + time.monotonic() - mapping_started, quality)

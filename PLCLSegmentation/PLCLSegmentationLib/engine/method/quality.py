@@ -10,6 +10,11 @@ whose original the network segments well, and there its confident probabilities 
 witness. The power maps both, always higher than the true Dice, to the true Dice's scale
 (docs/results/2026-12-03-review-estimates.md: the power and the combination chosen on the
 unannotated training volumes of ACDC over three seeds, then measured on its validation split).
+Neither signal sees a structure predicted whole in the wrong place (a small end-systolic cavity
+called where another structure lies, on the image and its mirror images alike); its neighbours
+do: where the classes a structure's outline borders share under ``NEIGHBOUR_FLOOR`` with those it
+borders in the annotated slices of the model's training (``neighbour_shares``), the estimate is
+scaled by that share (docs/results/2026-12-04-review-estimate-neighbours.md).
 Per slice along the engine's slicing axis: the
 mean entropy over the voxels that matter for review (predicted foreground, or entropy above
 ``ENTROPY_FLOOR``) and each structure's mean entropy there. The summary's ``structures``, ``slices``
@@ -32,18 +37,25 @@ ENTROPY_FLOOR = 0.1
 #: this power.
 AGREEMENT_POWER = 3
 DIGITS = 4
+#: Below this overlap with the annotations' neighbours (``neighbour_overlap``) a structure is taken to be in the
+#: wrong place and its estimate is scaled by the overlap; above it the neighbours say nothing (a basal slice's
+#: open ring changes them by half without harm).
+NEIGHBOUR_FLOOR = 0.1
 
 #: What the copies are, by their number (protocol.ESTIMATES): predictor.MIRRORS in that order.
 COPIES_TEXT = {3: "three mirrored copies of the input (left-right, up-down, both; mirrored back)",
                1: "one mirrored copy of the input (left-right; mirrored back)"}
 
 
-def quality_measure(copies: int = 3) -> str:
-    """summary.json's ``quality_measure``: how the estimates of a run with ``copies`` mirrored copies were made."""
+def quality_measure(copies: int = 3, neighbours: bool = True) -> str:
+    """summary.json's ``quality_measure``: how the estimates of a run with ``copies`` mirrored copies were made;
+    ``neighbours``: whether the model holds its annotations' neighbour shares (models before them do not)."""
+    scaled = (f"scaled by the overlap of the classes its outline borders with those it borders in the model's "
+              f"annotated slices where that overlap is under {NEIGHBOUR_FLOOR}; " if neighbours else "")
     estimate = (f"estimated_dice: the higher of the median Dice of the structure's prediction with the predictions of "
                 f"{COPIES_TEXT[copies]} and the Dice the network's probabilities expect, each to the power "
-                f"{AGREEMENT_POWER}; the power and the combination were chosen once on the unannotated training "
-                "volumes of ACDC, no label of the volumes segmented here is used; "
+                f"{AGREEMENT_POWER}, {scaled}the power and the combination were chosen once on the unannotated "
+                "training volumes of ACDC, no label of the volumes segmented here is used; "
                 if copies else "estimated_dice: not computed (--estimate off), null; ")
     return (estimate + "uncertainty: mean normalised entropy over the structure's predicted voxels (1.0 when none); "
             f"a slice's uncertainty: mean entropy over its predicted foreground and its voxels of entropy above "
@@ -97,27 +109,72 @@ def expected_dice(labels: np.ndarray, probabilities: np.ndarray) -> np.ndarray:
     return np.where(count > 0, 2.0 * hits / np.maximum(count + soft, 1e-9), 0.0)
 
 
-def estimated_dice(agreement: float, expected: float | None) -> float:
+def neighbour_counts(labels: np.ndarray, num_classes: int, slices: np.ndarray | None = None) -> np.ndarray:
+    """[C, C] float: how many in-plane neighbouring pixel pairs (4-neighbourhood) of a stack [S, H, W] of class
+    indices join class c to another class k, counted both ways; ``slices``: a bool mask [S] of the slices to
+    count (None: all). Indices outside the classes (an ignore value) count nowhere."""
+    stack = np.asarray(labels if slices is None else labels[np.asarray(slices, dtype=bool)]).astype(np.int64)
+    counts = np.zeros(num_classes * num_classes)
+    for first, second in ((stack[:, :, :-1], stack[:, :, 1:]), (stack[:, :-1, :], stack[:, 1:, :])):
+        joined = (first != second) & (first < num_classes) & (second < num_classes)
+        a, b = first[joined], second[joined]
+        counts += np.bincount(a * num_classes + b, minlength=num_classes ** 2)
+        counts += np.bincount(b * num_classes + a, minlength=num_classes ** 2)
+    return counts.reshape(num_classes, num_classes)
+
+
+def neighbour_shares(counts: np.ndarray) -> np.ndarray:
+    """Each class's row of ``neighbour_counts`` as shares of its outline (0 where it has none)."""
+    totals = counts.sum(axis=1, keepdims=True)
+    return np.divide(counts, totals, out=np.zeros_like(counts, dtype=np.float64), where=totals > 0)
+
+
+def annotated_neighbour_shares(stacks: Sequence[tuple[np.ndarray, np.ndarray | None]],
+                               num_classes: int) -> tuple[tuple[float, ...], ...]:
+    """ModelInfo.neighbour_shares of annotated stacks: (class indices [S, H, W], bool mask [S] of the annotated
+    slices or None for all), their neighbour counts together."""
+    counts = sum((neighbour_counts(labels, num_classes, mask) for labels, mask in stacks),
+                 np.zeros((num_classes, num_classes)))
+    return tuple(tuple(round(float(x), DIGITS) for x in row) for row in neighbour_shares(counts))
+
+
+def neighbour_overlap(counts: np.ndarray, reference: np.ndarray) -> np.ndarray:
+    """Per class: the overlap (sum of the smaller share, 0 to 1) of the classes its outline borders in
+    ``counts`` (``neighbour_counts``) with those in ``reference`` (``neighbour_shares`` of the annotated
+    slices); 1.0 where either has no outline."""
+    shares = neighbour_shares(counts)
+    overlap = np.minimum(shares, reference).sum(axis=1)
+    has_outline = (counts.sum(axis=1) > 0) & (reference.sum(axis=1) > 0)
+    return np.where(has_outline, overlap, 1.0)
+
+
+def estimated_dice(agreement: float, expected: float | None, overlap: float | None = None) -> float:
     """A structure's estimated Dice from its agreement with the mirrored copies and, where given, its expected
-    Dice (module docstring)."""
+    Dice and its neighbours' overlap with the annotations' (module docstring)."""
     higher = max(agreement, expected) if expected is not None else agreement
-    return round(float(np.clip(higher, 0, 1)) ** AGREEMENT_POWER, DIGITS)
+    value = float(np.clip(higher, 0, 1)) ** AGREEMENT_POWER
+    if overlap is not None and overlap < NEIGHBOUR_FLOOR:
+        value *= max(0.0, float(overlap))
+    return round(value, DIGITS)
 
 
 def volume_quality(labels: np.ndarray, uncertainty: np.ndarray, agreements: Sequence[float] | None,
                    slice_axis: int, names: Sequence[str], values: Sequence[int],
-                   expected: Sequence[float] | None = None) -> VolumeQuality:
+                   expected: Sequence[float] | None = None,
+                   overlaps: Sequence[float] | None = None) -> VolumeQuality:
     """``labels``: class indices [k, j, i] (0 background, c for ``names[c - 1]``); ``uncertainty``: normalised
     entropy; ``agreements``: each class's agreement with the mirrored copies (background first, ``agreement``;
     None: no estimate, every estimated_dice None); ``expected``: each class's expected Dice (``expected_dice``;
-    None: the agreement alone); ``slice_axis``: the array axis of [k, j, i] the engine slices along."""
+    None: the agreement alone); ``overlaps``: each class's ``neighbour_overlap`` (None: not used);
+    ``slice_axis``: the array axis of [k, j, i] the engine slices along."""
     n_classes = len(names) + 1
     flat = labels.reshape(-1).astype(np.int64)
     counts = np.bincount(flat, minlength=n_classes)[:n_classes]
     entropy_sums = np.bincount(flat, weights=uncertainty.reshape(-1), minlength=n_classes)[:n_classes]
     structures = []
     for c, (name, value) in enumerate(zip(names, values), 1):
-        estimate = (estimated_dice(agreements[c], None if expected is None else expected[c])
+        estimate = (estimated_dice(agreements[c], None if expected is None else expected[c],
+                                   None if overlaps is None else overlaps[c])
                     if counts[c] and agreements is not None else None)
         mean_entropy = float(entropy_sums[c] / counts[c]) if counts[c] else 1.0
         structures.append({"name": name, "value": int(value), "estimated_dice": estimate,

@@ -22,6 +22,7 @@ from ..files.volumes import Volume
 from ..method.modelfile import ModelInfo, save_model
 from ..method.predictor import Predictor
 from ..method.preprocess import InPlaneFrame, PreparedVolume, in_plane_frame, prepare_volume, slice_layout, stack_mask
+from ..method.quality import annotated_neighbour_shares
 from ..method.train import Checkpoint, Trainer
 from ..protocol import CHECKPOINT_FILE, JOB_FILE, MODEL_FILE, SNAPSHOTS_FOLDER, TRAINING_FILE
 from ..request import TrainJob, job_digest
@@ -107,13 +108,17 @@ def _train(job: TrainJob, inputs: TrainingInputs, sink: EventSink, cancel: threa
     train_started = time.monotonic()
     start_iteration = trainer.iteration
 
+    # What each structure borders in the annotated slices, for the quality estimate of the model's predictions.
+    neighbours = annotated_neighbour_shares(
+        [(v.labels.numpy(), None if v.annotated is None else v.annotated.numpy()) for v in annotated], num_classes)
+
     def model_info() -> ModelInfo:
         return ModelInfo(
             classes=inputs.classes, target_spacing_mm=spacing, patch_size=config.patch_size,
             base_channels=config.base_channels, levels=config.levels, embedding_dim=config.embedding_dim,
             intensity_percentiles=tuple(config.intensity_percentiles), inference_tile=config.inference_tile,
             inference_overlap=config.inference_overlap, largest_component=config.largest_component,
-            in_plane_reference=reference,
+            in_plane_reference=reference, neighbour_shares=neighbours,
             training={"annotated": [v.path for v, _ in inputs.annotated], "annotated_slices": slice_record,
                       "unannotated": [v.path for v in inputs.unannotated],
                       "iterations": trainer.iteration, "train_seconds": round(time.monotonic() - train_started, 2),
