@@ -113,11 +113,12 @@ def neighbour_counts(labels: np.ndarray, num_classes: int, slices: np.ndarray | 
     """[C, C] float: how many in-plane neighbouring pixel pairs (4-neighbourhood) of a stack [S, H, W] of class
     indices join class c to another class k, counted both ways; ``slices``: a bool mask [S] of the slices to
     count (None: all). Indices outside the classes (an ignore value) count nowhere."""
-    stack = np.asarray(labels if slices is None else labels[np.asarray(slices, dtype=bool)]).astype(np.int64)
+    stack = np.asarray(labels if slices is None else labels[np.asarray(slices, dtype=bool)])
     counts = np.zeros(num_classes * num_classes)
     for first, second in ((stack[:, :, :-1], stack[:, :, 1:]), (stack[:, :-1, :], stack[:, 1:, :])):
         joined = (first != second) & (first < num_classes) & (second < num_classes)
-        a, b = first[joined], second[joined]
+        # Widened only where two classes meet: the prediction's stack is not copied whole at 8 bytes a voxel.
+        a, b = first[joined].astype(np.int64), second[joined].astype(np.int64)
         counts += np.bincount(a * num_classes + b, minlength=num_classes ** 2)
         counts += np.bincount(b * num_classes + a, minlength=num_classes ** 2)
     return counts.reshape(num_classes, num_classes)
