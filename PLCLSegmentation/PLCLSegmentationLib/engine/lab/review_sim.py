@@ -11,8 +11,9 @@ uncertain voxels (the sum of their entropy) of each of the K volumes whose such 
 the review table as the module shows it (the run's volumes in ``run.summary.review_order``: lowest estimated
 Dice first): ``review_path`` is a reviewer who presses "Next uncertain slice" and corrects every slice it
 shows (the first volume's slices, least certain first, then the next volume's) until K are corrected;
-``worst_volumes`` corrects the least certain slice of each of the K first volumes. A reviewer who
-corrects a slice leaves the ground truth on it, so each chosen volume becomes annotated on exactly
+``review_path_2`` the two least certain slices of each volume in the table's order (then each one's next two);
+``worst_volumes`` corrects the least certain slice of each of the K first volumes (then each one's second, ...).
+A reviewer who corrects a slice leaves the ground truth on it, so each chosen volume becomes annotated on exactly
 its chosen slices (``--annotated-slices``, the ground truth label file); the model is retrained once
 from the run's model (``--init-model``, the engine's warm-start schedule) with the run's annotated
 cases and the other volumes unannotated, the evaluation split segmented and scored. ``none``
@@ -53,8 +54,9 @@ from .child import run_child
 RANKED = {"uncertain": "uncertainty", "uncertain_voxels": "uncertain_voxels"}
 #: Ranked arms that take one slice per volume before a second of any (a reviewer goes on to the next volume).
 SPREAD = {"uncertain_voxels"}
-#: Arms that follow the review table's order of volumes (module docstring).
-TABLE_ARMS = ("review_path", "worst_volumes")
+#: Arms that follow the review table's order of volumes (module docstring), and how many slices of a
+#: volume each corrects before it goes on to the next (None: every slice; then each volume's next ones).
+TABLE_ARMS = {"review_path": None, "review_path_2": 2, "worst_volumes": 1}
 ARMS = (*RANKED, *TABLE_ARMS, "random", "none")
 
 
@@ -92,15 +94,17 @@ def candidate_slices(slices: dict[str, list[dict[str, Any]]]) -> list[tuple[str,
 
 
 def choose(arm: str, candidates: list[tuple[str, int, dict[str, Any]]], k: int, seed: int,
-           table: Sequence[str] = ()) -> dict[str, list[int]]:
-    """The slices an arm corrects, by volume; ``table``: the volumes in the review table's order (the table arms)."""
+           table: Sequence[str] = (), draw: int = 0) -> dict[str, list[int]]:
+    """The slices an arm corrects, by volume; ``table``: the volumes in the review table's order (the table arms);
+    ``draw``: another random draw for the same seed (``random``)."""
     if arm in TABLE_ARMS:
         walks = {name: [] for name in table}
         for candidate in candidates:  # each volume's slices in the engine's order, the one Next uncertain slice walks
             if candidate[0] in walks:
                 walks[candidate[0]].append(candidate)
-        shown = [walk if arm == "review_path" else walk[:1] for walk in walks.values()]
-        picked = [c for walk in shown for c in walk][:k]
+        cap = TABLE_ARMS[arm] or max(map(len, walks.values()), default=1)
+        passes = range(0, max(map(len, walks.values()), default=0), cap)
+        picked = [c for start in passes for walk in walks.values() for c in walk[start:start + cap]][:k]
     elif arm in RANKED:
         field = RANKED[arm]
         ranked = sorted(candidates, key=lambda c: (-c[2][field], c[0], c[1]))
@@ -113,7 +117,7 @@ def choose(arm: str, candidates: list[tuple[str, int, dict[str, Any]]], k: int, 
             ranked = [c for _, c in sorted(zip(turns, ranked), key=lambda pair: pair[0])]
         picked = ranked[:k]
     elif arm == "random":
-        picked = random.Random(seed + 5000).sample(candidates, min(k, len(candidates)))
+        picked = random.Random(seed + 5000 + 1000 * draw).sample(candidates, min(k, len(candidates)))
     else:
         picked = []
     chosen: dict[str, list[int]] = {}
@@ -240,6 +244,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--minutes", type=float, default=20.0)
     parser.add_argument("--iterations", type=int)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--draw", type=int, default=0, help="another draw of the random arm's slices (0: the first)")
     args = parser.parse_args(argv)
     arms = [a for a in args.arms.split(",") if a]
     unknown = [a for a in arms if a not in ARMS]
@@ -262,7 +267,7 @@ def main(argv: list[str] | None = None) -> int:
               "base_cohort_volumes": before,
               "date": time.strftime("%Y-%m-%d %H:%M"), "arms": []}
     for arm in arms:
-        chosen = choose(arm, candidates, args.slices, seed, table)
+        chosen = choose(arm, candidates, args.slices, seed, table, args.draw)
         review["arms"].append(run_arm(arm, chosen, args.run, {"seed": seed, "cases": cases}, bench["data"],
                                       args.out, args))
         write_json(args.out / "review.json", review)
