@@ -328,6 +328,7 @@ def test_the_simulated_review_corrects_the_least_certain_slices_the_review_table
     assert choose("worst_volumes", candidates, 3, seed=0, table=["b", "a"]) == {"a": [3], "b": [0, 7]}  # 2nd pass
     assert choose("review_path_2", candidates, 3, seed=0, table=["b", "a"]) == {"a": [3], "b": [0, 7]}
     assert choose("review_path_2", candidates, 2, seed=0, table=["b", "a"]) == {"b": [0, 7]}
+    assert choose("review_path_2_voxels", candidates, 3, seed=0, table=["a", "b"]) == {"a": [1, 3], "b": [0]}
     assert choose("random", candidates, 2, seed=0, draw=1) == choose("random", candidates, 2, seed=0, draw=1)
     assert len({str(choose("random", candidates, 2, seed=0, draw=d)) for d in range(6)}) > 1  # other draws
     assert choose("worst_volumes", candidates, 1, seed=0, table=["a", "b"]) == {"a": [3]}

@@ -11,7 +11,8 @@ uncertain voxels (the sum of their entropy) of each of the K volumes whose such 
 the review table as the module shows it (the run's volumes in ``run.summary.review_order``: lowest estimated
 Dice first): ``review_path`` is a reviewer who presses "Next uncertain slice" and corrects every slice it
 shows (the first volume's slices, least certain first, then the next volume's) until K are corrected;
-``review_path_2`` the two least certain slices of each volume in the table's order (then each one's next two);
+``review_path_2`` the two least certain slices of each volume in the table's order (then each one's next two),
+``review_path_2_voxels`` the same by the slices' uncertain voxels (the most wrong voxels) instead of their mean;
 ``worst_volumes`` corrects the least certain slice of each of the K first volumes (then each one's second, ...).
 A reviewer who corrects a slice leaves the ground truth on it, so each chosen volume becomes annotated on exactly
 its chosen slices (``--annotated-slices``, the ground truth label file); the model is retrained once
@@ -54,9 +55,11 @@ from .child import run_child
 RANKED = {"uncertain": "uncertainty", "uncertain_voxels": "uncertain_voxels"}
 #: Ranked arms that take one slice per volume before a second of any (a reviewer goes on to the next volume).
 SPREAD = {"uncertain_voxels"}
-#: Arms that follow the review table's order of volumes (module docstring), and how many slices of a
-#: volume each corrects before it goes on to the next (None: every slice; then each volume's next ones).
-TABLE_ARMS = {"review_path": None, "review_path_2": 2, "worst_volumes": 1}
+#: Arms that follow the review table's order of volumes (module docstring): how many slices of a volume
+#: each corrects before it goes on to the next (None: every slice; then each volume's next ones), and the
+#: slice item's field that orders a volume's slices (highest first; "uncertainty" is the engine's order).
+TABLE_ARMS = {"review_path": (None, "uncertainty"), "review_path_2": (2, "uncertainty"),
+              "worst_volumes": (1, "uncertainty"), "review_path_2_voxels": (2, "uncertain_voxels")}
 ARMS = (*RANKED, *TABLE_ARMS, "random", "none")
 
 
@@ -98,11 +101,12 @@ def choose(arm: str, candidates: list[tuple[str, int, dict[str, Any]]], k: int, 
     """The slices an arm corrects, by volume; ``table``: the volumes in the review table's order (the table arms);
     ``draw``: another random draw for the same seed (``random``)."""
     if arm in TABLE_ARMS:
+        cap, field = TABLE_ARMS[arm]
         walks = {name: [] for name in table}
-        for candidate in candidates:  # each volume's slices in the engine's order, the one Next uncertain slice walks
+        for candidate in sorted(candidates, key=lambda c: -c[2][field]):  # stable: the engine's order on ties
             if candidate[0] in walks:
                 walks[candidate[0]].append(candidate)
-        cap = TABLE_ARMS[arm] or max(map(len, walks.values()), default=1)
+        cap = cap or max(map(len, walks.values()), default=1)
         passes = range(0, max(map(len, walks.values()), default=0), cap)
         picked = [c for start in passes for walk in walks.values() for c in walk[start:start + cap]][:k]
     elif arm in RANKED:
