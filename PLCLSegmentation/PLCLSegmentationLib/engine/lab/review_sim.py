@@ -272,7 +272,8 @@ def main(argv: list[str] | None = None) -> int:
               "date": time.strftime("%Y-%m-%d %H:%M"), "arms": []}
     for arm in arms:
         chosen = choose(arm, candidates, args.slices, seed, table, args.draw)
-        review["arms"].append(run_arm(arm, chosen, args.run, {"seed": seed, "cases": cases}, bench["data"],
+        name = f"{arm}_draw{args.draw + 1}" if arm == "random" and args.draw else arm  # apart from the first draw
+        review["arms"].append(run_arm(name, chosen, args.run, {"seed": seed, "cases": cases}, bench["data"],
                                       args.out, args))
         write_json(args.out / "review.json", review)
         with atomic_path(args.out / "review.md") as tmp, open(tmp, "w") as f:
