@@ -68,7 +68,9 @@ def _volume() -> tuple[np.ndarray, np.ndarray]:
 def test_slices_along_the_slicing_axis_least_certain_first_with_their_structures():
     labels, entropy = _volume()
     slices = slice_uncertainties(labels, entropy, 2, NAMES)
-    assert [s["index"] for s in slices] == [4, 2, 1, 3]  # i = 0: no foreground, no entropy above the floor
+    # Most uncertain voxels first (i = 2 and 1 hold 2.4, the surer i = 1 second); i = 4, the most uncertain on the
+    # mean, holds one voxel. i = 0: no foreground, no entropy above the floor.
+    assert [s["index"] for s in slices] == [2, 1, 4, 3]
     by_index = {s["index"]: s for s in slices}
     assert by_index[4] == {"index": 4, "uncertainty": pytest.approx(0.6), "uncertain_voxels": pytest.approx(0.6),
                            "structure": None, "structures": {}}
@@ -94,7 +96,7 @@ def test_a_slice_holding_two_structures_names_the_less_certain_one():
 def test_structures_worst_first_with_those_predicted_nowhere_last():
     labels, entropy = _volume()
     quality = volume_quality(labels, entropy, [1.0, 0.9, 0.95], 2, NAMES, VALUES)
-    assert quality.slice_axis == "i" and quality.worst_slice == 4
+    assert quality.slice_axis == "i" and quality.worst_slice == 2
     ring, disc = quality.structures  # the worst first
     assert ring == {"name": "ring", "value": 3, "estimated_dice": pytest.approx(0.9 ** AGREEMENT_POWER, abs=1e-4),
                     "uncertainty": pytest.approx((6 * 0.2 + 6 * 0.4) / 12, abs=1e-4)}
@@ -323,16 +325,21 @@ def test_the_simulated_review_corrects_the_least_certain_slices_the_review_table
     assert sum(map(len, drawn.values())) == 3 and drawn == choose("random", candidates, 3, seed=0)
     assert choose("none", candidates, 3, seed=0) == {}
     # The review table puts b first: the reviewer corrects b's slices, least certain first, then a's.
-    assert choose("review_path", candidates, 3, seed=0, table=["b", "a"]) == {"a": [3], "b": [0, 7]}
+    assert choose("whole_volumes", candidates, 3, seed=0, table=["b", "a"]) == {"a": [3], "b": [0, 7]}
     assert choose("worst_volumes", candidates, 2, seed=0, table=["b", "a"]) == {"a": [3], "b": [0]}
     assert choose("worst_volumes", candidates, 3, seed=0, table=["b", "a"]) == {"a": [3], "b": [0, 7]}  # 2nd pass
     assert choose("review_path_2", candidates, 3, seed=0, table=["b", "a"]) == {"a": [3], "b": [0, 7]}
     assert choose("review_path_2", candidates, 2, seed=0, table=["b", "a"]) == {"b": [0, 7]}
-    assert choose("review_path_2_voxels", candidates, 3, seed=0, table=["a", "b"]) == {"a": [1, 3], "b": [0]}
+    # The module's path: two a volume, most uncertain voxels first.
+    assert choose("review_path", candidates, 3, seed=0, table=["a", "b"]) == {"a": [1, 3], "b": [0]}
+    assert choose("review_path", candidates, 1, seed=0, table=["a", "b"]) == {"a": [1]}
+    from PLCLSegmentationLib import review
+    from PLCLSegmentationLib.engine.lab.review_sim import TABLE_ARMS
+    assert TABLE_ARMS["review_path"][0] == review.SLICES_PER_PASS  # the lab's reviewer walks as the module does
     assert choose("random", candidates, 2, seed=0, draw=1) == choose("random", candidates, 2, seed=0, draw=1)
     assert len({str(choose("random", candidates, 2, seed=0, draw=d)) for d in range(6)}) > 1  # other draws
     assert choose("worst_volumes", candidates, 1, seed=0, table=["a", "b"]) == {"a": [3]}
-    assert choose("review_path", candidates, 3, seed=0, table=["b"]) == {"b": [0, 7]}  # only the table's volumes
+    assert choose("whole_volumes", candidates, 3, seed=0, table=["b"]) == {"b": [0, 7]}  # only the table's volumes
 
 
 def test_the_simulated_review_s_retrain_keeps_the_protocol_s_annotated_slices():

@@ -126,7 +126,7 @@ def test_the_table_lists_each_predictions_structures_worst_first_and_the_worst_v
     assert review.worst_estimate(ordered) == 0.9 and review.worst_estimate(ordered[1:]) == 0.0
 
 
-def test_next_uncertain_slice_shows_the_least_certain_slices_then_the_next_volume(session):
+def test_next_uncertain_slice_shows_two_least_certain_slices_of_a_volume_then_the_next_volume_s(session):
     app, logic, volumes, views, by_volume = session
     first, second = (r.record for r in logic.review_rows()[:2])
     transform = turn_and_shift()
@@ -140,29 +140,38 @@ def test_next_uncertain_slice_shows_the_least_certain_slices_then_the_next_volum
     first.segmentation.GetDisplayNode().SetSegmentVisibility(hidden, False)
 
     visited = []
-    for record in (first, second):
-        entry = by_volume[record.volume.GetID()]
-        for expected in entry["slices"]:
-            stop = logic.next_uncertain_slice(visited[-1][0] if visited else None)
-            assert (stop.record.key, stop.index, stop.axis) == (record.key, expected["index"], entry["slice_axis"])
-            assert stop.structure == expected["structure"]
-            view = views[stop.view]
-            assert stop.view == scene_io.volume_axes(record.volume).view  # the engine's slicing plane
-            moved = transform if record.volume.GetTransformNodeID() else None
-            assert shown_slice(view, record.volume, stop.axis, moved) == pytest.approx(stop.index, abs=1e-6)
-            assert scene_io.current_slice(app.scene, record.volume) == stop.index
-            composite = next(n for n in app.nodes_by_class("vtkMRMLSliceCompositeNode")
-                             if n.GetLayoutName() == view.GetLayoutName())
-            assert composite.GetBackgroundVolumeID() == record.volume.GetID()
-            if stop.structure is not None:  # that structure's segment is shown, and selected where it is edited
-                segment_id = record.segmentation.GetSegmentation().GetSegmentIdBySegmentName(stop.structure)
-                assert stop.segment_id == segment_id
-                assert record.segmentation.GetDisplayNode().GetSegmentVisibility(segment_id)
-                if record.key == first.key:
-                    assert editor.GetSelectedSegmentID() == segment_id
-            visited.append((record.volume, stop.index))
+    shown = {first.key: 0, second.key: 0}
+    entries = {r.key: by_volume[r.volume.GetID()] for r in (first, second)}
+    while (stop := logic.next_uncertain_slice(visited[-1][0] if visited else None)) is not None:
+        record = stop.record
+        entry = entries[record.key]
+        # Each volume's slices in the engine's order, in passes: none shows a slice of a later pass than another's.
+        waiting = [k for k in shown if shown[k] < len(entries[k]["slices"])]
+        assert shown[record.key] // review.SLICES_PER_PASS == min(shown[k] // review.SLICES_PER_PASS for k in waiting)
+        expected = entry["slices"][shown[record.key]]
+        shown[record.key] += 1
+        assert (stop.index, stop.axis) == (expected["index"], entry["slice_axis"])
+        assert stop.structure == expected["structure"]
+        view = views[stop.view]
+        assert stop.view == scene_io.volume_axes(record.volume).view  # the engine's slicing plane
+        moved = transform if record.volume.GetTransformNodeID() else None
+        assert shown_slice(view, record.volume, stop.axis, moved) == pytest.approx(stop.index, abs=1e-6)
+        assert scene_io.current_slice(app.scene, record.volume) == stop.index
+        composite = next(n for n in app.nodes_by_class("vtkMRMLSliceCompositeNode")
+                         if n.GetLayoutName() == view.GetLayoutName())
+        assert composite.GetBackgroundVolumeID() == record.volume.GetID()
+        if stop.structure is not None:  # that structure's segment is shown, and selected where it is edited
+            segment_id = record.segmentation.GetSegmentation().GetSegmentIdBySegmentName(stop.structure)
+            assert stop.segment_id == segment_id
+            assert record.segmentation.GetDisplayNode().GetSegmentVisibility(segment_id)
+            if record.key == first.key:
+                assert editor.GetSelectedSegmentID() == segment_id
+        visited.append((record.volume, stop.index))
+    assert [(v.GetID(), i) for v, i in visited[:4]] == [  # two of the first, then two of the second
+        (r.volume.GetID(), entries[r.key]["slices"][i]["index"]) for r in (first, second) for i in (0, 1)]
+    assert shown == {k: len(entries[k]["slices"]) for k in shown}  # every slice seen, once
     assert any(v.GetTransformNodeID() for v, _ in visited), "a volume under a parent transform was reviewed"
-    assert logic.next_uncertain_slice(second.volume) is None  # every slice seen
+    assert logic.next_uncertain_slice(second.volume) is None
     # Looking is never editing.
     assert {r.key: scene_io.fingerprint(r.segmentation) for r in (first, second)} == fingerprints
 
@@ -177,8 +186,11 @@ def test_visited_slices_are_skipped_and_kept_with_the_scene(session, tmp_path):
     assert (stop.record.key, stop.index) == (second.key, entry["slices"][0]["index"])
     stop = logic.next_uncertain_slice(second.volume)
     assert stop.index == entry["slices"][1]["index"] and stop.remaining == len(entry["slices"]) - 2
-    # Another prediction's first slice, and back: the second one's visited slices are skipped.
-    assert logic.next_uncertain_slice(rows[0].record.volume).record.key == rows[0].record.key
+    # Two shown: the other prediction's two (the table's first, from the top) before a third of it.
+    first = rows[0].record
+    assert logic.next_uncertain_slice(second.volume).record.key == first.key
+    assert logic.next_uncertain_slice(first.volume).record.key == first.key
+    # Back to it: its visited slices are skipped.
     assert logic.next_uncertain_slice(second.volume).index == entry["slices"][2]["index"]
     # Saved and reopened: the estimates, the visited slices and the order are still there.
     reopened = SlicerApp.open(app.save(tmp_path / "scene"))

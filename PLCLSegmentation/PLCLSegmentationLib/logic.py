@@ -327,8 +327,9 @@ class PLCLSegmentationLogic:
 
     def next_uncertain_slice(self, volume: Any = None, frame: int | None = None) -> review.SliceStop | None:
         """Show the least certain slice not yet visited of the prediction of ``volume`` (a sequence: of
-        ``frame``), else of the next prediction in the review table's order, in the view of the engine's
-        slicing plane, its least certain structure visible and selected; None once every one was seen."""
+        ``frame``), else of the next prediction in the review table's order (review.next_stop: two slices a
+        prediction, then the next one's), in the view of the engine's slicing plane, its least certain
+        structure visible and selected; None once every one was seen."""
         record = self.state.record_for(volume) if volume is not None else None
         stop = review.next_stop(self.state, self.review_rows(), record.key if record else None, frame)
         if stop is not None:

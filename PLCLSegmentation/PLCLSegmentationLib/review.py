@@ -5,7 +5,7 @@ The engine describes each prediction (a volume, or a frame of a sequence) in its
 ``slice_axis`` (the file's voxel axis, i, j or k, its 2D slices lie across) and ``slices`` (least
 certain first). The record keeps the structures (the review table shows them) and, apart, the
 slices with those the user has visited (parameters.ModuleState.review); "Next uncertain slice"
-walks them in the review table's order. Qt-free.
+walks them in the review table's order, SLICES_PER_PASS of a prediction before the next one's. Qt-free.
 """
 
 from __future__ import annotations
@@ -19,6 +19,10 @@ from .parameters import PREDICTED, ModuleState, VolumeRecord
 
 #: The review data's key of a volume's prediction (a frame's is its index as text).
 VOLUME_KEY = "volume"
+#: "Next uncertain slice" shows this many slices of a prediction, then the next prediction's; once every one
+#: has shown as many, each one's next ones. Corrections spread over volumes teach a retrain more than one
+#: volume corrected whole, and fix about as much by hand (docs/results/2026-12-05-review-spread.md).
+SLICES_PER_PASS = 2
 
 
 def frame_key(frame: int | None) -> str:
@@ -45,8 +49,9 @@ def structures_of(entry: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def slices_of(entry: dict[str, Any]) -> dict[str, Any] | None:
-    """A summary entry's slices to review, least certain first, as stored: {"axis", "slices": [[index,
-    uncertainty, structure], ...], "visited": []}; None when the entry has none (an older engine)."""
+    """A summary entry's slices to review in the engine's order (least certain first), as stored: {"axis",
+    "slices": [[index, uncertainty, structure], ...], "visited": []}; None when the entry has none (an older
+    engine)."""
     axis = entry.get("slice_axis")
     if axis not in AXIS_NAMES or not isinstance(entry.get("slices"), list):
         return None
@@ -57,7 +62,6 @@ def slices_of(entry: dict[str, Any]) -> dict[str, Any] | None:
         structure = item.get("structure")
         slices.append([item["index"], _number(item.get("uncertainty")) or 0.0,
                        str(structure) if structure is not None else None])
-    slices.sort(key=lambda s: (-s[1], s[0]))
     return {"axis": axis, "slices": slices, "visited": []}
 
 
@@ -96,24 +100,29 @@ class SliceStop:
 def next_stop(state: ModuleState, rows: Sequence[Any], record_key: str | None = None,
               frame: int | None = None) -> SliceStop | None:
     """The least certain slice not yet visited of the row (``record_key``, ``frame``), else of the
-    rows after it in the review table's order (``rows``: logic.review_rows(), then from the top).
+    rows after it in the review table's order (``rows``: logic.review_rows(), then from the top), in
+    passes of SLICES_PER_PASS slices a row: a row that has shown its pass's slices waits for the others.
     None when every predicted slice has been visited. :func:`visit` marks it visited once shown."""
     rows = [r for r in rows if r.role == PREDICTED]
     start = next((i for i, r in enumerate(rows) if r.record.key == record_key and r.frame == frame), 0)
+    found = []  # (row, its slices not yet seen, how many it has shown)
     for row in rows[start:] + rows[:start]:
         record = row.record
-        review = state.review(record.key)
-        data = review.get(frame_key(row.frame))
+        data = state.review(record.key).get(frame_key(row.frame))
         if not isinstance(data, dict) or data.get("axis") not in AXIS_NAMES:
             continue
         skip = set(data.get("visited", [])) | (set(record.accepted) if row.frame is None else set())
-        waiting = [s for s in data.get("slices", []) if s[0] not in skip]
-        if not waiting:
-            continue
-        index, uncertainty, structure = waiting[0]
-        return SliceStop(record, row.name, row.frame, int(index), data["axis"], float(uncertainty), structure,
-                         len(waiting) - 1)
-    return None
+        listed = data.get("slices", [])
+        waiting = [s for s in listed if s[0] not in skip]
+        if waiting:
+            found.append((row, data["axis"], waiting, len(listed) - len(waiting)))
+    if not found:
+        return None
+    this_pass = min(seen // SLICES_PER_PASS for *_, seen in found)
+    row, axis, waiting, _ = next(f for f in found if f[3] // SLICES_PER_PASS == this_pass)
+    index, uncertainty, structure = waiting[0]
+    return SliceStop(row.record, row.name, row.frame, int(index), axis, float(uncertainty), structure,
+                     len(waiting) - 1)
 
 
 def visit(state: ModuleState, stop: SliceStop) -> None:

@@ -7,13 +7,14 @@ the engine's own quality.slice_uncertainties lists them from the run's predictio
 maps (so a run made before a change of that function is ranked as the engine ranks now):
 ``uncertain`` the K slices of highest mean uncertainty, ``uncertain_voxels`` the slice of most
 uncertain voxels (the sum of their entropy) of each of the K volumes whose such slice is highest
-(one slice a volume, then a second, ...), ``random`` K drawn by seed from the same slices. Two arms follow
+(one slice a volume, then a second, ...), ``random`` K drawn by seed from the same slices. Four arms follow
 the review table as the module shows it (the run's volumes in ``run.summary.review_order``: lowest estimated
-Dice first): ``review_path`` is a reviewer who presses "Next uncertain slice" and corrects every slice it
-shows (the first volume's slices, least certain first, then the next volume's) until K are corrected;
-``review_path_2`` the two least certain slices of each volume in the table's order (then each one's next two),
-``review_path_2_voxels`` the same by the slices' uncertain voxels (the most wrong voxels) instead of their mean;
-``worst_volumes`` corrects the least certain slice of each of the K first volumes (then each one's second, ...).
+Dice first) and correct every slice they show until K are corrected: ``review_path`` is a reviewer who presses
+"Next uncertain slice" (the module's review.SLICES_PER_PASS, 2, most uncertain voxels first of each volume in
+the table's order, then each one's next two); ``whole_volumes`` the module's path until 2026-12-05 (every slice
+of the first volume, highest mean uncertainty first, then the next volume's; "review_path" in results of
+before); ``review_path_2`` two a volume by the mean; ``worst_volumes`` the least certain slice (by the mean) of
+each of the K first volumes (then each one's second, ...).
 A reviewer who corrects a slice leaves the ground truth on it, so each chosen volume becomes annotated on exactly
 its chosen slices (``--annotated-slices``, the ground truth label file); the model is retrained once
 from the run's model (``--init-model``, the engine's warm-start schedule) with the run's annotated
@@ -58,8 +59,8 @@ SPREAD = {"uncertain_voxels"}
 #: Arms that follow the review table's order of volumes (module docstring): how many slices of a volume
 #: each corrects before it goes on to the next (None: every slice; then each volume's next ones), and the
 #: slice item's field that orders a volume's slices (highest first; "uncertainty" is the engine's order).
-TABLE_ARMS = {"review_path": (None, "uncertainty"), "review_path_2": (2, "uncertainty"),
-              "worst_volumes": (1, "uncertainty"), "review_path_2_voxels": (2, "uncertain_voxels")}
+TABLE_ARMS = {"review_path": (2, "uncertain_voxels"), "whole_volumes": (None, "uncertainty"),
+              "review_path_2": (2, "uncertainty"), "worst_volumes": (1, "uncertainty")}
 ARMS = (*RANKED, *TABLE_ARMS, "random", "none")
 
 

@@ -59,7 +59,7 @@ def quality_measure(copies: int = 3, neighbours: bool = True) -> str:
                 if copies else "estimated_dice: not computed (--estimate off), null; ")
     return (estimate + "uncertainty: mean normalised entropy over the structure's predicted voxels (1.0 when none); "
             f"a slice's uncertainty: mean entropy over its predicted foreground and its voxels of entropy above "
-            f"{ENTROPY_FLOOR}")
+            f"{ENTROPY_FLOOR}; its uncertain voxels: their entropy summed, the order of the slices (most first)")
 
 
 QUALITY_MEASURE = quality_measure()
@@ -190,7 +190,9 @@ def slice_uncertainties(labels: np.ndarray, uncertainty: np.ndarray, slice_axis:
                         names: Sequence[str]) -> list[dict[str, Any]]:
     """One item per slice along ``slice_axis`` with predicted foreground or entropy above the floor, least
     certain first: its index, uncertainty, its uncertain voxels (the sum of their entropy: about how many
-    voxels are wrong), the structure of highest mean entropy there and every one's."""
+    voxels are wrong), the structure of highest mean entropy there and every one's. Least certain is most
+    uncertain voxels: the slice where a correction fixes most; the mean would put a sliver of structure at
+    an apex first. Corrections chosen so also teach a retrain more (docs/results/2026-12-05-review-spread.md)."""
     n_classes = len(names) + 1
     stack_labels = np.moveaxis(labels, slice_axis, 0).reshape(labels.shape[slice_axis], -1)
     stack_entropy = np.moveaxis(uncertainty, slice_axis, 0).reshape(labels.shape[slice_axis], -1)
@@ -211,5 +213,5 @@ def slice_uncertainties(labels: np.ndarray, uncertainty: np.ndarray, slice_axis:
         worst = max(per, key=lambda n: per[n]) if per else None
         items.append({"index": int(s), "uncertainty": round(float(total[s] / count[s]), DIGITS),
                       "uncertain_voxels": round(float(total[s]), 1), "structure": worst, "structures": per})
-    items.sort(key=lambda item: (-item["uncertainty"], item["index"]))
+    items.sort(key=lambda item: (-item["uncertain_voxels"], -item["uncertainty"], item["index"]))
     return items
