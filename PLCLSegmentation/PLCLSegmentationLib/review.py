@@ -21,7 +21,7 @@ from .parameters import PREDICTED, ModuleState, VolumeRecord
 VOLUME_KEY = "volume"
 #: "Next uncertain slice" shows this many slices of a prediction, then the next prediction's; once every one
 #: has shown as many, each one's next ones. Corrections spread over volumes teach a retrain more than one
-#: volume corrected whole, and fix about as much by hand (docs/results/2026-12-05-review-spread.md).
+#: volume corrected whole, and fix more by hand (docs/results/2026-12-05-review-spread.md).
 SLICES_PER_PASS = 2
 
 
@@ -105,7 +105,7 @@ def next_stop(state: ModuleState, rows: Sequence[Any], record_key: str | None = 
     None when every predicted slice has been visited. :func:`visit` marks it visited once shown."""
     rows = [r for r in rows if r.role == PREDICTED]
     start = next((i for i, r in enumerate(rows) if r.record.key == record_key and r.frame == frame), 0)
-    found = []  # (row, its slices not yet seen, how many it has shown)
+    found = []  # (row, its slice axis, its slices not yet seen, how many it has shown)
     for row in rows[start:] + rows[:start]:
         record = row.record
         data = state.review(record.key).get(frame_key(row.frame))

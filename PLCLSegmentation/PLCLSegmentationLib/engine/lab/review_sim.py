@@ -58,7 +58,8 @@ RANKED = {"uncertain": "uncertainty", "uncertain_voxels": "uncertain_voxels"}
 SPREAD = {"uncertain_voxels"}
 #: Arms that follow the review table's order of volumes (module docstring): how many slices of a volume
 #: each corrects before it goes on to the next (None: every slice; then each volume's next ones), and the
-#: slice item's field that orders a volume's slices (highest first; "uncertainty" is the engine's order).
+#: slice item's field that orders a volume's slices (highest first; the engine's order is "uncertain_voxels"
+#: since 2026-12-05, "uncertainty" before).
 TABLE_ARMS = {"review_path": (2, "uncertain_voxels"), "whole_volumes": (None, "uncertainty"),
               "review_path_2": (2, "uncertainty"), "worst_volumes": (1, "uncertainty")}
 ARMS = (*RANKED, *TABLE_ARMS, "random", "none")
