@@ -119,7 +119,7 @@ def next_stop(state: ModuleState, rows: Sequence[Any], record_key: str | None = 
     if not found:
         return None
     this_pass = min(seen // SLICES_PER_PASS for *_, seen in found)
-    row, axis, waiting, _ = next(f for f in found if f[3] // SLICES_PER_PASS == this_pass)
+    row, axis, waiting = next((r, a, w) for r, a, w, seen in found if seen // SLICES_PER_PASS == this_pass)
     index, uncertainty, structure = waiting[0]
     return SliceStop(row.record, row.name, row.frame, int(index), axis, float(uncertainty), structure,
                      len(waiting) - 1)

@@ -108,9 +108,9 @@ def choose(arm: str, candidates: list[tuple[str, int, dict[str, Any]]], k: int, 
         for candidate in sorted(candidates, key=lambda c: -c[2][field]):  # stable: the engine's order on ties
             if candidate[0] in walks:
                 walks[candidate[0]].append(candidate)
-        cap = cap or max(map(len, walks.values()), default=1)
-        passes = range(0, max(map(len, walks.values()), default=0), cap)
-        picked = [c for start in passes for walk in walks.values() for c in walk[start:start + cap]][:k]
+        longest = max(map(len, walks.values()), default=0)
+        cap = cap or longest or 1
+        picked = [c for start in range(0, longest, cap) for walk in walks.values() for c in walk[start:start + cap]][:k]
     elif arm in RANKED:
         field = RANKED[arm]
         ranked = sorted(candidates, key=lambda c: (-c[2][field], c[0], c[1]))
