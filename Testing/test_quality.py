@@ -380,6 +380,22 @@ def test_the_review_study_compares_each_arm_with_the_warm_start_alone_seed_by_se
     assert means["none"]["against_none"] is None and means["none"]["cohort_against_none"] is None
 
 
+def test_the_review_curve_pools_random_draws_per_seed_and_starts_every_arm_at_none():
+    from PLCLSegmentationLib.engine.lab.review_study import curve_points
+
+    rows = [{"seed": 0, "arm": "none", "slices": 0, "gain": 0.01},
+            {"seed": 0, "arm": "random", "slices": 10, "gain": 0.02},
+            {"seed": 0, "arm": "random_draw2", "slices": 10, "gain": 0.04},
+            {"seed": 1, "arm": "random", "slices": 10, "gain": 0.05},
+            {"seed": 0, "arm": "random", "slices": 30, "gain": 0.06},
+            {"seed": 0, "arm": "review_path", "slices": 30, "gain": 0.09}]
+    points = curve_points(rows, "gain")
+    assert set(points) == {"random", "review_path"}
+    assert points["random"][10] == {0: pytest.approx(0.03), 1: 0.05}  # seed 0: the mean of its two draws
+    assert points["random"][30] == {0: 0.06}
+    assert points["review_path"] == {0: {0: 0.01}, 30: {0: 0.09}}  # none's gain is every arm's at 0 slices
+
+
 def test_the_cohort_after_a_review_keeps_the_corrected_slices_and_takes_the_retrain_s_segmentation(tmp_path):
     """review_sim.cohort_volume_dice: corrected volumes are the run's segmentation with the corrected slices set to the
     reference; the others, the retrain's segmentation; each volume's mean Dice over its structures."""

@@ -6,14 +6,17 @@ evaluation split against its reference labels (evaluation/report.py) and its sum
 against those Dice (lab/bench_quality.py: Spearman, MAE, bias, the worst 10 % caught), then all seeds'
 pairs pooled; draws the calibration figure of every seed's pairs; and gathers ``review_sim`` folders
 (each an arm's OUT/review.json; several folders of one seed are one seed's arms) into a table of mean
-Dice and gain per corrected slice, arm by arm and seed by seed, and a figure of the gains. Writes
-OUT/review_study.json, OUT/review_study.md, OUT/calibration.png and OUT/simulated_review.png.
+Dice and gain per corrected slice, arm by arm and seed by seed, and a figure of the gains; where the arms
+corrected different numbers of slices, the curve of gain against slices corrected. Writes
+OUT/review_study.json, OUT/review_study.md, OUT/calibration.png, OUT/simulated_review.png and
+OUT/review_curve.png.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import re
 import statistics
 import sys
 from pathlib import Path
@@ -166,6 +169,57 @@ def review_figure(rows: list[dict[str, Any]], path: Path) -> None:
     plt.close(fig)
 
 
+def arm_family(arm: str) -> str:
+    """An arm's name without its random draw (``random_draw2`` is ``random``)."""
+    return re.sub(r"_draw\d+$", "", arm)
+
+
+def curve_points(rows: list[dict[str, Any]], field: str) -> dict[str, dict[int, dict[int, float]]]:
+    """Per arm family, per number of slices corrected, per seed: the gain in ``field``, the mean of the seed's
+    random draws; ``none`` is every family's point at 0 slices."""
+    draws: dict[tuple[str, int, int], list[float]] = {}
+    for row in rows:
+        draws.setdefault((arm_family(row["arm"]), row["slices"], row["seed"]), []).append(row[field])
+    found: dict[str, dict[int, dict[int, float]]] = {}
+    for (family, slices, seed), gains in draws.items():
+        if family != "none":
+            found.setdefault(family, {}).setdefault(slices, {})[seed] = statistics.mean(gains)
+    for (family, _, seed), gains in draws.items():
+        if family == "none":
+            for points in found.values():
+                points.setdefault(0, {})[seed] = statistics.mean(gains)
+    return found
+
+
+def curve_figure(rows: list[dict[str, Any]], path: Path) -> None:
+    """The gain against the number of slices corrected, arm by arm: the mean over seeds (each seed the mean of
+    its random draws) as a line, each seed as a dot; left on the evaluation split, right on the cohort."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    for ax, field, title in ((axes[0], "gain", "evaluation split (volumes nobody reviewed)"),
+                             (axes[1], "cohort_gain", "the cohort: corrected slices kept, the rest retrained")):
+        for n, (family, points) in enumerate(sorted(curve_points(rows, field).items())):
+            ks = sorted(points)
+            ax.plot(ks, [statistics.mean(points[k].values()) for k in ks], "-o", color=f"C{n}", label=family)
+            for k in ks:
+                ax.scatter([k] * len(points[k]), list(points[k].values()), s=12, color=f"C{n}", alpha=0.4)
+        ax.axhline(0, color="0.3", linewidth=0.8)
+        ax.set_xlabel("slices corrected")
+        ax.set_title(title, fontsize=9)
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("mean Dice after the retrain\nminus the model's")
+    axes[0].legend(fontsize=8)
+    fig.suptitle("Simulated review: the gain by slices corrected (line: mean of seeds; dots: seeds)", fontsize=10)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
+    plt.close(fig)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="review_study", description=__doc__.splitlines()[0])
     parser.add_argument("out", type=Path)
@@ -187,6 +241,8 @@ def main(argv: list[str] | None = None) -> int:
                        args.out / "calibration.png")
     if rows:
         review_figure(rows, args.out / "simulated_review.png")
+        if len({r["slices"] for r in rows if r["arm"] != "none"}) > 1:
+            curve_figure(rows, args.out / "review_curve.png")
     print(markdown(study))
     return 0
 
