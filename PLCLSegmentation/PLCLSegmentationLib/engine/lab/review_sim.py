@@ -24,8 +24,9 @@ Dice on the evaluation split (what the retrain learned, on volumes nobody review
 (the unannotated volumes as the reviewer holds them afterwards: the corrected slices kept, the rest
 segmented by the retrain; ``cohort_volume_dice``), the cohort's gain taken apart (``split_gain``): what the
 corrected slices add to their own volumes, and what the retrain changes on the volumes nobody corrected.
-Writes OUT/review.json and OUT/review.md: both per arm, their gains over the run's model and the gains per
-corrected slice.
+``--retrain-seed`` retrains the same slices with another seed (the arm recorded as ``ARM_retrainN``): what one
+retrain varies by itself. Writes OUT/review.json and OUT/review.md: both per arm, their gains over the run's
+model and the gains per corrected slice.
 """
 
 from __future__ import annotations
@@ -152,7 +153,8 @@ def run_arm(arm: str, chosen: dict[str, list[int]], run: Path, results: dict[str
     unlabeled = [c for c in cases["unlabeled"] if c not in chosen]
     train = ["train", "--data", str(dataset.root), "--labeled-cases", ",".join(labeled),
              "--unlabeled-cases", ",".join(unlabeled), "--init-model", str(run / "train" / MODEL_FILE),
-             "--out", str(folder / "train"), "--seed", str(seed), "--device", args.device,
+             "--out", str(folder / "train"), "--seed", str(seed if args.retrain_seed is None else args.retrain_seed),
+             "--device", args.device,
              *[a for spec in specs for a in ("--annotated-slices", spec)],
              *(["--iterations", str(args.iterations)] if args.iterations else ["--minutes", str(args.minutes)])]
     trained = run_child(train, folder / "train.log")
@@ -251,6 +253,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--iterations", type=int)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--draw", type=int, default=0, help="another draw of the random arm's slices (0: the first)")
+    parser.add_argument("--retrain-seed", type=int, help="the retrain's seed (default: the run's): the same slices "
+                                                           "retrained again, to measure what one retrain varies")
     args = parser.parse_args(argv)
     arms = [a for a in args.arms.split(",") if a]
     unknown = [a for a in arms if a not in ARMS]
@@ -275,6 +279,7 @@ def main(argv: list[str] | None = None) -> int:
     for arm in arms:
         chosen = choose(arm, candidates, args.slices, seed, table, args.draw)
         name = f"{arm}_draw{args.draw + 1}" if arm == "random" and args.draw else arm  # apart from the first draw
+        name += "" if args.retrain_seed is None else f"_retrain{args.retrain_seed}"
         review["arms"].append(run_arm(name, chosen, args.run, {"seed": seed, "cases": cases}, bench["data"],
                                       args.out, args))
         write_json(args.out / "review.json", review)

@@ -170,13 +170,13 @@ def review_figure(rows: list[dict[str, Any]], path: Path) -> None:
 
 
 def arm_family(arm: str) -> str:
-    """An arm's name without its random draw (``random_draw2`` is ``random``)."""
-    return re.sub(r"_draw\d+$", "", arm)
+    """An arm's name without its random draw or retrain seed (``random_draw2_retrain7`` is ``random``)."""
+    return re.sub(r"(_draw\d+)?(_retrain\d+)?$", "", arm)
 
 
 def curve_points(rows: list[dict[str, Any]], field: str) -> dict[str, dict[int, dict[int, float]]]:
     """Per arm family, per number of slices corrected, per seed: the gain in ``field``, the mean of the seed's
-    random draws; ``none`` is every family's point at 0 slices."""
+    random draws and retrains; ``none`` (the mean of its retrains) is every family's point at 0 slices."""
     draws: dict[tuple[str, int, int], list[float]] = {}
     for row in rows:
         draws.setdefault((arm_family(row["arm"]), row["slices"], row["seed"]), []).append(row[field])
