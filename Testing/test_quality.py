@@ -367,6 +367,8 @@ def test_the_review_study_compares_each_arm_with_the_warm_start_alone_seed_by_se
              "corrections": 0.4, "others_vs_none": 0.03},
             {"seed": 2, "arm": "random", "gain": 0.5, "cohort_gain": 0.4, "corrections": 0.9,  # no none for seed 2
              "others_vs_none": None}]
+    for row in rows:
+        row["slices"] = 0 if row["arm"] == "none" else 10
     for row in rows[:2]:
         row.update(corrections=0.0, others_vs_none=None)
     means = arm_means(rows)
@@ -378,6 +380,12 @@ def test_the_review_study_compares_each_arm_with_the_warm_start_alone_seed_by_se
     assert means["random"]["cohort_gain"] == pytest.approx((0.020 + 0.030 + 0.4) / 3)
     assert means["random"]["cohort_against_none"] == pytest.approx(((0.020 + 0.030) - (0.001 + 0.003)) / 2)
     assert means["none"]["against_none"] is None and means["none"]["cohort_against_none"] is None
+    more = [*rows, {"seed": 0, "arm": "random", "slices": 30, "gain": 0.1, "cohort_gain": 0.2, "corrections": 1.0,
+                    "others_vs_none": 0.0}]
+    means = arm_means(more)  # the same arm with another number of slices: apart
+    assert set(means) == {"none", "random (10)", "random (30)"}
+    assert means["random (10)"]["gain"] == pytest.approx((0.004 + 0.010 + 0.5) / 3)
+    assert means["random (30)"]["against_none"] == pytest.approx(0.1 - (-0.010))
 
 
 def test_the_review_curve_pools_random_draws_per_seed_and_starts_every_arm_at_none():

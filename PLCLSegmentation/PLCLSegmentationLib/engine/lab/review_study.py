@@ -120,20 +120,28 @@ def markdown(study: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def arm_label(row: dict[str, Any], rows: list[dict[str, Any]]) -> str:
+    """A row's arm, with its number of slices where the same arm ran with several (``random (30)``)."""
+    several = len({r["slices"] for r in rows if r["arm"] == row["arm"]}) > 1
+    return f"{row['arm']} ({row['slices']})" if several else row["arm"]
+
+
 def arm_means(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """Per arm: its mean gain over the seeds, and over the seeds that ran ``none``, its mean gain over none's."""
+    """Per arm (and number of slices, arm_label): its mean gain over the seeds, and over the seeds that ran
+    ``none``, its mean gain over none's."""
     found: dict[str, dict[str, Any]] = {}
-    for arm in sorted({r["arm"] for r in rows}):
-        mine = [r for r in rows if r["arm"] == arm]
-        found[arm] = {"seeds": ", ".join(str(r["seed"]) for r in mine)}
+    labels = [arm_label(r, rows) for r in rows]
+    for label in sorted(set(labels)):
+        mine = [r for r, mine_label in zip(rows, labels) if mine_label == label]
+        found[label] = {"seeds": ", ".join(str(r["seed"]) for r in mine)}
         for field, name in (("gain", "against_none"), ("cohort_gain", "cohort_against_none")):
             none = {r["seed"]: r[field] for r in rows if r["arm"] == "none"}
             paired = [r[field] - none[r["seed"]] for r in mine if r["seed"] in none]
-            found[arm][field] = statistics.mean(r[field] for r in mine)
-            found[arm][name] = statistics.mean(paired) if paired and arm != "none" else None
-        found[arm]["corrections"] = statistics.mean(r["corrections"] for r in mine)
+            found[label][field] = statistics.mean(r[field] for r in mine)
+            found[label][name] = statistics.mean(paired) if paired and label != "none" else None
+        found[label]["corrections"] = statistics.mean(r["corrections"] for r in mine)
         others = [r["others_vs_none"] for r in mine if r["others_vs_none"] is not None]
-        found[arm]["others_vs_none"] = statistics.mean(others) if others else None
+        found[label]["others_vs_none"] = statistics.mean(others) if others else None
     return found
 
 
@@ -144,7 +152,8 @@ def review_figure(rows: list[dict[str, Any]], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    arms = sorted({r["arm"] for r in rows})
+    labels = [arm_label(r, rows) for r in rows]
+    arms = sorted(set(labels))
     seeds = sorted({r["seed"] for r in rows})
     slices = max(r["slices"] for r in rows)
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), sharey=True)
@@ -152,8 +161,8 @@ def review_figure(rows: list[dict[str, Any]], path: Path) -> None:
     for ax, field, title in ((axes[0], "gain", "evaluation split (volumes nobody reviewed)"),
                              (axes[1], "cohort_gain", "the cohort: corrected slices kept, the rest retrained")):
         for s, seed in enumerate(seeds):
-            gains = [next((r[field] for r in rows if r["arm"] == arm and r["seed"] == seed), float("nan"))
-                     for arm in arms]
+            gains = [next((r[field] for r, label in zip(rows, labels) if label == arm and r["seed"] == seed),
+                          float("nan")) for arm in arms]
             ax.bar([a + s * width for a in range(len(arms))], gains, width, label=f"seed {seed}", color=f"C{s}")
         ax.axhline(0, color="0.3", linewidth=0.8)
         ax.set_xticks([a + width * (len(seeds) - 1) / 2 for a in range(len(arms))], arms, fontsize=8)
