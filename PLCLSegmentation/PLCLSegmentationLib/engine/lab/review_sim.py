@@ -7,14 +7,15 @@ the engine's own quality.slice_uncertainties lists them from the run's predictio
 maps (so a run made before a change of that function is ranked as the engine ranks now):
 ``uncertain`` the K slices of highest mean uncertainty, ``uncertain_voxels`` the slice of most
 uncertain voxels (the sum of their entropy) of each of the K volumes whose such slice is highest
-(one slice a volume, then a second, ...), ``random`` K drawn by seed from the same slices. Four arms follow
+(one slice a volume, then a second, ...), ``random`` K drawn by seed from the same slices. Five arms follow
 the review table as the module shows it (the run's volumes in ``run.summary.review_order``: lowest estimated
 Dice first) and correct every slice they show until K are corrected: ``review_path`` is a reviewer who presses
 "Next uncertain slice" (the module's review.SLICES_PER_PASS, 2, most uncertain voxels first of each volume in
 the table's order, then each one's next two); ``whole_volumes`` the module's path until 2026-12-05 (every slice
 of the first volume, highest mean uncertainty first, then the next volume's; "review_path" in results of
 before); ``review_path_2`` two a volume by the mean; ``worst_volumes`` the least certain slice (by the mean) of
-each of the K first volumes (then each one's second, ...).
+each of the K first volumes (then each one's second, ...); ``review_path_1`` the review path one slice a volume
+(most uncertain voxels first).
 A reviewer who corrects a slice leaves the ground truth on it, so each chosen volume becomes annotated on exactly
 its chosen slices (``--annotated-slices``, the ground truth label file); the model is retrained once
 from the run's model (``--init-model``, the engine's warm-start schedule) with the run's annotated
@@ -62,7 +63,8 @@ SPREAD = {"uncertain_voxels"}
 #: slice item's field that orders a volume's slices (highest first; the engine's order is "uncertain_voxels"
 #: since 2026-12-05, "uncertainty" before).
 TABLE_ARMS = {"review_path": (2, "uncertain_voxels"), "whole_volumes": (None, "uncertainty"),
-              "review_path_2": (2, "uncertainty"), "worst_volumes": (1, "uncertainty")}
+              "review_path_2": (2, "uncertainty"), "worst_volumes": (1, "uncertainty"),
+              "review_path_1": (1, "uncertain_voxels")}
 ARMS = (*RANKED, *TABLE_ARMS, "random", "none")
 
 
