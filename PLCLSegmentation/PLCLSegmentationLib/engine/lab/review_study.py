@@ -202,7 +202,8 @@ def curve_points(rows: list[dict[str, Any]], field: str) -> dict[str, dict[int, 
 
 def curve_figure(rows: list[dict[str, Any]], path: Path) -> None:
     """The gain against the number of slices corrected, arm by arm: the mean over seeds (each seed the mean of
-    its random draws) as a line, each seed as a dot; left on the evaluation split, right on the cohort."""
+    its random draws and retrains) as a line, each seed as a dot; left on the evaluation split, right on the
+    cohort."""
     import matplotlib
 
     matplotlib.use("Agg")
