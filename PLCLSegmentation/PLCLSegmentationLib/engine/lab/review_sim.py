@@ -35,6 +35,7 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import re
 import shutil
 import sys
 import time
@@ -133,6 +134,18 @@ def choose(arm: str, candidates: list[tuple[str, int, dict[str, Any]]], k: int, 
     for name, index, _ in picked:
         chosen.setdefault(name, []).append(index)
     return {name: sorted(indices) for name, indices in sorted(chosen.items())}
+
+
+def recorded_name(arm: str, draw: int = 0, retrain_seed: int | None = None) -> str:
+    """The name an arm's run is recorded under: a later random draw and another retrain seed apart from the
+    first (``random_draw2``, ``review_path_retrain100``); arm_family reads it back."""
+    name = f"{arm}_draw{draw + 1}" if arm == "random" and draw else arm
+    return name if retrain_seed is None else f"{name}_retrain{retrain_seed}"
+
+
+def arm_family(name: str) -> str:
+    """A recorded name's arm, without its random draw or retrain seed (``random_draw2_retrain7`` is ``random``)."""
+    return re.sub(r"(_draw\d+)?(_retrain\d+)?$", "", name)
 
 
 def annotated_after_review(cases: dict[str, Any], chosen: dict[str, list[int]]) -> tuple[list[str], list[str]]:
@@ -280,8 +293,7 @@ def main(argv: list[str] | None = None) -> int:
               "date": time.strftime("%Y-%m-%d %H:%M"), "arms": []}
     for arm in arms:
         chosen = choose(arm, candidates, args.slices, seed, table, args.draw)
-        name = f"{arm}_draw{args.draw + 1}" if arm == "random" and args.draw else arm  # apart from the first draw
-        name += "" if args.retrain_seed is None else f"_retrain{args.retrain_seed}"
+        name = recorded_name(arm, args.draw, args.retrain_seed)
         review["arms"].append(run_arm(name, chosen, args.run, {"seed": seed, "cases": cases}, bench["data"],
                                       args.out, args))
         write_json(args.out / "review.json", review)

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import statistics
 import sys
 from pathlib import Path
@@ -27,7 +26,7 @@ from ..files.volumes import atomic_path
 from ..protocol import SUMMARY_FILE
 from ..run.summary import write_json
 from .bench_quality import calibration_figure, pooled_quality, quality_metrics, quality_pairs
-from .review_sim import cohort_volume_dice, split_gain
+from .review_sim import arm_family, cohort_volume_dice, split_gain
 
 
 def seed_folders(values: list[str], option: str) -> list[tuple[int, Path]]:
@@ -176,11 +175,6 @@ def review_figure(rows: list[dict[str, Any]], path: Path) -> None:
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=110, format="png")
     plt.close(fig)
-
-
-def arm_family(arm: str) -> str:
-    """An arm's name without its random draw or retrain seed (``random_draw2_retrain7`` is ``random``)."""
-    return re.sub(r"(_draw\d+)?(_retrain\d+)?$", "", arm)
 
 
 def curve_points(rows: list[dict[str, Any]], field: str) -> dict[str, dict[int, dict[int, float]]]:

@@ -192,7 +192,8 @@ def slice_uncertainties(labels: np.ndarray, uncertainty: np.ndarray, slice_axis:
     certain first: its index, uncertainty, its uncertain voxels (the sum of their entropy: about how many
     voxels are wrong), the structure of highest mean entropy there and every one's. Least certain is most
     uncertain voxels: the slice where a correction fixes most; the mean would put a sliver of structure at
-    an apex first. Corrections chosen so also teach a retrain more (docs/results/2026-12-05-review-spread.md)."""
+    an apex first. On 10 corrected slices they also taught a retrain more than slices chosen by the mean
+    (docs/results/2026-12-05-review-spread.md)."""
     n_classes = len(names) + 1
     stack_labels = np.moveaxis(labels, slice_axis, 0).reshape(labels.shape[slice_axis], -1)
     stack_entropy = np.moveaxis(uncertainty, slice_axis, 0).reshape(labels.shape[slice_axis], -1)
