@@ -15,7 +15,9 @@ the table's order, then each one's next two); ``whole_volumes`` the module's pat
 of the first volume, highest mean uncertainty first, then the next volume's; "review_path" in results of
 before); ``review_path_2`` two a volume by the mean; ``worst_volumes`` the least certain slice (by the mean) of
 each of the K first volumes (then each one's second, ...); ``review_path_1`` the review path one slice a volume
-(most uncertain voxels first).
+(most uncertain voxels first); ``dense_path`` the review path with a volume's slices ordered by their uncertain
+voxels times their information density, ``disagreement_path`` by their disagreement with the mirrored copies
+(slice_signals.py).
 A reviewer who corrects a slice leaves the ground truth on it, so each chosen volume becomes annotated on exactly
 its chosen slices (``--annotated-slices``, the ground truth label file); the model is retrained once
 from the run's model (``--init-model``, the engine's warm-start schedule) with the run's annotated
@@ -54,6 +56,7 @@ from ..method.quality import slice_uncertainties
 from ..protocol import MODEL_FILE, SUMMARY_FILE
 from ..run.summary import review_order, write_json
 from .child import run_child
+from .slice_signals import add_signals, cohort_signals
 
 #: The arms, and the slice item's field the ranked ones order by (highest first).
 RANKED = {"uncertain": "uncertainty", "uncertain_voxels": "uncertain_voxels"}
@@ -65,7 +68,10 @@ SPREAD = {"uncertain_voxels"}
 #: since 2026-12-05, "uncertainty" before).
 TABLE_ARMS = {"review_path": (2, "uncertain_voxels"), "whole_volumes": (None, "uncertainty"),
               "review_path_2": (2, "uncertainty"), "worst_volumes": (1, "uncertainty"),
-              "review_path_1": (1, "uncertain_voxels")}
+              "review_path_1": (1, "uncertain_voxels"), "dense_path": (2, "dense_voxels"),
+              "disagreement_path": (2, "disagreement")}
+#: Arms ordered by a signal of slice_signals.py (computed with the run's model only where one is asked for).
+SIGNAL_ARMS = {"dense_path", "disagreement_path"}
 ARMS = (*RANKED, *TABLE_ARMS, "random", "none")
 
 
@@ -282,7 +288,11 @@ def main(argv: list[str] | None = None) -> int:
     cases = bench["protocol"]["cases"].get(str(seed)) or bench["protocol"]["cases"][seed]
     args.eval_split = bench["protocol"]["eval_split"]
     summary = json.loads((args.run / "train" / SUMMARY_FILE).read_text())
-    candidates = candidate_slices(ranked_slices(summary, set(cases["unlabeled"])))
+    slices = ranked_slices(summary, set(cases["unlabeled"]))
+    if SIGNAL_ARMS & set(arms):
+        add_signals(slices, cohort_signals(args.run / "train" / MODEL_FILE, summary, set(slices),
+                                           disagreement="disagreement_path" in arms))
+    candidates = candidate_slices(slices)
     table = [e["name"] for e in review_order(summary["volumes"], summary.get("estimate") != "off")
              if e["name"] in set(cases["unlabeled"])]
     args.out.mkdir(parents=True, exist_ok=True)

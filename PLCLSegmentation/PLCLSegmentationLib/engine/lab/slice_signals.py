@@ -1,0 +1,115 @@
+"""Two more signals for choosing the slices a reviewer corrects, and where each puts the review's slices.
+
+The simulated review (review_sim.py) found that a retrain learns less from the slices of most uncertain
+voxels than from random ones on good models, and that a third of those slices lie at one end of the
+stack. Two remedies from active learning, measured here:
+
+- information density (Settles and Craven, 2008): a slice worth correcting is uncertain and also like many
+  others, so that what a retrain learns from it carries over. A slice is described by the model's deepest
+  encoder features averaged over it (the network's own view of what the slice shows); its density is the
+  mean Gaussian kernel (features standardised, the bandwidth the median distance) to every slice of the
+  cohort, scaled to 1 at the most typical. review_sim's ``dense_path`` orders a volume's slices by their
+  uncertain voxels times this density.
+- disagreement with mirrored copies of the input (the quality estimate's copies, predictor.MIRRORS): the
+  voxels where a copy's labels differ from the prediction, a measure of what the model does not know
+  rather than of what is ambiguous in the image.
+
+review_signals.py reports where the slices each signal chooses lie; review_sim.py retrains on them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..files.volumes import read_volume
+from ..method.modelfile import ModelInfo
+from ..method.predict import keep_largest_components
+from ..method.predictor import MIRRORS, Predictor
+from ..method.preprocess import PreparedVolume
+
+
+@torch.no_grad()
+def encoder_features(model: torch.nn.Module, info: ModelInfo, prepared: PreparedVolume,
+                     batch: int = 16) -> np.ndarray:
+    """[S, C]: each stack slice's deepest encoder features, averaged over the slice (padded to the
+    network's divisor)."""
+    images = prepared.images
+    divisor = 2 ** (info.levels - 1)
+    height, width = images.shape[1:]
+    found = []
+    for start in range(0, images.shape[0], batch):
+        x = F.pad(images[start:start + batch, None], (0, (-width) % divisor, 0, (-height) % divisor))
+        for level, block in enumerate(model.encoder):
+            x = block(F.max_pool2d(x, 2) if level else x)
+        found.append(x.mean(dim=(2, 3)))
+    return torch.cat(found).float().numpy()
+
+
+def mirror_disagreement(predictor: Predictor, prepared: PreparedVolume) -> np.ndarray:
+    """[S]: per stack slice, the mean over the mirrored copies of the pixels (on the network's grid) where the
+    copy's labels differ from the prediction's and either is foreground, both cleaned up as the prediction is."""
+    probabilities = predictor.probabilities(prepared.images)
+    stacks = [probabilities.argmax(1).to(torch.uint8).numpy()]
+    for dims in MIRRORS:
+        mirrored = predictor.probabilities(prepared.images.flip(dims)).flip([d + 1 for d in dims])
+        stacks.append(mirrored.argmax(1).to(torch.uint8).numpy())
+    if predictor.info.largest_component:
+        stacks = [keep_largest_components(s, predictor.num_classes) for s in stacks]
+    main = stacks[0]
+    return np.mean([((copy != main) & ((copy > 0) | (main > 0))).sum(axis=(1, 2)) for copy in stacks[1:]], axis=0)
+
+
+def in_file_order(per_slice: np.ndarray, prepared: PreparedVolume) -> np.ndarray:
+    """A stack's per-slice values indexed by the slice's index in the file (the index slice items carry)."""
+    return per_slice[::-1].copy() if prepared.layout.flips[0] else per_slice
+
+
+def cohort_signals(model_file: Path, summary: dict[str, Any], cases: set[str],
+                   disagreement: bool = False) -> dict[str, dict[str, np.ndarray]]:
+    """Each volume of ``cases`` (summary.json's ``volumes``): its slices' ``features`` [n, C] and, where asked
+    for, ``disagreement`` [n], indexed by the slice's index in the file."""
+    predictor = Predictor.load(model_file, torch.device("cpu"), precision="fp32", backend="torch")
+    found = {}
+    for entry in summary["volumes"]:
+        if entry["name"] not in cases:
+            continue
+        prepared, _ = predictor.prepare(read_volume(entry["image"]))
+        signals = {"features": in_file_order(encoder_features(predictor.model, predictor.info, prepared), prepared)}
+        if disagreement:
+            signals["disagreement"] = in_file_order(mirror_disagreement(predictor, prepared), prepared)
+        found[entry["name"]] = signals
+    return found
+
+
+def densities(features: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Each slice's information density among all slices of all volumes (module docstring), 0 to 1."""
+    names = sorted(features)
+    stacked = np.concatenate([features[n] for n in names]).astype(np.float64)
+    standard = (stacked - stacked.mean(axis=0)) / (stacked.std(axis=0) + 1e-6)
+    squared = (standard ** 2).sum(axis=1)
+    distances = np.maximum(squared[:, None] + squared[None, :] - 2.0 * standard @ standard.T, 0.0)
+    bandwidth = max(float(np.median(distances)), 1e-12)
+    density = np.exp(-distances / bandwidth).mean(axis=1)
+    density /= density.max()
+    found, offset = {}, 0
+    for name in names:
+        found[name] = density[offset:offset + len(features[name])]
+        offset += len(features[name])
+    return found
+
+
+def add_signals(slices: dict[str, list[dict[str, Any]]], signals: dict[str, dict[str, np.ndarray]]) -> None:
+    """Each slice item's ``density`` and ``dense_voxels`` (its uncertain voxels times its density) and, where
+    measured, its ``disagreement``."""
+    density = densities({name: signals[name]["features"] for name in slices})
+    for name, items in slices.items():
+        for item in items:
+            item["density"] = round(float(density[name][item["index"]]), 4)
+            item["dense_voxels"] = round(item["uncertain_voxels"] * item["density"], 1)
+            if "disagreement" in signals[name]:
+                item["disagreement"] = round(float(signals[name]["disagreement"][item["index"]]), 1)
