@@ -10,7 +10,7 @@ from conftest import make_image, phantom
 
 from PLCLSegmentationLib.engine.files.volumes import ClassInfo, Grid, Volume
 from PLCLSegmentationLib.engine.lab.review_signals import stack_fifths
-from PLCLSegmentationLib.engine.lab.review_sim import candidate_slices, choose
+from PLCLSegmentationLib.engine.lab.review_sim import bench_run, candidate_slices, choose
 from PLCLSegmentationLib.engine.lab.slice_signals import (
     add_signals,
     densities,
@@ -60,6 +60,18 @@ def test_the_path_by_density_or_disagreement_orders_each_volume_s_slices_by_that
     assert choose("dense_path", candidates, 1, seed=0, table=["a", "b"]) == {"a": [0]}
     assert choose("disagreement_path", candidates, 3, seed=0, table=["a", "b"]) == {"a": [1, 2], "b": [1]}
     assert stack_fifths({"a": [0, 2], "b": [9]}, {"a": 3, "b": 10}) == [1, 0, 0, 1, 1]
+
+
+def test_a_bench_method_folder_names_its_seed_and_the_bench_holds_that_seed_s_cases(tmp_path):
+    import json
+
+    cases = {"labeled": ["p1"], "unlabeled": ["p2", "p3"], "evaluation": ["p9"]}
+    (tmp_path / "results.json").write_text(json.dumps({"protocol": {"cases": {"0": {}, "1": cases}}, "runs": []}))
+    run = tmp_path / "runs" / "seed1" / "plcl"
+    results, seed, found = bench_run(run)
+    assert (seed, found) == (1, cases) and results["runs"] == []
+    elsewhere = tmp_path / "moved" / "seed1" / "plcl"
+    assert bench_run(elsewhere, bench=tmp_path)[2] == cases  # --bench: the results beside another folder
 
 
 @pytest.fixture(scope="module")

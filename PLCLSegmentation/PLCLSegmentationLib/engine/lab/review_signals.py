@@ -21,7 +21,7 @@ import numpy as np
 from ..files.volumes import atomic_path
 from ..protocol import MODEL_FILE, SUMMARY_FILE
 from ..run.summary import review_order
-from .review_sim import candidate_slices, choose, ranked_slices
+from .review_sim import bench_run, candidate_slices, choose, ranked_slices
 from .slice_signals import add_signals, cohort_signals
 
 #: Parts of the stack (by a slice's index over the stack's length) that a choice's slices are counted in.
@@ -39,9 +39,7 @@ def stack_fifths(chosen: dict[str, list[int]], lengths: dict[str, int]) -> list[
 
 def run_report(run: Path, k: int) -> list[str]:
     """One RUN's lines of the report (module docstring)."""
-    bench = json.loads((run.parents[2] / "results.json").read_text())
-    seed = int(run.parent.name.removeprefix("seed"))
-    cases = bench["protocol"]["cases"].get(str(seed)) or bench["protocol"]["cases"][seed]
+    _, seed, cases = bench_run(run)
     summary = json.loads((run / "train" / SUMMARY_FILE).read_text())
     slices = ranked_slices(summary, set(cases["unlabeled"]))
     signals = cohort_signals(run / "train" / MODEL_FILE, summary, set(slices), disagreement=True)

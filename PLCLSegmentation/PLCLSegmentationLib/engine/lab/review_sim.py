@@ -75,6 +75,14 @@ SIGNAL_ARMS = {"dense_path", "disagreement_path"}
 ARMS = (*RANKED, *TABLE_ARMS, "random", "none")
 
 
+def bench_run(run: Path, bench: Path | None = None) -> tuple[dict[str, Any], int, dict[str, Any]]:
+    """A ``plcl bench`` method folder's bench results (``bench``/results.json; default: three levels above RUN),
+    its seed (from ``runs/seedS``) and that seed's cases (annotated, unannotated, evaluation)."""
+    results = json.loads(((bench or run.parents[2]) / "results.json").read_text())
+    seed = int(run.parent.name.removeprefix("seed"))
+    return results, seed, results["protocol"]["cases"].get(str(seed)) or results["protocol"]["cases"][seed]
+
+
 def segmentation_classes(entry: dict[str, Any], classes: list[dict[str, Any]]) -> np.ndarray:
     """A summary entry's segmentation as class indices (1 for ``classes[0]``, ...) on its image's grid: a
     .seg.nrrd's segments by name, a label map's values by the classes' values."""
@@ -281,11 +289,9 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [a for a in arms if a not in ARMS]
     if unknown or args.slices < 1:
         parser.error(f"--arms from {', '.join(ARMS)}; --slices at least 1")
-    bench = json.loads(((args.bench or args.run.parents[2]) / "results.json").read_text())
-    seed = int(args.run.parent.name.removeprefix("seed"))
+    bench, seed, cases = bench_run(args.run, args.bench)
     method = args.run.name
     (base,) = [r for r in bench["runs"] if r["seed"] == seed and r["method"] == method]
-    cases = bench["protocol"]["cases"].get(str(seed)) or bench["protocol"]["cases"][seed]
     args.eval_split = bench["protocol"]["eval_split"]
     summary = json.loads((args.run / "train" / SUMMARY_FILE).read_text())
     slices = ranked_slices(summary, set(cases["unlabeled"]))
