@@ -28,12 +28,17 @@ from .slice_signals import add_signals, cohort_signals
 FIFTHS = 5
 
 
+def fifth(index: int, length: int) -> int:
+    """Which fifth of a stack of ``length`` slices the slice ``index`` lies in (0: the first, from index 0)."""
+    return min(FIFTHS - 1, index * FIFTHS // length)
+
+
 def stack_fifths(chosen: dict[str, list[int]], lengths: dict[str, int]) -> list[int]:
-    """How many of the chosen slices lie in each fifth of their stack (the first: index 0 onwards)."""
+    """How many of the chosen slices lie in each fifth of their stack."""
     counts = [0] * FIFTHS
     for name, indices in chosen.items():
         for index in indices:
-            counts[min(FIFTHS - 1, index * FIFTHS // lengths[name])] += 1
+            counts[fifth(index, lengths[name])] += 1
     return counts
 
 
@@ -48,7 +53,7 @@ def run_report(run: Path, k: int) -> list[str]:
     by_fifth = [[] for _ in range(FIFTHS)]
     for name, items in slices.items():
         for item in items:
-            by_fifth[min(FIFTHS - 1, item["index"] * FIFTHS // lengths[name])].append(item["density"])
+            by_fifth[fifth(item["index"], lengths[name])].append(item["density"])
     table = [e["name"] for e in review_order(summary["volumes"], summary.get("estimate") != "off")
              if e["name"] in slices]
     candidates = candidate_slices(slices)

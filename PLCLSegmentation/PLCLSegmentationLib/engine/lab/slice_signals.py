@@ -10,7 +10,7 @@ stack. Two remedies from active learning, measured here:
   mean Gaussian kernel (features standardised, the bandwidth the median distance) to every slice of the
   cohort, scaled to 1 at the most typical. review_sim's ``dense_path`` orders a volume's slices by their
   uncertain voxels times this density.
-- disagreement with mirrored copies of the input (the quality estimate's copies, predictor.MIRRORS): the
+- disagreement with mirrored copies of the input (the quality estimate's copies, Predictor.mirrored_labels): the
   voxels where a copy's labels differ from the prediction, a measure of what the model does not know
   rather than of what is ambiguous in the image.
 
@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from ..files.volumes import read_volume
 from ..method.modelfile import ModelInfo
 from ..method.predict import keep_largest_components
-from ..method.predictor import MIRRORS, Predictor
+from ..method.predictor import Predictor
 from ..method.preprocess import PreparedVolume
 
 
@@ -53,11 +53,8 @@ def encoder_features(model: torch.nn.Module, info: ModelInfo, prepared: Prepared
 def mirror_disagreement(predictor: Predictor, prepared: PreparedVolume) -> np.ndarray:
     """[S]: per stack slice, the mean over the mirrored copies of the pixels (on the network's grid) where the
     copy's labels differ from the prediction's and either is foreground, both cleaned up as the prediction is."""
-    probabilities = predictor.probabilities(prepared.images)
-    stacks = [probabilities.argmax(1).to(torch.uint8).numpy()]
-    for dims in MIRRORS:
-        mirrored = predictor.probabilities(prepared.images.flip(dims)).flip([d + 1 for d in dims])
-        stacks.append(mirrored.argmax(1).to(torch.uint8).numpy())
+    labels = predictor.probabilities(prepared.images).argmax(1).to(torch.uint8)
+    stacks = [stack.numpy() for stack in [labels, *predictor.mirrored_labels(prepared.images)]]
     if predictor.info.largest_component:
         stacks = [keep_largest_components(s, predictor.num_classes) for s in stacks]
     main = stacks[0]

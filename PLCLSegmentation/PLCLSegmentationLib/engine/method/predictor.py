@@ -141,6 +141,12 @@ class Predictor:
                               2 ** (info.levels - 1), self.device, channels_last=self.backend == "torch",
                               autocast=self.autocast)
 
+    def mirrored_labels(self, images: torch.Tensor) -> list[torch.Tensor]:
+        """The quality estimate's mirrored copies of prepared slices [S, H, W]: each copy's labels [S, H, W] (uint8,
+        on the CPU), mirrored back; their labels only, one copy's probabilities at a time."""
+        return [self.probabilities(images.flip(dims)).flip([d + 1 for d in dims]).argmax(1).to(torch.uint8)
+                for dims in self.mirrors]
+
     def _estimates(self, probs: torch.Tensor,
                    copies: list[torch.Tensor]) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
         """Each class's agreement (quality.agreement) of a stack's labels with its mirrored copies' labels, each
@@ -169,9 +175,7 @@ class Predictor:
         started = time.monotonic()
         images = torch.cat([p.images for p in group])
         probs = self.probabilities(images)
-        # The quality estimate's mirrored copies: their labels only, one copy's probabilities at a time.
-        mirrored = [self.probabilities(images.flip(dims)).flip([d + 1 for d in dims]).argmax(1).to(torch.uint8)
-                    for dims in self.mirrors]
+        mirrored = self.mirrored_labels(images)
         seconds = (time.monotonic() - started) / len(group)
         offset = 0
         for prepared in group:
