@@ -80,12 +80,31 @@ def test_gradients_reach_the_encoder():
     model = UNet2D(num_classes=4, base_channels=4, levels=3, embedding_dim=8)
     x = torch.randn((4, 1, 32, 32))
     labels = _labels(4, 32)
-    _, embeddings = model(x, with_embedding=True)
+    _, (embeddings,) = model(x, with_embedding=True)
     loss = local_contrastive_loss(embeddings, labels, contrastive_pairs(1, 2), num_classes=4)
     loss.backward()
     first_conv = model.encoder[0][0].weight
     assert first_conv.grad is not None and first_conv.grad.abs().sum() > 0
     assert model.segmentation_head[-1].weight.grad is None  # the contrastive loss does not train the seg head
+
+
+def test_coarser_embedding_levels_have_their_own_heads_and_train_their_decoder_level():
+    torch.manual_seed(0)
+    plain = UNet2D(num_classes=4, base_channels=4, levels=3, embedding_dim=8)
+    model = UNet2D(num_classes=4, base_channels=4, levels=3, embedding_dim=8, embedding_levels=2)
+    extra = set(model.state_dict()) - set(plain.state_dict())
+    assert extra and all(k.startswith("coarse_projection_heads.0.") for k in extra)  # one-level weights unchanged
+    x = torch.randn((4, 1, 32, 32))
+    logits, (fine, coarse) = model(x, with_embedding=True)
+    assert fine.shape == (4, 8, 32, 32) and coarse.shape == (4, 8, 16, 16) and logits.shape == (4, 4, 32, 32)
+    labels = _labels(4, 32)
+    local_contrastive_loss(coarse, labels[:, ::2, ::2], contrastive_pairs(1, 2), num_classes=4).backward()
+    assert model.coarse_projection_heads[0][0].weight.grad.abs().sum() > 0
+    assert model.projection_head[0].weight.grad is None  # the coarse loss does not reach the fine head
+    assert model.decoder[-1][0].weight.grad is None  # nor the last decoder block, after the coarse level
+    assert model.decoder[-2][0].weight.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="embedding_levels 3"):
+        UNet2D(num_classes=4, base_channels=4, levels=3, embedding_levels=3)
 
 
 def test_pairs_follow_the_method():

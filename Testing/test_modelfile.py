@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import pickle
 
 import pytest
@@ -20,8 +21,9 @@ def _info() -> ModelInfo:
                      in_plane_reference=((0.0, 0.8, 0.6), (1.0, 0.0, 0.0)))
 
 
-def test_round_trip_keeps_everything_needed_to_apply_the_model(tmp_path):
-    info = _info()
+@pytest.mark.parametrize("embedding_levels", [1, 2])
+def test_round_trip_keeps_everything_needed_to_apply_the_model(tmp_path, embedding_levels):
+    info = dataclasses.replace(_info(), embedding_levels=embedding_levels)
     model = info.build_network().eval()
     with torch.no_grad():  # make BatchNorm statistics non-trivial
         for m in model.modules():
@@ -36,6 +38,16 @@ def test_round_trip_keeps_everything_needed_to_apply_the_model(tmp_path):
     x = torch.randn((2, 1, 32, 32))
     with torch.no_grad():
         torch.testing.assert_close(loaded(x), model(x))
+        torch.testing.assert_close(loaded(x, with_embedding=True)[1], model(x, with_embedding=True)[1])
+
+
+def test_a_file_from_before_embedding_levels_reads_as_one_level(tmp_path):
+    info = _info()
+    save_model(tmp_path / "model.pt", info.build_network(), info)
+    payload = torch.load(tmp_path / "model.pt", weights_only=True)
+    del payload["info"]["architecture"]["embedding_levels"]
+    torch.save(payload, tmp_path / "old.pt")
+    assert read_model(tmp_path / "old.pt")[0].embedding_levels == 1
 
 
 class _Payload:

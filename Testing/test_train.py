@@ -247,3 +247,28 @@ def test_the_contrastive_class_means_can_come_from_the_mean_teacher(tmp_path, mo
     assert {"contrastive"} <= set(trainer.loss_history[-1])
     with pytest.raises(ConfigError, match="mean teacher"):
         dataclasses.replace(TINY, teacher_ema=0.0, contrastive_targets="teacher").validated()
+
+
+def test_each_embedding_level_is_contrasted_with_labels_at_its_resolution(tmp_path, monkeypatch):
+    """embedding_levels=2: every joint step contrasts the full-resolution embeddings and the half-resolution
+    ones (each with the teacher's of the same level as targets), the labels taken every second pixel; the
+    loss recorded is their mean, and the trained model keeps both heads."""
+    from PLCLSegmentationLib.engine.method import train as train_module
+
+    seen = []
+    real = train_module.local_contrastive_loss
+
+    def recording(embeddings, labels, *args, **kwargs):
+        targets = args[5] if len(args) > 5 else kwargs.get("target_embeddings")
+        seen.append((tuple(embeddings.shape[-2:]), tuple(labels.shape[-2:]), tuple(targets.shape[-2:])))
+        return real(embeddings, labels, *args, **kwargs)
+
+    monkeypatch.setattr(train_module, "local_contrastive_loss", recording)
+    annotated, unannotated = _volumes()
+    config = dataclasses.replace(TINY, teacher_ema=0.5, contrastive_targets="teacher", embedding_levels=2).validated()
+    trainer = Trainer(config, 3, [annotated], [unannotated], RecordingSink(), torch.device("cpu"), tmp_path / "c.pt")
+    trainer.run()
+    size = TINY.patch_size
+    assert seen == [((size, size),) * 3, ((size // 2, size // 2),) * 3] * 4  # both levels, the joint iterations
+    assert "coarse_projection_heads.0.1.weight" in trainer.model.state_dict()
+    assert np.isfinite(trainer.loss_history[-1]["contrastive"])

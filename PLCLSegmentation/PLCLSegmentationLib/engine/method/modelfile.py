@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 from ... import __version__
+from ..config import most_embedding_levels
 from ..errors import InputError
 from ..files.volumes import ClassInfo, atomic_path
 from .network import UNet2D
@@ -45,6 +46,8 @@ class ModelInfo:
     #: slices of the training (quality.neighbour_shares): what a structure's place looks like, for the
     #: quality estimate (None in models before it existed: not used).
     neighbour_shares: tuple[tuple[float, ...], ...] | None = None
+    #: Decoder levels with a contrastive projection head (TrainConfig.embedding_levels; 1 in files before it).
+    embedding_levels: int = 1
     training: dict[str, Any] = field(default_factory=dict)
     engine_version: str = __version__
 
@@ -55,7 +58,8 @@ class ModelInfo:
     def build_network(self, initialise: bool = True) -> UNet2D:
         """The described network; ``initialise=False`` leaves the weights as allocated, for weights
         that are loaded next (or shapes that are only compared)."""
-        return UNet2D(self.num_classes, self.base_channels, self.levels, self.embedding_dim, initialise=initialise)
+        return UNet2D(self.num_classes, self.base_channels, self.levels, self.embedding_dim, initialise=initialise,
+                      embedding_levels=self.embedding_levels)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -63,7 +67,8 @@ class ModelInfo:
             "target_spacing_mm": float(self.target_spacing_mm),
             "patch_size": int(self.patch_size),
             "architecture": {"name": "unet2d", "base_channels": self.base_channels, "levels": self.levels,
-                             "embedding_dim": self.embedding_dim, "in_channels": 1,
+                             "embedding_dim": self.embedding_dim, "embedding_levels": self.embedding_levels,
+                             "in_channels": 1,
                              "num_classes": self.num_classes},
             "normalisation": {"method": "percentile_minmax_clip",
                               "percentiles": [float(p) for p in self.intensity_percentiles]},
@@ -91,6 +96,7 @@ class ModelInfo:
             base_channels=int(arch["base_channels"]),
             levels=int(arch["levels"]),
             embedding_dim=int(arch["embedding_dim"]),
+            embedding_levels=int(arch.get("embedding_levels", 1)),
             intensity_percentiles=_numbers(d["normalisation"]["percentiles"], "normalisation percentiles"),
             inference_tile=int(d.get("inference_tile", 256)),
             inference_overlap=float(d.get("inference_overlap", 0.25)),
@@ -234,6 +240,9 @@ def model_info_problem(info: ModelInfo, raw: dict[str, Any]) -> str | None:
         value = getattr(info, name)
         if not low <= value <= high:
             return f"{name} {value}; {low} to {high} expected"
+    most = most_embedding_levels(info.levels)
+    if not 1 <= info.embedding_levels <= most:
+        return f"embedding_levels {info.embedding_levels}; 1 to {most} expected with {info.levels} levels"
     if not info.classes or len(info.classes) > 254:
         return f"{len(info.classes)} classes; 1 to 254 expected"
     values = [c.value for c in info.classes]

@@ -98,7 +98,8 @@ class Trainer:
         self.run_tag: str | None = None  # recorded in the checkpoints (Checkpoint.run)
         self.cancel = cancel or threading.Event()
         torch.manual_seed(config.seed)
-        self.model = UNet2D(num_classes, config.base_channels, config.levels, config.embedding_dim)
+        self.model = UNet2D(num_classes, config.base_channels, config.levels, config.embedding_dim,
+                            embedding_levels=config.embedding_levels)
         if initial_weights is not None:
             self.model.load_state_dict(initial_weights)
         self.model.to(device)
@@ -287,11 +288,7 @@ class Trainer:
         losses = {"segmentation": loss.detach()}
         if batch.contrastive_images is not None:
             if cfg.contrastive_weight > 0:
-                contrastive = local_contrastive_loss(
-                    embeddings[n_seg:], labels, batch.pairs.to(self.device), self.num_classes,
-                    cfg.temperature, cfg.anchors_per_class, self.contrastive_generator,
-                    self.teacher_embeddings(x[n_seg:]) if cfg.contrastive_targets == "teacher" else None,
-                    hard_anchors=cfg.anchor_sampling == "hard")
+                contrastive = self.contrastive_loss(embeddings, x[n_seg:], labels, batch.pairs.to(self.device), n_seg)
                 loss = loss + cfg.contrastive_weight * contrastive
                 losses["contrastive"] = contrastive.detach()
             if cfg.pseudo_segmentation_weight > 0:
@@ -308,8 +305,23 @@ class Trainer:
         losses["total"] = loss.detach()
         return losses
 
+    def contrastive_loss(self, embeddings: list[torch.Tensor], views: torch.Tensor, labels: torch.Tensor,
+                         pairs: torch.Tensor, n_seg: int) -> torch.Tensor:
+        """The local contrastive loss of the contrastive views (after the first ``n_seg`` slices of each
+        level's embeddings), the mean over the embedding levels; a coarser level's labels are every
+        second (fourth, ...) pixel's, which is nearest-neighbour downsampling."""
+        cfg = self.config
+        targets = self.teacher_embeddings(views) if cfg.contrastive_targets == "teacher" else [None] * len(embeddings)
+        losses = []
+        for level, (embedding, target) in enumerate(zip(embeddings, targets)):
+            step = 2 ** level
+            losses.append(local_contrastive_loss(
+                embedding[n_seg:], labels[:, ::step, ::step], pairs, self.num_classes, cfg.temperature,
+                cfg.anchors_per_class, self.contrastive_generator, target, hard_anchors=cfg.anchor_sampling == "hard"))
+        return torch.stack(losses).mean()
+
     @torch.no_grad()
-    def teacher_embeddings(self, views: torch.Tensor) -> torch.Tensor:
+    def teacher_embeddings(self, views: torch.Tensor) -> list[torch.Tensor]:
         """The mean teacher's embeddings of the contrastive views, in evaluation mode (its BatchNorm
         statistics, not the batch's, as when it predicts)."""
         self.teacher.eval()

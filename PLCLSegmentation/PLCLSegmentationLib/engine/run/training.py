@@ -39,6 +39,19 @@ def target_spacing(config: TrainConfig, volumes: list[Volume]) -> float:
     return float(statistics.median(float(np.mean(slice_layout(v.grid).in_plane_spacing)) for v in volumes))
 
 
+#: The settings that shape the network: a warm start (--init-model) must keep the model's.
+ARCHITECTURE_SETTINGS = ("base_channels", "levels", "embedding_dim", "embedding_levels")
+
+
+def check_architecture(path: str, info: ModelInfo, config: TrainConfig) -> None:
+    """A warm start's settings describe the model's network, or an InputError naming the file."""
+    differ = [f"{name} {getattr(info, name)} (settings: {getattr(config, name)})"
+              for name in ARCHITECTURE_SETTINGS if getattr(info, name) != getattr(config, name)]
+    if differ:
+        raise InputError(path, f"its network has {', '.join(differ)}; a warm start keeps the model's network: "
+                               "drop or match those --set options")
+
+
 def run_training(job: TrainJob, sink: EventSink, cancel: threading.Event | None = None,
                  resume: bool = False) -> dict[str, Any]:
     cancel = cancel or threading.Event()
@@ -53,6 +66,8 @@ def run_training(job: TrainJob, sink: EventSink, cancel: threading.Event | None 
     check_output_folder(out, read, resume)
     spacing = target_spacing(config, [v for v, _ in inputs.annotated])
     initial_info, initial = inputs.initial_model or (None, None)
+    if initial_info is not None:
+        check_architecture(job.init_model, initial_info, config)
     reference = reference_frame([v for v, _ in inputs.annotated], initial_info)
     check_slice_sizes([v for v, _ in inputs.annotated] + inputs.unannotated, spacing, reference)
     checkpoint = _read_checkpoint(out / CHECKPOINT_FILE) if resume and (out / CHECKPOINT_FILE).exists() else None
@@ -116,6 +131,7 @@ def _train(job: TrainJob, inputs: TrainingInputs, sink: EventSink, cancel: threa
         return ModelInfo(
             classes=inputs.classes, target_spacing_mm=spacing, patch_size=config.patch_size,
             base_channels=config.base_channels, levels=config.levels, embedding_dim=config.embedding_dim,
+            embedding_levels=config.embedding_levels,
             intensity_percentiles=tuple(config.intensity_percentiles), inference_tile=config.inference_tile,
             inference_overlap=config.inference_overlap, largest_component=config.largest_component,
             in_plane_reference=reference, neighbour_shares=neighbours,
