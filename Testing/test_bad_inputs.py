@@ -337,6 +337,7 @@ CASES = [
     _set("anchor_sampling", "hardest", 2, "anchor_sampling must be", "not 'hardest'", point="new"),
     _set("online_pseudo_labels", "1", 2, "online_pseudo_labels=1", "true or false", point="new"),
     _set("orientation_augmentation", "yes", 2, "orientation_augmentation='yes'", "true or false", point="new"),
+    _set("slice_position_balance", "yes", 2, "slice_position_balance='yes'", "true or false", point="new"),
     _set("learning_rate_schedule", "linear", 2, "learning_rate_schedule must be", "'cosine'", point="new"),
     _set("teacher_horizon", "1.5", 2, "teacher_horizon=1.5", "must be from 0", point="new"),
     Case("annotated_slices_out_of_range", "new", lambda d: train(d, "img.nii.gz", "lbl.nii.gz",

@@ -323,3 +323,27 @@ def test_automatic_choice_never_takes_a_slice_between_painted_ones_as_background
     assert summary.annotated == expected
     assert SliceSummary(total, painted, background, "all", "Axial").annotated == list(range(total))
     assert SliceSummary(total, painted, background, "painted", "Axial").annotated == sorted(painted + background)
+
+
+def test_slice_position_balance_gives_each_fifth_of_the_stack_the_same_share_of_the_draws():
+    """Corrected slices crowded at one end of their stacks: with slice_position_balance, the segmentation
+    batches draw each occupied fifth of the stack (where a slice lies in its volume) alike; without it, or
+    with whole volumes only, every annotated slice alike, as before."""
+    _, labels = phantom()
+    whole = prepare_volume(Volume("w", "w.nrrd", phantom()[0].astype(np.float32), GRID), 1.0, (1, 99), labels, 3)[0]
+    crowded = _partial(labels)
+    crowded.annotated = torch.zeros(7, dtype=torch.bool)
+    crowded.annotated[:3] = True  # stack slices 0-2 of 7: fifths 0, 1, 1
+    balanced = dataclasses.replace(TINY, slice_position_balance=True)
+    trainer = Trainer(balanced, 3, [whole, crowded], [], RecordingSink(), torch.device("cpu"))
+    positions = torch.cat([(torch.arange(7) + 0.5) / 7, (torch.arange(3) + 0.5) / 7])
+    fifths = (positions * 5).long()
+    assert torch.bincount(fifths).tolist() == [2, 4, 1, 2, 1]  # whole: 1, 2, 1, 2, 1; crowded: 1, 2
+    draws = BatchMaker(balanced, trainer.annotated, None, seed=3,
+                       annotated_weights=trainer.annotated_weights).draw_indices(trainer.annotated, 50_000)
+    shares = torch.bincount(fifths[draws], minlength=5).float() / 50_000
+    assert torch.allclose(shares, torch.full((5,), 0.2), atol=0.01)
+    assert Trainer(TINY, 3, [whole, crowded], [], RecordingSink(), torch.device("cpu")).annotated_weights is None
+    assert Trainer(balanced, 3, [whole], [], RecordingSink(), torch.device("cpu")).annotated_weights is None
+    losses, _ = _one_step(trainer)
+    assert np.isfinite(losses["total"])

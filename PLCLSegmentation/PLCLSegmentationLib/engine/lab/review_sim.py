@@ -27,9 +27,9 @@ Dice on the evaluation split (what the retrain learned, on volumes nobody review
 (the unannotated volumes as the reviewer holds them afterwards: the corrected slices kept, the rest
 segmented by the retrain; ``cohort_volume_dice``), the cohort's gain taken apart (``split_gain``): what the
 corrected slices add to their own volumes, and what the retrain changes on the volumes nobody corrected.
-``--retrain-seed`` retrains the same slices with another seed (the arm recorded as ``ARM_retrainN``): what one
-retrain varies by itself. Writes OUT/review.json and OUT/review.md: both per arm, their gains over the run's
-model and the gains per corrected slice.
+``--set KEY=VALUE`` passes a setting to every retrain (recorded in review.json). ``--retrain-seed`` retrains the
+same slices with another seed (the arm recorded as ``ARM_retrainN``): what one retrain varies by itself. Writes
+OUT/review.json and OUT/review.md: both per arm, their gains over the run's model and the gains per corrected slice.
 """
 
 from __future__ import annotations
@@ -185,6 +185,7 @@ def run_arm(arm: str, chosen: dict[str, list[int]], run: Path, results: dict[str
              "--out", str(folder / "train"), "--seed", str(seed if args.retrain_seed is None else args.retrain_seed),
              "--device", args.device,
              *[a for spec in specs for a in ("--annotated-slices", spec)],
+             *[a for setting in args.set for a in ("--set", setting)],
              *(["--iterations", str(args.iterations)] if args.iterations else ["--minutes", str(args.minutes)])]
     trained = run_child(train, folder / "train.log")
     images = [dataset.image(c) for c in cases["evaluation"]]
@@ -284,6 +285,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--draw", type=int, default=0, help="another draw of the random arm's slices (0: the first)")
     parser.add_argument("--retrain-seed", type=int, help="the retrain's seed (default: the run's): the same slices "
                                                            "retrained again, to measure what one retrain varies")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="a setting of the retrain (plcl train --set), e.g. slice_position_balance=true")
     args = parser.parse_args(argv)
     arms = [a for a in args.arms.split(",") if a]
     unknown = [a for a in arms if a not in ARMS]
@@ -306,7 +309,7 @@ def main(argv: list[str] | None = None) -> int:
     review = {"run": str(args.run), "seed": seed, "k": args.slices, "eval_split": args.eval_split,
               "base_mean_dice": base["mean_dice"], "base_cohort_dice": float(np.mean(list(before.values()))),
               "base_cohort_volumes": before,
-              "date": time.strftime("%Y-%m-%d %H:%M"), "arms": []}
+              "retrain_settings": args.set, "date": time.strftime("%Y-%m-%d %H:%M"), "arms": []}
     for arm in arms:
         chosen = choose(arm, candidates, args.slices, seed, table, args.draw)
         name = recorded_name(arm, args.draw, args.retrain_seed)

@@ -22,6 +22,16 @@ from .augment import patch_coordinates, random_appearance, random_intensity, ran
 from .losses import IGNORE
 
 
+def position_balanced_weights(positions: torch.Tensor, bins: int = 5) -> torch.Tensor:
+    """Drawing chances of slices at ``positions`` (each in [0, 1): where the slice lies in its volume's
+    stack) that give every occupied ``bins``-th of the stack the same share of the draws, shared alike
+    among its slices."""
+    which = (positions * bins).long().clamp(0, bins - 1)
+    counts = torch.bincount(which, minlength=bins).float()
+    weights = 1.0 / counts[which]
+    return weights / weights.sum()
+
+
 @dataclass
 class SliceAtlas:
     """Every slice of a set in one canvas, with a label per pixel (ground truth or pseudo-label).
@@ -149,9 +159,12 @@ class BatchMaker:
     """Draws segmentation batches from annotated slices and, in the joint stage, contrastive
     batches from annotated and pseudo-labelled slices, on the atlases' device."""
 
-    def __init__(self, config: TrainConfig, annotated: SliceAtlas, pseudo: SliceAtlas | None, seed: int) -> None:
+    def __init__(self, config: TrainConfig, annotated: SliceAtlas, pseudo: SliceAtlas | None, seed: int,
+                 annotated_weights: torch.Tensor | None = None) -> None:
         self.config = config
         self.annotated = annotated
+        #: Chances of the annotated slices to be drawn (position_balanced_weights); None: all alike.
+        self.annotated_weights = None if annotated_weights is None else annotated_weights.to(annotated.canvas.device)
         self.pseudo = pseudo if pseudo is not None and len(pseudo) else None
         self.device = annotated.canvas.device
         self.generator = torch.Generator(device=self.device).manual_seed(seed)
@@ -177,10 +190,16 @@ class BatchMaker:
         use_fg = (want & (fg_count > 0)).unsqueeze(1)
         return torch.where(use_fg, pixel + jitter, uniform)
 
+    def draw_indices(self, atlas: SliceAtlas, count: int) -> torch.Tensor:
+        """``count`` slices of ``atlas``, drawn with replacement (the annotated ones by their weights)."""
+        if atlas is self.annotated and self.annotated_weights is not None:
+            return torch.multinomial(self.annotated_weights, count, replacement=True, generator=self.generator)
+        return torch.randint(len(atlas), (count,), generator=self.generator, device=self.device)
+
     def draw(self, atlas: SliceAtlas, count: int) -> tuple[torch.Tensor, torch.Tensor]:
         """``count`` augmented patches (images [B, 1, P, P], labels uint8 [B, P, P])."""
         patch = self.config.patch_size
-        slices = torch.randint(len(atlas), (count,), generator=self.generator, device=self.device)
+        slices = self.draw_indices(atlas, count)
         params = random_spatial(self.config, count, patch, self.generator)
         rows, cols = patch_coordinates(self._centres(atlas, slices), patch, params)
         return atlas.sample(slices, rows, cols)

@@ -17,7 +17,7 @@ from ..config import TrainConfig
 from ..errors import Cancelled, InputError
 from ..events import EventSink
 from ..runtime import autocast_dtype, autocast_to
-from .batches import BackgroundBatches, Batch, BatchMaker, SliceAtlas
+from .batches import BackgroundBatches, Batch, BatchMaker, SliceAtlas, position_balanced_weights
 from .consistency import cutmix, online_labels
 from .losses import IGNORE, local_contrastive_loss, segmentation_loss
 from .modelfile import write_torch_file
@@ -92,6 +92,11 @@ class Trainer:
         self.annotated = SliceAtlas.pack([_annotated_part(v.images, v) for v in annotated],
                                          [_annotated_part(v.labels, v) for v in annotated], device)
         self.unannotated = unannotated + [v for v in annotated if v.partial]
+        self.annotated_weights = None
+        if config.slice_position_balance and any(v.partial for v in annotated):
+            # Slices annotated on some of each volume's slices (corrected ones, say) may crowd one end of the stack.
+            self.annotated_weights = position_balanced_weights(torch.cat([
+                (_annotated_part(torch.arange(len(v.images)), v) + 0.5) / len(v.images) for v in annotated]))
         self._unannotated_atlas: SliceAtlas | None = None
         self.sink = sink
         self.checkpoint_path = checkpoint_path
@@ -227,7 +232,8 @@ class Trainer:
         return cfg.learning_rate * 0.5 * (1.0 + math.cos(math.pi * progress))
 
     def _train_until(self, start: float, end: float, stage: str, pseudo: SliceAtlas | None) -> None:
-        maker = BatchMaker(self.config, self.annotated, pseudo, seed=self.config.seed * 100_003 + self.iteration)
+        maker = BatchMaker(self.config, self.annotated, pseudo, seed=self.config.seed * 100_003 + self.iteration,
+                           annotated_weights=self.annotated_weights)
         make = maker.joint_batch if pseudo is not None else maker.segmentation_batch
         batches = BackgroundBatches(make, enabled=self.config.background_batches)
         try:
