@@ -272,3 +272,35 @@ def test_each_embedding_level_is_contrasted_with_labels_at_its_resolution(tmp_pa
     assert seen == [((size, size),) * 3, ((size // 2, size // 2),) * 3] * 4  # both levels, the joint iterations
     assert "coarse_projection_heads.0.1.weight" in trainer.model.state_dict()
     assert np.isfinite(trainer.loss_history[-1]["contrastive"])
+
+
+def test_the_contrastive_term_joins_the_warm_up_from_its_share_with_the_teachers_labels(tmp_path, monkeypatch):
+    """warmup_contrastive_from=0.5: the first half of the warm-up is supervised only, the second adds the
+    contrastive term on unannotated slices the teacher labels online (no segmentation loss on them until
+    the joint stage); the joint stage then uses the round's stored pseudo-labels, as without it."""
+    from PLCLSegmentationLib.engine.method import train as train_module
+
+    labelled = []
+    real = train_module.online_labels
+
+    def recording(teacher, weak, *args, **kwargs):
+        labelled.append(weak.shape[0])
+        return real(teacher, weak, *args, **kwargs)
+
+    monkeypatch.setattr(train_module, "online_labels", recording)
+    annotated, unannotated = _volumes()
+    config = dataclasses.replace(TINY, warmup_iterations=4, rounds=1, teacher_ema=0.5, warmup_contrastive_from=0.5)
+    sink = RecordingSink()
+    trainer = Trainer(config.validated(), 3, [annotated], [unannotated], sink, torch.device("cpu"), tmp_path / "c.pt")
+    trainer.run()
+    keys = [set(losses) - {"iteration"} for losses in trainer.loss_history]
+    assert keys[:2] == [{"segmentation", "total"}] * 2
+    assert keys[2:4] == [{"segmentation", "contrastive", "total"}] * 2
+    assert keys[4:] == [{"segmentation", "contrastive", "pseudo_segmentation", "total"}] * 2
+    assert labelled == [config.contrastive_images - 1] * 2  # the warm-up's unannotated views only
+    stages = [e["stage"] for e in sink.events if e["event"] == "stage"]
+    assert stages == ["warmup", "pseudo_labels", "joint"]
+    # Without unannotated volumes the warm-up is supervised only, as before.
+    alone = Trainer(config, 3, [annotated], [], RecordingSink(), torch.device("cpu"))
+    alone.run()
+    assert all(set(losses) - {"iteration"} == {"segmentation", "total"} for losses in alone.loss_history)

@@ -102,6 +102,12 @@ class TrainConfig:
     #: unannotated patches from their weak views (spatial augmentation only) for the student's
     #: strong views, instead of the round's stored pseudo-labels; pseudo_label_confidence applies.
     online_pseudo_labels: bool = False
+    #: Share of the supervised warm-up after which the local contrastive loss joins it, on unannotated
+    #: slices labelled at every step by the mean teacher (from their weak views; pseudo_label_confidence
+    #: applies) with annotated ones, as in the joint stage but without a segmentation loss on them: the
+    #: one part of the recipe where the term alone brings the unannotated data in (issue 29's warm-up
+    #: candidate). 1 (the paper): the warm-up is supervised only.
+    warmup_contrastive_from: float = 1.0
     #: Share of unannotated contrastive patches that get a box of another one pasted in (CutMix, in
     #: every view and in the labels).
     cutmix_probability: float = 0.0
@@ -287,7 +293,7 @@ _RANGES: dict[str, tuple[float | None, float | None]] = {
     "joint_iterations": (0, None), "contrastive_weight": (0, None), "anchors_per_class": (1, None),
     "pseudo_segmentation_weight": (0, None), "teacher_ema": (0, 0.9999), "teacher_horizon": (0, 1),
     "pseudo_label_confidence": (0, 1),
-    "cutmix_probability": (0, 1),
+    "cutmix_probability": (0, 1), "warmup_contrastive_from": (0, 1),
     "gamma_max": (1, None), "noise_sigma": (0, None), "rotation_degrees": (0, 180), "elastic_sigma_px": (0, None),
     "elastic_probability": (0, 1), "brightness": (0, None), "inference_tile": (16, 4096),
     "inference_overlap": (0, 0.9), "time_budget_s": (1e-3, None), "snapshots": (0, 1000),

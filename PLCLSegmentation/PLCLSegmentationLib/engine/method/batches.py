@@ -160,8 +160,11 @@ class BatchMaker:
     batches from annotated and pseudo-labelled slices, on the atlases' device."""
 
     def __init__(self, config: TrainConfig, annotated: SliceAtlas, pseudo: SliceAtlas | None, seed: int,
-                 annotated_weights: torch.Tensor | None = None) -> None:
+                 annotated_weights: torch.Tensor | None = None, online_labels: bool | None = None) -> None:
         self.config = config
+        #: Whether joint batches carry the unannotated patches' weak views for the teacher to label them
+        #: (config.online_pseudo_labels unless told).
+        self.online_labels = config.online_pseudo_labels if online_labels is None else online_labels
         self.annotated = annotated
         #: Chances of the annotated slices to be drawn (position_balanced_weights); None: all alike.
         self.annotated_weights = None if annotated_weights is None else annotated_weights.to(annotated.canvas.device)
@@ -224,7 +227,7 @@ class BatchMaker:
         views = torch.cat([random_intensity(contrast, self.config, self.generator),
                            random_intensity(contrast, self.config, self.generator)])
         labels = torch.cat([y[batch_size:], yu])
-        weak = xu if self.config.online_pseudo_labels else None
+        weak = xu if self.online_labels else None
         return Batch(segmentation, y[:batch_size], views, torch.cat([labels, labels]), self.pairs, weak, n_annotated)
 
 

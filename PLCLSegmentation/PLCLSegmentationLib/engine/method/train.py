@@ -98,6 +98,8 @@ class Trainer:
             self.annotated_weights = position_balanced_weights(torch.cat([
                 (_annotated_part(torch.arange(len(v.images)), v) + 0.5) / len(v.images) for v in annotated]))
         self._unannotated_atlas: SliceAtlas | None = None
+        self.stage = "warmup"  # the stage being trained (_train_until)
+        self._contrasting = False  # whether its batches carry contrastive views
         self.sink = sink
         self.checkpoint_path = checkpoint_path
         self.run_tag: str | None = None  # recorded in the checkpoints (Checkpoint.run)
@@ -191,7 +193,11 @@ class Trainer:
         self._end = self._stage_end(rounds, rounds)
         if self._clock() < self._stage_end(0, rounds):
             self.sink.emit("stage", stage="warmup", round=0, total=self._estimated_total())
-            self._train_until(0.0, self._stage_end(0, rounds), stage="warmup", pseudo=None)
+            warmup_end = self._stage_end(0, rounds)
+            contrast_from = warmup_end * cfg.warmup_contrastive_from if self._warmup_contrasts() else warmup_end
+            self._train_until(0.0, warmup_end, stage="warmup", pseudo=None, stop=contrast_from)
+            if self._clock() < warmup_end:
+                self._train_until(0.0, warmup_end, stage="warmup", pseudo=self._warmup_atlas(), online_labels=True)
         for round_index in range(1, rounds + 1):
             end = self._stage_end(round_index, rounds)
             if self._clock() >= end:
@@ -209,6 +215,19 @@ class Trainer:
         self._maybe_snapshot(final=True)
         self.save_checkpoint()
         return self.final_model
+
+    def _warmup_contrasts(self) -> bool:
+        cfg = self.config
+        return cfg.warmup_contrastive_from < 1 and cfg.contrastive_weight > 0 and bool(self.unannotated)
+
+    def _warmup_atlas(self) -> SliceAtlas:
+        """The unannotated slices for the warm-up's contrastive term: no labels yet (the teacher's come
+        online), so every pixel IGNORE and the patches placed uniformly."""
+        stacks = [_unannotated_part(v.images, v) for v in self.unannotated]
+        labels = [torch.full(s.shape, IGNORE, dtype=torch.uint8) for s in stacks]
+        if self._unannotated_atlas is None:  # packed once; _pseudo_atlas relabels it
+            self._unannotated_atlas = SliceAtlas.pack(stacks, labels, self.device)
+        return self._unannotated_atlas
 
     def _pseudo_atlas(self) -> SliceAtlas:
         """The unannotated slices with this round's pseudo-labels: packed once, relabelled after."""
@@ -231,13 +250,18 @@ class Trainer:
         progress = min(1.0, max(0.0, (self._clock() - start) / max(end - start, 1e-9)))
         return cfg.learning_rate * 0.5 * (1.0 + math.cos(math.pi * progress))
 
-    def _train_until(self, start: float, end: float, stage: str, pseudo: SliceAtlas | None) -> None:
+    def _train_until(self, start: float, end: float, stage: str, pseudo: SliceAtlas | None,
+                     stop: float | None = None, online_labels: bool | None = None) -> None:
+        """Train the stage that runs from ``start`` to ``end`` (the learning rate's schedule) until ``stop``
+        (default: its end)."""
+        stop = end if stop is None else stop
+        self.stage, self._contrasting = stage, pseudo is not None
         maker = BatchMaker(self.config, self.annotated, pseudo, seed=self.config.seed * 100_003 + self.iteration,
-                           annotated_weights=self.annotated_weights)
+                           annotated_weights=self.annotated_weights, online_labels=online_labels)
         make = maker.joint_batch if pseudo is not None else maker.segmentation_batch
         batches = BackgroundBatches(make, enabled=self.config.background_batches)
         try:
-            while self._clock() < end:
+            while self._clock() < stop:
                 if self.cancel.is_set():
                     raise Cancelled(self.save_checkpoint())
                 batch = next(batches)
@@ -246,7 +270,7 @@ class Trainer:
                 losses = self.step(batch)
                 self.iteration += 1
                 self.slices_seen += batch.slices
-                self._report(stage, losses, final=self._clock() >= end)
+                self._report(stage, losses, final=self._clock() >= stop)
                 self._maybe_snapshot()
                 if self.iteration % self.config.checkpoint_every == 0:
                     self.save_checkpoint()
@@ -297,7 +321,7 @@ class Trainer:
                 contrastive = self.contrastive_loss(embeddings, x[n_seg:], labels, batch.pairs.to(self.device), n_seg)
                 loss = loss + cfg.contrastive_weight * contrastive
                 losses["contrastive"] = contrastive.detach()
-            if cfg.pseudo_segmentation_weight > 0:
+            if cfg.pseudo_segmentation_weight > 0 and self.stage != "warmup":
                 # Self-training: the segmentation loss on the first view of every contrastive slice.
                 n = labels.shape[0] // 2
                 pseudo_loss = segmentation_loss(logits[n_seg:n_seg + n], labels[:n], cfg.segmentation_loss)
@@ -430,7 +454,7 @@ class Trainer:
             eta = max(0.0, self._end - self._clock())
         else:
             eta = per_iteration * (total - self.iteration)
-        slices = self.config.batch_size + (2 * self.config.contrastive_images if stage == "joint" else 0)
+        slices = self.config.batch_size + (2 * self.config.contrastive_images if self._contrasting else 0)
         self.sink.emit("progress", stage=stage, iteration=self.iteration, total=max(total, self.iteration),
                        losses={k: round(v, 5) for k, v in self._running.items()},
                        elapsed_s=round(elapsed, 2), eta_s=round(eta, 1), slices_per_s=round(slices / per_iteration, 2))
