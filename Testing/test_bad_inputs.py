@@ -341,6 +341,7 @@ CASES = [
     _set("learning_rate_schedule", "linear", 2, "learning_rate_schedule must be", "'cosine'", point="new"),
     _set("teacher_horizon", "1.5", 2, "teacher_horizon=1.5", "must be from 0", point="new"),
     _set("warmup_contrastive_from", "1.5", 2, "warmup_contrastive_from=1.5", "must be from 0", point="new"),
+    _set("prototype_momentum", "1", 2, "prototype_momentum=1", "must be from 0", point="new"),
     Case("annotated_slices_out_of_range", "new", lambda d: train(d, "img.nii.gz", "lbl.nii.gz",
                                                                  "--annotated-slices", "1,7"), 2,
          ("img.nii.gz", "slice 7 is out of range")),

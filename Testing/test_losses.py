@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from PLCLSegmentationLib.engine.method.batches import contrastive_pairs
-from PLCLSegmentationLib.engine.method.losses import IGNORE, local_contrastive_loss, soft_dice_loss
+from PLCLSegmentationLib.engine.method.losses import IGNORE, PrototypeMemory, local_contrastive_loss, soft_dice_loss
 from PLCLSegmentationLib.engine.method.network import UNet2D
 
 
@@ -172,3 +172,54 @@ def test_hard_anchors_are_the_pixels_placed_worst():
     loss_of(True, 0).backward()
     touched = z.grad.abs().sum(1) > 0
     assert touched.sum().item() <= 4 * 3 * 3 and (touched & ~outliers).sum().item() == 0
+
+
+def test_prototypes_replace_the_pairs_class_means():
+    """contrastive_targets='memory': each anchor is contrasted with one prototype per class. Prototypes
+    at the class centres give the bound log(1) = 0 for clustered embeddings; prototypes of another class
+    order give a high loss; a class never seen is left out; the prototypes get no gradient."""
+    labels = _labels()
+    z = _clustered_embeddings(labels, noise=0.0)
+    centres = torch.nn.functional.normalize(z[0, :, 0, [4, 8, 12]].T, dim=-1)  # classes 1, 2, 3
+    pairs = torch.tensor([(0, 1), (2, 3)])
+
+    def loss_of(vectors, seen):
+        return local_contrastive_loss(z.requires_grad_(True), labels, pairs, num_classes=4,
+                                      generator=torch.Generator().manual_seed(2), prototypes=(vectors, seen))
+
+    everything = torch.ones(3, dtype=torch.bool)
+    at_centres = loss_of(centres, everything).item()
+    assert at_centres == pytest.approx(0.0, abs=0.05)
+    assert loss_of(centres[[1, 2, 0]], everything).item() > at_centres + 5
+    vectors = centres.clone().requires_grad_(True)
+    loss_of(vectors, everything).backward()
+    assert vectors.grad is None
+    # Class 2's prototype not yet seen: its anchors are left out, and it is no negative for the others.
+    wrong_unseen = centres.clone()
+    wrong_unseen[1] = centres[0]
+    # Seen, it is a second positive-looking prototype for class 1's anchors (log 2 each) and a wrong one for class 2's.
+    assert loss_of(wrong_unseen, everything).item() > 2 * math.log(2) / 3 - 0.05
+    assert loss_of(wrong_unseen, torch.tensor([True, False, True])).item() == pytest.approx(0.0, abs=0.05)
+
+
+def test_prototype_memory_moves_towards_each_batchs_class_means():
+    labels = _labels(n=2)
+    z = _clustered_embeddings(labels, noise=0.0)
+    memory = PrototypeMemory(num_classes=4, dim=16, momentum=0.9, device=torch.device("cpu"))
+    without_class_3 = labels.clone()
+    without_class_3[without_class_3 == 3] = IGNORE
+    memory.update(z, without_class_3)
+    centres = torch.nn.functional.normalize(z[0, :, 0, [4, 8, 12]].T, dim=-1)
+    assert memory.seen.tolist() == [True, True, False]
+    torch.testing.assert_close(memory.vectors[:2], centres[:2])  # first seen: the batch's mean
+    assert memory.vectors[2].abs().sum() == 0
+    swapped = labels.clone()  # classes 1 and 2 swap places: each one's batch mean is now the other's centre
+    swapped[labels == 1], swapped[labels == 2] = 2, 1
+    memory.update(z, swapped)
+    torch.testing.assert_close(memory.vectors[2], centres[2])  # class 3 first seen now
+    expected = torch.nn.functional.normalize(0.9 * centres[:2] + 0.1 * centres[[1, 0]], dim=-1)
+    torch.testing.assert_close(memory.vectors[:2], expected)
+    restored = PrototypeMemory(4, 16, 0.9, torch.device("cpu"))
+    restored.load_state_dict(memory.state_dict())
+    torch.testing.assert_close(restored.vectors, memory.vectors)
+    assert torch.equal(restored.seen, memory.seen)

@@ -249,6 +249,39 @@ def test_the_contrastive_class_means_can_come_from_the_mean_teacher(tmp_path, mo
         dataclasses.replace(TINY, teacher_ema=0.0, contrastive_targets="teacher").validated()
 
 
+def test_a_momentum_memory_of_class_prototypes_replaces_the_pairs_means(tmp_path, monkeypatch):
+    """contrastive_targets='memory': every contrastive loss gets the memory's prototypes (from the mean
+    teacher's embeddings, one step's worth added before the loss); the checkpoint keeps them, and a
+    resumed trainer starts from them."""
+    from PLCLSegmentationLib.engine.method import train as train_module
+
+    given = []
+    real = train_module.local_contrastive_loss
+
+    def recording(*args, **kwargs):
+        vectors, seen = kwargs["prototypes"]
+        given.append((vectors.clone(), seen.clone()))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(train_module, "local_contrastive_loss", recording)
+    annotated, unannotated = _volumes()
+    config = dataclasses.replace(TINY, teacher_ema=0.5, contrastive_targets="memory", prototype_momentum=0.5)
+    config = config.validated()
+    trainer = Trainer(config, 3, [annotated], [unannotated], RecordingSink(), torch.device("cpu"), tmp_path / "c.pt")
+    trainer.run()
+    assert len(given) == 4  # the joint iterations of both rounds
+    assert all(seen.any() for _, seen in given)
+    assert not torch.equal(given[0][0], given[-1][0])  # the prototypes move from step to step
+    memory = trainer.prototype_memories[0]
+    norms = memory.vectors[memory.seen].norm(dim=-1)
+    torch.testing.assert_close(norms, torch.ones_like(norms))
+    saved = Checkpoint.load(tmp_path / "c.pt").prototypes
+    torch.testing.assert_close(saved[0]["vectors"], memory.vectors)
+    resumed = Trainer(config, 3, [annotated], [unannotated], RecordingSink(), torch.device("cpu"))
+    resumed.restore(Checkpoint.load(tmp_path / "c.pt"))
+    torch.testing.assert_close(resumed.prototype_memories[0].vectors, memory.vectors)
+
+
 def test_each_embedding_level_is_contrasted_with_labels_at_its_resolution(tmp_path, monkeypatch):
     """embedding_levels=2: every joint step contrasts the full-resolution embeddings and the half-resolution
     ones (each with the teacher's of the same level as targets), the labels taken every second pixel; the

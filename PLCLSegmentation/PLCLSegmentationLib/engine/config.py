@@ -75,8 +75,13 @@ class TrainConfig:
     #: "student" (the paper: class means from the trained network's own embeddings) or "teacher":
     #: the class means from the mean teacher's embeddings of the same views, without gradient
     #: (stable targets, as in MoCo and BYOL; needs teacher_ema > 0; one more forward pass of the
-    #: contrastive views per step). Issue 29's candidate; measured in docs/results.
+    #: contrastive views per step). Issue 29's candidate; measured in docs/results. "memory": every
+    #: anchor is contrasted with one prototype per class, a momentum average (prototype_momentum) of
+    #: the class's mean embedding over the steps so far (the mean teacher's embeddings where there is
+    #: one), instead of the pair's class means: issue 29's momentum-memory candidate.
     contrastive_targets: str = "student"
+    #: How much of a class prototype each step keeps (contrastive_targets="memory").
+    prototype_momentum: float = 0.99
     #: How the anchors of a class are drawn among its pixels: "random" (the paper: uniformly) or
     #: "hard": without replacement, with a chance that grows with the pixel's dissimilarity to its own
     #: class mean (1 - cosine), so the anchors are the pixels the embedding still places badly, not
@@ -208,8 +213,9 @@ class TrainConfig:
         if self.learning_rate_schedule not in ("constant", "cosine"):
             raise ConfigError("learning_rate_schedule must be 'constant' or 'cosine', "
                               f"not {self.learning_rate_schedule!r}")
-        if self.contrastive_targets not in ("student", "teacher"):
-            raise ConfigError(f"contrastive_targets must be 'student' or 'teacher', not {self.contrastive_targets!r}")
+        if self.contrastive_targets not in ("student", "teacher", "memory"):
+            raise ConfigError("contrastive_targets must be 'student', 'teacher' or 'memory', "
+                              f"not {self.contrastive_targets!r}")
         if self.anchor_sampling not in ("random", "hard"):
             raise ConfigError(f"anchor_sampling must be 'random' or 'hard', not {self.anchor_sampling!r}")
         if self.contrastive_targets == "teacher" and self.teacher_ema <= 0:
@@ -293,7 +299,7 @@ _RANGES: dict[str, tuple[float | None, float | None]] = {
     "contrastive_images": (1, 4096), "warmup_iterations": (1, None), "rounds": (0, None),
     "joint_iterations": (0, None), "contrastive_weight": (0, None), "anchors_per_class": (1, None),
     "pseudo_segmentation_weight": (0, None), "teacher_ema": (0, 0.9999), "teacher_horizon": (0, 1),
-    "pseudo_label_confidence": (0, 1),
+    "prototype_momentum": (0, 0.9999), "pseudo_label_confidence": (0, 1),
     "cutmix_probability": (0, 1), "warmup_contrastive_from": (0, 1),
     "gamma_max": (1, None), "noise_sigma": (0, None), "rotation_degrees": (0, 180), "elastic_sigma_px": (0, None),
     "elastic_probability": (0, 1), "brightness": (0, None), "inference_tile": (16, 4096),

@@ -38,7 +38,8 @@ def local_contrastive_loss(embeddings: torch.Tensor, labels: torch.Tensor, pairs
                            num_classes: int, temperature: float = 0.1, anchors_per_class: int = 3,
                            generator: torch.Generator | None = None,
                            target_embeddings: torch.Tensor | None = None,
-                           hard_anchors: bool = False) -> torch.Tensor:
+                           hard_anchors: bool = False,
+                           prototypes: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
     """Local contrastive loss over pairs of images.
 
     embeddings: [N, D, H, W] projections; labels: [N, H, W] class per pixel (ground truth or
@@ -47,7 +48,10 @@ def local_contrastive_loss(embeddings: torch.Tensor, labels: torch.Tensor, pairs
     without gradient (stable targets); the anchors are always ``embeddings``. ``hard_anchors``: the P
     anchors of a class are drawn without replacement with weights 1 - cos(u, own class mean), so the
     pixels the embedding places worst are the likeliest anchors (weighted sampling by the keys
-    log(U) / w of Efraimidis and Spirakis); otherwise uniformly, as the paper.
+    log(U) / w of Efraimidis and Spirakis); otherwise uniformly, as the paper. ``prototypes``
+    (vectors [K, D], seen [K], a PrototypeMemory's): where given, every anchor is contrasted with one
+    prototype per foreground class instead of the pair's class means, -log(exp(sim(u, p_c)) / sum over
+    classes k seen of exp(sim(u, p_k))); classes not yet seen are neither positive nor negative.
 
     For an anchor u of foreground class c in image a of a pair (a, b), with
     D(u) = sum over foreground classes k present and both images j of exp(sim(u, mu_k^j)):
@@ -80,6 +84,17 @@ def local_contrastive_loss(embeddings: torch.Tensor, labels: torch.Tensor, pairs
                            top_index.unsqueeze(2).expand(-1, -1, dim, -1))  # [N, K, D, P]
     anchors = anchors.permute(0, 1, 3, 2)  # [N, K, P, D]
 
+    if prototypes is not None:
+        vectors, seen = prototypes
+        sim = torch.einsum("nkpd,ld->nkpl", anchors, vectors.detach().float()) / temperature  # [N, K, P, K]
+        sim = sim.masked_fill(~seen, -1e4)
+        positive = sim.diagonal(dim1=1, dim2=3).permute(0, 2, 1)  # [N, K, P]: class c against p_c
+        terms = torch.logsumexp(sim, dim=-1) - positive
+        term_ok = anchor_valid & seen.view(1, -1, 1)
+        total = torch.where(term_ok, terms, torch.zeros_like(terms)).sum()
+        count = term_ok.sum()
+        return torch.where(count > 0, total / count.clamp(min=1), embeddings.sum() * 0.0)
+
     first, second = pairs[:, 0], pairs[:, 1]
     total = embeddings.new_zeros(())
     count = embeddings.new_zeros(())
@@ -100,3 +115,39 @@ def local_contrastive_loss(embeddings: torch.Tensor, labels: torch.Tensor, pairs
         count = count + term_ok.sum()
     # No class to contrast in this batch: 0, keeping the graph (and no host sync to find out).
     return torch.where(count > 0, total / count.clamp(min=1), embeddings.sum() * 0.0)
+
+
+class PrototypeMemory:
+    """One embedding per foreground class, kept across steps (issue 29's momentum-memory candidate):
+    each update moves a class's prototype towards the batch's mean embedding of the class, so the
+    contrastive loss pulls towards a class's embedding over many batches rather than one pair's mean."""
+
+    def __init__(self, num_classes: int, dim: int, momentum: float, device: torch.device) -> None:
+        self.momentum = momentum
+        self.vectors = torch.zeros((num_classes - 1, dim), device=device)
+        self.seen = torch.zeros(num_classes - 1, dtype=torch.bool, device=device)
+
+    @torch.no_grad()
+    def update(self, embeddings: torch.Tensor, labels: torch.Tensor) -> None:
+        """embeddings [N, D, H, W] (without gradient: a mean teacher's, say); labels [N, H, W]. A class
+        absent from the batch keeps its prototype; a class seen for the first time takes the batch's mean."""
+        z = F.normalize(embeddings.float().flatten(2), dim=1)  # [N, D, HW]
+        classes = torch.arange(1, self.vectors.shape[0] + 1, device=labels.device)
+        member = (labels.flatten(1).long().unsqueeze(1) == classes.view(1, -1, 1)).to(z.dtype)  # [N, K, HW]
+        counts = member.sum((0, 2))
+        means = F.normalize(torch.einsum("nkh,ndh->kd", member, z) / counts.clamp(min=1).unsqueeze(-1), dim=-1)
+        keep = torch.where(self.seen, self.momentum, 0.0).unsqueeze(-1)
+        moved = F.normalize(keep * self.vectors + (1 - keep) * means, dim=-1)
+        present = counts > 0
+        self.vectors = torch.where(present.unsqueeze(-1), moved, self.vectors)
+        self.seen = self.seen | present
+
+    def as_pair(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.vectors, self.seen
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {"vectors": self.vectors.cpu(), "seen": self.seen.cpu()}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        self.vectors = state["vectors"].to(self.vectors.device, self.vectors.dtype)
+        self.seen = state["seen"].to(self.seen.device)

@@ -19,7 +19,7 @@ from ..events import EventSink
 from ..runtime import autocast_dtype, autocast_to
 from .batches import BackgroundBatches, Batch, BatchMaker, SliceAtlas, position_balanced_weights
 from .consistency import cutmix, online_labels
-from .losses import IGNORE, local_contrastive_loss, segmentation_loss
+from .losses import IGNORE, PrototypeMemory, local_contrastive_loss, segmentation_loss
 from .modelfile import write_torch_file
 from .network import UNet2D
 from .predict import keep_largest_components, predict_slices
@@ -51,12 +51,14 @@ class Checkpoint:
     loss_history: list[dict[str, float]] | None = None
     #: The run that wrote it (request.job_digest): --resume refuses another run's checkpoint.
     run: str | None = None
+    #: The class prototypes of each embedding level (contrastive_targets="memory").
+    prototypes: list[dict[str, torch.Tensor]] | None = None
 
     def save(self, path: Path) -> None:
         payload = {"iteration": self.iteration, "model": self.model, "optimizer": self.optimizer,
                    "pseudo_round": self.pseudo_round, "pseudo_labels": self.pseudo_labels,
                    "train_seconds": self.train_seconds, "teacher": self.teacher,
-                   "loss_history": self.loss_history or [], "run": self.run}
+                   "loss_history": self.loss_history or [], "run": self.run, "prototypes": self.prototypes}
         write_torch_file(path, payload)
 
     @classmethod
@@ -64,7 +66,7 @@ class Checkpoint:
         p = torch.load(path, map_location="cpu", weights_only=True)
         return cls(int(p["iteration"]), p["model"], p["optimizer"], int(p["pseudo_round"]), list(p["pseudo_labels"]),
                    float(p.get("train_seconds", 0.0)), p.get("teacher"), list(p.get("loss_history") or []),
-                   p.get("run"))
+                   p.get("run"), p.get("prototypes"))
 
 
 def _annotated_part(stack: torch.Tensor, volume: PreparedVolume) -> torch.Tensor:
@@ -134,6 +136,9 @@ class Trainer:
         self.pseudo_labels: list[torch.Tensor] = []
         self.loss_history: list[dict[str, float]] = []
         self.contrastive_generator = torch.Generator(device=device).manual_seed(config.seed + 1)
+        memories = config.embedding_levels if config.contrastive_targets == "memory" else 0
+        self.prototype_memories = [PrototypeMemory(num_classes, config.embedding_dim, config.prototype_momentum, device)
+                                   for _ in range(memories)]
         self.mix_generator = torch.Generator(device=device).manual_seed(config.seed + 2)
         self._last_report = 0.0
         self._running: dict[str, float] = {}
@@ -155,6 +160,8 @@ class Trainer:
         self.pseudo_round = checkpoint.pseudo_round
         self.pseudo_labels = checkpoint.pseudo_labels
         self.loss_history = list(checkpoint.loss_history or [])
+        for memory, state in zip(self.prototype_memories, checkpoint.prototypes or []):
+            memory.load_state_dict(state)
 
     def save_checkpoint(self) -> str | None:
         self.flush_losses()
@@ -165,7 +172,8 @@ class Trainer:
         Checkpoint(self.iteration, self.model.state_dict(), self.optimizer.state_dict(), self.pseudo_round,
                    self.pseudo_labels, seconds,
                    None if self.teacher is None else self.teacher.state_dict(),
-                   self.loss_history, self.run_tag).save(self.checkpoint_path)
+                   self.loss_history, self.run_tag,
+                   [memory.state_dict() for memory in self.prototype_memories] or None).save(self.checkpoint_path)
         return str(self.checkpoint_path)
 
     # --- schedule -------------------------------------------------------------------------------
@@ -342,12 +350,20 @@ class Trainer:
         second (fourth, ...) pixel's, which is nearest-neighbour downsampling."""
         cfg = self.config
         targets = self.teacher_embeddings(views) if cfg.contrastive_targets == "teacher" else [None] * len(embeddings)
+        prototypes = [None] * len(embeddings)
+        if self.prototype_memories:
+            stable = (self.teacher_embeddings(views) if self.teacher is not None
+                      else [embedding[n_seg:].detach() for embedding in embeddings])
+            for level, (memory, embedding) in enumerate(zip(self.prototype_memories, stable)):
+                memory.update(embedding, labels[:, ::2 ** level, ::2 ** level])
+            prototypes = [memory.as_pair() for memory in self.prototype_memories]
         losses = []
-        for level, (embedding, target) in enumerate(zip(embeddings, targets)):
+        for level, (embedding, target, prototype) in enumerate(zip(embeddings, targets, prototypes)):
             step = 2 ** level
             losses.append(local_contrastive_loss(
                 embedding[n_seg:], labels[:, ::step, ::step], pairs, self.num_classes, cfg.temperature,
-                cfg.anchors_per_class, self.contrastive_generator, target, hard_anchors=cfg.anchor_sampling == "hard"))
+                cfg.anchors_per_class, self.contrastive_generator, target, hard_anchors=cfg.anchor_sampling == "hard",
+                prototypes=prototype))
         return torch.stack(losses).mean()
 
     @torch.no_grad()
