@@ -79,7 +79,7 @@ class TrainConfig:
     #: anchor is contrasted with one prototype per class, a momentum average (prototype_momentum) of
     #: the class's mean embedding over the steps so far (the mean teacher's embeddings where there is
     #: one), instead of the pair's class means: issue 29's momentum-memory candidate; from 3 annotated
-    #: slices per frame, seed 0 only: +0.018 mean Dice (docs/results), seeds 1 and 2 to run.
+    #: slices per frame over three seeds -0.002 mean Dice (+0.018, -0.006, -0.017; docs/results): not kept.
     contrastive_targets: str = "student"
     #: How much of a class prototype each step keeps (contrastive_targets="memory").
     prototype_momentum: float = 0.99
