@@ -843,6 +843,7 @@ CASES += [
     _setting("teacher_ema", "1", "teacher_ema=1"),
     _setting("pseudo_label_confidence", "2", "pseudo_label_confidence=2"),
     _setting("temperature", "0", "temperature=0"),
+    _setting("temperature_start", "-1", "temperature_start=-1"),
     _setting("inference_tile", "8", "inference_tile=8"),
     _setting("inference_overlap", "0.95", "inference_overlap=0.95"),
     _setting("snapshots", "-1", "snapshots=-1"),

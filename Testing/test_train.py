@@ -282,6 +282,31 @@ def test_a_momentum_memory_of_class_prototypes_replaces_the_pairs_means(tmp_path
     torch.testing.assert_close(resumed.prototype_memories[0].vectors, memory.vectors)
 
 
+def test_a_temperature_schedule_moves_from_its_start_to_the_papers_temperature(tmp_path, monkeypatch):
+    """temperature_start: the first joint step contrasts at that temperature, every later one at a lower
+    one, none below ``temperature``; without it every step uses ``temperature``."""
+    from PLCLSegmentationLib.engine.method import train as train_module
+
+    used = []
+    real = train_module.local_contrastive_loss
+
+    def recording(*args, **kwargs):
+        used.append(args[4])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(train_module, "local_contrastive_loss", recording)
+    annotated, unannotated = _volumes()
+    config = dataclasses.replace(TINY, joint_iterations=4, temperature=0.1, temperature_start=0.5).validated()
+    Trainer(config, 3, [annotated], [unannotated], RecordingSink(), torch.device("cpu")).run()
+    assert len(used) == 8 and used[0] == pytest.approx(0.5)
+    assert all(later < earlier for earlier, later in zip(used, used[1:]))
+    assert used[-1] >= 0.1 - 1e-12
+    used.clear()
+    Trainer(dataclasses.replace(config, temperature_start=0.0), 3, [annotated], [unannotated], RecordingSink(),
+            torch.device("cpu")).run()
+    assert used == [0.1] * 8
+
+
 def test_each_embedding_level_is_contrasted_with_labels_at_its_resolution(tmp_path, monkeypatch):
     """embedding_levels=2: every joint step contrasts the full-resolution embeddings and the half-resolution
     ones (each with the teacher's of the same level as targets), the labels taken every second pixel; the

@@ -71,6 +71,10 @@ class TrainConfig:
     # --- the local contrastive loss -------------------------------------------------------------
     contrastive_weight: float = 0.1  # lambda
     temperature: float = 0.1  # tau
+    #: 0: the temperature stays ``temperature``. Above 0: the joint training starts at this temperature
+    #: and moves geometrically to ``temperature`` at the schedule's end (softer targets while the
+    #: pseudo-labels are young, the paper's at the end): issue 29's temperature-schedule candidate.
+    temperature_start: float = 0.0
     anchors_per_class: int = 3  # P
     #: "student" (the paper: class means from the trained network's own embeddings) or "teacher":
     #: the class means from the mean teacher's embeddings of the same views, without gradient
@@ -299,6 +303,7 @@ _RANGES: dict[str, tuple[float | None, float | None]] = {
     "batch_size": (1, 4096),
     "contrastive_images": (1, 4096), "warmup_iterations": (1, None), "rounds": (0, None),
     "joint_iterations": (0, None), "contrastive_weight": (0, None), "anchors_per_class": (1, None),
+    "temperature_start": (0, 100),
     "pseudo_segmentation_weight": (0, None), "teacher_ema": (0, 0.9999), "teacher_horizon": (0, 1),
     "prototype_momentum": (0, 0.9999), "pseudo_label_confidence": (0, 1),
     "cutmix_probability": (0, 1), "warmup_contrastive_from": (0, 1),

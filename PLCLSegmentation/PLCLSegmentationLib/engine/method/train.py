@@ -224,6 +224,16 @@ class Trainer:
         self.save_checkpoint()
         return self.final_model
 
+    def temperature(self) -> float:
+        """The contrastive loss's temperature now: ``temperature``, or with ``temperature_start`` a
+        geometric path from that at the warm-up's end to ``temperature`` at the schedule's end."""
+        cfg = self.config
+        if not cfg.temperature_start:
+            return cfg.temperature
+        start = self._stage_end(0, cfg.rounds if self.unannotated else 0)
+        progress = min(1.0, max(0.0, (self._clock() - start) / max(self._end - start, 1e-9)))
+        return cfg.temperature_start * (cfg.temperature / cfg.temperature_start) ** progress
+
     def _warmup_contrasts(self) -> bool:
         cfg = self.config
         return cfg.warmup_contrastive_from < 1 and cfg.contrastive_weight > 0 and bool(self.unannotated)
@@ -361,7 +371,7 @@ class Trainer:
         for level, (embedding, target, prototype) in enumerate(zip(embeddings, targets, prototypes)):
             step = 2 ** level
             losses.append(local_contrastive_loss(
-                embedding[n_seg:], labels[:, ::step, ::step], pairs, self.num_classes, cfg.temperature,
+                embedding[n_seg:], labels[:, ::step, ::step], pairs, self.num_classes, self.temperature(),
                 cfg.anchors_per_class, self.contrastive_generator, target, hard_anchors=cfg.anchor_sampling == "hard",
                 prototypes=prototype))
         return torch.stack(losses).mean()
