@@ -73,7 +73,8 @@ class TrainConfig:
     temperature: float = 0.1  # tau
     #: 0: the temperature stays ``temperature``. Above 0: the joint training starts at this temperature
     #: and moves geometrically to ``temperature`` at the schedule's end (softer targets while the
-    #: pseudo-labels are young, the paper's at the end): issue 29's temperature-schedule candidate.
+    #: pseudo-labels are young, the paper's at the end): issue 29's temperature-schedule candidate;
+    #: 0.5 measured -0.011 mean Dice from 3 annotated slices per frame over three seeds (docs/results).
     temperature_start: float = 0.0
     anchors_per_class: int = 3  # P
     #: "student" (the paper: class means from the trained network's own embeddings) or "teacher":
