@@ -367,11 +367,11 @@ class Trainer:
             for level, (memory, embedding) in enumerate(zip(self.prototype_memories, stable)):
                 memory.update(embedding, labels[:, ::2 ** level, ::2 ** level])
             prototypes = [memory.as_pair() for memory in self.prototype_memories]
-        losses = []
+        losses, temperature = [], self.temperature()
         for level, (embedding, target, prototype) in enumerate(zip(embeddings, targets, prototypes)):
             step = 2 ** level
             losses.append(local_contrastive_loss(
-                embedding[n_seg:], labels[:, ::step, ::step], pairs, self.num_classes, self.temperature(),
+                embedding[n_seg:], labels[:, ::step, ::step], pairs, self.num_classes, temperature,
                 cfg.anchors_per_class, self.contrastive_generator, target, hard_anchors=cfg.anchor_sampling == "hard",
                 prototypes=prototype))
         return torch.stack(losses).mean()
