@@ -35,7 +35,7 @@ class PLCLSegmentation(ScriptedLoadableModule):
         self.parent.contributors = ["PLCLSegmentation authors"]
         self.parent.helpText = _(
             "Segment one or two volumes with the Segment Editor, click Train, and every other loaded volume is "
-            "segmented by a model trained on them (pseudo-label self-training with a local contrastive loss). "
+            "segmented by a model trained on them (pseudo-label self-training with a mean teacher). "
             "Review the least certain results first, correct them, accept them and retrain. "
             "Supported: Slicer 5.8 and later.")
         self.parent.acknowledgementText = _(

@@ -32,7 +32,9 @@ def test_train_writes_predictions_on_each_input_grid_then_predict_and_evaluate(s
     assert stages[:3] == ["prepare", "warmup", "pseudo_labels"] and "joint" in stages and stages[-1] == "predict"
     progress = [e for e in log if e["event"] == "progress" and e["stage"] != "predict"]
     assert progress[-1]["iteration"] == progress[-1]["total"] == 8
-    assert {"segmentation", "contrastive"} <= set(progress[-1]["losses"])
+    # The default is self-training: the pseudo-labels in the segmentation loss, no contrastive term.
+    assert {"segmentation", "pseudo_segmentation"} <= set(progress[-1]["losses"])
+    assert "contrastive" not in progress[-1]["losses"]
     assert all(e["eta_s"] >= 0 for e in progress)
     written = {(e["kind"], e["name"]) for e in log if e["event"] == "output"}
     for name in unlabeled:

@@ -77,7 +77,7 @@ def test_a_partially_annotated_volume_trains_with_pseudo_label_rounds():
     stages = [(e["stage"], e["round"]) for e in trainer.sink.events if e["event"] == "stage"]
     assert stages == [("warmup", 0), ("pseudo_labels", 1), ("joint", 1)]
     assert trainer.pseudo_labels[0].shape[0] == 7 - len(ANNOTATED)
-    assert "contrastive" in trainer.loss_history[-1]
+    assert "pseudo_segmentation" in trainer.loss_history[-1]  # its unannotated slices, pseudo-labelled
 
 
 def test_file_slice_indices_follow_a_flipped_slicing_axis():

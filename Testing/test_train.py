@@ -22,8 +22,10 @@ from PLCLSegmentationLib.engine.request import TrainJob
 from PLCLSegmentationLib.engine.run import training
 from PLCLSegmentationLib.engine.runtime import autocast_dtype
 
+# The contrastive term on (off by default) so these tests exercise the whole method.
 TINY = TrainConfig(patch_size=32, levels=3, base_channels=4, embedding_dim=4, batch_size=2, contrastive_images=3,
-                   warmup_iterations=2, rounds=2, joint_iterations=2, background_batches=False, precision="fp32")
+                   contrastive_weight=0.1, warmup_iterations=2, rounds=2, joint_iterations=2, background_batches=False,
+                   precision="fp32")
 
 
 def _volumes():

@@ -49,13 +49,17 @@ from .machine import cpu_name
 METHODS: dict[str, dict[str, Any]] = {
     # No pseudo-label rounds: also none on the unannotated slices of partly annotated cases.
     "supervised": {"label": "supervised only", "unlabeled": False, "set": {"rounds": 0}},
-    "self_training": {"label": "self-training (pseudo-labels, no contrastive loss)", "unlabeled": True,
+    # The engine's default recipe since 2026-12-06 (config.contrastive_weight); set here so its rows mean the same
+    # before and after.
+    "self_training": {"label": "self-training (pseudo-labels, no contrastive loss; the default)", "unlabeled": True,
                       "set": {"contrastive_weight": 0, "pseudo_segmentation_weight": 1}},
-    "plcl": {"label": "pseudo-labels + local contrastive loss (this method)", "unlabeled": True, "set": {}},
+    "plcl": {"label": "pseudo-labels + local contrastive loss (the paper's weight)", "unlabeled": True,
+             "set": {"contrastive_weight": 0.1}},
     # The recipe as published: pseudo-labels in the contrastive loss only, the paper's augmentation.
     "plcl_paper": {"label": "the paper's recipe (pseudo-labels in the contrastive loss only)", "unlabeled": True,
-                   "set": {"pseudo_segmentation_weight": 0, "augmentation": "paper", "rotation_degrees": 15,
-                           "scale_range": [0.95, 1.05], "largest_component": False, "teacher_ema": 0}},
+                   "set": {"contrastive_weight": 0.1, "pseudo_segmentation_weight": 0, "augmentation": "paper",
+                           "rotation_degrees": 15, "scale_range": [0.95, 1.05], "largest_component": False,
+                           "teacher_ema": 0}},
 }
 DEFAULT_METHODS = ("supervised", "self_training", "plcl")
 
