@@ -330,12 +330,16 @@ class Trainer:
         if cfg.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         y = batch.labels.to(self.device)
+        # The projection heads only where the contrastive term uses them (off by default): they never feed the
+        # logits, so leaving them out changes no loss or gradient, only saves their cost.
+        contrasts = batch.contrastive_images is not None and cfg.contrastive_weight > 0
         with autocast_to(self.device, self.autocast):
-            logits, embeddings = self.training_forward(x, with_embedding=True)
+            output = self.training_forward(x, with_embedding=contrasts)
+        logits, embeddings = output if contrasts else (output, [])
         loss = segmentation_loss(logits[:n_seg], y, cfg.segmentation_loss)
         losses = {"segmentation": loss.detach()}
         if batch.contrastive_images is not None:
-            if cfg.contrastive_weight > 0:
+            if contrasts:
                 contrastive = self.contrastive_loss(embeddings, x[n_seg:], labels, batch.pairs.to(self.device), n_seg)
                 loss = loss + cfg.contrastive_weight * contrastive
                 losses["contrastive"] = contrastive.detach()
