@@ -17,6 +17,10 @@ def most_embedding_levels(levels: int) -> int:
     return max(levels - 1, 1)
 
 
+#: The local contrastive loss's weight (lambda) in Chaitanya et al. 2023: the bench's plcl methods use it.
+PAPER_CONTRASTIVE_WEIGHT = 0.1
+
+
 @dataclass
 class TrainConfig:
     """Settings of one training run. Defaults are the 'standard' budget on a CPU."""
@@ -69,8 +73,8 @@ class TrainConfig:
     segmentation_loss: str = "dice_ce"
 
     # --- the local contrastive loss -------------------------------------------------------------
-    #: lambda, the term's weight; the paper's is 0.1 (``--set contrastive_weight=0.1``; the bench's
-    #: ``plcl`` method). 0 by default since 2026-12-06: against the same self-training without it the
+    #: lambda, the term's weight; the paper's is PAPER_CONTRASTIVE_WEIGHT (``--set contrastive_weight=0.1``; the
+    #: bench's ``plcl`` method). 0 by default since 2026-12-06: against the same self-training without it the
     #: term paid in no regime measured (one annotated volume +0.002, 3 slices per frame -0.006, one
     #: patient at 1950 iterations +0.000, three seeds each) and cost 0.013 at one patient on the faster
     #: EPYC (about 5,000 iterations, every seed), where it also makes 4 % fewer steps (docs/results).

@@ -25,7 +25,7 @@ from typing import Any
 
 from ... import __version__
 from .. import slicing
-from ..config import TrainConfig, parse_overrides
+from ..config import PAPER_CONTRASTIVE_WEIGHT, TrainConfig, parse_overrides
 from ..errors import ConfigError
 from ..evaluation.report import evaluate
 from ..events import EventSink
@@ -54,12 +54,12 @@ METHODS: dict[str, dict[str, Any]] = {
     "self_training": {"label": "self-training (pseudo-labels, no contrastive loss; the default)", "unlabeled": True,
                       "set": {"contrastive_weight": 0, "pseudo_segmentation_weight": 1}},
     "plcl": {"label": "pseudo-labels + local contrastive loss (the paper's weight)", "unlabeled": True,
-             "set": {"contrastive_weight": 0.1}},
+             "set": {"contrastive_weight": PAPER_CONTRASTIVE_WEIGHT}},
     # The recipe as published: pseudo-labels in the contrastive loss only, the paper's augmentation.
     "plcl_paper": {"label": "the paper's recipe (pseudo-labels in the contrastive loss only)", "unlabeled": True,
-                   "set": {"contrastive_weight": 0.1, "pseudo_segmentation_weight": 0, "augmentation": "paper",
-                           "rotation_degrees": 15, "scale_range": [0.95, 1.05], "largest_component": False,
-                           "teacher_ema": 0}},
+                   "set": {"contrastive_weight": PAPER_CONTRASTIVE_WEIGHT, "pseudo_segmentation_weight": 0,
+                           "augmentation": "paper", "rotation_degrees": 15, "scale_range": [0.95, 1.05],
+                           "largest_component": False, "teacher_ema": 0}},
 }
 DEFAULT_METHODS = ("supervised", "self_training", "plcl")
 
