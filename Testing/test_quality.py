@@ -472,3 +472,25 @@ def test_a_review_s_cohort_gain_splits_into_the_corrections_own_and_the_retrain_
     assert split["others_vs_none"] == pytest.approx((-0.05 + 0.1) / 2)  # c and d against the retrain alone
     assert split_gain(before, none, {})["others_vs_none"] is None  # no none arm to compare with
     assert split_gain(before, before, {})["corrections"] == 0.0
+
+
+def test_the_review_figure_s_arm_labels_never_overlap_even_with_a_dozen_arms():
+    """A study with three draws and three retrains a seed has a dozen arms: their names must stay readable."""
+    import itertools
+
+    import matplotlib.pyplot as plt
+
+    from PLCLSegmentationLib.engine.lab.review_study import draw_review_figure
+
+    arms = ["none", "random", "random_draw2", "random_draw3", "review_path", "review_path_retrain100",
+            "review_path_retrain200", "density", "disagreement", "position_balance", "one_per_prediction"]
+    rows = [{"seed": seed, "arm": arm, "slices": 0 if arm == "none" else 30, "gain": 0.01 * i,
+             "cohort_gain": 0.001 * i} for seed in range(3) for i, arm in enumerate(arms)]
+    fig = draw_review_figure(rows)
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    for ax in fig.axes:
+        boxes = [label.get_window_extent(renderer) for label in ax.get_xticklabels() if label.get_text()]
+        assert len(boxes) == len(arms)
+        assert not any(a.overlaps(b) for a, b in itertools.combinations(boxes, 2))
+    plt.close(fig)

@@ -146,6 +146,17 @@ def arm_means(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
 
 def review_figure(rows: list[dict[str, Any]], path: Path) -> None:
     """Each arm's gain seed by seed: left on the evaluation split, right on the cohort as the reviewer holds it."""
+    import matplotlib.pyplot as plt
+
+    fig = draw_review_figure(rows)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
+    plt.close(fig)
+
+
+def draw_review_figure(rows: list[dict[str, Any]]) -> Any:
+    """The figure of review_figure; its width grows with the arms and their labels stand upright once they would
+    crowd each other (a study with retrains and draws has a dozen arms)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -155,7 +166,8 @@ def review_figure(rows: list[dict[str, Any]], path: Path) -> None:
     arms = sorted(set(labels))
     seeds = sorted({r["seed"] for r in rows})
     slices = max(r["slices"] for r in rows)
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), sharey=True)
+    crowded = len(arms) > 4
+    fig, axes = plt.subplots(1, 2, figsize=(max(10.0, 0.8 * len(arms)), 5.4 if crowded else 3.8), sharey=True)
     width = 0.8 / max(1, len(seeds))
     for ax, field, title in ((axes[0], "gain", "evaluation split (volumes nobody reviewed)"),
                              (axes[1], "cohort_gain", "the cohort: corrected slices kept, the rest retrained")):
@@ -164,7 +176,8 @@ def review_figure(rows: list[dict[str, Any]], path: Path) -> None:
                           float("nan")) for arm in arms]
             ax.bar([a + s * width for a in range(len(arms))], gains, width, label=f"seed {seed}", color=f"C{s}")
         ax.axhline(0, color="0.3", linewidth=0.8)
-        ax.set_xticks([a + width * (len(seeds) - 1) / 2 for a in range(len(arms))], arms, fontsize=8)
+        ax.set_xticks([a + width * (len(seeds) - 1) / 2 for a in range(len(arms))], arms, fontsize=8,
+                      rotation=90 if crowded else 0)
         ax.set_title(title, fontsize=9)
         ax.grid(axis="y", alpha=0.3)
     axes[0].set_ylabel("mean Dice after the retrain\nminus the model's")
@@ -172,9 +185,7 @@ def review_figure(rows: list[dict[str, Any]], path: Path) -> None:
     fig.suptitle(f"Simulated review: up to {slices} slices corrected, accepted slice by slice, one retrain",
                  fontsize=10)
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=110, format="png")
-    plt.close(fig)
+    return fig
 
 
 def curve_points(rows: list[dict[str, Any]], field: str) -> dict[str, dict[int, dict[int, float]]]:
