@@ -146,9 +146,13 @@ def arm_means(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
 
 def review_figure(rows: list[dict[str, Any]], path: Path) -> None:
     """Each arm's gain seed by seed: left on the evaluation split, right on the cohort as the reviewer holds it."""
+    _save_png(draw_review_figure(rows), path)
+
+
+def _save_png(fig: Any, path: Path) -> None:
+    """Write a study figure atomically and free it."""
     import matplotlib.pyplot as plt
 
-    fig = draw_review_figure(rows)
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=110, format="png")
     plt.close(fig)
@@ -230,9 +234,7 @@ def curve_figure(rows: list[dict[str, Any]], path: Path) -> None:
     axes[0].legend(fontsize=8)
     fig.suptitle("Simulated review: the gain by slices corrected (line: mean of seeds; dots: seeds)", fontsize=10)
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=110, format="png")
-    plt.close(fig)
+    _save_png(fig, path)
 
 
 def main(argv: list[str] | None = None) -> int:
