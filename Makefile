@@ -17,8 +17,9 @@ $(VENV)/.installed: pyproject.toml
 demo: $(VENV)/.installed
 	$(VENV)/bin/plcl demo --out demo_output
 
+# --durations: the slowest tests in every run's log, so the suite's creep toward its 10 minutes shows early.
 test: $(VENV)/.installed
-	$(PY) -m pytest Testing -q -ra
+	$(PY) -m pytest Testing -q -ra --durations=15
 
 # The quick loop while editing: every test but the end-to-end runs marked slow; stops at the first failure.
 test-fast: $(VENV)/.installed
