@@ -17,10 +17,8 @@ $(VENV)/.installed: pyproject.toml
 demo: $(VENV)/.installed
 	$(VENV)/bin/plcl demo --out demo_output
 
-# One pytest worker a core (at most 4), each test file on one worker (its module fixtures built once), one torch
-# thread a process: the suite's engines are tiny and start-up bound, and two workers of two threads fight on 2 cores.
-# 2026-12-06, 2-core AMD EPYC (Zen 3): serial 726 s; 2 workers x 2 threads 726 s; 2 workers x 1 thread 408 s.
-# Only the tests run so: a user's run keeps every core.
+# One pytest worker a core (at most 4), each test file on one worker, one torch thread a process: why and what it
+# saves in docs/development.md ("Tests"). Only the tests run so: a user's run keeps every core.
 # --durations: the slowest tests in every run's log, so the suite's creep toward its 10 minutes shows early.
 PYTEST_PARALLEL := -n auto --maxprocesses 4 --dist loadfile
 test: $(VENV)/.installed
