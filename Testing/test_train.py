@@ -284,6 +284,46 @@ def test_a_momentum_memory_of_class_prototypes_replaces_the_pairs_means(tmp_path
     torch.testing.assert_close(resumed.prototype_memories[0].vectors, memory.vectors)
 
 
+def test_label_anchored_prototypes_are_moved_by_the_annotated_slices_alone(tmp_path, monkeypatch):
+    """contrastive_targets='annotated': the memory is updated from the annotated contrastive slices of
+    both views (their ground truth), never from an unannotated slice's pseudo-label; 'memory' takes
+    every view."""
+    from PLCLSegmentationLib.engine.method import losses
+    from PLCLSegmentationLib.engine.method import train as train_module
+
+    calls = []
+    real_loss, real_update = train_module.Trainer.contrastive_loss, losses.PrototypeMemory.update
+
+    def loss(self, embeddings, views, labels, pairs, n_seg, n_annotated):
+        calls.append(("loss", labels.clone(), n_annotated))
+        return real_loss(self, embeddings, views, labels, pairs, n_seg, n_annotated)
+
+    def update(self, embeddings, labels):
+        calls.append(("update", labels.clone(), embeddings.shape[0]))
+        return real_update(self, embeddings, labels)
+
+    monkeypatch.setattr(train_module.Trainer, "contrastive_loss", loss)
+    monkeypatch.setattr(losses.PrototypeMemory, "update", update)
+    annotated, unannotated = _volumes()
+    for targets in ("annotated", "memory"):
+        calls.clear()
+        config = dataclasses.replace(TINY, teacher_ema=0.5, contrastive_targets=targets).validated()
+        trainer = Trainer(config, 3, [annotated], [unannotated], RecordingSink(), torch.device("cpu"))
+        trainer.run()
+        steps = [(calls[i][1], calls[i][2], calls[i + 1][1], calls[i + 1][2]) for i in range(0, len(calls), 2)]
+        assert len(steps) == 4 and all(call[0] == "loss" for call in calls[::2])
+        for labels, n_annotated, updated, rows in steps:
+            half = labels.shape[0] // 2
+            assert 0 < n_annotated < half
+            expected = torch.cat([labels[:n_annotated], labels[half:half + n_annotated]]) if targets == "annotated" \
+                else labels
+            assert rows == expected.shape[0]
+            torch.testing.assert_close(updated, expected)
+        assert trainer.prototype_memories[0].seen.any()
+    with pytest.raises(ConfigError, match="'annotated'"):
+        dataclasses.replace(TINY, contrastive_targets="ground_truth").validated()
+
+
 def test_a_temperature_schedule_moves_from_its_start_to_the_papers_temperature(tmp_path, monkeypatch):
     """temperature_start: the first joint step contrasts at that temperature, every later one at a lower
     one, none below ``temperature``; without it every step uses ``temperature``."""

@@ -94,8 +94,11 @@ class TrainConfig:
     #: the class's mean embedding over the steps so far (the mean teacher's embeddings where there is
     #: one), instead of the pair's class means: issue 29's momentum-memory candidate; from 3 annotated
     #: slices per frame over three seeds -0.002 mean Dice (+0.018, -0.006, -0.017; docs/results): not kept.
+    #: "annotated": the same memory, moved only by the annotated slices' ground truth (never by a
+    #: pseudo-label), so every anchor, annotated or not, is pulled towards what the expert drew
+    #: (cross-image, label-anchored targets): issue 29's candidate of 2026-12-06 (docs/results).
     contrastive_targets: str = "student"
-    #: How much of a class prototype each step keeps (contrastive_targets="memory").
+    #: How much of a class prototype each step keeps (contrastive_targets "memory" or "annotated").
     prototype_momentum: float = 0.99
     #: How the anchors of a class are drawn among its pixels: "random" (the paper: uniformly) or
     #: "hard": without replacement, with a chance that grows with the pixel's dissimilarity to its own
@@ -228,8 +231,8 @@ class TrainConfig:
         if self.learning_rate_schedule not in ("constant", "cosine"):
             raise ConfigError("learning_rate_schedule must be 'constant' or 'cosine', "
                               f"not {self.learning_rate_schedule!r}")
-        if self.contrastive_targets not in ("student", "teacher", "memory"):
-            raise ConfigError("contrastive_targets must be 'student', 'teacher' or 'memory', "
+        if self.contrastive_targets not in ("student", "teacher", "memory", "annotated"):
+            raise ConfigError("contrastive_targets must be 'student', 'teacher', 'memory' or 'annotated', "
                               f"not {self.contrastive_targets!r}")
         if self.anchor_sampling not in ("random", "hard"):
             raise ConfigError(f"anchor_sampling must be 'random' or 'hard', not {self.anchor_sampling!r}")

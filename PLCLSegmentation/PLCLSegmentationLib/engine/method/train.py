@@ -51,7 +51,7 @@ class Checkpoint:
     loss_history: list[dict[str, float]] | None = None
     #: The run that wrote it (request.job_digest): --resume refuses another run's checkpoint.
     run: str | None = None
-    #: The class prototypes of each embedding level (contrastive_targets="memory").
+    #: The class prototypes of each embedding level (contrastive_targets "memory" or "annotated").
     prototypes: list[dict[str, torch.Tensor]] | None = None
 
     def save(self, path: Path) -> None:
@@ -136,7 +136,7 @@ class Trainer:
         self.pseudo_labels: list[torch.Tensor] = []
         self.loss_history: list[dict[str, float]] = []
         self.contrastive_generator = torch.Generator(device=device).manual_seed(config.seed + 1)
-        memories = config.embedding_levels if config.contrastive_targets == "memory" else 0
+        memories = config.embedding_levels if config.contrastive_targets in ("memory", "annotated") else 0
         self.prototype_memories = [PrototypeMemory(num_classes, config.embedding_dim, config.prototype_momentum, device)
                                    for _ in range(memories)]
         self.mix_generator = torch.Generator(device=device).manual_seed(config.seed + 2)
@@ -340,7 +340,8 @@ class Trainer:
         losses = {"segmentation": loss.detach()}
         if batch.contrastive_images is not None:
             if contrasts:
-                contrastive = self.contrastive_loss(embeddings, x[n_seg:], labels, batch.pairs.to(self.device), n_seg)
+                contrastive = self.contrastive_loss(embeddings, x[n_seg:], labels, batch.pairs.to(self.device), n_seg,
+                                                    batch.unannotated_from)
                 loss = loss + cfg.contrastive_weight * contrastive
                 losses["contrastive"] = contrastive.detach()
             if cfg.pseudo_segmentation_weight > 0 and self.stage != "warmup":
@@ -358,18 +359,23 @@ class Trainer:
         return losses
 
     def contrastive_loss(self, embeddings: list[torch.Tensor], views: torch.Tensor, labels: torch.Tensor,
-                         pairs: torch.Tensor, n_seg: int) -> torch.Tensor:
+                         pairs: torch.Tensor, n_seg: int, n_annotated: int) -> torch.Tensor:
         """The local contrastive loss of the contrastive views (after the first ``n_seg`` slices of each
         level's embeddings), the mean over the embedding levels; a coarser level's labels are every
-        second (fourth, ...) pixel's, which is nearest-neighbour downsampling."""
+        second (fourth, ...) pixel's, which is nearest-neighbour downsampling. The first ``n_annotated``
+        slices of each of the two views are annotated (their labels the ground truth)."""
         cfg = self.config
         targets = self.teacher_embeddings(views) if cfg.contrastive_targets == "teacher" else [None] * len(embeddings)
         prototypes = [None] * len(embeddings)
         if self.prototype_memories:
             stable = (self.teacher_embeddings(views) if self.teacher is not None
                       else [embedding[n_seg:].detach() for embedding in embeddings])
+            # "annotated": only the ground truth moves the prototypes; elsewhere every view's labels.
+            rows = torch.arange(labels.shape[0], device=labels.device)
+            if cfg.contrastive_targets == "annotated":
+                rows = rows[rows % (labels.shape[0] // 2) < n_annotated]
             for level, (memory, embedding) in enumerate(zip(self.prototype_memories, stable)):
-                memory.update(embedding, labels[:, ::2 ** level, ::2 ** level])
+                memory.update(embedding[rows], labels[rows, ::2 ** level, ::2 ** level])
             prototypes = [memory.as_pair() for memory in self.prototype_memories]
         losses, temperature = [], self.temperature()
         for level, (embedding, target, prototype) in enumerate(zip(embeddings, targets, prototypes)):
