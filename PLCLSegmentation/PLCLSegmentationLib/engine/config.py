@@ -96,7 +96,9 @@ class TrainConfig:
     #: slices per frame over three seeds -0.002 mean Dice (+0.018, -0.006, -0.017; docs/results): not kept.
     #: "annotated": the same memory, moved only by the annotated slices' ground truth (never by a
     #: pseudo-label), so every anchor, annotated or not, is pulled towards what the expert drew
-    #: (cross-image, label-anchored targets): issue 29's candidate of 2026-12-06 (docs/results).
+    #: (cross-image, label-anchored targets): issue 29's candidate of 2026-12-06; with one annotated
+    #: volume over three seeds -0.002 mean Dice against self-training (+0.008, +0.018, -0.032;
+    #: docs/results): not kept.
     contrastive_targets: str = "student"
     #: How much of a class prototype each step keeps (contrastive_targets "memory" or "annotated").
     prototype_momentum: float = 0.99
