@@ -368,14 +368,15 @@ class Trainer:
         targets = self.teacher_embeddings(views) if cfg.contrastive_targets == "teacher" else [None] * len(embeddings)
         prototypes = [None] * len(embeddings)
         if self.prototype_memories:
-            stable = (self.teacher_embeddings(views) if self.teacher is not None
-                      else [embedding[n_seg:].detach() for embedding in embeddings])
-            # "annotated": only the ground truth moves the prototypes; elsewhere every view's labels.
+            # "annotated": only the ground truth moves the prototypes (and only its views go through the
+            # teacher); elsewhere every view's labels.
             rows = torch.arange(labels.shape[0], device=labels.device)
             if cfg.contrastive_targets == "annotated":
                 rows = rows[rows % (labels.shape[0] // 2) < n_annotated]
+            stable = (self.teacher_embeddings(views[rows]) if self.teacher is not None
+                      else [embedding[n_seg:][rows].detach() for embedding in embeddings])
             for level, (memory, embedding) in enumerate(zip(self.prototype_memories, stable)):
-                memory.update(embedding[rows], labels[rows, ::2 ** level, ::2 ** level])
+                memory.update(embedding, labels[rows, ::2 ** level, ::2 ** level])
             prototypes = [memory.as_pair() for memory in self.prototype_memories]
         losses, temperature = [], self.temperature()
         for level, (embedding, target, prototype) in enumerate(zip(embeddings, targets, prototypes)):
