@@ -17,6 +17,7 @@ from PLCLSegmentationLib.engine.lab.slice_signals import (
     encoder_features,
     in_file_order,
     mirror_disagreement,
+    representative_slices,
 )
 from PLCLSegmentationLib.engine.method.modelfile import ModelInfo
 from PLCLSegmentationLib.engine.method.predictor import Predictor
@@ -60,6 +61,24 @@ def test_the_path_by_density_or_disagreement_orders_each_volume_s_slices_by_that
     assert choose("dense_path", candidates, 1, seed=0, table=["a", "b"]) == {"a": [0]}
     assert choose("disagreement_path", candidates, 3, seed=0, table=["a", "b"]) == {"a": [1, 2], "b": [1]}
     assert stack_fifths({"a": [0, 2], "b": [9]}, {"a": 3, "b": 10}) == [1, 0, 0, 1, 1]
+
+
+def test_suggestive_annotation_takes_uncertain_slices_that_stand_for_different_kinds_of_slice():
+    rng = np.random.default_rng(1)
+    kind_a, kind_b = np.array([4.0, 0.0, 0.0]), np.array([0.0, 4.0, 0.0])
+    features = {"a": kind_a + rng.normal(0, 0.1, (6, 3)), "b": kind_b + rng.normal(0, 0.1, (6, 3))}
+    # The three most uncertain slices are all of kind a; b's best is fourth, a's fourth slice fifth.
+    candidates = [("a", 0, 90.0), ("a", 1, 80.0), ("a", 2, 70.0), ("b", 3, 60.0), ("a", 4, 50.0), ("b", 5, 5.0)]
+    chosen = representative_slices(candidates, features, 2)
+    assert sorted(name for name, _ in chosen) == ["a", "b"] and ("b", 3) in chosen  # one of each kind
+    assert ("b", 5) not in representative_slices(candidates, features, 3)  # only the pool's (2 x 3) most uncertain
+    assert len(representative_slices(candidates, features, 2, pool=1)) == 2
+    assert {n for n, _ in representative_slices(candidates, features, 2, pool=1)} == {"a"}  # no b in the top two
+    slices = {name: [{"index": i, "uncertain_voxels": u} for n, i, u in candidates if n == name] for name in "ab"}
+    assert choose("suggestive", candidate_slices(slices), 2, seed=0, features=features) == \
+        {name: [index] for name, index in sorted(chosen)}
+    with pytest.raises(ValueError, match="features"):
+        choose("suggestive", candidate_slices(slices), 2, seed=0)
 
 
 def test_a_bench_method_folder_names_its_seed_and_the_bench_holds_that_seed_s_cases(tmp_path):

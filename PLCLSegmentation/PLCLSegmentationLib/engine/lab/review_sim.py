@@ -17,7 +17,8 @@ before); ``review_path_2`` two a volume by the mean; ``worst_volumes`` the least
 each of the K first volumes (then each one's second, ...); ``review_path_1`` the review path one slice a volume
 (most uncertain voxels first); ``dense_path`` the review path with a volume's slices ordered by their uncertain
 voxels times their information density, ``disagreement_path`` by their disagreement with the mirrored copies
-(slice_signals.py).
+(slice_signals.py); ``suggestive`` the slices of most uncertain voxels (the top twice K) that together stand
+for the cohort best by the model's features (suggestive annotation, slice_signals.representative_slices).
 A reviewer who corrects a slice leaves the ground truth on it, so each chosen volume becomes annotated on exactly
 its chosen slices (``--annotated-slices``, the ground truth label file); the model is retrained once
 from the run's model (``--init-model``, the engine's warm-start schedule) with the run's annotated
@@ -56,7 +57,7 @@ from ..method.quality import slice_uncertainties
 from ..protocol import MODEL_FILE, SUMMARY_FILE
 from ..run.summary import review_order, write_json
 from .child import run_child
-from .slice_signals import add_signals, cohort_signals
+from .slice_signals import add_signals, cohort_signals, representative_slices
 
 #: The arms, and the slice item's field the ranked ones order by (highest first).
 RANKED = {"uncertain": "uncertainty", "uncertain_voxels": "uncertain_voxels"}
@@ -71,8 +72,8 @@ TABLE_ARMS = {"review_path": (2, "uncertain_voxels"), "whole_volumes": (None, "u
               "review_path_1": (1, "uncertain_voxels"), "dense_path": (2, "dense_voxels"),
               "disagreement_path": (2, "disagreement")}
 #: Arms ordered by a signal of slice_signals.py (computed with the run's model only where one is asked for).
-SIGNAL_ARMS = {"dense_path", "disagreement_path"}
-ARMS = (*RANKED, *TABLE_ARMS, "random", "none")
+SIGNAL_ARMS = {"dense_path", "disagreement_path", "suggestive"}
+ARMS = (*RANKED, *TABLE_ARMS, "suggestive", "random", "none")
 
 
 def bench_run(run: Path, bench: Path | None = None) -> tuple[dict[str, Any], int, dict[str, Any]]:
@@ -117,9 +118,11 @@ def candidate_slices(slices: dict[str, list[dict[str, Any]]]) -> list[tuple[str,
 
 
 def choose(arm: str, candidates: list[tuple[str, int, dict[str, Any]]], k: int, seed: int,
-           table: Sequence[str] = (), draw: int = 0) -> dict[str, list[int]]:
+           table: Sequence[str] = (), draw: int = 0,
+           features: dict[str, np.ndarray] | None = None) -> dict[str, list[int]]:
     """The slices an arm corrects, by volume; ``table``: the volumes in the review table's order (the table arms);
-    ``draw``: another random draw for the same seed (``random``)."""
+    ``draw``: another random draw for the same seed (``random``); ``features``: each volume's slices' model
+    features, in the file's slice order (``suggestive``)."""
     if arm in TABLE_ARMS:
         cap, field = TABLE_ARMS[arm]
         walks = {name: [] for name in table}
@@ -140,6 +143,13 @@ def choose(arm: str, candidates: list[tuple[str, int, dict[str, Any]]], k: int, 
                 taken[name] = turns[-1] + 1
             ranked = [c for _, c in sorted(zip(turns, ranked), key=lambda pair: pair[0])]
         picked = ranked[:k]
+    elif arm == "suggestive":
+        if features is None:
+            raise ValueError("the suggestive arm needs the slices' features")
+        items = {(name, index): item for name, index, item in candidates}
+        chosen_pairs = representative_slices([(n, i, item["uncertain_voxels"]) for n, i, item in candidates],
+                                             features, k)
+        picked = [(name, index, items[name, index]) for name, index in chosen_pairs]
     elif arm == "random":
         picked = random.Random(seed + 5000 + 1000 * draw).sample(candidates, min(k, len(candidates)))
     else:
@@ -298,9 +308,12 @@ def main(argv: list[str] | None = None) -> int:
     args.eval_split = bench["protocol"]["eval_split"]
     summary = json.loads((args.run / "train" / SUMMARY_FILE).read_text())
     slices = ranked_slices(summary, set(cases["unlabeled"]))
+    features = None
     if SIGNAL_ARMS & set(arms):
-        add_signals(slices, cohort_signals(args.run / "train" / MODEL_FILE, summary, set(slices),
-                                           disagreement="disagreement_path" in arms))
+        signals = cohort_signals(args.run / "train" / MODEL_FILE, summary, set(slices),
+                                 disagreement="disagreement_path" in arms)
+        add_signals(slices, signals)
+        features = {name: signals[name]["features"] for name in slices}
     candidates = candidate_slices(slices)
     table = [e["name"] for e in review_order(summary["volumes"], summary.get("estimate") != "off")
              if e["name"] in set(cases["unlabeled"])]
@@ -311,7 +324,7 @@ def main(argv: list[str] | None = None) -> int:
               "base_cohort_volumes": before,
               "retrain_settings": args.set, "date": time.strftime("%Y-%m-%d %H:%M"), "arms": []}
     for arm in arms:
-        chosen = choose(arm, candidates, args.slices, seed, table, args.draw)
+        chosen = choose(arm, candidates, args.slices, seed, table, args.draw, features)
         name = recorded_name(arm, args.draw, args.retrain_seed)
         review["arms"].append(run_arm(name, chosen, args.run, {"seed": seed, "cases": cases}, bench["data"],
                                       args.out, args))

@@ -13,6 +13,10 @@ stack. Two remedies from active learning, measured here:
 - disagreement with mirrored copies of the input (the quality estimate's copies, Predictor.mirrored_labels): the
   voxels where a copy's labels differ from the prediction, a measure of what the model does not know
   rather than of what is ambiguous in the image.
+- suggestive annotation (Yang et al., MICCAI 2017): of the slices most uncertain (the uncertain voxels' top
+  ``pool`` times K), the K that together stand for the whole cohort best, chosen greedily to maximise the sum over
+  every slice of the cohort of its highest cosine similarity (features standardised) to a chosen slice: uncertain
+  slices, but not K of one kind. review_sim's ``suggestive`` arm.
 
 review_signals.py reports where the slices each signal chooses lie; review_sim.py retrains on them.
 """
@@ -85,9 +89,7 @@ def cohort_signals(model_file: Path, summary: dict[str, Any], cases: set[str],
 
 def densities(features: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Each slice's information density among all slices of all volumes (module docstring), 0 to 1."""
-    names = sorted(features)
-    stacked = np.concatenate([features[n] for n in names]).astype(np.float64)
-    standard = (stacked - stacked.mean(axis=0)) / (stacked.std(axis=0) + 1e-6)
+    names, standard = standardised(features)
     squared = (standard ** 2).sum(axis=1)
     distances = np.maximum(squared[:, None] + squared[None, :] - 2.0 * standard @ standard.T, 0.0)
     bandwidth = max(float(np.median(distances)), 1e-12)
@@ -98,6 +100,35 @@ def densities(features: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         found[name] = density[offset:offset + len(features[name])]
         offset += len(features[name])
     return found
+
+
+def standardised(features: dict[str, np.ndarray]) -> tuple[list[str], np.ndarray]:
+    """The volumes in sorted order and all their slices' features, standardised over the cohort."""
+    names = sorted(features)
+    stacked = np.concatenate([features[n] for n in names]).astype(np.float64)
+    return names, (stacked - stacked.mean(axis=0)) / (stacked.std(axis=0) + 1e-6)
+
+
+def representative_slices(candidates: list[tuple[str, int, float]], features: dict[str, np.ndarray], k: int,
+                          pool: int = 2) -> list[tuple[str, int]]:
+    """Suggestive annotation (module docstring): of ``candidates`` (volume, slice index in the file, its
+    uncertain voxels) the ``pool * k`` most uncertain, then greedily the k that add most to the cohort's
+    coverage (every slice of ``features``' volumes: its highest cosine similarity to a chosen slice), in the
+    order chosen."""
+    names, standard = standardised(features)
+    unit = standard / (np.linalg.norm(standard, axis=1, keepdims=True) + 1e-12)
+    offset = dict(zip(names, np.cumsum([0] + [len(features[n]) for n in names[:-1]])))
+    ranked = sorted(candidates, key=lambda c: (-c[2], c[0], c[1]))[:pool * k]
+    similarity = unit[[offset[name] + index for name, index, _ in ranked]] @ unit.T  # [pool * k, all slices]
+    covered = np.full(unit.shape[0], -1.0)
+    picked: list[int] = []
+    for _ in range(min(k, len(ranked))):
+        gains = np.maximum(similarity, covered).sum(axis=1) - covered.sum()
+        gains[picked] = -np.inf
+        best = int(np.argmax(gains))
+        picked.append(best)
+        covered = np.maximum(covered, similarity[best])
+    return [(ranked[i][0], ranked[i][1]) for i in picked]
 
 
 def add_signals(slices: dict[str, list[dict[str, Any]]], signals: dict[str, dict[str, np.ndarray]]) -> None:
