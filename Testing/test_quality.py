@@ -407,6 +407,17 @@ def test_the_review_curve_pools_random_draws_per_seed_and_starts_every_arm_at_no
     assert points["review_path"] == {0: {0: 0.01}, 30: {0: pytest.approx(0.08)}}  # none: every arm's at 0 slices
 
 
+def test_resegment_without_a_review_to_score_says_so(tmp_path, capsys):
+    import json
+
+    from PLCLSegmentationLib.engine.lab.review_sim import main
+
+    (tmp_path / "results.json").write_text(json.dumps({"protocol": {"cases": {"0": {"labeled": ["p1"]}}}, "runs": []}))
+    with pytest.raises(SystemExit):
+        main([str(tmp_path / "runs" / "seed0" / "plcl"), str(tmp_path / "out"), "--resegment"])
+    assert "review.json: no simulated review to score again" in capsys.readouterr().err
+
+
 def test_the_cohort_after_a_review_keeps_the_corrected_slices_and_takes_the_retrain_s_segmentation(tmp_path):
     """review_sim.cohort_volume_dice: corrected volumes are the run's segmentation with the corrected slices set to the
     reference; the others, the retrain's segmentation; each volume's mean Dice over its structures."""
@@ -458,6 +469,15 @@ def test_the_cohort_after_a_review_keeps_the_corrected_slices_and_takes_the_retr
     assert after == pytest.approx({"u": (a + b) / 2, "v": 1.0})
     with pytest.raises(RuntimeError, match="did not segment u"):  # neither corrected nor segmented again
         cohort_volume_dice(tmp_path / "run", tmp_path / "arm", {}, str(data))
+    # --resegment: u segmented again by the retrain (right but for slice 2), its corrected slice 1 kept.
+    wrong_third_slice = reference.copy()
+    wrong_third_slice[2] = 0
+    run(tmp_path / "resegment", {"u": wrong_third_slice})
+    again = {e["name"]: e for e in json.loads((tmp_path / "resegment" / "summary.json").read_text())["volumes"]}
+    assert cohort_volume_dice(tmp_path / "run", tmp_path / "arm", {"u": [1]}, str(data), again) == pytest.approx(
+        {"u": (a + b) / 2, "v": 1.0})  # slice 2 missed instead of slice 0
+    assert cohort_volume_dice(tmp_path / "run", tmp_path / "arm", {"u": [2]}, str(data), again) == pytest.approx(
+        {"u": 1.0, "v": 1.0})  # the retrain's one wrong slice corrected
 
 
 def test_a_review_s_cohort_gain_splits_into_the_corrections_own_and_the_retrain_s_on_the_others():

@@ -28,6 +28,9 @@ Dice on the evaluation split (what the retrain learned, on volumes nobody review
 (the unannotated volumes as the reviewer holds them afterwards: the corrected slices kept, the rest
 segmented by the retrain; ``cohort_volume_dice``), the cohort's gain taken apart (``split_gain``): what the
 corrected slices add to their own volumes, and what the retrain changes on the volumes nobody corrected.
+``--resegment`` scores the arms of an OUT already run as a retrain that segments the corrected volumes again (each
+one's corrected slices kept, the rest from the retrained model: ``cohort_resegmented_*`` in review.json), where the
+module today keeps the run's segmentation on a volume's other slices once the user accepts some of its slices.
 ``--set KEY=VALUE`` passes a setting to every retrain (recorded in review.json). ``--retrain-seed`` retrains the
 same slices with another seed (the arm recorded as ``ARM_retrainN``): what one retrain varies by itself. Writes
 OUT/review.json and OUT/review.md: both per arm, their gains over the run's model and the gains per corrected slice.
@@ -209,11 +212,13 @@ def run_arm(arm: str, chosen: dict[str, list[int]], run: Path, results: dict[str
             "train_wall_seconds": trained["seconds"]}
 
 
-def cohort_volume_dice(run: Path, arm_train: Path | None, chosen: dict[str, list[int]], data: str) -> dict[str, float]:
+def cohort_volume_dice(run: Path, arm_train: Path | None, chosen: dict[str, list[int]], data: str,
+                       corrected: dict[str, dict[str, Any]] | None = None) -> dict[str, float]:
     """Each of the run's unannotated volumes' mean Dice as a reviewer holds it after an arm: the retrain's
     segmentation of each volume it segmented (``arm_train``'s summary; None: the run's own, nothing reviewed),
-    and for each volume the arm corrected, the run's segmentation with the corrected slices set to the ground
-    truth (the retrain learns from them and leaves them as accepted). A volume's mean is over its structures
+    and for each volume the arm corrected, the run's segmentation (``corrected``: the summary entry by name of
+    another, see resegment) with the corrected slices set to the ground truth (the retrain learns from them and
+    leaves them as accepted). A volume's mean is over its structures
     present in the segmentation or the reference, as ``plcl evaluate``; volumes with neither are left out."""
     dataset = read_dataset(data)
     base = json.loads((run / "train" / SUMMARY_FILE).read_text())
@@ -228,7 +233,7 @@ def cohort_volume_dice(run: Path, arm_train: Path | None, chosen: dict[str, list
         for value, index in index_of.items():
             reference[reference_values == value] = index
         if name in chosen:
-            labels = segmentation_classes(entry, base["classes"])
+            labels = segmentation_classes((corrected or {}).get(name, entry), base["classes"])
             axis = slicing.AXIS_NAMES.index(entry["slice_axis"])
             for index in chosen[name]:
                 where = [slice(None)] * labels.ndim
@@ -242,6 +247,29 @@ def cohort_volume_dice(run: Path, arm_train: Path | None, chosen: dict[str, list
         if dice:
             found[name] = float(np.mean(dice))
     return found
+
+
+def resegment(arm_folder: Path, chosen: dict[str, list[int]], data: str, device: str) -> dict[str, dict[str, Any]]:
+    """The corrected volumes segmented by the arm's retrained model (``plcl predict`` into
+    ARM/resegment): their summary entries by name."""
+    dataset = read_dataset(data)
+    out = arm_folder / "resegment"
+    run_child(["predict", "--model", str(arm_folder / "train" / MODEL_FILE), "--out", str(out), "--device", device,
+               "--estimate", "off", *[dataset.image(name) for name in chosen]], arm_folder / "resegment.log")
+    return {e["name"]: e for e in json.loads((out / SUMMARY_FILE).read_text())["volumes"]}
+
+
+def rescore_resegmented(run: Path, out: Path, data: str, device: str) -> dict[str, Any]:
+    """OUT's review.json with each arm's cohort scored as if the retrain segmented its corrected volumes again
+    (``cohort_resegmented_volumes`` and ``_mean_dice``; module docstring)."""
+    review = json.loads((out / "review.json").read_text())
+    for arm in review["arms"]:
+        entries = resegment(out / arm["arm"], arm["chosen"], data, device) if arm["chosen"] else {}
+        cohort = cohort_volume_dice(run, out / arm["arm"] / "train", arm["chosen"], data, entries)
+        arm["cohort_resegmented_volumes"] = cohort
+        arm["cohort_resegmented_mean_dice"] = float(np.mean(list(cohort.values())))
+    write_json(out / "review.json", review)
+    return review
 
 
 def split_gain(before: dict[str, float], after: dict[str, float], chosen: dict[str, list[int]],
@@ -297,12 +325,23 @@ def main(argv: list[str] | None = None) -> int:
                                                            "retrained again, to measure what one retrain varies")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="a setting of the retrain (plcl train --set), e.g. slice_position_balance=true")
+    parser.add_argument("--resegment", action="store_true",
+                        help="score OUT's arms again as if the retrain segmented the corrected volumes too "
+                             "(no retrain)")
     args = parser.parse_args(argv)
     arms = [a for a in args.arms.split(",") if a]
     unknown = [a for a in arms if a not in ARMS]
     if unknown or args.slices < 1:
         parser.error(f"--arms from {', '.join(ARMS)}; --slices at least 1")
     bench, seed, cases = bench_run(args.run, args.bench)
+    if args.resegment:
+        if not (args.out / "review.json").is_file():
+            parser.error(f"{args.out / 'review.json'}: no simulated review to score again (run the arms first)")
+        review = rescore_resegmented(args.run, args.out, bench["data"], args.device)
+        for arm in review["arms"]:
+            print(f"{arm['arm']}: cohort {arm['cohort_mean_dice']:.4f}, "
+                  f"resegmented {arm['cohort_resegmented_mean_dice']:.4f}")
+        return 0
     method = args.run.name
     (base,) = [r for r in bench["runs"] if r["seed"] == seed and r["method"] == method]
     args.eval_split = bench["protocol"]["eval_split"]
