@@ -183,6 +183,14 @@ def annotated_after_review(cases: dict[str, Any], chosen: dict[str, list[int]]) 
     return list(cases["labeled"]) + list(chosen), specs + [slicing.spec_text(chosen[c]) for c in chosen]
 
 
+def segment_with_retrain(arm_folder: Path, name: str, images: list[str], device: str) -> Path:
+    """``plcl predict`` of ``images`` with the arm's retrained model into ARM/NAME (log ARM/NAME.log), without
+    the quality estimate (scored against the reference only); the folder."""
+    run_child(["predict", "--model", str(arm_folder / "train" / MODEL_FILE), "--out", str(arm_folder / name),
+               "--device", device, "--estimate", "off", *images], arm_folder / f"{name}.log")
+    return arm_folder / name
+
+
 def run_arm(arm: str, chosen: dict[str, list[int]], run: Path, results: dict[str, Any], data: str,
             out: Path, args: argparse.Namespace) -> dict[str, Any]:
     dataset = read_dataset(data)
@@ -202,8 +210,7 @@ def run_arm(arm: str, chosen: dict[str, list[int]], run: Path, results: dict[str
              *(["--iterations", str(args.iterations)] if args.iterations else ["--minutes", str(args.minutes)])]
     trained = run_child(train, folder / "train.log")
     images = [dataset.image(c) for c in cases["evaluation"]]
-    run_child(["predict", "--model", str(folder / "train" / MODEL_FILE), "--out", str(folder / "predict"),
-               "--device", args.device, "--estimate", "off", *images], folder / "predict.log")  # scored only
+    segment_with_retrain(folder, "predict", images, args.device)
     report = evaluate(str(folder / "predict"), data=str(dataset.root), split=args.eval_split)
     cohort = cohort_volume_dice(run, folder / "train", chosen, data)
     return {"arm": arm, "slices": sum(len(v) for v in chosen.values()), "chosen": chosen,
@@ -253,9 +260,7 @@ def resegment(arm_folder: Path, chosen: dict[str, list[int]], data: str, device:
     """The corrected volumes segmented by the arm's retrained model (``plcl predict`` into
     ARM/resegment): their summary entries by name."""
     dataset = read_dataset(data)
-    out = arm_folder / "resegment"
-    run_child(["predict", "--model", str(arm_folder / "train" / MODEL_FILE), "--out", str(out), "--device", device,
-               "--estimate", "off", *[dataset.image(name) for name in chosen]], arm_folder / "resegment.log")
+    out = segment_with_retrain(arm_folder, "resegment", [dataset.image(name) for name in chosen], device)
     return {e["name"]: e for e in json.loads((out / SUMMARY_FILE).read_text())["volumes"]}
 
 
