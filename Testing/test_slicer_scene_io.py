@@ -91,6 +91,27 @@ def test_export_a_subset_in_class_order_and_an_empty_class(oblique, tmp_path):
     assert [c.name for c in read_classes] == ["Left ventricle", "Myocardium"]
     np.testing.assert_array_equal(read, (labels == 1).astype(np.uint8))
 
+    # A class absent from the slices written (a slice accepted without the first structure: slices 1 and 5
+    # hold the second class alone) and from the whole annotation: every voxel keeps its class.
+    ids = scene_io.segment_ids(segmentation)
+    three = scene_io.classes_from_segments(segmentation, ids)
+    axis = scene_io.volume_axes(volume).slice_axis
+    kept = [i for i in range(labels.shape[axis]) if not (np.take(labels, i, axis=axis) == 1).any()]
+    assert kept and any((np.take(labels, i, axis=axis) > 0).any() for i in kept)
+    path = tmp_path / "accepted.seg.nrrd"
+    scene_io.write_annotation(app.services, segmentation, ids, volume, three, str(path), only_slices=(axis, kept))
+    read, read_classes = volumes.read_annotation(path, image)
+    assert [c.name for c in read_classes] == [s[0] for s in SEGMENTS]  # each voxel's class, in class order
+    outside = np.ones(labels.shape[axis], bool)
+    outside[kept] = False
+    expected = labels.copy()
+    expected[(slice(None),) * axis + (outside,)] = 0
+    np.testing.assert_array_equal(read, expected)
+    scene_io.write_annotation(app.services, segmentation, ids[1:], volume, three[1:], str(path))
+    read, read_classes = volumes.read_annotation(path, image)  # the first segment left out: the others' names
+    assert [c.name for c in read_classes] == [s[0] for s in SEGMENTS[1:]]
+    np.testing.assert_array_equal(read, np.where(labels > 1, labels - 1, 0))
+
     # Nothing painted at all: one clear line.
     empty = app.add_segmentation(volume, np.zeros_like(labels), SEGMENTS[:1], "Empty")
     with pytest.raises(scene_io.PLCLError, match="'Empty' has nothing painted on 'oblique case'"):

@@ -215,33 +215,40 @@ def write_annotation(services: SlicerServices, segmentation_node: Any, ids: Sequ
         labels[(slice(None),) * axis + (outside,)] = 0
         slicer.util.arrayFromVolumeModified(labelmap)
     target = copy.scene.AddNewNodeByClass("vtkMRMLSegmentationNode")
-    background = None  # nothing to write: background only, on the whole grid (accepted empty slices)
-    if image is None or image.GetScalarRange()[1] <= 0:
-        if only_slices is None or image is None:
-            raise PLCLError(f"Segmentation '{segmentation_node.GetName()}' has nothing painted on "
-                            f"'{reference_volume.GetName()}' in the segments to learn.")
-        background = services.segmentations.CreateOrientedImageDataFromVolumeNode(labelmap)
-    elif not services.segmentations.ImportLabelmapToSegmentationNode(labelmap, target):
+    if image is None or (image.GetScalarRange()[1] <= 0 and only_slices is None):
+        raise PLCLError(f"Segmentation '{segmentation_node.GetName()}' has nothing painted on "
+                        f"'{reference_volume.GetName()}' in the segments to learn.")
+    if image.GetScalarRange()[1] > 0 and not services.segmentations.ImportLabelmapToSegmentationNode(labelmap,
+                                                                                                     target):
         raise PLCLError(f"Could not convert the segments of '{segmentation_node.GetName()}'.")
+    # A class with no voxel here (background only: accepted empty slices) is written on the grid's whole
+    # extent, so that the file is the whole volume's and its segments lie on the volume's lattice.
+    blank = services.segmentations.CreateOrientedImageDataFromVolumeNode(labelmap)
+    blank.GetPointData().GetScalars().Fill(0)
     segmentation = target.GetSegmentation()
-    by_value = {}
+    # The import names each segment after the colour table (its class) but may number its label values
+    # afresh (values 2 and 3 come back as 1 and 2 where no voxel holds 1): segments are matched by name.
+    by_name = {}
     for segment_id in segment_ids(target):
         segment = segmentation.GetSegment(segment_id)
-        by_value[segment.GetLabelValue()] = segment
+        by_name[segment.GetName()] = segment
+    unknown = sorted(set(by_name) - {info.name for info in classes})
+    if unknown:
+        raise PLCLError(f"Could not convert the segments of '{segmentation_node.GetName()}' (unnamed: "
+                        f"{', '.join(unknown)}).")
     for value, info in enumerate(classes, start=1):
-        segment = by_value.get(value)
+        segment = by_name.get(info.name)
         if segment is None:  # the segment is empty on this grid: keep the class, with no voxels
             segment = slicer.vtkSegment()
             segment.SetName(info.name)
             segment.SetLabelValue(value)
-            if background is not None:  # the grid's extent, so that the file is the whole volume's
-                segment.AddRepresentation(slicer.vtkSegmentationConverter.GetBinaryLabelmapRepresentationName(),
-                                          background)
+            segment.AddRepresentation(slicer.vtkSegmentationConverter.GetBinaryLabelmapRepresentationName(), blank)
             segmentation.AddSegment(segment)
         segment.SetName(info.name)
         segment.SetColor(*info.color)
         if info.terminology:
             set_terminology(segment, info.terminology)
+        segmentation.SetSegmentIndex(segmentation.GetSegmentIdBySegment(segment), value - 1)  # in class order
     target.SetReferenceImageGeometryParameterFromVolumeNode(copy.volume)  # the lattice, no transform
     storage = slicer.vtkMRMLSegmentationStorageNode()
     storage.SetFileName(str(path))
