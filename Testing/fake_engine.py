@@ -134,31 +134,45 @@ def review(labels: np.ndarray, uncertainty: np.ndarray, classes: list[volumes.Cl
 
 
 def predict_volume(sink: JsonLinesSink, out: Path, volume: volumes.Volume, classes: list[volumes.ClassInfo],
-                   labels: np.ndarray | None = None, frame: int | None = None) -> dict:
-    """Write one volume's (fake) prediction and uncertainty; its summary entry."""
+                   labels: np.ndarray | None = None, frame: int | None = None,
+                   annotated_slices: tuple[np.ndarray, list[int]] | None = None) -> dict:
+    """Write one volume's (fake) prediction and uncertainty; its summary entry. ``annotated_slices``: the
+    annotation's labels and the slices of it the prediction keeps."""
     seg = out / "predictions" / f"{volume.name}.seg.nrrd"
     unc = out / "uncertainty" / f"{volume.name}.nrrd"
     seg.parent.mkdir(parents=True, exist_ok=True)
     unc.parent.mkdir(parents=True, exist_ok=True)
     labels = fake_prediction(volume, classes) if labels is None else labels
-    volumes.write_segmentation(seg, labels, volume.grid, classes)
     axis = slicing.canonical(volume.grid.direction_matrix, volume.grid.spacing).slice_axis
     uncertainty = fake_uncertainty(volume, axis)
+    if annotated_slices is not None:
+        known, rows = annotated_slices
+        where = (slice(None),) * axis + (rows,)
+        labels[where], uncertainty[where] = known[where], 0.0
+    volumes.write_segmentation(seg, labels, volume.grid, classes)
     volumes.write_image(unc, uncertainty, volume.grid)
     sink.emit("output", kind="prediction", path=str(seg), name=volume.name)
     sink.emit("output", kind="uncertainty", path=str(unc), name=volume.name)
     structures, slices = review(labels, uncertainty, classes, axis)
+    if annotated_slices is not None:
+        slices = [s for s in slices if s["index"] not in annotated_slices[1]]
     sink.emit("quality", name=volume.name, frame=frame, structures=structures,
               worst_slice=slices[0]["index"] if slices else None)
-    return {"name": volume.name, "image": volume.path, "segmentation": str(seg), "uncertainty": str(unc),
-            "uncertainty_score": float(uncertainty.mean()), "slice_axis": slicing.AXIS_NAMES[axis],
-            "structures": structures, "slices": slices}
+    entry = {"name": volume.name, "image": volume.path, "segmentation": str(seg), "uncertainty": str(unc),
+             "uncertainty_score": float(uncertainty.mean()), "slice_axis": slicing.AXIS_NAMES[axis],
+             "structures": structures, "slices": slices}
+    if annotated_slices is not None:
+        entry["annotated_slices"] = list(annotated_slices[1])
+    return entry
 
 
 def write_outputs(sink: JsonLinesSink, out: Path, images: list[str], classes: list[volumes.ClassInfo],
                   model: str, command: str, outputs: dict[str, str] | None = None,
-                  annotated: dict[str, dict[int, np.ndarray]] | None = None) -> None:
-    """``annotated``: for each 4D image, its annotated frames' labels (those frames are not predicted)."""
+                  annotated: dict[str, dict[int, np.ndarray]] | None = None,
+                  partial: dict[str, tuple[np.ndarray, list[int]]] | None = None) -> None:
+    """``annotated``: for each 4D image, its annotated frames' labels (those frames are not predicted);
+    ``partial``: for each volume annotated on some slices, its labels and those slices (kept as annotated,
+    as the engine keeps them)."""
     entries, sequences = [], []
     for path in images:
         frames = read_frames(path)
@@ -186,7 +200,8 @@ def write_outputs(sink: JsonLinesSink, out: Path, images: list[str], classes: li
                                           "ejection_fraction": 100.0 * (max(v) - min(v)) / max(v) if max(v) else None}
                                    for name, v in curves.items()}})
             continue
-        entries.append(predict_volume(sink, out, volumes.read_volume(path), classes))
+        entries.append(predict_volume(sink, out, volumes.read_volume(path), classes,
+                                      annotated_slices=(partial or {}).get(path)))
     summary = {"version": "fake", "command": command, "model": model, "classes": [c.to_dict() for c in classes],
                "outputs": {kind: (outputs or {}).get(kind) for kind in OUTPUT_KINDS},
                "uncertainty_measure": "normalised predictive entropy (fake)",
@@ -233,13 +248,19 @@ def main(argv: list[str]) -> int:
     try:
         if args.command == "train":
             classes: list[volumes.ClassInfo] = []
-            for image, label in args.labeled:
+            partial: dict[str, tuple[np.ndarray, list[int]]] = {}  # volumes annotated on some slices
+            specs = args.annotated_slices or ["all"] * len(args.labeled)
+            for (image, label), spec in zip(args.labeled, specs):
                 if read_frames(image) is not None:
                     raise errors.InputError(image, "is a 4D image; give an annotated frame with --labeled-frame")
                 volume = volumes.read_volume(image)
                 labels, found = volumes.read_annotation(label, volume)
                 classes = classes or found or [volumes.ClassInfo(int(v), f"label {int(v)}", (1.0, 0.0, 0.0))
                                                 for v in np.unique(labels) if v > 0]
+                axis = slicing.canonical(volume.grid.direction_matrix, volume.grid.spacing).slice_axis
+                rows = slicing.annotated_slices(slicing.parse_spec(spec), labels, axis)
+                if len(rows) < labels.shape[axis]:
+                    partial[image] = (labels, rows)
             annotated: dict[str, dict[int, np.ndarray]] = {}
             for image, frame, label in args.labeled_frame:
                 frames = read_frames(image)
@@ -267,8 +288,8 @@ def main(argv: list[str]) -> int:
                                                 "unlabeled": args.unlabeled}))
             sink.emit("output", kind="model", path=str(files["model"]))
             cine = [image for image in annotated if image not in args.unlabeled]
-            write_outputs(sink, out, [*args.unlabeled, *cine], classes, str(files["model"]), "train",
-                          {kind: str(path) for kind, path in files.items()}, annotated)
+            write_outputs(sink, out, [*args.unlabeled, *partial, *cine], classes, str(files["model"]), "train",
+                          {kind: str(path) for kind, path in files.items()}, annotated, partial)
         else:
             model = json.loads(Path(args.model).read_text())
             classes = [volumes.ClassInfo.from_dict(c) for c in model["classes"]]

@@ -181,7 +181,8 @@ def test_an_annotation_painted_in_the_wrong_view_is_refused_with_the_view_to_use
     assert error["file"] == label and not (tmp_path / "out").exists()
 
 
-def test_train_on_painted_slices_only_records_them_and_segments_the_other_volumes(tmp_path):
+def test_train_on_painted_slices_only_records_them_and_segments_every_volume_keeping_the_annotated_slices(
+        tmp_path):
     pairs = _files(tmp_path)
     (tmp_path / "more").mkdir()
     target, _ = _files(tmp_path / "more", 3)[2]
@@ -195,7 +196,7 @@ def test_train_on_painted_slices_only_records_them_and_segments_the_other_volume
     warnings = [e["message"] for e in log if e["event"] == "warning"]
     assert any("case1_label.nrrd: the labels of slices 1, 3, 5 are not in --annotated-slices" in w for w in warnings)
     written = {e["name"] for e in log if e["event"] == "output" and e["kind"] == "prediction"}
-    assert written == {"case2"}  # annotated volumes, partly or wholly, get no prediction
+    assert written == {"case0", "case1", "case2"}  # the partly annotated volumes too
     job = json.loads((out / "job.json").read_text())
     assert job["annotated_slices"] == ["labelled", "2,4"]
     summary = json.loads((out / "summary.json").read_text())
@@ -205,6 +206,21 @@ def test_train_on_painted_slices_only_records_them_and_segments_the_other_volume
 
     info, _ = read_model(str(out / "model.pt"))
     assert info.training["annotated_slices"] == summary["annotated_slices"]
+    # A partly annotated volume's segmentation holds its annotated slices exactly as annotated (and only
+    # those: slices 1, 3, 5 of case1 hold labels it was not told to learn), certain, none of them to review.
+    entries = {e["name"]: e for e in summary["volumes"]}
+    assert "annotated_slices" not in entries["case2"]
+    for name, (_, label), annotated in (("case0", pairs[0], [1, 2, 3, 4, 5]), ("case1", pairs[1], [2, 4])):
+        entry = entries[name]
+        assert entry["annotated_slices"] == annotated and entry["slice_axis"] == "k"
+        truth = sitk.GetArrayFromImage(sitk.ReadImage(label))
+        segmented = sitk.GetArrayFromImage(sitk.ReadImage(entry["segmentation"]))
+        uncertainty = sitk.GetArrayFromImage(sitk.ReadImage(entry["uncertainty"]))
+        np.testing.assert_array_equal(segmented[annotated], truth[annotated])
+        assert not uncertainty[annotated].any() and uncertainty.any()
+        assert not {s["index"] for s in entry["slices"]} & set(annotated)
+        counts = np.bincount(segmented.ravel(), minlength=3)
+        assert entry["voxels"] == {"label 1": int(counts[1]), "label 2": int(counts[2])}
 
 
 # --- the benchmark option -----------------------------------------------------------------------

@@ -7,7 +7,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterable, Iterator
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +24,7 @@ from ..method.predictor import Prediction, Predictor, prepare
 from ..method.preprocess import InPlaneFrame, PreparedVolume, slice_layout
 from ..protocol import DEFAULT_BACKEND, DEFAULT_ESTIMATE, PREDICTIONS_FOLDER, SEQUENCES_FOLDER, UNCERTAINTY_FOLDER
 from ..runtime import resolve_device
+from ..slicing import AXIS_NAMES
 from .memory import release_freed_memory
 from .sequence_outputs import LabelSequenceWriter, sequence_entry
 from .summary import write_summary
@@ -139,10 +140,38 @@ def _prepared_one_by_one(images: list[str], info: ModelInfo, sink: EventSink,
 # --- writing each volume's outputs ----------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class AnnotatedSlices:
+    """A volume annotated on some of its slices (``--annotated-slices``): its annotation's label values
+    [k, j, i] on its grid, and those slices' file indices along the engine's slicing axis."""
+
+    values: np.ndarray
+    indices: list[int]
+
+
+def keep_annotated_slices(prediction: Prediction, annotated: AnnotatedSlices,
+                          names_values: list[tuple[str, int]]) -> Prediction:
+    """The prediction with the annotated slices exactly as annotated: the user's labels, no uncertainty,
+    none of them to review. Its structures' estimates stay the network's (a conservative reading of the
+    volume: the annotated slices would only raise them)."""
+    axis = AXIS_NAMES.index(prediction.quality.slice_axis)
+    where = (slice(None),) * axis + (annotated.indices,)
+    labels, uncertainty = prediction.labels.copy(), prediction.uncertainty.copy()
+    labels[where] = annotated.values[where]
+    uncertainty[where] = 0.0
+    kept = set(annotated.indices)
+    quality = replace(prediction.quality, slices=[s for s in prediction.quality.slices if s["index"] not in kept])
+    counts = np.bincount(labels.ravel(), minlength=256)
+    return replace(prediction, labels=labels, uncertainty=uncertainty, quality=quality,
+                   voxels={name: int(counts[value]) for name, value in names_values})
+
+
+
 def write_predictions(predictor: Predictor, volumes: Iterable[PreparedVolume], count: int, out: Path,
                       sink: EventSink, cancel: threading.Event,
                       sequences: list[tuple[Sequence, list[int]]] | None = None,
-                      outputs: SegmentationWriters | None = None
+                      outputs: SegmentationWriters | None = None,
+                      annotated: dict[str, AnnotatedSlices] | None = None
                       ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Predict each volume and write its segmentation and uncertainty map; returns the summary's
     ``volumes`` and ``sequences`` entries.
@@ -151,7 +180,11 @@ def write_predictions(predictor: Predictor, volumes: Iterable[PreparedVolume], c
     the next is read, so memory does not grow with the number of volumes. The frames of each of
     ``sequences`` (4D inputs, with their annotated frames) come among them, in frame order.
     ``outputs`` writes each segmentation in the formats asked for (run/writers.py; default .seg.nrrd).
+    ``annotated``: by volume name, the annotated slices a volume's segmentation keeps (a training run's
+    volumes annotated on some slices); its summary entry lists them as ``annotated_slices``.
     """
+    annotated = annotated or {}
+    names_values = [(c.name, c.value) for c in predictor.classes]
     sequences = sequences or []
     outputs = outputs or SegmentationWriters.default(predictor.classes, model_file=None)
     if not count:
@@ -181,7 +214,12 @@ def write_predictions(predictor: Predictor, volumes: Iterable[PreparedVolume], c
         # Each volume is mapped onto its grid and written before the next is mapped.
         for prepared, prediction in zip(group, predictor.predict_group(group)):
             frame_info = frame_of.get(prepared.volume.name)
+            known = annotated.get(prepared.volume.name)
+            if known is not None:
+                prediction = keep_annotated_slices(prediction, known, names_values)
             entry = _write_one(prepared.volume, prediction, out, sink, outputs, frame_info)
+            if known is not None:
+                entry["annotated_slices"] = list(known.indices)
             if frame_info is not None:
                 sequence, frame = frame_info
                 entry.update(sequence=sequence.name, frame=frame)

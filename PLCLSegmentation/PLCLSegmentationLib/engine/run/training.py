@@ -1,5 +1,6 @@
 """A training run (``plcl train``): check every input first, train (or resume) with checkpoints and
-snapshots, save the model file, then segment the unannotated volumes through the prediction run's
+snapshots, save the model file, then segment the unannotated volumes (and those annotated on some slices,
+those slices kept) through the prediction run's
 writer (prediction.py). protocol.py names the run folder's files."""
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from ..protocol import CHECKPOINT_FILE, JOB_FILE, MODEL_FILE, SNAPSHOTS_FOLDER, 
 from ..request import TrainJob, job_digest
 from ..runtime import autocast_dtype, precision_name, resolve_device
 from .inputs import SUPERVISED_ONLY_WARNING, TrainingInputs, read_training_inputs, slice_count
-from .prediction import check_slice_sizes, write_predictions
+from .prediction import AnnotatedSlices, check_slice_sizes, write_predictions
 from .summary import write_json, write_summary
 from .writers import SegmentationWriters, check_outputs, output_formats
 
@@ -161,13 +162,20 @@ def _train(job: TrainJob, inputs: TrainingInputs, sink: EventSink, cancel: threa
         "seconds_per_iteration": train_seconds / max(1, iterations_run), "losses": trainer.loss_history})
 
     # Every frame of a 4D input is segmented, its annotated frames too: a curve from predictions alone.
+    # A volume annotated on some slices is segmented too, those slices kept as annotated: the user who
+    # annotated (or, in Slicer, accepted) a few slices gets the rest of the volume from this model.
     frame_names = {n for sequence, _ in inputs.sequences for n in sequence.frame_names()}
     by_name = {p.volume.name: p for p in annotated + unannotated}
+    values = np.array([0] + [c.value for c in inputs.classes], dtype=np.uint8)
+    partial = {p.volume.name: AnnotatedSlices(values[labels], rows)
+               for p, (_, labels), rows in zip(annotated, inputs.annotated, inputs.annotated_slices)
+               if p.partial and rows is not None}
     to_predict = [p for p in unannotated if p.volume.name not in frame_names]
+    to_predict += [p for p in annotated if p.volume.name in partial]
     to_predict += [by_name[n] for sequence, _ in inputs.sequences for n in sequence.frame_names()]
     outputs = SegmentationWriters(output_formats(job.formats), info.classes, out / MODEL_FILE, job.dicom_seg_frames)
     entries, sequences = write_predictions(Predictor(model, info, device), to_predict, len(to_predict), out, sink,
-                                           cancel, inputs.sequences, outputs)
+                                           cancel, inputs.sequences, outputs, partial)
     summary = write_summary("train", out, info.classes, entries, sink,
                             extra={"train_seconds": round(train_seconds, 2), "iterations": trainer.iteration,
                                    "annotated_slices": slice_record, "sequences": sequences})
