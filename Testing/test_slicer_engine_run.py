@@ -13,12 +13,14 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 
 pytest.importorskip("slicer", reason="slicer-core is not installed")
 
 from slicer_support import ACDC, CARDIAC_SEGMENTS, LAUNCHER, ROOT, SlicerApp, acdc_case, read_labels, snapshot  # noqa: E402
 
+from PLCLSegmentationLib import scene_io  # noqa: E402
 from PLCLSegmentationLib.jobs import JobState  # noqa: E402
 from PLCLSegmentationLib.logic import PLCLSegmentationLogic  # noqa: E402
 from PLCLSegmentationLib.parameters import PREDICTED, REVIEWED  # noqa: E402
@@ -81,12 +83,23 @@ def test_train_then_accept_and_retrain_faster(scene, record_property):
 
     logic.accept(volumes[1])
     assert logic.state.record_for(volumes[1]).role == REVIEWED
+    # The third volume: one slice corrected (the ground truth painted in) and accepted alone.
+    old, index, corrected = correct_one_slice(app, logic, volumes[2])
+    logic.accept_slice(volumes[2], index)
     started = time.monotonic()
     job = logic.retrain()
     logic.wait(300)
     retrain_s = time.monotonic() - started
     assert job.state == JobState.DONE, f"{job.error}\n" + "\n".join(job.tail)
-    assert job.imported == [CASES[2]]
+    assert job.imported == [CASES[2]] and not [w for w in job.warnings if "kept beside" in w], job.warnings
+    # The engine segmented it again, the accepted slice kept exactly; the old prediction, edited on that
+    # slice only, is gone; the slice stays accepted.
+    record = logic.state.record_for(volumes[2])
+    assert record.accepted == [index] and record.segmentation.GetID() != old and app.scene.GetNodeByID(old) is None
+    axis = scene_io.volume_axes(volumes[2]).slice_axis
+    labels = scene_io.annotation_labels(app.services, record.segmentation, scene_io.segment_ids(record.segmentation),
+                                        volumes[2])
+    np.testing.assert_array_equal(np.take(labels, index, axis=axis), corrected)
     assert job.argv[job.argv.index("--iterations") + 1] == str(ITERATIONS)  # the engine shortens it
     retrain_iterations = json.loads((job.out_dir / "summary.json").read_text())["iterations"]
     assert 0 < retrain_iterations < ITERATIONS
@@ -95,6 +108,26 @@ def test_train_then_accept_and_retrain_faster(scene, record_property):
     # Faster by its schedule (fewer iterations), not judged by the clock: timings belong in benchmarks.
     print(f"\ntrain from scratch ({ITERATIONS} iterations): {train_s:.1f} s; "
           f"warm-start retrain ({retrain_iterations} iterations, the engine's schedule): {retrain_s:.1f} s")
+
+
+def correct_one_slice(app, logic, volume):
+    """Paint the ground truth into the least certain slice of the prediction of ``volume``: (the prediction's
+    node ID, the slice, its labels now)."""
+    import slicer
+
+    record = logic.state.record_for(volume)
+    prediction = record.segmentation
+    index = int(logic.state.review(record.key)["volume"]["slices"][0][0])  # where Next uncertain slice goes first
+    axis = scene_io.volume_axes(volume).slice_axis
+    truth = read_labels(acdc_case(volume.GetName())[1])
+    cut = (slice(None),) * axis + (index,)
+    for value, (name, _, _) in enumerate(CARDIAC_SEGMENTS, start=1):
+        segment_id = prediction.GetSegmentation().GetSegmentIdBySegmentName(name)
+        mask = slicer.util.arrayFromSegmentBinaryLabelmap(prediction, segment_id, volume)
+        mask[cut] = truth[cut] == value
+        slicer.util.updateSegmentBinaryLabelmapFromArray(mask, prediction, segment_id, volume)
+    labels = scene_io.annotation_labels(app.services, prediction, scene_io.segment_ids(prediction), volume)
+    return prediction.GetID(), index, np.take(labels, index, axis=axis)
 
 
 def test_cancel_the_real_engine_mid_run(scene):

@@ -197,6 +197,9 @@ def test_visited_slices_are_skipped_and_kept_with_the_scene(session, tmp_path):
     slice_views(reopened)
     logic2 = PLCLSegmentationLogic(reopened.services, models_dir=tmp_path / "models")
     assert [(r.name, r.structures) for r in logic2.review_rows()] == [(r.name, r.structures) for r in rows]
+    # with each slice's digest of the prediction as imported (which slices the user edits, for a retrain)
+    assert [r.record.slice_digests for r in logic2.review_rows()] == [r.record.slice_digests for r in rows]
+    assert all(len(r.record.slice_digests) > 1 for r in rows if r.record.role == PREDICTED)
     proxy = reopened.scene.GetNodeByID(second.volume.GetID())
     assert logic2.next_uncertain_slice(proxy).index == entry["slices"][3]["index"]
 
@@ -210,7 +213,7 @@ def test_a_slice_that_cannot_be_shown_stays_to_be_seen(session):
     assert logic.state.review(first.key)["volume"]["visited"] == []
 
 
-def test_accept_slice_sends_those_slices_alone_to_the_retrain_and_leaves_the_segmentation_as_it_is(session):
+def test_accept_slice_sends_those_slices_alone_to_the_retrain_and_its_new_prediction_keeps_them(session):
     import slicer
 
     from PLCLSegmentationLib.engine.config import TrainConfig
@@ -273,14 +276,68 @@ def test_accept_slice_sends_those_slices_alone_to_the_retrain_and_leaves_the_seg
     assert inputs.annotated_slices[pairs.index((image, label))] == accepted
     logic.wait(120)
     assert job.state.name == "DONE", job.error
-    # The volume keeps its prediction, as corrected, and its accepted slices; the other volume is new.
+    # The retrain segments the volume again: its new prediction holds the accepted slices exactly as
+    # accepted, the new model's segmentation elsewhere, and they stay accepted. The old prediction was
+    # corrected on a slice not accepted: it is kept, untouched, beside the new one, and the user is told.
     after = logic.record(volume)
-    assert after.segmentation is prediction and after.accepted == accepted and voxels(prediction) == corrected
+    assert after.segmentation is not prediction and after.accepted == accepted and after.role == PREDICTED
+    assert app.scene.GetNodeByID(prediction.GetID()) is prediction and voxels(prediction) == corrected
+    assert any(prediction.GetName() in w and "slices not accepted" in w for w in job.warnings), job.warnings
+    ids = [after.segmentation.GetSegmentation().GetSegmentIdBySegmentName(n) for n, _, _ in CARDIAC_SEGMENTS]
+    new = scene_io.annotation_labels(app.services, after.segmentation, ids, volume)
+    assert new.shape == drawn.shape
+    for index in range(drawn.shape[axis]):
+        cut = (slice(None),) * axis + (index,)
+        if index in accepted:
+            np.testing.assert_array_equal(new[cut], drawn[cut])
+    assert not np.array_equal(np.take(new, unaccepted, axis=axis), np.take(drawn, unaccepted, axis=axis))
+    assert not set(after_slices(logic, after)) & set(accepted)  # nothing to review there
     with pytest.raises(PLCLError, match="accepted slices"):
         logic.predict([volume])
     # Accept (whole) supersedes the slices: the whole volume is training data.
     logic.accept(volume)
     assert logic.record(volume).accepted == [] and logic.slice_summary(volume).text().startswith("all ")
+
+
+def after_slices(logic, record) -> list[int]:
+    """The indices of the slices to review of a record's prediction, as the module stores them."""
+    stored = logic.state.review(record.key).get(review.VOLUME_KEY) or {}
+    assert stored.get("slices"), "the prediction has slices to review"
+    return [int(item[0]) for item in stored["slices"]]
+
+
+def test_a_prediction_corrected_on_its_accepted_slices_only_is_replaced_by_the_retrain_s(session):
+    import slicer
+
+    app, logic, _, _, _ = session
+    record = logic.review_rows()[0].record
+    volume, prediction = record.volume, record.segmentation
+    axis = scene_io.volume_axes(volume).slice_axis
+    truth = read_labels(synthetic_case(volume.GetName())[1])
+    # A slice without the first structure (its class must not shift onto the others in the label file).
+    index = next(i for i in range(truth.shape[axis])
+                 if np.take(truth, i, axis=axis).any() and not (np.take(truth, i, axis=axis) == 1).any())
+    cut = (slice(None),) * axis + (index,)
+    for value, (name, _, _) in enumerate(CARDIAC_SEGMENTS, start=1):  # a correction on that slice only
+        segment_id = prediction.GetSegmentation().GetSegmentIdBySegmentName(name)
+        mask = slicer.util.arrayFromSegmentBinaryLabelmap(prediction, segment_id, volume)
+        mask[cut] = truth[cut] == value
+        slicer.util.updateSegmentBinaryLabelmapFromArray(mask, prediction, segment_id, volume)
+    ids = scene_io.segment_ids(prediction)
+    drawn = scene_io.annotation_labels(app.services, prediction, ids, volume)
+    logic.accept_slice(volume, index)
+    job = logic.retrain()
+    logic.wait(120)
+    assert job.state.name == "DONE", job.error
+    # Nothing of the old prediction is lost (its one correction is in the new one): it goes, silently.
+    after = logic.record(volume)
+    assert app.scene.GetNodeByID(prediction.GetID()) is None and not job.warnings
+    assert after.accepted == [index] and len(after.slice_digests) == drawn.shape[axis]
+    new = scene_io.annotation_labels(app.services, after.segmentation, scene_io.segment_ids(after.segmentation),
+                                     volume)
+    np.testing.assert_array_equal(new[cut], drawn[cut])
+    # The accepted slice goes to the next retrain again, from the new prediction, as accepted.
+    assert logic.slices_text(after) == f"accepted slice {index}"
 
 
 def test_accept_slice_refuses_what_is_no_prediction_and_writes_background_slices(session, tmp_path):

@@ -223,7 +223,7 @@ class VolumeItem(Item):
             return None
         if record.role in (PREDICTED, REVIEWED) and record.segmentation is None:  # the user deleted it
             record.role, record.uncertainty, record.score, record.fingerprint = UNANNOTATED, None, None, ""
-            record.structures, record.accepted = [], []
+            record.structures, record.accepted, record.slice_digests = [], [], []
             return True
         if record.role == ANNOTATED and record.segmentation is None:
             record.role, record.segment_ids = UNANNOTATED, []
@@ -238,7 +238,7 @@ class VolumeItem(Item):
         record = self.record
         record.role, record.segmentation, record.segment_ids = ANNOTATED, segmentation, ids
         record.uncertainty, record.score, record.fingerprint = None, None, ""
-        record.structures, record.accepted = [], []
+        record.structures, record.accepted, record.slice_digests = [], [], []
 
     def annotate_frame(self, frame: int | None, segmentation: Any, segment_ids: Sequence[str] | None) -> None:
         raise PLCLError(f"'{self.name}' is not a sequence.")
@@ -312,7 +312,7 @@ class VolumeItem(Item):
 
     def export_for_training(self, inputs: RunInputs, classes: Sequence[SegmentClass]) -> None:
         record = self.record
-        if record.has_accepted_slices:  # those slices alone are annotated; its prediction stays as it is
+        if record.has_accepted_slices:  # those slices alone are annotated; the engine segments the others
             image = inputs.image(record)
             label = inputs.label(f"{record.key}.seg.nrrd")
             ids = scene_io.match_segments(record.segmentation, classes, record.segment_ids)
@@ -320,6 +320,7 @@ class VolumeItem(Item):
             scene_io.write_annotation(self.services, record.segmentation, ids, record.volume, classes, str(label),
                                       only_slices=(axis, record.accepted))
             inputs.labeled.append((image, label, slicing.spec_text(record.accepted)))
+            inputs.expected[record.key] = VolumeExport(record.key)
             return
         if not record.is_training:  # to segment: it teaches the model unlabeled
             self.export_for_prediction(inputs)
@@ -385,8 +386,11 @@ class VolumeExport:
             uncertainty = scene_io.add_uncertainty(services, transaction, record.volume, str(uncertainty_path))
         score = info.get("uncertainty_score")
         slices = review.slices_of(info)
+        kept = info.get("annotated_slices")
         return VolumeResult(record, node, uncertainty, float(score) if score is not None else None,
-                            review.structures_of(info), {review.VOLUME_KEY: slices} if slices else {})
+                            review.structures_of(info), {review.VOLUME_KEY: slices} if slices else {},
+                            scene_io.slice_digests(services, node, record.volume),
+                            sorted({int(i) for i in kept if isinstance(i, int)}) if isinstance(kept, list) else [])
 
 
 @dataclass
@@ -399,23 +403,42 @@ class VolumeResult:
     score: float | None
     structures: list[dict[str, Any]] = field(default_factory=list)  # estimated Dice, worst first
     review: dict[str, Any] = field(default_factory=dict)  # its slices to review (review.py)
+    slice_digests: list[str] = field(default_factory=list)  # of the new prediction, as imported
+    kept: list[int] = field(default_factory=list)  # the accepted slices it holds as accepted (summary.json)
     kind: str = VOLUME
 
     def apply(self, services: SlicerServices, warnings: list[str]) -> None:
         record = self.record
-        old = record.segmentation  # the previous prediction (ours) goes, unless edited without accepting
+        accepted = sorted(set(record.accepted) & set(self.kept))  # in the new prediction, exactly as accepted
+        old = record.segmentation  # the previous prediction (ours) goes, unless edited where nothing keeps it
         if old is not None and is_owned(old) and record.role == PREDICTED:
-            if record.fingerprint and scene_io.fingerprint(old) != record.fingerprint:
-                warnings.append(f"'{old.GetName()}' was edited but not accepted; it is kept beside the new one")
+            if self._edited_elsewhere(services, old, accepted):
+                what = "on slices not accepted" if accepted else "but not accepted"
+                warnings.append(f"'{old.GetName()}' was edited {what}; it is kept beside the new one")
             else:
                 scene_io.remove_node(services.scene, old)
         if record.uncertainty is not None and is_owned(record.uncertainty):
             scene_io.remove_node(services.scene, record.uncertainty)
         record.role, record.segmentation, record.uncertainty, record.score = \
             PREDICTED, self.segmentation, self.uncertainty, self.score
-        record.structures, record.review, record.accepted = self.structures, self.review, []
+        record.structures, record.review, record.accepted = self.structures, self.review, accepted
         record.segment_ids = scene_io.segment_ids(self.segmentation)
         record.fingerprint = scene_io.fingerprint(self.segmentation)
+        record.slice_digests = self.slice_digests
+
+    def _edited_elsewhere(self, services: SlicerServices, old: Any, accepted: list[int]) -> bool:
+        """Whether the user edited the previous prediction beyond what the new one keeps: anywhere when it
+        keeps nothing, else on a slice it does not keep (slice by slice against the digests taken when
+        the previous prediction was imported; without them, anywhere)."""
+        record = self.record
+        if not record.fingerprint or scene_io.fingerprint(old) == record.fingerprint:
+            return False
+        if not accepted or not record.slice_digests:
+            return True
+        now = scene_io.slice_digests(services, old, record.volume)
+        if len(now) != len(record.slice_digests):
+            return True
+        return any(a != b for index, (a, b) in enumerate(zip(now, record.slice_digests)) if index not in accepted)
 
 
 class SequenceItem(Item):

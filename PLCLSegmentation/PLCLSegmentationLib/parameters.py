@@ -112,6 +112,9 @@ class VolumeRecord:
     frames: dict[int, FrameRecord] = field(default_factory=dict)  # a sequence: its frames, by frame index
     structures: list[dict[str, Any]] = field(default_factory=list)  # predicted: estimated Dice, worst first
     accepted: list[int] = field(default_factory=list)  # predicted: slices the user accepted alone (file indices)
+    #: predicted: each slice's digest of the prediction when imported (scene_io.slice_digests): which slices
+    #: the user edited, so a retrain's new prediction replaces one edited on its accepted slices only.
+    slice_digests: list[str] = field(default_factory=list)
     #: New review data (review.py) to store with the record; None: what is stored stays (read it with
     #: ModuleState.review).
     review: dict[str, Any] | None = None
@@ -258,7 +261,8 @@ class ModuleState:
                 cine=bool(values.get("cine")), browser=node.GetNodeReference(_BROWSER + key),
                 sequence=node.GetNodeReference(_SEQUENCE + key),
                 frames=frames, structures=_structures(values.get("structures")),
-                accepted=sorted({int(i) for i in values.get("accepted", []) if isinstance(i, int)})))
+                accepted=sorted({int(i) for i in values.get("accepted", []) if isinstance(i, int)}),
+                slice_digests=[str(d) for d in values.get("sliceDigests", []) if isinstance(d, str)]))
         return result
 
     def record_for(self, volume: Any) -> VolumeRecord | None:
@@ -291,7 +295,8 @@ class ModuleState:
                 table[record.key] = {"role": record.role, "segments": list(record.segment_ids),
                                      "score": record.score, "fingerprint": record.fingerprint,
                                      "slices": record.slices, "background": sorted(set(record.background)),
-                                     "structures": record.structures, "accepted": sorted(set(record.accepted))}
+                                     "structures": record.structures, "accepted": sorted(set(record.accepted)),
+                                     "sliceDigests": list(record.slice_digests)}
                 node.SetNodeReferenceID(_VOLUME + record.key, _id(record.volume))
                 node.SetNodeReferenceID(_SEGMENTATION + record.key, _id(record.segmentation))
                 node.SetNodeReferenceID(_UNCERTAINTY + record.key, _id(record.uncertainty))

@@ -460,6 +460,12 @@ def place_next_to(services: SlicerServices, node: Any, volume: Any) -> None:
 # --- review -------------------------------------------------------------------------------------
 
 
+def _segment_header(segmentation: Any, segment_id: str, label_value: bool = True) -> bytes:
+    segment = segmentation.GetSegment(segment_id)
+    header = f"{segment_id}|{segment.GetName()}|{segment.GetColor()}"
+    return (f"{header}|{segment.GetLabelValue()}" if label_value else header).encode()
+
+
 def fingerprint(segmentation_node: Any) -> str:
     """A digest of every segment's voxels, name and colour: changes when the user edits the node."""
     from vtk.util.numpy_support import vtk_to_numpy
@@ -468,7 +474,7 @@ def fingerprint(segmentation_node: Any) -> str:
     segmentation = segmentation_node.GetSegmentation()
     for segment_id in segment_ids(segmentation_node):
         segment = segmentation.GetSegment(segment_id)
-        digest.update(f"{segment_id}|{segment.GetName()}|{segment.GetColor()}|{segment.GetLabelValue()}".encode())
+        digest.update(_segment_header(segmentation, segment_id))
         labelmap = segment.GetRepresentation(segmentation.GetSourceRepresentationName())
         if labelmap is None or not labelmap.IsA("vtkImageData"):
             continue
@@ -477,6 +483,23 @@ def fingerprint(segmentation_node: Any) -> str:
         if scalars is not None:
             digest.update(vtk_to_numpy(scalars).tobytes())
     return digest.hexdigest()
+
+
+def slice_digests(services: SlicerServices, segmentation_node: Any, volume: Any) -> list[str]:
+    """A digest of each slice (along the engine's slicing axis) of the node's segments on ``volume``'s own
+    lattice, each with the segments' names and colours: tells which slices the user edited since. The
+    node is only read (exported in a private scratch scene)."""
+    ids = segment_ids(segmentation_node)
+    if not ids:
+        return []
+    segmentation = segmentation_node.GetSegmentation()
+    # Without the segments' label values: an edit moves a segment to a layer of its own, where its value
+    # changes though none of its voxels do (the exported labels say what the voxels are).
+    header = b"".join(_segment_header(segmentation, segment_id, label_value=False) for segment_id in ids)
+    labels = annotation_labels(services, segmentation_node, ids, volume).astype(np.uint16)
+    axis = volume_axes(volume).slice_axis
+    return [hashlib.sha1(header + np.ascontiguousarray(np.take(labels, index, axis=axis)).tobytes()).hexdigest()[:16]
+            for index in range(labels.shape[axis])]
 
 
 def show_in_views(scene: Any, volume: Any, segmentation: Any = None, uncertainty: Any = None,
