@@ -478,6 +478,15 @@ def test_the_cohort_after_a_review_keeps_the_corrected_slices_and_takes_the_retr
         {"u": (a + b) / 2, "v": 1.0})  # slice 2 missed instead of slice 0
     assert cohort_volume_dice(tmp_path / "run", tmp_path / "arm", {"u": [2]}, str(data), again) == pytest.approx(
         {"u": 1.0, "v": 1.0})  # the retrain's one wrong slice corrected
+    # A retrain that segmented u around its corrected slice (annotated_slices: the engine today): its segmentation.
+    run(tmp_path / "arm-around", {"u": wrong_third_slice, "v": reference})
+    summary = json.loads((tmp_path / "arm-around" / "summary.json").read_text())
+    summary["volumes"][0]["annotated_slices"] = [1]
+    (tmp_path / "arm-around" / "summary.json").write_text(json.dumps(summary))
+    assert cohort_volume_dice(tmp_path / "run", tmp_path / "arm-around", {"u": [1]}, str(data)) == pytest.approx(
+        {"u": (a + b) / 2, "v": 1.0})
+    assert cohort_volume_dice(tmp_path / "run", tmp_path / "arm-around", {"u": [2]}, str(data)) == pytest.approx(
+        {"u": 1.0, "v": 1.0})
 
 
 def test_a_review_s_cohort_gain_splits_into_the_corrections_own_and_the_retrain_s_on_the_others():

@@ -28,9 +28,11 @@ Dice on the evaluation split (what the retrain learned, on volumes nobody review
 (the unannotated volumes as the reviewer holds them afterwards: the corrected slices kept, the rest
 segmented by the retrain; ``cohort_volume_dice``), the cohort's gain taken apart (``split_gain``): what the
 corrected slices add to their own volumes, and what the retrain changes on the volumes nobody corrected.
-``--resegment`` scores the arms of an OUT already run as a retrain that segments the corrected volumes again (each
-one's corrected slices kept, the rest from the retrained model: ``cohort_resegmented_*`` in review.json), where the
-module today keeps the run's segmentation on a volume's other slices once the user accepts some of its slices.
+Since 2026-12-07 the retrain segments each corrected volume again around its corrected slices (the engine's
+partly annotated volumes), as the module then keeps it, and the cohort is scored so. ``--resegment`` scores the
+arms of an OUT run before as such a retrain would (each one's corrected slices kept, the rest from the retrained
+model: ``cohort_resegmented_*`` in review.json), where the retrain then left a corrected volume's other slices
+as the run segmented them.
 ``--set KEY=VALUE`` passes a setting to every retrain (recorded in review.json). ``--retrain-seed`` retrains the
 same slices with another seed (the arm recorded as ``ARM_retrainN``): what one retrain varies by itself. Writes
 OUT/review.json and OUT/review.md: both per arm, their gains over the run's model and the gains per corrected slice.
@@ -223,9 +225,11 @@ def cohort_volume_dice(run: Path, arm_train: Path | None, chosen: dict[str, list
                        corrected: dict[str, dict[str, Any]] | None = None) -> dict[str, float]:
     """Each of the run's unannotated volumes' mean Dice as a reviewer holds it after an arm: the retrain's
     segmentation of each volume it segmented (``arm_train``'s summary; None: the run's own, nothing reviewed),
-    and for each volume the arm corrected, the run's segmentation (``corrected``: the summary entry by name of
-    another, see resegment) with the corrected slices set to the ground truth (the retrain learns from them and
-    leaves them as accepted). A volume's mean is over its structures
+    and for each volume the arm corrected, with the corrected slices set to the ground truth (the retrain learns
+    from them and keeps them as accepted), the retrain's segmentation where it segmented the volume around them
+    (its entry lists ``annotated_slices``: the engine since 2026-12-07, as the module keeps it), else
+    ``corrected``'s (the summary entry by name of another, see resegment), else the run's. A volume's mean is over
+    its structures
     present in the segmentation or the reference, as ``plcl evaluate``; volumes with neither are left out."""
     dataset = read_dataset(data)
     base = json.loads((run / "train" / SUMMARY_FILE).read_text())
@@ -240,7 +244,8 @@ def cohort_volume_dice(run: Path, arm_train: Path | None, chosen: dict[str, list
         for value, index in index_of.items():
             reference[reference_values == value] = index
         if name in chosen:
-            labels = segmentation_classes((corrected or {}).get(name, entry), base["classes"])
+            around = retrained.get(name) if "annotated_slices" in retrained.get(name, {}) else None
+            labels = segmentation_classes(around or (corrected or {}).get(name, entry), base["classes"])
             axis = slicing.AXIS_NAMES.index(entry["slice_axis"])
             for index in chosen[name]:
                 where = [slice(None)] * labels.ndim
