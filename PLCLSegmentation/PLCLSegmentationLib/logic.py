@@ -260,8 +260,8 @@ class PLCLSegmentationLogic:
         if volumes:
             targets = [self.record(v) for v in volumes]
             if any(r.is_training or r.has_accepted_slices for r in targets):
-                raise PLCLError("Annotated and reviewed volumes, and those with accepted slices, are not segmented "
-                                "again; choose other volumes.")
+                raise PLCLError("Annotated and reviewed volumes are not segmented again, and those with accepted "
+                                "slices are segmented by Retrain (around those slices); choose other volumes.")
         else:
             targets = [r for r in records if r.role == UNANNOTATED]
         if not targets:
