@@ -28,7 +28,7 @@ Dice on the evaluation split (what the retrain learned, on volumes nobody review
 (the unannotated volumes as the reviewer holds them afterwards: the corrected slices kept, the rest
 segmented by the retrain; ``cohort_volume_dice``), the cohort's gain taken apart (``split_gain``): what the
 corrected slices add to their own volumes, and what the retrain changes on the volumes nobody corrected.
-Since 2026-12-07 the retrain segments each corrected volume again around its corrected slices (the engine's
+Since 2026-12-06 the retrain segments each corrected volume again around its corrected slices (the engine's
 partly annotated volumes), as the module then keeps it, and the cohort is scored so. ``--resegment`` scores the
 arms of an OUT run before as such a retrain would (each one's corrected slices kept, the rest from the retrained
 model: ``cohort_resegmented_*`` in review.json), where the retrain then left a corrected volume's other slices
@@ -227,7 +227,7 @@ def cohort_volume_dice(run: Path, arm_train: Path | None, chosen: dict[str, list
     segmentation of each volume it segmented (``arm_train``'s summary; None: the run's own, nothing reviewed),
     and for each volume the arm corrected, with the corrected slices set to the ground truth (the retrain learns
     from them and keeps them as accepted), the retrain's segmentation where it segmented the volume around them
-    (its entry lists ``annotated_slices``: the engine since 2026-12-07, as the module keeps it), else
+    (its entry lists ``annotated_slices``: the engine since 2026-12-06, as the module keeps it), else
     ``corrected``'s (the summary entry by name of another, see resegment), else the run's. A volume's mean is over
     its structures
     present in the segmentation or the reference, as ``plcl evaluate``; volumes with neither are left out."""
