@@ -145,21 +145,21 @@ def predict_volume(sink: JsonLinesSink, out: Path, volume: volumes.Volume, class
     labels = fake_prediction(volume, classes) if labels is None else labels
     axis = slicing.canonical(volume.grid.direction_matrix, volume.grid.spacing).slice_axis
     uncertainty = fake_uncertainty(volume, axis)
-    if annotated_slices is not None:
+    structures, slices = review(labels, uncertainty, classes, axis)  # the network's, as the engine estimates
+    score = float(uncertainty.mean())
+    if annotated_slices is not None:  # kept as annotated: certain, not to review
         known, rows = annotated_slices
         where = (slice(None),) * axis + (rows,)
         labels[where], uncertainty[where] = known[where], 0.0
+        slices = [s for s in slices if s["index"] not in rows]
     volumes.write_segmentation(seg, labels, volume.grid, classes)
     volumes.write_image(unc, uncertainty, volume.grid)
     sink.emit("output", kind="prediction", path=str(seg), name=volume.name)
     sink.emit("output", kind="uncertainty", path=str(unc), name=volume.name)
-    structures, slices = review(labels, uncertainty, classes, axis)
-    if annotated_slices is not None:
-        slices = [s for s in slices if s["index"] not in annotated_slices[1]]
     sink.emit("quality", name=volume.name, frame=frame, structures=structures,
               worst_slice=slices[0]["index"] if slices else None)
     entry = {"name": volume.name, "image": volume.path, "segmentation": str(seg), "uncertainty": str(unc),
-             "uncertainty_score": float(uncertainty.mean()), "slice_axis": slicing.AXIS_NAMES[axis],
+             "uncertainty_score": score, "slice_axis": slicing.AXIS_NAMES[axis],
              "structures": structures, "slices": slices}
     if annotated_slices is not None:
         entry["annotated_slices"] = list(annotated_slices[1])

@@ -221,6 +221,20 @@ def trained(tmp_path_factory) -> Path:
     return d
 
 
+def test_a_frame_annotated_on_some_slices_is_segmented_once_with_its_sequence(tmp_path):
+    images, labels = beating()
+    write_nifti(tmp_path / "cine.nii.gz", images)
+    write_label(tmp_path / "lbl2.nii.gz", labels[2])
+    out = tmp_path / "run"
+    result = run_plcl("train", "--labeled-frame", str(tmp_path / "cine.nii.gz"), "2", str(tmp_path / "lbl2.nii.gz"),
+                      "--annotated-slices", "1,3", "--out", str(out), "--events", "jsonl", *TINY)
+    assert result.returncode == 0, result.stderr
+    summary = json.loads((out / "summary.json").read_text())
+    names = [v["name"] for v in summary["volumes"]]
+    assert sorted(names) == [f"cine_t{t:02d}" for t in range(FRAMES)]  # each frame once, in its sequence
+    assert not any("annotated_slices" in v for v in summary["volumes"])
+
+
 def _check_sequence_outputs(out: Path, image: Path, annotated: list[int]) -> dict:
     import slicerio
 

@@ -487,6 +487,11 @@ def test_the_cohort_after_a_review_keeps_the_corrected_slices_and_takes_the_retr
         {"u": (a + b) / 2, "v": 1.0})
     assert cohort_volume_dice(tmp_path / "run", tmp_path / "arm-around", {"u": [2]}, str(data)) == pytest.approx(
         {"u": 1.0, "v": 1.0})
+    # A run whose training segmented its partly annotated case too (v): that case is no part of the cohort.
+    base = json.loads((tmp_path / "run" / "train" / "summary.json").read_text())
+    base["volumes"][1]["annotated_slices"] = [0, 1]
+    (tmp_path / "run" / "train" / "summary.json").write_text(json.dumps(base))
+    assert cohort_volume_dice(tmp_path / "run", None, {}, str(data)) == pytest.approx({"u": (a + b) / 2})
 
 
 def test_a_review_s_cohort_gain_splits_into_the_corrections_own_and_the_retrain_s_on_the_others():

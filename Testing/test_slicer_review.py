@@ -340,6 +340,37 @@ def test_a_prediction_corrected_on_its_accepted_slices_only_is_replaced_by_the_r
     assert logic.slices_text(after) == f"accepted slice {index}"
 
 
+def test_an_accepted_slice_edited_during_the_retrain_keeps_the_old_prediction_and_every_slice_accepted_no_new_one(
+        session):
+    import slicer
+
+    app, logic, _, _, _ = session
+    first, second = (row.record for row in logic.review_rows()[:2])
+    # The first volume: a slice accepted as predicted, then edited while the retrain runs (after its export).
+    axis = scene_io.volume_axes(first.volume).slice_axis
+    index = logic.next_uncertain_slice(first.volume).index
+    logic.accept_slice(first.volume, index)
+    # The second volume: every slice accepted, so it is annotated whole and nothing is left to segment.
+    total = second.volume.GetImageData().GetDimensions()[2 - scene_io.volume_axes(second.volume).slice_axis]
+    for slice_index in range(total):
+        logic.accept_slice(second.volume, slice_index)
+    job = logic.retrain()
+    segment_id = scene_io.segment_ids(first.segmentation)[0]
+    mask = slicer.util.arrayFromSegmentBinaryLabelmap(first.segmentation, segment_id, first.volume)
+    mask[(slice(None),) * axis + (index,)] = 1
+    slicer.util.updateSegmentBinaryLabelmapFromArray(mask, first.segmentation, segment_id, first.volume)
+    edited = voxels(first.segmentation)
+    logic.wait(120)
+    assert job.state.name == "DONE", job.error
+    assert app.scene.GetNodeByID(first.segmentation.GetID()) is first.segmentation
+    assert voxels(first.segmentation) == edited
+    assert any("during the run" in w and first.segmentation.GetName() in w for w in job.warnings), job.warnings
+    assert logic.record(first.volume).segmentation is not first.segmentation
+    after = logic.record(second.volume)
+    assert after.segmentation is second.segmentation and after.accepted == list(range(total))
+    assert second.name not in job.imported
+
+
 def test_accept_slice_refuses_what_is_no_prediction_and_writes_background_slices(session, tmp_path):
     app, logic, volumes, _, _ = session
     with pytest.raises(PLCLError, match="no prediction to accept a slice of"):

@@ -320,7 +320,10 @@ class VolumeItem(Item):
             scene_io.write_annotation(self.services, record.segmentation, ids, record.volume, classes, str(label),
                                       only_slices=(axis, record.accepted))
             inputs.labeled.append((image, label, slicing.spec_text(record.accepted)))
-            inputs.expected[record.key] = VolumeExport(record.key)
+            total = int(record.volume.GetImageData().GetDimensions()[2 - axis])
+            if len(record.accepted) < total:  # every slice accepted: annotated whole, nothing left to segment
+                inputs.expected[record.key] = VolumeExport(record.key, exported=_slice_digests(
+                    self.services, record.segmentation, record.volume))
             return
         if not record.is_training:  # to segment: it teaches the model unlabeled
             self.export_for_prediction(inputs)
@@ -369,6 +372,9 @@ class VolumeExport:
 
     key: str
     order: int = VolumeItem.order
+    #: A volume with accepted slices: each slice's digest of its prediction as exported for the run (an edit of
+    #: an accepted slice during the run is not in the new prediction).
+    exported: list[str] = field(default_factory=list)
 
     def take(self, services: SlicerServices, transaction: SceneTransaction, record: VolumeRecord | None,
              results: RunResults, warnings: list[str]) -> VolumeResult | None:
@@ -389,8 +395,18 @@ class VolumeExport:
         kept = info.get("annotated_slices")
         return VolumeResult(record, node, uncertainty, float(score) if score is not None else None,
                             review.structures_of(info), {review.VOLUME_KEY: slices} if slices else {},
-                            scene_io.slice_digests(services, node, record.volume),
-                            sorted({int(i) for i in kept if isinstance(i, int)}) if isinstance(kept, list) else [])
+                            _slice_digests(services, node, record.volume),
+                            sorted({int(i) for i in kept if isinstance(i, int)}) if isinstance(kept, list) else [],
+                            self.exported)
+
+
+def _slice_digests(services: SlicerServices, segmentation: Any, volume: Any) -> list[str]:
+    """scene_io.slice_digests, or none where the segmentation cannot be exported on the volume (every edit of
+    it then counts as an edit anywhere: nothing is removed on their account)."""
+    try:
+        return scene_io.slice_digests(services, segmentation, volume)
+    except PLCLError:
+        return []
 
 
 @dataclass
@@ -405,6 +421,7 @@ class VolumeResult:
     review: dict[str, Any] = field(default_factory=dict)  # its slices to review (review.py)
     slice_digests: list[str] = field(default_factory=list)  # of the new prediction, as imported
     kept: list[int] = field(default_factory=list)  # the accepted slices it holds as accepted (summary.json)
+    exported: list[str] = field(default_factory=list)  # of the previous prediction, as exported (VolumeExport)
     kind: str = VOLUME
 
     def apply(self, services: SlicerServices, warnings: list[str]) -> None:
@@ -412,9 +429,9 @@ class VolumeResult:
         accepted = sorted(set(record.accepted) & set(self.kept))  # in the new prediction, exactly as accepted
         old = record.segmentation  # the previous prediction (ours) goes, unless edited where nothing keeps it
         if old is not None and is_owned(old) and record.role == PREDICTED:
-            if self._edited_elsewhere(services, old, accepted):
-                what = "on slices not accepted" if accepted else "but not accepted"
-                warnings.append(f"'{old.GetName()}' was edited {what}; it is kept beside the new one")
+            edited = self._edited_elsewhere(services, old, accepted)
+            if edited:
+                warnings.append(f"'{old.GetName()}' was edited {edited}; it is kept beside the new one")
             else:
                 scene_io.remove_node(services.scene, old)
         if record.uncertainty is not None and is_owned(record.uncertainty):
@@ -426,19 +443,22 @@ class VolumeResult:
         record.fingerprint = scene_io.fingerprint(self.segmentation)
         record.slice_digests = self.slice_digests
 
-    def _edited_elsewhere(self, services: SlicerServices, old: Any, accepted: list[int]) -> bool:
-        """Whether the user edited the previous prediction beyond what the new one keeps: anywhere when it
-        keeps nothing, else on a slice it does not keep (slice by slice against the digests taken when
-        the previous prediction was imported; without them, anywhere)."""
+    def _edited_elsewhere(self, services: SlicerServices, old: Any, accepted: list[int]) -> str:
+        """Where the user edited the previous prediction beyond what the new one keeps ("" nowhere): anywhere
+        when it keeps nothing; else slice by slice, a slice not accepted against the digests taken when the
+        previous prediction was imported, an accepted one against those taken when it was exported for the
+        run (an edit during the run); without those digests, anywhere."""
         record = self.record
         if not record.fingerprint or scene_io.fingerprint(old) == record.fingerprint:
-            return False
-        if not accepted or not record.slice_digests:
-            return True
-        now = scene_io.slice_digests(services, old, record.volume)
-        if len(now) != len(record.slice_digests):
-            return True
-        return any(a != b for index, (a, b) in enumerate(zip(now, record.slice_digests)) if index not in accepted)
+            return ""
+        now = _slice_digests(services, old, record.volume) if accepted else []
+        if not now or len(now) != len(record.slice_digests) or len(now) != len(self.exported):
+            return "but not accepted"
+        if any(now[i] != record.slice_digests[i] for i in range(len(now)) if i not in accepted):
+            return "on slices not accepted"
+        if any(now[i] != self.exported[i] for i in accepted):
+            return "on accepted slices during the run"
+        return ""
 
 
 class SequenceItem(Item):

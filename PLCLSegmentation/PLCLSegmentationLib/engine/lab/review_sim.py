@@ -238,6 +238,8 @@ def cohort_volume_dice(run: Path, arm_train: Path | None, chosen: dict[str, list
         e["name"]: e for e in json.loads((arm_train / SUMMARY_FILE).read_text())["volumes"]}
     found = {}
     for entry in base["volumes"]:
+        if "annotated_slices" in entry:  # the run's own training data (a few slices of it annotated), no cohort
+            continue
         name = entry["name"]
         reference_values, _ = read_annotation(dataset.label(name), read_volume(entry["image"]))
         reference = np.zeros(reference_values.shape, np.uint8)

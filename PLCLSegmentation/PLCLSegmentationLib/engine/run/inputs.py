@@ -35,6 +35,13 @@ class TrainingInputs:
     #: The 4D inputs (without their voxels: each frame is a volume above) and their annotated frames.
     sequences: list[tuple[Sequence, list[int]]] = field(default_factory=list)
 
+    def partly_annotated(self) -> list[int]:
+        """Indices into ``annotated`` of the volumes annotated on some of their slices: a training run segments
+        them at the end, those slices kept. A frame of a 4D input is segmented with its sequence instead."""
+        frames = {name for sequence, _ in self.sequences for name in sequence.frame_names()}
+        return [index for index, ((volume, _), rows) in enumerate(zip(self.annotated, self.annotated_slices))
+                if rows is not None and len(rows) < slice_count(volume) and volume.name not in frames]
+
 
 def resolve_classes(annotations: list[tuple[str, np.ndarray, list[ClassInfo] | None]],
                     fixed: list[ClassInfo] | None) -> tuple[list[ClassInfo], list[np.ndarray]]:

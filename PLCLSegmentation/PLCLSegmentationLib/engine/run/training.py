@@ -60,8 +60,9 @@ def run_training(job: TrainJob, sink: EventSink, cancel: threading.Event | None 
     config = job.config
     device = resolve_device(config.device)
     inputs = read_training_inputs(job)
-    check_outputs(job.formats, job.dicom_seg_frames, job.unlabeled + [image for image, _, _ in job.labeled_frames],
-                  [sequence for sequence, _ in inputs.sequences])
+    segmented = (job.unlabeled + [image for image, _, _ in job.labeled_frames]
+                 + [inputs.annotated[index][0].path for index in inputs.partly_annotated()])
+    check_outputs(job.formats, job.dicom_seg_frames, segmented, [sequence for sequence, _ in inputs.sequences])
     out = Path(job.out)
     read = job.inputs()
     check_output_folder(out, read, resume)
@@ -167,9 +168,8 @@ def _train(job: TrainJob, inputs: TrainingInputs, sink: EventSink, cancel: threa
     frame_names = {n for sequence, _ in inputs.sequences for n in sequence.frame_names()}
     by_name = {p.volume.name: p for p in annotated + unannotated}
     values = np.array([0] + [c.value for c in inputs.classes], dtype=np.uint8)
-    partial = {p.volume.name: AnnotatedSlices(values[labels], rows)
-               for p, (_, labels), rows in zip(annotated, inputs.annotated, inputs.annotated_slices)
-               if p.partial and rows is not None}
+    partial = {annotated[i].volume.name: AnnotatedSlices(values[inputs.annotated[i][1]], inputs.annotated_slices[i])
+               for i in inputs.partly_annotated()}
     to_predict = [p for p in unannotated if p.volume.name not in frame_names]
     to_predict += [p for p in annotated if p.volume.name in partial]
     to_predict += [by_name[n] for sequence, _ in inputs.sequences for n in sequence.frame_names()]
