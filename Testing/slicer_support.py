@@ -15,6 +15,7 @@ import os
 import shutil
 import sys
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -114,6 +115,21 @@ class SlicerApp:
             slicer.util.updateSegmentBinaryLabelmapFromArray((labels == value).astype(np.uint8), node, segment_id,
                                                              volume)
         return self._in_hierarchy(node)
+
+    @staticmethod
+    def paint_slices(segmentation: Any, volume: Any, labels: np.ndarray, axis: int, indices: Sequence[int],
+                     segments: list[tuple[str, tuple, str]]) -> None:
+        """A reviewer's correction: on slices ``indices`` along array ``axis``, each of ``segments`` (segment n
+        by name) painted as ``labels`` == n there, as the Segment Editor leaves it."""
+        import slicer
+
+        for value, (name, _, _) in enumerate(segments, start=1):
+            segment_id = segmentation.GetSegmentation().GetSegmentIdBySegmentName(name)
+            mask = slicer.util.arrayFromSegmentBinaryLabelmap(segmentation, segment_id, volume)
+            for index in indices:
+                cut = (slice(None),) * axis + (index,)
+                mask[cut] = labels[cut] == value
+            slicer.util.updateSegmentBinaryLabelmapFromArray(mask, segmentation, segment_id, volume)
 
     def add_volume_sequence(self, frames: list[np.ndarray], name: str, ijk_to_ras: np.ndarray | None = None,
                             index_values: list[str] | None = None, unit: str = "s", text_index: bool = False) -> Any:

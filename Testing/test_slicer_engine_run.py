@@ -113,19 +113,13 @@ def test_train_then_accept_and_retrain_faster(scene, record_property):
 def correct_one_slice(app, logic, volume):
     """Paint the ground truth into the least certain slice of the prediction of ``volume``: (the prediction's
     node ID, the slice, its labels now)."""
-    import slicer
 
     record = logic.state.record_for(volume)
     prediction = record.segmentation
     index = int(logic.state.review(record.key)["volume"]["slices"][0][0])  # where Next uncertain slice goes first
     axis = scene_io.volume_axes(volume).slice_axis
     truth = read_labels(acdc_case(volume.GetName())[1])
-    cut = (slice(None),) * axis + (index,)
-    for value, (name, _, _) in enumerate(CARDIAC_SEGMENTS, start=1):
-        segment_id = prediction.GetSegmentation().GetSegmentIdBySegmentName(name)
-        mask = slicer.util.arrayFromSegmentBinaryLabelmap(prediction, segment_id, volume)
-        mask[cut] = truth[cut] == value
-        slicer.util.updateSegmentBinaryLabelmapFromArray(mask, prediction, segment_id, volume)
+    app.paint_slices(prediction, volume, truth, axis, [index], CARDIAC_SEGMENTS)
     labels = scene_io.annotation_labels(app.services, prediction, scene_io.segment_ids(prediction), volume)
     return prediction.GetID(), index, np.take(labels, index, axis=axis)
 

@@ -214,7 +214,6 @@ def test_a_slice_that_cannot_be_shown_stays_to_be_seen(session):
 
 
 def test_accept_slice_sends_those_slices_alone_to_the_retrain_and_its_new_prediction_keeps_them(session):
-    import slicer
 
     from PLCLSegmentationLib.engine.config import TrainConfig
     from PLCLSegmentationLib.engine.files import volumes as engine_volumes
@@ -233,13 +232,7 @@ def test_accept_slice_sends_those_slices_alone_to_the_retrain_and_its_new_predic
             if i != shown]
     other, unaccepted = int(full[0]), int(full[1])
     segmentation = prediction.GetSegmentation()
-    for value, (name, _, _) in enumerate(CARDIAC_SEGMENTS, start=1):
-        segment_id = segmentation.GetSegmentIdBySegmentName(name)
-        mask = slicer.util.arrayFromSegmentBinaryLabelmap(prediction, segment_id, volume)
-        for index in (shown, other, unaccepted):
-            cut = (slice(None),) * axis + (index,)
-            mask[cut] = truth[cut] == value
-        slicer.util.updateSegmentBinaryLabelmapFromArray(mask, prediction, segment_id, volume)
+    app.paint_slices(prediction, volume, truth, axis, (shown, other, unaccepted), CARDIAC_SEGMENTS)
     corrected = voxels(prediction)
     drawn = scene_io.annotation_labels(app.services, prediction,
                                        [segmentation.GetSegmentIdBySegmentName(n) for n, _, _ in CARDIAC_SEGMENTS],
@@ -307,7 +300,6 @@ def after_slices(logic, record) -> list[int]:
 
 
 def test_a_prediction_corrected_on_its_accepted_slices_only_is_replaced_by_the_retrain_s(session):
-    import slicer
 
     app, logic, _, _, _ = session
     record = logic.review_rows()[0].record
@@ -318,11 +310,7 @@ def test_a_prediction_corrected_on_its_accepted_slices_only_is_replaced_by_the_r
     index = next(i for i in range(truth.shape[axis])
                  if np.take(truth, i, axis=axis).any() and not (np.take(truth, i, axis=axis) == 1).any())
     cut = (slice(None),) * axis + (index,)
-    for value, (name, _, _) in enumerate(CARDIAC_SEGMENTS, start=1):  # a correction on that slice only
-        segment_id = prediction.GetSegmentation().GetSegmentIdBySegmentName(name)
-        mask = slicer.util.arrayFromSegmentBinaryLabelmap(prediction, segment_id, volume)
-        mask[cut] = truth[cut] == value
-        slicer.util.updateSegmentBinaryLabelmapFromArray(mask, prediction, segment_id, volume)
+    app.paint_slices(prediction, volume, truth, axis, [index], CARDIAC_SEGMENTS)  # a correction on that slice only
     ids = scene_io.segment_ids(prediction)
     drawn = scene_io.annotation_labels(app.services, prediction, ids, volume)
     logic.accept_slice(volume, index)
