@@ -213,18 +213,22 @@ def test_a_slice_that_cannot_be_shown_stays_to_be_seen(session):
     assert logic.state.review(first.key)["volume"]["visited"] == []
 
 
-def test_accept_slice_sends_those_slices_alone_to_the_retrain_and_its_new_prediction_keeps_them(session):
+def first_prediction(logic):
+    """The review table's first row: its record, volume, prediction, slicing axis and ground truth."""
+    record = logic.review_rows()[0].record
+    volume = record.volume
+    return record, volume, record.segmentation, scene_io.volume_axes(volume).slice_axis, \
+        read_labels(synthetic_case(volume.GetName())[1])
 
+
+def test_accept_slice_sends_those_slices_alone_to_the_retrain_and_its_new_prediction_keeps_them(session):
     from PLCLSegmentationLib.engine.config import TrainConfig
     from PLCLSegmentationLib.engine.files import volumes as engine_volumes
     from PLCLSegmentationLib.engine.request import TrainJob
     from PLCLSegmentationLib.engine.run.inputs import read_training_inputs
 
     app, logic, volumes, _, _ = session
-    record = logic.review_rows()[0].record
-    volume, prediction = record.volume, record.segmentation
-    axis = scene_io.volume_axes(volume).slice_axis
-    truth = read_labels(synthetic_case(volume.GetName())[1])
+    record, volume, prediction, axis, truth = first_prediction(logic)
     # Next uncertain slice shows a slice; the user corrects two slices (the ground truth painted in) and
     # a third one, but accepts only the shown one and one other.
     shown = logic.next_uncertain_slice(volume).index
@@ -300,12 +304,8 @@ def after_slices(logic, record) -> list[int]:
 
 
 def test_a_prediction_corrected_on_its_accepted_slices_only_is_replaced_by_the_retrain_s(session):
-
     app, logic, _, _, _ = session
-    record = logic.review_rows()[0].record
-    volume, prediction = record.volume, record.segmentation
-    axis = scene_io.volume_axes(volume).slice_axis
-    truth = read_labels(synthetic_case(volume.GetName())[1])
+    _, volume, prediction, axis, truth = first_prediction(logic)
     # A slice without the first structure (its class must not shift onto the others in the label file).
     index = next(i for i in range(truth.shape[axis])
                  if np.take(truth, i, axis=axis).any() and not (np.take(truth, i, axis=axis) == 1).any())
