@@ -166,7 +166,6 @@ def keep_annotated_slices(prediction: Prediction, annotated: AnnotatedSlices,
                    voxels={name: int(counts[value]) for name, value in names_values})
 
 
-
 def write_predictions(predictor: Predictor, volumes: Iterable[PreparedVolume], count: int, out: Path,
                       sink: EventSink, cancel: threading.Event,
                       sequences: list[tuple[Sequence, list[int]]] | None = None,

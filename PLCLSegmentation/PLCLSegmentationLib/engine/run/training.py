@@ -1,7 +1,7 @@
 """A training run (``plcl train``): check every input first, train (or resume) with checkpoints and
-snapshots, save the model file, then segment the unannotated volumes (and those annotated on some slices,
-those slices kept) through the prediction run's
-writer (prediction.py). protocol.py names the run folder's files."""
+snapshots, save the model file, then segment the unannotated volumes (and those annotated on some
+slices, those slices kept) through the prediction run's writer (prediction.py). protocol.py names the
+run folder's files."""
 
 from __future__ import annotations
 
