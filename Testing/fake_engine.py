@@ -149,8 +149,7 @@ def predict_volume(sink: JsonLinesSink, out: Path, volume: volumes.Volume, class
     score = float(uncertainty.mean())
     if annotated_slices is not None:  # kept as annotated: certain, not to review
         known, rows = annotated_slices
-        where = (slice(None),) * axis + (rows,)
-        labels[where], uncertainty[where] = known[where], 0.0
+        slicing.keep_annotated_slices(labels, uncertainty, known, axis, rows)
         slices = [s for s in slices if s["index"] not in rows]
     volumes.write_segmentation(seg, labels, volume.grid, classes)
     volumes.write_image(unc, uncertainty, volume.grid)

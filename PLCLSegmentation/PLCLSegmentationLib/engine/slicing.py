@@ -127,6 +127,15 @@ def spec_text(spec: str | list[int]) -> str:
     return spec if isinstance(spec, str) else ",".join(str(i) for i in spec)
 
 
+def keep_annotated_slices(labels: np.ndarray, uncertainty: np.ndarray, annotation: np.ndarray, slice_axis: int,
+                          indices: Sequence[int]) -> None:
+    """In place: slices ``indices`` along ``slice_axis`` of a segmentation and its uncertainty map [k, j, i] take
+    the annotation's label values, certain (a partly annotated volume's segmentation keeps them as annotated)."""
+    where = (slice(None),) * slice_axis + (list(indices),)
+    labels[where] = annotation[where]
+    uncertainty[where] = 0.0
+
+
 def labelled_slices(labels: np.ndarray, slice_axis: int) -> list[int]:
     """File slice indices along ``slice_axis`` holding any non-zero label."""
     others = tuple(a for a in range(3) if a != slice_axis)

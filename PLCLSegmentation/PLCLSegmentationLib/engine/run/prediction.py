@@ -25,6 +25,7 @@ from ..method.preprocess import InPlaneFrame, PreparedVolume, slice_layout
 from ..protocol import DEFAULT_BACKEND, DEFAULT_ESTIMATE, PREDICTIONS_FOLDER, SEQUENCES_FOLDER, UNCERTAINTY_FOLDER
 from ..runtime import resolve_device
 from ..slicing import AXIS_NAMES
+from ..slicing import keep_annotated_slices as keep_slices
 from .memory import release_freed_memory
 from .sequence_outputs import LabelSequenceWriter, sequence_entry
 from .summary import write_summary
@@ -154,11 +155,9 @@ def keep_annotated_slices(prediction: Prediction, annotated: AnnotatedSlices,
     """The prediction with the annotated slices exactly as annotated: the user's labels, no uncertainty,
     none of them to review. Its structures' estimates stay the network's (a conservative reading of the
     volume: the annotated slices would only raise them)."""
-    axis = AXIS_NAMES.index(prediction.quality.slice_axis)
-    where = (slice(None),) * axis + (annotated.indices,)
     labels, uncertainty = prediction.labels.copy(), prediction.uncertainty.copy()
-    labels[where] = annotated.values[where]
-    uncertainty[where] = 0.0
+    keep_slices(labels, uncertainty, annotated.values, AXIS_NAMES.index(prediction.quality.slice_axis),
+                annotated.indices)
     kept = set(annotated.indices)
     quality = replace(prediction.quality, slices=[s for s in prediction.quality.slices if s["index"] not in kept])
     counts = np.bincount(labels.ravel(), minlength=256)
