@@ -894,7 +894,12 @@ CASES += [
     Case("label_2d", "26-options", lambda d: train(d, "img.nii.gz", "flat.nrrd"), 1, ("flat.nrrd", "2D image"),
          lambda d: sitk.WriteImage(sitk.GetImageFromArray(np.zeros((48, 40), np.uint8)), str(d / "flat.nrrd"))),
     Case("predict_unknown_device", "26-options", lambda d: P(d)[:-3] + ["--device", "tpu", str(d / "other.nii.gz")], 2,
-         ("invalid choice",)),
+         ("--device", "'tpu'", "cuda:N")),
+    Case("predict_device_bad_gpu_number", "26-options",
+         lambda d: P(d)[:-3] + ["--device", "cuda:one", str(d / "other.nii.gz")], 2, ("--device", "'cuda:one'")),
+    # A GPU this machine does not have: no CUDA at all here, too few GPUs on a GPU machine.
+    Case("predict_device_gpu_absent", "26-options",
+         lambda d: P(d)[:-3] + ["--device", "cuda:99", str(d / "other.nii.gz")], 2, ("--device cuda:99", "CUDA GPU")),
     Case("model_is_a_folder", "26-options", lambda d: P(d, model="folder.pt"), 1, ("folder.pt", "not found"),
          lambda d: (d / "folder.pt").mkdir()),
     Case("model_empty_file", "26-options", lambda d: P(d, model="empty.pt"), 1,

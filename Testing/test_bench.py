@@ -54,11 +54,16 @@ def test_bench_on_an_oblique_synthetic_dataset_writes_table_figures_and_results(
                       "--methods", "supervised,plcl", "--n-unlabeled", "2", "--snapshots", "1",
                       "--throughput-iterations", "1", "--no-throughput-compile", "--budget", "quick",
                       "--set", "patch_size=32",
-                      "--set", "levels=3", "--set", "inference_tile=64", "--propagation-frames", "4", "--device", "cpu",
+                      "--set", "levels=3", "--set", "inference_tile=64", "--propagation-frames", "4",
+                      "--device", "auto", "--events", "jsonl",
                       "--variant", "w2s:online_pseudo_labels=true,cutmix_probability=0.5,scale_range=[0.9,1.1]")
     assert result.returncode == 0, result.stderr + result.stdout
     results = json.loads((out / "results.json").read_text())
     assert set(results["methods"]) == {"supervised", "plcl", "plcl+w2s"}
+    stream = events(result.stdout)  # the bench's own events: the device as resolved, the run's seconds
+    start = next(e for e in stream if e["event"] == "start")
+    assert start["command"] == "bench" and start["device"] in ("cpu", "cuda", "mps")
+    assert stream[-1]["event"] == "done" and stream[-1]["elapsed_s"] > 0
     # The variant is the method with its settings on top of the bench's.
     job = json.loads((out / "runs" / "seed0" / "plcl+w2s" / "train" / "job.json").read_text())["config"]
     assert job["online_pseudo_labels"] is True and job["cutmix_probability"] == 0.5

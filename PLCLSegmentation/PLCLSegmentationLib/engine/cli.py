@@ -25,7 +25,6 @@ from .protocol import (
     DEFAULT_DEVICE,
     DEFAULT_DICOM_SEG_FRAMES,
     DEFAULT_ESTIMATE,
-    DEVICES,
     ESTIMATES,
     EXIT_CANCELLED,
     EXIT_ERROR,
@@ -34,13 +33,15 @@ from .protocol import (
     OUTPUT_FORMATS,
     PRECISIONS,
     STOP_FILE,
+    device_argument,
 )
 from .request import TrainOptions, make_train_job
 
 
 def _add_common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--device", default=None, choices=list(DEVICES),
-                        help=f"where to run (default: {DEFAULT_DEVICE} = CUDA, else Apple MPS, else CPU)")
+    parser.add_argument("--device", default=None, type=device_argument, metavar="DEVICE",
+                        help=f"where to run: auto, cpu, cuda, cuda:N or mps (default: {DEFAULT_DEVICE} = CUDA, "
+                             "else Apple MPS, else CPU)")
     parser.add_argument("--events", choices=["jsonl"], default=None,
                         help="print one JSON object per line on stdout for programs (schema: docs/protocol.md)")
 

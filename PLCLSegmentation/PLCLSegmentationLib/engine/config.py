@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import ConfigError
-from .protocol import BUDGETS, DEFAULT_BUDGET, DEFAULT_DEVICE, DEVICES
+from .protocol import BUDGETS, DEFAULT_BUDGET, DEFAULT_DEVICE, DEVICES, is_device
 
 
 def most_embedding_levels(levels: int) -> int:
@@ -244,7 +244,7 @@ class TrainConfig:
             raise ConfigError(f"augmentation must be 'paper' or 'strong', not {self.augmentation!r}")
         if self.precision not in ("auto", "fp32", "bf16"):
             raise ConfigError(f"precision must be auto, fp32 or bf16, not {self.precision!r}")
-        if self.device not in DEVICES and not self.device.startswith("cuda:"):
+        if not is_device(self.device):
             raise ConfigError(f"device must be {', '.join(DEVICES)} or cuda:N, not {self.device!r}")
         low, high = self.intensity_percentiles
         if not 0 <= low < high <= 100:

@@ -6,6 +6,7 @@ owner; the event schema it names is written out in docs/protocol.md (a test hold
 
 from __future__ import annotations
 
+import argparse
 from typing import Any
 
 # --- exit codes -------------------------------------------------------------------------------
@@ -120,6 +121,18 @@ def shard_name(index: int, count: int) -> str:
 #: ``--device`` values: auto = CUDA, else Apple MPS, else CPU (``cuda:N`` picks a GPU too).
 DEVICES = ("auto", "cpu", "cuda", "mps")
 DEFAULT_DEVICE = "auto"
+
+
+def is_device(name: str) -> bool:
+    """One of DEVICES, or ``cuda:N`` (one GPU of several, as torch numbers them)."""
+    return name in DEVICES or (name.startswith("cuda:") and name[5:].isdigit() and name[5:].isascii())
+
+
+def device_argument(text: str) -> str:
+    """``--device``'s argparse type: a clear usage error for anything else."""
+    if not is_device(text):
+        raise argparse.ArgumentTypeError(f"{text!r}: auto, cpu, cuda, cuda:N (a GPU of several) or mps")
+    return text
 #: ``plcl predict --backend``: what runs the network. torch (eager, on any device); onnxruntime and
 #: openvino run an exported copy on the CPU (the [onnx] and [openvino] extras); auto: runtime.py's
 #: choice (docs/cost-model.md says why). The start event and summary.json name the one that ran.

@@ -18,8 +18,11 @@ def resolve_device(name: str) -> torch.device:
             return torch.device("mps")
         return torch.device("cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError("--device cuda: no CUDA GPU is available to this torch build "
-                         f"(torch {torch.__version__}); use --device cpu or auto")
+        raise ConfigError(f"--device {name}: no CUDA GPU is available to this torch build "
+                          f"(torch {torch.__version__}); use --device cpu or auto")
+    if name.startswith("cuda:") and int(name[5:]) >= torch.cuda.device_count():
+        raise ConfigError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA GPU(s), "
+                          f"numbered from 0")
     if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
         raise ConfigError("--device mps: Apple MPS is not available on this machine; use --device cpu or auto")
     return torch.device(name)

@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from ..events import EventSink
-from ..protocol import COHORT_QC, DEFAULT_ESTIMATE, DEVICES, ESTIMATES, EXIT_OK
+from ..protocol import COHORT_QC, DEFAULT_ESTIMATE, ESTIMATES, EXIT_OK, device_argument
 
 
 def add_cohort_arguments(parser: argparse.ArgumentParser) -> None:
@@ -21,7 +21,7 @@ def add_cohort_arguments(parser: argparse.ArgumentParser) -> None:
     slurm.add_argument("--cpus-per-task", type=int, default=None, metavar="C")
     slurm.add_argument("--time", default=None, metavar="LIMIT", help="each task's time limit (sbatch --time)")
     slurm.add_argument("--partition", default=None, metavar="NAME")
-    slurm.add_argument("--device", default=None, choices=list(DEVICES),
+    slurm.add_argument("--device", default=None, type=device_argument, metavar="DEVICE",
                        help="the tasks' device (default: cuda with --gpus-per-task, else cpu)")
     slurm.add_argument("--estimate", default=DEFAULT_ESTIMATE, choices=list(ESTIMATES),
                        help=f"the tasks' estimated Dice per structure (plcl predict --estimate; default "

@@ -35,12 +35,12 @@ from ..protocol import (
     BUDGETS,
     DEFAULT_BUDGET,
     DEFAULT_DEVICE,
-    DEVICES,
     MODEL_FILE,
     PREDICTIONS_FOLDER,
     SNAPSHOTS_FOLDER,
     SUMMARY_FILE,
     TRAINING_FILE,
+    device_argument,
 )
 from .bench_protocol import add_protocol_arguments, annotation, end_diastolic
 from .child import run_child
@@ -103,7 +103,7 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
                         "(at least 4; 0: skip)")
     parser.add_argument("--propagation-model", metavar="MODEL",
                         help="the model for that timing (default: the first method's final model of the first seed)")
-    parser.add_argument("--device", default=DEFAULT_DEVICE, choices=list(DEVICES))
+    parser.add_argument("--device", default=DEFAULT_DEVICE, type=device_argument, metavar="DEVICE")
     parser.add_argument("--events", choices=["jsonl"], default=None)
 
 
@@ -316,6 +316,7 @@ def _model_train_seconds(path: Path) -> float:
 
 
 def run_bench(args: argparse.Namespace, sink: EventSink, cancel: threading.Event) -> dict[str, Any]:
+    started = time.monotonic()
     dataset = read_dataset(args.data)
     specs = method_specs([m for m in args.methods.split(",") if m], parse_variants(args.variant, args.budget))
     methods = list(specs)
@@ -328,9 +329,12 @@ def run_bench(args: argparse.Namespace, sink: EventSink, cancel: threading.Event
         read_model(args.propagation_model)
     chosen = {seed: choose_cases(dataset, args, seed) for seed in seeds}  # every check before any output
     check_method_configs(specs, args, seeds, any(p.slices is not None for p in chosen.values()))
+    from ..runtime import resolve_device  # torch only once the arguments are checked
+
+    device = resolve_device(args.device)  # an unavailable GPU is refused before any output
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    sink.emit("start", command="bench", version=__version__, device=args.device, out=str(out))
+    sink.emit("start", command="bench", version=__version__, device=str(device), out=str(out))
     runs, protocols = [], {seed: protocol.__dict__ for seed, protocol in chosen.items()}
     for seed, protocol in chosen.items():
         for method in methods:
@@ -357,7 +361,7 @@ def run_bench(args: argparse.Namespace, sink: EventSink, cancel: threading.Event
     from .bench_report import write_figures
 
     write_figures(out, results, dataset)
-    sink.emit("done", out=str(out), elapsed_s=0.0)
+    sink.emit("done", out=str(out), elapsed_s=round(time.monotonic() - started, 2))
     return results
 
 
