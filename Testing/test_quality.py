@@ -330,11 +330,13 @@ def test_the_simulated_review_corrects_the_least_certain_slices_the_review_table
     assert choose("worst_volumes", candidates, 3, seed=0, table=["b", "a"]) == {"a": [3], "b": [0, 7]}  # 2nd pass
     assert choose("review_path_2", candidates, 3, seed=0, table=["b", "a"]) == {"a": [3], "b": [0, 7]}
     assert choose("review_path_2", candidates, 2, seed=0, table=["b", "a"]) == {"b": [0, 7]}
-    # The module's path: two a volume, most uncertain voxels first.
+    # The module's path: one a volume, most uncertain voxels first, then each one's next.
+    assert choose("review_path", candidates, 2, seed=0, table=["a", "b"]) == {"a": [1], "b": [0]}
     assert choose("review_path", candidates, 3, seed=0, table=["a", "b"]) == {"a": [1, 3], "b": [0]}
-    assert choose("review_path", candidates, 1, seed=0, table=["a", "b"]) == {"a": [1]}
-    assert choose("review_path_1", candidates, 2, seed=0, table=["a", "b"]) == {"a": [1], "b": [0]}  # one a volume
-    assert choose("review_path_1", candidates, 3, seed=0, table=["a", "b"]) == {"a": [1, 3], "b": [0]}
+    assert choose("review_path_1", candidates, 3, seed=0, table=["a", "b"]) == {"a": [1, 3], "b": [0]}  # its old name
+    # Its path from 2026-12-05 to 2026-12-07: two a volume.
+    assert choose("review_path_pairs", candidates, 2, seed=0, table=["a", "b"]) == {"a": [1, 3]}
+    assert choose("review_path_pairs", candidates, 3, seed=0, table=["a", "b"]) == {"a": [1, 3], "b": [0]}
     from PLCLSegmentationLib import review
     from PLCLSegmentationLib.engine.lab.review_sim import TABLE_ARMS
     assert TABLE_ARMS["review_path"][0] == review.SLICES_PER_PASS  # the lab's reviewer walks as the module does

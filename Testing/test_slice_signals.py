@@ -57,7 +57,7 @@ def test_the_path_by_density_or_disagreement_orders_each_volume_s_slices_by_that
     assert slices["a"][0]["dense_voxels"] == pytest.approx(100.0 * slices["a"][0]["density"], abs=0.1)
     candidates = candidate_slices(slices)
     # By uncertain voxels the atypical slice 2 comes first; weighted by its density, slice 0 does.
-    assert choose("review_path", candidates, 1, seed=0, table=["a", "b"]) == {"a": [2]}
+    assert choose("review_path_pairs", candidates, 1, seed=0, table=["a", "b"]) == {"a": [2]}
     assert choose("dense_path", candidates, 1, seed=0, table=["a", "b"]) == {"a": [0]}
     assert choose("disagreement_path", candidates, 3, seed=0, table=["a", "b"]) == {"a": [1, 2], "b": [1]}
     assert stack_fifths({"a": [0, 2], "b": [9]}, {"a": 3, "b": 10}) == [1, 0, 0, 1, 1]

@@ -327,11 +327,13 @@ class PLCLSegmentationLogic:
 
     def next_uncertain_slice(self, volume: Any = None, frame: int | None = None) -> review.SliceStop | None:
         """Show the least certain slice not yet visited of the prediction of ``volume`` (a sequence: of
-        ``frame``), else of the next prediction in the review table's order (review.next_stop: two slices a
+        ``frame``), else of the next prediction in the review table's order (review.next_stop: one slice of a
         prediction, then the next one's), in the view of the engine's slicing plane, its least certain
         structure visible and selected; None once every one was seen."""
         record = self.state.record_for(volume) if volume is not None else None
-        stop = review.next_stop(self.state, self.review_rows(), record.key if record else None, frame)
+        last = self.review_stop  # the selection follows a shown slice: from there, the walk goes on
+        just_shown = last is not None and record is not None and (last.record.key, last.frame) == (record.key, frame)
+        stop = review.next_stop(self.state, self.review_rows(), record.key if record else None, frame, just_shown)
         if stop is not None:
             shown = self.show(stop.record.volume, stop.frame)
             stop.view, _ = slice_view.show_slice(self.scene, shown.volume, stop.axis, stop.index)

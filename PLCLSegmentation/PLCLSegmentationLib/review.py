@@ -21,8 +21,9 @@ from .parameters import PREDICTED, ModuleState, VolumeRecord
 VOLUME_KEY = "volume"
 #: "Next uncertain slice" shows this many slices of a prediction, then the next prediction's; once every one
 #: has shown as many, each one's next ones. Corrections spread over volumes teach a retrain more than one
-#: volume corrected whole, and fix more by hand (docs/results/2026-12-05-review-spread.md).
-SLICES_PER_PASS = 2
+#: volume corrected whole, and fix more by hand (docs/results/2026-12-05-review-spread.md); one a prediction
+#: more than two, on the reviewed volumes (docs/results/2026-12-07-review-one-slice-a-prediction.md).
+SLICES_PER_PASS = 1
 
 
 def frame_key(frame: int | None) -> str:
@@ -98,11 +99,13 @@ class SliceStop:
 
 
 def next_stop(state: ModuleState, rows: Sequence[Any], record_key: str | None = None,
-              frame: int | None = None) -> SliceStop | None:
+              frame: int | None = None, just_shown: bool = False) -> SliceStop | None:
     """The least certain slice not yet visited of the row (``record_key``, ``frame``), else of the
     rows after it in the review table's order (``rows``: logic.review_rows(), then from the top), in
     passes of SLICES_PER_PASS slices a row: a row that has shown its pass's slices waits for the others.
-    None when every predicted slice has been visited. :func:`visit` marks it visited once shown."""
+    ``just_shown``: that row's slice was the last one shown, so a row that has just ended its pass's share
+    goes on to the next row rather than open the next pass. None when every predicted slice has been
+    visited. :func:`visit` marks it visited once shown."""
     rows = [r for r in rows if r.role == PREDICTED]
     start = next((i for i, r in enumerate(rows) if r.record.key == record_key and r.frame == frame), 0)
     found = []  # (row, its slice axis, its slices not yet seen, how many it has shown)
@@ -118,6 +121,9 @@ def next_stop(state: ModuleState, rows: Sequence[Any], record_key: str | None = 
             found.append((row, data["axis"], waiting, len(listed) - len(waiting)))
     if not found:
         return None
+    first, *others = found
+    if just_shown and first[0].record.key == record_key and first[0].frame == frame and first[3] % SLICES_PER_PASS == 0:
+        found = [*others, first]  # its share of this pass shown: the next row's turn (then from the top)
     this_pass = min(seen // SLICES_PER_PASS for *_, seen in found)
     row, axis, waiting = next((r, a, w) for r, a, w, seen in found if seen // SLICES_PER_PASS == this_pass)
     index, uncertainty, structure = waiting[0]

@@ -544,7 +544,7 @@ class PLCLSegmentationPanel:
                 return
 
     def onNextSlice(self) -> None:
-        """The least certain slice not yet seen: two of the selected prediction, then two of the next in the table."""
+        """The least certain slice not yet seen: of the selected prediction, then of the next in the table."""
         with showingErrors(_("Could not show the next uncertain slice.")):
             stop = self.logic.next_uncertain_slice(self._selectedVolume(), self._selectedFrame())
             if stop is None:

@@ -2,10 +2,11 @@
 
 ``python -m PLCLSegmentationLib.engine.lab.review_signals OUT RUN [RUN ...] --slices K`` writes OUT (Markdown):
 per ``plcl bench`` method folder RUN (as review_sim takes it), the information density of its unannotated
-volumes' slices by fifth of the stack (slice_signals.py) and, for the review path ordered by uncertain voxels
-(the engine's order), by uncertain voxels times density (``dense_path``) and by disagreement with the mirrored
-copies (``disagreement_path``): how many volumes its K slices cover, how many lie in each fifth of their stack,
-their mean uncertain voxels and how many it shares with the engine's order. No retrain: review_sim measures
+volumes' slices by fifth of the stack (slice_signals.py) and, for the review path two slices a volume ordered
+by uncertain voxels (the engine's order; ``review_path_pairs``), by uncertain voxels times density
+(``dense_path``) and by disagreement with the mirrored copies (``disagreement_path``): how many volumes its K
+slices cover, how many lie in each fifth of their stack, their mean uncertain voxels and how many it shares with
+the engine's order. No retrain: review_sim measures
 what a retrain learns from them.
 """
 
@@ -62,9 +63,9 @@ def run_report(run: Path, k: int) -> list[str]:
              + ", ".join(f"{np.mean(d):.2f}" if d else "n/a" for d in by_fifth), "",
              "| order of a volume's slices | volumes | slices in each fifth of the stack | mean uncertain voxels | "
              "slices shared with the review path |", "|---|---|---|---|---|"]
-    path = choose("review_path", candidates, k, seed, table)
+    path = choose("review_path_pairs", candidates, k, seed, table)  # two a volume, as the signal arms walk
     shared_with = {(n, i) for n, ix in path.items() for i in ix}
-    for arm in ("review_path", "dense_path", "disagreement_path"):
+    for arm in ("review_path_pairs", "dense_path", "disagreement_path"):
         chosen = choose(arm, candidates, k, seed, table)
         items = [item for n, ix in chosen.items() for item in slices[n] if item["index"] in ix]
         shared = sum((n, i) in shared_with for n, ix in chosen.items() for i in ix)

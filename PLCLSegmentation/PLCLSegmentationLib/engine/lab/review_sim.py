@@ -7,15 +7,16 @@ the engine's own quality.slice_uncertainties lists them from the run's predictio
 maps (so a run made before a change of that function is ranked as the engine ranks now):
 ``uncertain`` the K slices of highest mean uncertainty, ``uncertain_voxels`` the slice of most
 uncertain voxels (the sum of their entropy) of each of the K volumes whose such slice is highest
-(one slice a volume, then a second, ...), ``random`` K drawn by seed from the same slices. Five arms follow
-the review table as the module shows it (the run's volumes in ``run.summary.review_order``: lowest estimated
-Dice first) and correct every slice they show until K are corrected: ``review_path`` is a reviewer who presses
-"Next uncertain slice" (the module's review.SLICES_PER_PASS, 2, most uncertain voxels first of each volume in
-the table's order, then each one's next two); ``whole_volumes`` the module's path until 2026-12-05 (every slice
-of the first volume, highest mean uncertainty first, then the next volume's; "review_path" in results of
-before); ``review_path_2`` two a volume by the mean; ``worst_volumes`` the least certain slice (by the mean) of
-each of the K first volumes (then each one's second, ...); ``review_path_1`` the review path one slice a volume
-(most uncertain voxels first); ``dense_path`` the review path with a volume's slices ordered by their uncertain
+(one slice a volume, then a second, ...), ``random`` K drawn by seed from the same slices. The table arms
+follow the review table as the module shows it (the run's volumes in ``run.summary.review_order``: lowest
+estimated Dice first) and correct every slice they show until K are corrected: ``review_path`` is a reviewer who
+presses "Next uncertain slice" (the module's review.SLICES_PER_PASS, 1 since 2026-12-07: the slice of most
+uncertain voxels of each volume in the table's order, then each one's next; ``review_path_1`` by its name of
+before); ``review_path_pairs`` the module's path from 2026-12-05 to 2026-12-07, two a volume ("review_path" in
+results of those days); ``whole_volumes`` the module's path until 2026-12-05 (every slice of the first volume,
+highest mean uncertainty first, then the next volume's; "review_path" in results of before); ``review_path_2``
+two a volume by the mean; ``worst_volumes`` the least certain slice (by the mean) of each of the K first volumes
+(then each one's second, ...); ``dense_path`` the review path with a volume's slices ordered by their uncertain
 voxels times their information density, ``disagreement_path`` by their disagreement with the mirrored copies
 (slice_signals.py); ``suggestive`` the slices of most uncertain voxels (the top twice K) that together stand
 for the cohort best by the model's features (suggestive annotation, slice_signals.representative_slices).
@@ -72,10 +73,10 @@ SPREAD = {"uncertain_voxels"}
 #: each corrects before it goes on to the next (None: every slice; then each volume's next ones), and the
 #: slice item's field that orders a volume's slices (highest first; the engine's order is "uncertain_voxels"
 #: since 2026-12-05, "uncertainty" before).
-TABLE_ARMS = {"review_path": (2, "uncertain_voxels"), "whole_volumes": (None, "uncertainty"),
+TABLE_ARMS = {"review_path": (1, "uncertain_voxels"), "review_path_1": (1, "uncertain_voxels"),
+              "review_path_pairs": (2, "uncertain_voxels"), "whole_volumes": (None, "uncertainty"),
               "review_path_2": (2, "uncertainty"), "worst_volumes": (1, "uncertainty"),
-              "review_path_1": (1, "uncertain_voxels"), "dense_path": (2, "dense_voxels"),
-              "disagreement_path": (2, "disagreement")}
+              "dense_path": (2, "dense_voxels"), "disagreement_path": (2, "disagreement")}
 #: Arms ordered by a signal of slice_signals.py (computed with the run's model only where one is asked for).
 SIGNAL_ARMS = {"dense_path", "disagreement_path", "suggestive"}
 ARMS = (*RANKED, *TABLE_ARMS, "suggestive", "random", "none")
