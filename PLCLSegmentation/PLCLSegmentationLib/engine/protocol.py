@@ -133,6 +133,8 @@ def device_argument(text: str) -> str:
     if not is_device(text):
         raise argparse.ArgumentTypeError(f"{text!r}: auto, cpu, cuda, cuda:N (a GPU of several) or mps")
     return text
+
+
 #: ``plcl predict --backend``: what runs the network. torch (eager, on any device); onnxruntime and
 #: openvino run an exported copy on the CPU (the [onnx] and [openvino] extras); auto: runtime.py's
 #: choice (docs/cost-model.md says why). The start event and summary.json name the one that ran.

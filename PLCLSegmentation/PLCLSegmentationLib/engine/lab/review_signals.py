@@ -6,8 +6,7 @@ volumes' slices by fifth of the stack (slice_signals.py) and, for the review pat
 by uncertain voxels (the engine's order; ``review_path_pairs``), by uncertain voxels times density
 (``dense_path``) and by disagreement with the mirrored copies (``disagreement_path``): how many volumes its K
 slices cover, how many lie in each fifth of their stack, their mean uncertain voxels and how many it shares with
-the engine's order. No retrain: review_sim measures
-what a retrain learns from them.
+the engine's order. No retrain: review_sim measures what a retrain learns from them.
 """
 
 from __future__ import annotations
