@@ -272,7 +272,7 @@ class VolumeItem(Item):
             index = scene_io.current_slice(self.services.scene, record.volume)
             if index is None:
                 raise PLCLError(f"The {axes.view} view does not show a slice of '{record.name}'.")
-        total = _slice_total(record.volume, axes.slice_axis)
+        total = scene_io.slice_total(record.volume, axes.slice_axis)
         if not 0 <= index < total:
             raise PLCLError(f"'{record.name}' has no slice {index} (0 to {total - 1}).")
         if index in record.accepted:
@@ -320,7 +320,7 @@ class VolumeItem(Item):
             scene_io.write_annotation(self.services, record.segmentation, ids, record.volume, classes, str(label),
                                       only_slices=(axis, record.accepted))
             inputs.labeled.append((image, label, slicing.spec_text(record.accepted)))
-            if len(record.accepted) < _slice_total(record.volume, axis):  # else annotated whole: nothing to segment
+            if len(record.accepted) < scene_io.slice_total(record.volume, axis):  # else annotated whole
                 inputs.expected[record.key] = VolumeExport(record.key, exported=_slice_digests(
                     self.services, record.segmentation, record.volume))
             return
@@ -397,11 +397,6 @@ class VolumeExport:
                             _slice_digests(services, node, record.volume),
                             sorted({int(i) for i in kept if isinstance(i, int)}) if isinstance(kept, list) else [],
                             self.exported)
-
-
-def _slice_total(volume: Any, axis: int) -> int:
-    """How many slices ``volume`` has along array ``axis`` of [k, j, i] (the engine's slicing axis)."""
-    return int(volume.GetImageData().GetDimensions()[2 - axis])
 
 
 def _slice_digests(services: SlicerServices, segmentation: Any, volume: Any) -> list[str]:

@@ -601,8 +601,12 @@ def current_slice(scene: Any, volume: Any) -> int | None:
     volume.GetRASToIJKMatrix(ras_to_ijk)  # the volume's own RAS, before its parent transform
     ijk = ras_to_ijk.MultiplyPoint((*scratch.world_to_local(volume, centre[:3]), 1.0))
     index = int(round(ijk[2 - axes.slice_axis]))  # array axis a is ITK index axis 2 - a
-    size = volume.GetImageData().GetDimensions()[2 - axes.slice_axis]
-    return index if 0 <= index < size else None
+    return index if 0 <= index < slice_total(volume, axes.slice_axis) else None
+
+
+def slice_total(volume: Any, axis: int) -> int:
+    """How many slices ``volume`` has along array ``axis`` of [k, j, i] (ITK index axis 2 - axis)."""
+    return int(volume.GetImageData().GetDimensions()[2 - axis])
 
 
 def user_segmentation_of(scene: Any, volume: Any, exclude: Sequence[Any] = ()) -> Any:

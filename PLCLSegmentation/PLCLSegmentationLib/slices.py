@@ -57,7 +57,7 @@ class PaintedSlices:
     def summary(self, record: VolumeRecord) -> SliceSummary:
         """How many of the volume's slices (along the engine's slicing axis) are annotated."""
         axes = scene_io.volume_axes(record.volume)
-        total = int(record.volume.GetImageData().GetDimensions()[2 - axes.slice_axis])
+        total = scene_io.slice_total(record.volume, axes.slice_axis)
         if record.role == REVIEWED:  # an accepted prediction covers the whole volume
             return SliceSummary(total, list(range(total)), [], SLICES_ALL, axes.view)
         if record.role != ANNOTATED or record.segmentation is None:
