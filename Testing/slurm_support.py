@@ -24,7 +24,12 @@ CLIENTS = ("sbatch", "squeue", "scontrol", "scancel", "sinfo")
 
 
 class SlurmUnavailable(Exception):
-    """Why Slurm cannot start here (the tests skip with this reason)."""
+    """Why Slurm cannot start here (the tests skip with this reason): not Linux, not installed, not root."""
+
+
+class SlurmStartFailed(RuntimeError):
+    """Slurm is installed and may run here but did not start: a fault of the generated configuration or
+    of the daemons, so the tests fail with the daemons' logs instead of skipping."""
 
 
 def _find(program: str) -> str | None:
@@ -86,7 +91,8 @@ class Cluster:
 
 
 def start_cluster(root: Path) -> Cluster:
-    """Start munged, slurmctld and slurmd under ``root``; SlurmUnavailable says why it cannot."""
+    """Start munged, slurmctld and slurmd under ``root``; SlurmUnavailable says why Slurm cannot run here,
+    SlurmStartFailed that it could and did not start."""
     if os.name != "posix" or not hasattr(os, "geteuid"):
         raise SlurmUnavailable("Slurm runs on Linux only")
     missing = [p for p in DAEMONS + CLIENTS if _find(p) is None]
@@ -143,13 +149,13 @@ def _wait_for_idle_node(cluster: Cluster, host: str, timeout: float = 45) -> Non
     while time.monotonic() < deadline:
         dead = [p.args[0] for p in cluster.processes if p.poll() is not None]
         if dead:
-            raise SlurmUnavailable(f"{', '.join(dead)} stopped at start:\n{cluster.logs()}")
+            raise SlurmStartFailed(f"{', '.join(dead)} stopped at start:\n{cluster.logs()}")
         result = cluster.run("sinfo", "-h", "-n", host, "-o", "%T", check=False, timeout=20)
         state = result.stdout.strip()
         if state.startswith("idle"):
             return
         time.sleep(0.5)
-    raise SlurmUnavailable(f"the node did not become idle in {timeout:.0f} s (state {state!r}):\n{cluster.logs()}")
+    raise SlurmStartFailed(f"the node did not become idle in {timeout:.0f} s (state {state!r}):\n{cluster.logs()}")
 
 
 def main(argv: list[str]) -> int:
@@ -162,7 +168,7 @@ def main(argv: list[str]) -> int:
         return 2
     try:
         cluster = start_cluster(Path(argv[0]).resolve())
-    except SlurmUnavailable as reason:
+    except (SlurmUnavailable, SlurmStartFailed) as reason:
         print(f"slurm_support: Slurm cannot start here: {reason}", file=sys.stderr)
         return 1
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))

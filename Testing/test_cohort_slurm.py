@@ -1,7 +1,8 @@
 """``plcl cohort slurm --submit`` on a real one-node Slurm (slurm_support.py) with a SYNTHETIC cohort:
 the array segments every volume and lists the corrupt one in failures; a task stopped by a signal
 requeues itself, a cancelled task's volumes are done by a resubmission, and nothing complete is
-done twice. Skipped, with the reason, only where Slurm cannot start."""
+done twice. Skipped, with the reason, only where Slurm cannot run (not Linux, not installed, not root);
+a Slurm that is there and does not start fails with its daemons' logs."""
 
 from __future__ import annotations
 
