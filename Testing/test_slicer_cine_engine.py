@@ -8,8 +8,8 @@ Skipped (with the reason) where the engine does not run. Small on purpose: a gen
 
 from __future__ import annotations
 
+import importlib.util
 import os
-import subprocess
 import sys
 
 import numpy as np
@@ -28,11 +28,8 @@ from PLCLSegmentationLib.parameters import ANNOTATED, PREDICTED  # noqa: E402
 pytestmark = [pytest.mark.mrml, pytest.mark.slow]
 
 ENVIRONMENT = {**os.environ, "PYTHONPATH": str(ROOT / "PLCLSegmentation")}
-_help = subprocess.run([sys.executable, "-m", "PLCLSegmentationLib.engine", "train", "--help"], capture_output=True,
-                       text=True, env=ENVIRONMENT, timeout=120, check=False)
-if _help.returncode != 0 or "--labeled-frame" not in _help.stdout:
-    pytest.skip("the engine does not run or has no --labeled-frame: "
-                + (_help.stderr.strip().splitlines() or ["no output"])[-1], allow_module_level=True)
+if importlib.util.find_spec("torch") is None:  # a broken engine fails below; only a missing torch skips
+    pytest.skip("torch is not installed: the module's engine cannot run", allow_module_level=True)
 
 ITERATIONS = 6
 

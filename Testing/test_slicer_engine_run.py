@@ -7,9 +7,9 @@ dozen iterations, so that it runs in about a minute on two CPU cores.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
-import subprocess
 import sys
 import time
 
@@ -31,11 +31,8 @@ if not (ACDC / "images").is_dir():
     pytest.skip(f"ACDC data not found at {ACDC} (../shared/data/acdc)", allow_module_level=True)
 
 ENVIRONMENT = {**os.environ, "PYTHONPATH": str(ROOT / "PLCLSegmentation")}
-_help = subprocess.run([sys.executable, "-m", "PLCLSegmentationLib.engine", "train", "--help"], capture_output=True,
-                       text=True, env=ENVIRONMENT, timeout=120, check=False)
-if _help.returncode != 0:
-    pytest.skip("the engine does not run yet: `python -m PLCLSegmentationLib.engine train --help` failed: "
-                + (_help.stderr.strip().splitlines() or ["no output"])[-1], allow_module_level=True)
+if importlib.util.find_spec("torch") is None:  # a broken engine fails below; only a missing torch skips
+    pytest.skip("torch is not installed: the module's engine cannot run", allow_module_level=True)
 
 CASES = ["patient041_frame01", "patient041_frame02", "patient090_frame01"]
 ITERATIONS = 20
@@ -60,7 +57,7 @@ def scene(tmp_path):
     assert snapshot(annotation) == before, "the user's segmentation changed"
 
 
-def test_train_then_accept_and_retrain_faster(scene, record_property):
+def test_train_then_accept_and_retrain_on_the_warm_start_schedule(scene, record_property):
     app, volumes, annotation, logic = scene
     started = time.monotonic()
     job = logic.train()
