@@ -266,7 +266,7 @@ def _check_sequence_outputs(out: Path, image: Path, annotated: list[int]) -> dic
     assert_same_grid(sequence.grid, grid())
     for t in range(FRAMES):
         np.testing.assert_array_equal(sequence.array[t], stack[t])
-    assert entry["curve_plot"] is None or Path(entry["curve_plot"]).read_bytes()[:4] == b"\x89PNG"
+    assert Path(entry["curve_plot"]).read_bytes()[:4] == b"\x89PNG"  # matplotlib is in the [test] extra
     return summary
 
 
@@ -390,6 +390,8 @@ def test_the_volume_curve_of_known_labels_is_their_voxel_count_times_the_voxel_v
 
 def test_frames_predicted_in_one_pass_match_frames_predicted_alone(trained, tmp_path):
     """Consecutive frames go through the network together; each must get its own slices' result."""
+    import slicerio
+
     from PLCLSegmentationLib.engine.events import RecordingSink
     from PLCLSegmentationLib.engine.run.prediction import run_prediction
 
@@ -407,7 +409,10 @@ def test_frames_predicted_in_one_pass_match_frames_predicted_alone(trained, tmp_
         a = sitk.GetArrayFromImage(sitk.ReadImage(entry["uncertainty"]))
         b = sitk.GetArrayFromImage(sitk.ReadImage(other["uncertainty"]))
         assert np.abs(a - b).max() <= 0.02, entry["name"]
-        assert entry["voxels"] == pytest.approx(other["voxels"], abs=5), entry["name"]
+        # the same labels voxel by voxel; a batch of another size may round a few boundary voxels otherwise
+        mine, theirs = (np.asarray(slicerio.read_segmentation(v["segmentation"])["voxels"]) for v in (entry, other))
+        assert mine.shape == theirs.shape and (mine != theirs).sum() <= 5, entry["name"]
+        assert mine.any(), entry["name"]  # a prediction, not two empty label maps
 
 
 def test_the_volume_curve_needs_numpy_only():

@@ -58,7 +58,7 @@ def test_names_must_differ_across_the_whole_list(tmp_path):
         check_unique_names(read_inputs([], str(tmp_path / "empty.txt")), str(tmp_path / "empty.txt"))
 
 
-def test_100000_lines_are_read_and_sharded_quickly_enough_to_list_only_names(tmp_path):
+def test_a_100000_line_list_is_read_checked_for_names_and_sharded(tmp_path):
     lines = "".join(f"images/subject_{i:06d}.nii.gz\n" for i in range(100_000))
     (tmp_path / "list.txt").write_text(lines)
     assert check_unique_names(read_inputs([], str(tmp_path / "list.txt")), None) == 100_000
