@@ -88,3 +88,24 @@ def test_the_page_shows_volumes_in_ml_beside_the_estimated_dice_of_each_structur
     written = {"cohort.json", "shards", "cohort.csv", "cohort_qc.png"} | ({"cohort.parquet"} if collected["parquet"]
                                                                           else set())
     assert {p.name for p in page.parent.iterdir()} == written  # no temporary file left
+
+
+def test_the_parquet_table_holds_what_the_csv_holds(tmp_path):
+    """cohort.parquet (written where pyarrow is: the [cohort] extra) is the CSV's table, typed."""
+    pyarrow_parquet = pytest.importorskip("pyarrow.parquet", reason="pyarrow is not installed (the [cohort] extra)")
+    cases = [usual(i) for i in range(6)] + [("nothing_found", 0.05, estimate(None, None))]
+    collected = collect(cohort_folder(tmp_path / "out", cases, huge="usual_3"))
+    assert collected["parquet"] == tmp_path / "out" / "cohort.parquet"
+    with open(collected["csv"], newline="") as f:
+        rows = list(csv.DictReader(f))
+    table = pyarrow_parquet.read_table(collected["parquet"]).to_pylist()
+    assert [list(r) for r in table] == [list(r) for r in rows] and len(table) == 7
+    for read, written in zip(table, rows):
+        for column, value in written.items():  # typed: numbers as numbers, an empty cell as null
+            if value == "":
+                assert read[column] in (None, ""), column
+            elif isinstance(read[column], (int, float)):
+                assert read[column] == pytest.approx(float(value)), column
+            else:
+                assert read[column] == value, column
+        assert all(isinstance(read[c], float) or read[c] is None for c in collected["numeric"])
