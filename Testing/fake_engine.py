@@ -219,9 +219,9 @@ def iterate(sink: JsonLinesSink, out: Path, total: int, start: float) -> None:
         time.sleep(step)
         if iteration == fail_at:
             raise RuntimeError(f"simulated crash at iteration {iteration}")
-        loss = 1.0 / (1.0 + 0.1 * iteration)
+        loss = 1.0 / (1.0 + 0.1 * iteration)  # the losses of a warm-up step, named as the engine names them
         sink.emit("progress", stage="warmup", iteration=iteration, total=total,
-                  losses={"dice": loss, "contrastive": loss / 2}, elapsed_s=time.time() - start,
+                  losses={"segmentation": loss, "total": loss}, elapsed_s=time.time() - start,
                   eta_s=(total - iteration) * step, slices_per_s=10.0)
         if _cancel.is_set():
             checkpoint = out / "checkpoint.pt"

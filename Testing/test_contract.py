@@ -10,7 +10,7 @@ import pytest
 from conftest import REPO
 
 from PLCLSegmentationLib.engine import cli, request
-from PLCLSegmentationLib.engine.protocol import OUTPUT_KINDS, STOP_FILE, SUMMARY_FILE
+from PLCLSegmentationLib.engine.protocol import EVENT_KEYS, OUTPUT_KINDS, STOP_FILE, SUMMARY_FILE
 
 FAKE_ENGINE = REPO / "Testing" / "fake_engine.py"
 
@@ -42,6 +42,42 @@ def test_the_fake_engine_speaks_the_real_command_line(tmp_path):
                               cwd=REPO / "PLCLSegmentation")
         assert fake.returncode == real.returncode == 2, (bad, fake.stderr, real.stderr)
 
+
+
+def _keys(entries: list[dict]) -> set[str]:
+    return set().union(*(e.keys() for e in entries)) if entries else set()
+
+
+def test_the_fake_engine_writes_what_the_real_engine_writes(synthetic, tmp_path):
+    """The module's tests run on the fake engine: every event, event key, loss name and summary key it
+    gives, the real engine gives too, for the same command line."""
+    pytest.importorskip("torch")
+    from conftest import case_of, events, run_plcl
+
+    args = ["train", "--labeled", *case_of(synthetic, "synthetic_001"), "--unlabeled",
+            case_of(synthetic, "synthetic_002")[0], "--iterations", "2", "--budget", "quick", "--set", "patch_size=32",
+            "--set", "levels=3", "--device", "cpu", "--events", "jsonl"]
+    real = run_plcl(*args, "--out", str(tmp_path / "real"))
+    fake = subprocess.run([sys.executable, str(FAKE_ENGINE), *args, "--out", str(tmp_path / "fake")],
+                          capture_output=True, text=True, timeout=120)
+    assert real.returncode == fake.returncode == 0, (real.stderr, fake.stderr)
+    real_events, fake_events = events(real.stdout), events(fake.stdout)
+    for name in {e["event"] for e in fake_events}:
+        assert name in EVENT_KEYS, name
+        mine = _keys([e for e in fake_events if e["event"] == name])
+        assert mine <= _keys([e for e in real_events if e["event"] == name]), name
+        assert mine <= {"event", "time", *EVENT_KEYS[name], "precision"}, name
+    losses = [set(e["losses"]) for e in fake_events if e["event"] == "progress"]
+    assert losses and set().union(*losses) <= set().union(*(e["losses"] for e in real_events
+                                                            if e["event"] == "progress"))
+    real_summary, fake_summary = (json.loads((tmp_path / side / SUMMARY_FILE).read_text()) for side in ("real", "fake"))
+    assert set(fake_summary) <= set(real_summary)
+    assert set(fake_summary["outputs"]) == set(real_summary["outputs"])
+    real_volumes, fake_volumes = real_summary["volumes"], fake_summary["volumes"]
+    assert [v["name"] for v in fake_volumes] == [v["name"] for v in real_volumes] == ["synthetic_002"]
+    assert set(fake_volumes[0]) <= set(real_volumes[0])
+    for part in ("structures", "slices"):  # the review contract (docs/protocol.md)
+        assert _keys(fake_volumes[0][part]) <= _keys(real_volumes[0][part]), part
 
 def test_the_contract_names():
     assert STOP_FILE == "stop.request" and SUMMARY_FILE == "summary.json"

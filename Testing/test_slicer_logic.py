@@ -127,7 +127,7 @@ def test_train_propagates_to_every_unannotated_volume(session):
     assert sorted(p.name for p in Path(state.model_path).parent.iterdir()) == \
         ["engine.log", "model.pt", "summary.json"]
     # The loss plot grew with the progress events.
-    assert job.plot.rows == 10 and set(job.plot.series) == {"dice", "contrastive"}
+    assert job.plot.rows == 10 and set(job.plot.series) == {"segmentation", "total"}
     assert job.plot.chart.GetAttribute(OWNER_ATTRIBUTE) == LOSS_CHART
     # Review: every volume, the lowest estimated Dice first.
     rows = logic.review_rows()
