@@ -39,6 +39,15 @@ def test_the_self_test_steps_fail_when_the_logic_misbehaves(tmp_path):
         selftest.check_roles(logic, volume, other, segmentation)
 
 
+
+def test_the_cine_self_test_steps_fail_when_the_logic_misbehaves(tmp_path):
+    app = SlicerApp()
+    proxy, segmentation = selftest.cine_scene(app.scene, app.sequences)
+    logic = PLCLSegmentationLogic(app.services, models_dir=tmp_path)
+    logic.accept_slice = lambda *args: None  # a frame's slice accepted without a word
+    with pytest.raises(AssertionError, match="accept a frame whole"):
+        selftest.check_cine(logic, proxy, segmentation)
+
 def test_the_module_test_never_skips_and_always_tests_the_panel():
     """A skipped ScriptedLoadableModuleTest shows as "Test failed" in the GUI's Test button."""
     tree = ast.parse((ROOT / "PLCLSegmentation" / "PLCLSegmentation.py").read_text())
