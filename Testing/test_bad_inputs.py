@@ -813,6 +813,8 @@ CASES += [
     Case("model_neighbour_shares_above_one", "26.13", lambda d: P(d, model="m.pt"), 1,
          ("m.pt", "neighbour_shares"),
          model_field("m.pt", lambda p: p["info"].update(neighbour_shares=[[2.0] * 4 for _ in range(4)]))),
+    Case("model_single_objects_short", "26.13", lambda d: P(d, model="m.pt"), 1, ("m.pt", "single_objects"),
+         model_field("m.pt", lambda p: p["info"].update(single_objects=[True]))),
     Case("model_in_plane_reference_parallel", "26.13", lambda d: P(d, model="m.pt"), 1, ("m.pt", "in_plane_reference"),
          model_field("m.pt", lambda p: p["info"].update(in_plane_reference=[[1, 0, 0], [1, 0, 0]]))),
     Case("model_in_plane_reference_zero", "26.13", lambda d: P(d, model="m.pt"), 1, ("m.pt", "in_plane_reference"),

@@ -50,6 +50,21 @@ def test_a_file_from_before_embedding_levels_reads_as_one_level(tmp_path):
     assert read_model(tmp_path / "old.pt")[0].embedding_levels == 1
 
 
+def test_the_clean_up_follows_the_annotations_and_files_from_before_keep_each_class_alone(tmp_path):
+    info = dataclasses.replace(_info(), largest_component=True, single_objects=(True, False, True))
+    save_model(tmp_path / "model.pt", info.build_network(), info)
+    assert read_model(tmp_path / "model.pt")[0].cleanup_objects == (True, False, True)
+    payload = torch.load(tmp_path / "model.pt", weights_only=True)
+    del payload["info"]["single_objects"]
+    torch.save(payload, tmp_path / "old.pt")
+    assert read_model(tmp_path / "old.pt")[0].cleanup_objects == (False, True, True)  # each class, not the whole
+    assert dataclasses.replace(info, largest_component=False).cleanup_objects is None
+    payload["info"]["single_objects"] = [True, "yes", True]
+    torch.save(payload, tmp_path / "bad.pt")
+    with pytest.raises(InputError, match="bad.pt.*single_objects"):
+        read_model(tmp_path / "bad.pt")
+
+
 class _Payload:
     def __reduce__(self):
         return (print, ("this must never run",))

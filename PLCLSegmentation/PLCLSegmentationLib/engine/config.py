@@ -137,7 +137,8 @@ class TrainConfig:
     #: Share of unannotated contrastive patches that get a box of another one pasted in (CutMix, in
     #: every view and in the labels).
     cutmix_probability: float = 0.0
-    #: Keep only the largest 3D connected component of each class in pseudo-labels and predictions.
+    #: In pseudo-labels and predictions, keep only the largest 3D connected piece of all structures together and
+    #: of each structure, where the annotations show it as one object (method/components.py).
     largest_component: bool = True
 
     # --- augmentation ---------------------------------------------------------------------------

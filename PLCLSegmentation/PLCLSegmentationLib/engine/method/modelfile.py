@@ -18,6 +18,7 @@ from ... import __version__
 from ..config import most_embedding_levels
 from ..errors import InputError
 from ..files.volumes import ClassInfo, atomic_path
+from .components import legacy_objects
 from .network import UNet2D
 
 FORMAT = "plcl-segmentation-model"
@@ -48,12 +49,24 @@ class ModelInfo:
     neighbour_shares: tuple[tuple[float, ...], ...] | None = None
     #: Decoder levels with a contrastive projection head (TrainConfig.embedding_levels; 1 in files before it).
     embedding_levels: int = 1
+    #: Which structures the annotations showed as one object (components.single_objects: all structures
+    #: together first, then each class), kept as their largest piece where ``largest_component`` is on; None in
+    #: models before it existed: each class's largest piece (components.legacy_objects).
+    single_objects: tuple[bool, ...] | None = None
     training: dict[str, Any] = field(default_factory=dict)
     engine_version: str = __version__
 
     @property
     def num_classes(self) -> int:
         return len(self.classes) + 1
+
+    @property
+    def cleanup_objects(self) -> tuple[bool, ...] | None:
+        """The structures a prediction keeps as their largest piece (components.keep_largest_components);
+        None: no clean-up."""
+        if not self.largest_component:
+            return None
+        return self.single_objects if self.single_objects is not None else legacy_objects(self.num_classes)
 
     def build_network(self, initialise: bool = True) -> UNet2D:
         """The described network; ``initialise=False`` leaves the weights as allocated, for weights
@@ -81,6 +94,7 @@ class ModelInfo:
             "inference_tile": int(self.inference_tile),
             "inference_overlap": float(self.inference_overlap),
             "largest_component": bool(self.largest_component),
+            "single_objects": None if self.single_objects is None else [bool(x) for x in self.single_objects],
             "background_name": self.background_name,
             "training": self.training,
             "engine_version": self.engine_version,
@@ -101,6 +115,7 @@ class ModelInfo:
             inference_tile=int(d.get("inference_tile", 256)),
             inference_overlap=float(d.get("inference_overlap", 0.25)),
             largest_component=bool(d.get("largest_component", False)),
+            single_objects=_flags(d.get("single_objects"), len(d["classes"]) + 1),
             background_name=d.get("background_name", "background"),
             in_plane_reference=_frame(d.get("in_plane_reference")),
             neighbour_shares=_shares(d.get("neighbour_shares"), len(d["classes"]) + 1),
@@ -115,6 +130,14 @@ def _numbers(value: Any, name: str) -> tuple[float, ...]:
             isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) for x in value):
         raise ValueError(f"{name} {value!r}: a list of finite numbers expected")
     return tuple(float(x) for x in value)
+
+
+def _flags(value: Any, num_classes: int) -> tuple[bool, ...] | None:
+    if value is None:
+        return None
+    if not isinstance(value, list) or len(value) != num_classes or not all(isinstance(x, bool) for x in value):
+        raise ValueError(f"single_objects: {num_classes} true or false values expected")
+    return tuple(value)
 
 
 def _shares(value: Any, num_classes: int) -> tuple[tuple[float, ...], ...] | None:

@@ -103,15 +103,3 @@ def map_to_volume(prepared: PreparedVolume, probs: torch.Tensor) -> VolumePredic
     foreground = labels_kji > 0
     score = float(entropy_kji[foreground].mean()) if foreground.any() else 1.0
     return VolumePrediction(labels_kji, entropy_kji, score)
-
-
-def keep_largest_components(labels: np.ndarray, num_classes: int) -> np.ndarray:
-    """Keep the largest 3D connected component of each class (an optional clean-up)."""
-    import SimpleITK as sitk
-
-    out = np.zeros_like(labels)
-    for cls in range(1, num_classes):
-        mask = sitk.GetImageFromArray((labels == cls).astype(np.uint8))
-        components = sitk.RelabelComponent(sitk.ConnectedComponent(mask), sortByObjectSize=True)
-        out[sitk.GetArrayFromImage(components) == 1] = cls
-    return out

@@ -20,8 +20,9 @@ from ..files.volumes import ClassInfo, Volume
 from ..protocol import DEFAULT_BACKEND, DEFAULT_ESTIMATE, ESTIMATES
 from ..runtime import autocast_dtype, backend_precision, resolve_backend
 from .backends import export_network, fold_batch_norms
+from .components import keep_largest_components
 from .modelfile import ModelInfo, build_model, read_model
-from .predict import keep_largest_components, map_to_volume, predict_slices
+from .predict import map_to_volume, predict_slices
 from .preprocess import InPlaneFrame, PreparedVolume, prepare_volume
 from .quality import (
     VolumeQuality,
@@ -156,8 +157,9 @@ class Predictor:
         holds none)."""
         num_classes = self.info.num_classes
         stacks = [probs.argmax(1).to(torch.uint8).numpy()] + [copy.numpy() for copy in copies]
-        if self.info.largest_component:
-            stacks = [keep_largest_components(stack, num_classes) for stack in stacks]
+        objects = self.info.cleanup_objects
+        if objects is not None:
+            stacks = [keep_largest_components(stack, objects) for stack in stacks]
         expected = expected_dice(stacks[0], probs.numpy())
         reference = self.info.neighbour_shares
         overlaps = (None if reference is None
@@ -187,8 +189,8 @@ class Predictor:
                                               if mirrored else (None, None, None))
             offset += slices
             labels = result.labels
-            if info.largest_component:
-                labels = keep_largest_components(labels, info.num_classes)
+            if info.cleanup_objects is not None:
+                labels = keep_largest_components(labels, info.cleanup_objects)
             counts = np.bincount(labels.ravel(), minlength=info.num_classes)
             quality = volume_quality(labels, result.uncertainty, agreements, prepared.layout.axes[0],
                                      [c.name for c in info.classes], [c.value for c in info.classes], expected,

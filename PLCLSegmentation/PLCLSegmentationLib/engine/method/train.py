@@ -18,11 +18,12 @@ from ..errors import Cancelled, InputError
 from ..events import EventSink
 from ..runtime import autocast_dtype, autocast_to
 from .batches import BackgroundBatches, Batch, BatchMaker, SliceAtlas, position_balanced_weights
+from .components import keep_largest_components, single_objects
 from .consistency import cutmix, online_labels
 from .losses import IGNORE, PrototypeMemory, local_contrastive_loss, segmentation_loss
 from .modelfile import write_torch_file
 from .network import UNet2D
-from .predict import keep_largest_components, predict_slices
+from .predict import predict_slices
 from .preprocess import PreparedVolume
 
 
@@ -99,6 +100,11 @@ class Trainer:
             # Slices annotated on some of each volume's slices (corrected ones, say) may crowd one end of the stack.
             self.annotated_weights = position_balanced_weights(torch.cat([
                 (_annotated_part(torch.arange(len(v.images)), v) + 0.5) / len(v.images) for v in annotated]))
+        #: The structures the annotations show as one object: the pseudo-labels and the model's predictions keep
+        #: their largest piece (None: clean-up off).
+        self.single_objects = (single_objects([(v.labels.numpy(), None if v.annotated is None else v.annotated.numpy())
+                                               for v in annotated], num_classes)
+                               if config.largest_component else None)
         self._unannotated_atlas: SliceAtlas | None = None
         self.stage = "warmup"  # the stage being trained (_train_until)
         self._contrasting = False  # whether its batches carry contrastive views
@@ -510,8 +516,8 @@ class Trainer:
             label = label.to(torch.uint8)
             if volume.partial:  # the annotated slices anchor the 3D components of the others
                 label[volume.annotated] = volume.labels[volume.annotated]
-            if cfg.largest_component:
-                label = torch.from_numpy(keep_largest_components(label.numpy(), self.num_classes))
+            if self.single_objects is not None:
+                label = torch.from_numpy(keep_largest_components(label.numpy(), self.single_objects))
             if cfg.pseudo_label_confidence > 0:
                 label[confidence < cfg.pseudo_label_confidence] = IGNORE
             labels.append(_unannotated_part(label, volume))

@@ -136,7 +136,7 @@ def _train(job: TrainJob, inputs: TrainingInputs, sink: EventSink, cancel: threa
             embedding_levels=config.embedding_levels,
             intensity_percentiles=tuple(config.intensity_percentiles), inference_tile=config.inference_tile,
             inference_overlap=config.inference_overlap, largest_component=config.largest_component,
-            in_plane_reference=reference, neighbour_shares=neighbours,
+            in_plane_reference=reference, neighbour_shares=neighbours, single_objects=trainer.single_objects,
             training={"annotated": [v.path for v, _ in inputs.annotated], "annotated_slices": slice_record,
                       "unannotated": [v.path for v in inputs.unannotated],
                       "iterations": trainer.iteration, "train_seconds": round(time.monotonic() - train_started, 2),
