@@ -5,8 +5,8 @@ segments the split once per model with no clean-up (no quality estimate) and sco
 cleaned up each way (method/components.py): as segmented; each class kept as its largest piece (the
 engine until 2026-12-07, and model files from before); all structures together first, then each
 class; and as the model file says (``single_objects``, read from its annotations). Per way: the mean
-Dice as ``plcl evaluate`` gives it (per structure over the volumes, then over the structures), the
-right ventricle's or first structure's, and how many (volume, structure) pairs a segmentation lost
+Dice as ``plcl evaluate`` gives it (per structure over the volumes, then over the structures),
+each structure's, and how many (volume, structure) pairs a segmentation lost
 (Dice below 0.1 where the reference holds the structure). One network pass per model: the
 differences are the clean-ups'.
 """
