@@ -26,7 +26,7 @@ import numpy as np
 ONE_OBJECT_SHARE = 0.75
 
 
-def _components(mask: np.ndarray) -> np.ndarray:
+def connected_pieces(mask: np.ndarray) -> np.ndarray:
     """The connected pieces of a boolean mask (face neighbours), numbered from the largest (1)."""
     import SimpleITK as sitk  # not needed to import the engine
 
@@ -37,7 +37,7 @@ def _components(mask: np.ndarray) -> np.ndarray:
 def largest_share(mask: np.ndarray) -> float | None:
     """The share of a mask's voxels in its largest connected piece; None where it is empty."""
     total = int(mask.sum())
-    return None if total == 0 else int((_components(mask) == 1).sum()) / total
+    return None if total == 0 else int((connected_pieces(mask) == 1).sum()) / total
 
 
 def single_objects(stacks: Sequence[tuple[np.ndarray, np.ndarray | None]], num_classes: int) -> tuple[bool, ...]:
@@ -68,10 +68,10 @@ def keep_largest_components(labels: np.ndarray, objects: Sequence[bool]) -> np.n
     ``objects`` marks (single_objects' order: all structures together first) set to background."""
     out = labels.copy()
     if objects[0]:
-        out[(_components(out > 0) != 1) & (out > 0)] = 0
+        out[(connected_pieces(out > 0) != 1) & (out > 0)] = 0
     for index in range(1, len(objects)):
         if objects[index]:
             mask = out == index
             if mask.any():
-                out[mask & (_components(mask) != 1)] = 0
+                out[mask & (connected_pieces(mask) != 1)] = 0
     return out
