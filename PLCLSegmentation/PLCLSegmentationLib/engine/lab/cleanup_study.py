@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -74,10 +76,11 @@ def study(model: str, data: str, split: str, device: str = "cpu") -> dict[str, d
     recorded = predictor.info.single_objects
     predictor.info = dataclasses.replace(predictor.info, largest_component=False)
     classes = predictor.classes
-    compared: dict[str, object] = dict(ways(predictor.num_classes, recorded))
-    shares = predictor.info.neighbour_shares
-    if shares is not None:
-        compared[BY_AGREEMENT] = np.array(shares)
+    compared: dict[str, Callable[[np.ndarray], np.ndarray]] = {
+        way: functools.partial(keep_largest_components, objects=objects)
+        for way, objects in ways(predictor.num_classes, recorded).items()}
+    if predictor.info.neighbour_shares is not None:
+        compared[BY_AGREEMENT] = functools.partial(organ_by_agreement, shares=np.array(predictor.info.neighbour_shares))
     found = {way: {"dice": {c.name: [] for c in classes}, "lost": 0} for way in compared}
     for case in dataset.split(split):
         volume = read_volume(dataset.image(case))
@@ -89,10 +92,8 @@ def study(model: str, data: str, split: str, device: str = "cpu") -> dict[str, d
         for index, c in enumerate(classes, 1):
             labels[values == c.value] = index
             reference[reference_values == c.value] = index
-        for way, objects in compared.items():
-            cleaned = (organ_by_agreement(labels, objects) if isinstance(objects, np.ndarray)
-                       else keep_largest_components(labels, objects))
-            dice = dice_per_class(cleaned, reference, range(1, len(classes) + 1))
+        for way, clean_up in compared.items():
+            dice = dice_per_class(clean_up(labels), reference, range(1, len(classes) + 1))
             for index, c in enumerate(classes, 1):
                 if dice[index] is not None:
                     found[way]["dice"][c.name].append(dice[index])
