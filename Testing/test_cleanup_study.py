@@ -19,10 +19,17 @@ from PLCLSegmentationLib.engine.method.modelfile import ModelInfo, save_model
 from PLCLSegmentationLib.engine.method.quality import neighbour_counts, neighbour_shares
 
 
-def test_the_study_gives_what_predict_and_evaluate_give_for_the_same_clean_up(synthetic, tmp_path):
+def _model_info(**fields) -> ModelInfo:
+    """A small untrained model of the synthetic dataset's classes."""
     classes = [ClassInfo(value, name, (1.0, 0.0, 0.0)) for value, name in sorted(LABELS.items()) if value > 0]
-    info = ModelInfo(classes=classes, target_spacing_mm=1.2, patch_size=32, base_channels=4, levels=3,
-                     embedding_dim=4, intensity_percentiles=(1.0, 99.0), inference_tile=32, largest_component=True)
+    return ModelInfo(classes=classes, target_spacing_mm=1.2, patch_size=32, base_channels=4, levels=3,
+                     embedding_dim=4, intensity_percentiles=(1.0, 99.0), inference_tile=32, largest_component=True,
+                     **fields)
+
+
+def test_the_study_gives_what_predict_and_evaluate_give_for_the_same_clean_up(synthetic, tmp_path):
+    info = _model_info()
+    classes = info.classes
     torch.manual_seed(0)
     network = info.build_network()
     found = {}
@@ -65,11 +72,7 @@ def test_the_lead_keeps_the_piece_whose_structures_border_as_annotated_over_a_la
 
 
 def test_the_study_scores_the_lead_where_the_model_holds_its_annotations_neighbours(synthetic, tmp_path):
-    classes = [ClassInfo(value, name, (1.0, 0.0, 0.0)) for value, name in sorted(LABELS.items()) if value > 0]
-    shares = tuple(tuple(1.0 / len(LABELS) for _ in LABELS) for _ in LABELS)
-    info = ModelInfo(classes=classes, target_spacing_mm=1.2, patch_size=32, base_channels=4, levels=3,
-                     embedding_dim=4, intensity_percentiles=(1.0, 99.0), inference_tile=32, largest_component=True,
-                     neighbour_shares=shares)
+    info = _model_info(neighbour_shares=tuple(tuple(1.0 / len(LABELS) for _ in LABELS) for _ in LABELS))
     torch.manual_seed(0)
     save_model(tmp_path / "model.pt", info.build_network(), info)
     scored = study(str(tmp_path / "model.pt"), str(synthetic), "val")
