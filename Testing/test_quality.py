@@ -530,3 +530,27 @@ def test_the_review_figure_s_arm_labels_never_overlap_even_with_a_dozen_arms():
         assert len(boxes) == len(arms)
         assert not any(a.overlaps(b) for a, b in itertools.combinations(boxes, 2))
     plt.close(fig)
+
+
+def test_the_stack_balanced_review_path_spreads_its_corrections_along_the_heart():
+    from PLCLSegmentationLib.engine.lab.review_sim import candidate_slices, choose, stack_third
+
+    def item(index: int, voxels: float, heart: bool = True) -> dict:
+        return {"index": index, "uncertainty": 0.1, "uncertain_voxels": voxels,
+                "structures": {"myocardium": 0.1} if heart else {}}
+
+    assert [stack_third(item(i, 0), (2, 10)) for i in (0, 2, 4, 5, 7, 8, 10, 12)] == [0, 0, 0, 1, 1, 2, 2, 2]
+    # Each volume's foreground spans slices 0..7; a basal slice (0, 1) is every volume's least certain; slice 9
+    # has entropy outside the heart only (it counts with the nearest third, the apex's).
+    walk = {name: [item(0, 90.0), item(1, 80.0), item(4, 40.0 + shift), item(7, 20.0 + shift),
+                   item(9, 1.0, heart=False)]
+            for name, shift in (("a", 0.0), ("b", 5.0), ("c", 1.0), ("d", 0.0))}
+    table = ["a", "b", "c", "d"]
+    # The path takes every volume's basal slice; the stack-balanced one a's base, b's middle, c's apex, then d's
+    # base again (every third once); the second pass a's middle, then b's apex (the thirds least corrected).
+    assert choose("review_path", candidate_slices(walk), 4, seed=0, table=table) == {
+        "a": [0], "b": [0], "c": [0], "d": [0]}
+    assert choose("stack_path", candidate_slices(walk), 4, seed=0, table=table) == {
+        "a": [0], "b": [4], "c": [7], "d": [0]}
+    assert choose("stack_path", candidate_slices(walk), 6, seed=0, table=table) == {
+        "a": [0, 4], "b": [4, 7], "c": [7], "d": [0]}

@@ -19,7 +19,9 @@ two a volume by the mean; ``worst_volumes`` the least certain slice (by the mean
 (then each one's second, ...); ``dense_path`` the review path with a volume's slices ordered by their uncertain
 voxels times their information density, ``disagreement_path`` by their disagreement with the mirrored copies
 (slice_signals.py); ``suggestive`` the slices of most uncertain voxels (the top twice K) that together stand
-for the cohort best by the model's features (suggestive annotation, slice_signals.representative_slices).
+for the cohort best by the model's features (suggestive annotation, slice_signals.representative_slices);
+``stack_path`` the review path that picks in each volume its least certain slice in the third of the heart's
+stack (base, middle, apex by the predicted extent) corrected least so far (stack_balanced_walk).
 A reviewer who corrects a slice leaves the ground truth on it, so each chosen volume becomes annotated on exactly
 its chosen slices (``--annotated-slices``, the ground truth label file); the model is retrained once
 from the run's model (``--init-model``, the engine's warm-start schedule) with the run's annotated
@@ -79,7 +81,10 @@ TABLE_ARMS = {"review_path": (1, "uncertain_voxels"), "review_path_1": (1, "unce
               "dense_path": (2, "dense_voxels"), "disagreement_path": (2, "disagreement")}
 #: Arms ordered by a signal of slice_signals.py (computed with the run's model only where one is asked for).
 SIGNAL_ARMS = {"dense_path", "disagreement_path", "suggestive"}
-ARMS = (*RANKED, *TABLE_ARMS, "suggestive", "random", "none")
+#: The review path whose pick in each volume is its least certain slice in the third of the heart's stack (by the
+#: predicted foreground's extent) corrected least so far (stack_balanced_walk).
+STACK_ARMS = {"stack_path"}
+ARMS = (*RANKED, *TABLE_ARMS, *STACK_ARMS, "suggestive", "random", "none")
 
 
 def bench_run(run: Path, bench: Path | None = None) -> tuple[dict[str, Any], int, dict[str, Any]]:
@@ -123,6 +128,40 @@ def candidate_slices(slices: dict[str, list[dict[str, Any]]]) -> list[tuple[str,
     return [(name, item["index"], item) for name in sorted(slices) for item in slices[name]]
 
 
+def stack_third(item: dict[str, Any], extent: tuple[int, int]) -> int:
+    """Which third (0, 1, 2) of a volume's predicted foreground, slices ``extent`` (first, last), a slice is in."""
+    first, last = extent
+    position = (min(max(item["index"], first), last) - first) / (last - first + 1)
+    return min(2, int(3 * position))
+
+
+def stack_balanced_walk(walks: dict[str, list[tuple[str, int, dict[str, Any]]]], k: int
+                        ) -> list[tuple[str, int, dict[str, Any]]]:
+    """The review path (one slice a volume in the table's order, then each one's next) where each volume's pick is
+    its least certain slice (first in its walk) in the third of its stack corrected least so far, the thirds of
+    equal count by that slice's uncertain voxels: corrections spread along the heart (base, middle, apex) while
+    each still fixes the most it can there. ``walks``: each volume's candidates, least certain first."""
+    extents = {}
+    for name, walk in walks.items():
+        foreground = [c[1] for c in walk if c[2]["structures"]] or [c[1] for c in walk] or [0]
+        extents[name] = (min(foreground), max(foreground))
+    remaining = {name: list(walk) for name, walk in walks.items()}
+    counts = [0, 0, 0]
+    picked: list[tuple[str, int, dict[str, Any]]] = []
+    while len(picked) < k and any(remaining.values()):
+        for name, walk in remaining.items():
+            if not walk or len(picked) >= k:
+                continue
+            best = {}
+            for candidate in walk:  # least certain first: the first of each third is its best
+                best.setdefault(stack_third(candidate[2], extents[name]), candidate)
+            third = min(best, key=lambda t: (counts[t], -best[t][2]["uncertain_voxels"]))
+            picked.append(best[third])
+            walk.remove(best[third])
+            counts[third] += 1
+    return picked
+
+
 def choose(arm: str, candidates: list[tuple[str, int, dict[str, Any]]], k: int, seed: int,
            table: Sequence[str] = (), draw: int = 0,
            features: dict[str, np.ndarray] | None = None) -> dict[str, list[int]]:
@@ -138,6 +177,12 @@ def choose(arm: str, candidates: list[tuple[str, int, dict[str, Any]]], k: int, 
         longest = max(map(len, walks.values()), default=0)
         cap = cap or longest or 1
         picked = [c for start in range(0, longest, cap) for walk in walks.values() for c in walk[start:start + cap]][:k]
+    elif arm in STACK_ARMS:
+        walks = {name: [] for name in table}
+        for candidate in sorted(candidates, key=lambda c: -c[2]["uncertain_voxels"]):  # stable: the engine's order
+            if candidate[0] in walks:
+                walks[candidate[0]].append(candidate)
+        picked = stack_balanced_walk(walks, k)
     elif arm in RANKED:
         field = RANKED[arm]
         ranked = sorted(candidates, key=lambda c: (-c[2][field], c[0], c[1]))
