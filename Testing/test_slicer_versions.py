@@ -258,3 +258,21 @@ def test_every_widget_api_the_panel_uses_is_listed_with_its_class():
     assert ("qMRMLNodeComboBox", "currentNodeChanged(vtkMRMLNode*)") in used, "the test looks in the wrong place"
     unlisted = sorted(f"{cls}.{member}" for cls, member in used if member not in slicer_api.WIDGET_API.get(cls, {}))
     assert not unlisted, f"check these at Slicer's tag v5.8.0 (CTK: its pinned commit), then list them: {unlisted}"
+
+
+def test_declining_the_package_installation_installs_nothing_and_says_why_nothing_started(monkeypatch):
+    """In the Slicer application a missing package is installed only once the user agrees; outside it (and while
+    testing) it is an error naming the packages."""
+    from PLCLSegmentationLib import dependencies
+
+    monkeypatch.setattr(dependencies, "missing_modules", lambda names=None: ["torch", "SimpleITK"])
+    with pytest.raises(RuntimeError, match="torch, SimpleITK"):
+        dependencies.ensure_slicer_packages(confirm=lambda question: True)
+    monkeypatch.setattr(dependencies, "testing_enabled", lambda: False)  # as in the application, a user asked
+    questions, lines = [], []
+    assert dependencies.ensure_slicer_packages(confirm=lambda q: questions.append(q) or False,
+                                               log=lines.append) is False
+    assert len(questions) == 1 and "torch, SimpleITK" in questions[0]
+    assert len(lines) == 1 and lines[0].startswith("Not started") and "torch, SimpleITK" in lines[0]
+    monkeypatch.setattr(dependencies, "missing_modules", lambda names=None: [])
+    assert dependencies.ensure_slicer_packages(confirm=lambda q: pytest.fail("asked with nothing missing")) is True

@@ -253,6 +253,8 @@ def ensure_slicer_packages(confirm: Callable[[str], bool], log: Callable[[str], 
     question = ("PLCLSegmentation trains its model with PyTorch. These Python packages will be downloaded and "
                 f"installed into Slicer: {', '.join(missing)}. This can take several minutes. Continue?")
     if not confirm(question):
+        log(f"Not started: the engine needs {', '.join(missing)}, not installed. Click again to install them, "
+            "or choose a Python that has them (Training, Python).")
         return False
     import slicer
 
