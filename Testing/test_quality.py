@@ -18,14 +18,18 @@ from PLCLSegmentationLib.engine.lab.bench_quality import (
 )
 from PLCLSegmentationLib.engine.method.quality import (
     AGREEMENT_POWER,
+    COVERAGE_POWER,
+    COVERAGE_TOLERANCE,
     ENTROPY_FLOOR,
     NEIGHBOUR_FLOOR,
     agreement,
     annotated_neighbour_shares,
+    annotated_slice_coverage,
     estimated_dice,
     expected_dice,
     neighbour_counts,
     neighbour_overlap,
+    slice_coverage,
     slice_uncertainties,
     volume_quality,
 )
@@ -169,6 +173,37 @@ def test_a_structure_bordering_none_of_its_annotated_neighbours_is_estimated_in_
     assert neighbour_overlap(neighbour_counts(np.zeros((1, 3, 3), np.uint8), 3), reference).tolist() == [1, 1, 1]
 
 
+def test_a_structure_left_out_of_many_of_the_heart_s_slices_is_estimated_lower():
+    """In the annotated whole volume the ring (class 1) is on all 4 of the heart's slices and the disc (class 2) on
+    2; a prediction with the disc on 1 of 4 has half its coverage and its estimate scaled by the shortfall (below
+    the tolerance), and the ring, on 3 of 4 (0.75, under 0.9 of its 1.0), mildly."""
+    annotated = np.zeros((6, 5, 5), np.uint8)
+    annotated[1:5, 1:4, 1:4] = 1
+    annotated[2:4, 2, 2] = 2
+    annotated_partly = np.full((6, 5, 5), 255, np.uint8)
+    annotated_partly[2] = annotated[2]
+    # Volumes annotated on a few slices only say nothing of a structure's extent; whole ones, their mean.
+    assert annotated_slice_coverage([(annotated_partly, np.arange(6) == 2)], 3) is None
+    one_slice_heart = np.where(annotated_partly == 255, 0, annotated_partly)  # both structures on its one slice
+    assert annotated_slice_coverage([(annotated, None), (one_slice_heart, None)], 3) == pytest.approx((1.0, 1.0, 0.75))
+    reference = annotated_slice_coverage([(annotated, None)], 3)
+    assert reference == pytest.approx((1.0, 1.0, 0.5))
+    predicted = np.zeros((5, 6, 5), np.uint8)  # sliced along its second axis this time
+    predicted[:, 1:4] = 1  # the ring on 3 of the heart's 4 slices (1 to 4), the disc on 1
+    predicted[2, 4, 2] = 2
+    assert slice_coverage(predicted, 3, slice_axis=1).tolist() == [1.0, 0.75, 0.25]
+    assert slice_coverage(np.zeros((3, 2, 2), np.uint8), 3).tolist() == [1.0, 0.0, 0.0]
+    quality = volume_quality(predicted, np.zeros(predicted.shape, np.float32), [1.0, 0.9, 0.9], 1, NAMES, VALUES,
+                             annotated_coverage=reference)
+    disc = 0.9 ** AGREEMENT_POWER * (0.25 / (COVERAGE_TOLERANCE * 0.5)) ** COVERAGE_POWER
+    ring = 0.9 ** AGREEMENT_POWER * (0.75 / COVERAGE_TOLERANCE) ** COVERAGE_POWER
+    assert quality.estimates() == {"ring": pytest.approx(ring, abs=1e-4), "disc": pytest.approx(disc, abs=1e-4)}
+    # Within the tolerance, or without the model's coverage (older models), the estimate is the copies' alone.
+    assert estimated_dice(0.9, None, None, 0.46, 0.5) == pytest.approx(0.9 ** AGREEMENT_POWER, abs=1e-4)
+    plain = volume_quality(predicted, np.zeros(predicted.shape, np.float32), [1.0, 0.9, 0.9], 1, NAMES, VALUES)
+    assert plain.estimates() == {"ring": pytest.approx(0.729, abs=1e-4), "disc": pytest.approx(0.729, abs=1e-4)}
+
+
 def _entry(name: str, estimates_: dict[str, float | None], worst_slice: int | None = 2) -> dict:
     structures = [{"name": n, "value": 1, "estimated_dice": e, "uncertainty": 0.1} for n, e in estimates_.items()]
     structures.sort(key=lambda s: (s["estimated_dice"] is None, s["estimated_dice"] or 0))
@@ -307,6 +342,10 @@ def test_a_run_writes_the_review_fields_and_quality_events(tmp_path, synthetic):
     assert any(share > 0 for share in info.neighbour_shares[0][1:])  # the background borders the structures
     assert with_neighbour_shares(out, tmp_path / "copy.pt") == info.neighbour_shares
     assert read_model(tmp_path / "copy.pt")[0].neighbour_shares == info.neighbour_shares
+    # ... and how far each structure reaches in the annotated whole volume.
+    assert len(info.slice_coverage) == len(names) + 1 and "slices holding any structure" in summary["quality_measure"]
+    assert info.slice_coverage[0] == 1.0 and all(0 < share <= 1 for share in info.slice_coverage[1:])
+    assert read_model(tmp_path / "copy.pt")[0].slice_coverage == info.slice_coverage
 
 
 def test_the_simulated_review_corrects_the_least_certain_slices_the_review_table_s_or_as_many_drawn_at_random():

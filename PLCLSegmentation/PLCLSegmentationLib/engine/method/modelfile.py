@@ -47,6 +47,10 @@ class ModelInfo:
     #: slices of the training (quality.neighbour_shares): what a structure's place looks like, for the
     #: quality estimate (None in models before it existed: not used).
     neighbour_shares: tuple[tuple[float, ...], ...] | None = None
+    #: Per class (background first), the share of the slices holding any structure that hold it in the annotated
+    #: whole volumes of the training (quality.slice_coverage): how far each structure reaches, for the quality
+    #: estimate (None in models before it existed, or annotated on a few slices only: not used).
+    slice_coverage: tuple[float, ...] | None = None
     #: Decoder levels with a contrastive projection head (TrainConfig.embedding_levels; 1 in files before it).
     embedding_levels: int = 1
     #: Which structures the annotations showed as one object (components.single_objects: all structures
@@ -91,6 +95,7 @@ class ModelInfo:
             else [[float(x) for x in axis] for axis in self.in_plane_reference],
             "neighbour_shares": None if self.neighbour_shares is None
             else [[float(x) for x in row] for row in self.neighbour_shares],
+            "slice_coverage": None if self.slice_coverage is None else [float(x) for x in self.slice_coverage],
             "inference_tile": int(self.inference_tile),
             "inference_overlap": float(self.inference_overlap),
             "largest_component": bool(self.largest_component),
@@ -119,6 +124,7 @@ class ModelInfo:
             background_name=d.get("background_name", "background"),
             in_plane_reference=_frame(d.get("in_plane_reference")),
             neighbour_shares=_shares(d.get("neighbour_shares"), len(d["classes"]) + 1),
+            slice_coverage=_coverage(d.get("slice_coverage"), len(d["classes"]) + 1),
             training=d.get("training", {}),
             engine_version=d.get("engine_version", "unknown"),
         )
@@ -150,6 +156,16 @@ def _shares(value: Any, num_classes: int) -> tuple[tuple[float, ...], ...] | Non
     if any(len(row) != num_classes or not all(0.0 <= x <= 1.0 for x in row) for row in rows):
         raise ValueError(f"neighbour_shares: rows of {num_classes} shares between 0 and 1 expected")
     return rows
+
+
+def _coverage(value: Any, num_classes: int) -> tuple[float, ...] | None:
+    """One share in [0, 1] per class, or None."""
+    if value is None:
+        return None
+    shares = _numbers(value, "slice_coverage")
+    if len(shares) != num_classes or not all(0.0 <= x <= 1.0 for x in shares):
+        raise ValueError(f"slice_coverage: {num_classes} shares between 0 and 1 expected")
+    return shares
 
 
 def _frame(value: Any) -> tuple[tuple[float, float, float], tuple[float, float, float]] | None:

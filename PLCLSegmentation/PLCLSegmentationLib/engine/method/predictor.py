@@ -106,7 +106,8 @@ class Predictor:
     @property
     def quality_measure(self) -> str:
         """How this predictor's estimates are made (summary.json's ``quality_measure``)."""
-        return quality_measure(len(self.mirrors), self.info.neighbour_shares is not None)
+        return quality_measure(len(self.mirrors), self.info.neighbour_shares is not None,
+                               self.info.slice_coverage is not None)
 
     @property
     def classes(self) -> list[ClassInfo]:
@@ -194,7 +195,7 @@ class Predictor:
             counts = np.bincount(labels.ravel(), minlength=info.num_classes)
             quality = volume_quality(labels, result.uncertainty, agreements, prepared.layout.axes[0],
                                      [c.name for c in info.classes], [c.value for c in info.classes], expected,
-                                     overlaps)
+                                     overlaps, info.slice_coverage)
             yield Prediction(self._values[labels], result.uncertainty, result.score,
                              {c.name: int(counts[i]) for i, c in enumerate(info.classes, 1)},
                              seconds + time.monotonic() - mapping_started, quality)

@@ -14,7 +14,12 @@ Neither signal sees a structure predicted whole in the wrong place (a small end-
 called where another structure lies, on the image and its mirror images alike); its neighbours
 do: where the classes a structure's outline borders share under ``NEIGHBOUR_FLOOR`` with those it
 borders in the annotated slices of the model's training (``neighbour_shares``), the estimate is
-scaled by that share (docs/results/2026-12-04-review-estimate-neighbours.md).
+scaled by that share (docs/results/2026-12-04-review-estimate-neighbours.md). Nor do they see a
+structure the network leaves out of slices where it belongs (an end-systolic right ventricle found in
+half of the heart's slices, alike on every copy); its slice coverage does: where the share of the
+slices holding any structure (the heart's) a structure is found in falls under ``COVERAGE_TOLERANCE``
+of its share in the model's annotated whole volumes (``slice_coverage``), the estimate is scaled by the
+shortfall to ``COVERAGE_POWER`` (docs/results/2026-12-07-review-estimate-coverage.md).
 Per slice along the engine's slicing axis: the
 mean entropy over the voxels that matter for review (predicted foreground, or entropy above
 ``ENTROPY_FLOOR``) and each structure's mean entropy there. The summary's ``structures``, ``slices``
@@ -41,17 +46,28 @@ DIGITS = 4
 #: wrong place and its estimate is scaled by the overlap; above it the neighbours say nothing (a basal slice's
 #: open ring changes them by half without harm).
 NEIGHBOUR_FLOOR = 0.1
+#: A structure found in fewer of the slices holding any structure than this share of its annotated coverage has
+#: its estimate scaled by (coverage / (tolerance x annotated coverage)) ** COVERAGE_POWER: a mild scaling (a
+#: structure's extent varies between volumes and phases) that sends the structures left out of many slices down
+#: the review table. Both chosen on the unannotated training volumes of ACDC (module docstring).
+COVERAGE_TOLERANCE = 0.9
+COVERAGE_POWER = 0.5
 
 #: What the copies are, by their number (protocol.ESTIMATES): predictor.MIRRORS in that order.
 COPIES_TEXT = {3: "three mirrored copies of the input (left-right, up-down, both; mirrored back)",
                1: "one mirrored copy of the input (left-right; mirrored back)"}
 
 
-def quality_measure(copies: int = 3, neighbours: bool = True) -> str:
+def quality_measure(copies: int = 3, neighbours: bool = True, coverage: bool = True) -> str:
     """summary.json's ``quality_measure``: how the estimates of a run with ``copies`` mirrored copies were made;
-    ``neighbours``: whether the model holds its annotations' neighbour shares (models before them do not)."""
+    ``neighbours``, ``coverage``: whether the model holds its annotations' neighbour shares and slice coverage
+    (models before them do not; a model annotated on a few slices only holds no coverage)."""
     scaled = (f"scaled by the overlap of the classes its outline borders with those it borders in the model's "
               f"annotated slices where that overlap is under {NEIGHBOUR_FLOOR}; " if neighbours else "")
+    if coverage:
+        scaled += (f"scaled by (c / ({COVERAGE_TOLERANCE} x a)) ** {COVERAGE_POWER} where the share c of the slices "
+                   f"holding any structure that hold it is under {COVERAGE_TOLERANCE} x its share a in the model's "
+                   "annotated whole volumes; ")
     estimate = (f"estimated_dice: the higher of the median Dice of the structure's prediction with the predictions of "
                 f"{COPIES_TEXT[copies]} and the Dice the network's probabilities expect, each to the power "
                 f"{AGREEMENT_POWER}, {scaled}the power and the combination were chosen once on the unannotated "
@@ -149,33 +165,72 @@ def neighbour_overlap(counts: np.ndarray, reference: np.ndarray) -> np.ndarray:
     return np.where(has_outline, overlap, 1.0)
 
 
-def estimated_dice(agreement: float, expected: float | None, overlap: float | None = None) -> float:
+def slice_coverage(labels: np.ndarray, num_classes: int, slice_axis: int = 0) -> np.ndarray:
+    """Per class (background first, 1.0): the share of the slices from the first to the last holding any
+    structure (``labels``: class indices, sliced along ``slice_axis``) that hold it; 0.0 for every structure
+    where none is found."""
+    per_slice = np.moveaxis(np.asarray(labels), slice_axis, 0).reshape(labels.shape[slice_axis], -1)
+    # Slice by slice: one slice's counts at a time, never the stack widened to 8 bytes a voxel.
+    present = np.array([np.bincount(row, minlength=num_classes)[:num_classes] > 0 for row in per_slice],
+                       dtype=bool).reshape(-1, num_classes)  # an ignore value (>= num_classes) counts nowhere
+    found = np.flatnonzero(present[:, 1:].any(axis=1))
+    coverage = np.zeros(num_classes)
+    if len(found):
+        coverage[1:] = present[found[0]:found[-1] + 1, 1:].mean(axis=0)
+    coverage[0] = 1.0
+    return coverage
+
+
+def annotated_slice_coverage(stacks: Sequence[tuple[np.ndarray, np.ndarray | None]],
+                             num_classes: int) -> tuple[float, ...] | None:
+    """ModelInfo.slice_coverage of annotated stacks (class indices [S, H, W], bool mask [S] of the annotated
+    slices or None for all): the mean ``slice_coverage`` of those annotated on every slice holding a structure;
+    None where none is (a structure's extent is not seen on a few slices)."""
+    whole = [labels for labels, mask in stacks if mask is None or bool(np.asarray(mask).all())]
+    found = [slice_coverage(np.asarray(labels), num_classes) for labels in whole
+             if ((np.asarray(labels) > 0) & (np.asarray(labels) < num_classes)).any()]
+    if not found:
+        return None
+    return tuple(round(float(x), DIGITS) for x in np.mean(found, axis=0))
+
+
+def estimated_dice(agreement: float, expected: float | None, overlap: float | None = None,
+                   coverage: float | None = None, annotated_coverage: float | None = None) -> float:
     """A structure's estimated Dice from its agreement with the mirrored copies and, where given, its expected
-    Dice and its neighbours' overlap with the annotations' (module docstring)."""
+    Dice, its neighbours' overlap with the annotations' and its slice coverage against the annotations'
+    (module docstring)."""
     higher = max(agreement, expected) if expected is not None else agreement
     value = float(np.clip(higher, 0, 1)) ** AGREEMENT_POWER
     if overlap is not None and overlap < NEIGHBOUR_FLOOR:
         value *= max(0.0, float(overlap))
+    if coverage is not None and annotated_coverage:
+        value *= min(1.0, max(0.0, float(coverage)) / (COVERAGE_TOLERANCE * annotated_coverage)) ** COVERAGE_POWER
     return round(value, DIGITS)
 
 
 def volume_quality(labels: np.ndarray, uncertainty: np.ndarray, agreements: Sequence[float] | None,
                    slice_axis: int, names: Sequence[str], values: Sequence[int],
                    expected: Sequence[float] | None = None,
-                   overlaps: Sequence[float] | None = None) -> VolumeQuality:
+                   overlaps: Sequence[float] | None = None,
+                   annotated_coverage: Sequence[float] | None = None) -> VolumeQuality:
     """``labels``: class indices [k, j, i] (0 background, c for ``names[c - 1]``); ``uncertainty``: normalised
     entropy; ``agreements``: each class's agreement with the mirrored copies (background first, ``agreement``;
     None: no estimate, every estimated_dice None); ``expected``: each class's expected Dice (``expected_dice``;
     None: the agreement alone); ``overlaps``: each class's ``neighbour_overlap`` (None: not used);
+    ``annotated_coverage``: each class's ``slice_coverage`` in the model's annotations (None: not used);
     ``slice_axis``: the array axis of [k, j, i] the engine slices along."""
     n_classes = len(names) + 1
+    coverage = (slice_coverage(labels, n_classes, slice_axis)
+                if annotated_coverage is not None and agreements is not None else None)
     flat = labels.reshape(-1).astype(np.int64)
     counts = np.bincount(flat, minlength=n_classes)[:n_classes]
     entropy_sums = np.bincount(flat, weights=uncertainty.reshape(-1), minlength=n_classes)[:n_classes]
     structures = []
     for c, (name, value) in enumerate(zip(names, values), 1):
         estimate = (estimated_dice(agreements[c], None if expected is None else expected[c],
-                                   None if overlaps is None else overlaps[c])
+                                   None if overlaps is None else overlaps[c],
+                                   None if coverage is None else coverage[c],
+                                   None if annotated_coverage is None else annotated_coverage[c])
                     if counts[c] and agreements is not None else None)
         mean_entropy = float(entropy_sums[c] / counts[c]) if counts[c] else 1.0
         structures.append({"name": name, "value": int(value), "estimated_dice": estimate,
