@@ -364,3 +364,26 @@ def test_slice_position_balance_gives_each_fifth_of_the_stack_the_same_share_of_
     assert Trainer(balanced, 3, [whole], [], RecordingSink(), torch.device("cpu")).annotated_weights is None
     losses, _ = _one_step(trainer)
     assert np.isfinite(losses["total"])
+
+
+def test_partial_slice_share_gives_the_accepted_slices_that_share_of_the_draws_beside_whole_volumes():
+    """Three slices of a partly annotated volume beside a whole volume of 7: alike, they take 3 of 10 draws; with
+    partial_slice_share=0.5 half, each group's slices alike (or by their position balance where that is on);
+    without a whole volume beside them the setting changes nothing."""
+    _, labels = phantom()
+    whole = prepare_volume(Volume("w", "w.nrrd", phantom()[0].astype(np.float32), GRID), 1.0, (1, 99), labels, 3)[0]
+    crowded = _partial(labels)
+    crowded.annotated = torch.zeros(7, dtype=torch.bool)
+    crowded.annotated[:3] = True
+    shared = dataclasses.replace(TINY, partial_slice_share=0.5)
+    trainer = Trainer(shared, 3, [whole, crowded], [], RecordingSink(), torch.device("cpu"))
+    draws = BatchMaker(shared, trainer.annotated, None, seed=3,
+                       annotated_weights=trainer.annotated_weights).draw_indices(trainer.annotated, 50_000)
+    per_slice = torch.bincount(draws, minlength=10).float() / 50_000
+    assert abs(per_slice[7:].sum().item() - 0.5) < 0.01  # the 3 accepted slices (packed after the whole volume's)
+    assert torch.allclose(per_slice[:7], torch.full((7,), 0.5 / 7), atol=0.01)
+    both = dataclasses.replace(shared, slice_position_balance=True)
+    weights = Trainer(both, 3, [whole, crowded], [], RecordingSink(), torch.device("cpu")).annotated_weights
+    assert abs(weights[7:].sum().item() - 0.5) < 1e-5 and not torch.allclose(weights[:7], weights[0])
+    assert Trainer(shared, 3, [crowded], [], RecordingSink(), torch.device("cpu")).annotated_weights is None
+    assert Trainer(shared, 3, [whole], [], RecordingSink(), torch.device("cpu")).annotated_weights is None

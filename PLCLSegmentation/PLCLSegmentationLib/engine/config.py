@@ -66,6 +66,12 @@ class TrainConfig:
     #: Whole volumes alone are drawn as before. Measured on the simulated review, three seeds: it does
     #: not make a retrain learn from the review path's slices what it learns from random ones (docs/results).
     slice_position_balance: bool = False
+    #: Where whole annotated volumes and volumes annotated on some slices (slices accepted in review) train
+    #: together, the share of the segmentation draws that go to the latter's slices; 0: every annotated slice
+    #: alike (30 accepted slices beside two whole volumes of 10 then take 60 %). A lab setting of the simulated
+    #: review (issue 28): whether a retrain anchored on the whole volumes learns from the corrected slices what
+    #: helps the volumes nobody corrected.
+    partial_slice_share: float = 0.0
     #: Pseudo-label rounds; before each, the current model re-labels the unannotated volumes.
     rounds: int = 3
     joint_iterations: int = 350
@@ -326,7 +332,7 @@ _RANGES: dict[str, tuple[float | None, float | None]] = {
     "gamma_max": (1, None), "noise_sigma": (0, None), "rotation_degrees": (0, 180), "elastic_sigma_px": (0, None),
     "elastic_probability": (0, 1), "brightness": (0, None), "inference_tile": (16, 4096),
     "inference_overlap": (0, 0.9), "time_budget_s": (1e-3, None), "snapshots": (0, 1000),
-    "checkpoint_every": (1, None), "seed": (0, 2**32 - 1),
+    "checkpoint_every": (1, None), "seed": (0, 2**32 - 1), "partial_slice_share": (0, 0.99),
 }
 
 

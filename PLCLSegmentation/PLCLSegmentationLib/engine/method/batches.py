@@ -32,6 +32,16 @@ def position_balanced_weights(positions: torch.Tensor, bins: int = 5) -> torch.T
     return weights / weights.sum()
 
 
+def partial_share_weights(partial: torch.Tensor, share: float, weights: torch.Tensor | None = None) -> torch.Tensor:
+    """Drawing chances of annotated slices that give those of partly annotated volumes (``partial``, bool) the
+    ``share`` of the draws and the whole volumes' the rest, each group's chances in the proportions of
+    ``weights`` (None: alike)."""
+    base = torch.ones(len(partial)) if weights is None else weights.to(torch.float64).cpu()
+    part = base * partial
+    whole = base * ~partial
+    return (share * part / part.sum() + (1 - share) * whole / whole.sum()).to(torch.float32)
+
+
 @dataclass
 class SliceAtlas:
     """Every slice of a set in one canvas, with a label per pixel (ground truth or pseudo-label).

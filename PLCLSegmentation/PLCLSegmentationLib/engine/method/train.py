@@ -17,7 +17,7 @@ from ..config import TrainConfig
 from ..errors import Cancelled, InputError
 from ..events import EventSink
 from ..runtime import autocast_dtype, autocast_to
-from .batches import BackgroundBatches, Batch, BatchMaker, SliceAtlas, position_balanced_weights
+from .batches import BackgroundBatches, Batch, BatchMaker, SliceAtlas, partial_share_weights, position_balanced_weights
 from .components import keep_largest_components, single_objects
 from .consistency import cutmix, online_labels
 from .losses import IGNORE, PrototypeMemory, local_contrastive_loss, segmentation_loss
@@ -100,6 +100,11 @@ class Trainer:
             # Slices annotated on some of each volume's slices (corrected ones, say) may crowd one end of the stack.
             self.annotated_weights = position_balanced_weights(torch.cat([
                 (_annotated_part(torch.arange(len(v.images)), v) + 0.5) / len(v.images) for v in annotated]))
+        partial = [v.partial for v in annotated]
+        if config.partial_slice_share > 0 and any(partial) and not all(partial):  # slices accepted beside whole volumes
+            self.annotated_weights = partial_share_weights(
+                torch.cat([torch.full((len(_annotated_part(v.labels, v)),), v.partial) for v in annotated]),
+                config.partial_slice_share, self.annotated_weights)
         #: The structures the annotations show as one object: the pseudo-labels and the model's predictions keep
         #: their largest piece (None: clean-up off).
         self.single_objects = (single_objects([(v.labels.numpy(), None if v.annotated is None else v.annotated.numpy())
