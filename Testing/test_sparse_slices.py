@@ -207,6 +207,8 @@ def test_train_on_painted_slices_only_records_them_and_segments_every_volume_kee
     info, _ = read_model(str(out / "model.pt"))
     assert info.training["annotated_slices"] == summary["annotated_slices"]
     assert info.cleanup_objects == info.single_objects == (True,) * info.num_classes  # the phantoms: one object each
+    # No volume annotated whole: the model holds no slice coverage, and the summary does not claim its estimate uses it.
+    assert info.slice_coverage is None and "slices holding any structure" not in summary["quality_measure"]
     # A partly annotated volume's segmentation holds its annotated slices exactly as annotated (and only
     # those: slices 1, 3, 5 of case1 hold labels it was not told to learn), certain, none of them to review.
     entries = {e["name"]: e for e in summary["volumes"]}

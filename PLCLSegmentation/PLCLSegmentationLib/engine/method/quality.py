@@ -184,11 +184,11 @@ def slice_coverage(labels: np.ndarray, num_classes: int, slice_axis: int = 0) ->
 def annotated_slice_coverage(stacks: Sequence[tuple[np.ndarray, np.ndarray | None]],
                              num_classes: int) -> tuple[float, ...] | None:
     """ModelInfo.slice_coverage of annotated stacks (class indices [S, H, W], bool mask [S] of the annotated
-    slices or None for all): the mean ``slice_coverage`` of those annotated on every slice holding a structure;
-    None where none is (a structure's extent is not seen on a few slices)."""
-    whole = [labels for labels, mask in stacks if mask is None or bool(np.asarray(mask).all())]
-    found = [slice_coverage(np.asarray(labels), num_classes) for labels in whole
-             if ((np.asarray(labels) > 0) & (np.asarray(labels) < num_classes)).any()]
+    slices or None for all): the mean ``slice_coverage`` of those annotated on every slice and holding a
+    structure; None where none is (a structure's extent is not seen on a few slices)."""
+    whole = [slice_coverage(np.asarray(labels), num_classes) for labels, mask in stacks
+             if mask is None or bool(np.asarray(mask).all())]
+    found = [coverage for coverage in whole if coverage[1:].any()]
     if not found:
         return None
     return tuple(round(float(x), DIGITS) for x in np.mean(found, axis=0))

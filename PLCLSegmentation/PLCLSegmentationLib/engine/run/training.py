@@ -177,11 +177,13 @@ def _train(job: TrainJob, inputs: TrainingInputs, sink: EventSink, cancel: threa
     to_predict += [p for p in annotated if p.volume.name in partial]
     to_predict += [by_name[n] for sequence, _ in inputs.sequences for n in sequence.frame_names()]
     outputs = SegmentationWriters(output_formats(job.formats), info.classes, out / MODEL_FILE, job.dicom_seg_frames)
-    entries, sequences = write_predictions(Predictor(model, info, device), to_predict, len(to_predict), out, sink,
+    predictor = Predictor(model, info, device)
+    entries, sequences = write_predictions(predictor, to_predict, len(to_predict), out, sink,
                                            cancel, inputs.sequences, outputs, partial)
     summary = write_summary("train", out, info.classes, entries, sink,
                             extra={"train_seconds": round(train_seconds, 2), "iterations": trainer.iteration,
-                                   "annotated_slices": slice_record, "sequences": sequences})
+                                   "annotated_slices": slice_record, "sequences": sequences,
+                                   "quality_measure": predictor.quality_measure})
     sink.emit("done", out=str(out), elapsed_s=round(time.monotonic() - started, 2))
     return summary
 
