@@ -128,6 +128,16 @@ def candidate_slices(slices: dict[str, list[dict[str, Any]]]) -> list[tuple[str,
     return [(name, item["index"], item) for name in sorted(slices) for item in slices[name]]
 
 
+def table_walks(candidates: list[tuple[str, int, dict[str, Any]]], table: Sequence[str],
+                field: str) -> dict[str, list[tuple[str, int, dict[str, Any]]]]:
+    """Each volume of the review table (in its order): its candidate slices, highest ``field`` first."""
+    walks: dict[str, list[tuple[str, int, dict[str, Any]]]] = {name: [] for name in table}
+    for candidate in sorted(candidates, key=lambda c: -c[2][field]):  # stable: the engine's order on ties
+        if candidate[0] in walks:
+            walks[candidate[0]].append(candidate)
+    return walks
+
+
 def stack_third(item: dict[str, Any], extent: tuple[int, int]) -> int:
     """Which third (0, 1, 2) of a volume's predicted foreground, slices ``extent`` (first, last), a slice is in."""
     first, last = extent
@@ -170,19 +180,12 @@ def choose(arm: str, candidates: list[tuple[str, int, dict[str, Any]]], k: int, 
     features, in the file's slice order (``suggestive``)."""
     if arm in TABLE_ARMS:
         cap, field = TABLE_ARMS[arm]
-        walks = {name: [] for name in table}
-        for candidate in sorted(candidates, key=lambda c: -c[2][field]):  # stable: the engine's order on ties
-            if candidate[0] in walks:
-                walks[candidate[0]].append(candidate)
+        walks = table_walks(candidates, table, field)
         longest = max(map(len, walks.values()), default=0)
         cap = cap or longest or 1
         picked = [c for start in range(0, longest, cap) for walk in walks.values() for c in walk[start:start + cap]][:k]
     elif arm in STACK_ARMS:
-        walks = {name: [] for name in table}
-        for candidate in sorted(candidates, key=lambda c: -c[2]["uncertain_voxels"]):  # stable: the engine's order
-            if candidate[0] in walks:
-                walks[candidate[0]].append(candidate)
-        picked = stack_balanced_walk(walks, k)
+        picked = stack_balanced_walk(table_walks(candidates, table, "uncertain_voxels"), k)
     elif arm in RANKED:
         field = RANKED[arm]
         ranked = sorted(candidates, key=lambda c: (-c[2][field], c[0], c[1]))

@@ -152,19 +152,19 @@ def _shares(value: Any, num_classes: int) -> tuple[tuple[float, ...], ...] | Non
         return None
     if not isinstance(value, (list, tuple)) or len(value) != num_classes:
         raise ValueError(f"neighbour_shares: {num_classes} rows expected")
-    rows = tuple(_numbers(row, "neighbour_shares") for row in value)
-    if any(len(row) != num_classes or not all(0.0 <= x <= 1.0 for x in row) for row in rows):
-        raise ValueError(f"neighbour_shares: rows of {num_classes} shares between 0 and 1 expected")
-    return rows
+    return tuple(_share_row(row, num_classes, "neighbour_shares", " in each row") for row in value)
 
 
 def _coverage(value: Any, num_classes: int) -> tuple[float, ...] | None:
     """One share in [0, 1] per class, or None."""
-    if value is None:
-        return None
-    shares = _numbers(value, "slice_coverage")
+    return None if value is None else _share_row(value, num_classes, "slice_coverage")
+
+
+def _share_row(value: Any, num_classes: int, name: str, where: str = "") -> tuple[float, ...]:
+    """``num_classes`` shares in [0, 1] (a ValueError naming ``name`` otherwise)."""
+    shares = _numbers(value, name)
     if len(shares) != num_classes or not all(0.0 <= x <= 1.0 for x in shares):
-        raise ValueError(f"slice_coverage: {num_classes} shares between 0 and 1 expected")
+        raise ValueError(f"{name}: {num_classes} shares between 0 and 1 expected{where}")
     return shares
 
 
