@@ -12,11 +12,9 @@ from conftest import run_plcl
 from PLCLSegmentationLib.engine.evaluation.report import evaluate
 from PLCLSegmentationLib.engine.files.dataset import read_dataset
 from PLCLSegmentationLib.engine.files.volumes import ClassInfo
-from PLCLSegmentationLib.engine.lab.cleanup_study import BY_AGREEMENT, markdown, organ_by_agreement, study
+from PLCLSegmentationLib.engine.lab.cleanup_study import BY_AGREEMENT, MODELS, markdown, study
 from PLCLSegmentationLib.engine.lab.synthetic import LABELS
-from PLCLSegmentationLib.engine.method.components import keep_largest_components
 from PLCLSegmentationLib.engine.method.modelfile import ModelInfo, save_model
-from PLCLSegmentationLib.engine.method.quality import neighbour_counts, neighbour_shares
 
 
 def _model_info(**fields) -> ModelInfo:
@@ -40,40 +38,24 @@ def test_the_study_gives_what_predict_and_evaluate_give_for_the_same_clean_up(sy
         assert result.returncode == 0, result.stderr
         found[name] = evaluate(str(tmp_path / name), data=str(synthetic), split="val")["mean"]["dice"]
     scored = study(str(tmp_path / "legacy.pt"), str(synthetic), "val")
-    assert list(scored) == ["none", "each class", "the whole, then each class", "the model's (its annotations)"]
-    for way, name in (("none", "off"), ("each class", "legacy"), ("the model's (its annotations)", "legacy")):
+    assert list(scored) == ["none", "each class", "the whole, then each class", MODELS]
+    for way, name in (("none", "off"), ("each class", "legacy"), (MODELS, "legacy")):
         for c in classes:
             assert np.mean(scored[way]["dice"][c.name]) == pytest.approx(found[name][c.name], abs=1e-9), (way, c.name)
     table = markdown({"legacy.pt": scored})
     assert table.count("| legacy.pt |") == 4 and "lost" in table
 
 
-def _organ(labels: np.ndarray, top: int, left: int, slices: slice) -> None:
-    """A wall (2) around a cavity (3), a chamber (1) beside the wall: 64 + 36 + 40 voxels a slice."""
-    labels[slices, top:top + 10, left:left + 10] = 2
-    labels[slices, top + 2:top + 8, left + 2:left + 8] = 3
-    labels[slices, top:top + 10, left + 10:left + 14] = 1
-
-
-def test_the_lead_keeps_the_piece_whose_structures_border_as_annotated_over_a_larger_stray_one():
-    annotated = np.zeros((6, 40, 60), np.uint8)
-    _organ(annotated, 5, 5, slice(0, 6))
-    shares = neighbour_shares(neighbour_counts(annotated, 4))
-    labels = np.zeros((6, 40, 60), np.uint8)
-    _organ(labels, 5, 5, slice(0, 3))  # the organ found in half its slices: 420 voxels
-    labels[3:6, 25:37, 30:44] = 1  # a stray piece apart from it, larger (648 voxels), its structures side by side
-    labels[3:6, 25:37, 44:48] = 3
-    assert keep_largest_components(labels, (True,) * 4)[0].max() == 0  # size alone keeps the stray piece
-    kept = organ_by_agreement(labels, shares)
-    np.testing.assert_array_equal(kept[:3], labels[:3])
-    assert not kept[3:].any() and (labels[3:6, 25:37, 44:48] == 3).all()  # the input is not changed
-    labels[3:6, 25:37, 30:48] = 0  # without the stray piece the organ is kept whole
-    np.testing.assert_array_equal(organ_by_agreement(labels, shares), labels)
-
-
-def test_the_study_scores_the_lead_where_the_model_holds_its_annotations_neighbours(synthetic, tmp_path):
+def test_the_study_scores_the_organ_by_agreement_where_the_model_holds_its_annotations_neighbours(synthetic, tmp_path):
     info = _model_info(neighbour_shares=tuple(tuple(1.0 / len(LABELS) for _ in LABELS) for _ in LABELS))
     torch.manual_seed(0)
     save_model(tmp_path / "model.pt", info.build_network(), info)
     scored = study(str(tmp_path / "model.pt"), str(synthetic), "val")
     assert list(scored)[-1] == BY_AGREEMENT and all(scored[BY_AGREEMENT]["dice"].values())
+    # The model's own way is plcl predict's, which chooses the organ by agreement with these shares.
+    result = run_plcl("predict", "--model", str(tmp_path / "model.pt"), "--out", str(tmp_path / "predicted"),
+                      "--estimate", "off", *read_dataset(synthetic).split_images("val"))
+    assert result.returncode == 0, result.stderr
+    found = evaluate(str(tmp_path / "predicted"), data=str(synthetic), split="val")["mean"]["dice"]
+    for c in info.classes:
+        assert np.mean(scored[MODELS]["dice"][c.name]) == pytest.approx(found[c.name], abs=1e-9), c.name

@@ -4,7 +4,9 @@
 segments the split once per model with no clean-up (no quality estimate) and scores the same labels
 cleaned up each way (method/components.py): as segmented; each class kept as its largest piece (the
 engine until 2026-12-07, and model files from before); all structures together first, then each
-class; and as the model file says (``single_objects``, read from its annotations). Per way: the mean
+class; as the model file says (``single_objects``, read from its annotations; the organ's piece by size and
+agreement where it holds neighbour shares, as ``plcl predict`` cleans up); and all structures together by
+size and agreement, then each class. Per way: the mean
 Dice as ``plcl evaluate`` gives it (per structure over the volumes, then over the structures),
 each structure's, and how many (volume, structure) pairs a segmentation lost
 (Dice below 0.1 where the reference holds the structure). One network pass per model: the
@@ -26,47 +28,22 @@ import torch
 from ..evaluation.metrics import dice_per_class
 from ..files.dataset import read_dataset
 from ..files.volumes import atomic_path, read_annotation, read_volume
-from ..method.components import connected_pieces, keep_largest_components, legacy_objects
+from ..method.components import keep_largest_components, legacy_objects
 from ..method.predictor import Predictor
-from ..method.quality import neighbour_counts, neighbour_overlap
 
 #: A structure a segmentation holds at less than this Dice counts as lost.
 LOST_BELOW = 0.1
-#: The lead's name, and how strongly a piece's agreement with the annotations' neighbours weighs against its size.
-BY_AGREEMENT = "the whole by size x agreement^2, then each class (a lead)"
-AGREEMENT_POWER = 2
-#: The lead scores the largest pieces only (a stray speck cannot outscore the organ).
-PIECES_SCORED = 8
-
-
-def piece_agreement(piece: np.ndarray, shares: np.ndarray) -> float:
-    """How well the structures of one piece (class indices, 0 elsewhere) border each other as in the annotations:
-    quality.neighbour_overlap of each structure, weighted by its voxels."""
-    num_classes = len(shares)
-    overlap = neighbour_overlap(neighbour_counts(piece, num_classes), shares)
-    voxels = np.bincount(piece.ravel(), minlength=num_classes)[:num_classes]
-    return float((overlap[1:] * voxels[1:]).sum() / max(1, voxels[1:].sum()))
-
-
-def organ_by_agreement(labels: np.ndarray, shares: np.ndarray) -> np.ndarray:
-    """``labels`` with all structures together kept as the piece of the highest voxels x agreement^AGREEMENT_POWER
-    (``piece_agreement``), then each class as its largest piece inside it."""
-    pieces = connected_pieces(labels > 0)
-    best, score = 1, -1.0
-    for index in range(1, min(int(pieces.max()), PIECES_SCORED) + 1):
-        inside = pieces == index
-        value = inside.sum() * piece_agreement(np.where(inside, labels, 0), shares) ** AGREEMENT_POWER
-        if value > score:
-            best, score = index, value
-    organ = np.where(pieces == best, labels, 0).astype(labels.dtype)
-    return keep_largest_components(organ, (False,) + (True,) * (len(shares) - 1))
+#: The model file's own clean-up, as plcl predict makes it (by agreement where the model holds neighbour shares).
+MODELS = "the model's (its annotations)"
+#: The engine's clean-up where the model file holds neighbour shares (components.organ_piece, since 2026-12-07).
+BY_AGREEMENT = "the whole by size x agreement^2, then each class"
 
 
 def ways(num_classes: int, recorded: tuple[bool, ...] | None) -> dict[str, tuple[bool, ...]]:
     """The clean-ups compared, by name: which structures each keeps as their largest piece."""
     return {"none": (False,) * num_classes, "each class": legacy_objects(num_classes),
             "the whole, then each class": (True,) * num_classes,
-            "the model's (its annotations)": recorded or legacy_objects(num_classes)}
+            MODELS: recorded or legacy_objects(num_classes)}
 
 
 def study(model: str, data: str, split: str, device: str = "cpu") -> dict[str, dict[str, object]]:
@@ -76,11 +53,13 @@ def study(model: str, data: str, split: str, device: str = "cpu") -> dict[str, d
     recorded = predictor.info.single_objects
     predictor.info = dataclasses.replace(predictor.info, largest_component=False)
     classes = predictor.classes
+    shares = None if predictor.info.neighbour_shares is None else np.array(predictor.info.neighbour_shares)
     compared: dict[str, Callable[[np.ndarray], np.ndarray]] = {
-        way: functools.partial(keep_largest_components, objects=objects)
+        way: functools.partial(keep_largest_components, objects=objects, shares=shares if way == MODELS else None)
         for way, objects in ways(predictor.num_classes, recorded).items()}
-    if predictor.info.neighbour_shares is not None:
-        compared[BY_AGREEMENT] = functools.partial(organ_by_agreement, shares=np.array(predictor.info.neighbour_shares))
+    if shares is not None:
+        compared[BY_AGREEMENT] = functools.partial(keep_largest_components, objects=(True,) * predictor.num_classes,
+                                                   shares=shares)
     found = {way: {"dice": {c.name: [] for c in classes}, "lost": 0} for way in compared}
     for case in dataset.split(split):
         volume = read_volume(dataset.image(case))

@@ -31,7 +31,6 @@ import torch
 import torch.nn.functional as F
 
 from ..files.volumes import read_volume
-from ..method.components import keep_largest_components
 from ..method.modelfile import ModelInfo
 from ..method.predictor import Predictor
 from ..method.preprocess import PreparedVolume
@@ -59,8 +58,7 @@ def mirror_disagreement(predictor: Predictor, prepared: PreparedVolume) -> np.nd
     copy's labels differ from the prediction's and either is foreground, both cleaned up as the prediction is."""
     labels = predictor.probabilities(prepared.images).argmax(1).to(torch.uint8)
     stacks = [stack.numpy() for stack in [labels, *predictor.mirrored_labels(prepared.images)]]
-    if predictor.info.cleanup_objects is not None:
-        stacks = [keep_largest_components(s, predictor.info.cleanup_objects) for s in stacks]
+    stacks = [predictor.clean_up(s) for s in stacks]
     main = stacks[0]
     return np.mean([((copy != main) & ((copy > 0) | (main > 0))).sum(axis=(1, 2)) for copy in stacks[1:]], axis=0)
 

@@ -158,14 +158,21 @@ class Predictor:
         holds none)."""
         num_classes = self.info.num_classes
         stacks = [probs.argmax(1).to(torch.uint8).numpy()] + [copy.numpy() for copy in copies]
-        objects = self.info.cleanup_objects
-        if objects is not None:
-            stacks = [keep_largest_components(stack, objects) for stack in stacks]
+        stacks = [self.clean_up(stack) for stack in stacks]
         expected = expected_dice(stacks[0], probs.numpy())
         reference = self.info.neighbour_shares
         overlaps = (None if reference is None
                     else neighbour_overlap(neighbour_counts(stacks[0], num_classes), np.array(reference)))
         return agreement(stacks[0], stacks[1:], num_classes), expected, overlaps
+
+    def clean_up(self, labels: np.ndarray, slice_axis: int = 0) -> np.ndarray:
+        """``labels`` (class indices, slices along ``slice_axis``) cleaned up as the model file says
+        (components.keep_largest_components; the organ's piece by agreement where it holds neighbour shares)."""
+        objects = self.info.cleanup_objects
+        if objects is None:
+            return labels
+        shares = None if self.info.neighbour_shares is None else np.array(self.info.neighbour_shares)
+        return keep_largest_components(labels, objects, shares, slice_axis)
 
     def predict(self, prepared: PreparedVolume) -> Prediction:
         return next(self.predict_group([prepared]))
@@ -189,9 +196,7 @@ class Predictor:
                                                               [m[offset:offset + slices] for m in mirrored])
                                               if mirrored else (None, None, None))
             offset += slices
-            labels = result.labels
-            if info.cleanup_objects is not None:
-                labels = keep_largest_components(labels, info.cleanup_objects)
+            labels = self.clean_up(result.labels, prepared.layout.axes[0])
             counts = np.bincount(labels.ravel(), minlength=info.num_classes)
             quality = volume_quality(labels, result.uncertainty, agreements, prepared.layout.axes[0],
                                      [c.name for c in info.classes], [c.value for c in info.classes], expected,

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from ..config import TrainConfig
@@ -25,6 +26,7 @@ from .modelfile import write_torch_file
 from .network import UNet2D
 from .predict import predict_slices
 from .preprocess import PreparedVolume
+from .quality import annotated_neighbour_shares
 
 
 def make_optimizer(parameters, learning_rate: float, fused: bool) -> torch.optim.Optimizer:
@@ -105,11 +107,13 @@ class Trainer:
             self.annotated_weights = partial_share_weights(
                 torch.cat([torch.full((len(_annotated_part(v.labels, v)),), v.partial) for v in annotated]),
                 config.partial_slice_share, self.annotated_weights)
+        stacks = [(v.labels.numpy(), None if v.annotated is None else v.annotated.numpy()) for v in annotated]
         #: The structures the annotations show as one object: the pseudo-labels and the model's predictions keep
         #: their largest piece (None: clean-up off).
-        self.single_objects = (single_objects([(v.labels.numpy(), None if v.annotated is None else v.annotated.numpy())
-                                               for v in annotated], num_classes)
-                               if config.largest_component else None)
+        self.single_objects = single_objects(stacks, num_classes) if config.largest_component else None
+        #: What each structure borders in the annotated slices (ModelInfo.neighbour_shares): the clean-up's choice
+        #: of the organ's piece, and the quality estimate of the model's predictions.
+        self.neighbour_shares = annotated_neighbour_shares(stacks, num_classes)
         self._unannotated_atlas: SliceAtlas | None = None
         self.stage = "warmup"  # the stage being trained (_train_until)
         self._contrasting = False  # whether its batches carry contrastive views
@@ -522,7 +526,8 @@ class Trainer:
             if volume.partial:  # the annotated slices anchor the 3D components of the others
                 label[volume.annotated] = volume.labels[volume.annotated]
             if self.single_objects is not None:
-                label = torch.from_numpy(keep_largest_components(label.numpy(), self.single_objects))
+                label = torch.from_numpy(keep_largest_components(label.numpy(), self.single_objects,
+                                                                 np.array(self.neighbour_shares)))
             if cfg.pseudo_label_confidence > 0:
                 label[confidence < cfg.pseudo_label_confidence] = IGNORE
             labels.append(_unannotated_part(label, volume))

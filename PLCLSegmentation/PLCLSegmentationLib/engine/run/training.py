@@ -23,7 +23,7 @@ from ..files.volumes import Volume
 from ..method.modelfile import ModelInfo, save_model
 from ..method.predictor import Predictor
 from ..method.preprocess import InPlaneFrame, PreparedVolume, in_plane_frame, prepare_volume, slice_layout, stack_mask
-from ..method.quality import annotated_neighbour_shares, annotated_slice_coverage
+from ..method.quality import annotated_slice_coverage
 from ..method.train import Checkpoint, Trainer
 from ..protocol import CHECKPOINT_FILE, JOB_FILE, MODEL_FILE, SNAPSHOTS_FOLDER, TRAINING_FILE
 from ..request import TrainJob, job_digest
@@ -125,10 +125,9 @@ def _train(job: TrainJob, inputs: TrainingInputs, sink: EventSink, cancel: threa
     train_started = time.monotonic()
     start_iteration = trainer.iteration
 
-    # What each structure borders in the annotated slices, and how far it reaches in the annotated whole volumes,
-    # for the quality estimate of the model's predictions.
+    # How far each structure reaches in the annotated whole volumes, for the quality estimate of the model's
+    # predictions (what each borders: the trainer's, which its clean-up uses too).
     annotated_stacks = [(v.labels.numpy(), None if v.annotated is None else v.annotated.numpy()) for v in annotated]
-    neighbours = annotated_neighbour_shares(annotated_stacks, num_classes)
     coverage = annotated_slice_coverage(annotated_stacks, num_classes)
 
     def model_info() -> ModelInfo:
@@ -138,7 +137,7 @@ def _train(job: TrainJob, inputs: TrainingInputs, sink: EventSink, cancel: threa
             embedding_levels=config.embedding_levels,
             intensity_percentiles=tuple(config.intensity_percentiles), inference_tile=config.inference_tile,
             inference_overlap=config.inference_overlap, largest_component=config.largest_component,
-            in_plane_reference=reference, neighbour_shares=neighbours, slice_coverage=coverage,
+            in_plane_reference=reference, neighbour_shares=trainer.neighbour_shares, slice_coverage=coverage,
             single_objects=trainer.single_objects,
             training={"annotated": [v.path for v, _ in inputs.annotated], "annotated_slices": slice_record,
                       "unannotated": [v.path for v in inputs.unannotated],
