@@ -143,8 +143,9 @@ class TrainConfig:
     #: Share of unannotated contrastive patches that get a box of another one pasted in (CutMix, in
     #: every view and in the labels).
     cutmix_probability: float = 0.0
-    #: In pseudo-labels and predictions, keep only the largest 3D connected piece of all structures together and
-    #: of each structure, where the annotations show it as one object (method/components.py).
+    #: In pseudo-labels and predictions, keep one 3D connected piece of all structures together (the organ: by size
+    #: and by how its structures border as annotated) and the largest of each structure, where the annotations show
+    #: it as one object (method/components.py).
     largest_component: bool = True
 
     # --- augmentation ---------------------------------------------------------------------------
