@@ -89,8 +89,10 @@ def piece_agreement(labels: np.ndarray, shares: np.ndarray) -> float:
 def organ_piece(pieces: np.ndarray, labels: np.ndarray, shares: np.ndarray, slice_axis: int = 0) -> int:
     """The number of the piece (``connected_pieces``' numbering) of the most voxels x agreement ** ORGAN_AGREEMENT_POWER
     (``piece_agreement`` in the planes across ``slice_axis``). A piece is scored only where its size could beat
-    the best so far at full agreement, so a prediction of one piece and specks costs one score."""
+    the best so far at full agreement, so a prediction of one piece and specks costs one score, of one piece none."""
     sizes = np.bincount(pieces.ravel())[1:ORGAN_PIECES_SCORED + 1]
+    if len(sizes) < 2:
+        return 1
     best, best_score = 1, -1.0
     for number, size in enumerate(sizes, 1):
         if size <= best_score:  # sizes fall: no later piece can win either
