@@ -68,14 +68,14 @@ def test_outside_a_slice_is_zero_and_background_never_a_neighbours_pixels(device
 
 
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("augmentation", ["strong", "paper"])
-def test_images_and_labels_stay_aligned_under_every_transform(device, augmentation):
+@pytest.mark.parametrize("augmentation,points", [("strong", 3), ("paper", 3), ("strong", 8)])
+def test_images_and_labels_stay_aligned_under_every_transform(device, augmentation, points):
     """Label = 2 x intensity on the source; after rotation, scaling, flips and elastic deformation,
     every patch pixel not blended across a block edge keeps that relation, pixel by pixel."""
     stacks = [blocks(60 + 9 * o, 70, offset=o)[0][None].repeat(3, 1, 1) for o in range(2)]
     labels = [blocks(60 + 9 * o, 70, offset=o)[1][None].repeat(3, 1, 1) for o in range(2)]
     config = TrainConfig(patch_size=32, augmentation=augmentation, elastic_probability=1.0, elastic_sigma_px=4.0,
-                         rotation_degrees=180, scale_range=(0.6, 1.5))
+                         rotation_degrees=180, scale_range=(0.6, 1.5), elastic_points=points)
     maker = BatchMaker(config, SliceAtlas.pack(stacks, labels, device), None, seed=3)
     x, y = maker.draw(maker.annotated, 64)
     flat = (x[:, 0] - x[:, 0].round()).abs() < 1e-4  # not blended across a block edge
@@ -197,3 +197,16 @@ def test_new_labels_replace_the_old_ones_and_their_foreground():
     assert y[0, 1:3, 0:3].eq(3).all() and y[0, 0].eq(0).all() and y[0, :, 3].eq(0).all()
     with pytest.raises(ValueError, match="label slices"):
         atlas.with_labels([labelled[:1]])
+
+
+def test_more_elastic_points_bend_a_patch_locally_with_the_same_displacements():
+    """The same displacement size: a finer control grid changes the displacement faster across the
+    patch (a structure's thickness changes), a coarse one moves neighbouring pixels alike."""
+    def bending(points: int) -> tuple[float, float]:
+        config = TrainConfig(patch_size=64, elastic_probability=1.0, elastic_sigma_px=5.0, elastic_points=points)
+        field = random_spatial(config, 64, 64, torch.Generator().manual_seed(0)).elastic
+        return field.abs().mean().item(), (field[..., 1:] - field[..., :-1]).abs().mean().item()
+
+    coarse, fine = bending(3), bending(10)
+    assert fine[0] == pytest.approx(coarse[0], rel=0.35)
+    assert fine[1] > 2.5 * coarse[1]

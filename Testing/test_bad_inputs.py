@@ -339,6 +339,8 @@ CASES = [
     _set("orientation_augmentation", "yes", 2, "orientation_augmentation='yes'", "true or false", point="new"),
     _set("slice_position_balance", "yes", 2, "slice_position_balance='yes'", "true or false", point="new"),
     _set("partial_slice_share", "1.5", 2, "partial_slice_share=1.5", "from 0 to 0.99", point="new"),
+    _set("elastic_points", "1", 2, "elastic_points=1", "from 2 to 64", point="new"),
+    _set("elastic_points", "2.5", 2, "elastic_points=2.5", point="new"),
     _set("learning_rate_schedule", "linear", 2, "learning_rate_schedule must be", "'cosine'", point="new"),
     _set("teacher_horizon", "1.5", 2, "teacher_horizon=1.5", "must be from 0", point="new"),
     _set("warmup_contrastive_from", "1.5", 2, "warmup_contrastive_from=1.5", "must be from 0", point="new"),

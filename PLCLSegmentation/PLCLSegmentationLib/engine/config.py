@@ -164,6 +164,9 @@ class TrainConfig:
     scale_range: tuple[float, float] = (0.75, 1.3)  # the paper: (0.95, 1.05)
     elastic_sigma_px: float = 5.0
     elastic_probability: float = 0.5
+    #: Control points a side of the elastic deformation's displacement grid: 3 bends a patch as a whole;
+    #: more bend it locally, so a structure's thickness and a cavity's size change within the patch.
+    elastic_points: int = 3
     brightness: float = 0.3
     contrast_range: tuple[float, float] = (0.7, 1.3)
 
@@ -331,7 +334,7 @@ _RANGES: dict[str, tuple[float | None, float | None]] = {
     "prototype_momentum": (0, 0.9999), "pseudo_label_confidence": (0, 1),
     "cutmix_probability": (0, 1), "warmup_contrastive_from": (0, 1),
     "gamma_max": (1, None), "noise_sigma": (0, None), "rotation_degrees": (0, 180), "elastic_sigma_px": (0, None),
-    "elastic_probability": (0, 1), "brightness": (0, None), "inference_tile": (16, 4096),
+    "elastic_probability": (0, 1), "elastic_points": (2, 64), "brightness": (0, None), "inference_tile": (16, 4096),
     "inference_overlap": (0, 0.9), "time_budget_s": (1e-3, None), "snapshots": (0, 1000),
     "checkpoint_every": (1, None), "seed": (0, 2**32 - 1), "partial_slice_share": (0, 0.99),
 }

@@ -63,7 +63,8 @@ def random_spatial(config: TrainConfig, count: int, patch: int, generator: torch
         flip = torch.rand(count, generator=generator, device=device) < 0.5
     elastic = None
     if config.elastic_sigma_px > 0 and config.elastic_probability > 0:
-        coarse = torch.randn((count, 2, 3, 3), generator=generator, device=device) * config.elastic_sigma_px
+        points = config.elastic_points
+        coarse = torch.randn((count, 2, points, points), generator=generator, device=device) * config.elastic_sigma_px
         chosen = torch.rand(count, generator=generator, device=device) < config.elastic_probability
         coarse = coarse * chosen.view(-1, 1, 1, 1)
         elastic = F.interpolate(coarse, size=(patch, patch), mode="bicubic", align_corners=True)
