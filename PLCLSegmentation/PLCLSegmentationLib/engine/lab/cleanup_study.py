@@ -27,9 +27,10 @@ import torch
 
 from ..evaluation.metrics import dice_per_class
 from ..files.dataset import read_dataset
-from ..files.volumes import atomic_path, read_annotation, read_volume
+from ..files.volumes import read_annotation, read_volume
 from ..method.components import keep_largest_components, legacy_objects
 from ..method.predictor import Predictor
+from .text_report import publish
 
 #: A structure a segmentation holds at less than this Dice counts as lost.
 LOST_BELOW = 0.1
@@ -102,10 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, help="also write the table here")
     args = parser.parse_args(argv)
     text = markdown({model: study(model, args.data, args.split, args.device) for model in args.models})
-    if args.out:
-        with atomic_path(args.out) as tmp, open(tmp, "w") as f:
-            f.write(text)
-    print(text, end="")
+    publish(text, args.out)
     return 0
 
 

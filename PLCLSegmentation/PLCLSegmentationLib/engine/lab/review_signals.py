@@ -18,11 +18,11 @@ from pathlib import Path
 
 import numpy as np
 
-from ..files.volumes import atomic_path
 from ..protocol import MODEL_FILE, SUMMARY_FILE
 from ..run.summary import review_order
 from .review_sim import bench_run, candidate_slices, choose, ranked_slices
 from .slice_signals import add_signals, cohort_signals
+from .text_report import publish
 
 #: Parts of the stack (by a slice's index over the stack's length) that a choice's slices are counted in.
 FIFTHS = 5
@@ -82,9 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     lines = [f"# Where the review's {args.slices} slices lie, by the signal that orders them", ""]
     for run in args.runs:
         lines += run_report(run, args.slices)
-    with atomic_path(args.out) as tmp, open(tmp, "w") as f:
-        f.write("\n".join(lines))
-    print("\n".join(lines))
+    publish("\n".join(lines), args.out)
     return 0
 
 

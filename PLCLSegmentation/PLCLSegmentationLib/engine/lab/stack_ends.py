@@ -26,7 +26,8 @@ from .. import slicing
 from ..errors import InputError
 from ..evaluation.metrics import dice_per_class
 from ..files.dataset import read_dataset
-from ..files.volumes import ClassInfo, Volume, atomic_path, read_annotation, read_volume
+from ..files.volumes import ClassInfo, Volume, read_annotation, read_volume
+from .text_report import publish
 
 
 @dataclass
@@ -142,10 +143,7 @@ def main(argv: list[str] | None = None) -> int:
     except InputError as error:
         print(f"stack_ends: {error}", file=sys.stderr)
         return 1
-    if args.out:
-        with atomic_path(args.out) as tmp, open(tmp, "w") as f:
-            f.write(text)
-    print(text, end="")
+    publish(text, args.out)
     return 0
 
 
