@@ -150,7 +150,7 @@ def _read_reference(path: str) -> tuple[Volume, np.ndarray, list[ClassInfo] | No
     return volume, values.astype(np.uint8), None
 
 
-def _to_class_values(path: str, labels: np.ndarray, segments: list[ClassInfo] | None,
+def to_class_values(path: str, labels: np.ndarray, segments: list[ClassInfo] | None,
                      classes: Sequence[ClassInfo], warnings: list[str]) -> np.ndarray:
     """Label values of ``classes`` from a file's own numbering; segments are matched by name."""
     if segments is None:  # a plain label map: its values are the class values, and only those
@@ -208,9 +208,9 @@ def evaluate_folder(pred_paths: Mapping[str, str | os.PathLike[str]],
             raise InputError(pred_path, f"no reference label map for case '{case}'")
         ref_path = str(ref_paths[case])
         ref_volume, ref_labels, ref_segments = _read_reference(ref_path)
-        ref_labels = _to_class_values(ref_path, ref_labels, ref_segments, foreground, warnings)
+        ref_labels = to_class_values(ref_path, ref_labels, ref_segments, foreground, warnings)
         pred_labels, pred_segments = volumes.read_annotation(pred_path, ref_volume)  # raises off-grid
-        pred_labels = _to_class_values(pred_path, pred_labels, pred_segments, foreground, warnings)
+        pred_labels = to_class_values(pred_path, pred_labels, pred_segments, foreground, warnings)
         spacing_kji = tuple(ref_volume.grid.spacing)[::-1]
         dice = dice_per_class(pred_labels, ref_labels, values)
         hd95 = hd95_per_class(pred_labels, ref_labels, values, spacing_kji)

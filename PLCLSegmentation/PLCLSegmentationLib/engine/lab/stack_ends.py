@@ -24,7 +24,7 @@ import SimpleITK as sitk
 
 from .. import slicing
 from ..errors import InputError
-from ..evaluation.metrics import dice_per_class
+from ..evaluation.metrics import dice_per_class, to_class_values
 from ..files.dataset import read_dataset
 from ..files.volumes import ClassInfo, Volume, read_annotation, read_volume
 from .text_report import publish
@@ -46,21 +46,10 @@ def group_of(case: str) -> str:
     return case.rsplit("_", 1)[-1] if "_" in case else "all"
 
 
-def read_values(path: str, volume: Volume, names: dict[str, int]) -> np.ndarray:
-    """A label map's values, or a .seg.nrrd's segments as the dataset's label values (matched by name)."""
+def read_values(path: str, volume: Volume, classes: list[ClassInfo], warnings: list[str]) -> np.ndarray:
+    """A file's label values as the dataset's (a .seg.nrrd's segments matched by name, as plcl evaluate does)."""
     values, segments = read_annotation(path, volume)
-    return values if segments is None else _by_name(path, values, segments, names)
-
-
-def _by_name(path: str, values: np.ndarray, segments: list[ClassInfo], names: dict[str, int]) -> np.ndarray:
-    """A .seg.nrrd's own numbering as the dataset's label values, its segments matched by name."""
-    lookup = np.zeros(256, np.uint8)
-    for segment in segments:
-        value = names.get(segment.name.casefold())
-        if value is None:
-            raise InputError(path, f"segment {segment.name!r} is no label of the dataset ({', '.join(names)})")
-        lookup[segment.value] = value
-    return lookup[values]
+    return to_class_values(path, values, segments, classes, warnings)
 
 
 def beyond_reference(predicted: np.ndarray, reference: np.ndarray, slice_axis: int) -> tuple[np.ndarray, int, int]:
@@ -81,7 +70,8 @@ def beyond_reference(predicted: np.ndarray, reference: np.ndarray, slice_axis: i
 def study(folder: Path, data: str, split: str) -> dict[str, dict[str, Tally]]:
     """Per group of cases and structure name: the Tally of one plcl predict folder."""
     dataset = read_dataset(data)
-    names = {name.casefold(): value for value, name in dataset.label_names.items() if value > 0}
+    classes = [ClassInfo(value, name, (1.0, 1.0, 1.0)) for value, name in dataset.label_names.items() if value > 0]
+    warnings: list[str] = []
     found: dict[str, dict[str, Tally]] = {}
     for case in dataset.split(split):
         path = folder / "predictions" / f"{case}.seg.nrrd"
@@ -89,15 +79,15 @@ def study(folder: Path, data: str, split: str) -> dict[str, dict[str, Tally]]:
         if not path.is_file() or reference_path is None:
             continue
         volume = read_volume(dataset.image(case))
-        reference = read_values(reference_path, volume, names)
-        labels = read_values(str(path), volume, names)
+        reference = read_values(reference_path, volume, classes, warnings)
+        labels = read_values(str(path), volume, classes, warnings)
         axis = slicing.canonical(volume.grid.direction_matrix, volume.grid.spacing).slice_axis
         uncertainty_path = folder / "uncertainty" / f"{case}.nrrd"
         uncertainty = (sitk.GetArrayFromImage(sitk.ReadImage(str(uncertainty_path))).astype(np.float32)
                        if uncertainty_path.is_file() else None)
-        for value, name in ((v, n) for v, n in dataset.label_names.items() if v > 0):
-            tally = found.setdefault(group_of(case), {}).setdefault(name, Tally())
-            predicted, truth = labels == value, reference == value
+        for c in classes:
+            tally = found.setdefault(group_of(case), {}).setdefault(c.name, Tally())
+            predicted, truth = labels == c.value, reference == c.value
             beyond, low, high = beyond_reference(predicted, truth, axis)
             tally.beyond_low.append(low)
             tally.beyond_high.append(high)
@@ -108,6 +98,8 @@ def study(folder: Path, data: str, split: str) -> dict[str, dict[str, Tally]]:
             if uncertainty is not None and uncertainty.shape == labels.shape:
                 tally.uncertainty_beyond.extend(uncertainty[beyond].tolist())
                 tally.uncertainty_within.extend(uncertainty[predicted & ~beyond].tolist())
+    for warning in warnings:  # segments of no dataset label, left out as plcl evaluate leaves them
+        print(f"stack_ends: {warning}", file=sys.stderr)
     if not found:
         raise InputError(str(folder), f"holds no predictions/<case>.seg.nrrd of a labelled case of split {split!r}")
     return found
