@@ -11,6 +11,9 @@ from typing import Any
 from .errors import ConfigError
 from .protocol import BUDGETS, DEFAULT_BUDGET, DEFAULT_DEVICE, DEVICES, is_device
 
+#: The most neighbouring slices on each side a network sees (TrainConfig.slice_context): ACDC-like stacks hold 6 to 18.
+MOST_SLICE_CONTEXT = 3
+
 
 def most_embedding_levels(levels: int) -> int:
     """How many decoder outputs a network of ``levels`` levels has for projection heads (one without a decoder)."""
@@ -170,6 +173,12 @@ class TrainConfig:
     elastic_points: int = 3
     brightness: float = 0.3
     contrast_range: tuple[float, float] = (0.7, 1.3)
+
+    # --- network input --------------------------------------------------------------------------
+    #: Neighbouring slices on each side that the network sees beside each slice, as extra input channels
+    #: (2.5D); zeros beyond the stack's ends, so the network can tell an end slice. 0: each slice alone. Shapes
+    #: the network: a model keeps its value, and prediction reads it from the model file.
+    slice_context: int = 0
 
     # --- prediction -----------------------------------------------------------------------------
     #: Sliding-window tile for prediction (pixels); tiles overlap by a quarter.
@@ -336,6 +345,7 @@ _RANGES: dict[str, tuple[float | None, float | None]] = {
     "cutmix_probability": (0, 1), "warmup_contrastive_from": (0, 1),
     "gamma_max": (1, None), "noise_sigma": (0, None), "rotation_degrees": (0, 180), "elastic_sigma_px": (0, None),
     "elastic_probability": (0, 1), "elastic_points": (2, 64), "brightness": (0, None), "inference_tile": (16, 4096),
+    "slice_context": (0, MOST_SLICE_CONTEXT),
     "inference_overlap": (0, 0.9), "time_budget_s": (1e-3, None), "snapshots": (0, 1000),
     "checkpoint_every": (1, None), "seed": (0, 2**32 - 1), "partial_slice_share": (0, 0.99),
 }

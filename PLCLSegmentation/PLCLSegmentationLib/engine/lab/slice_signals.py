@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from ..files.volumes import read_volume
 from ..method.modelfile import ModelInfo
 from ..method.predictor import Predictor
-from ..method.preprocess import PreparedVolume
+from ..method.preprocess import PreparedVolume, with_neighbours
 
 
 @torch.no_grad()
@@ -41,12 +41,12 @@ def encoder_features(model: torch.nn.Module, info: ModelInfo, prepared: Prepared
                      batch: int = 16) -> np.ndarray:
     """[S, C]: each stack slice's deepest encoder features, averaged over the slice (padded to the
     network's divisor)."""
-    images = prepared.images
+    images = with_neighbours(prepared.images, info.slice_context)
     divisor = 2 ** (info.levels - 1)
-    height, width = images.shape[1:]
+    height, width = images.shape[2:]
     found = []
     for start in range(0, images.shape[0], batch):
-        x = F.pad(images[start:start + batch, None], (0, (-width) % divisor, 0, (-height) % divisor))
+        x = F.pad(images[start:start + batch], (0, (-width) % divisor, 0, (-height) % divisor))
         for level, block in enumerate(model.encoder):
             x = block(F.max_pool2d(x, 2) if level else x)
         found.append(x.mean(dim=(2, 3)))

@@ -19,7 +19,7 @@ from ..events import RecordingSink
 from ..files.dataset import Dataset
 from ..method.augment import random_appearance, random_intensity
 from ..method.batches import BackgroundBatches, Batch, BatchMaker, SliceAtlas
-from ..method.preprocess import prepare_volume
+from ..method.preprocess import prepare_volume, with_neighbours
 from ..method.train import Trainer
 from ..request import TrainJob
 from ..run.inputs import read_training_inputs
@@ -132,7 +132,8 @@ def measure_throughput(dataset: Dataset, protocol: dict[str, Any], args: argpars
                      "slices_per_volume": sum(v.images.shape[0] for v in annotated) / len(annotated)}
     # Pseudo-labelled slices stand in as the annotated ones: the cost of a step does not depend on them.
     device = resolve_device(args.device)
-    pseudo = SliceAtlas.pack([v.images for v in annotated], [v.labels for v in annotated], device)
+    pseudo = SliceAtlas.pack([with_neighbours(v.images, base.slice_context) for v in annotated],
+                             [v.labels for v in annotated], device)
     rows = []
     for name, overrides in VARIANTS:
         if overrides.get("compile") and not args.throughput_compile:

@@ -2,7 +2,7 @@
 exported copy run by ONNX Runtime or OpenVINO on the CPU, made in memory when the model is loaded
 (nothing is written beside the model file).
 
-Each exported one is called like the torch network on a batch [B, 1, H, W] of float32 slices and returns the
+Each exported one is called like the torch network on a batch [B, C, H, W] of float32 slices and returns the
 logits [B, C, H, W] as a torch tensor, so predict_slices runs unchanged. Batch, height and width
 are dynamic. They use as many threads as torch does (torch.get_num_threads()), so a limit set for
 torch (OMP_NUM_THREADS, a scheduler's CPU count) holds for them too.
@@ -18,8 +18,10 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-#: A small example batch for tracing; the exported graph takes any batch and any slice size.
-_EXAMPLE = (2, 1, 64, 64)
+
+def _example(model: torch.nn.Module) -> torch.Tensor:
+    """A small example batch for tracing; the exported graph takes any batch and any slice size."""
+    return torch.zeros((2, model.in_channels, 64, 64))
 
 
 def fold_batch_norms(model: torch.nn.Module) -> torch.nn.Module:
@@ -47,6 +49,7 @@ class _Logits(torch.nn.Module):
     def __init__(self, model: torch.nn.Module) -> None:
         super().__init__()
         self.model = model
+        self.in_channels = model.in_channels
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)
@@ -81,7 +84,7 @@ def onnx_bytes(model: torch.nn.Module) -> bytes:
     """The network as an ONNX graph with dynamic batch, height and width (the TorchScript exporter:
     no extra packages, the same graph from torch 2.1 on)."""
     buffer = io.BytesIO()
-    example = torch.zeros(_EXAMPLE)
+    example = _example(model)
     axes = {"image": {0: "batch", 2: "height", 3: "width"}, "logits": {0: "batch", 2: "height", 3: "width"}}
     options: dict[str, Any] = dict(input_names=["image"], output_names=["logits"], dynamic_axes=axes,
                                    opset_version=17, do_constant_folding=True)
@@ -114,8 +117,8 @@ def _openvino(model: torch.nn.Module, precision: str) -> ExportedNetwork:
 
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")  # tracing warnings of the converter
-        converted = ov.convert_model(model, example_input=torch.zeros(_EXAMPLE),
-                                     input=[ov.PartialShape([-1, 1, -1, -1])])
+        converted = ov.convert_model(model, example_input=_example(model),
+                                     input=[ov.PartialShape([-1, model.in_channels, -1, -1])])
     config = {"INFERENCE_PRECISION_HINT": "bf16" if precision == "bf16" else "f32",
               "INFERENCE_NUM_THREADS": torch.get_num_threads(), "PERFORMANCE_HINT": "LATENCY"}
     compiled = ov.Core().compile_model(converted, "CPU", config)

@@ -51,7 +51,7 @@ class SliceAtlas:
     samples further out are masked to zero (image) and background (label).
     """
 
-    canvas: torch.Tensor  # [1, 1, Hc, Wc] float32 images
+    canvas: torch.Tensor  # [1, C, Hc, Wc] float32 images (C: the network's input channels)
     label_canvas: torch.Tensor  # [Hc, Wc] uint8 labels
     origins: torch.Tensor  # [N, 2] (row, column) of each slice's first pixel in the canvas
     sizes: torch.Tensor  # [N, 2] (height, width)
@@ -62,17 +62,20 @@ class SliceAtlas:
     @classmethod
     def pack(cls, images: Sequence[torch.Tensor], labels: Sequence[torch.Tensor],
              device: torch.device | str = "cpu") -> SliceAtlas:
-        """Pack stacks ``[S, H, W]`` of images and their labels (one stack per volume)."""
-        shapes = [tuple(stack.shape[1:]) for stack in images for _ in range(stack.shape[0])]
+        """Pack stacks of images ``[S, H, W]`` or ``[S, C, H, W]`` (preprocess.with_neighbours) and their
+        labels ``[S, H, W]`` (one stack per volume)."""
+        images = [stack[:, None] if stack.dim() == 3 else stack for stack in images]
+        channels = images[0].shape[1] if images else 1
+        shapes = [tuple(stack.shape[2:]) for stack in images for _ in range(stack.shape[0])]
         origins, canvas_shape = _shelf_pack(shapes)
-        canvas = torch.zeros(canvas_shape, dtype=torch.float32)
+        canvas = torch.zeros((channels, *canvas_shape), dtype=torch.float32)
         index = 0
         for stack in images:
             for image in stack:
                 row, col = origins[index]
-                canvas[row:row + image.shape[0], col:col + image.shape[1]] = image
+                canvas[:, row:row + image.shape[1], col:col + image.shape[2]] = image
                 index += 1
-        atlas = cls(canvas.to(device)[None, None], torch.zeros(0, dtype=torch.uint8),
+        atlas = cls(canvas.to(device)[None], torch.zeros(0, dtype=torch.uint8),
                     torch.tensor(origins, dtype=torch.long, device=device),
                     torch.tensor(shapes, dtype=torch.long, device=device).reshape(-1, 2),
                     torch.zeros((0, 2), dtype=torch.long), torch.zeros(0, dtype=torch.long),
@@ -107,7 +110,7 @@ class SliceAtlas:
 
     def sample(self, slices: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor
                ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Images [B, 1, P, P] (bilinear) and labels [B, P, P] (nearest) of slices ``slices`` [B] at
+        """Images [B, C, P, P] (bilinear) and labels [B, P, P] (nearest) of slices ``slices`` [B] at
         slice-local pixel coordinates ``rows``, ``cols`` [B, P, P]."""
         height = self.sizes[slices, 0].view(-1, 1, 1)
         width = self.sizes[slices, 1].view(-1, 1, 1)
@@ -118,7 +121,7 @@ class SliceAtlas:
         grid = torch.stack([(2 * canvas_cols + 1) / canvas_w - 1, (2 * canvas_rows + 1) / canvas_h - 1], dim=-1)
         images = F.grid_sample(self.canvas, grid.reshape(1, -1, grid.shape[-2], 2), mode="bilinear",
                                padding_mode="zeros", align_corners=False)
-        images = images.reshape(1, -1, *rows.shape[1:]).transpose(0, 1)  # [B, 1, P, P]
+        images = images.reshape(images.shape[1], -1, *rows.shape[1:]).transpose(0, 1)  # [B, C, P, P]
         near = (rows > -1) & (rows < height) & (cols > -1) & (cols < width)
         images = images * near.unsqueeze(1)
         # Nearest labels by one gather from the canvas; outside the slice is background.
@@ -150,13 +153,13 @@ def _shelf_pack(shapes: list[tuple[int, int]]) -> tuple[list[tuple[int, int]], t
 
 @dataclass
 class Batch:
-    images: torch.Tensor  # [B, 1, P, P]
+    images: torch.Tensor  # [B, C, P, P]
     labels: torch.Tensor  # uint8 [B, P, P]
-    contrastive_images: torch.Tensor | None = None  # [2N, 1, P, P]: N slices, then their second views
+    contrastive_images: torch.Tensor | None = None  # [2N, C, P, P]: N slices, then their second views
     contrastive_labels: torch.Tensor | None = None  # [2N, P, P]
     pairs: torch.Tensor | None = None  # [M, 2] indices into the contrastive images
     #: With online pseudo-labels: the unannotated contrastive slices before any appearance change
-    #: [U, 1, P, P]; they are slices ``unannotated_from`` to N - 1 of each view.
+    #: [U, C, P, P]; they are slices ``unannotated_from`` to N - 1 of each view.
     weak_images: torch.Tensor | None = None
     unannotated_from: int = 0
 
@@ -210,7 +213,7 @@ class BatchMaker:
         return torch.randint(len(atlas), (count,), generator=self.generator, device=self.device)
 
     def draw(self, atlas: SliceAtlas, count: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """``count`` augmented patches (images [B, 1, P, P], labels uint8 [B, P, P])."""
+        """``count`` augmented patches (images [B, C, P, P], labels uint8 [B, P, P])."""
         patch = self.config.patch_size
         slices = self.draw_indices(atlas, count)
         params = random_spatial(self.config, count, patch, self.generator)

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from ... import __version__
-from ..config import most_embedding_levels
+from ..config import MOST_SLICE_CONTEXT, most_embedding_levels
 from ..errors import InputError
 from ..files.volumes import ClassInfo, atomic_path
 from .components import legacy_objects
@@ -53,6 +53,8 @@ class ModelInfo:
     slice_coverage: tuple[float, ...] | None = None
     #: Decoder levels with a contrastive projection head (TrainConfig.embedding_levels; 1 in files before it).
     embedding_levels: int = 1
+    #: Neighbouring slices on each side fed beside each slice (TrainConfig.slice_context; 0 in files before it).
+    slice_context: int = 0
     #: Which structures the annotations showed as one object (components.single_objects: all structures
     #: together first, then each class), kept as their largest piece where ``largest_component`` is on; None in
     #: models before it existed: each class's largest piece (components.legacy_objects).
@@ -76,7 +78,12 @@ class ModelInfo:
         """The described network; ``initialise=False`` leaves the weights as allocated, for weights
         that are loaded next (or shapes that are only compared)."""
         return UNet2D(self.num_classes, self.base_channels, self.levels, self.embedding_dim, initialise=initialise,
-                      embedding_levels=self.embedding_levels)
+                      embedding_levels=self.embedding_levels, in_channels=self.in_channels)
+
+    @property
+    def in_channels(self) -> int:
+        """The network's input channels: the slice and its neighbours (preprocess.with_neighbours)."""
+        return 2 * self.slice_context + 1
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -85,7 +92,7 @@ class ModelInfo:
             "patch_size": int(self.patch_size),
             "architecture": {"name": "unet2d", "base_channels": self.base_channels, "levels": self.levels,
                              "embedding_dim": self.embedding_dim, "embedding_levels": self.embedding_levels,
-                             "in_channels": 1,
+                             "in_channels": self.in_channels, "slice_context": self.slice_context,
                              "num_classes": self.num_classes},
             "normalisation": {"method": "percentile_minmax_clip",
                               "percentiles": [float(p) for p in self.intensity_percentiles]},
@@ -116,6 +123,7 @@ class ModelInfo:
             levels=int(arch["levels"]),
             embedding_dim=int(arch["embedding_dim"]),
             embedding_levels=int(arch.get("embedding_levels", 1)),
+            slice_context=int(arch.get("slice_context", 0)),
             intensity_percentiles=_numbers(d["normalisation"]["percentiles"], "normalisation percentiles"),
             inference_tile=int(d.get("inference_tile", 256)),
             inference_overlap=float(d.get("inference_overlap", 0.25)),
@@ -270,9 +278,11 @@ _LIMITS = {"base_channels": (1, 256), "levels": (1, 8), "embedding_dim": (1, 102
 
 def model_info_problem(info: ModelInfo, raw: dict[str, Any]) -> str | None:
     arch = raw.get("architecture", {})
-    if arch.get("name") != "unet2d" or arch.get("in_channels", 1) != 1:
-        return (f"architecture {arch.get('name')!r} with {arch.get('in_channels')} input channels; unet2d with 1 "
-                "expected")
+    if arch.get("name") != "unet2d" or arch.get("in_channels", 1) != info.in_channels:
+        return (f"architecture {arch.get('name')!r} with {arch.get('in_channels')} input channels; unet2d with "
+                f"{info.in_channels} expected (slice_context {info.slice_context})")
+    if not 0 <= info.slice_context <= MOST_SLICE_CONTEXT:
+        return f"slice_context {info.slice_context}; 0 to {MOST_SLICE_CONTEXT} expected"
     if arch.get("num_classes", info.num_classes) != info.num_classes:
         return f"architecture.num_classes {arch.get('num_classes')} but {len(info.classes)} classes"
     for name, (low, high) in _LIMITS.items():

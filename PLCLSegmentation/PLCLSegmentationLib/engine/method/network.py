@@ -32,6 +32,7 @@ class UNet2D(nn.Module):
                  in_channels: int = 1, initialise: bool = True, embedding_levels: int = 1) -> None:
         super().__init__()
         channels = channel_plan(base_channels, levels)
+        self.in_channels = in_channels
         self.encoder = nn.ModuleList()
         previous = in_channels
         for width in channels:

@@ -32,7 +32,8 @@ def _gaussian_weight(tile: int) -> torch.Tensor:
 def predict_slices(model: torch.nn.Module, images: torch.Tensor, num_classes: int, tile: int,
                    overlap: float, divisor: int, device: torch.device, batch_size: int | None = None,
                    channels_last: bool = False, autocast: torch.dtype | None = None) -> torch.Tensor:
-    """Softmax probabilities [S, C, H, W] (on the CPU) for a stack of slices [S, H, W].
+    """Softmax probabilities [S, K, H, W] (on the CPU) for a stack of slices [S, H, W], or of network
+    inputs [S, C, H, W] (preprocess.with_neighbours).
 
     Slices smaller than the tile are predicted whole (padded to the network's divisor); larger ones
     by overlapping tiles blended with Gaussian weights, so nothing outside a centre crop is lost.
@@ -42,7 +43,9 @@ def predict_slices(model: torch.nn.Module, images: torch.Tensor, num_classes: in
     model.eval()
     if batch_size is None:
         batch_size = 8 if device.type == "cpu" else 64
-    n_slices, height, width = images.shape
+    if images.dim() == 3:
+        images = images[:, None]
+    n_slices, _, height, width = images.shape
     tile = max(divisor, tile - tile % divisor)
     tile_h = min(tile, math.ceil(height / divisor) * divisor)
     tile_w = min(tile, math.ceil(width / divisor) * divisor)
@@ -61,9 +64,9 @@ def predict_slices(model: torch.nn.Module, images: torch.Tensor, num_classes: in
     for start in range(0, len(windows), batch_size):
         chunk = windows[start:start + batch_size]
         if single:  # whole slices: a contiguous run of the stack, no copying of windows
-            x = padded[start:start + len(chunk), None]
+            x = padded[start:start + len(chunk)]
         else:
-            x = torch.stack([padded[s, r:r + tile_h, c:c + tile_w] for s, r, c in chunk])[:, None]
+            x = torch.stack([padded[s, :, r:r + tile_h, c:c + tile_w] for s, r, c in chunk])
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         with autocast_to(device, autocast):

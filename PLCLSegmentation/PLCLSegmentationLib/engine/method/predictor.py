@@ -23,7 +23,7 @@ from .backends import export_network, fold_batch_norms
 from .components import keep_largest_components
 from .modelfile import ModelInfo, build_model, read_model
 from .predict import map_to_volume, predict_slices
-from .preprocess import InPlaneFrame, PreparedVolume, prepare_volume
+from .preprocess import InPlaneFrame, PreparedVolume, prepare_volume, with_neighbours
 from .quality import (
     VolumeQuality,
     agreement,
@@ -136,18 +136,26 @@ class Predictor:
         return max(1, min(PASS_BATCHES * batch // max(1, slices),
                           PASS_FLOATS // max(1, slices * height * width * self.num_classes)))
 
+    def network_input(self, images: torch.Tensor) -> torch.Tensor:
+        """One volume's prepared slices [S, H, W] as the network takes them [S, C, H, W] (with neighbours)."""
+        return with_neighbours(images, self.info.slice_context)
+
     def probabilities(self, images: torch.Tensor) -> torch.Tensor:
-        """The network's softmax [S, C, H, W] (on the CPU) for prepared slices [S, H, W]."""
+        """The network's softmax [S, K, H, W] (on the CPU) for one volume's prepared slices [S, H, W], or for
+        network inputs [S, C, H, W] (network_input; frames stacked one by one)."""
         info = self.info
-        return predict_slices(self.network, images, info.num_classes, info.inference_tile, info.inference_overlap,
+        inputs = self.network_input(images) if images.dim() == 3 else images
+        return predict_slices(self.network, inputs, info.num_classes, info.inference_tile, info.inference_overlap,
                               2 ** (info.levels - 1), self.device, channels_last=self.backend == "torch",
                               autocast=self.autocast)
 
     def mirrored_labels(self, images: torch.Tensor) -> list[torch.Tensor]:
-        """The quality estimate's mirrored copies of prepared slices [S, H, W]: each copy's labels [S, H, W] (uint8,
-        on the CPU), mirrored back; their labels only, one copy's probabilities at a time."""
-        return [self.probabilities(images.flip(dims)).flip([d + 1 for d in dims]).argmax(1).to(torch.uint8)
-                for dims in self.mirrors]
+        """The quality estimate's mirrored copies of prepared slices (as ``probabilities`` takes them): each
+        copy's labels [S, H, W] (uint8, on the CPU), mirrored back; their labels only, one copy's probabilities
+        at a time."""
+        shift = images.dim() - 3  # in-plane axes 1, 2 of slices; 2, 3 of network inputs
+        return [self.probabilities(images.flip([d + shift for d in dims])).flip([d + 1 for d in dims]).argmax(1)
+                .to(torch.uint8) for dims in self.mirrors]
 
     def _estimates(self, probs: torch.Tensor,
                    copies: list[torch.Tensor]) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
@@ -183,7 +191,7 @@ class Predictor:
         next holds one volume's result at a time."""
         info = self.info
         started = time.monotonic()
-        images = torch.cat([p.images for p in group])
+        images = torch.cat([self.network_input(p.images) for p in group])
         probs = self.probabilities(images)
         mirrored = self.mirrored_labels(images)
         seconds = (time.monotonic() - started) / len(group)

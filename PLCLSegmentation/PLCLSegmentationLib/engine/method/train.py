@@ -25,7 +25,7 @@ from .losses import IGNORE, PrototypeMemory, local_contrastive_loss, segmentatio
 from .modelfile import write_torch_file
 from .network import UNet2D
 from .predict import predict_slices
-from .preprocess import PreparedVolume
+from .preprocess import PreparedVolume, with_neighbours
 from .quality import annotated_neighbour_shares
 
 
@@ -94,7 +94,7 @@ class Trainer:
         # Slices live on the training device, packed once; pseudo-labels replace the labels each round.
         # Only annotated slices are packed for the segmentation loss; the other slices of partially
         # annotated volumes join the unannotated pool (pseudo-labels, contrastive loss).
-        self.annotated = SliceAtlas.pack([_annotated_part(v.images, v) for v in annotated],
+        self.annotated = SliceAtlas.pack([_annotated_part(self.network_input(v), v) for v in annotated],
                                          [_annotated_part(v.labels, v) for v in annotated], device)
         self.unannotated = unannotated + [v for v in annotated if v.partial]
         self.annotated_weights = None
@@ -123,7 +123,7 @@ class Trainer:
         self.cancel = cancel or threading.Event()
         torch.manual_seed(config.seed)
         self.model = UNet2D(num_classes, config.base_channels, config.levels, config.embedding_dim,
-                            embedding_levels=config.embedding_levels)
+                            in_channels=2 * config.slice_context + 1, embedding_levels=config.embedding_levels)
         if initial_weights is not None:
             self.model.load_state_dict(initial_weights)
         self.model.to(device)
@@ -249,6 +249,10 @@ class Trainer:
         progress = min(1.0, max(0.0, (self._clock() - start) / max(self._end - start, 1e-9)))
         return cfg.temperature_start * (cfg.temperature / cfg.temperature_start) ** progress
 
+    def network_input(self, volume: PreparedVolume) -> torch.Tensor:
+        """A volume's slices as the network takes them [S, C, H, W] (each with its neighbours)."""
+        return with_neighbours(volume.images, self.config.slice_context)
+
     def _warmup_contrasts(self) -> bool:
         cfg = self.config
         return cfg.warmup_contrastive_from < 1 and cfg.contrastive_weight > 0 and bool(self.unannotated)
@@ -256,8 +260,8 @@ class Trainer:
     def _warmup_atlas(self) -> SliceAtlas:
         """The unannotated slices for the warm-up's contrastive term: no labels yet (the teacher's come
         online), so every pixel IGNORE and the patches placed uniformly."""
-        stacks = [_unannotated_part(v.images, v) for v in self.unannotated]
-        labels = [torch.full(s.shape, IGNORE, dtype=torch.uint8) for s in stacks]
+        stacks = [_unannotated_part(self.network_input(v), v) for v in self.unannotated]
+        labels = [torch.full((s.shape[0], *s.shape[2:]), IGNORE, dtype=torch.uint8) for s in stacks]
         if self._unannotated_atlas is None:  # packed once; _pseudo_atlas relabels it
             self._unannotated_atlas = SliceAtlas.pack(stacks, labels, self.device)
         return self._unannotated_atlas
@@ -265,7 +269,8 @@ class Trainer:
     def _pseudo_atlas(self) -> SliceAtlas:
         """The unannotated slices with this round's pseudo-labels: packed once, relabelled after."""
         if self._unannotated_atlas is None:
-            self._unannotated_atlas = SliceAtlas.pack([_unannotated_part(v.images, v) for v in self.unannotated],
+            self._unannotated_atlas = SliceAtlas.pack([_unannotated_part(self.network_input(v), v)
+                                                       for v in self.unannotated],
                                                       self.pseudo_labels, self.device)
         else:
             self._unannotated_atlas = self._unannotated_atlas.with_labels(self.pseudo_labels)
@@ -518,7 +523,7 @@ class Trainer:
         for volume in self.unannotated:
             if self.cancel.is_set():
                 raise Cancelled(self.save_checkpoint())
-            probs = predict_slices(self.final_model, volume.images, self.num_classes, cfg.inference_tile,
+            probs = predict_slices(self.final_model, self.network_input(volume), self.num_classes, cfg.inference_tile,
                                    cfg.inference_overlap, self.model.divisor, self.device,
                                    channels_last=cfg.channels_last, autocast=self.autocast)
             confidence, label = probs.max(dim=1)

@@ -41,7 +41,7 @@ def target_spacing(config: TrainConfig, volumes: list[Volume]) -> float:
 
 
 #: The settings that shape the network: a warm start (--init-model) must keep the model's.
-ARCHITECTURE_SETTINGS = ("base_channels", "levels", "embedding_dim", "embedding_levels")
+ARCHITECTURE_SETTINGS = ("base_channels", "levels", "embedding_dim", "embedding_levels", "slice_context")
 
 
 def check_architecture(path: str, info: ModelInfo, config: TrainConfig) -> None:
@@ -134,7 +134,7 @@ def _train(job: TrainJob, inputs: TrainingInputs, sink: EventSink, cancel: threa
         return ModelInfo(
             classes=inputs.classes, target_spacing_mm=spacing, patch_size=config.patch_size,
             base_channels=config.base_channels, levels=config.levels, embedding_dim=config.embedding_dim,
-            embedding_levels=config.embedding_levels,
+            embedding_levels=config.embedding_levels, slice_context=config.slice_context,
             intensity_percentiles=tuple(config.intensity_percentiles), inference_tile=config.inference_tile,
             inference_overlap=config.inference_overlap, largest_component=config.largest_component,
             in_plane_reference=reference, neighbour_shares=trainer.neighbour_shares, slice_coverage=coverage,
