@@ -18,6 +18,7 @@ from PLCLSegmentationLib.engine.method.predictor import Predictor
 from PLCLSegmentationLib.engine.method.preprocess import with_neighbours
 from PLCLSegmentationLib.engine.request import TrainJob
 from PLCLSegmentationLib.engine.run import training
+from PLCLSegmentationLib.engine.runtime import BACKEND_PACKAGES, missing_modules
 
 
 def test_each_slice_sees_its_neighbours_in_order_and_zeros_beyond_the_stack():
@@ -101,3 +102,21 @@ def test_frames_predicted_together_never_see_each_other(tmp_path):
         alone = predictor.predict(frame)
         np.testing.assert_allclose(result.uncertainty, alone.uncertainty, atol=1e-5)
     assert info.to_dict()["architecture"]["in_channels"] == 5
+
+
+@pytest.mark.parametrize("backend", list(BACKEND_PACKAGES))
+def test_an_exported_network_takes_the_neighbour_channels_as_torch_does(tmp_path, backend):
+    missing = missing_modules(backend)
+    if missing:
+        pytest.skip(f"{missing[0]} is not installed (pip install '.[{BACKEND_PACKAGES[backend][1]}]')")
+    info = ModelInfo(classes=[ClassInfo(1, "disc", (1.0, 0.0, 0.0))], target_spacing_mm=1.0, patch_size=32,
+                     base_channels=4, levels=3, embedding_dim=4, slice_context=1, intensity_percentiles=(1.0, 99.0),
+                     inference_tile=32)
+    torch.manual_seed(0)
+    save_model(tmp_path / "m.pt", info.build_network(), info)
+    cpu = torch.device("cpu")
+    reference = Predictor.load(str(tmp_path / "m.pt"), cpu, precision="fp32", backend="torch")
+    exported = Predictor.load(str(tmp_path / "m.pt"), cpu, precision="fp32", backend=backend)
+    array = np.random.default_rng(0).random((5, 24, 28)).astype(np.float32)
+    images = reference.prepare(Volume("v", "v.nrrd", array, Grid.of(make_image(array))))[0].images
+    torch.testing.assert_close(exported.probabilities(images), reference.probabilities(images), atol=1e-4, rtol=0)
