@@ -10,6 +10,7 @@ import torch
 from conftest import make_image
 
 from PLCLSegmentationLib.engine.config import TrainConfig
+from PLCLSegmentationLib.engine.errors import InputError
 from PLCLSegmentationLib.engine.events import RecordingSink
 from PLCLSegmentationLib.engine.files.volumes import ClassInfo, Grid, Volume
 from PLCLSegmentationLib.engine.method.batches import SliceAtlas
@@ -120,3 +121,21 @@ def test_an_exported_network_takes_the_neighbour_channels_as_torch_does(tmp_path
     array = np.random.default_rng(0).random((5, 24, 28)).astype(np.float32)
     images = reference.prepare(Volume("v", "v.nrrd", array, Grid.of(make_image(array))))[0].images
     torch.testing.assert_close(exported.probabilities(images), reference.probabilities(images), atol=1e-4, rtol=0)
+
+
+def test_a_warm_start_without_settings_keeps_the_models_neighbour_channels(tmp_path):
+    """The Slicer module retrains with --init-model and no --set: the model's network is kept, not refused."""
+    paths = _stack_with_a_top_slice_labelled_otherwise(tmp_path)
+    tiny = dict(patch_size=32, levels=3, base_channels=4, embedding_dim=4, batch_size=2, warmup_iterations=2,
+                rounds=0, background_batches=False, precision="fp32", inference_tile=32)
+    training.run_training(TrainJob([paths], [], str(tmp_path / "first"), TrainConfig(**tiny, slice_context=1)),
+                          RecordingSink())
+    first = str(tmp_path / "first" / "model.pt")
+    training.run_training(TrainJob([paths], [], str(tmp_path / "again"), TrainConfig(**tiny), init_model=first),
+                          RecordingSink())
+    architecture = torch.load(tmp_path / "again" / "model.pt", weights_only=True)["info"]["architecture"]
+    assert (architecture["in_channels"], architecture["slice_context"]) == (3, 1)
+    with pytest.raises(InputError, match="slice_context 1 \\(settings: 2\\)"):
+        training.run_training(TrainJob([paths], [], str(tmp_path / "other"), TrainConfig(**tiny, slice_context=2),
+                                       init_model=first), RecordingSink())
+    assert not (tmp_path / "other").exists()

@@ -5,6 +5,7 @@ run folder's files."""
 
 from __future__ import annotations
 
+import dataclasses
 import statistics
 import threading
 import time
@@ -40,26 +41,32 @@ def target_spacing(config: TrainConfig, volumes: list[Volume]) -> float:
     return float(statistics.median(float(np.mean(slice_layout(v.grid).in_plane_spacing)) for v in volumes))
 
 
-#: The settings that shape the network: a warm start (--init-model) must keep the model's.
+#: The settings that shape the network: a warm start (--init-model) keeps the model's.
 ARCHITECTURE_SETTINGS = ("base_channels", "levels", "embedding_dim", "embedding_levels", "slice_context")
 
 
-def check_architecture(path: str, info: ModelInfo, config: TrainConfig) -> None:
-    """A warm start's settings describe the model's network, or an InputError naming the file."""
-    differ = [f"{name} {getattr(info, name)} (settings: {getattr(config, name)})"
-              for name in ARCHITECTURE_SETTINGS if getattr(info, name) != getattr(config, name)]
+def warm_start_config(path: str, info: ModelInfo, config: TrainConfig) -> TrainConfig:
+    """``config`` with the network of the warm start's model: settings left at their defaults take the model's
+    values (the Slicer module passes none); one set to another value is an InputError naming the file."""
+    defaults = TrainConfig()
+    differ = [f"{name} {getattr(info, name)} (settings: {getattr(config, name)})" for name in ARCHITECTURE_SETTINGS
+              if getattr(config, name) not in (getattr(info, name), getattr(defaults, name))]
     if differ:
         raise InputError(path, f"its network has {', '.join(differ)}; a warm start keeps the model's network: "
                                "drop or match those --set options")
+    return dataclasses.replace(config, **{name: getattr(info, name) for name in ARCHITECTURE_SETTINGS})
 
 
 def run_training(job: TrainJob, sink: EventSink, cancel: threading.Event | None = None,
                  resume: bool = False) -> dict[str, Any]:
     cancel = cancel or threading.Event()
     job = job.absolute()
-    config = job.config
-    device = resolve_device(config.device)
+    device = resolve_device(job.config.device)
     inputs = read_training_inputs(job)
+    initial_info, initial = inputs.initial_model or (None, None)
+    if initial_info is not None:
+        job = dataclasses.replace(job, config=warm_start_config(job.init_model, initial_info, job.config))
+    config = job.config
     segmented = (job.unlabeled + [image for image, _, _ in job.labeled_frames]
                  + [inputs.annotated[index][0].path for index in inputs.partly_annotated()])
     check_outputs(job.formats, job.dicom_seg_frames, segmented, [sequence for sequence, _ in inputs.sequences])
@@ -67,9 +74,6 @@ def run_training(job: TrainJob, sink: EventSink, cancel: threading.Event | None 
     read = job.inputs()
     check_output_folder(out, read, resume)
     spacing = target_spacing(config, [v for v, _ in inputs.annotated])
-    initial_info, initial = inputs.initial_model or (None, None)
-    if initial_info is not None:
-        check_architecture(job.init_model, initial_info, config)
     reference = reference_frame([v for v, _ in inputs.annotated], initial_info)
     check_slice_sizes([v for v, _ in inputs.annotated] + inputs.unannotated, spacing, reference)
     checkpoint = _read_checkpoint(out / CHECKPOINT_FILE) if resume and (out / CHECKPOINT_FILE).exists() else None
