@@ -20,6 +20,7 @@ from ..errors import InputError
 from ..files.volumes import ClassInfo, atomic_path
 from .components import legacy_objects
 from .network import UNet2D
+from .preprocess import input_channels
 
 FORMAT = "plcl-segmentation-model"
 FORMAT_VERSION = 1
@@ -83,7 +84,7 @@ class ModelInfo:
     @property
     def in_channels(self) -> int:
         """The network's input channels: the slice and its neighbours (preprocess.with_neighbours)."""
-        return 2 * self.slice_context + 1
+        return input_channels(self.slice_context)
 
     def to_dict(self) -> dict[str, Any]:
         return {

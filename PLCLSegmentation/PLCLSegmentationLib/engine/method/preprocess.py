@@ -114,6 +114,11 @@ def normalise(array: np.ndarray, percentiles: tuple[float, float]) -> tuple[np.n
     return np.clip((array - low) / (high - low), 0.0, 1.0).astype(np.float32), True
 
 
+def input_channels(context: int) -> int:
+    """The network's input channels with ``context`` neighbouring slices a side (with_neighbours)."""
+    return 2 * context + 1
+
+
 def with_neighbours(stack: torch.Tensor, context: int) -> torch.Tensor:
     """The network's input for a stack of slices [S, H, W]: [S, 2 * context + 1, H, W], channel ``context``
     the slice itself and the others its neighbours in order, zero beyond the stack's ends (like a 3D
@@ -122,7 +127,7 @@ def with_neighbours(stack: torch.Tensor, context: int) -> torch.Tensor:
     if context == 0:
         return stack[:, None]
     padded = F.pad(stack, (0, 0, 0, 0, context, context))
-    return torch.stack([padded[k:k + stack.shape[0]] for k in range(2 * context + 1)], dim=1)
+    return torch.stack([padded[k:k + stack.shape[0]] for k in range(input_channels(context))], dim=1)
 
 
 def resample_stack(stack: np.ndarray, shape: tuple[int, int], is_label: bool = False,

@@ -25,7 +25,7 @@ from .losses import IGNORE, PrototypeMemory, local_contrastive_loss, segmentatio
 from .modelfile import write_torch_file
 from .network import UNet2D
 from .predict import predict_slices
-from .preprocess import PreparedVolume, with_neighbours
+from .preprocess import PreparedVolume, input_channels, with_neighbours
 from .quality import annotated_neighbour_shares
 
 
@@ -123,7 +123,7 @@ class Trainer:
         self.cancel = cancel or threading.Event()
         torch.manual_seed(config.seed)
         self.model = UNet2D(num_classes, config.base_channels, config.levels, config.embedding_dim,
-                            in_channels=2 * config.slice_context + 1, embedding_levels=config.embedding_levels)
+                            in_channels=input_channels(config.slice_context), embedding_levels=config.embedding_levels)
         if initial_weights is not None:
             self.model.load_state_dict(initial_weights)
         self.model.to(device)
