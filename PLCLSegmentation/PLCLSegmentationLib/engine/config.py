@@ -75,6 +75,14 @@ class TrainConfig:
     #: review (issue 28): whether a retrain anchored on the whole volumes learns from the corrected slices what
     #: helps the volumes nobody corrected.
     partial_slice_share: float = 0.0
+    #: A training that starts from a model (--init-model: the module's Retrain after review): which model labels
+    #: the unannotated volumes for its pseudo-label round. "warmed": the model after the warm start's short
+    #: supervised warm-up on the annotated slices, corrected ones included. "reviewed": the model it starts from,
+    #: whose segmentations the reviewer saw and left uncorrected (one warm-up step, the rest of the warm-up joins
+    #: the round), so the corrected slices teach through the segmentation loss and do not first relabel every
+    #: other volume (issue 28: slices where the reviewer deleted a structure taught a warmed model to segment
+    #: less of it everywhere).
+    warm_start_labels: str = "warmed"
     #: Pseudo-label rounds; before each, the current model re-labels the unannotated volumes.
     rounds: int = 3
     joint_iterations: int = 350
@@ -263,6 +271,8 @@ class TrainConfig:
             raise ConfigError(f"anchor_sampling must be 'random' or 'hard', not {self.anchor_sampling!r}")
         if self.contrastive_targets == "teacher" and self.teacher_ema <= 0:
             raise ConfigError("contrastive_targets='teacher' needs a mean teacher (teacher_ema > 0)")
+        if self.warm_start_labels not in ("warmed", "reviewed"):
+            raise ConfigError(f"warm_start_labels must be 'warmed' or 'reviewed', not {self.warm_start_labels!r}")
         if self.augmentation not in ("paper", "strong"):
             raise ConfigError(f"augmentation must be 'paper' or 'strong', not {self.augmentation!r}")
         if self.precision not in ("auto", "fp32", "bf16"):

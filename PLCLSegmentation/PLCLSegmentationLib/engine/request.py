@@ -272,5 +272,9 @@ def fine_tuning_schedule(config: TrainConfig) -> TrainConfig:
     """Warm start: the model already segments, so a quarter of the warm-up, one pseudo-label round and a
     third of the learning rate (at the full rate a short fine-tune ends with BatchNorm statistics that lag
     the still-moving weights: the saved model under-segmented in the cine demo)."""
-    return dataclasses.replace(config, warmup_iterations=max(1, config.warmup_iterations // 4),
+    warmup = max(1, config.warmup_iterations // 4)
+    joint = config.joint_iterations
+    if config.warm_start_labels == "reviewed" and config.rounds:
+        warmup, joint = 1, joint + warmup - 1  # the round labels with (almost) the model it starts from
+    return dataclasses.replace(config, warmup_iterations=warmup, joint_iterations=joint,
                                rounds=min(1, config.rounds), learning_rate=config.learning_rate / 3)
