@@ -346,6 +346,7 @@ CASES = [
     _set("orientation_augmentation", "yes", 2, "orientation_augmentation='yes'", "true or false", point="new"),
     _set("slice_position_balance", "yes", 2, "slice_position_balance='yes'", "true or false", point="new"),
     _set("partial_slice_share", "1.5", 2, "partial_slice_share=1.5", "from 0 to 0.99", point="new"),
+    _set("warm_start_labels", "initial", 2, "warm_start_labels must be 'warmed' or 'reviewed'", point="new"),
     _set("elastic_points", "1", 2, "elastic_points=1", "from 2 to 64", point="new"),
     _set("elastic_points", "2.5", 2, "elastic_points=2.5", point="new"),
     _set("slice_context", "4", 2, "slice_context=4", "from 0 to 3", point="new"),

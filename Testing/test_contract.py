@@ -32,6 +32,18 @@ def test_the_engine_alone_decides_the_warm_start_schedule():
         assert scratch.total_iterations == 40 and warm.total_iterations < 20
 
 
+def test_a_warm_start_can_label_its_round_with_the_model_it_starts_from():
+    """warm_start_labels=reviewed: one warm-up step, the rest of the warm-up joins the round (same total)."""
+    for args in ((), ("--iterations", "600")):
+        warmed = config(*args, "--init-model", "m.pt")
+        reviewed = config(*args, "--init-model", "m.pt", "--set", "warm_start_labels=reviewed")
+        assert warmed.warmup_iterations > 1 and reviewed.warmup_iterations == 1 and reviewed.rounds == 1
+        assert reviewed.total_iterations == warmed.total_iterations
+        assert reviewed.learning_rate == warmed.learning_rate
+    scratch = config("--set", "warm_start_labels=reviewed")  # a first training has no model to label with
+    assert scratch.warmup_iterations == config().warmup_iterations
+
+
 def test_the_fake_engine_speaks_the_real_command_line(tmp_path):
     """It is built on the engine's parser: what the engine refuses, it refuses (exit 2)."""
     for bad in (["train", "--budget", "huge", "--out", str(tmp_path)], ["predict", "--out", str(tmp_path)],
