@@ -78,7 +78,7 @@ class TrainConfig:
     #: A training that starts from a model (--init-model: the module's Retrain after review): which model labels
     #: the unannotated volumes for its pseudo-label round. "warmed": the model after the warm start's short
     #: supervised warm-up on the annotated slices, corrected ones included. "reviewed": the model it starts from,
-    #: whose segmentations the reviewer saw and left uncorrected (one warm-up step, the rest of the warm-up joins
+    #: whose segmentations the reviewer saw and left uncorrected (the warm-up shrinks to one step, the rest joins
     #: the round), so the corrected slices teach through the segmentation loss and do not first relabel every
     #: other volume (issue 28: slices where the reviewer deleted a structure taught a warmed model to segment
     #: less of it everywhere).

@@ -275,6 +275,6 @@ def fine_tuning_schedule(config: TrainConfig) -> TrainConfig:
     warmup = max(1, config.warmup_iterations // 4)
     joint = config.joint_iterations
     if config.warm_start_labels == "reviewed" and config.rounds:
-        warmup, joint = 1, joint + warmup - 1  # the round labels with (almost) the model it starts from
+        warmup, joint = 1, joint + warmup - 1  # its round is labelled by the model it starts from (Trainer)
     return dataclasses.replace(config, warmup_iterations=warmup, joint_iterations=joint,
                                rounds=min(1, config.rounds), learning_rate=config.learning_rate / 3)

@@ -139,6 +139,10 @@ class Trainer:
         self.teacher: UNet2D | None = None
         if config.teacher_ema > 0:
             self.teacher = copy.deepcopy(self.model).requires_grad_(False)
+        #: A retrain after review labels its first round with the model the reviewer saw (warm_start_labels).
+        self.reviewed_model: UNet2D | None = None
+        if initial_weights is not None and config.warm_start_labels == "reviewed":
+            self.reviewed_model = copy.deepcopy(self.model).requires_grad_(False)
         self.autocast = autocast_dtype(config.precision, device)
         self.iteration = 0
         self.train_seconds = 0.0  # training time of earlier sessions (resume)
@@ -227,7 +231,7 @@ class Trainer:
                 continue
             if self.pseudo_round != round_index:
                 self.sink.emit("stage", stage="pseudo_labels", round=round_index, total=self._estimated_total())
-                self.pseudo_labels = self.make_pseudo_labels()
+                self.pseudo_labels = self.make_pseudo_labels(self.reviewed_model if round_index == 1 else None)
                 self.pseudo_round = round_index
                 self.save_checkpoint()
             self.sink.emit("stage", stage="joint", round=round_index, total=self._estimated_total())
@@ -517,13 +521,15 @@ class Trainer:
                        elapsed_s=round(elapsed, 2), eta_s=round(eta, 1), slices_per_s=round(slices / per_iteration, 2))
 
     # --- pseudo-labels ---------------------------------------------------------------------------
-    def make_pseudo_labels(self) -> list[torch.Tensor]:
+    def make_pseudo_labels(self, model: UNet2D | None = None) -> list[torch.Tensor]:
+        """The unannotated slices' labels by ``model`` (default: the final model, the mean teacher's)."""
         cfg = self.config
+        model = model or self.final_model
         labels = []
         for volume in self.unannotated:
             if self.cancel.is_set():
                 raise Cancelled(self.save_checkpoint())
-            probs = predict_slices(self.final_model, self.network_input(volume), self.num_classes, cfg.inference_tile,
+            probs = predict_slices(model, self.network_input(volume), self.num_classes, cfg.inference_tile,
                                    cfg.inference_overlap, self.model.divisor, self.device,
                                    channels_last=cfg.channels_last, autocast=self.autocast)
             confidence, label = probs.max(dim=1)
