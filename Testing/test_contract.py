@@ -24,7 +24,9 @@ def test_the_engine_alone_decides_the_warm_start_schedule():
     """The module passes the same budget (and iterations) as for a first run, plus --init-model."""
     for budget in ("quick", "standard"):
         scratch, warm = config("--budget", budget), config("--budget", budget, "--init-model", "m.pt")
-        assert warm.warmup_iterations == scratch.warmup_iterations // 4 and warm.rounds == 1
+        assert warm.warm_start_labels == "reviewed" and warm.rounds == 1  # the round labelled by the model given
+        assert warm.warmup_iterations == 1
+        assert warm.total_iterations == scratch.warmup_iterations // 4 + scratch.joint_iterations
         assert warm.learning_rate == pytest.approx(scratch.learning_rate / 3)
         assert warm.total_iterations < scratch.total_iterations / 2
         scratch, warm = config("--budget", budget, "--iterations", "40"), \
@@ -32,16 +34,18 @@ def test_the_engine_alone_decides_the_warm_start_schedule():
         assert scratch.total_iterations == 40 and warm.total_iterations < 20
 
 
-def test_a_warm_start_can_label_its_round_with_the_model_it_starts_from():
-    """warm_start_labels=reviewed: one warm-up step, the rest of the warm-up joins the round (same total)."""
+def test_a_warm_start_labels_its_round_with_the_model_it_starts_from_unless_told_otherwise():
+    """warm_start_labels=reviewed (default): one warm-up step, the rest of the warm-up joins the round (same total
+    as "warmed", a quarter of the warm-up before the round)."""
     for args in ((), ("--iterations", "600")):
-        warmed = config(*args, "--init-model", "m.pt")
-        reviewed = config(*args, "--init-model", "m.pt", "--set", "warm_start_labels=reviewed")
+        warmed = config(*args, "--init-model", "m.pt", "--set", "warm_start_labels=warmed")
+        reviewed = config(*args, "--init-model", "m.pt")
         assert warmed.warmup_iterations > 1 and reviewed.warmup_iterations == 1 and reviewed.rounds == 1
+        assert warmed.warm_start_labels == "warmed" and reviewed.warm_start_labels == "reviewed"
         assert reviewed.total_iterations == warmed.total_iterations
         assert reviewed.learning_rate == warmed.learning_rate
-    scratch = config("--set", "warm_start_labels=reviewed")  # a first training has no model to label with
-    assert scratch.warmup_iterations == config().warmup_iterations
+    # A first training has no model to label with: its schedule is the same either way.
+    assert config("--set", "warm_start_labels=warmed").warmup_iterations == config().warmup_iterations
 
 
 def test_the_fake_engine_speaks_the_real_command_line(tmp_path):

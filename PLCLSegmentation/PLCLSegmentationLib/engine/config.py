@@ -76,13 +76,13 @@ class TrainConfig:
     #: helps the volumes nobody corrected.
     partial_slice_share: float = 0.0
     #: A training that starts from a model (--init-model: the module's Retrain after review): which model labels
-    #: the unannotated volumes for its pseudo-label round. "warmed": the model after the warm start's short
-    #: supervised warm-up on the annotated slices, corrected ones included. "reviewed": the model it starts from,
-    #: whose segmentations the reviewer saw and left uncorrected (the warm-up shrinks to one step, the rest joins
-    #: the round), so the corrected slices teach through the segmentation loss and do not first relabel every
-    #: other volume (issue 28: slices where the reviewer deleted a structure taught a warmed model to segment
-    #: less of it everywhere).
-    warm_start_labels: str = "warmed"
+    #: the unannotated volumes for its pseudo-label round. "reviewed": the model it starts from, whose segmentations
+    #: the reviewer saw and left uncorrected (the warm-up shrinks to one step, the rest joins the round), so the
+    #: corrected slices teach through the segmentation loss without first relabelling every other volume.
+    #: "warmed" (until 2026-12-08): the model after a quarter of the warm-up on the annotated slices alone. After 30
+    #: slices corrected along the review walk, three seeds: volumes nobody corrected that lost over 0.02 Dice 22-27,
+    #: 2-7, 5-6 -> 9-10, 2-3, 2 of 108, the cohort's mean gain level (docs/results, 2026-12-08; issue 28).
+    warm_start_labels: str = "reviewed"
     #: Pseudo-label rounds; before each, the current model re-labels the unannotated volumes.
     rounds: int = 3
     joint_iterations: int = 350

@@ -271,7 +271,9 @@ MINUTES_RANGE = (0.1, 60.0 * 24 * 366)
 def fine_tuning_schedule(config: TrainConfig) -> TrainConfig:
     """Warm start: the model already segments, so a quarter of the warm-up, one pseudo-label round and a
     third of the learning rate (at the full rate a short fine-tune ends with BatchNorm statistics that lag
-    the still-moving weights: the saved model under-segmented in the cine demo)."""
+    the still-moving weights: the saved model under-segmented in the cine demo). With warm_start_labels
+    "reviewed" (the default) the model it starts from labels the round, and the warm-up's iterations but one
+    join the round."""
     warmup = max(1, config.warmup_iterations // 4)
     joint = config.joint_iterations
     if config.warm_start_labels == "reviewed" and config.rounds:
