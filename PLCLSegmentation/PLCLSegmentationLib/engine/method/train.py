@@ -232,6 +232,7 @@ class Trainer:
             if self.pseudo_round != round_index:
                 self.sink.emit("stage", stage="pseudo_labels", round=round_index, total=self._estimated_total())
                 self.pseudo_labels = self.make_pseudo_labels(self.reviewed_model if round_index == 1 else None)
+                self.reviewed_model = None  # labelled its round: not held through the training (device memory)
                 self.pseudo_round = round_index
                 self.save_checkpoint()
             self.sink.emit("stage", stage="joint", round=round_index, total=self._estimated_total())
